@@ -1,0 +1,89 @@
+//! Weir's configuration: TOML text → `${ENV}` interpolation → raw serde structs → [`Config`], a typed
+//! value the rest of the gateway can trust without re-checking.
+//!
+//! Loading is three steps, each in its own module: [`interpolate`] replaces `${NAME}` in string values
+//! through an injected [`Env`] (so tests never touch the process environment), `raw` mirrors the file
+//! with `deny_unknown_fields`, and `validate` turns it into [`Config`], collecting every problem with
+//! the field path that has it (`models[2].targets[0].upstream`) and what would fix it.
+
+mod interpolate;
+mod raw;
+mod typed;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use interpolate::{Env, MapEnv, ProcessEnv};
+pub use typed::{
+    ApiKey, Config, LogFormat, Logging, Model, Retry, Secret, Server, Target, Timeouts, Tls, Upstream,
+    UpstreamKind, WILDCARD_MODEL,
+};
+
+/// Everything that can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The text is not valid TOML.
+    #[error("not valid TOML: {0}")]
+    Syntax(String),
+    /// The TOML is valid but the configuration is not; every problem found is listed.
+    #[error("{}", FieldErrors(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+/// One problem, at one place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where: `models[2].targets[0].upstream`, or empty for the whole file.
+    pub path: String,
+    /// What is wrong and, where it is not obvious, what would fix it.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+struct FieldErrors<'a>(&'a [FieldError]);
+
+impl fmt::Display for FieldErrors<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} problem{} in the configuration:", if n == 1 { "" } else { "s" })?;
+        for e in self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates configuration text. Relative paths in it (TLS files) resolve against `base_dir`.
+pub fn load_str(text: &str, env: &dyn Env, base_dir: &Path) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+    interpolate::interpolate_table(&mut table, env).map_err(ConfigError::Invalid)?;
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::Invalid(vec![FieldError {
+            path: if path == "." { String::new() } else { path },
+            // toml appends where it was (`in \`upstreams\``) on further lines; the path says that already.
+            message: e.into_inner().to_string().lines().next().unwrap_or_default().to_owned(),
+        }])
+    })?;
+    validate::validate(raw, base_dir).map_err(ConfigError::Invalid)
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+    load_str(&text, env, base_dir)
+}

@@ -1,0 +1,169 @@
+//! The validated configuration. Every value here has been checked: names are unique, references
+//! resolve, durations are positive, and secrets are wrapped so they cannot reach a log by accident.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The public model name that matches any model no other entry names; its targets pass the
+/// requested name through unless they set `model`.
+pub const WILDCARD_MODEL: &str = "*";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub retry: Retry,
+    pub log: Logging,
+    /// Upstreams in file order; [`Target::upstream`] indexes this list.
+    pub upstreams: Vec<Upstream>,
+    /// Public models in file order, at most one of them [`WILDCARD_MODEL`].
+    pub models: Vec<Model>,
+    /// API keys; empty means no authentication, which validation allows only on loopback.
+    pub keys: Vec<ApiKey>,
+}
+
+/// The listening side.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub tls: Option<Tls>,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+/// PEM files for HTTPS, resolved against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection set-up.
+    pub connect: Duration,
+    /// From sending the request to the upstream's response headers.
+    pub first_byte: Duration,
+    /// The whole exchange, streams included.
+    pub total: Duration,
+    /// The longest silence between two chunks of a streamed body.
+    pub idle: Duration,
+}
+
+/// Retries on the next target, before the first byte reaches the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Upstream attempts per request, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles each attempt after.
+    pub backoff_base: Duration,
+    /// The longest wait between attempts.
+    pub backoff_max: Duration,
+}
+
+/// Logging.
+#[derive(Debug, Clone)]
+pub struct Logging {
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `weir=debug,info`.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub kind: UpstreamKind,
+    /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`; paths such as
+    /// `/chat/completions` are appended.
+    pub endpoint: String,
+    pub api_key: Option<Secret>,
+    /// Extra headers sent with every request (values may be secrets).
+    pub headers: Vec<(String, Secret)>,
+    pub timeouts: Timeouts,
+}
+
+/// The wire protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// OpenAI's API, and every server that speaks it (vLLM, Ollama, LM Studio, llama.cpp, …).
+    OpenAi,
+}
+
+impl UpstreamKind {
+    /// The names accepted in `kind = "…"`.
+    pub const NAMES: &[&str] = &["openai"];
+}
+
+/// A public model name and where it is served.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    /// Tried in order: the first, then the next on a retryable failure.
+    pub targets: Vec<Target>,
+}
+
+impl Model {
+    /// Whether this is the catch-all entry.
+    pub fn is_wildcard(&self) -> bool {
+        self.name == WILDCARD_MODEL
+    }
+}
+
+/// One place a model is served.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// The model name sent upstream; `None` passes the requested name through (wildcard only).
+    pub model: Option<String>,
+}
+
+/// An API key, stored only as its SHA-256.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub team: String,
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey").field("name", &self.name).field("team", &self.team).finish_non_exhaustive()
+    }
+}
+
+/// A value that must never be logged; `Debug` prints a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}

@@ -1,0 +1,264 @@
+//! Raw → typed: every check in one pass, every problem collected with its field path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::raw::{RawConfig, RawTimeouts};
+use crate::typed::*;
+use crate::FieldError;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+const MIN_KEY_LEN: usize = 16;
+const MAX_ATTEMPTS: i64 = 10;
+
+const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(5),
+    first_byte: Duration::from_secs(120),
+    total: Duration::from_secs(600),
+    idle: Duration::from_secs(60),
+};
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { path: path.into(), message: message.into() });
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.push(path, "must be longer than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.push(path, format!("{text:?} is not a duration ({e}); write e.g. \"250ms\", \"30s\" or \"5m\""));
+                default
+            }
+        }
+    }
+
+    fn timeouts(&mut self, path: &str, raw: &RawTimeouts, base: Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.duration(&format!("{path}connect"), raw.connect.as_deref(), base.connect),
+            first_byte: self.duration(&format!("{path}first_byte"), raw.first_byte.as_deref(), base.first_byte),
+            total: self.duration(&format!("{path}total"), raw.total.as_deref(), base.total),
+            idle: self.duration(&format!("{path}idle"), raw.idle.as_deref(), base.idle),
+        }
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
+}
+
+pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+
+    // [server]
+    let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        errs.push("server.listen", format!("{listen_text:?} is not an address; write e.g. \"127.0.0.1:8080\" or \"[::]:8080\""));
+        DEFAULT_LISTEN.parse().expect("the default listen address parses")
+    });
+    let max_body_bytes = match raw.server.max_body_bytes {
+        None => DEFAULT_MAX_BODY,
+        Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => {
+            errs.push("server.max_body_bytes", format!("must be positive, got {n}"));
+            DEFAULT_MAX_BODY
+        }
+    };
+    let tls = raw.server.tls.map(|t| Tls { cert: base_dir.join(t.cert), key: base_dir.join(t.key) });
+    let server = Server {
+        listen,
+        tls,
+        max_body_bytes,
+        header_read_timeout: errs.duration(
+            "server.header_read_timeout",
+            raw.server.header_read_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+        shutdown_grace: errs.duration("server.shutdown_grace", raw.server.shutdown_grace.as_deref(), Duration::from_secs(30)),
+    };
+
+    // [timeouts], [retry], [log]
+    let timeouts = errs.timeouts("timeouts.", &raw.timeouts, DEFAULT_TIMEOUTS);
+    let max_attempts = match raw.retry.max_attempts {
+        None => 3,
+        Some(n) if (1..=MAX_ATTEMPTS).contains(&n) => u32::try_from(n).unwrap_or(3),
+        Some(n) => {
+            errs.push("retry.max_attempts", format!("must be between 1 and {MAX_ATTEMPTS}, got {n}"));
+            3
+        }
+    };
+    let retry = Retry {
+        max_attempts,
+        backoff_base: errs.duration("retry.backoff_base", raw.retry.backoff_base.as_deref(), Duration::from_millis(50)),
+        backoff_max: errs.duration("retry.backoff_max", raw.retry.backoff_max.as_deref(), Duration::from_secs(2)),
+    };
+    let format = match raw.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            errs.push("log.format", format!("{other:?} is not a log format; use \"text\" or \"json\""));
+            LogFormat::Text
+        }
+    };
+    let log = Logging { format, level: raw.log.level.unwrap_or_else(|| "info".to_owned()) };
+
+    // [[upstreams]]
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    let mut upstream_names = HashSet::new();
+    for (i, u) in raw.upstreams.into_iter().enumerate() {
+        let p = format!("upstreams[{i}]");
+        if !is_name(&u.name) {
+            errs.push(format!("{p}.name"), format!("{:?} is not a valid name (letters, digits and -_.:/)", u.name));
+        } else if !upstream_names.insert(u.name.clone()) {
+            errs.push(format!("{p}.name"), format!("upstream {:?} is defined twice", u.name));
+        }
+        let kind = match u.kind.as_str() {
+            "openai" => UpstreamKind::OpenAi,
+            other => {
+                errs.push(format!("{p}.kind"), format!("unknown kind {other:?}; supported: {}", UpstreamKind::NAMES.join(", ")));
+                UpstreamKind::OpenAi
+            }
+        };
+        let endpoint = match url::Url::parse(&u.endpoint) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                errs.push(format!("{p}.endpoint"), format!("{:?} must be an http:// or https:// URL", u.endpoint));
+                String::new()
+            }
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                errs.push(format!("{p}.endpoint"), "must be a base URL without a query or fragment");
+                String::new()
+            }
+            Ok(url) if url.host_str().is_none() => {
+                errs.push(format!("{p}.endpoint"), "has no host");
+                String::new()
+            }
+            Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
+            Err(e) => {
+                errs.push(format!("{p}.endpoint"), format!("{:?} is not a URL ({e}); write e.g. \"https://api.openai.com/v1\"", u.endpoint));
+                String::new()
+            }
+        };
+        let mut headers = Vec::with_capacity(u.headers.len());
+        for (name, value) in u.headers {
+            let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !valid_name {
+                errs.push(format!("{p}.headers.{name}"), "is not a valid header name");
+            } else if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                errs.push(format!("{p}.headers.{name}"), "header values cannot contain line breaks");
+            } else {
+                headers.push((name.to_ascii_lowercase(), Secret::new(value)));
+            }
+        }
+        let api_key = u.api_key.filter(|k| !k.is_empty()).map(Secret::new);
+        let timeouts = errs.timeouts(&format!("{p}.timeouts."), &u.timeouts, timeouts);
+        upstreams.push(Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts });
+    }
+
+    // [[models]]
+    let mut models = Vec::with_capacity(raw.models.len());
+    let mut model_names = HashSet::new();
+    for (i, m) in raw.models.into_iter().enumerate() {
+        let p = format!("models[{i}]");
+        if m.name.trim().is_empty() {
+            errs.push(format!("{p}.name"), "must not be empty");
+        } else if !model_names.insert(m.name.clone()) {
+            errs.push(format!("{p}.name"), format!("model {:?} is defined twice", m.name));
+        }
+        if m.targets.is_empty() {
+            errs.push(format!("{p}.targets"), "needs at least one target");
+        }
+        let wildcard = m.name == WILDCARD_MODEL;
+        let mut targets = Vec::with_capacity(m.targets.len());
+        for (j, t) in m.targets.into_iter().enumerate() {
+            let tp = format!("{p}.targets[{j}]");
+            let Some(upstream) = upstreams.iter().position(|u| u.name == t.upstream) else {
+                let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                errs.push(
+                    format!("{tp}.upstream"),
+                    format!("unknown upstream {:?}; defined upstreams: [{}]", t.upstream, known.join(", ")),
+                );
+                continue;
+            };
+            match &t.model {
+                Some(name) if name.trim().is_empty() => errs.push(format!("{tp}.model"), "must not be empty"),
+                None if !wildcard => errs.push(
+                    format!("{tp}.model"),
+                    "is required: the model name to send upstream (only the \"*\" entry may pass names through)",
+                ),
+                _ => {}
+            }
+            targets.push(Target { upstream, model: t.model });
+        }
+        models.push(Model { name: m.name, targets });
+    }
+
+    // [[keys]]
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    let mut key_names = HashSet::new();
+    let mut key_hashes = HashSet::new();
+    for (i, k) in raw.keys.into_iter().enumerate() {
+        let p = format!("keys[{i}]");
+        if !is_name(&k.name) {
+            errs.push(format!("{p}.name"), format!("{:?} is not a valid name (letters, digits and -_.:/)", k.name));
+        } else if !key_names.insert(k.name.clone()) {
+            errs.push(format!("{p}.name"), format!("key {:?} is defined twice", k.name));
+        }
+        if k.team.trim().is_empty() {
+            errs.push(format!("{p}.team"), "must not be empty");
+        }
+        let sha256 = match (k.key, k.key_sha256) {
+            (Some(plain), None) if plain.len() < MIN_KEY_LEN => {
+                errs.push(format!("{p}.key"), format!("is too short: API keys need at least {MIN_KEY_LEN} characters"));
+                None
+            }
+            (Some(plain), None) => Some(Sha256::digest(plain.as_bytes()).into()),
+            (None, Some(hash)) => {
+                let mut out = [0u8; 32];
+                match hex::decode_to_slice(hash.trim(), &mut out) {
+                    Ok(()) => Some(out),
+                    Err(_) => {
+                        errs.push(format!("{p}.key_sha256"), "must be 64 hex digits (`weir key hash` prints them)");
+                        None
+                    }
+                }
+            }
+            _ => {
+                errs.push(p.clone(), "needs exactly one of `key` (e.g. \"${ENV_VAR}\") or `key_sha256`");
+                None
+            }
+        };
+        if let Some(sha256) = sha256 {
+            if !key_hashes.insert(sha256) {
+                errs.push(p, "has the same key as an earlier entry");
+            }
+            keys.push(ApiKey { name: k.name, team: k.team, sha256 });
+        }
+    }
+    if key_hashes.is_empty() && errs.0.is_empty() && !listen.ip().is_loopback() {
+        errs.push(
+            "keys",
+            format!(
+                "no API keys are configured, which is allowed only on a loopback address, but server.listen is {listen}; \
+                 add a [[keys]] entry or listen on 127.0.0.1"
+            ),
+        );
+    }
+
+    if errs.0.is_empty() {
+        Ok(Config { server, retry, log, upstreams, models, keys })
+    } else {
+        Err(errs.0)
+    }
+}

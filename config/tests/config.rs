@@ -1,0 +1,140 @@
+//! Loading configurations: every example parses, and every kind of mistake is reported at its path.
+
+use std::path::Path;
+
+use weir_config::{ConfigError, MapEnv, load_file, load_str};
+
+fn errors(text: &str) -> Vec<String> {
+    match load_str(text, &MapEnv::default(), Path::new("/etc/weir")) {
+        Err(ConfigError::Invalid(errs)) => errs.iter().map(ToString::to_string).collect(),
+        Err(other) => vec![other.to_string()],
+        Ok(_) => vec![],
+    }
+}
+
+#[test]
+fn every_example_parses() {
+    let env = MapEnv::from_pairs([("OPENAI_API_KEY", "sk-test"), ("WEIR_KEY_NOTEBOOKS", "nb-0123456789abcdef")]);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = load_file(&path, &env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!config.models.is_empty(), "{} serves no model", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "expected the examples in {}", dir.display());
+}
+
+#[test]
+fn the_default_config_reads_its_upstream_from_the_environment() {
+    let text = include_str!("../examples/default.toml");
+    let env = MapEnv::from_pairs([("WEIR_UPSTREAM", "https://api.example.com/v1/"), ("WEIR_UPSTREAM_KEY", "sk-1")]);
+    let c = load_str(text, &env, Path::new(".")).unwrap();
+    assert_eq!(c.upstreams[0].endpoint, "https://api.example.com/v1");
+    assert_eq!(c.upstreams[0].api_key.as_ref().unwrap().expose(), "sk-1");
+    assert!(c.models[0].is_wildcard());
+    assert!(c.keys.is_empty());
+
+    let c = load_str(text, &MapEnv::default(), Path::new(".")).unwrap();
+    assert_eq!(c.upstreams[0].endpoint, "http://127.0.0.1:11434/v1");
+    assert!(c.upstreams[0].api_key.is_none(), "an empty key means none");
+}
+
+#[test]
+fn reports_every_problem_with_its_path() {
+    let errs = errors(
+        r#"
+        [server]
+        listen = "nowhere"
+        [timeouts]
+        idle = "soon"
+        [[upstreams]]
+        name = "a"
+        endpoint = "ftp://x"
+        [[upstreams]]
+        name = "a"
+        endpoint = "http://x"
+        kind = "grpc"
+        [[models]]
+        name = "m"
+        targets = [{ upstream = "a", model = "x" }, { upstream = "b", model = "y" }, { upstream = "a" }]
+        [[models]]
+        name = "m"
+        targets = []
+        "#,
+    );
+    let expected = [
+        "server.listen: \"nowhere\" is not an address",
+        "timeouts.idle: \"soon\" is not a duration",
+        "upstreams[0].endpoint: \"ftp://x\" must be an http:// or https:// URL",
+        "upstreams[1].name: upstream \"a\" is defined twice",
+        "upstreams[1].kind: unknown kind \"grpc\"; supported: openai",
+        "models[0].targets[1].upstream: unknown upstream \"b\"; defined upstreams: [a, a]",
+        "models[0].targets[2].model: is required",
+        "models[1].name: model \"m\" is defined twice",
+        "models[1].targets: needs at least one target",
+    ];
+    for want in expected {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_path() {
+    let errs = errors("[[upstreams]]\nname = \"a\"\nendpoint = \"http://x\"\nendpont = \"http://y\"");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0] == "upstreams[0].endpont: unknown field `endpont`, expected one of `name`, `kind`, `endpoint`, `api_key`, `headers`, `timeouts`", "{errs:?}");
+}
+
+#[test]
+fn keys_are_checked_and_stored_hashed() {
+    let errs = errors(
+        r#"
+        [[keys]]
+        name = "a"
+        team = "t"
+        key = "short"
+        [[keys]]
+        name = "b"
+        team = "t"
+        key_sha256 = "zz"
+        [[keys]]
+        name = "c"
+        team = "t"
+        "#,
+    );
+    assert!(errs.iter().any(|e| e.starts_with("keys[0].key: is too short")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("keys[1].key_sha256: must be 64 hex digits")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("keys[2]: needs exactly one of")), "{errs:?}");
+
+    let c = load_str(
+        "[[keys]]\nname = \"a\"\nteam = \"t\"\nkey = \"0123456789abcdef\"",
+        &MapEnv::default(),
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(
+        hex::encode(c.keys[0].sha256),
+        "9f9f5111f7b27a781f1f1ddde5ebc2dd2b796bfc7365c9c28b548e564176929f"
+    );
+    assert!(!format!("{:?}", c.keys[0]).contains("0123456789abcdef"));
+}
+
+#[test]
+fn serving_without_keys_is_allowed_only_on_loopback() {
+    let errs = errors("[server]\nlisten = \"0.0.0.0:8080\"");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("keys: no API keys are configured"), "{errs:?}");
+    assert!(errors("[server]\nlisten = \"[::1]:8080\"").is_empty());
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    let e = load_str("[server\nlisten = 1", &MapEnv::default(), Path::new(".")).unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax(_)));
+    assert!(e.to_string().contains("line 1"), "{e}");
+}

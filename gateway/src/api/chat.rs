@@ -1,0 +1,148 @@
+//! `POST /v1/chat/completions`: the request as the gateway understands it, every other field kept.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+
+/// A chat completion request. Fields the gateway does not act on stay in `extra` and reach the
+/// upstream unchanged.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `stream_options`; only `include_usage` matters to the gateway.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct StreamOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One message; its content, tool calls, name and anything else stay as the client sent them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Message {
+    pub role: Role,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+impl ChatRequest {
+    /// Parses and validates a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, Error> {
+        let request: Self = super::parse_json(body)?;
+        if request.model.trim().is_empty() {
+            return Err(Error::bad_request("'model' must not be empty.").param("model").code("invalid_value"));
+        }
+        if request.messages.is_empty() {
+            return Err(Error::bad_request("'messages' must contain at least one message.")
+                .param("messages")
+                .code("invalid_value"));
+        }
+        Ok(request)
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    /// Whether the client asked for the usage chunk at the end of a stream.
+    pub fn client_wants_usage(&self) -> bool {
+        self.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true)
+    }
+
+    /// The body for an upstream: the target's model name, and for streams `include_usage` forced on
+    /// so that usage is always known (the relay removes that chunk again if the client did not ask).
+    pub fn upstream_body(&self, model: &str) -> Result<Vec<u8>, Error> {
+        #[derive(Serialize)]
+        struct Upstream<'a> {
+            model: &'a str,
+            messages: &'a [Message],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stream: Option<bool>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stream_options: Option<StreamOptions>,
+            #[serde(flatten)]
+            extra: &'a Map<String, Value>,
+        }
+        let stream_options = if self.is_stream() {
+            let mut options = self.stream_options.clone().unwrap_or_default();
+            options.include_usage = Some(true);
+            Some(options)
+        } else {
+            self.stream_options.clone()
+        };
+        let body = Upstream { model, messages: &self.messages, stream: self.stream, stream_options, extra: &self.extra };
+        serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the upstream request").source(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> Error {
+        ChatRequest::parse(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn keeps_unknown_fields_and_rewrites_model_and_usage() {
+        let r = ChatRequest::parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi","x_msg":1}],"stream":true,
+                 "stream_options":{"x_opt":true},"temperature":0.2,"x_top":{"a":[1,2]}}"#,
+        )
+        .unwrap();
+        let up: Value = serde_json::from_slice(&r.upstream_body("upstream-m").unwrap()).unwrap();
+        assert_eq!(up["model"], "upstream-m");
+        assert_eq!(up["stream_options"], serde_json::json!({"include_usage": true, "x_opt": true}));
+        assert_eq!(up["temperature"], 0.2);
+        assert_eq!(up["x_top"], serde_json::json!({"a": [1, 2]}));
+        assert_eq!(up["messages"][0], serde_json::json!({"role": "user", "content": "hi", "x_msg": 1}));
+        assert!(!r.client_wants_usage());
+    }
+
+    #[test]
+    fn non_streaming_requests_get_no_stream_options() {
+        let r = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        let up: Value = serde_json::from_slice(&r.upstream_body("x").unwrap()).unwrap();
+        assert!(up.get("stream_options").is_none() && up.get("stream").is_none(), "{up}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(r#"{"messages":[{"role":"user","content":"hi"}]}"#);
+        assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some("model"), Some("missing_required_parameter")));
+        let e = err(r#"{"model":"m","messages":[{"role":"user"},{"role":"wizard"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[1].role"), "{e}");
+        let e = err(r#"{"model":"m","messages":[],"stream":"yes"}"#);
+        assert_eq!(e.param.as_deref(), Some("stream"), "{e}");
+        let e = err(r#"{"model":"m","messages":[]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages"), "{e}");
+        let e = err(r#"{"model":"m","#);
+        assert_eq!(e.code.as_deref(), Some("invalid_json"), "{e}");
+        let e = err(r#"[1,2]"#);
+        assert_eq!(e.code.as_deref(), Some("invalid_value"), "{e}");
+        let e = err("");
+        assert_eq!(e.code.as_deref(), Some("invalid_json"), "{e}");
+    }
+}

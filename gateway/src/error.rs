@@ -1,0 +1,266 @@
+//! The one error type of the proxy, and the only place that turns an error into an HTTP response or a
+//! streamed error event (OpenAI's shape: `{"error":{"message","type","param","code"}}`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::body::{self, Body};
+
+/// What went wrong; decides the HTTP status, the OpenAI error `type` and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Malformed JSON, a missing or mistyped field, an unsupported value.
+    BadRequest,
+    /// No API key, or one the gateway does not know.
+    Unauthorized,
+    /// An unknown path or model.
+    NotFound,
+    /// A known path with the wrong method.
+    MethodNotAllowed,
+    /// The client took too long to send its request.
+    RequestTimeout,
+    /// The request body is over `server.max_body_bytes`.
+    PayloadTooLarge,
+    /// The upstream (or, later, a policy) refused for rate reasons.
+    RateLimited,
+    /// The upstream rejected the request as the client's mistake (a 4xx it returned); its status and
+    /// message are passed on.
+    UpstreamRejected,
+    /// The upstream rejected the gateway's own credentials.
+    UpstreamAuth,
+    /// The upstream failed: a 5xx, a broken connection, a response that is not what it should be.
+    UpstreamFailed,
+    /// No upstream could be reached.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The gateway is shutting down.
+    ShuttingDown,
+    /// A bug in the gateway.
+    Internal,
+}
+
+impl Kind {
+    fn status(self) -> StatusCode {
+        match self {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Kind::UpstreamRejected => StatusCode::BAD_REQUEST,
+            Kind::UpstreamAuth | Kind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Kind::UpstreamUnavailable | Kind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's error `type` for this kind.
+    fn openai_type(self) -> &'static str {
+        match self {
+            Kind::BadRequest
+            | Kind::NotFound
+            | Kind::MethodNotAllowed
+            | Kind::RequestTimeout
+            | Kind::PayloadTooLarge
+            | Kind::UpstreamRejected => "invalid_request_error",
+            Kind::Unauthorized => "authentication_error",
+            Kind::RateLimited => "rate_limit_error",
+            Kind::UpstreamAuth
+            | Kind::UpstreamFailed
+            | Kind::UpstreamUnavailable
+            | Kind::UpstreamTimeout
+            | Kind::ShuttingDown
+            | Kind::Internal => "server_error",
+        }
+    }
+
+    /// The label used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::BadRequest => "bad_request",
+            Kind::Unauthorized => "unauthorized",
+            Kind::NotFound => "not_found",
+            Kind::MethodNotAllowed => "method_not_allowed",
+            Kind::RequestTimeout => "request_timeout",
+            Kind::PayloadTooLarge => "payload_too_large",
+            Kind::RateLimited => "rate_limited",
+            Kind::UpstreamRejected => "upstream_rejected",
+            Kind::UpstreamAuth => "upstream_auth",
+            Kind::UpstreamFailed => "upstream_failed",
+            Kind::UpstreamUnavailable => "upstream_unavailable",
+            Kind::UpstreamTimeout => "upstream_timeout",
+            Kind::ShuttingDown => "shutting_down",
+            Kind::Internal => "internal",
+        }
+    }
+}
+
+/// Who is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// An error on the way through the gateway.
+#[derive(Debug)]
+pub struct Error {
+    pub kind: Kind,
+    pub side: Side,
+    /// Whether another attempt (on the next target) may succeed.
+    pub retryable: bool,
+    /// The message the client sees; never contains secrets or prompt text.
+    pub message: Cow<'static, str>,
+    /// The request field at fault, in OpenAI's `param`.
+    pub param: Option<String>,
+    /// OpenAI's `code` (`invalid_api_key`, `model_not_found`, …).
+    pub code: Option<Cow<'static, str>>,
+    /// An upstream's own status, passed on for [`Kind::UpstreamRejected`].
+    pub status: Option<StatusCode>,
+    /// Seconds for a `retry-after` header.
+    pub retry_after: Option<u64>,
+    /// The underlying cause, for the log line only.
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<Cow<'static, str>>) -> Self {
+        let side = match kind {
+            Kind::BadRequest
+            | Kind::Unauthorized
+            | Kind::NotFound
+            | Kind::MethodNotAllowed
+            | Kind::RequestTimeout
+            | Kind::PayloadTooLarge
+            | Kind::RateLimited
+            | Kind::UpstreamRejected => Side::Client,
+            Kind::UpstreamAuth | Kind::UpstreamFailed | Kind::UpstreamUnavailable | Kind::UpstreamTimeout => {
+                Side::Upstream
+            }
+            Kind::ShuttingDown | Kind::Internal => Side::Internal,
+        };
+        Self {
+            kind,
+            side,
+            retryable: false,
+            message: message.into(),
+            param: None,
+            code: None,
+            status: None,
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Kind::BadRequest, message)
+    }
+
+    pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Kind::Internal, message)
+    }
+
+    pub fn param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn code(mut self, code: impl Into<Cow<'static, str>>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: Option<u64>) -> Self {
+        self.retry_after = seconds;
+        self
+    }
+
+    pub fn source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The HTTP status the client gets.
+    pub fn http_status(&self) -> StatusCode {
+        match (self.kind, self.status) {
+            (Kind::UpstreamRejected, Some(s)) if s.is_client_error() => s,
+            _ => self.kind.status(),
+        }
+    }
+
+    fn body_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            r#type: &'a str,
+            param: Option<&'a str>,
+            code: Option<&'a str>,
+        }
+        let envelope = Envelope {
+            error: Inner {
+                message: &self.message,
+                r#type: self.kind.openai_type(),
+                param: self.param.as_deref(),
+                code: self.code.as_deref(),
+            },
+        };
+        serde_json::to_vec(&envelope).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#.to_vec())
+    }
+
+    /// The response for this error. The only function that builds error responses.
+    pub fn into_response(self) -> http::Response<Body> {
+        let mut response = http::Response::new(body::full(self.body_json()));
+        *response.status_mut() = self.http_status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+
+    /// The event that ends a stream which failed after its first byte: `data: {"error":…}` and no
+    /// `[DONE]`, so that clients raise instead of taking a truncated answer for a whole one.
+    pub fn sse_event(&self) -> Bytes {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&self.body_json());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.label(), self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, " ({source})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}

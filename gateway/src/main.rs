@@ -1,0 +1,158 @@
+//! The `weir` command line: `weir serve`, `weir config check`, `weir key …`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tracing_subscriber::EnvFilter;
+use weir::App;
+use weir_config::{Config, LogFormat, ProcessEnv};
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "An embedded, WebAssembly-programmable AI gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway.
+    Serve {
+        /// The configuration file; without it, the embedded default (see config/examples/default.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Work with API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file and print a summary, or every problem with its field path.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print the `key_sha256` of a key read from standard input.
+    Hash,
+    /// Make a new random key and print it with its `key_sha256`.
+    New,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let config = load(Some(&file))?;
+            #[expect(clippy::print_stdout, reason = "the command's output")]
+            {
+                println!(
+                    "{}: ok ({} upstreams, {} models, {} keys)",
+                    file.display(),
+                    config.upstreams.len(),
+                    config.models.len(),
+                    config.keys.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Key { command } => {
+            let key = match command {
+                KeyCommand::Hash => {
+                    let mut key = String::new();
+                    std::io::stdin().read_to_string(&mut key)?;
+                    key.trim().to_owned()
+                }
+                KeyCommand::New => {
+                    let bytes: [u8; 24] = rand::rng().random();
+                    format!("wk-{}", hex::encode(bytes))
+                }
+            };
+            anyhow::ensure!(key.len() >= 16, "API keys need at least 16 characters");
+            let digest = hex::encode(Sha256::digest(key.as_bytes()));
+            #[expect(clippy::print_stdout, reason = "the command's output")]
+            {
+                println!("key        = {key}\nkey_sha256 = \"{digest}\"");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    let result = match file {
+        Some(path) => weir_config::load_file(path, &ProcessEnv),
+        None => weir_config::load_str(weir::DEFAULT_CONFIG, &ProcessEnv, Path::new(".")),
+    };
+    let name = file.map_or_else(|| "the default configuration".to_owned(), |p| p.display().to_string());
+    result.with_context(|| format!("{name} is not valid"))
+}
+
+fn serve(file: Option<&Path>) -> anyhow::Result<()> {
+    // An invalid config exits here, before any port is bound.
+    let config = load(file)?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listen = config.server.listen;
+        let app = Arc::new(App::new(config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        if app.auth.is_open() {
+            tracing::warn!(%listen, "no API keys configured: serving without authentication (allowed on loopback only)");
+        }
+        if file.is_none() {
+            let upstream = &app.config.upstreams[0];
+            tracing::info!(upstream = %upstream.endpoint, "using the embedded default configuration: every model goes to this upstream");
+        }
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        weir::server::serve(listener, app, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

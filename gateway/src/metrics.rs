@@ -1,0 +1,125 @@
+//! Prometheus metrics, rendered at `/metrics`. Names follow the OpenTelemetry GenAI conventions where
+//! they exist (`gen_ai_server_request_duration_seconds`, `gen_ai_server_time_to_first_token_seconds`);
+//! the rest are `weir_*`. Label values are bounded: public model names come from the config (a wildcard
+//! request is labelled `*`), targets are `upstream/model` pairs from the config.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a finished model request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `chat` or `embeddings`.
+    pub operation: &'static str,
+    pub model: String,
+    pub target: String,
+    /// The HTTP status sent to the client.
+    pub status: u16,
+    /// `ok`, `error` (including a stream that failed after its first byte) or `client_abort`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub operation: &'static str,
+    pub model: String,
+    pub target: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TtftLabels {
+    pub model: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub target: String,
+    /// `input`, `output`, `cached_input` or `reasoning`.
+    pub token_type: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub target: String,
+    /// `connect`, `timeout`, `status_429`, `status_5xx`, `status_4xx`, `auth`, `protocol` or `stream`.
+    pub class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route: `chat`, `embeddings`, `models`, `health`, `metrics` or `other`.
+    pub route: &'static str,
+    pub status: u16,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: HistogramFamily<LatencyLabels>,
+    pub ttft: HistogramFamily<TtftLabels>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub retries: Family<TtftLabels, Counter>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = HistogramFamily::<LatencyLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let ttft = HistogramFamily::<TtftLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let retries = Family::<TtftLabels, Counter>::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        registry.register("weir_requests", "Model requests by public model, target, status and outcome", requests.clone());
+        registry.register(
+            "gen_ai_server_request_duration_seconds",
+            "Time from request received to last byte sent, by public model, target and status",
+            duration.clone(),
+        );
+        registry.register(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from request received to the first streamed content chunk",
+            ttft.clone(),
+        );
+        registry.register("weir_tokens", "Tokens by public model, target and type", tokens.clone());
+        registry.register("weir_upstream_errors", "Failed upstream attempts by target and class", upstream_errors.clone());
+        registry.register("weir_upstream_retries", "Attempts beyond the first, by public model and the target retried", retries.clone());
+        registry.register("weir_http_requests", "Every HTTP request, by route and status", http_requests.clone());
+        registry.register("weir_in_flight_requests", "Requests being served now", in_flight.clone());
+        Self { registry, requests, duration, ttft, tokens, upstream_errors, retries, http_requests, in_flight }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
