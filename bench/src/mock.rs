@@ -97,9 +97,8 @@ pub const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
 
 /// A unit vector that depends only on `key` and `dimensions`: FNV-1a seeds a splitmix64 sequence.
 pub fn embedding_vector(key: &[u8], dimensions: usize) -> Vec<f32> {
-    let mut state = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let mut state =
+        key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = state;
@@ -107,23 +106,10 @@ pub fn embedding_vector(key: &[u8], dimensions: usize) -> Vec<f32> {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     };
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "53 random bits fit an f64 mantissa exactly"
-    )]
-    let raw: Vec<f64> = (0..dimensions)
-        .map(|_| (next() >> 11) as f64 / (1_u64 << 53) as f64 * 2.0 - 1.0)
-        .collect();
-    let norm = raw
-        .iter()
-        .map(|x| x * x)
-        .sum::<f64>()
-        .sqrt()
-        .max(f64::MIN_POSITIVE);
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "embeddings are f32 on the wire"
-    )]
+    // The top 53 bits, so the conversion to f64 is exact.
+    let raw: Vec<f64> = (0..dimensions).map(|_| (next() >> 11) as f64 / (1_u64 << 53) as f64 * 2.0 - 1.0).collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    // Embeddings are f32 on the wire.
     raw.iter().map(|x| (x / norm) as f32).collect()
 }
 
@@ -264,11 +250,7 @@ impl MockBuilder {
             next_id: AtomicU64::new(1),
         });
         let server = tokio::spawn(accept_loop(listener, Arc::clone(&shared))).abort_handle();
-        Ok(MockUpstream {
-            addr,
-            shared,
-            server,
-        })
+        Ok(MockUpstream { addr, shared, server })
     }
 }
 
@@ -331,22 +313,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<MockBody>, Infallible> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-        return Ok(
-            ApiError::invalid(None, None, "Could not read the request body.").into_response(),
-        );
+        return Ok(ApiError::invalid(None, None, "Could not read the request body.").into_response());
     };
     let recorded = Recorded {
         method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+        path: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
         headers: parts.headers,
         body,
     };
@@ -399,11 +373,7 @@ fn respond(shared: &Arc<Shared>, req: &Recorded) -> Result<Response<MockBody>, A
         )
     })?;
     if !body.is_object() {
-        return Err(ApiError::invalid(
-            None,
-            None,
-            "The request body must be a JSON object.",
-        ));
+        return Err(ApiError::invalid(None, None, "The request body must be a JSON object."));
     }
     match route {
         Route::Chat => chat(shared, &body),
@@ -449,9 +419,10 @@ fn injected_failure(shared: &Shared) -> Option<StatusCode> {
 // Chat completions
 
 fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiError> {
-    let model = body.get("model").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::invalid(Some("model"), None, "you must provide a model parameter")
-    })?;
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid(Some("model"), None, "you must provide a model parameter"))?;
     let messages = match body.get("messages") {
         None | Some(Value::Null) => {
             return Err(ApiError::invalid(
@@ -478,10 +449,7 @@ fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiErr
         }
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        == Some(true);
+    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
 
     if stream && let Some(name) = model.strip_prefix("fixture:") {
         let text = fixture(name).ok_or_else(|| model_not_found(model))?;
@@ -492,10 +460,7 @@ fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiErr
     let id = format!("chatcmpl-mock-{}", shared.next_id());
     let created = unix_now();
     if stream {
-        return Ok(sse(
-            shared,
-            answer.chunks(&id, model, created, include_usage),
-        ));
+        return Ok(sse(shared, answer.chunks(&id, model, created, include_usage)));
     }
     let message = match &answer.reply {
         Reply::Text(text) => json!({"role": "assistant", "content": text, "refusal": null}),
@@ -545,36 +510,22 @@ impl Answer {
     fn new(body: &Value, messages: &[Value]) -> Result<Self, ApiError> {
         let last = messages.last().unwrap_or(&Value::Null);
         let last_is_tool = last.get("role").and_then(Value::as_str) == Some("tool");
-        let first_tool = body
-            .get("tools")
-            .and_then(Value::as_array)
-            .and_then(|t| t.first());
+        let first_tool = body.get("tools").and_then(Value::as_array).and_then(|t| t.first());
         let reply = match first_tool {
             Some(tool) if !last_is_tool => {
-                let name = tool
-                    .pointer("/function/name")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            Some("tools[0].function.name"),
-                            Some("missing_required_parameter"),
-                            "Missing required parameter: 'tools[0].function.name'.",
-                        )
-                    })?;
-                Reply::ToolCall {
-                    name: name.to_owned(),
-                }
+                let name = tool.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid(
+                        Some("tools[0].function.name"),
+                        Some("missing_required_parameter"),
+                        "Missing required parameter: 'tools[0].function.name'.",
+                    )
+                })?;
+                Reply::ToolCall { name: name.to_owned() }
             }
             _ if last_is_tool => Reply::Text(format!("tool said: {}", message_text(last))),
             _ => {
-                let user = messages
-                    .iter()
-                    .rev()
-                    .find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
-                Reply::Text(format!(
-                    "echo: {}",
-                    user.map(message_text).unwrap_or_default()
-                ))
+                let user = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+                Reply::Text(format!("echo: {}", user.map(message_text).unwrap_or_default()))
             }
         };
         let prompt_tokens = messages.iter().map(|m| word_count(&message_text(m))).sum();
@@ -582,11 +533,7 @@ impl Answer {
             Reply::Text(text) => word_count(text),
             Reply::ToolCall { .. } => word_count(TOOL_ARGUMENTS),
         };
-        Ok(Self {
-            reply,
-            prompt_tokens,
-            completion_tokens,
-        })
+        Ok(Self { reply, prompt_tokens, completion_tokens })
     }
 
     fn finish_reason(&self) -> &'static str {
@@ -641,10 +588,7 @@ impl Answer {
                     None,
                 ));
                 events.extend(argument_fragments(TOOL_ARGUMENTS).map(|fragment| {
-                    chunk(
-                        json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}),
-                        None,
-                    )
+                    chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}), None)
                 }));
             }
         }
@@ -668,10 +612,7 @@ impl Answer {
 fn message_text(message: &Value) -> String {
     match message.get("content") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect(),
+        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
         _ => String::new(),
     }
 }
@@ -707,9 +648,7 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 fn argument_fragments(arguments: &str) -> impl Iterator<Item = &str> {
     const PIECE: usize = 4;
     // TOOL_ARGUMENTS is ASCII, so byte offsets are char boundaries.
-    (0..arguments.len())
-        .step_by(PIECE)
-        .map(move |i| &arguments[i..(i + PIECE).min(arguments.len())])
+    (0..arguments.len()).step_by(PIECE).map(move |i| &arguments[i..(i + PIECE).min(arguments.len())])
 }
 
 /// Splits a recorded stream into its events, leaving out the final usage chunk unless asked for,
@@ -726,10 +665,7 @@ fn is_usage_event(event: &str) -> bool {
         return false;
     };
     serde_json::from_str::<Value>(data).is_ok_and(|chunk| {
-        chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .is_some_and(Vec::is_empty)
+        chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
             && chunk.get("usage").is_some_and(Value::is_object)
     })
 }
@@ -744,10 +680,7 @@ fn sse(shared: &Arc<Shared>, events: Vec<Bytes>) -> Response<MockBody> {
         interval: shared.config.chunk_interval,
         break_after: shared.config.break_stream_after,
         broken: false,
-        guard: CancelGuard {
-            shared: Arc::clone(shared),
-            done: false,
-        },
+        guard: CancelGuard { shared: Arc::clone(shared), done: false },
     };
     let stream = futures_util::stream::unfold(state, EventStream::next);
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
@@ -776,8 +709,10 @@ impl EventStream {
             tokio::time::sleep(self.interval).await;
         }
         if self.break_after == Some(self.sent) {
-            // An error from the body makes hyper drop the connection without the chunked
-            // terminator, which is what a client sees when an upstream dies mid-stream.
+            // Hand control back once so hyper flushes the events already yielded; an error
+            // from the body then makes it drop the connection without the chunked terminator,
+            // which is what a client sees when an upstream dies mid-stream.
+            tokio::task::yield_now().await;
             self.broken = true;
             self.guard.done = true;
             return Some((Err("mock upstream: stream broken on purpose".into()), self));
@@ -798,9 +733,7 @@ struct CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if !self.done {
-            self.shared
-                .cancelled_streams
-                .fetch_add(1, Ordering::Relaxed);
+            self.shared.cancelled_streams.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -809,23 +742,22 @@ impl Drop for CancelGuard {
 // Embeddings
 
 fn embeddings(body: &Value) -> Result<Response<MockBody>, ApiError> {
-    let model = body.get("model").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::invalid(Some("model"), None, "you must provide a model parameter")
-    })?;
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid(Some("model"), None, "you must provide a model parameter"))?;
     let inputs = embedding_inputs(body.get("input"))?;
     let dimensions = match body.get("dimensions") {
         None | Some(Value::Null) => 8,
-        Some(v) => v
-            .as_u64()
-            .filter(|d| (1..=8192).contains(d))
-            .and_then(|d| usize::try_from(d).ok())
-            .ok_or_else(|| {
+        Some(v) => {
+            v.as_u64().filter(|d| (1..=8192).contains(d)).and_then(|d| usize::try_from(d).ok()).ok_or_else(|| {
                 ApiError::invalid(
                     Some("dimensions"),
                     Some("invalid_value"),
                     "Invalid 'dimensions': expected an integer between 1 and 8192.",
                 )
-            })?,
+            })?
+        }
     };
     let base64 = match body.get("encoding_format") {
         None | Some(Value::Null) => false,
@@ -850,7 +782,9 @@ fn embeddings(body: &Value) -> Result<Response<MockBody>, ApiError> {
                 let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
                 Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(vector)
+                // Through the f32's shortest decimal form, so the JSON reads like OpenAI's
+                // ("-0.0069292835") rather than the f64 widening ("-0.006929283495992422").
+                vector.iter().map(|x| x.to_string().parse::<f64>().map_or(Value::Null, Value::from)).collect()
             };
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
@@ -881,21 +815,14 @@ fn embedding_inputs(input: Option<&Value>) -> Result<Vec<EmbeddingInput>, ApiErr
              or array of integer arrays.",
         )
     };
-    let text = |s: &str| {
-        (!s.is_empty()).then(|| EmbeddingInput {
-            key: s.as_bytes().to_vec(),
-            tokens: word_count(s).max(1),
-        })
-    };
+    let text =
+        |s: &str| (!s.is_empty()).then(|| EmbeddingInput { key: s.as_bytes().to_vec(), tokens: word_count(s).max(1) });
     let token_ids = |ids: &[Value]| -> Option<EmbeddingInput> {
         if ids.is_empty() {
             return None;
         }
         let key = ids.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()?;
-        Some(EmbeddingInput {
-            key: key.iter().flat_map(|id| id.to_le_bytes()).collect(),
-            tokens: key.len(),
-        })
+        Some(EmbeddingInput { key: key.iter().flat_map(|id| id.to_le_bytes()).collect(), tokens: key.len() })
     };
     match input {
         None | Some(Value::Null) => Err(ApiError::invalid(
@@ -963,34 +890,12 @@ impl ApiError {
                 "requests",
                 Some("rate_limit_exceeded"),
             ),
-            500 => (
-                "The server had an error while processing your request. Sorry about that!",
-                "server_error",
-                None,
-            ),
-            503 => (
-                "The engine is currently overloaded, please try again later.",
-                "server_error",
-                None,
-            ),
-            s if s >= 500 => (
-                "Upstream failure injected by the mock.",
-                "server_error",
-                None,
-            ),
-            _ => (
-                "Request rejected by the mock.",
-                "invalid_request_error",
-                None,
-            ),
+            500 => ("The server had an error while processing your request. Sorry about that!", "server_error", None),
+            503 => ("The engine is currently overloaded, please try again later.", "server_error", None),
+            s if s >= 500 => ("Upstream failure injected by the mock.", "server_error", None),
+            _ => ("Request rejected by the mock.", "invalid_request_error", None),
         };
-        Self {
-            status,
-            message: message.to_owned(),
-            kind,
-            param: None,
-            code,
-        }
+        Self { status, message: message.to_owned(), kind, param: None, code }
     }
 
     fn into_response(self) -> Response<MockBody> {
@@ -1004,9 +909,7 @@ impl ApiError {
             }}),
         );
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -1023,15 +926,10 @@ fn model_not_found(model: &str) -> ApiError {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut response =
+        Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -1040,7 +938,5 @@ fn event(data: &Value) -> Bytes {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 pub use interpolate::{Env, MapEnv, ProcessEnv};
 pub use typed::{
-    ApiKey, Config, LogFormat, Logging, Model, Retry, Secret, Server, Target, Timeouts, Tls, Upstream,
-    UpstreamKind, WILDCARD_MODEL,
+    ApiKey, Config, LogFormat, Logging, Model, Retry, Secret, Server, Target, Timeouts, Tls, Upstream, UpstreamKind,
+    WILDCARD_MODEL,
 };
 
 /// Everything that can be wrong with a configuration.
@@ -45,11 +45,7 @@ pub struct FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 

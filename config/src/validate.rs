@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::FieldError;
 use crate::raw::{RawConfig, RawTimeouts};
 use crate::typed::*;
-use crate::FieldError;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
@@ -65,7 +65,10 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
     // [server]
     let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-        errs.push("server.listen", format!("{listen_text:?} is not an address; write e.g. \"127.0.0.1:8080\" or \"[::]:8080\""));
+        errs.push(
+            "server.listen",
+            format!("{listen_text:?} is not an address; write e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+        );
         DEFAULT_LISTEN.parse().expect("the default listen address parses")
     });
     let max_body_bytes = match raw.server.max_body_bytes {
@@ -86,7 +89,11 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             raw.server.header_read_timeout.as_deref(),
             Duration::from_secs(10),
         ),
-        shutdown_grace: errs.duration("server.shutdown_grace", raw.server.shutdown_grace.as_deref(), Duration::from_secs(30)),
+        shutdown_grace: errs.duration(
+            "server.shutdown_grace",
+            raw.server.shutdown_grace.as_deref(),
+            Duration::from_secs(30),
+        ),
     };
 
     // [timeouts], [retry], [log]
@@ -127,7 +134,10 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         let kind = match u.kind.as_str() {
             "openai" => UpstreamKind::OpenAi,
             other => {
-                errs.push(format!("{p}.kind"), format!("unknown kind {other:?}; supported: {}", UpstreamKind::NAMES.join(", ")));
+                errs.push(
+                    format!("{p}.kind"),
+                    format!("unknown kind {other:?}; supported: {}", UpstreamKind::NAMES.join(", ")),
+                );
                 UpstreamKind::OpenAi
             }
         };
@@ -146,7 +156,10 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             }
             Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
             Err(e) => {
-                errs.push(format!("{p}.endpoint"), format!("{:?} is not a URL ({e}); write e.g. \"https://api.openai.com/v1\"", u.endpoint));
+                errs.push(
+                    format!("{p}.endpoint"),
+                    format!("{:?} is not a URL ({e}); write e.g. \"https://api.openai.com/v1\"", u.endpoint),
+                );
                 String::new()
             }
         };
@@ -256,9 +269,5 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         );
     }
 
-    if errs.0.is_empty() {
-        Ok(Config { server, retry, log, upstreams, models, keys })
-    } else {
-        Err(errs.0)
-    }
+    if errs.0.is_empty() { Ok(Config { server, retry, log, upstreams, models, keys }) } else { Err(errs.0) }
 }

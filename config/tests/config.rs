@@ -87,7 +87,11 @@ fn reports_every_problem_with_its_path() {
 fn unknown_fields_are_rejected_with_their_path() {
     let errs = errors("[[upstreams]]\nname = \"a\"\nendpoint = \"http://x\"\nendpont = \"http://y\"");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0] == "upstreams[0].endpont: unknown field `endpont`, expected one of `name`, `kind`, `endpoint`, `api_key`, `headers`, `timeouts`", "{errs:?}");
+    assert!(
+        errs[0]
+            == "upstreams[0].endpont: unknown field `endpont`, expected one of `name`, `kind`, `endpoint`, `api_key`, `headers`, `timeouts`",
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -117,10 +121,7 @@ fn keys_are_checked_and_stored_hashed() {
         Path::new("."),
     )
     .unwrap();
-    assert_eq!(
-        hex::encode(c.keys[0].sha256),
-        "9f9f5111f7b27a781f1f1ddde5ebc2dd2b796bfc7365c9c28b548e564176929f"
-    );
+    assert_eq!(hex::encode(c.keys[0].sha256), "9f9f5111f7b27a781f1f1ddde5ebc2dd2b796bfc7365c9c28b548e564176929f");
     assert!(!format!("{:?}", c.keys[0]).contains("0123456789abcdef"));
 }
 

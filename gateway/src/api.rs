@@ -53,12 +53,21 @@ impl Usage {
 }
 
 /// Reads a request body of at most `limit` bytes within `timeout`.
-pub async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, Error> {
+pub async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Error> {
     let too_large = || {
-        Error::new(Kind::PayloadTooLarge, format!("The request body is larger than this gateway accepts ({limit} bytes)."))
-            .code("request_too_large")
+        Error::new(
+            Kind::PayloadTooLarge,
+            format!("The request body is larger than this gateway accepts ({limit} bytes)."),
+        )
+        .code("request_too_large")
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -100,7 +109,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             Error::bad_request(format!("Invalid value for '{path}': {detail}.")).param(path).code("invalid_value")
         }
     })?;
-    de.end().map_err(|e| Error::bad_request(format!("Unexpected data after the JSON body ({e}).")).code("invalid_json"))?;
+    de.end()
+        .map_err(|e| Error::bad_request(format!("Unexpected data after the JSON body ({e}).")).code("invalid_json"))?;
     Ok(value)
 }
-

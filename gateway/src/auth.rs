@@ -75,7 +75,11 @@ mod tests {
     use super::*;
 
     fn auth() -> Auth {
-        Auth::new(&[ApiKey { name: "svc".into(), team: "search".into(), sha256: Sha256::digest(b"sk-good-0123456789").into() }])
+        Auth::new(&[ApiKey {
+            name: "svc".into(),
+            team: "search".into(),
+            sha256: Sha256::digest(b"sk-good-0123456789").into(),
+        }])
     }
 
     fn headers(value: &str) -> HeaderMap {

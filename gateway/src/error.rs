@@ -227,7 +227,9 @@ impl Error {
                 code: self.code.as_deref(),
             },
         };
-        serde_json::to_vec(&envelope).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#.to_vec())
+        serde_json::to_vec(&envelope).unwrap_or_else(|_| {
+            br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#.to_vec()
+        })
     }
 
     /// The response for this error. The only function that builds error responses.

@@ -90,7 +90,11 @@ impl Metrics {
         let retries = Family::<TtftLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let in_flight = Gauge::default();
-        registry.register("weir_requests", "Model requests by public model, target, status and outcome", requests.clone());
+        registry.register(
+            "weir_requests",
+            "Model requests by public model, target, status and outcome",
+            requests.clone(),
+        );
         registry.register(
             "gen_ai_server_request_duration_seconds",
             "Time from request received to last byte sent, by public model, target and status",
@@ -102,8 +106,16 @@ impl Metrics {
             ttft.clone(),
         );
         registry.register("weir_tokens", "Tokens by public model, target and type", tokens.clone());
-        registry.register("weir_upstream_errors", "Failed upstream attempts by target and class", upstream_errors.clone());
-        registry.register("weir_upstream_retries", "Attempts beyond the first, by public model and the target retried", retries.clone());
+        registry.register(
+            "weir_upstream_errors",
+            "Failed upstream attempts by target and class",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "weir_upstream_retries",
+            "Attempts beyond the first, by public model and the target retried",
+            retries.clone(),
+        );
         registry.register("weir_http_requests", "Every HTTP request, by route and status", http_requests.clone());
         registry.register("weir_in_flight_requests", "Requests being served now", in_flight.clone());
         Self { registry, requests, duration, ttft, tokens, upstream_errors, retries, http_requests, in_flight }

@@ -147,7 +147,9 @@ async fn dispatch(
         Endpoint::Health => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
         Endpoint::Ready if app.is_draining() => Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")),
         Endpoint::Ready => Ok(text(StatusCode::OK, "text/plain", "ready\n")),
-        Endpoint::Metrics => Ok(text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", app.metrics.render())),
+        Endpoint::Metrics => {
+            Ok(text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", app.metrics.render()))
+        }
         Endpoint::WrongMethod => Err(Error::new(
             Kind::MethodNotAllowed,
             format!("{} is not allowed on {}.", request.method(), request.uri().path()),
@@ -249,10 +251,9 @@ async fn model_request(
     acct.finish(Outcome::Ok);
     let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")));
     Ok(response)
 }
 

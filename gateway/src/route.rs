@@ -53,11 +53,8 @@ pub struct Router {
 
 impl Router {
     pub fn new(config: &Config) -> Result<Self, Error> {
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| UpstreamClient::new(u).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let upstreams =
+            config.upstreams.iter().map(|u| UpstreamClient::new(u).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         let mut models = HashMap::new();
         let mut wildcard = None;
         let mut names = Vec::new();

@@ -22,11 +22,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     let server = &app.config.server;
     let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -97,8 +93,9 @@ fn tls_acceptor(tls: &Tls) -> io::Result<TlsAcceptor> {
         std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))
     };
     let certs = rustls_pemfile::certs(&mut &read(&tls.cert)?[..]).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut &read(&tls.key)?[..])?
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no private key in {}", tls.key.display())))?;
+    let key = rustls_pemfile::private_key(&mut &read(&tls.key)?[..])?.ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("no private key in {}", tls.key.display()))
+    })?;
     let mut config = rustls::ServerConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?

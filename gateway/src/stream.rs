@@ -162,7 +162,10 @@ impl HttpBody for SseRelay {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let msg = format!("The connection to the upstream '{}' broke in the middle of the stream.", this.upstream_name);
+                    let msg = format!(
+                        "The connection to the upstream '{}' broke in the middle of the stream.",
+                        this.upstream_name
+                    );
                     let err = this.stream_error(msg).source(e);
                     this.fail(&err);
                 }
@@ -174,7 +177,8 @@ impl HttpBody for SseRelay {
                         // The upstream already told the client what went wrong, in its own words.
                         this.finish(Outcome::Error);
                     } else {
-                        let msg = format!("The upstream '{}' ended the stream before it was complete.", this.upstream_name);
+                        let msg =
+                            format!("The upstream '{}' ended the stream before it was complete.", this.upstream_name);
                         let err = this.stream_error(msg);
                         this.fail(&err);
                     }

@@ -92,7 +92,8 @@ impl ChatRequest {
         } else {
             self.stream_options.clone()
         };
-        let body = Upstream { model, messages: &self.messages, stream: self.stream, stream_options, extra: &self.extra };
+        let body =
+            Upstream { model, messages: &self.messages, stream: self.stream, stream_options, extra: &self.extra };
         serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the upstream request").source(e))
     }
 }

@@ -35,7 +35,9 @@ impl EmbeddingsRequest {
             Value::Array(items) => {
                 items.iter().all(|i| matches!(i, Value::String(s) if !s.is_empty()))
                     || items.iter().all(Value::is_u64)
-                    || items.iter().all(|i| matches!(i, Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64)))
+                    || items
+                        .iter()
+                        .all(|i| matches!(i, Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64)))
             }
             _ => false,
         };

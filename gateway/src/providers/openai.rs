@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn client_errors_pass_through_with_their_details() {
-        let e = classify_json(404, r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","param":"model","code":"model_not_found"}}"#);
+        let e = classify_json(
+            404,
+            r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","param":"model","code":"model_not_found"}}"#,
+        );
         assert_eq!(e.http_status(), StatusCode::NOT_FOUND);
         assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some("model"), Some("model_not_found")));
         assert!(!e.retryable);

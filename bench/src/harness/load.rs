@@ -1,0 +1,339 @@
+//! The load generator: keep-alive HTTP/1.1 connection pools, open and closed loops, latency summaries.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+/// Latency percentiles of the successful requests of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+/// The outcome of one measured run against one target.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub sent: usize,
+    pub ok: usize,
+    pub errors: usize,
+    /// Successful responses per second, from the first send to the last response.
+    pub rate: f64,
+    /// To the last byte of the response; in open loops from the *scheduled* send time.
+    pub latency: Option<Latency>,
+    /// To the first byte of the response body, measured like `latency`.
+    pub first_byte: Option<Latency>,
+    pub first_error: Option<String>,
+}
+
+/// The two request shapes every target is driven with.
+#[derive(Debug, Clone, Copy)]
+pub enum Workload {
+    /// A small non-streaming chat completion.
+    Chat,
+    /// A streamed chat completion; the response must end with `data: [DONE]`.
+    Stream,
+}
+
+/// Where requests go: a pool of connections to one address plus the request bodies for it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: &'static str,
+    pool: Arc<Pool>,
+    host: HeaderValue,
+    chat_body: Bytes,
+    stream_body: Bytes,
+}
+
+/// No single request may hold up a run for longer than this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CHAT_PATH: &str = "/v1/chat/completions";
+
+impl Target {
+    pub fn new(name: &'static str, addr: SocketAddr, model: &str, stream_model: &str, connections: usize) -> Self {
+        let body = |model: &str, stream: bool| {
+            Bytes::from(
+                json!({
+                    "model": model,
+                    "stream": stream,
+                    "max_tokens": 16,
+                    "messages": [
+                        {"role": "system", "content": "You are a terse assistant."},
+                        {"role": "user", "content": "Say hello to the benchmark."},
+                    ],
+                })
+                .to_string(),
+            )
+        };
+        Self {
+            name,
+            pool: Arc::new(Pool::new(addr, connections)),
+            // A socket address is always a valid header value.
+            host: HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
+            chat_body: body(model, false),
+            stream_body: body(stream_model, true),
+        }
+    }
+
+    /// Sends one request of each workload, so a misconfigured target fails loudly before any run.
+    pub async fn preflight(&self) -> Result<()> {
+        for workload in [Workload::Chat, Workload::Stream] {
+            self.send(workload)
+                .await
+                .with_context(|| format!("{}: {workload:?} preflight request failed", self.name))?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, workload: Workload) -> Result<Exchange> {
+        let (body, expect_done) = match workload {
+            Workload::Chat => (self.chat_body.clone(), false),
+            Workload::Stream => (self.stream_body.clone(), true),
+        };
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = Uri::from_static(CHAT_PATH);
+        req.headers_mut().insert(HOST, self.host.clone());
+        req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.pool.exchange(req, expect_done)).await {
+            Ok(result) => result,
+            Err(_) => bail!("no complete response within {REQUEST_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Sends `rate` requests per second for `duration`, each at its scheduled time whether or not
+/// earlier ones have completed, and measures latency from that scheduled time, so a slow
+/// response cannot hide the requests queued behind it (no coordinated omission).
+pub async fn open_loop(target: &Target, workload: Workload, rate: u32, duration: Duration) -> Run {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    // Rounded and at least 1: the count is what bounds the loop.
+    let total = ((f64::from(rate) * duration.as_secs_f64()).round() as usize).max(1);
+    let begin = Instant::now() + Duration::from_millis(10);
+
+    // A dedicated thread paces the sends: tokio's timer has millisecond resolution, which would
+    // bunch requests at 1000 req/s and add up to a millisecond to every latency measured from
+    // the schedule. Linux's nanosleep is accurate to tens of microseconds.
+    let (schedule, mut due) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for i in 0..total {
+            let at = begin + interval.mul_f64(i as f64);
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if schedule.send(at).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut in_flight = JoinSet::new();
+    while let Some(scheduled) = due.recv().await {
+        let target = target.clone();
+        in_flight.spawn(async move { Outcome { start: scheduled, result: target.send(workload).await } });
+    }
+    let mut outcomes = Vec::with_capacity(total);
+    while let Some(joined) = in_flight.join_next().await {
+        outcomes.push(joined.unwrap_or_else(|err| Outcome {
+            start: begin,
+            result: Err(anyhow::anyhow!("request task failed: {err}")),
+        }));
+    }
+    summarise(&outcomes, begin)
+}
+
+/// Keeps `workers` requests in flight back to back for `duration`; measures maximum throughput.
+pub async fn closed_loop(target: &Target, workload: Workload, workers: usize, duration: Duration) -> Run {
+    let begin = Instant::now();
+    let deadline = begin + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        let target = target.clone();
+        tasks.spawn(async move {
+            let mut outcomes = Vec::new();
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                let result = target.send(workload).await;
+                let failed = result.is_err();
+                outcomes.push(Outcome { start, result });
+                if failed {
+                    // A target that refuses connections fails in microseconds; without a pause
+                    // the loop would spin and pile up millions of errors in one run.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            outcomes
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(mut worker) => outcomes.append(&mut worker),
+            Err(err) => {
+                outcomes.push(Outcome { start: begin, result: Err(anyhow::anyhow!("worker task failed: {err}")) })
+            }
+        }
+    }
+    summarise(&outcomes, begin)
+}
+
+struct Outcome {
+    start: Instant,
+    result: Result<Exchange>,
+}
+
+/// When the response body started and finished arriving.
+#[derive(Debug, Clone, Copy)]
+struct Exchange {
+    first_byte: Instant,
+    last_byte: Instant,
+}
+
+fn summarise(outcomes: &[Outcome], begin: Instant) -> Run {
+    let mut latency = Vec::with_capacity(outcomes.len());
+    let mut first_byte = Vec::with_capacity(outcomes.len());
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut end = begin;
+    for outcome in outcomes {
+        match &outcome.result {
+            Ok(exchange) => {
+                latency.push(exchange.last_byte.saturating_duration_since(outcome.start));
+                first_byte.push(exchange.first_byte.saturating_duration_since(outcome.start));
+                end = end.max(exchange.last_byte);
+            }
+            Err(err) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+    }
+    let wall = end.saturating_duration_since(begin).as_secs_f64();
+    Run {
+        sent: outcomes.len(),
+        ok: latency.len(),
+        errors,
+        rate: if wall > 0.0 { latency.len() as f64 / wall } else { 0.0 },
+        latency: Latency::of(&mut latency),
+        first_byte: Latency::of(&mut first_byte),
+        first_error,
+    }
+}
+
+impl Latency {
+    /// Nearest-rank percentiles; `None` without samples.
+    fn of(samples: &mut [Duration]) -> Option<Self> {
+        samples.sort_unstable();
+        let max = *samples.last()?;
+        let at = |q: f64| samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+        Some(Self { p50: at(0.50), p90: at(0.90), p99: at(0.99), max })
+    }
+}
+
+/// At most `size` keep-alive connections to one address, opened on demand and reused.
+///
+/// Hand-rolled rather than hyper-util's pooling client because that one opens a new connection
+/// whenever none is idle at that instant, so the connection count would drift with load.
+#[derive(Debug)]
+struct Pool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    permits: Semaphore,
+}
+
+impl Pool {
+    fn new(addr: SocketAddr, size: usize) -> Self {
+        Self { addr, idle: Mutex::new(Vec::with_capacity(size)), permits: Semaphore::new(size) }
+    }
+
+    /// Sends `req` on a pooled connection and reads the whole response.
+    async fn exchange(&self, req: Request<Full<Bytes>>, expect_done: bool) -> Result<Exchange> {
+        const DONE: &[u8] = b"data: [DONE]\n\n";
+        let _permit = self.permits.acquire().await.context("connection pool closed")?;
+        let mut sender = self.checkout().await?;
+        let response = sender.send_request(req).await.context("sending the request")?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut first_byte = None;
+        // Enough of the body to explain an error and to see how a stream ended, without keeping
+        // every response of a long run.
+        let mut head = Vec::new();
+        let mut tail = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.context("reading the response body")?.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            first_byte.get_or_insert_with(Instant::now);
+            if head.len() < 256 {
+                head.extend_from_slice(&data[..data.len().min(256 - head.len())]);
+            }
+            tail.extend_from_slice(&data[data.len().saturating_sub(DONE.len())..]);
+            tail.drain(..tail.len().saturating_sub(DONE.len()));
+        }
+        let last_byte = Instant::now();
+        // The body was read to its end, so the connection can carry the next request.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(sender);
+        if !status.is_success() {
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(&head));
+        }
+        if expect_done && tail != DONE {
+            bail!("stream ended without `data: [DONE]`");
+        }
+        Ok(Exchange { first_byte: first_byte.unwrap_or(last_byte), last_byte })
+    }
+
+    /// An idle connection that is still usable, or a new one.
+    async fn checkout(&self) -> Result<SendRequest<Full<Bytes>>> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let Some(mut sender) = idle else { break };
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        let tcp = TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
+        // Connection errors surface through the sender; the driver task only has to run.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let latency = Latency::of(&mut samples);
+        let Some(latency) = latency else { panic!("samples were given") };
+        assert_eq!(latency.p50, Duration::from_millis(50));
+        assert_eq!(latency.p90, Duration::from_millis(90));
+        assert_eq!(latency.p99, Duration::from_millis(99));
+        assert_eq!(latency.max, Duration::from_millis(100));
+        assert!(Latency::of(&mut []).is_none());
+        let mut one = [Duration::from_millis(7)];
+        assert!(Latency::of(&mut one).is_some_and(|l| l.p50 == l.max));
+    }
+}

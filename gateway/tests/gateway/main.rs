@@ -1,0 +1,10 @@
+//! Integration tests: the gateway started in-process on port 0 in front of the mock upstreams of
+//! `weir-bench`, driven through its real HTTP surface by real clients (async-openai, reqwest, and the
+//! official `openai` Python SDK). One test binary, so the crates are linked once.
+
+mod chat;
+mod errors;
+mod python;
+mod server;
+mod streams;
+mod support;

@@ -1,0 +1,159 @@
+//! Starting a gateway for a test, and the clients that talk to it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_openai::config::OpenAIConfig;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use weir::App;
+use weir_config::MapEnv;
+
+/// A gateway serving on an ephemeral loopback port.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with this configuration text (its `server.listen` is replaced by port 0).
+    pub async fn start(config: &str) -> Self {
+        let config = weir_config::load_str(config, &MapEnv::default(), Path::new(env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let app = Arc::new(App::new(config).expect("app"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(weir::server::serve(listener, app.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self { addr, app, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// `http://127.0.0.1:PORT/v1`
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// An async-openai client for this gateway.
+    pub fn openai(&self, key: &str) -> async_openai::Client<OpenAIConfig> {
+        async_openai::Client::with_config(OpenAIConfig::new().with_api_base(self.base_url()).with_api_key(key))
+    }
+
+    /// Signals shutdown and returns the server task, which ends once draining is over.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<std::io::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("shut down once")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics")).await.expect("metrics").text().await.expect("metrics text")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A configuration with one mock upstream `mock`, a public model `gpt-test` → `mock-model`, and a
+/// wildcard that passes any other name through; `extra` is appended (more tables, keys, …).
+pub fn config(mock_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[retry]
+backoff_base = "5ms"
+backoff_max = "20ms"
+
+[[upstreams]]
+name = "mock"
+endpoint = "{mock_url}"
+
+[[models]]
+name = "gpt-test"
+targets = [{{ upstream = "mock", model = "mock-model" }}]
+
+[[models]]
+name = "*"
+targets = [{{ upstream = "mock" }}]
+{extra}
+"#
+    )
+}
+
+/// [`config`] without the wildcard entry: unknown model names are the gateway's 404.
+pub fn strict_config(mock_url: &str, extra: &str) -> String {
+    config(mock_url, extra).replace("[[models]]\nname = \"*\"\ntargets = [{ upstream = \"mock\" }]", "")
+}
+
+/// Posts JSON (or any text) and returns the status, headers and parsed body (`Null` if not JSON).
+pub async fn post(url: &str, body: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_owned());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body");
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// Posts a streaming request and returns the status and the raw body bytes.
+pub async fn post_raw(url: &str, body: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    (status, response.bytes().await.expect("body").to_vec())
+}
+
+/// Asserts an OpenAI-shaped error body and returns its `error` object.
+pub fn openai_error(body: &Value) -> &serde_json::Map<String, Value> {
+    let error = body.get("error").and_then(Value::as_object).unwrap_or_else(|| panic!("not an OpenAI error: {body}"));
+    for field in ["message", "type", "param", "code"] {
+        assert!(error.contains_key(field), "error without `{field}`: {body}");
+    }
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    error
+}
+
+/// The data payloads of an SSE body.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .collect()
+}
+
+/// The value of a metric line with all of `labels`, or 0 if absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
