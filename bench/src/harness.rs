@@ -91,12 +91,19 @@ pub struct Memory {
     pub high_water_kib: u64,
 }
 
+impl Report {
+    /// Every workload's comparison, in the order they ran.
+    pub fn comparisons(&self) -> impl Iterator<Item = &Comparison> {
+        self.open_loops.iter().chain([&self.closed_loop, &self.streaming])
+    }
+}
+
 /// What the mock is asked for directly; Weir's config maps its own names onto these.
 const DIRECT_MODEL: &str = "mock-model";
 const DIRECT_STREAM_MODEL: &str = "fixture:text_a";
 /// Unmeasured load before the measured runs, so both targets start with warm connections.
 const WARM_UP: Duration = Duration::from_secs(1);
-/// A pause between runs, so one run's stragglers do not land in the next.
+/// A pause between runs, so the previous run's clean-up (closing, freeing) does not land in the next.
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// Runs every workload against the mock, and through Weir unless `--direct-only`.
@@ -127,11 +134,11 @@ pub fn run(options: &Options) -> Result<Report> {
 
 async fn measure(options: &Options, mock: &MockUpstream, weir: Option<&Weir>) -> Result<Report> {
     let direct = Target::new("direct", mock.addr(), DIRECT_MODEL, DIRECT_STREAM_MODEL, options.connections);
-    let through_weir =
-        weir.map(|w| Target::new("weir", w.addr(), weir::MODEL, weir::STREAM_MODEL, options.connections));
+    let weir_target = weir.map(|w| Target::new("weir", w.addr(), weir::MODEL, weir::STREAM_MODEL, options.connections));
+    let through_weir = weir_target.as_ref().zip(weir);
     let idle_kib = weir.map(Weir::memory).transpose()?.map(|m| m.rss_kib);
 
-    for target in std::iter::once(&direct).chain(&through_weir) {
+    for target in std::iter::once(&direct).chain(&weir_target) {
         target.preflight().await?;
         load::closed_loop(target, Workload::Chat, options.connections, WARM_UP).await;
     }
@@ -140,27 +147,17 @@ async fn measure(options: &Options, mock: &MockUpstream, weir: Option<&Weir>) ->
     for &rate in &options.rates {
         let name = format!("open loop, {rate} req/s");
         open_loops.push(
-            compare(&name, &direct, through_weir.as_ref(), weir, |t| {
-                load::open_loop(t, Workload::Chat, rate, options.duration)
-            })
-            .await,
+            compare(&name, &direct, through_weir, |t| load::open_loop(t, Workload::Chat, rate, options.duration)).await,
         );
     }
-    let closed_loop = compare(
-        &format!("closed loop, {} connections", options.connections),
-        &direct,
-        through_weir.as_ref(),
-        weir,
-        |t| load::closed_loop(t, Workload::Chat, options.connections, options.duration),
-    )
-    .await;
-    let streaming = compare(
-        &format!("streaming text_a, {} req/s", options.stream_rate),
-        &direct,
-        through_weir.as_ref(),
-        weir,
-        |t| load::open_loop(t, Workload::Stream, options.stream_rate, options.duration),
-    )
+    let closed_loop =
+        compare(&format!("closed loop, {} connections", options.connections), &direct, through_weir, |t| {
+            load::closed_loop(t, Workload::Chat, options.connections, options.duration)
+        })
+        .await;
+    let streaming = compare(&format!("streaming text_a, {} req/s", options.stream_rate), &direct, through_weir, |t| {
+        load::open_loop(t, Workload::Stream, options.stream_rate, options.duration)
+    })
     .await;
 
     let memory = match (weir, idle_kib) {
@@ -185,8 +182,7 @@ async fn measure(options: &Options, mock: &MockUpstream, weir: Option<&Weir>) ->
 async fn compare<'t, F>(
     workload: &str,
     direct: &'t Target,
-    through_weir: Option<&'t Target>,
-    weir: Option<&Weir>,
+    through_weir: Option<(&'t Target, &Weir)>,
     run: impl Fn(&'t Target) -> F,
 ) -> Comparison
 where
@@ -195,8 +191,8 @@ where
     eprintln!("{workload}: direct");
     let direct = run(direct).await;
     tokio::time::sleep(SETTLE).await;
-    let (weir_run, weir_peak_rss_kib) = match (through_weir, weir) {
-        (Some(target), Some(weir)) => {
+    let (weir_run, weir_peak_rss_kib) = match through_weir {
+        Some((target, weir)) => {
             eprintln!("{workload}: through weir");
             weir.reset_peak_rss();
             let measured = run(target).await;
@@ -204,7 +200,7 @@ where
             tokio::time::sleep(SETTLE).await;
             (Some(measured), peak)
         }
-        _ => (None, None),
+        None => (None, None),
     };
     Comparison { workload: workload.to_owned(), direct, weir: weir_run, weir_peak_rss_kib }
 }

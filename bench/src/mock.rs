@@ -57,6 +57,7 @@ pub struct MockBuilder {
     // Inverted so that `Default` records, which is what tests want; the load harness turns it off
     // because keeping every request of a long run would grow without bound.
     skip_recording: bool,
+    listen: Option<SocketAddr>,
 }
 
 macro_rules! fixtures {
@@ -96,6 +97,8 @@ pub const MODELS: &[&str] = &["mock-model", "gpt-4o-mini", "text-embedding-3-sma
 pub const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
 
 /// A unit vector that depends only on `key` and `dimensions`: FNV-1a seeds a splitmix64 sequence.
+/// The mock embeds a text input with `key` = its UTF-8 bytes, and a token-id input with `key` =
+/// its ids as little-endian `u64`s, so tests can predict every vector.
 pub fn embedding_vector(key: &[u8], dimensions: usize) -> Vec<f32> {
     let mut state =
         key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
@@ -135,6 +138,11 @@ impl MockUpstream {
     /// How many requests arrived, on any route; counted even when recording is off.
     pub fn request_count(&self) -> usize {
         self.shared.request_count.load(Ordering::Relaxed)
+    }
+
+    /// How many TCP connections the mock accepted, e.g. to check that a client reuses them.
+    pub fn connection_count(&self) -> usize {
+        self.shared.connection_count.load(Ordering::Relaxed)
     }
 
     /// Streamed responses whose client went away before the last event was sent.
@@ -227,24 +235,33 @@ impl MockBuilder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
+    /// Listens on `addr` instead of `127.0.0.1:0`; for the standalone `mock-upstream` server.
+    /// Tests should leave this alone so they can run in parallel.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Binds `127.0.0.1:0` (or the `listen` address) and serves on the current tokio runtime.
     ///
     /// # Panics
     /// If the loopback listener cannot be bound; use [`MockBuilder::try_start`] to handle that.
     pub async fn start(self) -> MockUpstream {
         match self.try_start().await {
             Ok(mock) => mock,
-            Err(err) => panic!("mock upstream: cannot bind 127.0.0.1:0: {err}"),
+            Err(err) => panic!("mock upstream: cannot bind its listener: {err}"),
         }
     }
 
     pub async fn try_start(self) -> std::io::Result<MockUpstream> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = self.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             config: self,
             requests: Mutex::default(),
             request_count: AtomicUsize::new(0),
+            connection_count: AtomicUsize::new(0),
             failable_requests: AtomicUsize::new(0),
             cancelled_streams: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -270,6 +287,7 @@ struct Shared {
     config: MockBuilder,
     requests: Mutex<Vec<Recorded>>,
     request_count: AtomicUsize,
+    connection_count: AtomicUsize,
     /// Requests that `fail_first` counts, so the first n of them fail.
     failable_requests: AtomicUsize,
     cancelled_streams: AtomicUsize,
@@ -297,6 +315,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                shared.connection_count.fetch_add(1, Ordering::Relaxed);
                 // Latency numbers are meaningless with Nagle's algorithm delaying small writes.
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);

@@ -40,9 +40,9 @@ pub struct Accounting {
     pub principal: Arc<Principal>,
     pub operation: &'static str,
     /// The public model label (`*` for a wildcard request).
-    pub model: String,
+    pub model: Arc<str>,
     /// The target that served (or last failed) the request, `upstream/model`.
-    pub target: String,
+    pub target: Arc<str>,
     pub started: Instant,
     pub ttft: Option<Duration>,
     pub usage: Option<Usage>,
@@ -57,7 +57,7 @@ impl Accounting {
         request_id: Arc<str>,
         principal: Arc<Principal>,
         operation: &'static str,
-        model: String,
+        model: Arc<str>,
         started: Instant,
     ) -> Self {
         metrics.in_flight.inc();
@@ -67,7 +67,7 @@ impl Accounting {
             principal,
             operation,
             model,
-            target: String::new(),
+            target: Arc::from(""),
             started,
             ttft: None,
             usage: None,

@@ -3,6 +3,8 @@
 //! the rest are `weir_*`. Label values are bounded: public model names come from the config (a wildcard
 //! request is labelled `*`), targets are `upstream/model` pairs from the config.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,8 +17,8 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// `chat` or `embeddings`.
     pub operation: &'static str,
-    pub model: String,
-    pub target: String,
+    pub model: Arc<str>,
+    pub target: Arc<str>,
     /// The HTTP status sent to the client.
     pub status: u16,
     /// `ok`, `error` (including a stream that failed after its first byte) or `client_abort`.
@@ -26,28 +28,28 @@ pub struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub operation: &'static str,
-    pub model: String,
-    pub target: String,
+    pub model: Arc<str>,
+    pub target: Arc<str>,
     pub status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TtftLabels {
-    pub model: String,
-    pub target: String,
+    pub model: Arc<str>,
+    pub target: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub model: String,
-    pub target: String,
+    pub model: Arc<str>,
+    pub target: Arc<str>,
     /// `input`, `output`, `cached_input` or `reasoning`.
     pub token_type: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
-    pub target: String,
+    pub target: Arc<str>,
     /// `connect`, `timeout`, `status_429`, `status_5xx`, `status_4xx`, `auth`, `protocol` or `stream`.
     pub class: &'static str,
 }

@@ -206,7 +206,7 @@ async fn model_request(
             &route,
             &app.metrics,
             deadline,
-            |target| acct.target.clone_from(&target.label),
+            |target| acct.target = target.label.clone(),
             |target| target.upstream.request(operation, body_for(target.upstream_model(requested_model))?),
         )
         .await;

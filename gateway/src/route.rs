@@ -21,7 +21,7 @@ use crate::providers::UpstreamClient;
 #[derive(Debug)]
 pub struct ModelRoute {
     /// The label for metrics and logs: the public name, or `*` for the wildcard.
-    pub label: String,
+    pub label: Arc<str>,
     pub targets: Vec<RouteTarget>,
 }
 
@@ -31,7 +31,7 @@ pub struct RouteTarget {
     /// The upstream's model name; `None` passes the requested name through.
     pub model: Option<String>,
     /// `upstream/model` (`upstream/*` for pass-through), for metrics and logs.
-    pub label: String,
+    pub label: Arc<str>,
 }
 
 impl RouteTarget {
@@ -65,10 +65,10 @@ impl Router {
                 .map(|t| {
                     let upstream = upstreams[t.upstream].clone();
                     let label = format!("{}/{}", upstream.name, t.model.as_deref().unwrap_or(WILDCARD_MODEL));
-                    RouteTarget { upstream, model: t.model.clone(), label }
+                    RouteTarget { upstream, model: t.model.clone(), label: label.into() }
                 })
                 .collect();
-            let route = Arc::new(ModelRoute { label: m.name.clone(), targets });
+            let route = Arc::new(ModelRoute { label: m.name.as_str().into(), targets });
             if m.is_wildcard() {
                 wildcard = Some(route);
             } else {

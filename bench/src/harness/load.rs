@@ -322,6 +322,65 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MockUpstream;
+
+    fn target(mock: &MockUpstream) -> Target {
+        Target::new("direct", mock.addr(), "mock-model", "fixture:text_a", 4)
+    }
+
+    #[tokio::test]
+    async fn open_loop_sends_the_scheduled_count_at_the_rate() {
+        let mock = MockUpstream::builder().start().await;
+        let run = open_loop(&target(&mock), Workload::Chat, 100, Duration::from_millis(500)).await;
+        assert_eq!((run.sent, run.ok, run.errors), (50, 50, 0), "{:?}", run.first_error);
+        assert_eq!(mock.request_count(), 50);
+        // Paced, not a burst: 50 requests spread over 490 ms (slower only on a starved machine).
+        assert!((50.0..=110.0).contains(&run.rate), "rate {}", run.rate);
+        let stream = open_loop(&target(&mock), Workload::Stream, 50, Duration::from_millis(200)).await;
+        assert_eq!((stream.ok, stream.errors), (10, 0), "{:?}", stream.first_error);
+        let (Some(first), Some(last)) = (stream.first_byte, stream.latency) else { panic!("no samples") };
+        assert!(first.p50 <= last.p50);
+    }
+
+    #[tokio::test]
+    async fn latency_counts_from_the_schedule_not_the_send() {
+        // One connection and a 50 ms upstream at 100 req/s: requests queue behind each other, and
+        // an honest open loop reports the queueing, far above the 50 ms service time.
+        let mock = MockUpstream::builder().latency(Duration::from_millis(50)).start().await;
+        let target = Target::new("direct", mock.addr(), "m", "m", 1);
+        let run = open_loop(&target, Workload::Chat, 100, Duration::from_millis(300)).await;
+        assert_eq!(run.ok, 30, "{:?}", run.first_error);
+        let Some(latency) = run.latency else { panic!("no samples") };
+        assert!(latency.max > Duration::from_millis(1000), "max {:?}", latency.max);
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_with_their_cause() {
+        let down = MockUpstream::builder().always_fail(503).start().await;
+        let run = open_loop(&target(&down), Workload::Chat, 100, Duration::from_millis(100)).await;
+        assert_eq!((run.ok, run.errors), (0, 10));
+        assert!(run.first_error.as_deref().is_some_and(|e| e.contains("503")), "{:?}", run.first_error);
+        assert!(run.latency.is_none());
+
+        let broken = MockUpstream::builder().break_stream_after(2).start().await;
+        let run = open_loop(&target(&broken), Workload::Stream, 100, Duration::from_millis(50)).await;
+        assert_eq!((run.ok, run.errors), (0, 5), "{:?}", run.first_error);
+
+        let gone = target(&down);
+        drop(down);
+        let run = closed_loop(&gone, Workload::Chat, 2, Duration::from_millis(100)).await;
+        assert!(run.errors > 0 && run.errors < 100, "{} errors: failing fast must back off", run.errors);
+        assert!(gone.preflight().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn closed_loop_reuses_its_connections() {
+        let mock = MockUpstream::builder().start().await;
+        let target = target(&mock);
+        let run = closed_loop(&target, Workload::Chat, 4, Duration::from_millis(200)).await;
+        assert!(run.ok > 100 && run.errors == 0, "{run:?}");
+        assert!(mock.connection_count() <= 4, "{} connections", mock.connection_count());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -44,7 +44,7 @@ impl Display for Report {
             writeln!(f, "\n| weir process | RSS |")?;
             writeln!(f, "|---|---:|")?;
             writeln!(f, "| idle, after start | {} |", mib(memory.idle_kib))?;
-            for c in self.open_loops.iter().chain([&self.closed_loop, &self.streaming]) {
+            for c in self.comparisons() {
                 if let Some(kib) = c.weir_peak_rss_kib {
                     writeln!(f, "| peak during {} | {} |", c.workload, mib(kib))?;
                 }
@@ -53,16 +53,13 @@ impl Display for Report {
             writeln!(f, "| high-water mark (VmHWM) | {} |", mib(memory.high_water_kib))?;
         }
 
-        let errors: Vec<_> = self
-            .open_loops
-            .iter()
-            .chain([&self.closed_loop, &self.streaming])
-            .flat_map(|c| [("direct", Some(&c.direct)), ("weir", c.weir.as_ref())].map(|(t, r)| (c, t, r)))
-            .filter_map(|(c, target, run)| Some((c, target, run?.first_error.as_ref()?)))
-            .collect();
-        if !errors.is_empty() {
-            writeln!(f, "\nFirst error of each run that had errors:\n")?;
-            for (c, target, error) in errors {
+        let mut heading = false;
+        for c in self.comparisons() {
+            for (target, run) in [("direct", Some(&c.direct)), ("weir", c.weir.as_ref())] {
+                let Some(error) = run.and_then(|r| r.first_error.as_ref()) else { continue };
+                if !std::mem::replace(&mut heading, true) {
+                    writeln!(f, "\nFirst error of each run that had errors:\n")?;
+                }
                 writeln!(f, "- {}, {target}: {error}", c.workload)?;
             }
         }

@@ -29,8 +29,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 pub struct Weir {
     child: Child,
     addr: SocketAddr,
-    dir: PathBuf,
     sampler: Sampler,
+    // Dropped after the process is killed: the config outlives the process that reads it.
+    _config: ConfigDir,
 }
 
 /// Resident memory of the process, in KiB.
@@ -45,9 +46,8 @@ impl Weir {
     /// until `/readyz` answers 200.
     pub async fn start(bin: &Path, upstream: &str) -> Result<Self> {
         let addr = free_loopback_addr()?;
-        let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let config = dir.join("weir.toml");
+        let dir = ConfigDir::create()?;
+        let config = dir.0.join("weir.toml");
         std::fs::write(&config, config_toml(addr, upstream))
             .with_context(|| format!("writing {}", config.display()))?;
         let child = Command::new(bin)
@@ -61,7 +61,7 @@ impl Weir {
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let sampler = Sampler::start(child.id());
-        let mut weir = Self { child, addr, dir, sampler };
+        let mut weir = Self { child, addr, sampler, _config: dir };
         weir.wait_ready().await?;
         Ok(weir)
     }
@@ -107,7 +107,28 @@ impl Drop for Weir {
         // Errors here mean the process is already gone, which is the goal.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A temporary directory for the generated config, removed on drop.
+#[derive(Debug)]
+struct ConfigDir(PathBuf);
+
+impl ConfigDir {
+    fn create() -> Result<Self> {
+        // Unique per process and per start, so parallel tests do not share a config.
+        static STARTS: AtomicU64 = AtomicU64::new(0);
+        let n = STARTS.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("weir-bench-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        // Leaving a small file in the temp dir is not worth failing a run over.
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
