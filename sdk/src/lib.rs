@@ -1,0 +1,148 @@
+//! Write [Weir](https://github.com/) policy plugins in Rust.
+//!
+//! A plugin is a WebAssembly component that the gateway calls at three points of a request's life:
+//! before routing ([`Plugin::on_request`]), when an upstream's response headers arrive
+//! ([`Plugin::on_response_headers`]), and when the request is over ([`Plugin::on_complete`]). It
+//! keeps no state of its own between requests: state lives in the host's [`kv`] store, [`quota`]
+//! limiter and [`ledger`], so the gateway can pool, recycle and replace instances freely.
+//!
+//! A plugin is one trait impl and one macro call:
+//!
+//! ```ignore
+//! use weir_sdk::{Decision, HookSet, Plugin, PluginInfo, Rejection, Request};
+//!
+//! /// Refuses requests for models whose name starts with a configured prefix.
+//! struct DenyPrefix {
+//!     prefix: String,
+//! }
+//!
+//! impl Plugin for DenyPrefix {
+//!     fn init(config: &str) -> Result<(Self, PluginInfo), String> {
+//!         // The plugin's config table, as JSON: {"prefix": "gpt-4"}
+//!         let prefix = config.split('"').nth(3).ok_or("config needs a prefix")?.to_owned();
+//!         Ok((DenyPrefix { prefix }, PluginInfo::hooks(HookSet::ON_REQUEST)))
+//!     }
+//!
+//!     fn on_request(&self, req: &Request) -> Decision {
+//!         if req.info().model.starts_with(&self.prefix) {
+//!             return Decision::Reject(Rejection {
+//!                 status: 403,
+//!                 code: "model_not_allowed".into(),
+//!                 message: format!("models starting with {} are not allowed", self.prefix),
+//!                 retry_after_ms: None,
+//!             });
+//!         }
+//!         Decision::Continue
+//!     }
+//! }
+//!
+//! weir_sdk::export_plugin!(DenyPrefix);
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2 --release` (the crate is a `cdylib`) and point
+//! the gateway's config at `target/wasm32-wasip2/release/<name>.wasm`. `weir plugin new NAME`
+//! scaffolds such a crate. The contract is `sdk/wit/weir.wit` (`weir:plugin@0.1.0`); every type
+//! below comes from it.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        default_bindings_module: "weir_sdk::bindings",
+        generate_all,
+    });
+}
+
+pub use bindings::weir::plugin::hooks::{
+    Completion, Decision, HookSet, LocalResponse, PluginInfo, Rejection, ResponseAction,
+};
+pub use bindings::weir::plugin::request::Request;
+pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage};
+pub use bindings::weir::plugin::{catalog, kv, ledger, log, metrics, quota};
+
+/// A policy plugin. Only `init` is required; the hooks the plugin implements must be named in
+/// [`PluginInfo::hooks`], and the host calls only those.
+pub trait Plugin: Sized + 'static {
+    /// Builds the plugin from its config table (as JSON text) once per instance, and says which
+    /// hooks to call, which request headers it reads and whether it needs the raw body.
+    fn init(config: &str) -> Result<(Self, PluginInfo), String>;
+
+    /// Before routing: continue, route elsewhere, reject, or answer now.
+    fn on_request(&self, _req: &Request) -> Decision {
+        Decision::Continue
+    }
+
+    /// When an upstream's response headers arrive: keep the response or retry another target.
+    fn on_response_headers(&self, _req: &Request, _status: u16) -> ResponseAction {
+        ResponseAction::Continue
+    }
+
+    /// After the response was sent, or the client went away: usage, timings, status.
+    fn on_complete(&self, _req: &Request, _outcome: Completion) {}
+}
+
+impl PluginInfo {
+    /// Info for a plugin that implements `hooks`, reads no headers and does not need the body.
+    pub fn hooks(hooks: HookSet) -> Self {
+        PluginInfo { hooks, read_headers: Vec::new(), needs_body: false }
+    }
+
+    /// Declares request headers the plugin reads with [`Request::header`].
+    pub fn reading_headers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.read_headers.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Declares that the plugin reads the raw body with [`Request::body`].
+    pub fn needing_body(mut self) -> Self {
+        self.needs_body = true;
+        self
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's entry points.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            struct __WeirGuest;
+
+            ::std::thread_local! {
+                static __WEIR_PLUGIN: ::std::cell::RefCell<::std::option::Option<$plugin>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            fn __with<R>(f: impl FnOnce(&$plugin) -> R) -> R {
+                __WEIR_PLUGIN.with(|p| match &*p.borrow() {
+                    ::std::option::Option::Some(plugin) => f(plugin),
+                    ::std::option::Option::None => ::std::panic!("a hook was called before init"),
+                })
+            }
+
+            impl $crate::bindings::Guest for __WeirGuest {
+                fn init(config: ::std::string::String) -> ::std::result::Result<$crate::PluginInfo, ::std::string::String> {
+                    let (plugin, info) = <$plugin as $crate::Plugin>::init(&config)?;
+                    __WEIR_PLUGIN.with(|p| *p.borrow_mut() = ::std::option::Option::Some(plugin));
+                    ::std::result::Result::Ok(info)
+                }
+
+                fn on_request(req: &$crate::Request) -> $crate::Decision {
+                    __with(|p| <$plugin as $crate::Plugin>::on_request(p, req))
+                }
+
+                fn on_response_headers(req: &$crate::Request, status: u16) -> $crate::ResponseAction {
+                    __with(|p| <$plugin as $crate::Plugin>::on_response_headers(p, req, status))
+                }
+
+                fn on_complete(req: &$crate::Request, outcome: $crate::Completion) {
+                    __with(|p| <$plugin as $crate::Plugin>::on_complete(p, req, outcome))
+                }
+            }
+
+            $crate::bindings::__export_world!(__WeirGuest with_types_in $crate::bindings);
+        };
+    };
+}
