@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 pub use interpolate::{Env, MapEnv, ProcessEnv};
 pub use typed::{
-    ApiKey, Config, LogFormat, Logging, Model, Retry, Secret, Server, Target, Timeouts, Tls, Upstream, UpstreamKind,
-    WILDCARD_MODEL,
+    ApiKey, Config, InstanceMode, LogFormat, Logging, Model, OnError, PluginConfig, PluginSource, Price, Retry, Secret,
+    Server, State, Target, Timeouts, Tls, Upstream, UpstreamKind, WILDCARD_MODEL,
 };
 
 /// Everything that can be wrong with a configuration.
@@ -81,5 +81,7 @@ pub fn load_str(text: &str, env: &dyn Env, base_dir: &Path) -> Result<Config, Co
 pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
     let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
-    load_str(&text, env, base_dir)
+    let mut config = load_str(&text, env, base_dir)?;
+    config.source = Some(path.to_owned());
+    Ok(config)
 }

@@ -23,6 +23,54 @@ pub(crate) struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+    /// The default plugin chain by name; all `[[plugins]]` in file order when absent.
+    pub chain: Option<Vec<String>>,
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlugin {
+    pub name: String,
+    pub source: String,
+    pub on_error: Option<String>,
+    pub deadline: Option<String>,
+    pub memory: Option<String>,
+    pub instances: Option<String>,
+    pub recycle_after: Option<i64>,
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawState {
+    pub ledger: Option<String>,
+    pub plugin_cache: Option<String>,
+    pub kv_max_bytes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    /// Key names allowed to call `/admin/*`; without keys configured, loopback callers may.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +137,8 @@ fn default_kind() -> String {
 pub(crate) struct RawModel {
     pub name: String,
     pub targets: Vec<RawTarget>,
+    /// This model's own plugin chain, replacing the default one.
+    pub plugins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 //! The validated configuration. Every value here has been checked: names are unique, references
 //! resolve, durations are positive, and secrets are wrapped so they cannot reach a log by accident.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,81 @@ pub struct Config {
     pub models: Vec<Model>,
     /// API keys; empty means no authentication, which validation allows only on loopback.
     pub keys: Vec<ApiKey>,
+    /// Plugins in file order; chains index this list.
+    pub plugins: Vec<PluginConfig>,
+    /// The default chain: indexes into `plugins`, in call order.
+    pub chain: Vec<usize>,
+    /// Prices by target (`upstream/model`) or public model name.
+    pub prices: BTreeMap<String, Price>,
+    pub state: State,
+    /// Key names allowed to call `/admin/*`.
+    pub admin_keys: Vec<String>,
+    /// The file this config was read from, when it was (hot reload watches it).
+    pub source: Option<PathBuf>,
+}
+
+/// One plugin of a chain.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub name: String,
+    pub source: PluginSource,
+    /// What a fault (trap, deadline, memory cap) does to the request.
+    pub on_error: OnError,
+    /// The longest one hook call may run.
+    pub deadline: Duration,
+    /// The most linear memory one instance may use, in bytes.
+    pub memory: u64,
+    pub instances: InstanceMode,
+    /// A warm instance is replaced after this many calls.
+    pub recycle_after: u64,
+    /// The plugin's `config` table as JSON text, handed to its `init`.
+    pub config_json: String,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// Embedded in the binary: `builtin:NAME`.
+    Builtin(String),
+    /// A `.wasm` component file, resolved against the config file's folder.
+    File(PathBuf),
+}
+
+/// What a plugin fault does to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Carry on as if the plugin had said `continue`.
+    Open,
+    /// Fail the request with a 500 naming the plugin.
+    Closed,
+}
+
+/// How instances are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceMode {
+    /// Warm instances reused across requests (thrown away after a fault).
+    Pooled,
+    /// A fresh instance per request, for untrusted plugins.
+    Fresh,
+}
+
+/// A price in millionths of a US dollar per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    pub input: u64,
+    pub output: u64,
+    pub cached_input: u64,
+}
+
+/// Where host state lives.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// The append-only usage ledger (JSON lines).
+    pub ledger: PathBuf,
+    /// Compiled plugins, cached by content hash.
+    pub plugin_cache: PathBuf,
+    /// The most bytes the plugins' key-value store holds before evicting.
+    pub kv_max_bytes: u64,
 }
 
 /// The listening side.
@@ -115,6 +191,8 @@ pub struct Model {
     pub name: String,
     /// Tried in order: the first, then the next on a retryable failure.
     pub targets: Vec<Target>,
+    /// This model's own plugin chain (indexes into `Config::plugins`), replacing the default.
+    pub plugins: Option<Vec<usize>>,
 }
 
 impl Model {

@@ -1,8 +1,8 @@
 //! Raw → typed: every check in one pass, every problem collected with its field path.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -15,6 +15,24 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 const MIN_KEY_LEN: usize = 16;
 const MAX_ATTEMPTS: i64 = 10;
+const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
+const MAX_PLUGIN_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Parses a size such as `16MiB`, `512KiB`, `1GiB` or `65536`.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size; write e.g. \"16MiB\""))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+}
 
 const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(5),
@@ -181,6 +199,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
 
     // [[models]]
     let mut models = Vec::with_capacity(raw.models.len());
+    let mut model_chains = Vec::with_capacity(raw.models.len());
     let mut model_names = HashSet::new();
     for (i, m) in raw.models.into_iter().enumerate() {
         let p = format!("models[{i}]");
@@ -214,7 +233,8 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             }
             targets.push(Target { upstream, model: t.model });
         }
-        models.push(Model { name: m.name, targets });
+        models.push(Model { name: m.name, targets, plugins: None });
+        model_chains.push(m.plugins);
     }
 
     // [[keys]]
@@ -269,5 +289,169 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         );
     }
 
-    if errs.0.is_empty() { Ok(Config { server, retry, log, upstreams, models, keys }) } else { Err(errs.0) }
+    // [[plugins]], chain, per-model chains
+    let mut plugins = Vec::with_capacity(raw.plugins.len());
+    for (i, p) in raw.plugins.into_iter().enumerate() {
+        let path = format!("plugins[{i}]");
+        if !is_name(&p.name) {
+            errs.push(format!("{path}.name"), format!("{:?} is not a valid name (letters, digits and -_.:/)", p.name));
+        } else if plugins.iter().any(|q: &PluginConfig| q.name == p.name) {
+            errs.push(format!("{path}.name"), format!("plugin {:?} is defined twice", p.name));
+        }
+        let source = match p.source.strip_prefix("builtin:") {
+            Some(name) if !name.is_empty() => PluginSource::Builtin(name.to_owned()),
+            Some(_) => {
+                errs.push(format!("{path}.source"), "`builtin:` needs a plugin name, e.g. \"builtin:router\"");
+                PluginSource::Builtin(String::new())
+            }
+            None if p.source.ends_with(".wasm") => PluginSource::File(base_dir.join(&p.source)),
+            None => {
+                errs.push(
+                    format!("{path}.source"),
+                    format!("{:?} is neither `builtin:NAME` nor a path to a `.wasm` component", p.source),
+                );
+                PluginSource::File(PathBuf::new())
+            }
+        };
+        let on_error = match p.on_error.as_deref() {
+            None | Some("closed") => OnError::Closed,
+            Some("open") => OnError::Open,
+            Some(other) => {
+                errs.push(format!("{path}.on_error"), format!("{other:?} is not \"open\" or \"closed\""));
+                OnError::Closed
+            }
+        };
+        let deadline = errs.duration(&format!("{path}.deadline"), p.deadline.as_deref(), Duration::from_millis(10));
+        let memory = match p.memory.as_deref().map(parse_bytes) {
+            None => DEFAULT_PLUGIN_MEMORY,
+            Some(Ok(n)) if (64 * 1024..=MAX_PLUGIN_MEMORY).contains(&n) => n,
+            Some(Ok(n)) => {
+                errs.push(format!("{path}.memory"), format!("{n} bytes is outside 64KiB..=4GiB"));
+                DEFAULT_PLUGIN_MEMORY
+            }
+            Some(Err(e)) => {
+                errs.push(format!("{path}.memory"), e);
+                DEFAULT_PLUGIN_MEMORY
+            }
+        };
+        let instances = match p.instances.as_deref() {
+            None | Some("pooled") => InstanceMode::Pooled,
+            Some("fresh") => InstanceMode::Fresh,
+            Some(other) => {
+                errs.push(format!("{path}.instances"), format!("{other:?} is not \"pooled\" or \"fresh\""));
+                InstanceMode::Pooled
+            }
+        };
+        let recycle_after = match p.recycle_after {
+            None => 10_000,
+            Some(n) if n > 0 => n as u64,
+            Some(n) => {
+                errs.push(format!("{path}.recycle_after"), format!("must be positive, got {n}"));
+                10_000
+            }
+        };
+        let config_json = match serde_json::to_string(&p.config.unwrap_or_default()) {
+            Ok(json) => json,
+            Err(e) => {
+                errs.push(format!("{path}.config"), format!("cannot be expressed as JSON: {e}"));
+                String::from("{}")
+            }
+        };
+        plugins.push(PluginConfig {
+            name: p.name,
+            source,
+            on_error,
+            deadline,
+            memory,
+            instances,
+            recycle_after,
+            config_json,
+        });
+    }
+    let resolve_chain = |errs: &mut Errors, path: &str, names: &[String]| -> Vec<usize> {
+        let mut chain = Vec::with_capacity(names.len());
+        for (j, name) in names.iter().enumerate() {
+            match plugins.iter().position(|p| &p.name == name) {
+                Some(k) if chain.contains(&k) => {
+                    errs.push(format!("{path}[{j}]"), format!("plugin {name:?} is listed twice"))
+                }
+                Some(k) => chain.push(k),
+                None => {
+                    let known: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+                    errs.push(
+                        format!("{path}[{j}]"),
+                        format!("unknown plugin {name:?}; defined plugins: [{}]", known.join(", ")),
+                    );
+                }
+            }
+        }
+        chain
+    };
+    let chain = match &raw.chain {
+        Some(names) => resolve_chain(&mut errs, "chain", names),
+        None => (0..plugins.len()).collect(),
+    };
+    for (i, names) in model_chains.into_iter().enumerate() {
+        if let Some(names) = names {
+            models[i].plugins = Some(resolve_chain(&mut errs, &format!("models[{i}].plugins"), &names));
+        }
+    }
+
+    // [prices]
+    let mut prices = BTreeMap::new();
+    for (name, p) in raw.prices {
+        let mut micros = |field: &str, usd: f64| -> u64 {
+            if usd.is_finite() && usd >= 0.0 {
+                (usd * 1e6).round() as u64
+            } else {
+                errs.push(format!("prices.{name}.{field}"), format!("must be a non-negative number of USD, got {usd}"));
+                0
+            }
+        };
+        let price = Price {
+            input: micros("input", p.input),
+            output: micros("output", p.output),
+            cached_input: micros("cached_input", p.cached_input.unwrap_or(p.input)),
+        };
+        prices.insert(name, price);
+    }
+
+    // [state], [admin]
+    let kv_max_bytes = match raw.state.kv_max_bytes {
+        None => 64 * 1024 * 1024,
+        Some(n) if n > 0 => n as u64,
+        Some(n) => {
+            errs.push("state.kv_max_bytes", format!("must be positive, got {n}"));
+            0
+        }
+    };
+    let state = State {
+        ledger: base_dir.join(raw.state.ledger.as_deref().unwrap_or("weir-ledger.jsonl")),
+        plugin_cache: base_dir.join(raw.state.plugin_cache.as_deref().unwrap_or(".weir-cache")),
+        kv_max_bytes,
+    };
+    for (i, name) in raw.admin.keys.iter().enumerate() {
+        if !keys.iter().any(|k| &k.name == name) {
+            errs.push(format!("admin.keys[{i}]"), format!("unknown key {name:?}"));
+        }
+    }
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            server,
+            retry,
+            log,
+            upstreams,
+            models,
+            keys,
+            plugins,
+            chain,
+            prices,
+            state,
+            admin_keys: raw.admin.keys,
+            source: None,
+        })
+    } else {
+        Err(errs.0)
+    }
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use crate::api::Usage;
 use crate::auth::Principal;
 use crate::metrics::{LatencyLabels, Metrics, RequestLabels, TokenLabels, TtftLabels};
+use crate::plugins::view::RequestView;
+use crate::plugins::{Chain, Completion, PluginUsage};
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,10 @@ pub struct Accounting {
     pub usage: Option<Usage>,
     /// The HTTP status sent to the client.
     pub status: u16,
+    /// Why it failed, for plugins' `on-complete` (an error kind label).
+    pub error_class: Option<&'static str>,
+    /// The chain whose `on-complete` runs when the request is recorded, with its view.
+    pub plugins: Option<(Arc<Chain>, Arc<RequestView>)>,
     finished: bool,
 }
 
@@ -72,6 +78,8 @@ impl Accounting {
             ttft: None,
             usage: None,
             status: 0,
+            error_class: None,
+            plugins: None,
             finished: false,
         }
     }
@@ -139,7 +147,35 @@ impl Accounting {
             latency_ms = elapsed.as_secs_f64() * 1e3,
             "request finished"
         );
+        if let Some((chain, view)) = self.plugins.take() {
+            let completion = Completion {
+                status: self.status,
+                target: self.target.to_string(),
+                usage: self.usage.map(|u| PluginUsage {
+                    prompt_tokens: clamp(u.prompt_tokens),
+                    completion_tokens: clamp(u.completion_tokens),
+                    cached_tokens: clamp(u.cached_tokens()),
+                    reasoning_tokens: clamp(u.reasoning_tokens()),
+                }),
+                ttft_ms: self.ttft.map(|d| clamp(d.as_millis() as u64)),
+                total_ms: clamp(elapsed.as_millis() as u64),
+                error_class: match outcome {
+                    Outcome::ClientAbort => Some("client_abort".to_owned()),
+                    Outcome::Error => Some(self.error_class.unwrap_or("upstream_stream_error").to_owned()),
+                    Outcome::Ok => None,
+                },
+            };
+            // `on-complete` runs after the response, as its own task: accounting may be running in
+            // a `Drop` (a client that went away), where nothing can be awaited.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { chain.on_complete(&view, &completion).await });
+            }
+        }
     }
+}
+
+fn clamp(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Drop for Accounting {

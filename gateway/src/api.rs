@@ -52,6 +52,44 @@ impl Usage {
     }
 }
 
+/// What plugins are told about a request without parsing it again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub end_user: Option<String>,
+    /// About four bytes of text per token: cheap, and close enough for admission-time reservations.
+    pub prompt_tokens_estimate: u32,
+}
+
+impl Facts {
+    pub(crate) fn from_extra(extra: &serde_json::Map<String, serde_json::Value>, text_bytes: usize) -> Self {
+        let uint =
+            |k: &str| extra.get(k).and_then(serde_json::Value::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        Facts {
+            max_tokens: uint("max_completion_tokens").or_else(|| uint("max_tokens")),
+            temperature: extra.get("temperature").and_then(serde_json::Value::as_f64).map(|t| t as f32),
+            end_user: extra.get("user").and_then(serde_json::Value::as_str).map(str::to_owned),
+            prompt_tokens_estimate: u32::try_from(text_bytes.div_ceil(4)).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// Bytes of text in a message `content` (a string, or an array of parts with `text`).
+pub(crate) fn text_len(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::String(s) => s.len(),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p {
+                serde_json::Value::String(s) => s.len(),
+                other => other.get("text").and_then(serde_json::Value::as_str).map_or(0, str::len),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
 /// Reads a request body of at most `limit` bytes within `timeout`.
 pub async fn read_body(
     body: Incoming,

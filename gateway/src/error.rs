@@ -40,6 +40,10 @@ pub enum Kind {
     UpstreamTimeout,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// A policy plugin refused the request; its status, code and message are passed on.
+    Policy,
+    /// A policy plugin configured to fail closed faulted (trap, deadline, memory cap).
+    PluginFault,
     /// A bug in the gateway.
     Internal,
 }
@@ -58,7 +62,8 @@ impl Kind {
             Kind::UpstreamAuth | Kind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Kind::UpstreamUnavailable | Kind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Kind::Internal | Kind::PluginFault => StatusCode::INTERNAL_SERVER_ERROR,
+            Kind::Policy => StatusCode::FORBIDDEN,
         }
     }
 
@@ -73,11 +78,13 @@ impl Kind {
             | Kind::UpstreamRejected => "invalid_request_error",
             Kind::Unauthorized => "authentication_error",
             Kind::RateLimited => "rate_limit_error",
+            Kind::Policy => "policy_error",
             Kind::UpstreamAuth
             | Kind::UpstreamFailed
             | Kind::UpstreamUnavailable
             | Kind::UpstreamTimeout
             | Kind::ShuttingDown
+            | Kind::PluginFault
             | Kind::Internal => "server_error",
         }
     }
@@ -98,6 +105,8 @@ impl Kind {
             Kind::UpstreamUnavailable => "upstream_unavailable",
             Kind::UpstreamTimeout => "upstream_timeout",
             Kind::ShuttingDown => "shutting_down",
+            Kind::Policy => "policy",
+            Kind::PluginFault => "plugin_fault",
             Kind::Internal => "internal",
         }
     }
@@ -108,6 +117,7 @@ impl Kind {
 pub enum Side {
     Client,
     Upstream,
+    Plugin,
     Internal,
 }
 
@@ -121,15 +131,17 @@ pub struct Error {
     /// The message the client sees; never contains secrets or prompt text.
     pub message: Cow<'static, str>,
     /// The request field at fault, in OpenAI's `param`.
-    pub param: Option<String>,
+    pub param: Option<Box<str>>,
     /// OpenAI's `code` (`invalid_api_key`, `model_not_found`, …).
     pub code: Option<Cow<'static, str>>,
     /// An upstream's own status, passed on for [`Kind::UpstreamRejected`].
     pub status: Option<StatusCode>,
     /// Seconds for a `retry-after` header.
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
     /// The underlying cause, for the log line only.
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Headers policy plugins added to the response (rate-limit state, cost, …).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Error {
@@ -142,7 +154,9 @@ impl Error {
             | Kind::RequestTimeout
             | Kind::PayloadTooLarge
             | Kind::RateLimited
+            | Kind::Policy
             | Kind::UpstreamRejected => Side::Client,
+            Kind::PluginFault => Side::Plugin,
             Kind::UpstreamAuth | Kind::UpstreamFailed | Kind::UpstreamUnavailable | Kind::UpstreamTimeout => {
                 Side::Upstream
             }
@@ -158,6 +172,7 @@ impl Error {
             status: None,
             retry_after: None,
             source: None,
+            headers: Vec::new(),
         }
     }
 
@@ -170,7 +185,7 @@ impl Error {
     }
 
     pub fn param(mut self, param: impl Into<String>) -> Self {
-        self.param = Some(param.into());
+        self.param = Some(param.into().into_boxed_str());
         self
     }
 
@@ -190,7 +205,7 @@ impl Error {
     }
 
     pub fn retry_after(mut self, seconds: Option<u64>) -> Self {
-        self.retry_after = seconds;
+        self.retry_after = seconds.map(|s| u32::try_from(s).unwrap_or(u32::MAX));
         self
     }
 
@@ -203,11 +218,20 @@ impl Error {
     pub fn http_status(&self) -> StatusCode {
         match (self.kind, self.status) {
             (Kind::UpstreamRejected, Some(s)) if s.is_client_error() => s,
+            (Kind::Policy, Some(s)) if s.is_client_error() || s.is_server_error() => s,
             _ => self.kind.status(),
         }
     }
 
     fn body_json(&self) -> Vec<u8> {
+        let r#type = match (self.kind, self.http_status().as_u16()) {
+            (Kind::Policy, 429) => "rate_limit_error",
+            (Kind::Policy, 401) => "authentication_error",
+            (Kind::Policy, 403) => "permission_error",
+            (Kind::Policy, s) if s >= 500 => "server_error",
+            (Kind::Policy, _) => "invalid_request_error",
+            (kind, _) => kind.openai_type(),
+        };
         #[derive(Serialize)]
         struct Envelope<'a> {
             error: Inner<'a>,
@@ -220,12 +244,7 @@ impl Error {
             code: Option<&'a str>,
         }
         let envelope = Envelope {
-            error: Inner {
-                message: &self.message,
-                r#type: self.kind.openai_type(),
-                param: self.param.as_deref(),
-                code: self.code.as_deref(),
-            },
+            error: Inner { message: &self.message, r#type, param: self.param.as_deref(), code: self.code.as_deref() },
         };
         serde_json::to_vec(&envelope).unwrap_or_else(|_| {
             br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#.to_vec()
@@ -240,6 +259,9 @@ impl Error {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            headers.append(name, value);
         }
         response
     }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tracing_subscriber::EnvFilter;
-use weir::App;
+use weir::Gateway;
 use weir_config::{Config, LogFormat, ProcessEnv};
 
 #[derive(Parser)]
@@ -37,6 +37,22 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Work with policy plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Scaffold a plugin crate in ./NAME that builds with `cargo build --release`.
+    New {
+        name: String,
+        /// The weir-sdk crate to depend on (default: the sdk/ folder of the source tree weir was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -83,6 +99,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Plugin { command: PluginCommand::New { name, sdk } } => {
+            let sdk = sdk.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk"));
+            let sdk =
+                sdk.canonicalize().with_context(|| format!("the SDK is not at {}; pass --sdk PATH", sdk.display()))?;
+            let dir = PathBuf::from(&name);
+            weir::plugins::scaffold::scaffold(&dir, &name, &sdk)?;
+            #[expect(clippy::print_stdout, reason = "the command's output")]
+            {
+                println!("created {}: cd {name} && cargo build --release", dir.display());
+            }
+            Ok(())
+        }
         Command::Key { command } => {
             let key = match command {
                 KeyCommand::Hash => {
@@ -120,9 +148,11 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
     let config = load(file)?;
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let listen = config.server.listen;
     runtime.block_on(async move {
-        let listen = config.server.listen;
-        let app = Arc::new(App::new(config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        // Plugins compile here, before any port is bound: a plugin that does not load stops the start.
+        let gateway = Gateway::new(config, Box::new(ProcessEnv)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let app = gateway.current();
         if app.auth.is_open() {
             tracing::warn!(%listen, "no API keys configured: serving without authentication (allowed on loopback only)");
         }
@@ -130,10 +160,71 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
             let upstream = &app.config.upstreams[0];
             tracing::info!(upstream = %upstream.endpoint, "using the embedded default configuration: every model goes to this upstream");
         }
+        drop(app);
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        weir::server::serve(listener, app, shutdown_signal()).await?;
+        reload_on_sighup(gateway.clone());
+        let _watcher = watch_files(gateway.clone());
+        weir::server::serve(listener, gateway, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Reloads the configuration file (and its plugins) on SIGHUP.
+fn reload_on_sighup(gateway: Arc<Gateway>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            report_reload("SIGHUP", gateway.reload().await);
+        }
+    });
+}
+
+/// Watches the config file and plugin files; a change reloads (after a short quiet period, so an
+/// editor's several writes make one reload). The watch set is refreshed after each reload.
+fn watch_files(gateway: Arc<Gateway>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let files = gateway.watched_files();
+    if files.is_empty() {
+        return None;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watched: Vec<PathBuf> = files.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = event.is_ok_and(|event| {
+            (event.kind.is_modify() || event.kind.is_create())
+                && event.paths.iter().any(|p| watched.iter().any(|w| p.ends_with(w.file_name().unwrap_or_default())))
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    })
+    .ok()?;
+    // Watch the folders, not the files: editors and deploy tools replace files by renaming.
+    let mut dirs: Vec<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_owned)).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for changes; reload with SIGHUP instead");
+        }
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            report_reload("file change", gateway.reload().await);
+        }
+    });
+    Some(watcher)
+}
+
+fn report_reload(trigger: &str, result: Result<(), String>) {
+    match result {
+        Ok(()) => tracing::info!(trigger, "configuration reloaded"),
+        Err(reason) => tracing::error!(trigger, %reason, "reload rejected; the previous configuration keeps serving"),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -61,6 +61,25 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: Arc<str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginHookLabels {
+    pub plugin: Arc<str>,
+    pub hook: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginFaultLabels {
+    pub plugin: Arc<str>,
+    pub hook: &'static str,
+    /// `trap`, `deadline`, `memory`, `instantiate` or `bad_decision`.
+    pub kind: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -79,6 +98,31 @@ pub struct Metrics {
     pub retries: Family<TtftLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub in_flight: Gauge,
+    pub plugin_calls: HistogramFamily<PluginHookLabels>,
+    pub plugin_faults: Family<PluginFaultLabels, Counter>,
+    pub plugin_logs_dropped: Family<PluginLabel, Counter>,
+    /// Counters and gauges plugins define: labels `plugin`, `metric`, then the plugin's own.
+    plugin_counters: Family<Vec<(String, String)>, Counter>,
+    plugin_gauges: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+fn plugin_call_histogram() -> Histogram {
+    // One microsecond to ten milliseconds: a warm call is well under the first bucket's tenfold.
+    Histogram::new([1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2])
+}
+
+fn plugin_series(plugin: &str, metric: String, labels: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut all = Vec::with_capacity(labels.len() + 2);
+    all.push(("plugin".to_owned(), plugin.to_owned()));
+    all.push(("metric".to_owned(), metric));
+    all.extend(labels.into_iter().filter(|(k, _)| k != "plugin" && k != "metric" && valid_label(k)));
+    all
+}
+
+fn valid_label(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Metrics {
@@ -92,6 +136,29 @@ impl Metrics {
         let retries = Family::<TtftLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let plugin_calls =
+            HistogramFamily::<PluginHookLabels>::new_with_constructor(plugin_call_histogram as fn() -> Histogram);
+        let plugin_faults = Family::<PluginFaultLabels, Counter>::default();
+        let plugin_logs_dropped = Family::<PluginLabel, Counter>::default();
+        let plugin_counters = Family::<Vec<(String, String)>, Counter>::default();
+        let plugin_gauges = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "weir_plugin_call_seconds",
+            "Time of plugin hook calls, by plugin and hook",
+            plugin_calls.clone(),
+        );
+        registry.register(
+            "weir_plugin_faults",
+            "Plugin faults (trap, deadline, memory, …) by plugin, hook and kind",
+            plugin_faults.clone(),
+        );
+        registry.register(
+            "weir_plugin_logs_dropped",
+            "Plugin log lines dropped by the rate limit",
+            plugin_logs_dropped.clone(),
+        );
+        registry.register("weir_plugin_counter", "Counters defined by plugins", plugin_counters.clone());
+        registry.register("weir_plugin_gauge", "Gauges defined by plugins", plugin_gauges.clone());
         registry.register(
             "weir_requests",
             "Model requests by public model, target, status and outcome",
@@ -120,7 +187,47 @@ impl Metrics {
         );
         registry.register("weir_http_requests", "Every HTTP request, by route and status", http_requests.clone());
         registry.register("weir_in_flight_requests", "Requests being served now", in_flight.clone());
-        Self { registry, requests, duration, ttft, tokens, upstream_errors, retries, http_requests, in_flight }
+        Self {
+            registry,
+            requests,
+            duration,
+            ttft,
+            tokens,
+            upstream_errors,
+            retries,
+            http_requests,
+            in_flight,
+            plugin_calls,
+            plugin_faults,
+            plugin_logs_dropped,
+            plugin_counters,
+            plugin_gauges,
+        }
+    }
+
+    pub fn plugin_call(&self, plugin: &Arc<str>, hook: crate::plugins::Hook, took: std::time::Duration) {
+        self.plugin_calls
+            .get_or_create(&PluginHookLabels { plugin: plugin.clone(), hook: hook.label() })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn plugin_fault(&self, plugin: &Arc<str>, hook: crate::plugins::Hook, kind: crate::plugins::FaultKind) {
+        self.plugin_faults
+            .get_or_create(&PluginFaultLabels { plugin: plugin.clone(), hook: hook.label(), kind: kind.label() })
+            .inc();
+    }
+
+    pub fn plugin_counter(&self, plugin: &str, metric: String, labels: Vec<(String, String)>) -> Counter {
+        self.plugin_counters.get_or_create(&plugin_series(plugin, metric, labels)).clone()
+    }
+
+    pub fn plugin_gauge(
+        &self,
+        plugin: &str,
+        metric: String,
+        labels: Vec<(String, String)>,
+    ) -> Gauge<f64, std::sync::atomic::AtomicU64> {
+        self.plugin_gauges.get_or_create(&plugin_series(plugin, metric, labels)).clone()
     }
 
     /// The Prometheus text exposition.

@@ -1,33 +1,37 @@
 //! The whole life of a request, top to bottom:
 //!
 //! accept (`server.rs`) → [`handle`]: request id, route by path → authenticate (`auth.rs`) → parse and
-//! validate (`api/`) → plugins `on-request` (arrives with the plugin platform) → resolve the model to
-//! targets and send, retrying on the next target (`route.rs`, `providers/`) → stream or relay the answer
-//! back (`stream.rs`) → plugins `on-complete` (with the plugin platform) → accounting, exactly once
-//! (`accounting.rs`). Errors from any stage become a response in one place, `Error::into_response`.
+//! validate (`api/`) → resolve the model → plugins `on-request` (`plugins.rs`: continue, reroute,
+//! reject, or answer now) → send, retrying on the next target, with plugins `on-response-headers`
+//! seeing each upstream status (`route.rs`, `providers/`) → stream or relay the answer back
+//! (`stream.rs`) → accounting, exactly once, which runs plugins `on-complete` (`accounting.rs`).
+//! Errors from any stage become a response in one place, `Error::into_response`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::App;
 use crate::accounting::{Accounting, Outcome};
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
-use crate::api::{self, Usage, models};
+use crate::api::{self, Facts, Usage, models};
 use crate::auth::Principal;
 use crate::body::{self, Body};
 use crate::error::{Error, Kind, Side};
 use crate::metrics::HttpLabels;
+use crate::plugins::view::RequestView;
+use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
 use crate::providers::Operation;
+use crate::route::ModelRoute;
 use crate::stream::{RelayOptions, SseRelay};
+use crate::{App, Gateway};
 
 /// The largest non-streamed upstream response the gateway will buffer.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -42,6 +46,7 @@ enum Endpoint {
     Health,
     Ready,
     Metrics,
+    Reload,
     WrongMethod,
     Unknown,
 }
@@ -56,6 +61,7 @@ impl Endpoint {
             "/healthz" => (Endpoint::Health, Method::GET),
             "/readyz" => (Endpoint::Ready, Method::GET),
             "/metrics" => (Endpoint::Metrics, Method::GET),
+            "/admin/reload" => (Endpoint::Reload, Method::POST),
             p if p.starts_with("/v1/models/") => (Endpoint::Model, Method::GET),
             _ => return Endpoint::Unknown,
         };
@@ -73,24 +79,29 @@ impl Endpoint {
             Endpoint::Models | Endpoint::Model => "models",
             Endpoint::Health | Endpoint::Ready => "health",
             Endpoint::Metrics => "metrics",
+            Endpoint::Reload => "admin",
             Endpoint::WrongMethod | Endpoint::Unknown => "other",
         }
     }
 }
 
 /// Serves one HTTP request. Never fails: every error becomes an OpenAI-shaped response here.
-pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    // The app is taken once: a reload during this request does not change what serves it.
+    let app = gateway.current();
     let request_id = request_id(request.headers());
     let endpoint = Endpoint::of(request.method(), request.uri().path());
     let span = tracing::info_span!("request", id = &*request_id);
-    let result = dispatch(&app, request, endpoint, request_id.clone(), started).instrument(span.clone()).await;
+    let result =
+        dispatch(&gateway, &app, request, endpoint, request_id.clone(), started).instrument(span.clone()).await;
     let mut response = result.unwrap_or_else(|error| {
         // The one place errors are logged: a client's mistake is routine, anything else is worth a look.
         let _enter = span.enter();
         match error.side {
             Side::Client => tracing::debug!(status = error.http_status().as_u16(), error = %error, "request refused"),
             Side::Upstream => tracing::warn!(status = error.http_status().as_u16(), error = %error, "upstream failure"),
+            Side::Plugin => tracing::warn!(status = error.http_status().as_u16(), error = %error, "plugin failure"),
             Side::Internal => tracing::error!(status = error.http_status().as_u16(), error = %error, "internal error"),
         }
         error.into_response()
@@ -107,6 +118,7 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Respons
 
 /// Routes by endpoint. Everything below returns `Result` and leaves error responses to [`handle`].
 async fn dispatch(
+    gateway: &Arc<Gateway>,
     app: &Arc<App>,
     request: Request<Incoming>,
     endpoint: Endpoint,
@@ -115,7 +127,7 @@ async fn dispatch(
 ) -> Result<Response<Body>, Error> {
     match endpoint {
         Endpoint::Chat | Endpoint::Embeddings => {
-            if app.is_draining() {
+            if gateway.is_draining() {
                 return Err(Error::new(Kind::ShuttingDown, "The gateway is shutting down; retry on another replica.")
                     .code("shutting_down"));
             }
@@ -123,7 +135,7 @@ async fn dispatch(
             let (parts, incoming) = request.into_parts();
             let limit = app.config.server.max_body_bytes;
             let body = api::read_body(incoming, &parts.headers, limit, app.config.server.header_read_timeout).await?;
-            let ctx = Ctx { app, request_id, principal, started };
+            let ctx = Ctx { app, request_id, principal, started, headers: parts.headers, body: body.clone() };
             if endpoint == Endpoint::Chat {
                 chat(&ctx, &ChatRequest::parse(&body)?).await
             } else {
@@ -145,10 +157,34 @@ async fn dispatch(
             }
         }
         Endpoint::Health => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
-        Endpoint::Ready if app.is_draining() => Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")),
+        Endpoint::Ready if gateway.is_draining() => {
+            Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n"))
+        }
         Endpoint::Ready => Ok(text(StatusCode::OK, "text/plain", "ready\n")),
         Endpoint::Metrics => {
             Ok(text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", app.metrics.render()))
+        }
+        Endpoint::Reload => {
+            let principal = app.auth.authenticate(request.headers())?;
+            let allowed = app.auth.is_open() || app.config.admin_keys.iter().any(|k| *k == principal.key_name);
+            if !allowed {
+                return Err(Error::new(Kind::Policy, "This key may not call admin endpoints.")
+                    .status(StatusCode::FORBIDDEN)
+                    .code("admin_only"));
+            }
+            match gateway.reload().await {
+                Ok(()) => {
+                    tracing::info!("configuration reloaded through /admin/reload");
+                    Ok(json(StatusCode::OK, br#"{"reloaded":true}"#.to_vec()))
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "reload rejected; the previous configuration keeps serving");
+                    Err(Error::bad_request(format!(
+                        "Reload rejected, the previous configuration keeps serving: {reason}"
+                    ))
+                    .code("invalid_config"))
+                }
+            }
         }
         Endpoint::WrongMethod => Err(Error::new(
             Kind::MethodNotAllowed,
@@ -169,28 +205,65 @@ struct Ctx<'a> {
     request_id: Arc<str>,
     principal: Arc<Principal>,
     started: Instant,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 async fn chat(ctx: &Ctx<'_>, chat: &ChatRequest) -> Result<Response<Body>, Error> {
     let stream = chat.is_stream().then_some(chat.client_wants_usage());
-    model_request(ctx, Operation::Chat, &chat.model, stream, |model| chat.upstream_body(model)).await
+    let facts = chat.facts();
+    model_request(ctx, Operation::Chat, &chat.model, stream, facts, |model| chat.upstream_body(model)).await
 }
 
 async fn embeddings(ctx: &Ctx<'_>, request: &EmbeddingsRequest) -> Result<Response<Body>, Error> {
-    model_request(ctx, Operation::Embeddings, &request.model, None, |model| request.upstream_body(model)).await
+    let facts = request.facts();
+    model_request(ctx, Operation::Embeddings, &request.model, None, facts, |model| request.upstream_body(model)).await
 }
 
-/// Route → provider → relay → accounting, for one parsed request. `stream` is `Some(client wants
-/// usage)` for a streamed chat; `body_for` encodes the request for an upstream model name.
+/// The view plugins get of this request, built only when a chain will use it.
+fn plugin_view(
+    ctx: &Ctx<'_>,
+    operation: Operation,
+    model: &str,
+    stream: bool,
+    facts: Facts,
+    chain: &Chain,
+) -> Arc<RequestView> {
+    let info = RequestInfo {
+        request_id: ctx.request_id.to_string(),
+        api: match operation {
+            Operation::Chat => ApiKind::ChatCompletions,
+            Operation::Embeddings => ApiKind::Embeddings,
+        },
+        model: model.to_owned(),
+        stream,
+        max_tokens: facts.max_tokens,
+        temperature: facts.temperature,
+        prompt_tokens_estimate: facts.prompt_tokens_estimate,
+        body_len: u32::try_from(ctx.body.len()).unwrap_or(u32::MAX),
+        key_name: ctx.principal.key_name.clone(),
+        team: ctx.principal.team.clone(),
+        end_user: facts.end_user,
+    };
+    let headers = if chain.needs_headers() { ctx.headers.clone() } else { HeaderMap::new() };
+    Arc::new(RequestView::new(info, headers, ctx.body.clone()))
+}
+
+/// Route → plugins → provider → relay → accounting, for one parsed request. `stream` is `Some(client
+/// wants usage)` for a streamed chat; `body_for` encodes the request for an upstream model name.
 async fn model_request(
     ctx: &Ctx<'_>,
     operation: Operation,
     requested_model: &str,
     stream: Option<bool>,
+    facts: Facts,
     body_for: impl Fn(&str) -> Result<Vec<u8>, Error>,
 ) -> Result<Response<Body>, Error> {
     let app = ctx.app;
-    let route = app.router.resolve(requested_model)?;
+    let mut route = app.router.resolve(requested_model)?;
+    let chain = app.plugins.chain_for(requested_model).clone();
+    let view =
+        (!chain.is_empty()).then(|| plugin_view(ctx, operation, requested_model, stream.is_some(), facts, &chain));
     let mut acct = Accounting::start(
         app.metrics.clone(),
         ctx.request_id.clone(),
@@ -199,24 +272,82 @@ async fn model_request(
         route.label.clone(),
         ctx.started,
     );
+    if let Some(view) = &view {
+        acct.plugins = Some((chain.clone(), view.clone()));
+    }
+    let result =
+        relay(ctx, operation, requested_model, stream, body_for, &mut route, view.as_ref(), &chain, acct).await;
+    // Headers plugins added reach the client on success and on failure alike.
+    let Some(view) = view else { return result };
+    let added = view.take_response_headers();
+    match result {
+        Ok(mut response) => {
+            for (name, value) in added {
+                response.headers_mut().append(name, value);
+            }
+            Ok(response)
+        }
+        Err(mut error) => {
+            error.headers.extend(added);
+            Err(error)
+        }
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one call site; the stages' inputs, named")]
+async fn relay(
+    ctx: &Ctx<'_>,
+    operation: Operation,
+    requested_model: &str,
+    stream: Option<bool>,
+    body_for: impl Fn(&str) -> Result<Vec<u8>, Error>,
+    route: &mut Arc<ModelRoute>,
+    view: Option<&Arc<RequestView>>,
+    chain: &Chain,
+    mut acct: Accounting,
+) -> Result<Response<Body>, Error> {
+    let app = ctx.app;
+    let fail = |mut acct: Accounting, error: Error| {
+        acct.status = error.http_status().as_u16();
+        acct.error_class = Some(error.kind.label());
+        acct.finish(Outcome::Error);
+        Err(error)
+    };
+
+    // Plugins, before routing.
+    if let Some(view) = view.filter(|_| chain.wants(HookSet::ON_REQUEST)) {
+        match chain.on_request(view, &app.router).await {
+            Err(error) => return fail(acct, error),
+            Ok(Admission::Reject(error)) => return fail(acct, error),
+            Ok(Admission::Respond(local)) => {
+                acct.status = local.status;
+                acct.finish(Outcome::Ok);
+                return Ok(local_response(local, stream.is_some()));
+            }
+            Ok(Admission::Continue { route: Some(to) }) => match app.router.rerouted(&route.label, &to) {
+                Some(rerouted) => *route = rerouted,
+                None => return fail(acct, Error::internal(format!("plugin route {to:?} vanished"))),
+            },
+            Ok(Admission::Continue { route: None }) => {}
+        }
+    }
+
     let deadline = ctx.started + route.targets[0].upstream.timeouts.total;
+    let response_hooks = view.filter(|_| chain.wants(HookSet::ON_RESPONSE_HEADERS)).map(|view| (chain, view));
     let sent = app
         .router
         .send(
-            &route,
+            route,
             &app.metrics,
             deadline,
             |target| acct.target = target.label.clone(),
+            response_hooks,
             |target| target.upstream.request(operation, body_for(target.upstream_model(requested_model))?),
         )
         .await;
     let (response, target) = match sent {
         Ok(sent) => sent,
-        Err(error) => {
-            acct.status = error.http_status().as_u16();
-            acct.finish(Outcome::Error);
-            return Err(error);
-        }
+        Err(error) => return fail(acct, error),
     };
     let status = response.status();
     acct.status = status.as_u16();
@@ -236,11 +367,7 @@ async fn model_request(
     let wait = deadline.saturating_duration_since(Instant::now());
     let body = match read_upstream(response.into_body(), wait, &target.upstream.name).await {
         Ok(body) => body,
-        Err(error) => {
-            acct.status = error.http_status().as_u16();
-            acct.finish(Outcome::Error);
-            return Err(error);
-        }
+        Err(error) => return fail(acct, error),
     };
     #[derive(Deserialize)]
     struct UsageOnly {
@@ -255,6 +382,20 @@ async fn model_request(
         .headers_mut()
         .insert(header::CONTENT_TYPE, content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")));
     Ok(response)
+}
+
+/// A plugin's own answer (e.g. a cache hit).
+fn local_response(local: LocalResponse, stream: bool) -> Response<Body> {
+    let mut response = Response::new(body::full(local.body));
+    *response.status_mut() = StatusCode::from_u16(local.status).unwrap_or(StatusCode::OK);
+    let default_type = if stream { "text/event-stream" } else { "application/json" };
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(default_type));
+    for (name, value) in local.headers {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 async fn read_upstream(body: Incoming, wait: Duration, upstream: &str) -> Result<Bytes, Error> {

@@ -15,10 +15,12 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use weir_config::Tls;
 
-use crate::{App, pipeline};
+use crate::{Gateway, pipeline};
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+/// Serves `gateway` on `listener` until `shutdown` resolves, then drains. Listener settings (TLS,
+/// timeouts) come from the configuration at start; a reload changes routing, keys and plugins.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let app = gateway.current();
     let server = &app.config.server;
     let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -51,12 +53,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             },
         };
         let _ = tcp.set_nodelay(true);
-        let app = app.clone();
+        let gateway = gateway.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let service = service_fn(move |request| pipeline::handle(app.clone(), request));
+            let service = service_fn(move |request| pipeline::handle(gateway.clone(), request));
             let result = match tls {
                 None => watcher.watch(builder.serve_connection(TokioIo::new(tcp), service)).await,
                 Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
@@ -78,7 +80,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     }
 
     drop(listener);
-    app.begin_drain();
+    gateway.begin_drain();
     let grace = server.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: no new connections; draining in-flight requests");
     match tokio::time::timeout(grace, graceful.shutdown()).await {

@@ -45,6 +45,7 @@
 //! below comes from it.
 
 #[doc(hidden)]
+#[expect(clippy::too_many_arguments, reason = "the generated lowering of `on-complete` takes every field flat")]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
@@ -123,7 +124,9 @@ macro_rules! export_plugin {
             }
 
             impl $crate::bindings::Guest for __WeirGuest {
-                fn init(config: ::std::string::String) -> ::std::result::Result<$crate::PluginInfo, ::std::string::String> {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<$crate::PluginInfo, ::std::string::String> {
                     let (plugin, info) = <$plugin as $crate::Plugin>::init(&config)?;
                     __WEIR_PLUGIN.with(|p| *p.borrow_mut() = ::std::option::Option::Some(plugin));
                     ::std::result::Result::Ok(info)
@@ -142,7 +145,7 @@ macro_rules! export_plugin {
                 }
             }
 
-            $crate::bindings::__export_world!(__WeirGuest with_types_in $crate::bindings);
+    $crate::bindings::__export_world!(__WeirGuest with_types_in $crate::bindings);
         };
     };
 }

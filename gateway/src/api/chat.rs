@@ -71,6 +71,12 @@ impl ChatRequest {
         self.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true)
     }
 
+    /// What plugins are told about this request.
+    pub fn facts(&self) -> super::Facts {
+        let text: usize = self.messages.iter().filter_map(|m| m.rest.get("content")).map(super::text_len).sum();
+        super::Facts::from_extra(&self.extra, text)
+    }
+
     /// The body for an upstream: the target's model name, and for streams `include_usage` forced on
     /// so that usage is always known (the relay removes that chunk again if the client did not ask).
     pub fn upstream_body(&self, model: &str) -> Result<Vec<u8>, Error> {

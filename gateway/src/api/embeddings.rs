@@ -52,6 +52,11 @@ impl EmbeddingsRequest {
         Ok(request)
     }
 
+    /// What plugins are told about this request.
+    pub fn facts(&self) -> super::Facts {
+        super::Facts::from_extra(&self.extra, super::text_len(&self.input))
+    }
+
     pub fn upstream_body(&self, model: &str) -> Result<Vec<u8>, Error> {
         #[derive(Serialize)]
         struct Upstream<'a> {

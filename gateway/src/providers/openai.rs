@@ -84,7 +84,7 @@ pub fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, body: &
         .retryable(true),
         400..=499 => {
             let mut e = Error::new(Kind::UpstreamRejected, upstream_message).status(status);
-            e.param = parsed.as_ref().and_then(|p| p.param.clone());
+            e.param = parsed.as_ref().and_then(|p| p.param.as_deref()).map(Box::from);
             e.code = code.map(Into::into);
             e
         }

@@ -4,6 +4,7 @@
 
 mod chat;
 mod errors;
+mod plugins;
 mod python;
 mod server;
 mod streams;

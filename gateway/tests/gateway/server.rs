@@ -126,7 +126,7 @@ async fn shutdown_drains_in_flight_streams_and_refuses_new_work() {
 
     let server = gw.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(gw.app.is_draining());
+    assert!(gw.gateway.is_draining());
     assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err(), "no new connections while draining");
 
     while let Some(chunk) = body.next().await {

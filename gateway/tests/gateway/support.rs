@@ -9,13 +9,13 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weir::App;
+use weir::Gateway;
 use weir_config::MapEnv;
 
 /// A gateway serving on an ephemeral loopback port.
 pub struct TestGateway {
     pub addr: SocketAddr,
-    pub app: Arc<App>,
+    pub gateway: Arc<Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -25,14 +25,20 @@ impl TestGateway {
     pub async fn start(config: &str) -> Self {
         let config = weir_config::load_str(config, &MapEnv::default(), Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|e| panic!("test config: {e}"));
-        let app = Arc::new(App::new(config).expect("app"));
+        Self::start_with(config).await
+    }
+
+    /// Starts a gateway with an already loaded configuration (one read from a file can reload).
+    pub async fn start_with(config: weir_config::Config) -> Self {
+        let gateway =
+            Gateway::new(config, Box::new(MapEnv::default())).await.unwrap_or_else(|e| panic!("gateway: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(weir::server::serve(listener, app.clone(), async move {
+        let task = tokio::spawn(weir::server::serve(listener, gateway.clone(), async move {
             let _ = rx.await;
         }));
-        Self { addr, app, shutdown: Some(tx), task: Some(task) }
+        Self { addr, gateway, shutdown: Some(tx), task: Some(task) }
     }
 
     /// `http://127.0.0.1:PORT/v1`
@@ -156,4 +162,18 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Polls `/metrics` until the metric reaches `expected` (work finished after the response, such as
+/// plugins' `on-complete`, lands a moment later), or gives up after five seconds.
+pub async fn metric_eventually(gw: &TestGateway, name: &str, labels: &[(&str, &str)], expected: f64) -> f64 {
+    let mut value = 0.0;
+    for _ in 0..100 {
+        value = metric(&gw.metrics().await, name, labels);
+        if value >= expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    value
 }

@@ -1,0 +1,275 @@
+//! Stage: plugins. The wasmtime host for policy plugins and the chain the pipeline runs them in:
+//! `on-request` before routing, `on-response-headers` for each upstream answer, `on-complete` from
+//! accounting. A plugin that traps, runs past its deadline or hits its memory cap is a *fault*: the
+//! request goes on (`on_error = "open"`) or fails (`"closed"`), the fault is counted, and nothing
+//! else is affected. A plugin's own decisions (reject, respond, route) are not faults.
+
+mod bindings;
+mod engine;
+mod host;
+mod instance;
+pub mod scaffold;
+pub mod view;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::StatusCode;
+use weir_config::{Config, OnError, Price};
+
+pub use bindings::weir::plugin::hooks::{Completion, Decision, HookSet, LocalResponse, ResponseAction};
+pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage as PluginUsage};
+pub use engine::Runtime;
+use instance::LoadedPlugin;
+use view::RequestView;
+
+use crate::error::{Error, Kind};
+use crate::metrics::Metrics;
+use crate::route::Router;
+use crate::state::kv::Kv;
+use crate::state::ledger::Ledger;
+use crate::state::quota::Quota;
+
+/// The largest local response a plugin may return.
+const MAX_LOCAL_RESPONSE: usize = 16 << 20;
+
+/// Built-in plugins embedded in the binary, by name. The first ones arrive with the built-in
+/// policy plugins; until then the table is empty and `builtin:NAME` sources fail to load.
+pub fn builtin(_name: &str) -> Option<&'static [u8]> {
+    None
+}
+
+/// What plugins reach through host imports. Everything but the router and prices outlives a
+/// config reload, so limits, caches and the ledger carry on across swaps.
+#[derive(Debug)]
+pub struct Services {
+    pub kv: Kv,
+    pub quota: Arc<Quota>,
+    pub ledger: Arc<Ledger>,
+    pub metrics: Arc<Metrics>,
+    pub router: Arc<Router>,
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// Which hook a call was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    OnRequest,
+    OnResponseHeaders,
+    OnComplete,
+}
+
+impl Hook {
+    pub fn label(self) -> &'static str {
+        match self {
+            Hook::OnRequest => "on_request",
+            Hook::OnResponseHeaders => "on_response_headers",
+            Hook::OnComplete => "on_complete",
+        }
+    }
+}
+
+/// How a plugin failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Trap,
+    Deadline,
+    Memory,
+    Instantiate,
+    /// It returned something the host cannot act on (an unknown target, a bad status, an
+    /// oversized local response).
+    BadDecision,
+}
+
+impl FaultKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            FaultKind::Trap => "trap",
+            FaultKind::Deadline => "deadline",
+            FaultKind::Memory => "memory",
+            FaultKind::Instantiate => "instantiate",
+            FaultKind::BadDecision => "bad_decision",
+        }
+    }
+}
+
+/// A plugin fault, with the plugin's name.
+#[derive(Debug)]
+pub struct Fault {
+    pub plugin: Arc<str>,
+    pub hook: Hook,
+    pub kind: FaultKind,
+    pub detail: String,
+    pub on_error: OnError,
+}
+
+impl Fault {
+    /// Logs the fault; for a closed plugin returns the error that fails the request.
+    fn resolve(self) -> Result<(), Error> {
+        tracing::warn!(plugin = %self.plugin, hook = self.hook.label(), kind = self.kind.label(), detail = %self.detail, on_error = ?self.on_error, "plugin fault");
+        match self.on_error {
+            OnError::Open => Ok(()),
+            OnError::Closed => Err(Error::new(
+                Kind::PluginFault,
+                format!(
+                    "The policy plugin '{}' failed ({}) and is configured to fail closed.",
+                    self.plugin,
+                    self.kind.label()
+                ),
+            )
+            .code("plugin_error")),
+        }
+    }
+}
+
+/// What the chain decided before routing.
+#[derive(Debug)]
+pub enum Admission {
+    /// Go on, to this target or public model if a plugin routed the request.
+    Continue { route: Option<String> },
+    /// Answer with this error (a plugin's rejection).
+    Reject(Error),
+    /// Answer with this response, without an upstream.
+    Respond(LocalResponse),
+}
+
+/// An ordered list of plugins.
+#[derive(Debug, Default)]
+pub struct Chain {
+    plugins: Vec<Arc<LoadedPlugin>>,
+    /// The union of the plugins' hooks, to skip whole stages cheaply.
+    hooks: HookSet,
+}
+
+impl Chain {
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    pub fn wants(&self, hook: HookSet) -> bool {
+        self.hooks.contains(hook)
+    }
+
+    /// Headers any plugin of the chain declared, so the view carries only those.
+    pub fn needs_headers(&self) -> bool {
+        self.plugins.iter().any(|p| !p.meta.read_headers.is_empty())
+    }
+
+    /// Runs `on-request` through the chain.
+    pub async fn on_request(&self, view: &Arc<RequestView>, router: &Router) -> Result<Admission, Error> {
+        let mut route = None;
+        for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_REQUEST)) {
+            let decision = match plugin.on_request(view).await {
+                Ok(d) => d,
+                Err(fault) => {
+                    fault.resolve()?;
+                    continue;
+                }
+            };
+            match decision {
+                Decision::Continue => {}
+                Decision::Route(target) => {
+                    if router.target(&target).is_none() && router.names().all(|n| n != target) {
+                        plugin
+                            .fault(
+                                Hook::OnRequest,
+                                FaultKind::BadDecision,
+                                format!("routed to unknown target {target:?}"),
+                            )
+                            .resolve()?;
+                        continue;
+                    }
+                    route = Some(target);
+                }
+                Decision::Reject(r) => {
+                    let Ok(status) = StatusCode::from_u16(r.status) else {
+                        plugin
+                            .fault(
+                                Hook::OnRequest,
+                                FaultKind::BadDecision,
+                                format!("rejected with invalid status {}", r.status),
+                            )
+                            .resolve()?;
+                        continue;
+                    };
+                    if !(status.is_client_error() || status.is_server_error()) {
+                        plugin
+                            .fault(
+                                Hook::OnRequest,
+                                FaultKind::BadDecision,
+                                format!("rejected with non-error status {status}"),
+                            )
+                            .resolve()?;
+                        continue;
+                    }
+                    let retry_after = r.retry_after_ms.map(|ms| u64::from(ms).div_ceil(1000));
+                    let error =
+                        Error::new(Kind::Policy, r.message).status(status).code(r.code).retry_after(retry_after);
+                    return Ok(Admission::Reject(error));
+                }
+                Decision::Respond(local) => {
+                    if local.body.len() > MAX_LOCAL_RESPONSE || StatusCode::from_u16(local.status).is_err() {
+                        let detail = format!("local response of {} bytes, status {}", local.body.len(), local.status);
+                        plugin.fault(Hook::OnRequest, FaultKind::BadDecision, detail).resolve()?;
+                        continue;
+                    }
+                    return Ok(Admission::Respond(local));
+                }
+            }
+        }
+        Ok(Admission::Continue { route })
+    }
+
+    /// Runs `on-response-headers`; returns a target to retry on, if a plugin asked for one.
+    pub async fn on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<Option<String>, Error> {
+        for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_RESPONSE_HEADERS)) {
+            match plugin.on_response_headers(view, status).await {
+                Ok(ResponseAction::Continue) => {}
+                Ok(ResponseAction::Retry(target)) => return Ok(Some(target)),
+                Err(fault) => fault.resolve()?,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs `on-complete`. Faults are counted and logged; the request is over either way.
+    pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) {
+        for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_COMPLETE)) {
+            if let Err(fault) = plugin.on_complete(view, completion).await {
+                let _ = fault.resolve();
+            }
+        }
+    }
+}
+
+/// Every chain of one configuration: the default one and the models' own.
+#[derive(Debug, Default)]
+pub struct Plugins {
+    default: Arc<Chain>,
+    per_model: HashMap<String, Arc<Chain>>,
+}
+
+impl Plugins {
+    /// Loads every plugin of `config` (compiling on blocking threads, off the request path) and
+    /// builds the chains. Any plugin that fails to load fails the whole set, so a bad
+    /// version is never swapped in.
+    pub async fn load(config: &Config, runtime: &Arc<Runtime>, services: &Arc<Services>) -> Result<Self, String> {
+        let mut loaded: Vec<Arc<LoadedPlugin>> = Vec::with_capacity(config.plugins.len());
+        for plugin in &config.plugins {
+            loaded.push(LoadedPlugin::load(runtime, plugin, services.clone()).await?);
+        }
+        let chain = |indexes: &[usize]| {
+            let plugins: Vec<_> = indexes.iter().map(|&i| loaded[i].clone()).collect();
+            let hooks = plugins.iter().fold(HookSet::empty(), |acc, p| acc | p.hooks);
+            Arc::new(Chain { plugins, hooks })
+        };
+        let per_model =
+            config.models.iter().filter_map(|m| Some((m.name.clone(), chain(m.plugins.as_deref()?)))).collect();
+        Ok(Self { default: chain(&config.chain), per_model })
+    }
+
+    /// The chain for a requested model name.
+    pub fn chain_for(&self, model: &str) -> &Arc<Chain> {
+        self.per_model.get(model).unwrap_or(&self.default)
+    }
+}

@@ -1,0 +1,87 @@
+//! The one wasmtime `Engine` of the process: component model, pooling allocator, epoch
+//! interruption (a ticker thread advances the epoch every [`TICK`]), and compiled components cached
+//! twice — in memory by content hash, so a reload recompiles only what changed, and on disk through
+//! wasmtime's cache, so a restart does not recompile at all.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::Plugin;
+use super::host::HostState;
+
+/// The epoch period: deadlines are counted in these.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// The largest memory cap a plugin may be given (the pooling allocator reserves slots this big).
+pub const MAX_MEMORY: usize = 256 << 20;
+
+/// Engine, linker and compile cache, shared by every version of every plugin.
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+    compiled: Mutex<HashMap<[u8; 32], Component>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine; `cache_dir` holds compiled components across restarts.
+    pub fn new(cache_dir: &Path) -> wasmtime::Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(512 << 10);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(1000)
+            .total_tables(4000)
+            .total_stacks(1000)
+            .max_memory_size(MAX_MEMORY);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut cache = CacheConfig::new();
+        cache.with_directory(cache_dir);
+        match Cache::new(cache) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(e) => tracing::warn!(dir = %cache_dir.display(), error = %e, "plugin compile cache disabled"),
+        }
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+
+        // The ticker holds only a weak reference, so it stops when the runtime is dropped.
+        let weak = engine.weak();
+        std::thread::Builder::new().name("weir-plugin-epoch".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        })?;
+        Ok(Arc::new(Self { engine, linker, compiled: Mutex::new(HashMap::new()) }))
+    }
+
+    /// Compiles a component, or returns the one already compiled from the same bytes.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
+            return Ok(c.clone());
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        self.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(hash, component.clone());
+        Ok(component)
+    }
+}

@@ -1,0 +1,369 @@
+//! What a plugin instance may call: the host imports of the `plugin` world, served from the store's
+//! [`HostState`]. Every import is bounded (key and value sizes, log rate, metric series) so that a
+//! plugin hammering them costs its own deadline and nothing more.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderName, HeaderValue};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Result};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::Services;
+use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
+use super::view::RequestView;
+use crate::metrics::PluginLabel;
+use crate::state::ledger::Entry;
+
+/// Keys and values a plugin may store; larger ones are refused (a `set` is dropped, a `get` misses).
+const MAX_KEY: usize = 1024;
+const MAX_VALUE: usize = 1 << 20;
+/// Distinct metric series one plugin may create.
+const MAX_SERIES: usize = 1000;
+/// Log lines per second one plugin may write (burst: twice that); the rest are counted and dropped.
+const LOG_PER_SEC: f64 = 50.0;
+
+/// The request resource: a handle to the request's view, valid during one hook call.
+#[derive(Debug)]
+pub struct RequestHandle {
+    pub view: Arc<RequestView>,
+}
+
+/// What every instance of one loaded plugin shares.
+#[derive(Debug)]
+pub struct PluginMeta {
+    pub name: Arc<str>,
+    /// Unique per loaded version; keys this plugin's per-request scratch space.
+    pub id: u64,
+    /// Request headers the plugin declared, lower-cased.
+    pub read_headers: Vec<HeaderName>,
+    pub needs_body: bool,
+    pub services: Arc<Services>,
+    log_budget: Mutex<(f64, Instant)>,
+    series: Mutex<HashSet<u64>>,
+}
+
+impl PluginMeta {
+    pub fn new(name: &str, id: u64, services: Arc<Services>) -> Self {
+        Self {
+            name: name.into(),
+            id,
+            read_headers: Vec::new(),
+            needs_body: false,
+            services,
+            log_budget: Mutex::new((2.0 * LOG_PER_SEC, Instant::now())),
+            series: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn may_log(&self) -> bool {
+        let mut b = self.log_budget.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * LOG_PER_SEC).min(2.0 * LOG_PER_SEC);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether a metric series may be updated: existing ones always, new ones up to the cap.
+    fn may_add_series(&self, labels: &[(String, String)], name: &str) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (name, labels).hash(&mut h);
+        let key = h.finish();
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if series.contains(&key) {
+            return true;
+        }
+        if series.len() >= MAX_SERIES {
+            return false;
+        }
+        series.insert(key);
+        true
+    }
+}
+
+/// Memory and table caps of one instance; remembers whether the memory cap was hit, so a fault can
+/// be reported as such rather than as a generic trap.
+#[derive(Debug)]
+pub struct Limits {
+    pub memory: usize,
+    pub memory_exceeded: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+        if desired > self.memory {
+            self.memory_exceeded = true;
+            wasmtime::bail!("the plugin's memory cap of {} bytes was reached", self.memory);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The data of one plugin instance's store.
+pub struct HostState {
+    pub meta: Arc<PluginMeta>,
+    pub table: ResourceTable,
+    pub limits: Limits,
+    /// When the current call began, and how long it may run.
+    pub call_started: Instant,
+    pub deadline: std::time::Duration,
+    /// Set by the epoch callback when it ends a call for running too long.
+    pub deadline_hit: bool,
+    /// WASI with nothing granted: no files, sockets, environment or arguments. It is linked only
+    /// because Rust's standard library imports it (stderr for panics, random seeds for HashMap).
+    wasi: WasiCtx,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("plugin", &self.meta.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    pub fn new(meta: Arc<PluginMeta>, memory: usize) -> Self {
+        Self {
+            meta,
+            table: ResourceTable::new(),
+            limits: Limits { memory, memory_exceeded: false },
+            call_started: Instant::now(),
+            deadline: std::time::Duration::from_millis(10),
+            deadline_hit: false,
+            wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
+        }
+    }
+
+    pub fn begin_call(&mut self, deadline: std::time::Duration) {
+        self.call_started = Instant::now();
+        self.deadline = deadline;
+    }
+
+    fn view(&self, req: &Resource<RequestHandle>) -> Result<Arc<RequestView>> {
+        Ok(self.table.get(req)?.view.clone())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for HostState {}
+impl hooks::Host for HostState {}
+
+impl request::Host for HostState {}
+
+impl request::HostRequest for HostState {
+    fn info(&mut self, req: Resource<RequestHandle>) -> Result<types::RequestInfo> {
+        Ok(self.view(&req)?.info.clone())
+    }
+
+    fn header(&mut self, req: Resource<RequestHandle>, name: String) -> Result<Option<String>> {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else { return Ok(None) };
+        if !self.meta.read_headers.contains(&name) {
+            return Ok(None);
+        }
+        let view = self.view(&req)?;
+        Ok(view.headers.get(&name).and_then(|v| v.to_str().ok()).map(str::to_owned))
+    }
+
+    fn body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
+        if !self.meta.needs_body {
+            return Ok(Vec::new());
+        }
+        Ok(self.view(&req)?.body.to_vec())
+    }
+
+    fn digest(&mut self, req: Resource<RequestHandle>) -> Result<String> {
+        Ok(self.view(&req)?.digest().to_owned())
+    }
+
+    fn add_response_header(&mut self, req: Resource<RequestHandle>, name: String, value: String) -> Result<()> {
+        let view = self.view(&req)?;
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            (Ok(name), Ok(value)) => view.add_response_header(name, value),
+            _ => tracing::debug!(plugin = %self.meta.name, "ignored an invalid response header"),
+        }
+        Ok(())
+    }
+
+    fn get_local(&mut self, req: Resource<RequestHandle>, key: String) -> Result<Option<Vec<u8>>> {
+        Ok(self.view(&req)?.get_local(self.meta.id, &key))
+    }
+
+    fn set_local(&mut self, req: Resource<RequestHandle>, key: String, value: Vec<u8>) -> Result<()> {
+        if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
+            self.view(&req)?.set_local(self.meta.id, key, value);
+        }
+        Ok(())
+    }
+
+    fn drop(&mut self, req: Resource<RequestHandle>) -> Result<()> {
+        self.table.delete(req)?;
+        Ok(())
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        if key.len() > MAX_KEY {
+            return Ok(None);
+        }
+        Ok(self.meta.services.kv.get(&self.meta.name, key))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
+        if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
+            self.meta.services.kv.set(&self.meta.name, key, value, ttl_ms);
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> Result<()> {
+        self.meta.services.kv.delete(&self.meta.name, key);
+        Ok(())
+    }
+
+    fn add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64> {
+        if key.len() > MAX_KEY {
+            return Ok(0);
+        }
+        Ok(self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms))
+    }
+}
+
+impl quota::Host for HostState {
+    fn reserve(
+        &mut self,
+        key: String,
+        amount: u64,
+        limit: quota::Limit,
+    ) -> Result<Result<quota::Grant, quota::Denial>> {
+        let quota = &self.meta.services.quota;
+        Ok(match quota.reserve(&self.meta.name, key, amount, limit.amount, limit.window_ms) {
+            Ok(g) => Ok(quota::Grant { reservation: g.reservation, remaining: g.remaining, reset_ms: g.reset_ms }),
+            Err(d) => Err(quota::Denial { retry_after_ms: d.retry_after_ms, remaining: d.remaining }),
+        })
+    }
+
+    fn settle(&mut self, reservation: u64, actual: u64) -> Result<()> {
+        self.meta.services.quota.settle(reservation, actual);
+        Ok(())
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) -> Result<()> {
+        if self.meta.may_add_series(&labels, &name) {
+            self.meta.services.metrics.plugin_counter(&self.meta.name, name, labels).inc_by(delta);
+        }
+        Ok(())
+    }
+
+    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
+        if self.meta.may_add_series(&labels, &name) {
+            self.meta.services.metrics.plugin_gauge(&self.meta.name, name, labels).set(value);
+        }
+        Ok(())
+    }
+}
+
+impl ledger::Host for HostState {
+    fn append(&mut self, e: ledger::Entry) -> Result<()> {
+        let entry = Entry {
+            ts_ms: now_ms(),
+            request_id: e.request_id,
+            key_name: e.key_name,
+            team: e.team,
+            model: e.model,
+            target: e.target,
+            prompt_tokens: e.prompt_tokens,
+            completion_tokens: e.completion_tokens,
+            cached_tokens: e.cached_tokens,
+            cost_micros: e.cost_micros,
+            plugin: self.meta.name.to_string(),
+        };
+        if let Err(error) = self.meta.services.ledger.append(&entry) {
+            // Losing a money record is worth a loud line; the request itself is already done.
+            tracing::error!(plugin = %self.meta.name, %error, "could not append to the ledger");
+        }
+        Ok(())
+    }
+}
+
+impl catalog::Host for HostState {
+    fn price(&mut self, model: String) -> Result<Option<catalog::ModelPrice>> {
+        Ok(self.meta.services.prices.get(&model).map(|p| catalog::ModelPrice {
+            input: p.input,
+            output: p.output,
+            cached_input: p.cached_input,
+        }))
+    }
+
+    fn target_stats(&mut self, target: String) -> Result<Option<catalog::TargetHealth>> {
+        Ok(self.meta.services.router.target(&target).map(|t| {
+            let s = t.stats.snapshot();
+            catalog::TargetHealth {
+                healthy: s.healthy,
+                in_flight: s.in_flight,
+                latency_ms: s.latency_ms,
+                error_rate: s.error_rate,
+            }
+        }))
+    }
+
+    fn targets(&mut self, model: String) -> Result<Vec<String>> {
+        Ok(self.meta.services.router.targets_of(&model))
+    }
+
+    fn now_ms(&mut self) -> Result<u64> {
+        Ok(now_ms())
+    }
+
+    fn random_u64(&mut self) -> Result<u64> {
+        Ok(rand::random())
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> Result<()> {
+        if !self.meta.may_log() {
+            self.meta
+                .services
+                .metrics
+                .plugin_logs_dropped
+                .get_or_create(&PluginLabel { plugin: self.meta.name.clone() })
+                .inc();
+            return Ok(());
+        }
+        let plugin = &*self.meta.name;
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

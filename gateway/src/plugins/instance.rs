@@ -1,0 +1,237 @@
+//! One loaded version of one plugin: its pre-instantiated component, its pool of warm instances,
+//! and the calls that bound every hook by a deadline and a memory cap and turn a trap into a
+//! [`Fault`] instead of an error of the gateway.
+//!
+//! Deadlines use epochs: the store's deadline is one tick away, and the epoch callback decides on
+//! each tick whether the call may go on (yielding to the runtime after its first millisecond, so a
+//! looping plugin never holds a worker thread) or is over its deadline (a trap).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use http::HeaderName;
+use wasmtime::component::Resource;
+use wasmtime::{Store, UpdateDeadline};
+use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
+
+use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
+use super::bindings::{Plugin, PluginPre};
+use super::engine::{MAX_MEMORY, Runtime, TICK};
+use super::host::{HostState, PluginMeta, RequestHandle};
+use super::view::RequestView;
+use super::{Fault, FaultKind, Hook, Services, builtin};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Warm instances kept per plugin. The pool is per plugin version rather than per worker thread so
+/// that it is dropped with the version it belongs to on a hot swap; a lock-free queue makes taking
+/// and returning an instance about as cheap as a thread-local would be.
+const POOL_SIZE: usize = 64;
+
+/// How long a call may run before it starts yielding to other tasks at each epoch tick.
+const YIELD_AFTER: Duration = Duration::from_millis(1);
+
+struct Warm {
+    store: Store<HostState>,
+    bindings: Plugin,
+    calls: u64,
+}
+
+/// A plugin ready to be called.
+pub struct LoadedPlugin {
+    pub meta: Arc<PluginMeta>,
+    pub hooks: HookSet,
+    pub on_error: OnError,
+    config: PluginConfig,
+    memory: usize,
+    pre: PluginPre<HostState>,
+    pool: ArrayQueue<Warm>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("name", &self.meta.name).field("hooks", &self.hooks).finish()
+    }
+}
+
+impl LoadedPlugin {
+    /// Reads, compiles, pre-instantiates and `init`s a plugin. Any failure is reported as a message
+    /// that names the plugin and what would fix it; nothing is swapped in until this succeeds.
+    pub async fn load(
+        runtime: &Arc<Runtime>,
+        config: &PluginConfig,
+        services: Arc<Services>,
+    ) -> Result<Arc<Self>, String> {
+        let name = &config.name;
+        let bytes = match &config.source {
+            PluginSource::File(path) => {
+                std::fs::read(path).map_err(|e| format!("plugin {name}: cannot read {}: {e}", path.display()))?
+            }
+            PluginSource::Builtin(b) => {
+                builtin(b).ok_or_else(|| format!("plugin {name}: no built-in plugin {b:?}"))?.to_vec()
+            }
+        };
+        // Compiling is CPU work of up to seconds: keep it off the async workers.
+        let compiler = runtime.clone();
+        let component = tokio::task::spawn_blocking(move || compiler.compile(&bytes))
+            .await
+            .map_err(|e| format!("plugin {name}: compilation task failed: {e}"))?
+            .map_err(|e| format!("plugin {name}: not a valid WebAssembly component: {e:#}"))?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("plugin {name}: it imports something the host does not provide: {e:#}"))?;
+        let pre = PluginPre::new(pre)
+            .map_err(|e| format!("plugin {name}: it does not export the weir:plugin world: {e:#}"))?;
+        let memory = usize::try_from(config.memory).unwrap_or(MAX_MEMORY).min(MAX_MEMORY);
+
+        // A first instance runs `init` to learn the plugin's hooks and headers, and proves the
+        // config is one the plugin accepts.
+        let probe_meta = Arc::new(PluginMeta::new(name, 0, services.clone()));
+        let (_, info) =
+            instantiate(&pre, probe_meta, memory, config).await.map_err(|e| format!("plugin {name}: {e}"))?;
+        let mut meta = PluginMeta::new(name, NEXT_ID.fetch_add(1, Ordering::Relaxed), services);
+        meta.read_headers = info
+            .read_headers
+            .iter()
+            .filter_map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        meta.needs_body = info.needs_body;
+        Ok(Arc::new(Self {
+            meta: Arc::new(meta),
+            hooks: info.hooks,
+            on_error: config.on_error,
+            config: config.clone(),
+            memory,
+            pre,
+            pool: ArrayQueue::new(POOL_SIZE),
+        }))
+    }
+
+    async fn checkout(&self, hook: Hook) -> Result<Warm, Fault> {
+        let pooled = (self.config.instances == InstanceMode::Pooled).then(|| self.pool.pop()).flatten();
+        let mut warm = match pooled {
+            Some(warm) => warm,
+            None => {
+                instantiate(&self.pre, self.meta.clone(), self.memory, &self.config)
+                    .await
+                    .map_err(|detail| self.fault(hook, FaultKind::Instantiate, detail))?
+                    .0
+            }
+        };
+        warm.store.data_mut().begin_call(self.config.deadline);
+        warm.store.set_epoch_deadline(1);
+        Ok(warm)
+    }
+
+    fn checkin<R>(
+        &self,
+        mut warm: Warm,
+        hook: Hook,
+        started: Instant,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, Fault> {
+        self.meta.services.metrics.plugin_call(&self.meta.name, hook, started.elapsed());
+        match result {
+            Ok(value) => {
+                warm.calls += 1;
+                if self.config.instances == InstanceMode::Pooled && warm.calls < self.config.recycle_after {
+                    // A full pool just drops the extra instance.
+                    let _ = self.pool.push(warm);
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                // The instance is thrown away: after a trap its state cannot be trusted.
+                let state = warm.store.data();
+                let kind = if state.limits.memory_exceeded {
+                    FaultKind::Memory
+                } else if state.deadline_hit {
+                    FaultKind::Deadline
+                } else {
+                    FaultKind::Trap
+                };
+                Err(self.fault(hook, kind, format!("{error:#}")))
+            }
+        }
+    }
+
+    pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
+        let started = Instant::now();
+        let mut warm = self.checkout(Hook::OnRequest).await?;
+        let result = async {
+            let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
+            let borrowed = Resource::new_borrow(handle.rep());
+            let decision = warm.bindings.call_on_request(&mut warm.store, borrowed).await;
+            warm.store.data_mut().table.delete(handle)?;
+            decision
+        }
+        .await;
+        self.checkin(warm, Hook::OnRequest, started, result)
+    }
+
+    pub async fn on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
+        let started = Instant::now();
+        let mut warm = self.checkout(Hook::OnResponseHeaders).await?;
+        let result = async {
+            let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
+            let borrowed = Resource::new_borrow(handle.rep());
+            let action = warm.bindings.call_on_response_headers(&mut warm.store, borrowed, status).await;
+            warm.store.data_mut().table.delete(handle)?;
+            action
+        }
+        .await;
+        self.checkin(warm, Hook::OnResponseHeaders, started, result)
+    }
+
+    pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
+        let started = Instant::now();
+        let mut warm = self.checkout(Hook::OnComplete).await?;
+        let result = async {
+            let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
+            let borrowed = Resource::new_borrow(handle.rep());
+            let done = warm.bindings.call_on_complete(&mut warm.store, borrowed, completion).await;
+            warm.store.data_mut().table.delete(handle)?;
+            done
+        }
+        .await;
+        self.checkin(warm, Hook::OnComplete, started, result)
+    }
+
+    pub fn fault(&self, hook: Hook, kind: FaultKind, detail: String) -> Fault {
+        self.meta.services.metrics.plugin_fault(&self.meta.name, hook, kind);
+        Fault { plugin: self.meta.name.clone(), hook, kind, detail, on_error: self.on_error }
+    }
+}
+
+/// A new instance, `init`-ed with the plugin's config.
+async fn instantiate(
+    pre: &PluginPre<HostState>,
+    meta: Arc<PluginMeta>,
+    memory: usize,
+    config: &PluginConfig,
+) -> Result<(Warm, PluginInfo), String> {
+    let mut store = Store::new(pre.engine(), HostState::new(meta, memory));
+    store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        let elapsed = state.call_started.elapsed();
+        if elapsed >= state.deadline {
+            state.deadline_hit = true;
+            wasmtime::bail!("the plugin ran past its deadline of {:?}", state.deadline);
+        }
+        Ok(if elapsed < YIELD_AFTER { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
+    });
+    // Instantiation and `init` get the same deadline as a hook.
+    store.data_mut().begin_call(config.deadline.max(TICK * 100));
+    store.set_epoch_deadline(1);
+    let bindings = pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiation failed: {e:#}"))?;
+    let info = match bindings.call_init(&mut store, &config.config_json).await {
+        Ok(Ok(info)) => info,
+        Ok(Err(message)) => return Err(format!("init rejected its config: {message}")),
+        Err(e) => return Err(format!("init failed: {e:#}")),
+    };
+    Ok((Warm { store, bindings, calls: 0 }, info))
+}

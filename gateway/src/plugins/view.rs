@@ -1,0 +1,141 @@
+//! The request as plugins see it: what the host parsed once, shared by every hook of every plugin of
+//! one request, plus what plugins leave on it (response headers, per-plugin scratch space).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::bindings::weir::plugin::types::{ApiKind, RequestInfo};
+
+/// One request, for plugins.
+#[derive(Debug)]
+pub struct RequestView {
+    pub info: RequestInfo,
+    /// The client's request headers; each plugin sees only those it declared.
+    pub headers: HeaderMap,
+    /// The raw body; handed only to plugins that declared `needs-body`.
+    pub body: Bytes,
+    digest: OnceLock<String>,
+    locals: Mutex<HashMap<(u64, String), Vec<u8>>>,
+    response_headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
+}
+
+/// Body fields that do not change an answer's content, left out of the digest.
+const NOT_IN_DIGEST: &[&str] = &["stream", "stream_options", "user"];
+
+impl RequestView {
+    pub fn new(info: RequestInfo, headers: HeaderMap, body: Bytes) -> Self {
+        Self {
+            info,
+            headers,
+            body,
+            digest: OnceLock::new(),
+            locals: Mutex::new(HashMap::new()),
+            response_headers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// SHA-256 (hex) of the canonical request: the API, then the body with object keys sorted and
+    /// the fields in [`NOT_IN_DIGEST`] removed. Two requests that differ only in key order,
+    /// whitespace or streaming get the same digest.
+    pub fn digest(&self) -> &str {
+        self.digest.get_or_init(|| {
+            let mut value: Value = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut value {
+                for field in NOT_IN_DIGEST {
+                    map.remove(*field);
+                }
+            }
+            let mut hasher = Sha256::new();
+            hasher.update(match self.info.api {
+                ApiKind::ChatCompletions => b"chat\0".as_slice(),
+                ApiKind::Embeddings => b"embeddings\0".as_slice(),
+            });
+            canonical(&value, &mut hasher);
+            hex::encode(hasher.finalize())
+        })
+    }
+
+    pub fn add_response_header(&self, name: HeaderName, value: HeaderValue) {
+        self.response_headers.lock().unwrap_or_else(|e| e.into_inner()).push((name, value));
+    }
+
+    /// The headers plugins added, for the response.
+    pub fn take_response_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        std::mem::take(&mut *self.response_headers.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn get_local(&self, plugin: u64, key: &str) -> Option<Vec<u8>> {
+        self.locals.lock().unwrap_or_else(|e| e.into_inner()).get(&(plugin, key.to_owned())).cloned()
+    }
+
+    pub fn set_local(&self, plugin: u64, key: String, value: Vec<u8>) {
+        self.locals.lock().unwrap_or_else(|e| e.into_inner()).insert((plugin, key), value);
+    }
+}
+
+/// Feeds a JSON value to the hasher with object keys in sorted order, whatever order serde_json's
+/// map keeps, so the digest does not depend on a dependency's feature flags.
+fn canonical(value: &Value, hasher: &mut Sha256) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            hasher.update(b"{");
+            for k in keys {
+                hasher.update(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                hasher.update(b":");
+                canonical(&map[k], hasher);
+                hasher.update(b",");
+            }
+            hasher.update(b"}");
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for item in items {
+                canonical(item, hasher);
+                hasher.update(b",");
+            }
+            hasher.update(b"]");
+        }
+        other => hasher.update(other.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(body: &str) -> RequestView {
+        let info = RequestInfo {
+            request_id: "r".into(),
+            api: ApiKind::ChatCompletions,
+            model: "m".into(),
+            stream: false,
+            max_tokens: None,
+            temperature: None,
+            prompt_tokens_estimate: 0,
+            body_len: 0,
+            key_name: "k".into(),
+            team: "t".into(),
+            end_user: None,
+        };
+        RequestView::new(info, HeaderMap::new(), Bytes::from(body.to_owned()))
+    }
+
+    #[test]
+    fn the_digest_ignores_key_order_whitespace_and_streaming_but_not_content() {
+        let a = view(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
+        let b = view(
+            r#"{ "temperature":0, "stream":true, "messages":[{"content":"hi","role":"user"}], "model":"m","user":"u"}"#,
+        );
+        let c = view(r#"{"model":"m","messages":[{"role":"user","content":"hi!"}],"temperature":0}"#);
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), c.digest());
+        assert_eq!(a.digest().len(), 64);
+    }
+}

@@ -1,0 +1,162 @@
+//! Admission-time reservations against limits: one token bucket per (plugin, key), refilled
+//! continuously at `amount / window`. A request reserves its worst case before it goes upstream and
+//! settles with what it actually used, so concurrent requests cannot together exceed a limit: the
+//! only overshoot possible is a request using more than it reserved (it is charged the excess on
+//! settlement, which pushes the bucket into debt and delays the next admissions).
+//!
+//! Written by hand because governor's GCRA cannot give capacity back, and settling is the point.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// A granted reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub reservation: u64,
+    pub remaining: u64,
+    pub reset_ms: u32,
+}
+
+/// A refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial {
+    pub retry_after_ms: u32,
+    pub remaining: u64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    capacity: f64,
+    per_ms: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64() * 1e3;
+        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
+        self.last = now;
+    }
+
+    fn ms_until(&self, tokens: f64) -> u32 {
+        let missing = tokens - self.tokens;
+        if missing <= 0.0 { 0 } else { (missing / self.per_ms).ceil().min(f64::from(u32::MAX)) as u32 }
+    }
+}
+
+type Key = (Arc<str>, String);
+
+#[derive(Debug)]
+struct Reservation {
+    key: Key,
+    amount: u64,
+    at: Instant,
+}
+
+/// All limits of all plugins.
+#[derive(Debug, Default)]
+pub struct Quota {
+    buckets: Mutex<HashMap<Key, Bucket>>,
+    reservations: Mutex<HashMap<u64, Reservation>>,
+    next: AtomicU64,
+}
+
+/// Past this many entries, idle buckets and forgotten reservations are swept.
+const SWEEP_AT: usize = 100_000;
+
+impl Quota {
+    pub fn reserve(
+        &self,
+        ns: &Arc<str>,
+        key: String,
+        amount: u64,
+        limit: u64,
+        window_ms: u32,
+    ) -> Result<Grant, Denial> {
+        let now = Instant::now();
+        let capacity = limit as f64;
+        let per_ms = capacity / f64::from(window_ms.max(1));
+        let key = (ns.clone(), key);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= SWEEP_AT {
+            buckets.retain(|_, b| {
+                b.refill(now);
+                b.tokens < b.capacity
+            });
+        }
+        let bucket = buckets.entry(key.clone()).or_insert(Bucket { tokens: capacity, capacity, per_ms, last: now });
+        bucket.refill(now);
+        if bucket.capacity != capacity || bucket.per_ms != per_ms {
+            // The limit was reconfigured: keep what was used, apply the new size and rate.
+            bucket.tokens = bucket.tokens.min(capacity);
+            bucket.capacity = capacity;
+            bucket.per_ms = per_ms;
+        }
+        let wanted = amount as f64;
+        if wanted > bucket.tokens {
+            let retry_after_ms = if wanted > capacity { window_ms } else { bucket.ms_until(wanted) };
+            return Err(Denial { retry_after_ms, remaining: bucket.tokens.max(0.0) as u64 });
+        }
+        bucket.tokens -= wanted;
+        let grant = Grant {
+            reservation: self.next.fetch_add(1, Ordering::Relaxed) + 1,
+            remaining: bucket.tokens.max(0.0) as u64,
+            reset_ms: bucket.ms_until(capacity),
+        };
+        drop(buckets);
+        let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        if reservations.len() >= SWEEP_AT {
+            reservations.retain(|_, r| now.duration_since(r.at).as_secs() < 3600);
+        }
+        reservations.insert(grant.reservation, Reservation { key, amount, at: now });
+        Ok(grant)
+    }
+
+    /// Gives back what was reserved but not used, or charges what was used beyond it. Unknown or
+    /// already settled reservations are ignored, so settling twice cannot refund twice.
+    pub fn settle(&self, reservation: u64, actual: u64) {
+        let Some(r) = self.reservations.lock().unwrap_or_else(|e| e.into_inner()).remove(&reservation) else {
+            return;
+        };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = buckets.get_mut(&r.key) {
+            bucket.refill(Instant::now());
+            bucket.tokens = (bucket.tokens + r.amount as f64 - actual as f64).min(bucket.capacity);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserves_up_to_the_limit_then_denies_with_a_retry_time() {
+        let q = Quota::default();
+        let ns: Arc<str> = "p".into();
+        for _ in 0..3 {
+            q.reserve(&ns, "k".into(), 10, 30, 60_000).unwrap();
+        }
+        let denied = q.reserve(&ns, "k".into(), 10, 30, 60_000).unwrap_err();
+        assert_eq!(denied.remaining, 0);
+        assert!((19_000..=20_001).contains(&denied.retry_after_ms), "{denied:?}");
+        let too_big = q.reserve(&ns, "k".into(), 31, 30, 60_000).unwrap_err();
+        assert_eq!(too_big.retry_after_ms, 60_000, "more than the limit can never be granted");
+    }
+
+    #[test]
+    fn settling_gives_back_the_unused_part_once() {
+        let q = Quota::default();
+        let ns: Arc<str> = "p".into();
+        let g = q.reserve(&ns, "k".into(), 100, 100, 3_600_000).unwrap();
+        assert!(q.reserve(&ns, "k".into(), 1, 100, 3_600_000).is_err());
+        q.settle(g.reservation, 40);
+        q.settle(g.reservation, 0);
+        let g2 = q.reserve(&ns, "k".into(), 60, 100, 3_600_000).unwrap();
+        assert!(g2.remaining <= 1, "exactly 60 came back: {g2:?}");
+    }
+}

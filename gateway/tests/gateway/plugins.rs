@@ -1,0 +1,321 @@
+//! Policy plugins through the real gateway: hostile plugins are contained (deadline, memory cap,
+//! traps, oversized answers, bad routes) with their configured open/closed outcome and a metric while
+//! other routes keep flowing; decisions work; a hot swap under load loses nothing and mixes nothing;
+//! the SDK's example plugin runs every hook and host import end to end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use weir_bench::mock::MockUpstream;
+
+use crate::support::{TestGateway, metric, metric_eventually, openai_error, post};
+
+const CHAT: &str = r#"{"model":"MODEL","messages":[{"role":"user","content":"hello plugins"}]}"#;
+
+fn chat_body(model: &str) -> String {
+    CHAT.replace("MODEL", model)
+}
+
+/// A config with one mock upstream, `clean` (no plugins) and one model per `(name, plugin)` pair,
+/// each with its own one-plugin chain; `plugins` holds the `[[plugins]]` tables.
+fn config(mock: &MockUpstream, models: &[(&str, &str)], plugins: &str, extra: &str) -> String {
+    let mut text = format!(
+        r#"
+chain = []
+{extra}
+
+[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "mock"
+endpoint = "{}"
+
+[[models]]
+name = "clean"
+targets = [{{ upstream = "mock", model = "mock-model" }}]
+"#,
+        mock.base_url()
+    );
+    for (model, plugin) in models {
+        text.push_str(&format!(
+            "\n[[models]]\nname = \"{model}\"\ntargets = [{{ upstream = \"mock\", model = \"mock-model\" }}]\nplugins = [\"{plugin}\"]\n"
+        ));
+    }
+    text.push_str(plugins);
+    text
+}
+
+/// A `[[plugins]]` table. Unless `settings` sets one, the deadline is generous: these tests share
+/// two cores with the rest of the suite, and only the hostile-plugin test is about deadlines.
+fn plugin(name: &str, path: &str, settings: &str) -> String {
+    let deadline = if settings.contains("deadline") { "" } else { "deadline = \"2s\"\n" };
+    format!("\n[[plugins]]\nname = \"{name}\"\nsource = \"{path}\"\n{deadline}{settings}\n")
+}
+
+async fn chat(gw: &TestGateway, model: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    post(&format!("{}/chat/completions", gw.base_url()), &chat_body(model), None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_contained_and_other_routes_keep_flowing() {
+    use weir_test_plugins as p;
+    let upstream = MockUpstream::builder().start().await;
+    let plugins = [
+        plugin("loop-open", p::LOOP, "on_error = \"open\"\ndeadline = \"20ms\""),
+        plugin("loop-closed", p::LOOP, "on_error = \"closed\"\ndeadline = \"20ms\""),
+        plugin("bomb", p::MEMORY_BOMB, "on_error = \"open\"\nmemory = \"4MiB\""),
+        plugin("trap", p::TRAP, "on_error = \"closed\""),
+        plugin("giant", p::GIANT_RESPONSE, "on_error = \"open\"\nmemory = \"160MiB\"\ndeadline = \"2s\""),
+        plugin("hammer", p::IMPORT_HAMMER, "on_error = \"open\"\ndeadline = \"30ms\""),
+        plugin("bad-route", p::BAD_ROUTE, "on_error = \"closed\""),
+    ]
+    .concat();
+    let models = [
+        ("m-loop-open", "loop-open"),
+        ("m-loop-closed", "loop-closed"),
+        ("m-bomb", "bomb"),
+        ("m-trap", "trap"),
+        ("m-giant", "giant"),
+        ("m-hammer", "hammer"),
+        ("m-bad-route", "bad-route"),
+    ];
+    let gw = Arc::new(TestGateway::start(&config(&upstream, &models, &plugins, "")).await);
+
+    // Clean traffic runs alongside the whole time and must never notice.
+    let background = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let mut statuses = HashMap::new();
+            for _ in 0..200 {
+                let (status, _, _) = chat(&gw, "clean").await;
+                *statuses.entry(status).or_insert(0) += 1;
+            }
+            statuses
+        })
+    };
+
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("m-loop-open", "loop-open", 200, "deadline"),
+        ("m-loop-closed", "loop-closed", 500, "deadline"),
+        ("m-bomb", "bomb", 200, "memory"),
+        ("m-trap", "trap", 500, "trap"),
+        ("m-giant", "giant", 200, "bad_decision"),
+        ("m-hammer", "hammer", 200, "deadline"),
+        ("m-bad-route", "bad-route", 500, "bad_decision"),
+    ];
+    for round in 1..=2 {
+        for (model, plugin, status, kind) in cases {
+            let (got, _, body) = chat(&gw, model).await;
+            assert_eq!(got, *status, "{model}: {body}");
+            if *status == 500 {
+                let error = openai_error(&body);
+                assert_eq!(error["code"], "plugin_error", "{body}");
+                assert!(error["message"].as_str().is_some_and(|m| m.contains(plugin)), "names the plugin: {body}");
+            } else {
+                assert_eq!(
+                    body["choices"][0]["message"]["content"], "echo: hello plugins",
+                    "{model}: fail-open continues"
+                );
+            }
+            let faults = metric(&gw.metrics().await, "weir_plugin_faults_total", &[("plugin", plugin), ("kind", kind)]);
+            assert_eq!(faults, f64::from(round), "{plugin}: one {kind} fault per request");
+        }
+    }
+    let statuses = background.await.expect("background traffic");
+    assert_eq!(statuses, HashMap::from([(200, 200)]), "clean traffic was affected");
+}
+
+#[tokio::test]
+async fn a_plugin_decision_is_not_a_fault() {
+    let upstream = MockUpstream::builder().start().await;
+    let plugins = plugin("gate", weir_test_plugins::REJECT_HEADER, "on_error = \"closed\"");
+    let gw = TestGateway::start(&config(&upstream, &[("guarded", "gate")], &plugins, "")).await;
+    let url = format!("{}/chat/completions", gw.base_url());
+
+    // The fixture rejects with a 500 if it can read `x-undeclared`, a header it did not declare.
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("x-undeclared", "1")
+        .body(chat_body("guarded"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 200, "undeclared headers are invisible to plugins");
+    let response =
+        reqwest::Client::new().post(&url).header("x-block", "1").body(chat_body("guarded")).send().await.expect("send");
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = response.json().await.expect("json");
+    let error = openai_error(&body);
+    assert_eq!((error["code"].as_str(), error["type"].as_str()), (Some("blocked"), Some("permission_error")));
+    assert_eq!(upstream.request_count(), 1, "the rejected request never reached the upstream");
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, "weir_plugin_faults_total", &[]), 0.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_swap_under_load_loses_no_request_and_mixes_no_versions() {
+    let upstream = MockUpstream::builder().latency(Duration::from_millis(5)).start().await;
+    let tagged = |version: &str| {
+        let plugins = plugin(
+            "tag",
+            weir_test_plugins::HEADER_TAG,
+            &format!("on_error = \"closed\"\nconfig = {{ version = \"{version}\" }}"),
+        );
+        config(&upstream, &[("tagged", "tag")], &plugins, "")
+    };
+    let gw = Arc::new(TestGateway::start(&tagged("v1")).await);
+
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let gw = gw.clone();
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..40 {
+                let (status, headers, body) = chat(&gw, "tagged").await;
+                assert_eq!(status, 200, "{body}");
+                let versions: Vec<&str> =
+                    headers.get_all("x-plugin-version").iter().map(|v| v.to_str().expect("ascii")).collect();
+                assert_eq!(versions.len(), 1, "exactly one version per response: {versions:?}");
+                seen.push(versions[0].to_owned());
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let new_config = weir_config::load_str(&tagged("v2"), &weir_config::MapEnv::default(), std::path::Path::new("."))
+        .expect("config");
+    gw.gateway.reload_with(new_config).await.expect("reload");
+
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for client in clients {
+        let seen = client.await.expect("client");
+        let last = seen.last().cloned();
+        assert_eq!(last.as_deref(), Some("v2"), "every client ends on the new version");
+        for v in seen {
+            *counts.entry(v).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.values().sum::<usize>(), 320, "no request lost");
+    assert!(counts.get("v1").is_some_and(|n| *n > 0) && counts.get("v2").is_some_and(|n| *n > 0), "{counts:?}");
+    // on-complete saw the same version as on-request, request by request.
+    for (version, n) in &counts {
+        let labels = [("plugin", "tag"), ("metric", "completed"), ("version", version.as_str())];
+        let completed = metric_eventually(&gw, "weir_plugin_counter_total", &labels, *n as f64).await;
+        assert_eq!(completed, *n as f64, "{version}: on-complete saw another version");
+    }
+    let missing = metric(&gw.metrics().await, "weir_plugin_counter_total", &[("version", "missing")]);
+    assert_eq!(missing, 0.0, "the per-request value set in on-request was there in on-complete");
+}
+
+#[tokio::test]
+async fn an_invalid_reload_keeps_the_old_configuration_serving() {
+    let upstream = MockUpstream::builder().start().await;
+    let dir = std::env::temp_dir().join(format!("weir-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("weir.toml");
+    let good = config(&upstream, &[("guarded", "gate")], &plugin("gate", weir_test_plugins::REJECT_HEADER, ""), "");
+    std::fs::write(&file, &good).expect("write");
+    let loaded = weir_config::load_file(&file, &weir_config::MapEnv::default()).expect("config");
+    let gw = TestGateway::start_with(loaded).await;
+
+    std::fs::write(&file, good.replace(weir_test_plugins::REJECT_HEADER, "/nonexistent/plugin.wasm")).expect("write");
+    let (status, _, body) = post(&gw.url("/admin/reload"), "", None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(openai_error(&body)["message"].as_str().is_some_and(|m| m.contains("/nonexistent/plugin.wasm")), "{body}");
+    let response = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .header("x-block", "1")
+        .body(chat_body("guarded"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 403, "the old plugin still serves");
+
+    // A valid change is picked up by the same call.
+    std::fs::write(&file, good.replace("plugins = [\"gate\"]", "plugins = []")).expect("write");
+    let (status, _, body) = post(&gw.url("/admin/reload"), "", None).await;
+    assert_eq!(status, 200, "{body}");
+    let response = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .header("x-block", "1")
+        .body(chat_body("guarded"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 200, "the new configuration serves");
+}
+
+#[tokio::test]
+async fn fresh_instances_per_request_work_and_stay_isolated() {
+    let upstream = MockUpstream::builder().start().await;
+    let plugins = plugin("fresh", weir_test_plugins::NOOP, "instances = \"fresh\"");
+    let gw = TestGateway::start(&config(&upstream, &[("m", "fresh")], &plugins, "")).await;
+    for _ in 0..5 {
+        let (status, _, body) = chat(&gw, "m").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let calls = metric_eventually(&gw, "weir_plugin_call_seconds_count", &[("plugin", "fresh")], 15.0).await;
+    assert_eq!(calls, 15.0, "three hooks × five requests");
+}
+
+#[tokio::test]
+async fn the_example_plugin_runs_every_hook_and_import_end_to_end() {
+    let upstream = MockUpstream::builder().start().await;
+    let dir = std::env::temp_dir().join(format!("weir-example-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ledger = dir.join("ledger.jsonl");
+    let plugins = plugin(
+        "hello",
+        weir_test_plugins::HELLO_POLICY,
+        "on_error = \"closed\"\nconfig = { blocked_users = [\"mallory\"], requests_per_minute = 3 }",
+    );
+    let extra = format!(
+        "[state]\nledger = \"{}\"\n\n[prices.\"mock/mock-model\"]\ninput = 2.0\noutput = 8.0\n",
+        ledger.display()
+    );
+    let gw = TestGateway::start(&config(&upstream, &[("hello-model", "hello")], &plugins, &extra)).await;
+    let url = format!("{}/chat/completions", gw.base_url());
+
+    let mut usages = Vec::new();
+    for _ in 0..3 {
+        let (status, headers, body) = post(&url, &chat_body("hello-model"), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers.get("x-hello-policy").map(|v| v.to_str().expect("ascii")), Some("seen"));
+        usages.push(body["usage"].clone());
+    }
+    let (status, headers, body) = post(&url, &chat_body("hello-model"), None).await;
+    assert_eq!(status, 429, "the fourth request in a minute is over the plugin's quota: {body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+
+    let blocked = r#"{"model":"hello-model","user":"mallory","messages":[{"role":"user","content":"x"}]}"#;
+    let (status, _, body) = post(&url, blocked, None).await;
+    assert_eq!(status, 403, "{body}");
+
+    metric_eventually(&gw, "weir_plugin_call_seconds_count", &[("plugin", "hello"), ("hook", "on_complete")], 5.0)
+        .await;
+    let entries = weir::state::ledger::Ledger::read(&ledger).expect("ledger");
+    assert_eq!(entries.len(), 3, "one ledger record per served request: {entries:?}");
+    for (entry, usage) in entries.iter().zip(&usages) {
+        let (input, output) =
+            (usage["prompt_tokens"].as_u64().expect("n"), usage["completion_tokens"].as_u64().expect("n"));
+        assert_eq!((u64::from(entry.prompt_tokens), u64::from(entry.completion_tokens)), (input, output));
+        assert_eq!(entry.cost_micros, input * 2 + output * 8, "price × usage, in micro-dollars per token");
+        assert_eq!(
+            (entry.model.as_str(), entry.target.as_str(), entry.plugin.as_str()),
+            ("hello-model", "mock/mock-model", "hello")
+        );
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metric(&metrics, "weir_plugin_counter_total", &[("plugin", "hello"), ("metric", "requests")]) >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "weir_plugin_faults_total", &[]), 0.0, "{metrics}");
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
