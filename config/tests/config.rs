@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use weir_config::{ConfigError, MapEnv, load_file, load_str};
+use weir_config::{ConfigError, InstanceMode, MapEnv, OnError, PluginSource, load_file, load_str};
 
 fn errors(text: &str) -> Vec<String> {
     match load_str(text, &MapEnv::default(), Path::new("/etc/weir")) {
@@ -138,4 +138,61 @@ fn syntax_errors_say_where() {
     let e = load_str("[server\nlisten = 1", &MapEnv::default(), Path::new(".")).unwrap_err();
     assert!(matches!(e, ConfigError::Syntax(_)));
     assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn plugin_chains_are_checked() {
+    let errs = errors(
+        r#"
+        chain = ["a", "ghost"]
+        [[upstreams]]
+        name = "u"
+        endpoint = "http://x"
+        [[models]]
+        name = "m"
+        targets = [{ upstream = "u", model = "x" }]
+        plugins = ["a", "a"]
+        [[plugins]]
+        name = "a"
+        source = "a.wasm"
+        on_error = "sometimes"
+        deadline = "0s"
+        memory = "12 parsecs"
+        [[plugins]]
+        name = "b"
+        source = "b.so"
+        "#,
+    );
+    let expected = [
+        "plugins[0].on_error: \"sometimes\" is not \"open\" or \"closed\"",
+        "plugins[0].deadline: must be longer than zero",
+        "plugins[0].memory: unknown unit",
+        "plugins[1].source: \"b.so\" is neither `builtin:NAME` nor a path to a `.wasm` component",
+        "chain[1]: unknown plugin \"ghost\"; defined plugins: [a, b]",
+        "models[0].plugins[1]: plugin \"a\" is listed twice",
+    ];
+    for want in expected {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}
+
+#[test]
+fn plugins_get_defaults_and_their_config_as_json() {
+    let c = load_str(
+        "[[plugins]]\nname = \"p\"\nsource = \"p.wasm\"\nconfig = { limit = 5, names = [\"a\"] }\n[[plugins]]\nname = \"q\"\nsource = \"builtin:router\"\nmemory = \"1MiB\"",
+        &MapEnv::default(),
+        Path::new("/etc/weir"),
+    )
+    .unwrap();
+    let p = &c.plugins[0];
+    assert_eq!(p.source, PluginSource::File("/etc/weir/p.wasm".into()));
+    assert_eq!((p.on_error, p.instances, p.memory), (OnError::Closed, InstanceMode::Pooled, 16 << 20));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&p.config_json).unwrap(),
+        serde_json::json!({"limit": 5, "names": ["a"]})
+    );
+    assert_eq!(c.plugins[1].source, PluginSource::Builtin("router".into()));
+    assert_eq!(c.plugins[1].memory, 1 << 20);
+    assert_eq!(c.chain, vec![0, 1], "without `chain`, every plugin in file order");
 }

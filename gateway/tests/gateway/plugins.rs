@@ -319,3 +319,45 @@ async fn the_example_plugin_runs_every_hook_and_import_end_to_end() {
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
+
+/// What the README tells a plugin author to do: `weir plugin new`, `cargo build --release`, point
+/// the config at the component. The scaffold must build as generated and behave as its comments say.
+#[tokio::test]
+async fn a_scaffolded_plugin_builds_and_loads_as_the_readme_says() {
+    let work = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold-test");
+    let dir = work.join(format!("my-policy-{}", rand_suffix()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk").canonicalize().expect("sdk");
+    weir::plugins::scaffold::scaffold(&dir, "my-policy", &sdk).expect("scaffold");
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let build = tokio::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&dir)
+        // A shared target folder keeps repeated runs incremental; the outer build's flags stay out.
+        .env("CARGO_TARGET_DIR", work.join("target"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .await
+        .expect("cargo runs");
+    assert!(build.status.success(), "the scaffold does not build:\n{}", String::from_utf8_lossy(&build.stderr));
+    let wasm = work.join("target/wasm32-wasip2/release/my_policy.wasm");
+    assert!(wasm.exists(), "{} was not built", wasm.display());
+
+    let upstream = MockUpstream::builder().start().await;
+    let plugins = plugin("mine", &wasm.display().to_string(), "on_error = \"closed\"");
+    let gw = TestGateway::start(&config(&upstream, &[("guarded", "mine")], &plugins, "")).await;
+    let url = format!("{}/chat/completions", gw.base_url());
+    let (status, _, body) = post(&url, &chat_body("guarded"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("x-deny", "yes")
+        .body(chat_body("guarded"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 403);
+    let _ = std::fs::remove_dir_all(&dir);
+}
