@@ -1,9 +1,10 @@
 //! The load harness behind `weir-bench`: the same workloads, direct to a mock upstream and through Weir.
 //!
-//! One run starts the mock on its own runtime, spawns `weir serve` pointed at it, and drives both
-//! with a load generator on a second runtime, one target after the other for each workload:
-//! open loops at fixed rates, a closed loop for maximum throughput, and streamed chats. Weir's
-//! memory is sampled from `/proc` throughout.
+//! One run starts the mock on its own runtime, spawns `weir serve` pointed at it, and a second
+//! `weir serve` with a chain of N no-op plugins, and drives all three with a load generator on a
+//! second runtime, one target after the other for each workload: open loops at fixed rates, a
+//! closed loop for maximum throughput, and streamed chats. Each Weir's memory is sampled from
+//! `/proc` throughout.
 
 mod load;
 mod report;
@@ -18,13 +19,14 @@ pub use load::{Latency, Run};
 
 use crate::mock::MockUpstream;
 use load::{Target, Workload};
-use weir::Weir;
+use weir::{Chain, Weir};
 
 /// Command-line options of `weir-bench`.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "weir-bench",
-    about = "Runs the same workloads direct to a mock upstream and through Weir, and compares them."
+    about = "Runs the same workloads direct to a mock upstream, through Weir, and through Weir with a \
+             chain of no-op plugins, and compares them."
 )]
 pub struct Options {
     /// The weir binary to measure, e.g. target/release/weir.
@@ -36,6 +38,16 @@ pub struct Options {
     /// Length of each measured run; every workload runs once per target.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// A short, rough run: --duration 3s --rates 500 --stream-rate 10 (none of which may be given).
+    #[arg(long, conflicts_with_all = ["duration", "rates", "stream_rate"])]
+    pub quick: bool,
+    /// Length of the plugin chain of the third target (a second `weir serve`); 0 leaves it out.
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=64))]
+    pub plugins: usize,
+    /// The plugin component every link of that chain loads; by default the `noop` test fixture,
+    /// which implements all three hooks and does nothing.
+    #[arg(long, default_value = weir_test_plugins::NOOP)]
+    pub plugin: PathBuf,
     /// Open-loop request rates, in requests per second.
     #[arg(
         long,
@@ -71,16 +83,29 @@ pub struct Report {
     pub streaming: Comparison,
     /// Weir's memory, absent with `--direct-only`.
     pub memory: Option<Memory>,
+    /// The memory of the Weir with the plugin chain, absent with `--direct-only` or `--plugins 0`.
+    pub plugins_memory: Option<Memory>,
+    /// Hook calls per request that the Weir with the plugin chain made during the measured runs
+    /// (from its `/metrics`), to show the chain really ran: 3 × `--plugins` when every request
+    /// went through every hook.
+    pub hook_calls_per_request: Option<f64>,
 }
 
-/// One workload, measured direct to the mock and through Weir.
+/// One workload, measured direct to the mock, through Weir, and through Weir with the plugin chain.
 #[derive(Debug)]
 pub struct Comparison {
     pub workload: String,
     pub direct: Run,
-    pub weir: Option<Run>,
-    /// Weir's peak resident set while this workload ran through it, in KiB.
-    pub weir_peak_rss_kib: Option<u64>,
+    pub weir: Option<Through>,
+    pub plugins: Option<Through>,
+}
+
+/// One workload's run through one Weir process.
+#[derive(Debug)]
+pub struct Through {
+    pub run: Run,
+    /// That Weir's peak resident set while this workload ran through it, in KiB.
+    pub peak_rss_kib: Option<u64>,
 }
 
 /// Weir's resident set (`VmRSS`) at rest and its high-water mark (`VmHWM`), in KiB.
@@ -96,20 +121,46 @@ impl Report {
     pub fn comparisons(&self) -> impl Iterator<Item = &Comparison> {
         self.open_loops.iter().chain([&self.closed_loop, &self.streaming])
     }
+
+    /// Whether the third target, Weir with the plugin chain, was measured.
+    pub fn has_plugins(&self) -> bool {
+        self.plugins_memory.is_some() || self.comparisons().any(|c| c.plugins.is_some())
+    }
+}
+
+impl Options {
+    /// These options with `--quick` spelled out.
+    pub fn resolved(&self) -> Self {
+        let mut options = self.clone();
+        if options.quick {
+            options.duration = Duration::from_secs(3);
+            options.rates = vec![500];
+            options.stream_rate = 10;
+        }
+        options
+    }
 }
 
 /// What the mock is asked for directly; Weir's config maps its own names onto these.
 const DIRECT_MODEL: &str = "mock-model";
 const DIRECT_STREAM_MODEL: &str = "fixture:text_a";
-/// Unmeasured load before the measured runs, so both targets start with warm connections.
+/// Unmeasured load before the measured runs, so every target starts with warm connections (and
+/// the plugin chain with warm instances).
 const WARM_UP: Duration = Duration::from_secs(1);
 /// A pause between runs, so the previous run's clean-up (closing, freeing) does not land in the next.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Runs every workload against the mock, and through Weir unless `--direct-only`.
+/// Runs every workload against the mock, and through both Weirs unless `--direct-only`.
 pub fn run(options: &Options) -> Result<Report> {
+    let options = &options.resolved();
     ensure!(!options.duration.is_zero(), "--duration must be positive");
     ensure!(!options.rates.is_empty(), "--rates needs at least one rate");
+    let bin = options.weir.as_deref().filter(|_| !options.direct_only);
+    let chain =
+        (bin.is_some() && options.plugins > 0).then(|| Chain { plugin: options.plugin.clone(), len: options.plugins });
+    if let Some(chain) = &chain {
+        ensure!(chain.plugin.is_file(), "plugin component {} not found (--plugin)", chain.plugin.display());
+    }
     // Separate runtimes keep the mock's work off the load generator's threads, so a busy mock
     // does not delay the timestamps the generator takes.
     let mock_runtime = runtime("weir-bench-mock", options.mock_threads)?;
@@ -118,55 +169,92 @@ pub fn run(options: &Options) -> Result<Report> {
         .block_on(MockUpstream::builder().record_requests(false).try_start())
         .context("starting the mock upstream")?;
 
-    let weir = match &options.weir {
-        Some(bin) if !options.direct_only => {
+    let weir = match bin {
+        Some(bin) => {
             eprintln!("starting {} against the mock at {}", bin.display(), mock.base_url());
-            Some(client_runtime.block_on(Weir::start(bin, &mock.base_url()))?)
+            Some(client_runtime.block_on(Weir::start(bin, &mock.base_url(), None))?)
         }
-        _ => None,
+        None => None,
     };
-    let report = client_runtime.block_on(measure(options, &mock, weir.as_ref()));
-    // Stop Weir before the mock so it does not log a burst of upstream errors on the way out.
+    let with_plugins = match bin.zip(chain.as_ref()) {
+        Some((bin, chain)) => {
+            eprintln!(
+                "starting {} with a chain of {} × {} (compiling it first)",
+                bin.display(),
+                chain.len,
+                chain.plugin.display()
+            );
+            let started = client_runtime.block_on(Weir::start(bin, &mock.base_url(), Some(chain)));
+            Some(started.context("starting the weir with the plugin chain")?)
+        }
+        None => None,
+    };
+    let report = client_runtime.block_on(measure(options, &mock, weir.as_ref(), with_plugins.as_ref()));
+    // Stop both Weirs before the mock so they do not log a burst of upstream errors on the way out.
+    drop(with_plugins);
     drop(weir);
     drop(mock);
     report
 }
 
-async fn measure(options: &Options, mock: &MockUpstream, weir: Option<&Weir>) -> Result<Report> {
-    let direct = Target::new("direct", mock.addr(), DIRECT_MODEL, DIRECT_STREAM_MODEL, options.connections);
-    let weir_target = weir.map(|w| Target::new("weir", w.addr(), weir::MODEL, weir::STREAM_MODEL, options.connections));
+async fn measure(
+    options: &Options,
+    mock: &MockUpstream,
+    weir: Option<&Weir>,
+    with_plugins: Option<&Weir>,
+) -> Result<Report> {
+    let connections = options.connections;
+    let direct = Target::new("direct", mock.addr(), DIRECT_MODEL, DIRECT_STREAM_MODEL, connections);
+    let through = |name, w: &Weir| Target::new(name, w.addr(), weir::MODEL, weir::STREAM_MODEL, connections);
+    let weir_target = weir.map(|w| through("weir", w));
+    let plugins_target = with_plugins.map(|w| through("weir+plugins", w));
     let through_weir = weir_target.as_ref().zip(weir);
+    let through_plugins = plugins_target.as_ref().zip(with_plugins);
     let idle_kib = weir.map(Weir::memory).transpose()?.map(|m| m.rss_kib);
+    let plugins_idle_kib = with_plugins.map(Weir::memory).transpose()?.map(|m| m.rss_kib);
 
-    for target in std::iter::once(&direct).chain(&weir_target) {
+    for target in std::iter::once(&direct).chain(&weir_target).chain(&plugins_target) {
         target.preflight().await?;
-        load::closed_loop(target, Workload::Chat, options.connections, WARM_UP).await;
+        load::closed_loop(target, Workload::Chat, connections, WARM_UP).await;
     }
+    let targets = Targets { direct: &direct, weir: through_weir, plugins: through_plugins };
+    let calls_before = match with_plugins {
+        Some(w) => Some(w.plugin_calls().await.context("reading the plugin weir's /metrics")?),
+        None => None,
+    };
 
     let mut open_loops = Vec::new();
     for &rate in &options.rates {
         let name = format!("open loop, {rate} req/s");
-        open_loops.push(
-            compare(&name, &direct, through_weir, |t| load::open_loop(t, Workload::Chat, rate, options.duration)).await,
-        );
+        open_loops.push(compare(&name, &targets, |t| load::open_loop(t, Workload::Chat, rate, options.duration)).await);
     }
-    let closed_loop =
-        compare(&format!("closed loop, {} connections", options.connections), &direct, through_weir, |t| {
-            load::closed_loop(t, Workload::Chat, options.connections, options.duration)
-        })
-        .await;
-    let streaming = compare(&format!("streaming text_a, {} req/s", options.stream_rate), &direct, through_weir, |t| {
+    let closed_loop = compare(&format!("closed loop, {connections} connections"), &targets, |t| {
+        load::closed_loop(t, Workload::Chat, connections, options.duration)
+    })
+    .await;
+    let streaming = compare(&format!("streaming text_a, {} req/s", options.stream_rate), &targets, |t| {
         load::open_loop(t, Workload::Stream, options.stream_rate, options.duration)
     })
     .await;
 
-    let memory = match (weir, idle_kib) {
-        (Some(weir), Some(idle_kib)) => {
-            tokio::time::sleep(SETTLE).await;
-            let now = weir.memory()?;
-            Some(Memory { idle_kib, after_load_kib: now.rss_kib, high_water_kib: now.hwm_kib })
+    tokio::time::sleep(SETTLE).await;
+    let hook_calls_per_request = match (with_plugins, calls_before) {
+        (Some(w), Some(before)) => {
+            let calls = w.plugin_calls().await.context("reading the plugin weir's /metrics")?.saturating_sub(before);
+            let sent: usize = open_loops
+                .iter()
+                .chain([&closed_loop, &streaming])
+                .filter_map(|c| c.plugins.as_ref())
+                .map(|t| t.run.sent)
+                .sum();
+            (sent > 0).then(|| calls as f64 / sent as f64)
         }
         _ => None,
+    };
+    let memory = |weir: Option<&Weir>, idle_kib: Option<u64>| -> Result<Option<Memory>> {
+        let (Some(weir), Some(idle_kib)) = (weir, idle_kib) else { return Ok(None) };
+        let now = weir.memory()?;
+        Ok(Some(Memory { idle_kib, after_load_kib: now.rss_kib, high_water_kib: now.hwm_kib }))
     };
     Ok(Report {
         options: options.clone(),
@@ -174,35 +262,40 @@ async fn measure(options: &Options, mock: &MockUpstream, weir: Option<&Weir>) ->
         open_loops,
         closed_loop,
         streaming,
-        memory,
+        memory: memory(weir, idle_kib)?,
+        plugins_memory: memory(with_plugins, plugins_idle_kib)?,
+        hook_calls_per_request,
     })
 }
 
-/// Runs one workload against the mock and then through Weir, tracking Weir's peak memory.
-async fn compare<'t, F>(
-    workload: &str,
+/// The targets every workload runs against, in this order; the Weirs with their processes.
+struct Targets<'t> {
     direct: &'t Target,
-    through_weir: Option<(&'t Target, &Weir)>,
-    run: impl Fn(&'t Target) -> F,
-) -> Comparison
+    weir: Option<(&'t Target, &'t Weir)>,
+    plugins: Option<(&'t Target, &'t Weir)>,
+}
+
+/// Runs one workload against the mock, then through Weir, then through Weir with the plugin
+/// chain, tracking each Weir's peak memory while it is measured.
+async fn compare<'t, F>(workload: &str, targets: &Targets<'t>, run: impl Fn(&'t Target) -> F) -> Comparison
 where
     F: Future<Output = Run>,
 {
     eprintln!("{workload}: direct");
-    let direct = run(direct).await;
+    let direct = run(targets.direct).await;
     tokio::time::sleep(SETTLE).await;
-    let (weir_run, weir_peak_rss_kib) = match through_weir {
-        Some((target, weir)) => {
-            eprintln!("{workload}: through weir");
-            weir.reset_peak_rss();
-            let measured = run(target).await;
-            let peak = weir.peak_rss_kib();
-            tokio::time::sleep(SETTLE).await;
-            (Some(measured), peak)
-        }
-        None => (None, None),
+    let through = async |target: Option<(&'t Target, &'t Weir)>| {
+        let (target, weir) = target?;
+        eprintln!("{workload}: through {}", target.name);
+        weir.reset_peak_rss();
+        let measured = run(target).await;
+        let peak_rss_kib = weir.peak_rss_kib();
+        tokio::time::sleep(SETTLE).await;
+        Some(Through { run: measured, peak_rss_kib })
     };
-    Comparison { workload: workload.to_owned(), direct, weir: weir_run, weir_peak_rss_kib }
+    let weir = through(targets.weir).await;
+    let plugins = through(targets.plugins).await;
+    Comparison { workload: workload.to_owned(), direct, weir, plugins }
 }
 
 fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime> {

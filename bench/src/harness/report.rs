@@ -1,9 +1,10 @@
-//! Renders a [`Report`] as markdown: direct vs through Weir, side by side, with Weir's added cost.
+//! Renders a [`Report`] as markdown: direct vs through Weir vs through Weir with the plugin chain,
+//! side by side, with what Weir adds (weir − direct) and what the chain adds (weir+plugins − weir).
 
 use std::fmt::{self, Display, Formatter};
 use std::time::Duration;
 
-use super::{Comparison, Latency, Report, Run};
+use super::{Comparison, Latency, Memory, Report, Run, Through};
 
 impl Display for Report {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
@@ -23,39 +24,42 @@ impl Display for Report {
                 _ => "not measured (--direct-only)".to_owned(),
             },
         )?;
-        writeln!(f, "| workload | metric | direct | weir | weir − direct |")?;
-        writeln!(f, "|---|---|---:|---:|---:|")?;
+        let plugins = self.has_plugins();
+        if plugins {
+            let chain = format!("weir+{} plugins", o.plugins);
+            write!(f, "Third target: a second weir whose default chain is {} × `{}`", o.plugins, o.plugin.display())?;
+            match self.hook_calls_per_request {
+                Some(calls) => writeln!(f, "; it made {calls:.2} hook calls per measured request.\n")?,
+                None => writeln!(f, ".\n")?,
+            }
+            writeln!(f, "| workload | metric | direct | weir | {chain} | weir − direct | {chain} − weir |")?;
+            writeln!(f, "|---|---|---:|---:|---:|---:|---:|")?;
+        } else {
+            writeln!(f, "| workload | metric | direct | weir | weir − direct |")?;
+            writeln!(f, "|---|---|---:|---:|---:|")?;
+        }
         for comparison in &self.open_loops {
-            let mut rows = Rows { f: &mut *f, c: comparison, first: true };
+            let mut rows = Rows { f: &mut *f, c: comparison, plugins, first: true };
             rows.latency("", |r| r.latency)?;
             rows.rate("achieved rate")?;
             rows.errors()?;
         }
-        let mut rows = Rows { f: &mut *f, c: &self.closed_loop, first: true };
+        let mut rows = Rows { f: &mut *f, c: &self.closed_loop, plugins, first: true };
         rows.rate("throughput")?;
         rows.latency("", |r| r.latency)?;
         rows.errors()?;
-        let mut rows = Rows { f: &mut *f, c: &self.streaming, first: true };
+        let mut rows = Rows { f: &mut *f, c: &self.streaming, plugins, first: true };
         rows.latency("TTFB ", |r| r.first_byte)?;
         rows.latency("TTLB ", |r| r.latency)?;
         rows.errors()?;
 
-        if let Some(memory) = &self.memory {
-            writeln!(f, "\n| weir process | RSS |")?;
-            writeln!(f, "|---|---:|")?;
-            writeln!(f, "| idle, after start | {} |", mib(memory.idle_kib))?;
-            for c in self.comparisons() {
-                if let Some(kib) = c.weir_peak_rss_kib {
-                    writeln!(f, "| peak during {} | {} |", c.workload, mib(kib))?;
-                }
-            }
-            writeln!(f, "| idle, after load | {} |", mib(memory.after_load_kib))?;
-            writeln!(f, "| high-water mark (VmHWM) | {} |", mib(memory.high_water_kib))?;
-        }
+        self.memory_table(f)?;
 
         let mut heading = false;
         for c in self.comparisons() {
-            for (target, run) in [("direct", Some(&c.direct)), ("weir", c.weir.as_ref())] {
+            let through = [("weir", &c.weir), ("weir+plugins", &c.plugins)];
+            let runs = through.into_iter().map(|(target, t)| (target, t.as_ref().map(|t| &t.run)));
+            for (target, run) in std::iter::once(("direct", Some(&c.direct))).chain(runs) {
                 let Some(error) = run.and_then(|r| r.first_error.as_ref()) else { continue };
                 if !std::mem::replace(&mut heading, true) {
                     writeln!(f, "\nFirst error of each run that had errors:\n")?;
@@ -67,6 +71,44 @@ impl Display for Report {
     }
 }
 
+impl Report {
+    /// Each Weir's resident set: at rest, at its peak during each workload, and its high-water mark.
+    fn memory_table(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let Some(memory) = &self.memory else { return Ok(()) };
+        let plugins = self.plugins_memory.as_ref();
+        match plugins {
+            Some(_) => {
+                writeln!(f, "\n| weir process | RSS, weir | RSS, weir+{} plugins |", self.options.plugins)?;
+                writeln!(f, "|---|---:|---:|")?;
+            }
+            None => {
+                writeln!(f, "\n| weir process | RSS |")?;
+                writeln!(f, "|---|---:|")?;
+            }
+        }
+        let mut row = |label: &str, weir: Option<u64>, with_plugins: Option<u64>| {
+            let cell = |kib: Option<u64>| kib.map_or_else(|| "–".to_owned(), mib);
+            match plugins {
+                Some(_) => writeln!(f, "| {label} | {} | {} |", cell(weir), cell(with_plugins)),
+                None => writeln!(f, "| {label} | {} |", cell(weir)),
+            }
+        };
+        let at = |pick: fn(&Memory) -> u64| (Some(pick(memory)), plugins.map(pick));
+        let (weir, with_plugins) = at(|m| m.idle_kib);
+        row("idle, after start", weir, with_plugins)?;
+        for c in self.comparisons() {
+            let peak = |t: &Option<Through>| t.as_ref().and_then(|t| t.peak_rss_kib);
+            if c.weir.is_some() || c.plugins.is_some() {
+                row(&format!("peak during {}", c.workload), peak(&c.weir), peak(&c.plugins))?;
+            }
+        }
+        let (weir, with_plugins) = at(|m| m.after_load_kib);
+        row("idle, after load", weir, with_plugins)?;
+        let (weir, with_plugins) = at(|m| m.high_water_kib);
+        row("high-water mark (VmHWM)", weir, with_plugins)
+    }
+}
+
 /// Picks one statistic out of a [`Latency`].
 type Pick = fn(&Latency) -> Duration;
 
@@ -74,6 +116,8 @@ type Pick = fn(&Latency) -> Duration;
 struct Rows<'a, 'f> {
     f: &'a mut Formatter<'f>,
     c: &'a Comparison,
+    /// Whether the table has the plugin chain's two columns.
+    plugins: bool,
     first: bool,
 }
 
@@ -83,39 +127,57 @@ impl Rows<'_, '_> {
             [("p50", |l| l.p50), ("p90", |l| l.p90), ("p99", |l| l.p99), ("max", |l| l.max)];
         for (name, pick) in metrics {
             let get = |r: &Run| which(r).as_ref().map(pick);
-            let delta = delta_ms(self.c, get);
-            self.row(&format!("{prefix}{name}"), |r| get(r).map(ms), delta)?;
+            let delta = |base: Option<&Run>, over: Option<&Run>| {
+                let base = get(base?)?.as_secs_f64();
+                let over = get(over?)?.as_secs_f64();
+                Some(format!("{:+.3} ms", (over - base) * 1e3))
+            };
+            let (direct, weir, plugins) = runs(self.c);
+            let deltas = [delta(Some(direct), weir), delta(weir, plugins)];
+            self.row(&format!("{prefix}{name}"), |r| get(r).map(ms), deltas)?;
         }
         Ok(())
     }
 
     fn rate(&mut self, metric: &str) -> fmt::Result {
-        let direct = self.c.direct.rate;
-        let ratio = self.c.weir.as_ref().filter(|_| direct > 0.0).map(|w| format!("×{:.2}", w.rate / direct));
-        self.row(metric, |r| Some(format!("{:.0}/s", r.rate)), ratio)
+        let ratio = |base: Option<&Run>, over: Option<&Run>| {
+            let (base, over) = (base?.rate, over?.rate);
+            (base > 0.0).then(|| format!("×{:.2}", over / base))
+        };
+        let (direct, weir, plugins) = runs(self.c);
+        let ratios = [ratio(Some(direct), weir), ratio(weir, plugins)];
+        self.row(metric, |r| Some(format!("{:.0}/s", r.rate)), ratios)
     }
 
     fn errors(&mut self) -> fmt::Result {
-        self.row("errors", |r| Some(format!("{}/{}", r.errors, r.sent)), None)
+        self.row("errors", |r| Some(format!("{}/{}", r.errors, r.sent)), [None, None])
     }
 
-    fn row(&mut self, metric: &str, cell: impl Fn(&Run) -> Option<String>, delta: Option<String>) -> fmt::Result {
+    /// One row; `deltas` are weir against direct, and the chain's Weir against the plain one.
+    fn row(
+        &mut self,
+        metric: &str,
+        cell: impl Fn(&Run) -> Option<String>,
+        [weir_delta, chain_delta]: [Option<String>; 2],
+    ) -> fmt::Result {
         let workload = if std::mem::take(&mut self.first) { self.c.workload.as_str() } else { "" };
-        let dash = || "–".to_owned();
-        writeln!(
-            self.f,
-            "| {workload} | {metric} | {} | {} | {} |",
-            cell(&self.c.direct).unwrap_or_else(dash),
-            self.c.weir.as_ref().and_then(&cell).unwrap_or_else(dash),
-            delta.unwrap_or_default(),
-        )
+        let (direct, weir, plugins) = runs(self.c);
+        let cell = |run: Option<&Run>| run.and_then(&cell).unwrap_or_else(|| "–".to_owned());
+        write!(self.f, "| {workload} | {metric} | {} | {} |", cell(Some(direct)), cell(weir))?;
+        if self.plugins {
+            write!(self.f, " {} |", cell(plugins))?;
+        }
+        write!(self.f, " {} |", weir_delta.unwrap_or_default())?;
+        if self.plugins {
+            write!(self.f, " {} |", chain_delta.unwrap_or_default())?;
+        }
+        writeln!(self.f)
     }
 }
 
-fn delta_ms(c: &Comparison, get: impl Fn(&Run) -> Option<Duration>) -> Option<String> {
-    let direct = get(&c.direct)?.as_secs_f64();
-    let weir = get(c.weir.as_ref()?)?.as_secs_f64();
-    Some(format!("{:+.3} ms", (weir - direct) * 1e3))
+/// A workload's runs direct, through Weir, and through Weir with the plugin chain.
+fn runs(c: &Comparison) -> (&Run, Option<&Run>, Option<&Run>) {
+    (&c.direct, c.weir.as_ref().map(|t| &t.run), c.plugins.as_ref().map(|t| &t.run))
 }
 
 fn ms(d: Duration) -> String {

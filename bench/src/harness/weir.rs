@@ -1,4 +1,4 @@
-//! The Weir process under test: its config, start-up, readiness and memory as `/proc` reports it.
+//! A Weir process under test: its config, start-up, readiness and memory as `/proc` reports it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
-use http::Request;
-use http_body_util::Empty;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -19,10 +19,18 @@ use tokio::net::TcpStream;
 pub const MODEL: &str = "bench-model";
 pub const STREAM_MODEL: &str = "bench-stream";
 
-/// How long `weir serve` may take to answer `GET /readyz` with 200.
+/// How long `weir serve` may take to answer `GET /readyz` with 200. Plugins are compiled before it
+/// does (a few seconds in a release build, less once wasmtime's cache has them), so this is generous.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the sampler reads `/proc/<pid>/status`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// A chain of `len` copies of one plugin component, named `p1`..`pN`, as the default chain.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub plugin: PathBuf,
+    pub len: usize,
+}
 
 /// A running `weir serve`, killed (and its temporary config removed) on drop.
 #[derive(Debug)]
@@ -42,13 +50,13 @@ pub struct ProcMemory {
 }
 
 impl Weir {
-    /// Writes a config pointing at `upstream`, spawns `<bin> serve --config <file>`, and waits
-    /// until `/readyz` answers 200.
-    pub async fn start(bin: &Path, upstream: &str) -> Result<Self> {
+    /// Writes a config pointing at `upstream` (with `chain` as its default plugin chain, if any),
+    /// spawns `<bin> serve --config <file>`, and waits until `/readyz` answers 200.
+    pub async fn start(bin: &Path, upstream: &str, chain: Option<&Chain>) -> Result<Self> {
         let addr = free_loopback_addr()?;
         let dir = ConfigDir::create()?;
         let config = dir.0.join("weir.toml");
-        std::fs::write(&config, config_toml(addr, upstream))
+        std::fs::write(&config, config_toml(addr, upstream, chain)?)
             .with_context(|| format!("writing {}", config.display()))?;
         let child = Command::new(bin)
             .arg("serve")
@@ -68,6 +76,15 @@ impl Weir {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many plugin hook calls this Weir has made so far, from its `/metrics`.
+    pub async fn plugin_calls(&self) -> Result<u64> {
+        let (status, body) = get(self.addr, "/metrics", Duration::from_secs(5)).await?;
+        if !status.is_success() {
+            bail!("GET /metrics answered {status}");
+        }
+        Ok(sum_plugin_calls(&String::from_utf8_lossy(&body)))
     }
 
     pub fn memory(&self) -> Result<ProcMemory> {
@@ -132,10 +149,27 @@ impl Drop for ConfigDir {
     }
 }
 
-/// The weir config: one OpenAI-kind upstream (the mock, no keys) and the two bench models.
-pub fn config_toml(listen: SocketAddr, upstream: &str) -> String {
-    format!(
-        r#"[server]
+/// The weir config: one OpenAI-kind upstream (the mock, no keys) and the two bench models; with a
+/// `chain`, also `chain.len` plugins `p1`..`pN` loading the same component, all in the default chain.
+/// The compile cache stays at its default, in the temporary config directory.
+pub fn config_toml(listen: SocketAddr, upstream: &str, chain: Option<&Chain>) -> Result<String> {
+    let (mut top, mut tables) = (String::new(), String::new());
+    if let Some(chain) = chain {
+        let source =
+            chain.plugin.to_str().with_context(|| format!("plugin path {} is not UTF-8", chain.plugin.display()))?;
+        // A JSON string is a valid TOML basic string: the same quotes and escapes.
+        let source = serde_json::to_string(source)?;
+        let names: Vec<String> = (1..=chain.len).map(|i| format!("\"p{i}\"")).collect();
+        // Top-level keys must come before the first [table].
+        top = format!("chain = [{}]\n\n", names.join(", "));
+        for name in &names {
+            tables.push_str(&format!(
+                "\n[[plugins]]\nname = {name}\nsource = {source}\non_error = \"open\"\ndeadline = \"50ms\"\n"
+            ));
+        }
+    }
+    Ok(format!(
+        r#"{top}[server]
 listen = "{listen}"
 
 [log]
@@ -153,10 +187,10 @@ targets = [{{ upstream = "mock", model = "{model}" }}]
 [[models]]
 name = "{STREAM_MODEL}"
 targets = [{{ upstream = "mock", model = "{stream_model}" }}]
-"#,
+{tables}"#,
         model = super::DIRECT_MODEL,
         stream_model = super::DIRECT_STREAM_MODEL,
-    )
+    ))
 }
 
 /// A loopback address with a port nobody listens on right now. Weir binds it a moment later;
@@ -167,14 +201,32 @@ fn free_loopback_addr() -> Result<SocketAddr> {
 }
 
 async fn readyz(addr: SocketAddr) -> bool {
-    let probe = async {
+    matches!(get(addr, "/readyz", Duration::from_secs(1)).await, Ok((status, _)) if status.is_success())
+}
+
+/// One `GET` on a connection of its own; the status and the whole body.
+async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(StatusCode, Bytes)> {
+    let exchange = async {
         let tcp = TcpStream::connect(addr).await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(connection);
-        let req = Request::get("/readyz").header("host", addr.to_string()).body(Empty::<Bytes>::new())?;
-        anyhow::Ok(sender.send_request(req).await?.status().is_success())
+        let req = Request::get(path).header("host", addr.to_string()).body(Empty::<Bytes>::new())?;
+        let response = sender.send_request(req).await?;
+        let status = response.status();
+        anyhow::Ok((status, response.into_body().collect().await?.to_bytes()))
     };
-    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(true)))
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| format!("GET {path}: no answer within {timeout:?}"))?
+}
+
+/// The sum of the `weir_plugin_call_seconds_count` series in Prometheus text: all hook calls.
+fn sum_plugin_calls(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("weir_plugin_call_seconds_count"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn proc_memory(pid: u32) -> Result<ProcMemory> {
@@ -220,5 +272,56 @@ impl Sampler {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use weir_config::{MapEnv, OnError, PluginSource};
+
+    use super::*;
+
+    fn load(chain: Option<&Chain>) -> weir_config::Config {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 4000));
+        let text = config_toml(listen, "http://127.0.0.1:9/v1", chain).unwrap_or_else(|e| panic!("{e:#}"));
+        weir_config::load_str(&text, &MapEnv::default(), Path::new("/tmp"))
+            .unwrap_or_else(|e| panic!("{e}\n---\n{text}"))
+    }
+
+    #[test]
+    fn plain_config_has_no_plugins() {
+        let config = load(None);
+        assert!(config.plugins.is_empty() && config.chain.is_empty());
+        assert_eq!(config.models.len(), 2);
+    }
+
+    #[test]
+    fn chain_config_loads_n_copies_of_the_plugin_in_order() {
+        // Quotes and backslashes in the path must survive the TOML string.
+        let plugin = PathBuf::from("/some dir/with \"quotes\" and \\ back/noop.wasm");
+        let config = load(Some(&Chain { plugin: plugin.clone(), len: 5 }));
+        let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["p1", "p2", "p3", "p4", "p5"]);
+        assert_eq!(config.chain, [0, 1, 2, 3, 4]);
+        for p in &config.plugins {
+            assert_eq!(p.source, PluginSource::File(plugin.clone()));
+            assert_eq!((p.on_error, p.deadline), (OnError::Open, Duration::from_millis(50)));
+        }
+        assert_eq!(config.models.len(), 2);
+    }
+
+    #[test]
+    fn plugin_calls_are_summed_over_plugins_and_hooks() {
+        let metrics = "# HELP weir_plugin_call_seconds Time per hook call\n\
+            weir_plugin_call_seconds_sum{plugin=\"p1\",hook=\"on_request\"} 0.01\n\
+            weir_plugin_call_seconds_count{plugin=\"p1\",hook=\"on_request\"} 7\n\
+            weir_plugin_call_seconds_count{plugin=\"p2\",hook=\"on_complete\"} 5\n\
+            weir_plugin_call_seconds_bucket{plugin=\"p1\",hook=\"on_request\",le=\"0.001\"} 7\n\
+            weir_requests_total 12\n";
+        assert_eq!(sum_plugin_calls(metrics), 12);
+        assert_eq!(sum_plugin_calls(""), 0);
     }
 }
