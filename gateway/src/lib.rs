@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 pub mod providers;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod state;

@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -162,69 +161,11 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
         }
         drop(app);
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        reload_on_sighup(gateway.clone());
-        let _watcher = watch_files(gateway.clone());
+        weir::reload::on_sighup(gateway.clone());
+        let _watcher = weir::reload::watch_files(gateway.clone());
         weir::server::serve(listener, gateway, shutdown_signal()).await?;
         Ok(())
     })
-}
-
-/// Reloads the configuration file (and its plugins) on SIGHUP.
-fn reload_on_sighup(gateway: Arc<Gateway>) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-        while hup.recv().await.is_some() {
-            report_reload("SIGHUP", gateway.reload().await);
-        }
-    });
-}
-
-/// Watches the config file and plugin files; a change reloads (after a short quiet period, so an
-/// editor's several writes make one reload). The watch set is refreshed after each reload.
-fn watch_files(gateway: Arc<Gateway>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let files = gateway.watched_files();
-    if files.is_empty() {
-        return None;
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let watched: Vec<PathBuf> = files.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = event.is_ok_and(|event| {
-            (event.kind.is_modify() || event.kind.is_create())
-                && event.paths.iter().any(|p| watched.iter().any(|w| p.ends_with(w.file_name().unwrap_or_default())))
-        });
-        if relevant {
-            let _ = tx.send(());
-        }
-    })
-    .ok()?;
-    // Watch the folders, not the files: editors and deploy tools replace files by renaming.
-    let mut dirs: Vec<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_owned)).collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in &dirs {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for changes; reload with SIGHUP instead");
-        }
-    }
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
-            report_reload("file change", gateway.reload().await);
-        }
-    });
-    Some(watcher)
-}
-
-fn report_reload(trigger: &str, result: Result<(), String>) {
-    match result {
-        Ok(()) => tracing::info!(trigger, "configuration reloaded"),
-        Err(reason) => tracing::error!(trigger, %reason, "reload rejected; the previous configuration keeps serving"),
-    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

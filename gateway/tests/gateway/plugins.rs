@@ -55,6 +55,14 @@ fn plugin(name: &str, path: &str, settings: &str) -> String {
     format!("\n[[plugins]]\nname = \"{name}\"\nsource = \"{path}\"\n{deadline}{settings}\n")
 }
 
+/// The status of a chat request carrying the header `name: 1`.
+async fn chat_with_header(gw: &TestGateway, model: &str, name: &str) -> u16 {
+    let url = format!("{}/chat/completions", gw.base_url());
+    let response =
+        reqwest::Client::new().post(url).header(name, "1").body(chat_body(model)).send().await.expect("send");
+    response.status().as_u16()
+}
+
 async fn chat(gw: &TestGateway, model: &str) -> (u16, reqwest::header::HeaderMap, Value) {
     post(&format!("{}/chat/completions", gw.base_url()), &chat_body(model), None).await
 }
@@ -225,27 +233,13 @@ async fn an_invalid_reload_keeps_the_old_configuration_serving() {
     let (status, _, body) = post(&gw.url("/admin/reload"), "", None).await;
     assert_eq!(status, 400, "{body}");
     assert!(openai_error(&body)["message"].as_str().is_some_and(|m| m.contains("/nonexistent/plugin.wasm")), "{body}");
-    let response = reqwest::Client::new()
-        .post(format!("{}/chat/completions", gw.base_url()))
-        .header("x-block", "1")
-        .body(chat_body("guarded"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status().as_u16(), 403, "the old plugin still serves");
+    assert_eq!(chat_with_header(&gw, "guarded", "x-block").await, 403, "the old plugin still serves");
 
     // A valid change is picked up by the same call.
     std::fs::write(&file, good.replace("plugins = [\"gate\"]", "plugins = []")).expect("write");
     let (status, _, body) = post(&gw.url("/admin/reload"), "", None).await;
     assert_eq!(status, 200, "{body}");
-    let response = reqwest::Client::new()
-        .post(format!("{}/chat/completions", gw.base_url()))
-        .header("x-block", "1")
-        .body(chat_body("guarded"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status().as_u16(), 200, "the new configuration serves");
+    assert_eq!(chat_with_header(&gw, "guarded", "x-block").await, 200, "the new configuration serves");
 }
 
 #[tokio::test]
@@ -360,4 +354,70 @@ async fn a_scaffolded_plugin_builds_and_loads_as_the_readme_says() {
         .expect("send");
     assert_eq!(response.status().as_u16(), 403);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn on_response_headers_can_send_a_failed_attempt_to_another_target() {
+    let broken = MockUpstream::builder().always_fail(503).start().await;
+    let healthy = MockUpstream::builder().start().await;
+    let text = format!(
+        r#"
+chain = []
+[server]
+listen = "127.0.0.1:0"
+[retry]
+backoff_base = "1ms"
+backoff_max = "2ms"
+[[upstreams]]
+name = "broken"
+endpoint = "{}"
+[[upstreams]]
+name = "healthy"
+endpoint = "{}"
+[[models]]
+name = "m"
+targets = [{{ upstream = "broken", model = "a" }}]
+plugins = ["steer"]
+[[models]]
+name = "spare"
+targets = [{{ upstream = "healthy", model = "b" }}]
+{}"#,
+        broken.base_url(),
+        healthy.base_url(),
+        plugin("steer", weir_test_plugins::RETRY_ELSEWHERE, "config = { target = \"healthy/b\" }"),
+    );
+    let gw = TestGateway::start(&text).await;
+    let (status, _, body) = chat(&gw, "m").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (broken.request_count(), healthy.request_count()),
+        (1, 1),
+        "one failed attempt, then the plugin's target"
+    );
+    assert_eq!(healthy.requests()[0].json()["model"], "b");
+}
+
+#[tokio::test]
+async fn editing_the_config_file_reloads_it() {
+    let upstream = MockUpstream::builder().start().await;
+    let dir = std::env::temp_dir().join(format!("weir-watch-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("weir.toml");
+    let guarded = config(&upstream, &[("guarded", "gate")], &plugin("gate", weir_test_plugins::REJECT_HEADER, ""), "");
+    std::fs::write(&file, &guarded).expect("write");
+    let loaded = weir_config::load_file(&file, &weir_config::MapEnv::default()).expect("config");
+    let gw = TestGateway::start_with(loaded).await;
+    let _watcher = weir::reload::watch_files(gw.gateway.clone()).expect("a watcher");
+    assert_eq!(chat_with_header(&gw, "guarded", "x-block").await, 403);
+
+    std::fs::write(&file, guarded.replace("plugins = [\"gate\"]", "plugins = []")).expect("write");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = chat_with_header(&gw, "guarded", "x-block").await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the edited file was not picked up");
 }
