@@ -33,10 +33,29 @@ use crate::state::quota::Quota;
 /// The largest local response a plugin may return.
 const MAX_LOCAL_RESPONSE: usize = 16 << 20;
 
-/// Built-in plugins embedded in the binary, by name. The first ones arrive with the built-in
-/// policy plugins; until then the table is empty and `builtin:NAME` sources fail to load.
-pub fn builtin(_name: &str) -> Option<&'static [u8]> {
-    None
+mod builtins {
+    //! The table written by the build script: `plugins/<name>` and `plugins/examples/<name>`,
+    //! compiled to components and included in the binary.
+    include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
+}
+
+/// A built-in plugin's component, by name (`source = "builtin:<name>"`).
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    builtins::BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+}
+
+/// The names of the built-in plugins, for error messages.
+pub fn builtin_names() -> Vec<&'static str> {
+    builtins::BUILTINS.iter().map(|(n, _)| *n).collect()
+}
+
+/// Why `builtin:<name>` cannot be loaded.
+fn missing_builtin(name: &str) -> String {
+    if builtins::BUILTINS_BUILT {
+        format!("no built-in plugin {name:?}; built-in plugins: [{}]", builtin_names().join(", "))
+    } else {
+        "this weir was built without its built-in plugins (the wasm32-wasip2 target was missing): run `rustup target add wasm32-wasip2` and rebuild".to_owned()
+    }
 }
 
 /// What plugins reach through host imports. Everything but the router and prices outlives a

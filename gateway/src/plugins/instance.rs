@@ -21,7 +21,7 @@ use super::bindings::{Plugin, PluginPre};
 use super::engine::{MAX_MEMORY, Runtime, TICK};
 use super::host::{HostState, PluginMeta, RequestHandle};
 use super::view::RequestView;
-use super::{Fault, FaultKind, Hook, Services, builtin};
+use super::{Fault, FaultKind, Hook, Services, builtin, missing_builtin};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -70,7 +70,7 @@ impl LoadedPlugin {
                 std::fs::read(path).map_err(|e| format!("plugin {name}: cannot read {}: {e}", path.display()))?
             }
             PluginSource::Builtin(b) => {
-                builtin(b).ok_or_else(|| format!("plugin {name}: no built-in plugin {b:?}"))?.to_vec()
+                builtin(b).ok_or_else(|| format!("plugin {name}: {}", missing_builtin(b)))?.to_vec()
             }
         };
         // Compiling is CPU work of up to seconds: keep it off the async workers.

@@ -421,3 +421,30 @@ async fn editing_the_config_file_reloads_it() {
     }
     assert_eq!(status, 200, "the edited file was not picked up");
 }
+
+#[tokio::test]
+async fn built_in_plugins_are_embedded_in_the_binary() {
+    let upstream = MockUpstream::builder().start().await;
+    let plugins = plugin(
+        "hello",
+        "builtin:hello-policy",
+        "on_error = \"closed\"\nconfig = { blocked_users = [\"mallory\"], requests_per_minute = 100 }",
+    );
+    let gw = TestGateway::start(&config(&upstream, &[("m", "hello")], &plugins, "")).await;
+    let url = format!("{}/chat/completions", gw.base_url());
+    let (status, headers, body) = post(&url, &chat_body("m"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        headers.get("x-hello-policy").map(|v| v.to_str().expect("ascii")),
+        Some("seen"),
+        "the embedded plugin ran"
+    );
+    let blocked = r#"{"model":"m","user":"mallory","messages":[{"role":"user","content":"x"}]}"#;
+    assert_eq!(post(&url, blocked, None).await.0, 403);
+
+    let unknown = config(&upstream, &[("m", "ghost")], &plugin("ghost", "builtin:no-such-plugin", ""), "");
+    let unknown =
+        weir_config::load_str(&unknown, &weir_config::MapEnv::default(), std::path::Path::new(".")).expect("config");
+    let error = weir::Gateway::new(unknown, Box::new(weir_config::MapEnv::default())).await.expect_err("must not load");
+    assert!(error.contains("no built-in plugin \"no-such-plugin\"") && error.contains("hello-policy"), "{error}");
+}
