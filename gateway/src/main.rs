@@ -86,14 +86,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Config { command: ConfigCommand::Check { file } } => {
             let config = load(Some(&file))?;
+            let (upstreams, models, keys, plugins) =
+                (config.upstreams.len(), config.models.len(), config.keys.len(), config.plugins.len());
+            // Plugins are loaded too (read, compiled, `init`-ed with their config), so a plugin
+            // that would stop `weir serve` stops the check.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(Gateway::new(config, Box::new(ProcessEnv))).map_err(|e| anyhow::anyhow!("{e}"))?;
             #[expect(clippy::print_stdout, reason = "the command's output")]
             {
                 println!(
-                    "{}: ok ({} upstreams, {} models, {} keys)",
-                    file.display(),
-                    config.upstreams.len(),
-                    config.models.len(),
-                    config.keys.len()
+                    "{}: ok ({upstreams} upstreams, {models} models, {keys} keys, {plugins} plugins loaded)",
+                    file.display()
                 );
             }
             Ok(())
