@@ -39,8 +39,9 @@ struct Setup {
 
 impl Setup {
     async fn new(plugins: usize, fresh: bool) -> Self {
-        let config = weir_config::load_str(&config(plugins, fresh), &weir_config::MapEnv::default(), Path::new("."))
-            .expect("config");
+        let state = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-state");
+        let config =
+            weir_config::load_str(&config(plugins, fresh), &weir_config::MapEnv::default(), &state).expect("config");
         let app = App::new(config, &Process::default()).await.expect("app");
         let info = RequestInfo {
             request_id: "0190f1e2a3b4c5d6e7f8091a2b3c4d5e".into(),

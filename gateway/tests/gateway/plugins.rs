@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, metric, metric_eventually, openai_error, post};
+use crate::support::{TestGateway, metric, metric_eventually, openai_error, post, state_dir};
 
 const CHAT: &str = r#"{"model":"MODEL","messages":[{"role":"user","content":"hello plugins"}]}"#;
 
@@ -193,8 +193,8 @@ async fn a_hot_swap_under_load_loses_no_request_and_mixes_no_versions() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let new_config = weir_config::load_str(&tagged("v2"), &weir_config::MapEnv::default(), std::path::Path::new("."))
-        .expect("config");
+    let new_config =
+        weir_config::load_str(&tagged("v2"), &weir_config::MapEnv::default(), &state_dir()).expect("config");
     gw.gateway.reload_with(new_config).await.expect("reload");
 
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -443,8 +443,7 @@ async fn built_in_plugins_are_embedded_in_the_binary() {
     assert_eq!(post(&url, blocked, None).await.0, 403);
 
     let unknown = config(&upstream, &[("m", "ghost")], &plugin("ghost", "builtin:no-such-plugin", ""), "");
-    let unknown =
-        weir_config::load_str(&unknown, &weir_config::MapEnv::default(), std::path::Path::new(".")).expect("config");
+    let unknown = weir_config::load_str(&unknown, &weir_config::MapEnv::default(), &state_dir()).expect("config");
     let error = weir::Gateway::new(unknown, Box::new(weir_config::MapEnv::default())).await.expect_err("must not load");
     assert!(error.contains("no built-in plugin \"no-such-plugin\"") && error.contains("hello-policy"), "{error}");
 }

@@ -12,6 +12,12 @@ use tokio::task::JoinHandle;
 use weir::Gateway;
 use weir_config::MapEnv;
 
+/// Where relative paths of test configs (the ledger, the compile cache) resolve: the build folder,
+/// never the sources.
+pub fn state_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-state")
+}
+
 /// A gateway serving on an ephemeral loopback port.
 pub struct TestGateway {
     pub addr: SocketAddr,
@@ -23,7 +29,7 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway with this configuration text (its `server.listen` is replaced by port 0).
     pub async fn start(config: &str) -> Self {
-        let config = weir_config::load_str(config, &MapEnv::default(), Path::new(env!("CARGO_MANIFEST_DIR")))
+        let config = weir_config::load_str(config, &MapEnv::default(), &state_dir())
             .unwrap_or_else(|e| panic!("test config: {e}"));
         Self::start_with(config).await
     }
