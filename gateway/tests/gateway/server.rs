@@ -137,3 +137,59 @@ async fn shutdown_drains_in_flight_streams_and_refuses_new_work() {
     let result = tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server exits after draining");
     result.expect("join").expect("serve");
 }
+
+/// Everything the gateway logs at every level, captured for the whole test binary.
+fn captured_logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || Capture(writer.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buffer
+    })
+}
+
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_carry_neither_secrets_nor_prompt_text() {
+    let logs = captured_logs();
+    let upstream = MockUpstream::builder().api_key("sk-upstream-secret-42").start().await;
+    let extra = "[[keys]]\nname = \"logged-key\"\nteam = \"t\"\nkey = \"sk-client-secret-0123456789\"";
+    let text = config(&upstream.base_url(), extra).replace(
+        &format!("endpoint = \"{}\"", upstream.base_url()),
+        &format!("endpoint = \"{}\"\napi_key = \"sk-upstream-secret-42\"", upstream.base_url()),
+    );
+    let gw = TestGateway::start(&text).await;
+    let prompt = r#"{"model":"gpt-test","messages":[{"role":"user","content":"PROMPT-CANARY-7731"}]}"#;
+    let url = format!("{}/chat/completions", gw.base_url());
+    let (status, _, body) = post(&url, prompt, Some("sk-client-secret-0123456789")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = post(&url, prompt, Some("sk-wrong-secret-0123456789")).await;
+    assert_eq!(status, 401);
+    let streamed = prompt.replace("\"model\"", "\"stream\":true,\"model\"");
+    post(&url, &streamed, Some("sk-client-secret-0123456789")).await;
+
+    let text = String::from_utf8_lossy(&logs.lock().expect("log buffer")).into_owned();
+    assert!(text.contains("logged-key"), "the request was logged, by key name: {text}");
+    for secret in
+        ["sk-upstream-secret-42", "sk-client-secret-0123456789", "sk-wrong-secret-0123456789", "PROMPT-CANARY-7731"]
+    {
+        assert!(!text.contains(secret), "{secret} reached the logs");
+    }
+}
