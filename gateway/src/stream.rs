@@ -153,6 +153,9 @@ impl HttpBody for SseRelay {
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
+                        if let Some(acct) = &mut this.accounting {
+                            acct.capture(&data);
+                        }
                         let next_idle = tokio::time::Instant::now() + this.options.idle;
                         this.idle.as_mut().reset(next_idle);
                         this.splitter.push(&data);
