@@ -63,6 +63,9 @@ pub struct Accounting {
     pub capture: Option<Vec<u8>>,
     /// This is a mirrored copy of a client's request, not the client's own.
     pub mirrored: bool,
+    /// Streamed chunks with choices relayed so far: a stream cut short by its client has no usage
+    /// report, and plugins then get an estimate with one completion token per chunk.
+    pub chunks: u64,
     finished: bool,
 }
 
@@ -99,6 +102,7 @@ impl Accounting {
             attempts: Vec::new(),
             capture: None,
             mirrored: false,
+            chunks: 0,
             finished: false,
         }
     }
@@ -198,12 +202,25 @@ impl Accounting {
         let completion = Completion {
             status: self.status,
             target: self.target.to_string(),
-            usage: self.usage.map(|u| PluginUsage {
-                prompt_tokens: clamp(u.prompt_tokens),
-                completion_tokens: clamp(u.completion_tokens),
-                cached_tokens: clamp(u.cached_tokens()),
-                reasoning_tokens: clamp(u.reasoning_tokens()),
-            }),
+            usage: match self.usage {
+                Some(u) => Some(PluginUsage {
+                    prompt_tokens: clamp(u.prompt_tokens),
+                    completion_tokens: clamp(u.completion_tokens),
+                    cached_tokens: clamp(u.cached_tokens()),
+                    reasoning_tokens: clamp(u.reasoning_tokens()),
+                }),
+                // The client left mid-stream, before the upstream's usage report: the upstream
+                // still billed what it generated. Estimate it rather than record nothing — the
+                // prompt as the host estimated it, one token per chunk relayed (OpenAI streams
+                // send one token per chunk).
+                None if outcome == Outcome::ClientAbort && self.chunks > 0 => Some(PluginUsage {
+                    prompt_tokens: view.info.prompt_tokens_estimate,
+                    completion_tokens: clamp(self.chunks),
+                    cached_tokens: 0,
+                    reasoning_tokens: 0,
+                }),
+                None => None,
+            },
             ttft_ms: self.ttft.map(|d| clamp(d.as_millis() as u64)),
             total_ms: clamp(elapsed.as_millis() as u64),
             error_class: match outcome {

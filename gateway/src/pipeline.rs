@@ -426,8 +426,14 @@ struct Mirror {
 impl Mirror {
     async fn run(self, request_id: Arc<str>, principal: Arc<Principal>, label: Arc<str>, view: Arc<RequestView>) {
         let app = &self.app;
-        let mut acct =
-            Accounting::start(app.metrics.clone(), request_id, principal, self.operation.label(), label, Instant::now());
+        let mut acct = Accounting::start(
+            app.metrics.clone(),
+            request_id,
+            principal,
+            self.operation.label(),
+            label,
+            Instant::now(),
+        );
         acct.mirrored = true;
         acct.plugins = Some((self.chain.clone(), Arc::new(view.for_mirror())));
         let route = ModelRoute { label: acct.model.clone(), targets: vec![self.target.clone()] };
@@ -454,8 +460,7 @@ impl Mirror {
         };
         acct.status = response.status().as_u16();
         if self.stream.is_some() {
-            let options =
-                RelayOptions { client_wants_usage: false, idle: target.upstream.timeouts.idle, deadline };
+            let options = RelayOptions { client_wants_usage: false, idle: target.upstream.timeouts.idle, deadline };
             // Draining the relay runs accounting when the stream ends, as for a client.
             let _ = SseRelay::new(response.into_body(), options, acct, target.upstream.name.clone()).collect().await;
             return;

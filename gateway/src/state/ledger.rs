@@ -97,7 +97,9 @@ impl Ledger {
             }
             match serde_json::from_str::<Entry>(&line) {
                 Ok(entry) => Self::index(&mut index, &entry),
-                Err(e) => tracing::warn!(path = %self.path.display(), line = n + 1, error = %e, "skipped a ledger line"),
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), line = n + 1, error = %e, "skipped a ledger line")
+                }
             }
         }
         index
@@ -172,7 +174,9 @@ impl Ledger {
             .filter(|(_, l)| !l.trim().is_empty())
             .filter_map(|(n, l)| {
                 serde_json::from_str(l)
-                    .inspect_err(|e| tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipped a ledger line"))
+                    .inspect_err(
+                        |e| tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipped a ledger line"),
+                    )
                     .ok()
             })
             .collect())
