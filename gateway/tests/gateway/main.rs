@@ -5,6 +5,7 @@
 mod chat;
 mod errors;
 mod plugins;
+mod policies;
 mod python;
 mod server;
 mod streams;
