@@ -104,7 +104,7 @@ pub struct Metrics {
     /// Counters and gauges plugins define: labels `plugin`, `metric`, then the plugin's own.
     plugin_counters: Family<Vec<(String, String)>, Counter>,
     plugin_gauges: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    plugin_histograms: Family<Vec<(String, String)>, Histogram, fn() -> Histogram>,
+    plugin_histograms: HistogramFamily<Vec<(String, String)>>,
 }
 
 /// Buckets of plugins' own histograms: 1 to 131,072, doubling (milliseconds, mostly).
@@ -148,9 +148,8 @@ impl Metrics {
         let plugin_logs_dropped = Family::<PluginLabel, Counter>::default();
         let plugin_counters = Family::<Vec<(String, String)>, Counter>::default();
         let plugin_gauges = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        let plugin_histograms = Family::<Vec<(String, String)>, Histogram, fn() -> Histogram>::new_with_constructor(
-            plugin_histogram as fn() -> Histogram,
-        );
+        let plugin_histograms =
+            HistogramFamily::<Vec<(String, String)>>::new_with_constructor(plugin_histogram as fn() -> Histogram);
         registry.register(
             "weir_plugin_call_seconds",
             "Time of plugin hook calls, by plugin and hook",

@@ -45,7 +45,6 @@
 //! below comes from it.
 
 #[doc(hidden)]
-#[expect(clippy::too_many_arguments, reason = "the generated lowering of `on-complete` takes every field flat")]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",

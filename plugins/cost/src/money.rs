@@ -48,7 +48,7 @@ pub fn usd(pico: u64) -> String {
 
 /// Dollars from the config as picodollars, refusing what is not a non-negative finite amount.
 pub fn pico_from_usd(usd: f64) -> Option<u64> {
-    (usd.is_finite() && usd >= 0.0 && usd < 1.8e7).then(|| (usd * 1e12).round() as u64)
+    (0.0..1.8e7).contains(&usd).then(|| (usd * 1e12).round() as u64)
 }
 
 /// A budget's period.
