@@ -13,6 +13,7 @@ pub mod providers;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod spend;
 pub mod state;
 pub mod stream;
 

@@ -218,6 +218,22 @@ async fn the_ledger_is_price_times_usage_exactly_streamed_whole_and_aborted() {
         &[("plugin", "cost"), ("metric", "cost_pico_usd")],
     );
     assert_eq!(exported as u64, total);
+
+    // `weir spend` reads the same ledger back, exactly.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["spend", "--by", "key,model", "--json", "--ledger"])
+        .arg(&ledger)
+        .output()
+        .expect("weir spend");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "alice on m, then the total: {rows:?}");
+    assert_eq!(
+        (rows[0]["key"].as_str(), rows[0]["model"].as_str(), rows[0]["requests"].as_u64()),
+        (Some("alice"), Some("m"), Some(3))
+    );
+    assert_eq!(rows[1]["cost_pico_usd"].as_u64(), Some(total));
 }
 
 #[tokio::test]
