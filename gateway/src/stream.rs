@@ -80,6 +80,10 @@ impl SseRelay {
             #[serde(default)]
             error: Option<IgnoredAny>,
         }
+        // Plugins that read the response see every event in OpenAI's shape, the usage chunk too.
+        if let Some(acct) = &mut self.accounting {
+            acct.capture(&event.raw);
+        }
         if event.data.is_empty() {
             self.out.push_back(event.raw);
             return;
@@ -156,9 +160,6 @@ impl HttpBody for SseRelay {
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        if let Some(acct) = &mut this.accounting {
-                            acct.capture(&data);
-                        }
                         let next_idle = tokio::time::Instant::now() + this.options.idle;
                         this.idle.as_mut().reset(next_idle);
                         this.splitter.push(&data);
