@@ -3,6 +3,7 @@
 //! official `openai` Python SDK). One test binary, so the crates are linked once.
 
 mod cache;
+mod canary;
 mod chat;
 mod errors;
 mod plugins;

@@ -1,0 +1,275 @@
+//! The built-in `canary` plugin through the real gateway, with one mock upstream per variant: the
+//! split holds within ±3% over 2,000 requests and every user stays on one side; the header forces a
+//! side; a canary that fails half its requests is rolled back within its window and a changed
+//! config re-arms it; shadow mode answers from the baseline while the canary gets the mirrored share.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use weir_bench::mock::MockUpstream;
+
+use crate::support::{TestGateway, metric, metric_eventually, state_dir};
+
+/// A gateway with the upstreams `base` and `next`, the public model `chat` (→ `base/base-model`)
+/// and `chat-next` (→ `next/next-model`), and the canary plugin with `splits` (TOML array items).
+fn config_text(base: &MockUpstream, next: &MockUpstream, splits: &str) -> String {
+    format!(
+        r#"
+chain = ["canary"]
+
+[server]
+listen = "127.0.0.1:0"
+
+[retry]
+backoff_base = "1ms"
+backoff_max = "2ms"
+
+[[upstreams]]
+name = "base"
+endpoint = "{}"
+
+[[upstreams]]
+name = "next"
+endpoint = "{}"
+
+[[models]]
+name = "chat"
+targets = [{{ upstream = "base", model = "base-model" }}]
+
+[[models]]
+name = "chat-next"
+targets = [{{ upstream = "next", model = "next-model" }}]
+
+[[plugins]]
+name = "canary"
+source = "builtin:canary"
+on_error = "closed"
+deadline = "2s"
+
+[plugins.config]
+{splits}
+"#,
+        base.base_url(),
+        next.base_url()
+    )
+}
+
+async fn gateway(base: &MockUpstream, next: &MockUpstream, splits: &str) -> TestGateway {
+    TestGateway::start(&config_text(base, next, splits)).await
+}
+
+/// A split of `chat` between itself and the target `next/next-model`, with extra TOML `settings`.
+fn split(settings: &str) -> String {
+    format!(
+        "[[plugins.config.splits]]\nmodel = \"chat\"\nbaseline = \"chat\"\ncanary = \"next/next-model\"\n{settings}\n"
+    )
+}
+
+/// A chat request from `user` (none: the key decides), with an optional variant header; returns
+/// the status and the body.
+/// Tests share one client per test: building one is slow in a debug build.
+async fn ask(client: &reqwest::Client, gw: &TestGateway, user: Option<&str>, variant: Option<&str>) -> (u16, Value) {
+    let mut body = json!({"model": "chat", "messages": [{"role": "user", "content": "which variant?"}]});
+    if let Some(user) = user {
+        body["user"] = json!(user);
+    }
+    let mut request = client.post(gw.url("/v1/chat/completions")).json(&body);
+    if let Some(variant) = variant {
+        request = request.header("x-weir-variant", variant);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The `user` fields of every request a mock received.
+fn users(mock: &MockUpstream) -> Vec<String> {
+    mock.requests().iter().filter_map(|r| r.json()["user"].as_str().map(str::to_owned)).collect()
+}
+
+fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut all = vec![("plugin", "canary"), ("metric", name)];
+    all.extend_from_slice(labels);
+    metric(metrics, "weir_plugin_counter_total", &all)
+}
+
+fn weight_gauge(metrics: &str) -> f64 {
+    metric(metrics, "weir_plugin_gauge", &[("plugin", "canary"), ("metric", "weight"), ("model", "chat")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_requests_split_ninety_ten_and_every_user_stays_on_one_side() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().start().await;
+    let gw = Arc::new(gateway(&base, &next, &split("weight = 10")).await);
+
+    // 1,000 users, two requests each, from four clients at once.
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let gw = gw.clone();
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for round in 0..2 {
+                for user in (client * 250)..(client * 250 + 250) {
+                    let (status, body) = ask(&http, &gw, Some(&format!("user-{user}")), None).await;
+                    assert_eq!(status, 200, "round {round}: {body}");
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("client");
+    }
+
+    let (on_base, on_next) = (users(&base), users(&next));
+    assert_eq!(on_base.len() + on_next.len(), 2_000);
+    let share = on_next.len() as f64 / 2_000.0;
+    assert!((0.07..=0.13).contains(&share), "canary share {share}, not 10% ± 3%");
+    let (base_users, next_users): (BTreeSet<_>, BTreeSet<_>) =
+        (on_base.into_iter().collect(), on_next.into_iter().collect());
+    assert_eq!(base_users.len() + next_users.len(), 1_000, "a user was seen on both sides");
+    assert!(base_users.is_disjoint(&next_users));
+    assert!(next.requests().iter().all(|r| r.json()["model"] == "next-model"));
+
+    let canary_requests = metric_eventually(
+        &gw,
+        "weir_plugin_counter_total",
+        &[("plugin", "canary"), ("metric", "requests"), ("variant", "canary")],
+        next.request_count() as f64,
+    )
+    .await;
+    assert_eq!(canary_requests, next.request_count() as f64);
+    let metrics = gw.metrics().await;
+    assert_eq!(counter(&metrics, "requests", &[("variant", "baseline")]), base.request_count() as f64);
+    assert_eq!(counter(&metrics, "errors", &[]), 0.0);
+    assert_eq!(weight_gauge(&metrics), 10.0);
+    let latency = metric(
+        &metrics,
+        "weir_plugin_histogram_count",
+        &[("plugin", "canary"), ("metric", "latency_ms"), ("variant", "canary")],
+    );
+    assert_eq!(latency, canary_requests, "{metrics}");
+}
+
+#[tokio::test]
+async fn without_a_user_the_key_decides_and_the_header_forces_a_side() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().start().await;
+    let gw = gateway(&base, &next, &split("weight = 0")).await;
+    let http = reqwest::Client::new();
+    assert_eq!(ask(&http, &gw, Some("u"), None).await.1["model"], "base-model");
+    assert_eq!(ask(&http, &gw, None, None).await.1["model"], "base-model");
+    assert_eq!(ask(&http, &gw, Some("u"), Some("canary")).await.1["model"], "next-model", "forced onto a 0% canary");
+    drop(gw);
+
+    let gw = gateway(&base, &next, &split("weight = 100")).await;
+    assert_eq!(ask(&http, &gw, Some("u"), None).await.1["model"], "next-model");
+    assert_eq!(ask(&http, &gw, None, None).await.1["model"], "next-model");
+    assert_eq!(ask(&http, &gw, Some("u"), Some("baseline")).await.1["model"], "base-model", "forced off a 100% canary");
+    assert_eq!(
+        ask(&http, &gw, Some("u"), Some("nonsense")).await.1["model"],
+        "next-model",
+        "an unknown value forces nothing"
+    );
+    // Other models are not split.
+    let other = json!({"model": "chat-next", "messages": [{"role": "user", "content": "x"}]});
+    let response = http.post(gw.url("/v1/chat/completions")).json(&other).send().await.expect("send");
+    assert_eq!(response.json::<Value>().await.expect("json")["model"], "next-model");
+    assert_eq!((base.request_count(), next.request_count()), (3, 5));
+}
+
+#[tokio::test]
+async fn a_canary_failing_half_its_requests_is_rolled_back_within_its_window_and_a_new_config_rearms_it() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().fail_one_in(2, 500).start().await;
+    let guard = "guard = { window_seconds = 60, buckets = 6, min_requests = 10 }";
+    let gw = gateway(&base, &next, &split(&format!("weight = 50\n{guard}"))).await;
+    let http = reqwest::Client::new();
+
+    // Sequential requests from new users until the rollback shows (bounded).
+    let mut sent = 0;
+    let mut rolled_back = false;
+    while sent < 400 && !rolled_back {
+        ask(&http, &gw, Some(&format!("user-{sent}")), None).await;
+        sent += 1;
+        rolled_back = counter(&gw.metrics().await, "rollbacks", &[("model", "chat")]) == 1.0;
+    }
+    assert!(rolled_back, "no rollback after {sent} requests");
+    let metrics = gw.metrics().await;
+    assert_eq!(counter(&metrics, "rollbacks", &[("reason", "error_rate")]), 1.0);
+    assert_eq!(weight_gauge(&metrics), 0.0);
+    // Judged as soon as the window held its minimum sample of canary requests.
+    let canary_requests = counter(&metrics, "requests", &[("variant", "canary")]);
+    assert_eq!(canary_requests, 10.0, "{metrics}");
+    assert!(counter(&metrics, "errors", &[("variant", "canary")]) >= 5.0, "{metrics}");
+
+    // From now on every request goes to the baseline, whoever asks.
+    let before = next.request_count();
+    for user in 0..100 {
+        let (status, body) = ask(&http, &gw, Some(&format!("later-{user}")), None).await;
+        assert_eq!((status, body["model"].as_str()), (200, Some("base-model")));
+    }
+    assert_eq!(next.request_count(), before, "a rolled-back canary got traffic");
+    assert_eq!(weight_gauge(&gw.metrics().await), 0.0);
+
+    // A changed split is a new rollout: the canary gets its share again.
+    let changed = config_text(&base, &next, &split(&format!("weight = 60\n{guard}")));
+    let changed = weir_config::load_str(&changed, &weir_config::MapEnv::default(), &state_dir()).expect("config");
+    gw.gateway.reload_with(changed).await.expect("reload");
+    for user in 0..40 {
+        ask(&http, &gw, Some(&format!("again-{user}")), None).await;
+    }
+    assert!(next.request_count() > before, "the re-armed canary got no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_answers_from_the_baseline_and_mirrors_the_share_to_the_canary() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().start().await;
+    let gw = gateway(&base, &next, &split("weight = 30\nshadow = true")).await;
+    let http = reqwest::Client::new();
+
+    for user in 0..200 {
+        let (status, body) = ask(&http, &gw, Some(&format!("shadow-{user}")), None).await;
+        assert_eq!((status, body["model"].as_str()), (200, Some("base-model")), "every client gets the baseline");
+    }
+    assert_eq!(base.request_count(), 200);
+    // The mirrored copies arrive in the background; wait (bounded) until each one was accounted.
+    let labels = [("variant", "canary"), ("traffic", "shadow")];
+    let mut mirrored = 0.0;
+    for _ in 0..100 {
+        mirrored = counter(&gw.metrics().await, "requests", &labels);
+        if mirrored > 0.0 && mirrored == next.request_count() as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mirrored, next.request_count() as f64);
+    assert!((40.0..=80.0).contains(&mirrored), "mirrored {mirrored} of 200 at 30%");
+    let mirrored_users: BTreeSet<String> = users(&next).into_iter().collect();
+    assert_eq!(mirrored_users.len() as f64, mirrored, "each chosen user's request mirrored once");
+    assert!(next.requests().iter().all(|r| r.json()["model"] == "next-model"));
+    let metrics = gw.metrics().await;
+    assert_eq!(counter(&metrics, "requests", &[("variant", "canary"), ("traffic", "live")]), 0.0);
+    assert_eq!(counter(&metrics, "requests", &[("variant", "baseline")]), 200.0);
+}
+
+#[tokio::test]
+async fn a_bad_config_names_the_field() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().start().await;
+    for (splits, expected) in [
+        (split("weight = 150"), "splits[0].weight"),
+        (split("weight = 10\nguard = { window_seconds = 50, buckets = 6 }"), "splits[0].guard.window_seconds"),
+        (split("weight = 10\nstickiness = \"user\""), "unknown field `stickiness`"),
+        (format!("{}{}", split("weight = 1"), split("weight = 2")), "splits[1].model"),
+        ("splits = []\nheader = 7".to_owned(), "header"),
+    ] {
+        let text = config_text(&base, &next, &splits);
+        let loaded = weir_config::load_str(&text, &weir_config::MapEnv::default(), &state_dir()).expect("config");
+        let error = weir::Gateway::new(loaded, Box::new(weir_config::MapEnv::default())).await.expect_err(&splits);
+        assert!(error.contains(expected), "{splits}: {error}");
+    }
+}
