@@ -273,3 +273,110 @@ async fn a_bad_config_names_the_field() {
         assert!(error.contains(expected), "{splits}: {error}");
     }
 }
+
+#[tokio::test]
+async fn a_slow_canary_is_rolled_back_on_its_p95_latency() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().latency(Duration::from_millis(150)).start().await;
+    let guard = "guard = { window_seconds = 60, buckets = 6, min_requests = 5 }";
+    let gw = gateway(&base, &next, &split(&format!("weight = 50\n{guard}"))).await;
+    let http = reqwest::Client::new();
+
+    // The latency check runs at most once a second: keep asking (bounded) until it has run.
+    let mut sent = 0;
+    let mut rolled_back = false;
+    while sent < 300 && !rolled_back {
+        let (status, _) = ask(&http, &gw, Some(&format!("user-{sent}")), None).await;
+        assert_eq!(status, 200, "slow, not failing");
+        sent += 1;
+        rolled_back = counter(&gw.metrics().await, "rollbacks", &[("model", "chat")]) == 1.0;
+    }
+    assert!(rolled_back, "no rollback after {sent} requests");
+    let metrics = gw.metrics().await;
+    assert_eq!(counter(&metrics, "rollbacks", &[("reason", "latency")]), 1.0, "{metrics}");
+    assert_eq!(counter(&metrics, "errors", &[]), 0.0);
+    let before = next.request_count();
+    for user in 0..20 {
+        ask(&http, &gw, Some(&format!("later-{user}")), None).await;
+    }
+    assert_eq!(next.request_count(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_shadow_canary_is_rolled_back_from_its_mirrored_outcomes() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().always_fail(503).start().await;
+    let guard = "guard = { window_seconds = 60, buckets = 6, min_requests = 5 }";
+    let gw = gateway(&base, &next, &split(&format!("weight = 100\nshadow = true\n{guard}"))).await;
+    let http = reqwest::Client::new();
+
+    let mut sent = 0;
+    let mut rolled_back = false;
+    while sent < 300 && !rolled_back {
+        let (status, body) = ask(&http, &gw, Some(&format!("user-{sent}")), None).await;
+        assert_eq!((status, body["model"].as_str()), (200, Some("base-model")), "clients never see the canary");
+        sent += 1;
+        rolled_back = counter(&gw.metrics().await, "rollbacks", &[("model", "chat")]) == 1.0;
+    }
+    assert!(rolled_back, "no rollback after {sent} requests");
+    let metrics = gw.metrics().await;
+    assert!(counter(&metrics, "errors", &[("variant", "canary"), ("traffic", "shadow")]) >= 5.0, "{metrics}");
+
+    // Copies already on their way may still land; after that, no more are sent.
+    let mut settled = next.request_count();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        settled = next.request_count();
+    }
+    for user in 0..50 {
+        ask(&http, &gw, Some(&format!("later-{user}")), None).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(next.request_count(), settled, "a rolled-back shadow canary still gets copies");
+}
+
+#[tokio::test]
+async fn each_variant_gets_its_time_to_first_token_and_its_cost() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().start().await;
+    let prices = "\n[prices.\"next/next-model\"]\ninput = 2.0\noutput = 8.0\n\n[prices.\"base/base-model\"]\ninput = 1.0\noutput = 4.0\n";
+    let gw = gateway(&base, &next, &format!("{}{prices}", split("weight = 100"))).await;
+    let http = reqwest::Client::new();
+
+    let price = |usage: &Value, input: u64, output: u64| {
+        usage["prompt_tokens"].as_u64().expect("n") * input + usage["completion_tokens"].as_u64().expect("n") * output
+    };
+    // Picodollars: prices are USD per million tokens, so a token costs price × 10⁶ pico-USD.
+    let (mut canary_cost, mut baseline_cost) = (0, 0);
+    for variant in ["canary", "canary", "baseline"] {
+        let (status, body) = ask(&http, &gw, Some("u"), Some(variant)).await;
+        assert_eq!(status, 200);
+        match variant {
+            "canary" => canary_cost += price(&body["usage"], 2_000_000, 8_000_000),
+            _ => baseline_cost += price(&body["usage"], 1_000_000, 4_000_000),
+        }
+    }
+    for _ in 0..3 {
+        let body = json!({"model": "chat", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "stream it"}]});
+        let response = http.post(gw.url("/v1/chat/completions")).json(&body).send().await.expect("send");
+        assert_eq!(response.status().as_u16(), 200);
+        let events = crate::support::sse_data(&response.bytes().await.expect("stream"));
+        let usage =
+            events.iter().filter_map(|e| serde_json::from_str::<Value>(e).ok()).find(|c| c["usage"].is_object());
+        canary_cost += price(&usage.expect("a usage chunk")["usage"], 2_000_000, 8_000_000);
+    }
+    let labels = [("plugin", "canary"), ("metric", "ttft_ms"), ("variant", "canary")];
+    assert_eq!(metric_eventually(&gw, "weir_plugin_histogram_count", &labels, 3.0).await, 3.0, "one TTFT per stream");
+    let labels = [("plugin", "canary"), ("metric", "requests"), ("variant", "canary")];
+    assert_eq!(metric_eventually(&gw, "weir_plugin_counter_total", &labels, 5.0).await, 5.0);
+    let metrics = gw.metrics().await;
+    let base_ttft = metric(
+        &metrics,
+        "weir_plugin_histogram_count",
+        &[("plugin", "canary"), ("metric", "ttft_ms"), ("variant", "baseline")],
+    );
+    assert_eq!(base_ttft, 0.0, "whole answers have no TTFT");
+    assert_eq!(counter(&metrics, "cost_pico_usd", &[("variant", "canary")]), canary_cost as f64, "{metrics}");
+    assert_eq!(counter(&metrics, "cost_pico_usd", &[("variant", "baseline")]), baseline_cost as f64, "{metrics}");
+}

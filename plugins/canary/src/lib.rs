@@ -187,6 +187,10 @@ impl Plugin for Canary {
         let info = req.info();
         let Some(split) = self.splits.get(&info.model) else { return };
         let (variant, rolled_back) = if outcome.mirrored {
+            // A copy another plugin sent elsewhere is none of the canary's business.
+            if outcome.target != mirror_target(&split.canary) {
+                return;
+            }
             (Variant::Canary, false)
         } else {
             // Without it the request never got past an earlier plugin: not the variants' doing.
