@@ -380,3 +380,61 @@ async fn each_variant_gets_its_time_to_first_token_and_its_cost() {
     assert_eq!(counter(&metrics, "cost_pico_usd", &[("variant", "canary")]), canary_cost as f64, "{metrics}");
     assert_eq!(counter(&metrics, "cost_pico_usd", &[("variant", "baseline")]), baseline_cost as f64, "{metrics}");
 }
+
+/// All five built-in policies in one chain, in the order their READMEs give: limits and budgets see
+/// every request, a cache hit answers before routing, and the canary's split wins over the router.
+#[tokio::test]
+async fn in_one_chain_with_the_other_built_ins_the_split_wins_over_the_router() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().start().await;
+    let text = config_text(&base, &next, &split("weight = 100"))
+        .replace(r#"chain = ["canary"]"#, r#"chain = ["ratelimit", "cost", "cache", "router", "canary"]"#)
+        + r#"
+[[plugins]]
+name = "ratelimit"
+source = "builtin:ratelimit"
+deadline = "2s"
+config = { limits = [{ per = ["key"], requests_per_minute = 3 }] }
+
+[[plugins]]
+name = "cost"
+source = "builtin:cost"
+deadline = "2s"
+config = { budgets = [{ per = "team", usd = 100.0, period = "day" }] }
+
+[[plugins]]
+name = "cache"
+source = "builtin:cache"
+deadline = "2s"
+
+[[plugins]]
+name = "router"
+source = "builtin:router"
+deadline = "2s"
+config = { models = { chat = { strategy = "priority" } } }
+"#;
+    let gw = TestGateway::start(&text).await;
+    let http = reqwest::Client::new();
+    let body =
+        json!({"model": "chat", "temperature": 0, "user": "u", "messages": [{"role": "user", "content": "all five"}]});
+    let send = || async {
+        let response = http.post(gw.url("/v1/chat/completions")).json(&body).send().await.expect("send");
+        let cache = response.headers().get("x-weir-cache").map(|v| v.to_str().expect("ascii").to_owned());
+        (response.status().as_u16(), cache, response.json::<Value>().await.expect("json"))
+    };
+
+    let (status, cache, first) = send().await;
+    assert_eq!((status, cache.as_deref()), (200, Some("miss")), "{first}");
+    assert_eq!(first["model"], "next-model", "the canary routed after the router");
+    let (status, cache, second) = send().await;
+    assert_eq!((status, cache.as_deref()), (200, Some("hit")));
+    assert_eq!(second, first);
+    assert_eq!((base.request_count(), next.request_count()), (0, 1), "the hit reached no upstream");
+    // The rate limit comes before the cache, so hits count against it.
+    send().await;
+    let (status, _, refused) = send().await;
+    assert_eq!(status, 429, "{refused}");
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, "weir_plugin_faults_total", &[]), 0.0, "{metrics}");
+    assert_eq!(counter(&metrics, "requests", &[("variant", "canary")]), 1.0, "hits and refusals are not the variants'");
+}
