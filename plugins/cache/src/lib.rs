@@ -189,6 +189,10 @@ impl Plugin for Cache {
                 Err(_) => return skipped("incomplete"),
             }
         } else {
+            // Cheap before thorough: a body over the cap is not worth parsing.
+            if body.len() > self.max_entry_bytes {
+                return skipped("too_large");
+            }
             let whole = serde_json::from_slice::<serde_json::Value>(&body)
                 .is_ok_and(|v| v.is_object() && v.get("error").is_none());
             if !whole {

@@ -22,6 +22,7 @@
 mod guard;
 mod split;
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ const CHOSEN: &str = "variant";
 /// The guard's latency check reads the whole window (2 × buckets × 38 keys); it runs at most
 /// once per this many milliseconds per split. The error-rate check runs on every canary outcome.
 const LATENCY_CHECK_EVERY_MS: u64 = 1_000;
+/// How often one instance refreshes the `weight` gauge while it serves a split.
+const GAUGE_EVERY_MS: u64 = 1_000;
 /// Completions that ended in one of these failed upstream (a client abort, a policy rejection or
 /// a bad request is not the variant's fault).
 const UPSTREAM_FAILURES: &[&str] = &["upstream_failed", "upstream_unavailable", "upstream_timeout", "upstream_auth"];
@@ -115,6 +118,8 @@ struct Split {
     guard: Option<Guard>,
     /// A hash of the split's whole config: the namespace of its guard's state.
     id: String,
+    /// When this instance last set the `weight` gauge (0: never).
+    gauge_set_at: Cell<u64>,
 }
 
 struct Guard {
@@ -127,6 +132,9 @@ struct Guard {
 struct Canary {
     splits: BTreeMap<String, Split>,
     header: String,
+    /// Prices by target or model, asked of the catalog once per instance: they come from the
+    /// config, and a new config brings new instances.
+    prices: RefCell<BTreeMap<String, Option<catalog::ModelPrice>>>,
 }
 
 impl Plugin for Canary {
@@ -147,7 +155,8 @@ impl Plugin for Canary {
             }
             splits.insert(split.model.clone(), split);
         }
-        let plugin = Canary { splits, header: config.header.to_ascii_lowercase() };
+        let plugin =
+            Canary { splits, header: config.header.to_ascii_lowercase(), prices: RefCell::new(BTreeMap::new()) };
         let info =
             PluginInfo::hooks(HookSet::ON_REQUEST | HookSet::ON_COMPLETE).reading_headers([plugin.header.clone()]);
         Ok((plugin, info))
@@ -218,27 +227,40 @@ impl Plugin for Canary {
             }
         }
         if let Some(usage) = outcome.usage {
-            let price = catalog::price(&outcome.target).or_else(|| {
-                catalog::price(match variant {
-                    Variant::Baseline => &split.baseline,
-                    Variant::Canary => &split.canary,
-                })
-            });
-            if let Some(price) = price {
+            let named = match variant {
+                Variant::Baseline => &split.baseline,
+                Variant::Canary => &split.canary,
+            };
+            if let Some(price) = self.price(&outcome.target).or_else(|| self.price(named)) {
                 metrics::counter_add("cost_pico_usd", &labels, cost_pico_usd(usage, &price));
             }
         }
-        if !outcome.mirrored {
+        let now = catalog::now_ms();
+        // The gauge changes only with a rollback (which sets it at once) or a new config, so each
+        // instance refreshes it at most once a second rather than on every request.
+        if !outcome.mirrored && now >= split.gauge_set_at.get().saturating_add(GAUGE_EVERY_MS) {
             let weight = if rolled_back { 0.0 } else { f64::from(split.weight_bp) / 100.0 };
             metrics::gauge_set("weight", &[("model".to_owned(), split.model.clone())], weight);
+            split.gauge_set_at.set(now);
         }
 
         let Some(guard) = &split.guard else { return };
-        let now = catalog::now_ms();
         record(split, guard, variant, now, error, outcome.total_ms);
         if variant == Variant::Canary && !rolled_back && !self::rolled_back(split) {
             judge(split, guard, now);
         }
+    }
+}
+
+impl Canary {
+    /// The catalog's price of a target or model, remembered for the instance's life.
+    fn price(&self, name: &str) -> Option<catalog::ModelPrice> {
+        if let Some(known) = self.prices.borrow().get(name) {
+            return *known;
+        }
+        let price = catalog::price(name);
+        self.prices.borrow_mut().insert(name.to_owned(), price);
+        price
     }
 }
 
@@ -297,6 +319,7 @@ fn validate(raw: &SplitConfig) -> Result<Split, String> {
         shadow: raw.shadow,
         guard,
         id: format!("{:016x}", split::fnv1a(&[identity.as_bytes()])),
+        gauge_set_at: Cell::new(0),
     })
 }
 
@@ -398,3 +421,69 @@ fn judge(split: &Split, guard: &Guard, now: u64) {
 }
 
 weir_sdk::export_plugin!(Canary);
+
+#[cfg(test)]
+mod tests {
+    use weir_sdk::Attempt;
+
+    use super::*;
+
+    fn completion(status: u16, attempts: &[u16], error_class: Option<&str>) -> Completion {
+        Completion {
+            status,
+            target: "up/m".into(),
+            usage: None,
+            ttft_ms: None,
+            total_ms: 10,
+            error_class: error_class.map(str::to_owned),
+            attempts: attempts.iter().map(|&status| Attempt { target: "up/m".into(), status, latency_ms: 5 }).collect(),
+            mirrored: false,
+        }
+    }
+
+    #[test]
+    fn upstream_failures_count_as_errors_and_client_mistakes_do_not() {
+        assert!(!failed(&completion(200, &[200], None)));
+        assert!(failed(&completion(200, &[503, 200], None)), "a failure a retry hid still counts");
+        assert!(failed(&completion(502, &[0], Some("upstream_unavailable"))));
+        assert!(failed(&completion(200, &[429, 200], None)));
+        assert!(failed(&completion(200, &[200], Some("upstream_failed"))), "a stream that broke off");
+        assert!(!failed(&completion(400, &[400], Some("upstream_rejected"))));
+        assert!(!failed(&completion(200, &[200], Some("client_abort"))));
+    }
+
+    fn raw(weight: f64) -> SplitConfig {
+        SplitConfig {
+            model: "m".into(),
+            baseline: "m".into(),
+            canary: "up/m2".into(),
+            weight,
+            shadow: false,
+            guard: GuardConfig::default(),
+        }
+    }
+
+    #[test]
+    fn a_split_is_validated_and_its_identity_follows_its_whole_config() {
+        let split = validate(&raw(12.5)).expect("valid");
+        assert_eq!(split.weight_bp, 1_250);
+        let guard = split.guard.as_ref().expect("on by default");
+        assert_eq!((guard.bucket_ms, guard.buckets), (10_000, 6));
+        assert_eq!(validate(&raw(12.5)).expect("valid").id, split.id, "the same config, the same identity");
+        assert_ne!(validate(&raw(13.0)).expect("valid").id, split.id, "a new weight re-arms the guard");
+        let mut stricter = raw(12.5);
+        stricter.guard.min_requests = 50;
+        assert_ne!(validate(&stricter).expect("valid").id, split.id);
+
+        assert!(validate(&raw(100.5)).is_err_and(|e| e.starts_with("weight")));
+        let mut same = raw(1.0);
+        same.canary = "m".into();
+        assert!(validate(&same).is_err_and(|e| e.starts_with("canary")));
+        let mut uneven = raw(1.0);
+        uneven.guard.window_seconds = 50;
+        assert!(validate(&uneven).is_err_and(|e| e.starts_with("guard.window_seconds")));
+        let mut off = raw(1.0);
+        off.guard = GuardConfig { enabled: false, window_seconds: 0, ..GuardConfig::default() };
+        assert!(validate(&off).expect("a disabled guard is not checked").guard.is_none());
+    }
+}
