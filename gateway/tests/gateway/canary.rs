@@ -439,3 +439,24 @@ config = { models = { chat = { strategy = "priority" } } }
     assert_eq!(metric(&metrics, "weir_plugin_faults_total", &[]), 0.0, "{metrics}");
     assert_eq!(counter(&metrics, "requests", &[("variant", "canary")]), 1.0, "hits and refusals are not the variants'");
 }
+
+#[tokio::test]
+async fn variants_may_be_targets_or_public_models_in_live_and_shadow_splits() {
+    let base = MockUpstream::builder().start().await;
+    let next = MockUpstream::builder().start().await;
+    // The baseline a target, the canary a public model (its first target gets the shadow copies).
+    let variants =
+        "[[plugins.config.splits]]\nmodel = \"chat\"\nbaseline = \"base/base-model\"\ncanary = \"chat-next\"\n";
+    let http = reqwest::Client::new();
+
+    let gw = gateway(&base, &next, &format!("{variants}weight = 100\n")).await;
+    assert_eq!(ask(&http, &gw, Some("u"), None).await.1["model"], "next-model");
+    assert_eq!(ask(&http, &gw, Some("u"), Some("baseline")).await.1["model"], "base-model");
+    drop(gw);
+
+    let gw = gateway(&base, &next, &format!("{variants}weight = 100\nshadow = true\n")).await;
+    assert_eq!(ask(&http, &gw, Some("u"), None).await.1["model"], "base-model");
+    let labels = [("plugin", "canary"), ("metric", "requests"), ("traffic", "shadow")];
+    assert_eq!(metric_eventually(&gw, "weir_plugin_counter_total", &labels, 1.0).await, 1.0);
+    assert_eq!((base.request_count(), next.request_count()), (2, 2), "one live and one mirrored copy each");
+}
