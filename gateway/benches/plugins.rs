@@ -49,6 +49,11 @@ const BUILTINS: &[(&str, &str)] = &[
         r#"config = { limits = [{ per = ["key"], requests_per_minute = 1000000000, tokens_per_minute = 1000000000000, concurrent = 100000 }] }"#,
     ),
     ("cost", r#"config = { budgets = [{ per = "team", usd = 1000000.0, period = "day" }] }"#),
+    // Every bench request is cacheable (temperature 0) and a miss: the bench captures no response
+    // to store, so this is the lookup path plus the store attempt.
+    ("cache", r#"config = { ttl_seconds = 3600 }"#),
+    // The bench's key lands on the baseline; each completion is recorded in the guard's window.
+    ("canary", r#"config = { splits = [{ model = "m", baseline = "m", canary = "spare/m", weight = 10 }] }"#),
 ];
 
 struct Setup {
