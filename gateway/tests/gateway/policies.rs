@@ -367,3 +367,38 @@ async fn overrides_need_permission_and_large_requests_find_a_large_enough_window
     assert_eq!(status, 200);
     assert_eq!((a.request_count(), b.request_count()), (1, 2), "250 tokens do not fit a's window of 100");
 }
+
+#[tokio::test]
+async fn the_default_configuration_runs_all_five_built_ins_in_one_chain() {
+    let mock = MockUpstream::builder().start().await;
+    let ledger = ledger_path("default-config");
+    let upstream = mock.base_url();
+    let env = weir_config::MapEnv::from_pairs([
+        ("WEIR_UPSTREAM", upstream.as_str()),
+        ("WEIR_LEDGER", ledger.to_str().expect("utf-8")),
+    ]);
+    let config = weir_config::load_str(weir::DEFAULT_CONFIG, &env, &state_dir()).expect("the default config");
+    let names: Vec<&str> = config.chain.iter().map(|&i| config.plugins[i].name.as_str()).collect();
+    assert_eq!(names, ["ratelimit", "cost", "cache", "router", "canary"]);
+    let gw = TestGateway::start_with(config).await;
+    let url = format!("{}/chat/completions", gw.base_url());
+    let body = r#"{"model":"mock-model","temperature":0,"messages":[{"role":"user","content":"hello defaults"}]}"#;
+    let (status, first, answer) = post(&url, body, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(header(&first, "x-ratelimit-limit-requests"), "6000");
+    assert_eq!(header(&first, "x-weir-cache"), "miss");
+    assert!(first.contains_key("x-weir-cost-usd"), "{first:?}");
+    completed(&gw, "cache", 1).await;
+    let (status, second, again) = post(&url, body, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&second, "x-weir-cache"), "hit");
+    assert_eq!(again["choices"], answer["choices"]);
+    assert_eq!(mock.request_count(), 1, "the hit reached no upstream");
+    let metrics = gw.metrics().await;
+    for plugin in ["ratelimit", "cost", "cache", "router", "canary"] {
+        let calls = crate::support::metric(&metrics, "weir_plugin_call_seconds_count", &[("plugin", plugin)]);
+        assert!(calls >= 1.0, "{plugin} ran: {calls}");
+    }
+    completed(&gw, "cost", 2).await;
+    assert_eq!(Ledger::read(&ledger).expect("ledger").len(), 1, "one upstream answer, one ledger record");
+}
