@@ -15,6 +15,7 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod stream;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
