@@ -176,7 +176,10 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
         }
         if file.is_none() {
             let upstream = &app.config.upstreams[0];
-            tracing::info!(upstream = %upstream.endpoint, "using the embedded default configuration: every model goes to this upstream");
+            tracing::info!(
+                upstream = %upstream.endpoint,
+                "using the embedded default configuration: weir-tiny-chat and all-minilm-l6-v2 are served locally, every other model goes to this upstream"
+            );
         }
         drop(app);
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;

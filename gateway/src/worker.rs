@@ -185,6 +185,31 @@ impl Worker {
     }
 }
 
+/// Starts a worker inside this process for a `kind = "worker"` upstream that names a model, on a
+/// loopback port, and returns its base URL. A model that fails to load still gets a port: it answers
+/// every request with a 503 that says why, and the gateway keeps serving its other models.
+pub async fn start_local(model: &str, device: &str) -> Result<String, String> {
+    let device: Device = device.parse()?;
+    let source = model.to_owned();
+    let slot = match tokio::task::spawn_blocking(move || Worker::load(&source, device, None)).await {
+        Ok(Ok(worker)) => http::Slot::Ready(worker),
+        Ok(Err(why)) => {
+            tracing::warn!(model, reason = %why, "a local model could not be loaded; requests for it get a 503 saying why");
+            http::Slot::Failed(why.into())
+        }
+        Err(e) => http::Slot::Failed(format!("loading panicked: {e}").into()),
+    };
+    let listener =
+        tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| format!("cannot listen on loopback: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(listener, slot, std::future::pending()).await {
+            tracing::warn!(error = %e, "a local worker stopped");
+        }
+    });
+    Ok(format!("http://{addr}/v1"))
+}
+
 fn default_name(dir: &Path) -> String {
     // A package's model directory is often just "model"; its parent names it better.
     let mut parts = dir.components().rev().filter_map(|c| c.as_os_str().to_str());

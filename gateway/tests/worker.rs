@@ -398,3 +398,83 @@ async fn a_model_that_failed_to_load_answers_503_with_the_reason() {
     assert_eq!(status, 503);
     assert!(e["error"]["message"].as_str().unwrap().contains("pip install --no-deps surely-not-installed-pkg"), "{e}");
 }
+
+// ---- Through the gateway ----
+
+async fn gateway(config: weir_config::Config) -> String {
+    let gw = weir::Gateway::new(config, Box::new(weir_config::MapEnv::default())).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(weir::server::serve(listener, gw, std::future::pending()));
+    base
+}
+
+#[tokio::test]
+async fn the_default_config_serves_chat_and_embeddings_from_local_workers() {
+    let env = weir_config::MapEnv::from_pairs([("WEIR_DEVICE", "cpu")]);
+    let mut config = weir_config::load_str(weir::DEFAULT_CONFIG, &env, std::path::Path::new(".")).unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let base = gateway(config).await;
+    let (status, chat) = post(
+        &base,
+        "/v1/chat/completions",
+        json!({"model": "weir-tiny-chat", "messages": [{"role": "user", "content": "Where is Phileas Fogg?"}], "max_tokens": 8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{chat}");
+    assert_eq!(chat["object"], "chat.completion");
+    assert!(chat["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{chat}");
+    let (status, emb) = post(&base, "/v1/embeddings", json!({"model": "all-minilm-l6-v2", "input": "hello"})).await;
+    assert_eq!(status, 200, "{emb}");
+    let want = fixture("minilm.json");
+    assert!(relative_error(&floats(&emb["data"][0]["embedding"]), &floats(&want["embeddings"][2])) <= 1e-4);
+    // Streaming through the gateway's relay ends cleanly.
+    let text = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "weir-tiny-chat", "stream": true, "max_tokens": 4, "messages": [{"role": "user", "content": "Go"}]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(!text.contains("\"usage\":{"), "the usage chunk is removed when the client did not ask: {text}");
+}
+
+#[tokio::test]
+async fn a_missing_local_model_fails_its_requests_clearly_and_the_gateway_serves_the_rest() {
+    let config = format!(
+        r#"
+        [[upstreams]]
+        name = "gone"
+        kind = "worker"
+        model = "python:surely_not_installed_pkg/model"
+        device = "cpu"
+        [[upstreams]]
+        name = "chat"
+        kind = "worker"
+        model = "{}"
+        device = "cpu"
+        [[models]]
+        name = "emb"
+        targets = [{{ upstream = "gone", model = "m" }}]
+        [[models]]
+        name = "chat"
+        targets = [{{ upstream = "chat", model = "m" }}]
+        "#,
+        gpt2_dir()
+    );
+    let config = weir_config::load_str(&config, &weir_config::MapEnv::default(), std::path::Path::new(".")).unwrap();
+    let base = gateway(config).await;
+    let (status, e) = post(&base, "/v1/embeddings", json!({"model": "emb", "input": "x"})).await;
+    assert_eq!(status, 502, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("pip install --no-deps surely-not-installed-pkg"), "{e}");
+    let (status, chat) = post(
+        &base,
+        "/v1/chat/completions",
+        json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{chat}");
+}

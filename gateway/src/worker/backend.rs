@@ -88,6 +88,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `x[m, k] · w + bias`, where `w` is `[k, n]`, or `[n, k]` read transposed when `w_transposed`
     /// (PyTorch's `Linear` stores `[out, in]`; GPT-2's `Conv1D` stores `[in, out]`).
+    #[expect(clippy::too_many_arguments, reason = "a GEMM's operands, sizes and layout")]
     fn matmul(
         &self,
         x: &Self::Buf,

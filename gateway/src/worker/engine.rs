@@ -89,6 +89,7 @@ struct Active<B: Backend> {
 }
 
 /// Runs the model thread until every sender is gone.
+#[expect(clippy::needless_pass_by_value, reason = "the model thread owns its device, model and stats")]
 pub fn run<B: Backend>(
     backend: B,
     model: Model<B>,
@@ -244,7 +245,7 @@ fn step_inner<B: Backend>(backend: &B, model: &Gpt2<B>, text: &Text, a: &mut Act
         if !tail.is_empty() {
             let _ = a.job.events.send(Event::Delta(tail));
         }
-        let _ = a.job.events.send(Event::Done { finish_reason: reason, completion_tokens: a.detok.len() });
+        let _ = a.job.events.send(Event::Done { finish_reason: reason, completion_tokens: a.detok.tokens() });
         false
     };
     if Some(id) == text.eos {
@@ -257,7 +258,7 @@ fn step_inner<B: Backend>(backend: &B, model: &Gpt2<B>, text: &Text, a: &mut Act
             if !delta.is_empty() {
                 let _ = a.job.events.send(Event::Delta(delta));
             }
-            if a.detok.len() >= a.job.max_tokens || a.cache.len >= model.context {
+            if a.detok.tokens() >= a.job.max_tokens || a.cache.len >= model.context {
                 let tail = a.detok.finish(text);
                 return finish(a, "length", tail);
             }

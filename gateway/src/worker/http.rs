@@ -132,12 +132,12 @@ async fn embeddings(worker: &Worker, body: &[u8]) -> Result<Response<Body>, Erro
     let (Architecture::Bert, Some(text)) = (worker.architecture, &worker.text) else {
         return Err(unsupported(worker, "embeddings"));
     };
-    if let Some(d) = request.extra.get("dimensions").filter(|d| !d.is_null()) {
-        if d.as_u64() != Some(worker.width as u64) {
-            return Err(Error::bad_request(format!("This model makes {}-dimensional embeddings only.", worker.width))
-                .param("dimensions")
-                .code("invalid_value"));
-        }
+    if let Some(d) = request.extra.get("dimensions").filter(|d| !d.is_null())
+        && d.as_u64() != Some(worker.width as u64)
+    {
+        return Err(Error::bad_request(format!("This model makes {}-dimensional embeddings only.", worker.width))
+            .param("dimensions")
+            .code("invalid_value"));
     }
     let ids_of = |v: &Value| -> Vec<u32> {
         v.as_array().into_iter().flatten().filter_map(Value::as_u64).map(|n| n as u32).collect()

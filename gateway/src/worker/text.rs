@@ -154,7 +154,8 @@ impl Detokenizer {
         rest
     }
 
-    pub fn len(&self) -> usize {
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> usize {
         self.ids.len()
     }
 }
