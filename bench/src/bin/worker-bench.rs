@@ -94,7 +94,10 @@ fn main() -> anyhow::Result<()> {
             let r = c.post("/v1/completions", &body)?;
             tokens += r["usage"]["completion_tokens"].as_u64().unwrap_or(0);
         }
-        report(&format!("weir generated tokens/s, greedy, 1 stream ({})", args.device), tokens as f64 / start.elapsed().as_secs_f64());
+        report(
+            &format!("weir generated tokens/s, greedy, 1 stream ({})", args.device),
+            tokens as f64 / start.elapsed().as_secs_f64(),
+        );
     }
     Ok(())
 }
