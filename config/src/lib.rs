@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 pub use interpolate::{Env, MapEnv, ProcessEnv};
 pub use prices::default_price;
 pub use typed::{
-    ApiKey, Config, InstanceMode, LogFormat, Logging, Model, OnError, PluginConfig, PluginSource, Price, Retry, Secret,
-    Server, State, Target, Timeouts, Tls, Upstream, UpstreamKind, WILDCARD_MODEL,
+    ApiKey, Config, InstanceMode, LocalWorker, LogFormat, Logging, Model, OnError, PluginConfig, PluginSource, Price,
+    Retry, Secret, Server, State, Target, Timeouts, Tls, Upstream, UpstreamKind, WILDCARD_MODEL,
 };
 
 /// Everything that can be wrong with a configuration.

@@ -120,12 +120,18 @@ pub(crate) struct RawUpstream {
     pub name: String,
     #[serde(default = "default_kind")]
     pub kind: String,
-    pub endpoint: String,
+    /// Required, except for a `worker` that names a `model` for the gateway to start itself.
+    pub endpoint: Option<String>,
     pub api_key: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// `kind = "worker"` only: a model the gateway serves in-process (a directory, `python:PKG/DIR`
+    /// or `builtin:NAME`).
+    pub model: Option<String>,
+    /// `kind = "worker"` with `model` only: `auto`, `cpu` or `cuda:N`.
+    pub device: Option<String>,
 }
 
 fn default_kind() -> String {

@@ -171,6 +171,18 @@ pub struct Upstream {
     /// Extra headers sent with every request (values may be secrets).
     pub headers: Vec<(String, Secret)>,
     pub timeouts: Timeouts,
+    /// A `worker` the gateway starts in-process on a loopback port; `endpoint` is set once it listens.
+    pub local_worker: Option<LocalWorker>,
+}
+
+/// A model served by a `weir worker` inside the gateway's own process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LocalWorker {
+    /// A model directory, `python:PACKAGE/SUBDIR` (a model shipped in a Python package), or
+    /// `builtin:NAME` (a model in the source tree's `gateway/models/`).
+    pub model: String,
+    /// `auto`, `cpu` or `cuda:N`.
+    pub device: String,
 }
 
 /// The wire protocol an upstream speaks.
@@ -178,11 +190,13 @@ pub struct Upstream {
 pub enum UpstreamKind {
     /// OpenAI's API, and every server that speaks it (vLLM, Ollama, LM Studio, llama.cpp, …).
     OpenAi,
+    /// Weir's own local model worker (`weir worker`): OpenAI's API plus a `/load` report.
+    Worker,
 }
 
 impl UpstreamKind {
     /// The names accepted in `kind = "…"`.
-    pub const NAMES: &[&str] = &["openai"];
+    pub const NAMES: &[&str] = &["openai", "worker"];
 }
 
 /// A public model name and where it is served.

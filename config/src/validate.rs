@@ -151,6 +151,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         }
         let kind = match u.kind.as_str() {
             "openai" => UpstreamKind::OpenAi,
+            "worker" => UpstreamKind::Worker,
             other => {
                 errs.push(
                     format!("{p}.kind"),
@@ -159,27 +160,54 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
                 UpstreamKind::OpenAi
             }
         };
-        let endpoint = match url::Url::parse(&u.endpoint) {
-            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-                errs.push(format!("{p}.endpoint"), format!("{:?} must be an http:// or https:// URL", u.endpoint));
-                String::new()
+        let local_worker = match (kind, u.model, &u.endpoint) {
+            (UpstreamKind::Worker, Some(model), None) => {
+                let device = u.device.unwrap_or_else(|| "auto".to_owned());
+                let valid = matches!(device.as_str(), "auto" | "cpu" | "cuda")
+                    || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+                if !valid {
+                    errs.push(format!("{p}.device"), format!("{device:?} is not a device; use auto, cpu or cuda:N"));
+                }
+                if model.trim().is_empty() {
+                    errs.push(
+                        format!("{p}.model"),
+                        "is empty; name a model directory, python:PACKAGE/DIR or builtin:NAME",
+                    );
+                }
+                // A directory resolves against the config file's folder, like every other path.
+                let model = if model.starts_with("python:") || model.starts_with("builtin:") {
+                    model
+                } else {
+                    base_dir.join(&model).to_string_lossy().into_owned()
+                };
+                Some(LocalWorker { model, device })
             }
-            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
-                errs.push(format!("{p}.endpoint"), "must be a base URL without a query or fragment");
-                String::new()
-            }
-            Ok(url) if url.host_str().is_none() => {
-                errs.push(format!("{p}.endpoint"), "has no host");
-                String::new()
-            }
-            Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
-            Err(e) => {
+            (UpstreamKind::Worker, Some(_), Some(_)) => {
                 errs.push(
-                    format!("{p}.endpoint"),
-                    format!("{:?} is not a URL ({e}); write e.g. \"https://api.openai.com/v1\"", u.endpoint),
+                    format!("{p}.model"),
+                    "give either endpoint (a running worker) or model (one the gateway starts), not both",
                 );
+                None
+            }
+            (_, Some(_), _) => {
+                errs.push(format!("{p}.model"), "only kind = \"worker\" upstreams take a model");
+                None
+            }
+            (_, None, _) => {
+                if u.device.is_some() {
+                    errs.push(format!("{p}.device"), "only a worker with a model takes a device");
+                }
+                None
+            }
+        };
+        let endpoint = match &u.endpoint {
+            None if local_worker.is_some() => String::new(),
+            None => {
+                let hint = if kind == UpstreamKind::Worker { " (or, for a worker, a model to serve)" } else { "" };
+                errs.push(format!("{p}.endpoint"), format!("is missing; give the upstream's base URL{hint}"));
                 String::new()
             }
+            Some(endpoint) => parse_endpoint(&mut errs, &p, endpoint),
         };
         let mut headers = Vec::with_capacity(u.headers.len());
         for (name, value) in u.headers {
@@ -194,7 +222,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         }
         let api_key = u.api_key.filter(|k| !k.is_empty()).map(Secret::new);
         let timeouts = errs.timeouts(&format!("{p}.timeouts."), &u.timeouts, timeouts);
-        upstreams.push(Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts });
+        upstreams.push(Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, local_worker });
     }
 
     // [[models]]
@@ -453,5 +481,31 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         })
     } else {
         Err(errs.0)
+    }
+}
+
+/// Checks an upstream's base URL; returns it without a trailing slash (empty after an error).
+fn parse_endpoint(errs: &mut Errors, p: &str, endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+            errs.push(format!("{p}.endpoint"), format!("{:?} must be an http:// or https:// URL", endpoint));
+            String::new()
+        }
+        Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+            errs.push(format!("{p}.endpoint"), "must be a base URL without a query or fragment");
+            String::new()
+        }
+        Ok(url) if url.host_str().is_none() => {
+            errs.push(format!("{p}.endpoint"), "has no host");
+            String::new()
+        }
+        Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
+        Err(e) => {
+            errs.push(
+                format!("{p}.endpoint"),
+                format!("{:?} is not a URL ({e}); write e.g. \"https://api.openai.com/v1\"", endpoint),
+            );
+            String::new()
+        }
     }
 }

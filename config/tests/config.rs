@@ -89,7 +89,7 @@ fn unknown_fields_are_rejected_with_their_path() {
     assert_eq!(errs.len(), 1);
     assert!(
         errs[0]
-            == "upstreams[0].endpont: unknown field `endpont`, expected one of `name`, `kind`, `endpoint`, `api_key`, `headers`, `timeouts`",
+            == "upstreams[0].endpont: unknown field `endpont`, expected one of `name`, `kind`, `endpoint`, `api_key`, `headers`, `timeouts`, `model`, `device`",
         "{errs:?}"
     );
 }
@@ -195,4 +195,60 @@ fn plugins_get_defaults_and_their_config_as_json() {
     assert_eq!(c.plugins[1].source, PluginSource::Builtin("router".into()));
     assert_eq!(c.plugins[1].memory, 1 << 20);
     assert_eq!(c.chain, vec![0, 1], "without `chain`, every plugin in file order");
+}
+
+#[test]
+fn worker_upstreams_take_an_endpoint_or_a_model() {
+    let text = r#"
+        [[upstreams]]
+        name = "local"
+        kind = "worker"
+        model = "models/minilm"
+        [[upstreams]]
+        name = "remote"
+        kind = "worker"
+        endpoint = "http://10.0.0.5:8090/v1"
+        [[models]]
+        name = "m"
+        targets = [{ upstream = "local", model = "minilm" }, { upstream = "remote", model = "minilm" }]
+    "#;
+    let c = load_str(text, &MapEnv::default(), Path::new("/etc/weir")).unwrap();
+    let local = c.upstreams[0].local_worker.as_ref().unwrap();
+    assert_eq!((local.model.as_str(), local.device.as_str()), ("/etc/weir/models/minilm", "auto"));
+    assert!(c.upstreams[1].local_worker.is_none());
+    assert_eq!(c.upstreams[1].endpoint, "http://10.0.0.5:8090/v1");
+
+    let errs = errors(
+        r#"
+        [[upstreams]]
+        name = "a"
+        kind = "worker"
+        [[upstreams]]
+        name = "b"
+        kind = "worker"
+        model = "x"
+        endpoint = "http://x"
+        [[upstreams]]
+        name = "c"
+        kind = "openai"
+        endpoint = "http://x"
+        model = "x"
+        [[upstreams]]
+        name = "d"
+        kind = "worker"
+        model = "python:pkg/model"
+        device = "tpu"
+        [[models]]
+        name = "m"
+        targets = [{ upstream = "a" }]
+        "#,
+    );
+    for (path, fragment) in [
+        ("upstreams[0].endpoint", "a model to serve"),
+        ("upstreams[1].model", "not both"),
+        ("upstreams[2].model", "only kind = \"worker\""),
+        ("upstreams[3].device", "auto, cpu or cuda:N"),
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(path) && e.contains(fragment)), "{path}: {errs:?}");
+    }
 }

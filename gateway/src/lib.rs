@@ -16,6 +16,7 @@ pub mod server;
 pub mod spend;
 pub mod state;
 pub mod stream;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,8 +49,9 @@ pub struct App {
 }
 
 impl App {
-    /// Builds an app, compiling and initialising its plugins.
-    pub async fn new(config: Config, process: &Process) -> Result<Self, String> {
+    /// Builds an app, compiling and initialising its plugins and starting its local workers.
+    pub async fn new(mut config: Config, process: &Process) -> Result<Self, String> {
+        process.start_local_workers(&mut config).await?;
         let router = Arc::new(Router::new(&config).map_err(|e| e.to_string())?);
         let plugins = if config.plugins.is_empty() {
             Plugins::default()
@@ -83,9 +85,33 @@ pub struct Process {
     kv: OnceLock<Kv>,
     runtime: OnceLock<Arc<Runtime>>,
     ledgers: Mutex<HashMap<PathBuf, Arc<Ledger>>>,
+    /// Workers started in this process (`kind = "worker"` with a `model`), by model and device, with
+    /// their loopback base URL; a reload that keeps a model keeps its worker.
+    local_workers: tokio::sync::Mutex<HashMap<weir_config::LocalWorker, String>>,
 }
 
 impl Process {
+    /// Starts (or reuses) the in-process worker of every upstream that names a model, and points
+    /// the upstream at it.
+    async fn start_local_workers(&self, config: &mut Config) -> Result<(), String> {
+        let mut started = self.local_workers.lock().await;
+        for upstream in &mut config.upstreams {
+            let Some(local) = &upstream.local_worker else { continue };
+            let endpoint = match started.get(local) {
+                Some(endpoint) => endpoint.clone(),
+                None => {
+                    let endpoint = worker::start_local(&local.model, &local.device)
+                        .await
+                        .map_err(|e| format!("upstream {}: {e}", upstream.name))?;
+                    started.insert(local.clone(), endpoint.clone());
+                    endpoint
+                }
+            };
+            upstream.endpoint = endpoint;
+        }
+        Ok(())
+    }
+
     /// The plugin engine, created with the first configuration that has plugins.
     pub fn runtime(&self, cache_dir: &Path) -> Result<Arc<Runtime>, String> {
         if let Some(r) = self.runtime.get() {

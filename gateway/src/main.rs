@@ -1,4 +1,4 @@
-//! The `weir` command line: `weir serve`, `weir config check`, `weir key …`.
+//! The `weir` command line: `weir serve`, `weir worker`, `weir config check`, `weir key …`.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,21 @@ enum Command {
         /// The configuration file; without it, the embedded default (see config/examples/default.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Serve a local model (BERT embeddings, GPT-2 generation, MLP prediction) on the OpenAI API.
+    Worker {
+        /// A Hugging Face-format model directory (config.json, *.safetensors, tokenizer.json), or
+        /// `python:PACKAGE/SUBDIR` for one shipped in an installed Python package.
+        #[arg(long)]
+        model: String,
+        /// auto (CUDA when a GPU and driver are present, else the CPU), cpu, or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: weir::worker::Device,
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// The model's name in responses and /v1/models (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Work with configuration files.
     Config {
@@ -105,6 +120,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
+        Command::Worker { model, device, listen, name } => worker(&model, device, listen, name.as_deref()),
         Command::Config { command: ConfigCommand::Check { file } } => {
             let config = load(Some(&file))?;
             let (upstreams, models, keys, plugins) =
@@ -202,13 +218,36 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
         }
         if file.is_none() {
             let upstream = &app.config.upstreams[0];
-            tracing::info!(upstream = %upstream.endpoint, "using the embedded default configuration: every model goes to this upstream");
+            tracing::info!(
+                upstream = %upstream.endpoint,
+                "using the embedded default configuration: weir-tiny-chat and all-minilm-l6-v2 are served locally, every other model goes to this upstream"
+            );
         }
         drop(app);
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         weir::reload::on_sighup(gateway.clone());
         let _watcher = weir::reload::watch_files(gateway.clone());
         weir::server::serve(listener, gateway, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn worker(
+    model: &str,
+    device: weir::worker::Device,
+    listen: std::net::SocketAddr,
+    name: Option<&str>,
+) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // The model loads before the port is bound: a worker that listens can answer.
+    let worker = weir::worker::Worker::load(model, device, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%listen, model = %worker.name, device = %worker.device, "weir worker is serving");
+        weir::worker::http::serve(listener, weir::worker::http::Slot::Ready(worker), shutdown_signal()).await?;
         Ok(())
     })
 }

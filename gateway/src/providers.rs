@@ -3,6 +3,7 @@
 //! another target may succeed). [`UpstreamClient`] is the pooled HTTP client every adapter sends through.
 
 pub mod openai;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -74,6 +75,7 @@ impl UpstreamClient {
             .build(connector);
         let headers = match upstream.kind {
             UpstreamKind::OpenAi => openai::headers(upstream)?,
+            UpstreamKind::Worker => worker::headers(upstream)?,
         };
         let uri = |path: &str| {
             format!("{}{path}", upstream.endpoint)
@@ -140,6 +142,7 @@ impl UpstreamClient {
         };
         match self.kind {
             UpstreamKind::OpenAi => openai::classify(&self.name, parts.status, &parts.headers, &body),
+            UpstreamKind::Worker => worker::classify(&self.name, parts.status, &parts.headers, &body),
         }
     }
 }
