@@ -120,12 +120,30 @@ pub(crate) struct RawUpstream {
     pub name: String,
     #[serde(default = "default_kind")]
     pub kind: String,
-    pub endpoint: String,
+    /// Required for `openai` and `azure-openai`; the cloud kinds derive theirs from region/location.
+    pub endpoint: Option<String>,
     pub api_key: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    // bedrock
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    // vertex
+    pub project: Option<String>,
+    pub location: Option<String>,
+    pub credentials_file: Option<String>,
+    // azure-openai
+    pub api_version: Option<String>,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub token_endpoint: Option<String>,
+    #[serde(default)]
+    pub deployments: BTreeMap<String, String>,
 }
 
 fn default_kind() -> String {

@@ -171,6 +171,8 @@ pub struct Upstream {
     /// Extra headers sent with every request (values may be secrets).
     pub headers: Vec<(String, Secret)>,
     pub timeouts: Timeouts,
+    /// What only this kind of upstream needs (region, project, deployments, credentials).
+    pub provider: Provider,
 }
 
 /// The wire protocol an upstream speaks.
@@ -178,11 +180,84 @@ pub struct Upstream {
 pub enum UpstreamKind {
     /// OpenAI's API, and every server that speaks it (vLLM, Ollama, LM Studio, llama.cpp, …).
     OpenAi,
+    /// Azure OpenAI: deployment URLs with `api-version`, or the `/openai/v1` surface.
+    AzureOpenAi,
+    /// Amazon Bedrock's Converse API (SigV4 or a Bedrock API key).
+    Bedrock,
+    /// Gemini on Vertex AI (OAuth).
+    Vertex,
+    /// The Gemini API (`x-goog-api-key`).
+    Gemini,
 }
 
 impl UpstreamKind {
     /// The names accepted in `kind = "…"`.
-    pub const NAMES: &[&str] = &["openai"];
+    pub const NAMES: &[&str] = &["openai", "azure-openai", "bedrock", "vertex", "gemini"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+            UpstreamKind::AzureOpenAi => "azure-openai",
+            UpstreamKind::Bedrock => "bedrock",
+            UpstreamKind::Vertex => "vertex",
+            UpstreamKind::Gemini => "gemini",
+        }
+    }
+}
+
+/// The settings only one kind of upstream has.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// `openai` and `gemini` need nothing beyond `endpoint` and `api_key`.
+    Plain,
+    Azure(Azure),
+    Bedrock(Bedrock),
+    Vertex(Vertex),
+}
+
+/// `kind = "azure-openai"`.
+#[derive(Debug, Clone)]
+pub struct Azure {
+    /// `Some`: the deployment URLs `/openai/deployments/{d}/…?api-version=…`; `None`: the `/openai/v1`
+    /// surface, where the model travels in the body.
+    pub api_version: Option<String>,
+    /// Target model → deployment name; a model not listed is its own deployment name.
+    pub deployments: BTreeMap<String, String>,
+    pub auth: AzureAuth,
+}
+
+/// How Weir authenticates to Azure OpenAI.
+#[derive(Debug, Clone)]
+pub enum AzureAuth {
+    /// The resource's key, in the `api-key` header.
+    ApiKey(Secret),
+    /// A Microsoft Entra ID bearer token from the client-credentials flow.
+    Entra { token_endpoint: String, client_id: String, client_secret: Secret },
+}
+
+/// `kind = "bedrock"`.
+#[derive(Debug, Clone)]
+pub struct Bedrock {
+    pub region: String,
+    pub credentials: AwsCredentials,
+}
+
+/// How Weir authenticates to Bedrock.
+#[derive(Debug, Clone)]
+pub enum AwsCredentials {
+    /// Access keys, signed with SigV4 (a session token for temporary credentials).
+    Static { access_key_id: String, secret_access_key: Secret, session_token: Option<Secret> },
+    /// A Bedrock API key, sent as a bearer token.
+    ApiKey(Secret),
+}
+
+/// `kind = "vertex"`.
+#[derive(Debug, Clone)]
+pub struct Vertex {
+    pub project: String,
+    pub location: String,
+    /// A service-account key file; `None` uses application-default credentials.
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// A public model name and where it is served.

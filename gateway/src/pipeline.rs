@@ -342,7 +342,10 @@ async fn relay(
             deadline,
             |target| acct.target = target.label.clone(),
             response_hooks,
-            |target| target.upstream.request(operation, body_for(target.upstream_model(requested_model))?),
+            |target| {
+                let model = target.upstream_model(requested_model);
+                target.upstream.request(operation, model, body_for(model)?)
+            },
         )
         .await;
     let (response, target) = match sent {
@@ -354,7 +357,8 @@ async fn relay(
 
     if let Some(client_wants_usage) = stream {
         let options = RelayOptions { client_wants_usage, idle: target.upstream.timeouts.idle, deadline };
-        let relay = SseRelay::new(response.into_body(), options, acct, target.upstream.name.clone());
+        let translator = target.upstream.translator(target.upstream_model(requested_model));
+        let relay = SseRelay::new(response.into_body(), translator, options, acct, target.upstream.name.clone());
         let mut response = Response::new(BodyExt::boxed_unsync(relay));
         let h = response.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -363,9 +367,14 @@ async fn relay(
         return Ok(response);
     }
 
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned().filter(|_| !target.upstream.translates());
     let wait = deadline.saturating_duration_since(Instant::now());
     let body = match read_upstream(response.into_body(), wait, &target.upstream.name).await {
+        Ok(body) => body,
+        Err(error) => return fail(acct, error),
+    };
+    // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones pass unchanged.
+    let body = match target.upstream.response(operation, target.upstream_model(requested_model), body) {
         Ok(body) => body,
         Err(error) => return fail(acct, error),
     };

@@ -1,0 +1,586 @@
+//! Adapter for Amazon Bedrock: Converse and ConverseStream for chat, InvokeModel for embeddings
+//! (Titan and Cohere), translated both ways here.
+//!
+//! The requests go through the gateway's own HTTP client like every other provider's, signed with
+//! the AWS SDK's own SigV4 signer (`aws-sigv4`), and streams are decoded with the SDK's own event
+//! stream codec (`aws-smithy-eventstream`). The full `aws-sdk-bedrockruntime` client would bring a
+//! second HTTP stack with its own retries, timeouts and error types, which the gateway's attempt
+//! loop, idle timeouts, cancellation and error classification would then have to be bolted onto,
+//! and it roughly doubles a clean build; the wire format (REST JSON + `vnd.amazon.eventstream`) is
+//! what the SDK sends, and the mock that tests it is checked with boto3.
+//!
+//! Mapping decisions where the APIs leave room:
+//! - `system` and `developer` messages, wherever they stand, become `system` blocks; consecutive
+//!   messages of one role are merged (Converse wants turns to alternate), and consecutive `tool`
+//!   messages become one user turn of `toolResult`s.
+//! - `tool_choice: "none"` drops the tools; when no tools are sent but the history holds tool calls
+//!   and results, they are written into the conversation as text, because Converse refuses
+//!   `toolUse`/`toolResult` blocks without a `toolConfig`.
+//! - `response_format: json_schema` becomes a forced tool whose input schema is the schema; its input
+//!   comes back as the message text with `finish_reason: "stop"`.
+//! - `stopReason` → `finish_reason`: see [`finish_reason`].
+//! - `prompt_tokens` counts cache reads and writes too (as OpenAI's does); `cached_tokens` is the
+//!   cache reads.
+//! - Images must be `data:` URLs; remote URLs are refused rather than fetched.
+
+use std::time::SystemTime;
+
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use aws_smithy_types::event_stream::{HeaderValue as EsHeaderValue, Message};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, StatusCode, Uri, header};
+use serde_json::{Map, Value, json};
+use weir_config::{AwsCredentials, Upstream};
+
+use super::{Detail, Operation, completion_id, data_url, done_event, error_event, event, malformed, sensitive, unix_now};
+use crate::api::sse::Event;
+use crate::error::Error;
+
+/// The name of the tool that carries a `json_schema` answer.
+const JSON_TOOL: &str = "json_response";
+
+#[derive(Debug)]
+pub struct Bedrock {
+    endpoint: String,
+    region: String,
+    /// `None` with a Bedrock API key, which is a static bearer header.
+    sigv4: Option<aws_credential_types::Credentials>,
+}
+
+impl Bedrock {
+    pub fn new(upstream: &Upstream, bedrock: &weir_config::Bedrock, headers: &mut HeaderMap) -> Result<Self, Error> {
+        let sigv4 = match &bedrock.credentials {
+            AwsCredentials::ApiKey(key) => {
+                headers.insert(header::AUTHORIZATION, sensitive(&format!("Bearer {}", key.expose()))?);
+                None
+            }
+            AwsCredentials::Static { access_key_id, secret_access_key, session_token } => {
+                Some(aws_credential_types::Credentials::new(
+                    access_key_id,
+                    secret_access_key.expose(),
+                    session_token.as_ref().map(|t| t.expose().to_owned()),
+                    None,
+                    "weir-config",
+                ))
+            }
+        };
+        Ok(Self { endpoint: upstream.endpoint.clone(), region: bedrock.region.clone(), sigv4 })
+    }
+
+    pub fn request(&self, operation: Operation, model: &str, body: &[u8]) -> Result<(Uri, Vec<u8>), Error> {
+        let openai: Value =
+            serde_json::from_slice(body).map_err(|e| Error::internal("could not re-read the request").source(e))?;
+        // Model ids may be ARNs (`arn:aws:bedrock:…:inference-profile/…`): one path segment.
+        let id: String = url::form_urlencoded::byte_serialize(model.as_bytes()).collect();
+        let (action, body) = match operation {
+            Operation::Chat => {
+                let stream = openai.get("stream").and_then(Value::as_bool) == Some(true);
+                (if stream { "converse-stream" } else { "converse" }, chat_request(&openai)?)
+            }
+            Operation::Embeddings => ("invoke", embeddings_request(&openai, model)?),
+        };
+        let uri = format!("{}/model/{id}/{action}", self.endpoint)
+            .parse()
+            .map_err(|e| Error::bad_request("the model name cannot be used in a Bedrock URL").param("model").source(e))?;
+        let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
+        Ok((uri, body))
+    }
+
+    /// Signs the request with SigV4 (a Bedrock API key is already among the static headers).
+    pub fn authorize(&self, upstream: &str, request: &mut Request<Bytes>) -> Result<(), Error> {
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let Some(credentials) = &self.sigv4 else { return Ok(()) };
+        let identity = credentials.clone().into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("bedrock")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| super::credentials_failed(upstream, "SigV4 parameters are incomplete", false).source(e))?
+            .into();
+        let uri = request.uri().to_string();
+        let headers: Vec<(&str, &str)> =
+            request.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))).collect();
+        let signable = SignableRequest::new("POST", &uri, headers.into_iter(), SignableBody::Bytes(request.body()))
+            .map_err(|e| Error::internal("the request cannot be signed").source(e))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| Error::internal("the request cannot be signed").source(e))?
+            .into_parts();
+        let mut signed = Request::new(());
+        instructions.apply_to_request_http1x(&mut signed);
+        for (name, value) in signed.headers() {
+            let mut value = value.clone();
+            value.set_sensitive(true);
+            request.headers_mut().insert(name, value);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI → Converse
+
+fn chat_request(req: &Value) -> Result<Value, Error> {
+    let messages = req.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tools = req.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty());
+    let choice = req.get("tool_choice");
+    let schema = (req.pointer("/response_format/type").and_then(Value::as_str) == Some("json_schema"))
+        .then(|| req.pointer("/response_format/json_schema/schema").cloned().unwrap_or(json!({"type": "object"})));
+    let drop_tools = matches!(choice, Some(Value::String(s)) if s == "none");
+    let send_tools = (tools.is_some() && !drop_tools) || schema.is_some();
+
+    let mut system = Vec::new();
+    let mut turns: Vec<Value> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        let param = format!("messages[{i}].content");
+        match role {
+            "system" | "developer" => {
+                let text = text_of(m.get("content"));
+                if !text.is_empty() {
+                    system.push(json!({"text": text}));
+                }
+            }
+            "assistant" => {
+                let mut blocks = blocks_of(m.get("content"), &param)?;
+                for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                    let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
+                    let name = call.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
+                    let args = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
+                    let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+                    if send_tools {
+                        blocks.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
+                    } else {
+                        blocks.push(json!({"text": format!("[called tool {name} with {args}]")}));
+                    }
+                }
+                push_turn(&mut turns, "assistant", blocks);
+            }
+            "tool" | "function" => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or_default();
+                let text = text_of(m.get("content"));
+                let block = if send_tools {
+                    let content = match serde_json::from_str::<Value>(&text) {
+                        Ok(Value::Object(o)) => json!([{"json": o}]),
+                        _ => json!([{"text": text}]),
+                    };
+                    json!({"toolResult": {"toolUseId": id, "content": content}})
+                } else {
+                    json!({"text": format!("[tool result: {text}]")})
+                };
+                push_turn(&mut turns, "user", vec![block]);
+            }
+            _ => push_turn(&mut turns, "user", blocks_of(m.get("content"), &param)?),
+        }
+    }
+    let mut out = json!({"messages": turns});
+    if !system.is_empty() {
+        out["system"] = Value::Array(system);
+    }
+    let mut inference = Map::new();
+    if let Some(max) = req.get("max_completion_tokens").or_else(|| req.get("max_tokens")).filter(|v| !v.is_null()) {
+        inference.insert("maxTokens".into(), max.clone());
+    }
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
+        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+            inference.insert(to.into(), v.clone());
+        }
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) => {
+            inference.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            inference.insert("stopSequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if !inference.is_empty() {
+        out["inferenceConfig"] = Value::Object(inference);
+    }
+    if send_tools {
+        let mut specs: Vec<Value> = Vec::new();
+        if !drop_tools {
+            for f in tools.into_iter().flatten().filter_map(|t| t.get("function")) {
+                let mut spec = json!({
+                    "name": f.get("name").cloned().unwrap_or(Value::Null),
+                    "inputSchema": {"json": f.get("parameters").cloned().unwrap_or(json!({"type": "object", "properties": {}}))},
+                });
+                if let Some(d) = f.get("description") {
+                    spec["description"] = d.clone();
+                }
+                specs.push(json!({"toolSpec": spec}));
+            }
+        }
+        let tool_choice = if let Some(schema) = schema {
+            specs.push(json!({"toolSpec": {
+                "name": JSON_TOOL,
+                "description": "Respond with a JSON object that matches this schema.",
+                "inputSchema": {"json": schema},
+            }}));
+            Some(json!({"tool": {"name": JSON_TOOL}}))
+        } else {
+            match choice {
+                Some(Value::String(s)) if s == "required" => Some(json!({"any": {}})),
+                Some(Value::Object(o)) => {
+                    let name = o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null);
+                    Some(json!({"tool": {"name": name}}))
+                }
+                Some(Value::String(s)) if s == "auto" => Some(json!({"auto": {}})),
+                _ => None,
+            }
+        };
+        let mut config = json!({"tools": specs});
+        if let Some(c) = tool_choice {
+            config["toolChoice"] = c;
+        }
+        out["toolConfig"] = config;
+    }
+    Ok(out)
+}
+
+fn push_turn(turns: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut()
+        && last.get("role").and_then(Value::as_str) == Some(role)
+        && let Some(existing) = last.get_mut("content").and_then(Value::as_array_mut)
+    {
+        existing.extend(blocks);
+        return;
+    }
+    turns.push(json!({"role": role, "content": blocks}));
+}
+
+fn blocks_of(content: Option<&Value>, param: &str) -> Result<Vec<Value>, Error> {
+    match content {
+        Some(Value::String(s)) if !s.is_empty() => Ok(vec![json!({"text": s})]),
+        Some(Value::Array(items)) => {
+            let mut blocks = Vec::new();
+            for item in items {
+                match item.get("type").and_then(Value::as_str) {
+                    Some("text") => blocks.push(json!({"text": item.get("text").cloned().unwrap_or_default()})),
+                    Some("image_url") => {
+                        let url = item.pointer("/image_url/url").and_then(Value::as_str).unwrap_or_default();
+                        let (mime, data) = data_url(url, param)?;
+                        let format = match mime.as_str() {
+                            "image/png" => "png",
+                            "image/jpeg" | "image/jpg" => "jpeg",
+                            "image/gif" => "gif",
+                            "image/webp" => "webp",
+                            other => {
+                                return Err(Error::bad_request(format!(
+                                    "Bedrock accepts png, jpeg, gif and webp images, not {other}."
+                                ))
+                                .param(param)
+                                .code("invalid_image_format"));
+                            }
+                        };
+                        blocks.push(json!({"image": {"format": format, "source": {"bytes": data}}}));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(blocks)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+        _ => String::new(),
+    }
+}
+
+/// Titan (`amazon.titan-embed-*`, one text per call) or Cohere (`cohere.embed-*`, a batch).
+fn embeddings_request(req: &Value, model: &str) -> Result<Value, Error> {
+    let texts: Vec<&str> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items.iter().filter_map(Value::as_str).collect(),
+        _ => {
+            return Err(Error::bad_request("Bedrock embeds text only; token-id inputs are not supported.")
+                .param("input")
+                .code("invalid_value"));
+        }
+    };
+    if model.contains("cohere.") {
+        return Ok(json!({"texts": texts, "input_type": "search_document"}));
+    }
+    let [text] = texts.as_slice() else {
+        return Err(Error::bad_request("Titan embedding models take one input per request.")
+            .param("input")
+            .code("invalid_value"));
+    };
+    let mut body = json!({"inputText": text});
+    if let Some(d) = req.get("dimensions") {
+        body["dimensions"] = d.clone();
+    }
+    Ok(body)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Converse → OpenAI
+
+/// `stopReason` → `finish_reason`, for all nine values Converse documents.
+fn finish_reason(reason: &str) -> &'static str {
+    match reason {
+        "end_turn" | "stop_sequence" => "stop",
+        "tool_use" => "tool_calls",
+        "max_tokens" => "length",
+        // The output was cut where the context window ended: as truncated as `max_tokens`.
+        "model_context_window_exceeded" => "length",
+        // A guardrail or the provider's filter stopped the answer.
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        // The model produced something Bedrock could not parse (a tool call among them): nothing
+        // usable was called, so the answer stops as it is rather than claiming `tool_calls`.
+        "malformed_model_output" | "malformed_tool_use" => "stop",
+        _ => "stop",
+    }
+}
+
+fn usage(u: &Value) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cache_read = n("cacheReadInputTokens");
+    let prompt = n("inputTokens") + cache_read + n("cacheWriteInputTokens");
+    let completion = n("outputTokens");
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": n("cacheWriteInputTokens")},
+    })
+}
+
+pub(crate) fn response(upstream: &str, operation: Operation, model: &str, body: &[u8]) -> Result<Vec<u8>, Error> {
+    let answer: Value = serde_json::from_slice(body).map_err(|_| malformed(upstream, "an answer"))?;
+    let out = match operation {
+        Operation::Chat => chat_response(&answer, model),
+        Operation::Embeddings => embeddings_response(&answer, model),
+    };
+    serde_json::to_vec(&out).map_err(|e| Error::internal("could not encode the answer").source(e))
+}
+
+fn chat_response(answer: &Value, model: &str) -> Value {
+    let blocks = answer.pointer("/output/message/content").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut text: String = blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect();
+    let mut calls = Vec::new();
+    let mut json_answer = false;
+    for block in blocks.iter().filter_map(|b| b.get("toolUse")) {
+        let input = serde_json::to_string(block.get("input").unwrap_or(&json!({}))).unwrap_or_default();
+        if block.get("name").and_then(Value::as_str) == Some(JSON_TOOL) {
+            text.push_str(&input);
+            json_answer = true;
+            continue;
+        }
+        calls.push(json!({
+            "id": block.get("toolUseId").cloned().unwrap_or(Value::Null),
+            "type": "function",
+            "function": {"name": block.get("name").cloned().unwrap_or(Value::Null), "arguments": input},
+        }));
+    }
+    let reason = answer.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
+    let reason = if json_answer && reason == "tool_use" { "stop" } else { finish_reason(reason) };
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    json!({
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": reason}],
+        "usage": usage(answer.get("usage").unwrap_or(&Value::Null)),
+    })
+}
+
+fn embeddings_response(answer: &Value, model: &str) -> Value {
+    let (vectors, tokens) = if let Some(one) = answer.get("embedding") {
+        (vec![one.clone()], answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0))
+    } else {
+        let many = answer.get("embeddings").and_then(Value::as_array).cloned().unwrap_or_default();
+        (many, 0)
+    };
+    json!({
+        "object": "list",
+        "data": vectors.into_iter().enumerate().map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect::<Vec<_>>(),
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })
+}
+
+/// Reads Bedrock's error: the type in `x-amzn-errortype` (`ThrottlingException:…`) or `__type`,
+/// the text in `message` (or `Message`).
+pub(crate) fn detail(headers: &HeaderMap, body: &[u8]) -> Detail {
+    let value = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    let kind = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| value.get("__type").and_then(Value::as_str))
+        .map(|t| t.split([':', '#']).find(|s| s.ends_with("Exception")).unwrap_or(t).to_owned());
+    exception_detail(kind.as_deref(), &value)
+}
+
+fn exception_detail(kind: Option<&str>, payload: &Value) -> Detail {
+    let message = payload.get("message").or_else(|| payload.get("Message")).and_then(Value::as_str).map(str::to_owned);
+    let throttled = matches!(kind, Some("ThrottlingException" | "throttlingException" | "ServiceQuotaExceededException"));
+    let code = kind.map(|k| {
+        let k = k.strip_suffix("Exception").unwrap_or(k);
+        let mut snake = String::new();
+        for (i, c) in k.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                snake.push('_');
+            }
+            snake.push(c.to_ascii_lowercase());
+        }
+        snake
+    });
+    Detail { message, code, throttled, ..Detail::default() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+/// ConverseStream's event stream → `chat.completion.chunk`s. Usage arrives in `metadata` after
+/// `messageStop`, so the usage chunk and `[DONE]` wait for it; an exception frame becomes an
+/// OpenAI error event and the stream ends without `[DONE]`.
+#[derive(Debug)]
+pub struct ChunkStream {
+    upstream: String,
+    id: String,
+    model: String,
+    created: u64,
+    buf: BytesMut,
+    decoder: MessageFrameDecoder,
+    /// Converse content block index → OpenAI tool call index, for tool-use blocks.
+    tool_blocks: Vec<(u64, usize)>,
+    /// The block that carries a `json_schema` answer, streamed as text.
+    json_block: Option<u64>,
+    stopped: bool,
+    metadata: bool,
+    failed: bool,
+}
+
+impl ChunkStream {
+    pub fn new(upstream: &str, model: &str) -> Self {
+        Self {
+            upstream: upstream.to_owned(),
+            id: completion_id(),
+            model: model.to_owned(),
+            created: unix_now(),
+            buf: BytesMut::new(),
+            decoder: MessageFrameDecoder::new(),
+            tool_blocks: Vec::new(),
+            json_block: None,
+            stopped: false,
+            metadata: false,
+            failed: false,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        self.buf.extend_from_slice(bytes);
+        while !self.failed {
+            match self.decoder.decode_frame(&mut self.buf) {
+                Ok(DecodedFrame::Complete(message)) => self.on_message(&message, out),
+                Ok(DecodedFrame::Incomplete) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "undecodable event-stream frame");
+                    self.failed = true;
+                    out.push(error_event(&malformed(&self.upstream, "an event-stream frame")));
+                }
+            }
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
+        event(&json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        }))
+    }
+
+    fn on_message(&mut self, message: &Message, out: &mut Vec<Event>) {
+        let header = |name: &str| {
+            message.headers().iter().find(|h| h.name().as_str() == name).and_then(|h| match h.value() {
+                EsHeaderValue::String(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            })
+        };
+        let payload: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
+        if header(":message-type").as_deref() != Some("event") {
+            let kind = header(":exception-type").or_else(|| header(":error-code"));
+            let mut detail = exception_detail(kind.as_deref(), &payload);
+            if detail.message.is_none() {
+                detail.message = header(":error-message");
+            }
+            let status = match kind.as_deref() {
+                Some("validationException") => StatusCode::BAD_REQUEST,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let error = super::classify(&self.upstream, status, &HeaderMap::new(), detail);
+            self.failed = true;
+            out.push(error_event(&error));
+            return;
+        }
+        let index = payload.get("contentBlockIndex").and_then(Value::as_u64).unwrap_or(0);
+        match header(":event-type").as_deref() {
+            Some("messageStart") => out.push(self.chunk(json!({"role": "assistant", "content": ""}), None)),
+            Some("contentBlockStart") => {
+                if let Some(tool) = payload.pointer("/start/toolUse") {
+                    if tool.get("name").and_then(Value::as_str) == Some(JSON_TOOL) {
+                        self.json_block = Some(index);
+                        return;
+                    }
+                    let n = self.tool_blocks.len();
+                    self.tool_blocks.push((index, n));
+                    out.push(self.chunk(
+                        json!({"tool_calls": [{"index": n, "id": tool.get("toolUseId"), "type": "function",
+                            "function": {"name": tool.get("name"), "arguments": ""}}]}),
+                        None,
+                    ));
+                }
+            }
+            Some("contentBlockDelta") => {
+                if let Some(text) = payload.pointer("/delta/text").and_then(Value::as_str) {
+                    out.push(self.chunk(json!({"content": text}), None));
+                } else if let Some(input) = payload.pointer("/delta/toolUse/input").and_then(Value::as_str) {
+                    if self.json_block == Some(index) {
+                        out.push(self.chunk(json!({"content": input}), None));
+                    } else if let Some(&(_, n)) = self.tool_blocks.iter().find(|(b, _)| *b == index) {
+                        out.push(self.chunk(json!({"tool_calls": [{"index": n, "function": {"arguments": input}}]}), None));
+                    }
+                }
+            }
+            Some("messageStop") => {
+                let reason = payload.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
+                let reason =
+                    if self.json_block.is_some() && reason == "tool_use" { "stop" } else { finish_reason(reason) };
+                out.push(self.chunk(json!({}), Some(reason)));
+                self.stopped = true;
+            }
+            Some("metadata") => {
+                let mut chunk = json!({
+                    "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    "choices": [],
+                });
+                chunk["usage"] = usage(payload.get("usage").unwrap_or(&Value::Null));
+                out.push(event(&chunk));
+                self.metadata = true;
+            }
+            _ => {}
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        if self.stopped && self.metadata && !self.failed && self.buf.is_empty() {
+            out.push(done_event());
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! Adapter for Gemini, on Vertex AI (`kind = "vertex"`: OAuth bearer tokens from a service-account
+//! key or application-default credentials, through `gcp_auth`, cached and refreshed before expiry)
+//! and through the Gemini API (`kind = "gemini"`: `x-goog-api-key`). Both speak the same REST
+//! `generateContent` / `streamGenerateContent?alt=sse`, translated both ways here.
+//!
+//! Mapping decisions where the two APIs leave room:
+//! - `system` and `developer` messages, wherever they stand, join `systemInstruction`.
+//! - Tool results are `functionResponse` parts named after the call they answer (looked up by
+//!   `tool_call_id` in the earlier `tool_calls`); a result that is not a JSON object is wrapped as
+//!   `{"result": …}`; consecutive results form one turn, as Gemini expects for parallel calls.
+//! - Gemini's `thoughtSignature` must come back with the `functionCall` it was attached to. OpenAI
+//!   clients keep only the tool call's `id`, so the signature travels inside it: `call_…~SIGNATURE`.
+//! - A candidate that emitted a `functionCall` finishes with `tool_calls` even when Gemini says
+//!   `STOP`; safety, recitation, blocklist and prohibited-content stops are `content_filter`.
+//! - Completion tokens are candidates + thoughts (both are billed as output); thoughts are also
+//!   reported as `reasoning_tokens`; `cachedContentTokenCount` is `cached_tokens`.
+//! - Images must be `data:` URLs (`inlineData`); remote URLs are refused rather than fetched.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Uri, header};
+use serde_json::{Map, Value, json};
+use weir_config::{Provider, Upstream, UpstreamKind};
+
+use super::{Detail, Operation, completion_id, data_url, done_event, event, malformed, sensitive, unix_now};
+use crate::api::sse::{Event, Splitter};
+use crate::error::Error;
+
+const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// Separates a tool call id from the thought signature carried inside it.
+const SIGNATURE_MARK: char = '~';
+
+pub struct Gemini {
+    /// `{endpoint}/v1/projects/{p}/locations/{l}/publishers/google/models` or `{endpoint}/v1beta/models`.
+    models_url: String,
+    vertex: bool,
+    /// Vertex's token source; `None` for the Gemini API, whose key is a static header.
+    tokens: Option<Arc<tokio::sync::OnceCell<Arc<dyn gcp_auth::TokenProvider>>>>,
+    credentials_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Gemini {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gemini").field("models_url", &self.models_url).finish_non_exhaustive()
+    }
+}
+
+impl Gemini {
+    pub fn new(upstream: &Upstream, provider: &Provider, headers: &mut HeaderMap) -> Result<Self, Error> {
+        match (upstream.kind, provider) {
+            (UpstreamKind::Vertex, Provider::Vertex(v)) => Ok(Self {
+                models_url: format!(
+                    "{}/v1/projects/{}/locations/{}/publishers/google/models",
+                    upstream.endpoint, v.project, v.location
+                ),
+                vertex: true,
+                tokens: Some(Arc::new(tokio::sync::OnceCell::new())),
+                credentials_file: v.credentials_file.clone(),
+            }),
+            _ => {
+                if let Some(key) = &upstream.api_key {
+                    headers.insert("x-goog-api-key", sensitive(key.expose())?);
+                }
+                Ok(Self {
+                    models_url: format!("{}/v1beta/models", upstream.endpoint),
+                    vertex: false,
+                    tokens: None,
+                    credentials_file: None,
+                })
+            }
+        }
+    }
+
+    pub fn request(&self, operation: Operation, model: &str, body: &[u8]) -> Result<(Uri, Vec<u8>), Error> {
+        let openai: Value =
+            serde_json::from_slice(body).map_err(|e| Error::internal("could not re-read the request").source(e))?;
+        let model = model.strip_prefix("models/").unwrap_or(model);
+        let (method, body) = match operation {
+            Operation::Chat => {
+                let stream = openai.get("stream").and_then(Value::as_bool) == Some(true);
+                let method = if stream { ":streamGenerateContent?alt=sse" } else { ":generateContent" };
+                (method, chat_request(&openai)?)
+            }
+            Operation::Embeddings => embeddings_request(&openai, model, self.vertex)?,
+        };
+        let uri = format!("{}/{model}{method}", self.models_url)
+            .parse()
+            .map_err(|e| Error::bad_request("the model name cannot be used in a Gemini URL").param("model").source(e))?;
+        let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
+        Ok((uri, body))
+    }
+
+    /// Adds Vertex's bearer token (the Gemini API's key is already among the static headers).
+    pub async fn authorize(&self, upstream: &str, request: &mut Request<Bytes>) -> Result<(), Error> {
+        let Some(tokens) = &self.tokens else { return Ok(()) };
+        let provider = tokens
+            .get_or_try_init(|| async {
+                let provider: Arc<dyn gcp_auth::TokenProvider> = match &self.credentials_file {
+                    Some(file) => Arc::new(gcp_auth::CustomServiceAccount::from_file(file).map_err(|e| {
+                        super::credentials_failed(upstream, "the service-account key file could not be read", false)
+                            .source(e)
+                    })?),
+                    None => gcp_auth::provider().await.map_err(|e| {
+                        super::credentials_failed(upstream, "no application-default credentials were found", false)
+                            .source(e)
+                    })?,
+                };
+                Ok::<_, Error>(provider)
+            })
+            .await?;
+        // gcp_auth caches the token and fetches a new one shortly before it expires.
+        let token = provider.token(&[SCOPE]).await.map_err(|e| {
+            super::credentials_failed(upstream, "Google's token endpoint did not issue a token", true).source(e)
+        })?;
+        request.headers_mut().insert(header::AUTHORIZATION, sensitive(&format!("Bearer {}", token.as_str()))?);
+        Ok(())
+    }
+
+    pub fn response(&self, upstream: &str, operation: Operation, model: &str, body: &[u8]) -> Result<Vec<u8>, Error> {
+        let answer: Value = serde_json::from_slice(body).map_err(|_| malformed(upstream, "an answer"))?;
+        let out = match operation {
+            Operation::Chat => chat_response(&answer, model),
+            Operation::Embeddings => embeddings_response(&answer, model, self.vertex),
+        };
+        serde_json::to_vec(&out).map_err(|e| Error::internal("could not encode the answer").source(e))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI → Gemini
+
+fn chat_request(req: &Value) -> Result<Value, Error> {
+    let messages = req.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut system: Vec<Value> = Vec::new();
+    let mut contents: Vec<Value> = Vec::new();
+    // Tool call id → function name, for the results that answer them.
+    let mut call_names: Vec<(String, String)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        let param = format!("messages[{i}].content");
+        match role {
+            "system" | "developer" => system.extend(parts_of(m.get("content"), &param)?),
+            "assistant" => {
+                let mut parts = parts_of(m.get("content"), &param)?;
+                for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                    let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
+                    let name = call.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
+                    let args = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
+                    let args: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+                    call_names.push((id.to_owned(), name.to_owned()));
+                    let mut part = json!({"functionCall": {"name": name, "args": args}});
+                    if let Some((_, signature)) = id.split_once(SIGNATURE_MARK) {
+                        part["thoughtSignature"] = json!(signature);
+                    }
+                    parts.push(part);
+                }
+                push_turn(&mut contents, "model", parts);
+            }
+            "tool" | "function" => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or_default();
+                let name = call_names
+                    .iter()
+                    .find(|(call, _)| call == id)
+                    .map(|(_, name)| name.clone())
+                    .or_else(|| m.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_default();
+                let text = text_of(m.get("content"));
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(Value::Object(object)) => Value::Object(object),
+                    Ok(other) => json!({"result": other}),
+                    Err(_) => json!({"result": text}),
+                };
+                push_turn(&mut contents, "user", vec![json!({"functionResponse": {"name": name, "response": response}})]);
+            }
+            _ => push_turn(&mut contents, "user", parts_of(m.get("content"), &param)?),
+        }
+    }
+    let mut out = json!({"contents": contents});
+    if !system.is_empty() {
+        out["systemInstruction"] = json!({"parts": system});
+    }
+    let choice = req.get("tool_choice");
+    let tools = req.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty());
+    if let Some(tools) = tools {
+        let declarations: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| t.get("function"))
+            .map(|f| {
+                let mut d = json!({"name": f.get("name").cloned().unwrap_or(Value::Null)});
+                if let Some(description) = f.get("description") {
+                    d["description"] = description.clone();
+                }
+                if let Some(parameters) = f.get("parameters") {
+                    d["parameters"] = clean_schema(parameters);
+                }
+                d
+            })
+            .collect();
+        out["tools"] = json!([{"functionDeclarations": declarations}]);
+        let config = match choice {
+            Some(Value::String(s)) if s == "none" => json!({"mode": "NONE"}),
+            Some(Value::String(s)) if s == "required" => json!({"mode": "ANY"}),
+            Some(Value::Object(o)) => {
+                let name = o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null);
+                json!({"mode": "ANY", "allowedFunctionNames": [name]})
+            }
+            _ => json!({"mode": "AUTO"}),
+        };
+        out["toolConfig"] = json!({"functionCallingConfig": config});
+    }
+    let mut generation = Map::new();
+    let copy = |from: &str, to: &str, generation: &mut Map<String, Value>| {
+        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+            generation.insert(to.to_owned(), v.clone());
+        }
+    };
+    copy("temperature", "temperature", &mut generation);
+    copy("top_p", "topP", &mut generation);
+    copy("n", "candidateCount", &mut generation);
+    copy("seed", "seed", &mut generation);
+    copy("presence_penalty", "presencePenalty", &mut generation);
+    copy("frequency_penalty", "frequencyPenalty", &mut generation);
+    copy("max_tokens", "maxOutputTokens", &mut generation);
+    copy("max_completion_tokens", "maxOutputTokens", &mut generation);
+    match req.get("stop") {
+        Some(Value::String(s)) => {
+            generation.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            generation.insert("stopSequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    match req.pointer("/response_format/type").and_then(Value::as_str) {
+        Some("json_object") => {
+            generation.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some("json_schema") => {
+            generation.insert("responseMimeType".into(), json!("application/json"));
+            if let Some(schema) = req.pointer("/response_format/json_schema/schema") {
+                generation.insert("responseSchema".into(), clean_schema(schema));
+            }
+        }
+        _ => {}
+    }
+    if let Some(effort) = req.get("reasoning_effort").and_then(Value::as_str) {
+        let budget = match effort {
+            "minimal" | "none" => 0,
+            "low" => 1024,
+            "medium" => 8192,
+            _ => 24576,
+        };
+        generation.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
+    }
+    if !generation.is_empty() {
+        out["generationConfig"] = Value::Object(generation);
+    }
+    Ok(out)
+}
+
+/// Appends parts to the last turn when it has the same role (Gemini wants turns to alternate).
+fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
+    if parts.is_empty() {
+        return;
+    }
+    if let Some(last) = contents.last_mut()
+        && last.get("role").and_then(Value::as_str) == Some(role)
+        && let Some(existing) = last.get_mut("parts").and_then(Value::as_array_mut)
+    {
+        existing.extend(parts);
+        return;
+    }
+    contents.push(json!({"role": role, "parts": parts}));
+}
+
+/// A message `content` (a string or an array of parts) as Gemini parts.
+fn parts_of(content: Option<&Value>, param: &str) -> Result<Vec<Value>, Error> {
+    match content {
+        Some(Value::String(s)) if !s.is_empty() => Ok(vec![json!({"text": s})]),
+        Some(Value::Array(items)) => {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in items {
+                match item.get("type").and_then(Value::as_str) {
+                    Some("text") => parts.push(json!({"text": item.get("text").cloned().unwrap_or_default()})),
+                    Some("image_url") => {
+                        let url = item.pointer("/image_url/url").and_then(Value::as_str).unwrap_or_default();
+                        let (mime, data) = data_url(url, param)?;
+                        parts.push(json!({"inlineData": {"mimeType": mime, "data": data}}));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(parts)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+        _ => String::new(),
+    }
+}
+
+/// Keeps what Gemini's OpenAPI-subset schemas accept, recursively; `["T", "null"]` types become
+/// `T` with `nullable`.
+pub(crate) fn clean_schema(schema: &Value) -> Value {
+    const KEEP: &[&str] = &[
+        "type",
+        "format",
+        "description",
+        "nullable",
+        "enum",
+        "items",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "anyOf",
+        "propertyOrdering",
+        "title",
+    ];
+    let Value::Object(object) = schema else { return schema.clone() };
+    let mut out = Map::new();
+    for (key, value) in object {
+        if !KEEP.contains(&key.as_str()) {
+            continue;
+        }
+        let value = match key.as_str() {
+            "properties" => match value {
+                Value::Object(props) => Value::Object(props.iter().map(|(k, v)| (k.clone(), clean_schema(v))).collect()),
+                other => other.clone(),
+            },
+            "items" => clean_schema(value),
+            "anyOf" => match value {
+                Value::Array(options) => Value::Array(options.iter().map(clean_schema).collect()),
+                other => other.clone(),
+            },
+            "type" => match value {
+                Value::Array(types) => {
+                    let non_null: Vec<&Value> = types.iter().filter(|t| t.as_str() != Some("null")).collect();
+                    if non_null.len() < types.len() {
+                        out.insert("nullable".into(), Value::Bool(true));
+                    }
+                    non_null.first().map_or(json!("string"), |t| (*t).clone())
+                }
+                other => other.clone(),
+            },
+            _ => value.clone(),
+        };
+        out.insert(key.clone(), value);
+    }
+    Value::Object(out)
+}
+
+fn embeddings_request(req: &Value, model: &str, vertex: bool) -> Result<(&'static str, Value), Error> {
+    let inputs: Vec<String> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+        }
+        _ => {
+            return Err(Error::bad_request("This model's provider embeds text only; token-id inputs are not supported.")
+                .param("input")
+                .code("invalid_value"));
+        }
+    };
+    let dimensions = req.get("dimensions").and_then(Value::as_u64);
+    if vertex {
+        let mut body = json!({"instances": inputs.iter().map(|t| json!({"content": t})).collect::<Vec<_>>()});
+        if let Some(d) = dimensions {
+            body["parameters"] = json!({"outputDimensionality": d});
+        }
+        return Ok((":predict", body));
+    }
+    let requests: Vec<Value> = inputs
+        .iter()
+        .map(|t| {
+            let mut r = json!({"model": format!("models/{model}"), "content": {"parts": [{"text": t}]}});
+            if let Some(d) = dimensions {
+                r["outputDimensionality"] = json!(d);
+            }
+            r
+        })
+        .collect();
+    Ok((":batchEmbedContents", json!({"requests": requests})))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gemini → OpenAI
+
+/// `finishReason` → `finish_reason`; `called` says whether the candidate emitted a `functionCall`.
+fn finish_reason(reason: &str, called: bool) -> &'static str {
+    match reason {
+        _ if called => "tool_calls",
+        "MAX_TOKENS" => "length",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" | "LANGUAGE" => {
+            "content_filter"
+        }
+        // STOP, FINISH_REASON_UNSPECIFIED, OTHER, MALFORMED_FUNCTION_CALL (the model tried a call
+        // Gemini could not parse, so none was emitted): the answer is what it is.
+        _ => "stop",
+    }
+}
+
+fn usage(metadata: &Value) -> Value {
+    let n = |k: &str| metadata.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let prompt = n("promptTokenCount") + n("toolUsePromptTokenCount");
+    let thoughts = n("thoughtsTokenCount");
+    let completion = n("candidatesTokenCount") + thoughts;
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": n("cachedContentTokenCount")},
+        "completion_tokens_details": {"reasoning_tokens": thoughts},
+    })
+}
+
+/// A `functionCall` part as an OpenAI tool call (without `index`).
+fn tool_call(part: &Value, n: usize) -> Value {
+    let call = &part["functionCall"];
+    let mut id = call.get("id").and_then(Value::as_str).map_or_else(
+        || format!("call_{}_{n}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        str::to_owned,
+    );
+    if let Some(signature) = part.get("thoughtSignature").and_then(Value::as_str) {
+        id.push(SIGNATURE_MARK);
+        id.push_str(signature);
+    }
+    let arguments = serde_json::to_string(call.get("args").unwrap_or(&json!({}))).unwrap_or_else(|_| "{}".into());
+    json!({"id": id, "type": "function", "function": {"name": call.get("name").cloned().unwrap_or(Value::Null), "arguments": arguments}})
+}
+
+fn is_thought(part: &Value) -> bool {
+    part.get("thought").and_then(Value::as_bool) == Some(true)
+}
+
+fn chat_response(answer: &Value, model: &str) -> Value {
+    let mut choices = Vec::new();
+    for (i, candidate) in answer.get("candidates").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let index = candidate.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+        let parts = candidate.pointer("/content/parts").and_then(Value::as_array).cloned().unwrap_or_default();
+        let text: String =
+            parts.iter().filter(|p| !is_thought(p)).filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
+        let calls: Vec<Value> =
+            parts.iter().filter(|p| p.get("functionCall").is_some()).enumerate().map(|(n, p)| tool_call(p, n)).collect();
+        let reason = candidate.get("finishReason").and_then(Value::as_str).unwrap_or("STOP");
+        let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
+        if !calls.is_empty() {
+            message["tool_calls"] = Value::Array(calls.clone());
+        }
+        choices.push(json!({
+            "index": index,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason(reason, !calls.is_empty()),
+        }));
+    }
+    if choices.is_empty() {
+        // The prompt itself was blocked (`promptFeedback.blockReason`): no candidates at all.
+        choices.push(json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": "", "refusal": null},
+            "logprobs": null,
+            "finish_reason": "content_filter",
+        }));
+    }
+    json!({
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": answer.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
+        "choices": choices,
+        "usage": usage(answer.get("usageMetadata").unwrap_or(&Value::Null)),
+    })
+}
+
+fn embeddings_response(answer: &Value, model: &str, vertex: bool) -> Value {
+    let (vectors, tokens): (Vec<Value>, u64) = if vertex {
+        let predictions = answer.get("predictions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let tokens = predictions
+            .iter()
+            .filter_map(|p| p.pointer("/embeddings/statistics/token_count").and_then(Value::as_f64))
+            .sum::<f64>() as u64;
+        (predictions.iter().map(|p| p.pointer("/embeddings/values").cloned().unwrap_or(json!([]))).collect(), tokens)
+    } else {
+        let embeddings = answer.get("embeddings").and_then(Value::as_array).cloned().unwrap_or_default();
+        (embeddings.iter().map(|e| e.get("values").cloned().unwrap_or(json!([]))).collect(), 0)
+    };
+    json!({
+        "object": "list",
+        "data": vectors.into_iter().enumerate().map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect::<Vec<_>>(),
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })
+}
+
+/// Reads Google's error shape: `{"error": {"code", "message", "status", "details"}}`.
+pub(crate) fn detail(body: &[u8]) -> Detail {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Detail { message: Some(String::from_utf8_lossy(body).trim().to_owned()), ..Detail::default() };
+    };
+    // Some Google front ends wrap the error in a one-element array.
+    let error = value.get(0).unwrap_or(&value).get("error").cloned().unwrap_or(Value::Null);
+    let retry_after = error
+        .get("details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
+        .and_then(|d| d.strip_suffix('s')?.parse::<f64>().ok())
+        .map(|s| s.ceil() as u64);
+    Detail {
+        message: error.get("message").and_then(Value::as_str).map(str::to_owned),
+        code: error.get("status").and_then(Value::as_str).map(str::to_ascii_lowercase),
+        retry_after,
+        ..Detail::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+/// `streamGenerateContent?alt=sse` → `chat.completion.chunk`s. Gemini ends its stream by closing it;
+/// the stream is complete once a candidate finished, and only then ends with usage and `[DONE]`.
+#[derive(Debug)]
+pub struct ChunkStream {
+    upstream: String,
+    id: String,
+    model: String,
+    created: u64,
+    splitter: Splitter,
+    /// Per candidate index: whether its first chunk (with the role) went out, and how many tool
+    /// calls it emitted (each gets the next index, so parallel calls stay apart).
+    candidates: Vec<(bool, usize)>,
+    finished: bool,
+    usage: Option<Value>,
+}
+
+impl ChunkStream {
+    pub fn new(upstream: &str, model: &str) -> Self {
+        Self {
+            upstream: upstream.to_owned(),
+            id: completion_id(),
+            model: model.to_owned(),
+            created: unix_now(),
+            splitter: Splitter::default(),
+            candidates: Vec::new(),
+            finished: false,
+            usage: None,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        self.splitter.push(bytes);
+        while let Some(sse) = self.splitter.next_event() {
+            if sse.data.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Value>(&sse.data) {
+                Ok(answer) if answer.get("error").is_some() => {
+                    let d = detail(&sse.data);
+                    let error = super::classify(&self.upstream, http::StatusCode::BAD_GATEWAY, &HeaderMap::new(), d);
+                    out.push(super::error_event(&error));
+                }
+                Ok(answer) => self.on_answer(&answer, out),
+                Err(_) => out.push(super::error_event(&malformed(&self.upstream, "a stream event"))),
+            }
+        }
+    }
+
+    fn chunk(&self, choices: Value) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices})
+    }
+
+    fn on_answer(&mut self, answer: &Value, out: &mut Vec<Event>) {
+        if let Some(usage) = answer.get("usageMetadata") {
+            self.usage = Some(usage.clone());
+        }
+        let candidates = answer.get("candidates").and_then(Value::as_array).cloned().unwrap_or_default();
+        if candidates.is_empty() && answer.pointer("/promptFeedback/blockReason").is_some() {
+            out.push(event(&self.chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": "content_filter"}]))));
+            self.finished = true;
+        }
+        for (i, candidate) in candidates.iter().enumerate() {
+            let index = candidate.get("index").and_then(Value::as_u64).unwrap_or(i as u64) as usize;
+            if self.candidates.len() <= index {
+                self.candidates.resize(index + 1, (false, 0));
+            }
+            let parts = candidate.pointer("/content/parts").and_then(Value::as_array).cloned().unwrap_or_default();
+            let text: String =
+                parts.iter().filter(|p| !is_thought(p)).filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
+            let mut calls = Vec::new();
+            for part in parts.iter().filter(|p| p.get("functionCall").is_some()) {
+                let n = self.candidates[index].1;
+                self.candidates[index].1 += 1;
+                let mut call = tool_call(part, n);
+                call["index"] = json!(n);
+                calls.push(call);
+            }
+            let mut delta = Map::new();
+            if !self.candidates[index].0 {
+                self.candidates[index].0 = true;
+                delta.insert("role".into(), json!("assistant"));
+                delta.insert("content".into(), json!(""));
+            }
+            if !text.is_empty() {
+                delta.insert("content".into(), json!(text));
+            }
+            if !calls.is_empty() {
+                delta.insert("tool_calls".into(), Value::Array(calls));
+            }
+            if !delta.is_empty() {
+                out.push(event(&self.chunk(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]))));
+            }
+            if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
+                let reason = finish_reason(reason, self.candidates[index].1 > 0);
+                out.push(event(&self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]))));
+                self.finished = true;
+            }
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        // Whatever is left in the splitter is an event cut in half: the stream was not complete.
+        if !self.finished || self.splitter.pending() > 0 {
+            return;
+        }
+        let mut usage_chunk = self.chunk(json!([]));
+        usage_chunk["usage"] = usage(self.usage.as_ref().unwrap_or(&Value::Null));
+        out.push(event(&usage_chunk));
+        out.push(done_event());
+    }
+}
+
+/// Bytes in, for tests of the translation alone.
+#[cfg(test)]
+pub(crate) fn translate_stream(sse: &str) -> Vec<Value> {
+    let mut stream = ChunkStream::new("up", "m");
+    let mut out = Vec::new();
+    stream.push(sse.as_bytes(), &mut out);
+    stream.finish(&mut out);
+    out.iter()
+        .map(|e| serde_json::from_slice(&e.data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&e.data).into())))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) fn translate_request(body: &Value) -> Value {
+    chat_request(body).unwrap_or_else(|e| json!({"error": e.message}))
+}
+
+#[cfg(test)]
+pub(crate) fn translate_response(answer: &Value) -> Value {
+    chat_response(answer, "m")
+}
