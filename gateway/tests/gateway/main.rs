@@ -2,6 +2,7 @@
 //! `weir-bench`, driven through its real HTTP surface by real clients (async-openai, reqwest, and the
 //! official `openai` Python SDK). One test binary, so the crates are linked once.
 
+mod azure;
 mod chat;
 mod errors;
 mod plugins;
