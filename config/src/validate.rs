@@ -148,20 +148,30 @@ fn provider_settings(
         }
         UpstreamKind::Vertex => Provider::Vertex(Vertex {
             project: errs.required(p, "project", &u.project, "the Google Cloud project id"),
-            location: errs.required(p, "location", &u.location, "a Vertex AI location such as \"us-central1\" or \"global\""),
+            location: errs.required(
+                p,
+                "location",
+                &u.location,
+                "a Vertex AI location such as \"us-central1\" or \"global\"",
+            ),
             credentials_file: u.credentials_file.as_deref().filter(|f| !f.is_empty()).map(|f| base_dir.join(f)),
         }),
         UpstreamKind::Bedrock => {
             let region = errs.required(p, "region", &u.region, "the AWS region, e.g. \"us-east-1\"");
             let credentials = match (secret(&u.api_key), u.access_key_id.as_deref().filter(|k| !k.is_empty())) {
                 (Some(_), Some(_)) => {
-                    errs.push(format!("{p}.api_key"), "set either api_key (a Bedrock API key) or access_key_id, not both");
+                    errs.push(
+                        format!("{p}.api_key"),
+                        "set either api_key (a Bedrock API key) or access_key_id, not both",
+                    );
                     AwsCredentials::ApiKey(Secret::new(String::new()))
                 }
                 (Some(key), None) => AwsCredentials::ApiKey(key),
                 (None, Some(id)) => AwsCredentials::Static {
                     access_key_id: id.to_owned(),
-                    secret_access_key: Secret::new(errs.required(p, "secret_access_key",
+                    secret_access_key: Secret::new(errs.required(
+                        p,
+                        "secret_access_key",
                         &u.secret_access_key,
                         "the secret that goes with access_key_id",
                     )),
@@ -181,7 +191,10 @@ fn provider_settings(
         UpstreamKind::AzureOpenAi => {
             let auth = match (secret(&u.api_key), present(&u.client_id) || present(&u.tenant_id)) {
                 (Some(_), true) => {
-                    errs.push(format!("{p}.api_key"), "set either api_key or Entra ID (tenant_id, client_id, client_secret), not both");
+                    errs.push(
+                        format!("{p}.api_key"),
+                        "set either api_key or Entra ID (tenant_id, client_id, client_secret), not both",
+                    );
                     AzureAuth::ApiKey(Secret::new(String::new()))
                 }
                 (Some(key), false) => AzureAuth::ApiKey(key),
@@ -196,11 +209,19 @@ fn provider_settings(
                     AzureAuth::Entra {
                         token_endpoint,
                         client_id: errs.required(p, "client_id", &u.client_id, "the Entra ID application (client) id"),
-                        client_secret: Secret::new(errs.required(p, "client_secret", &u.client_secret, "the client's secret")),
+                        client_secret: Secret::new(errs.required(
+                            p,
+                            "client_secret",
+                            &u.client_secret,
+                            "the client's secret",
+                        )),
                     }
                 }
                 (None, false) => {
-                    errs.push(format!("{p}.api_key"), "is required (or tenant_id, client_id and client_secret for Entra ID)");
+                    errs.push(
+                        format!("{p}.api_key"),
+                        "is required (or tenant_id, client_id and client_secret for Entra ID)",
+                    );
                     AzureAuth::ApiKey(Secret::new(String::new()))
                 }
             };
@@ -213,11 +234,15 @@ fn provider_settings(
 /// Where a cloud upstream lives when `endpoint` is not set.
 fn default_endpoint(kind: UpstreamKind, provider: &Provider) -> Option<String> {
     match (kind, provider) {
-        (UpstreamKind::Bedrock, Provider::Bedrock(b)) => Some(format!("https://bedrock-runtime.{}.amazonaws.com", b.region)),
+        (UpstreamKind::Bedrock, Provider::Bedrock(b)) => {
+            Some(format!("https://bedrock-runtime.{}.amazonaws.com", b.region))
+        }
         (UpstreamKind::Vertex, Provider::Vertex(v)) if v.location == "global" => {
             Some("https://aiplatform.googleapis.com".to_owned())
         }
-        (UpstreamKind::Vertex, Provider::Vertex(v)) => Some(format!("https://{}-aiplatform.googleapis.com", v.location)),
+        (UpstreamKind::Vertex, Provider::Vertex(v)) => {
+            Some(format!("https://{}-aiplatform.googleapis.com", v.location))
+        }
         (UpstreamKind::Gemini, _) => Some("https://generativelanguage.googleapis.com".to_owned()),
         _ => None,
     }

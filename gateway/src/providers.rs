@@ -110,9 +110,18 @@ impl UpstreamClient {
             (UpstreamKind::Vertex | UpstreamKind::Gemini, provider) => {
                 Adapter::Gemini(gemini::Gemini::new(upstream, provider, &mut headers)?)
             }
-            (kind, _) => return Err(Error::internal(format!("upstream {}: no settings for kind {kind:?}", upstream.name))),
+            (kind, _) => {
+                return Err(Error::internal(format!("upstream {}: no settings for kind {kind:?}", upstream.name)));
+            }
         };
-        Ok(Self { name: upstream.name.clone(), kind: upstream.kind, timeouts: upstream.timeouts, headers, adapter, http })
+        Ok(Self {
+            name: upstream.name.clone(),
+            kind: upstream.kind,
+            timeouts: upstream.timeouts,
+            headers,
+            adapter,
+            http,
+        })
     }
 
     /// Builds the upstream request for `operation` from the canonical request body (OpenAI's shape,
@@ -247,6 +256,9 @@ pub(crate) struct Detail {
     pub retry_after: Option<u64>,
     /// The upstream says this is a throttling error whatever its status (Bedrock).
     pub throttled: bool,
+    /// The upstream says the gateway's credentials are wrong whatever its status (Gemini answers an
+    /// invalid API key with a 400).
+    pub credentials_rejected: bool,
 }
 
 const MAX_MESSAGE: usize = 1000;
@@ -263,12 +275,20 @@ pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, 
         .map(|s| s.ceil().max(0.0) as u64)
         .or(detail.retry_after);
     if status == StatusCode::TOO_MANY_REQUESTS || detail.throttled {
-        return Error::new(Kind::RateLimited, format!("The upstream '{upstream}' is rate limiting requests: {upstream_message}"))
-            .code(detail.code.unwrap_or_else(|| "rate_limit_exceeded".into()))
-            .retryable(true)
-            .retry_after(retry_after);
+        return Error::new(
+            Kind::RateLimited,
+            format!("The upstream '{upstream}' is rate limiting requests: {upstream_message}"),
+        )
+        .code(detail.code.unwrap_or_else(|| "rate_limit_exceeded".into()))
+        .retryable(true)
+        .retry_after(retry_after);
     }
     match status.as_u16() {
+        _ if detail.credentials_rejected => Error::new(
+            Kind::UpstreamAuth,
+            format!("The upstream '{upstream}' rejected the gateway's credentials ({status}). This is a gateway configuration problem, not your API key."),
+        )
+        .code("upstream_auth_failed"),
         401 | 403 => Error::new(
             Kind::UpstreamAuth,
             format!("The upstream '{upstream}' rejected the gateway's credentials ({status}). This is a gateway configuration problem, not your API key."),
@@ -309,9 +329,12 @@ pub(crate) fn malformed(upstream: &str, what: &str) -> Error {
 
 /// The error for credentials the gateway could not obtain (a token endpoint that refused or failed).
 pub(crate) fn credentials_failed(upstream: &str, why: impl std::fmt::Display, retryable: bool) -> Error {
-    Error::new(Kind::UpstreamAuth, format!("The gateway could not obtain credentials for the upstream '{upstream}': {why}."))
-        .code("upstream_auth_failed")
-        .retryable(retryable)
+    Error::new(
+        Kind::UpstreamAuth,
+        format!("The gateway could not obtain credentials for the upstream '{upstream}': {why}."),
+    )
+    .code("upstream_auth_failed")
+    .retryable(retryable)
 }
 
 fn humanize(d: Duration) -> String {

@@ -10,11 +10,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, MockBody, Recorded, Shared, TRIGGER_CONTENT_FILTER, chat_as, embeddings, injected_failure};
 
-pub(super) fn respond(
-    shared: &Arc<Shared>,
-    req: &Recorded,
-    path: &str,
-) -> Result<http::Response<MockBody>, ApiError> {
+pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Response<MockBody>, ApiError> {
     let not_found = || ApiError {
         status: StatusCode::NOT_FOUND,
         message: "Resource not found".to_owned(),
@@ -24,7 +20,8 @@ pub(super) fn respond(
     };
     let (deployment, operation) = if let Some(rest) = path.strip_prefix("/openai/deployments/") {
         let (deployment, operation) = rest.split_once('/').ok_or_else(not_found)?;
-        let has_version = req.path.split_once('?').is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("api-version=")));
+        let has_version =
+            req.path.split_once('?').is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("api-version=")));
         if !has_version {
             return Err(ApiError {
                 status: StatusCode::NOT_FOUND,

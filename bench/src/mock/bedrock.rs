@@ -50,7 +50,9 @@ fn injected(status: StatusCode) -> AwsError {
     let (kind, message) = match status.as_u16() {
         429 => ("ThrottlingException", "Too many requests, please wait before trying again."),
         401 | 403 => ("AccessDeniedException", "You don't have access to the model with the specified model ID."),
-        404 => ("ResourceNotFoundException", "Could not resolve the foundation model from the provided model identifier."),
+        404 => {
+            ("ResourceNotFoundException", "Could not resolve the foundation model from the provided model identifier.")
+        }
         503 => ("ServiceUnavailableException", "Bedrock is unable to process your request."),
         s if s >= 500 => ("InternalServerException", "The server encountered an error processing your request."),
         _ => ("ValidationException", "The request was rejected by the mock."),
@@ -60,9 +62,17 @@ fn injected(status: StatusCode) -> AwsError {
 
 /// Checks `Authorization` the way Bedrock's front end reads it.
 fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
-    let denied = |message: &str| AwsError { status: StatusCode::FORBIDDEN, kind: "UnrecognizedClientException", message: message.to_owned() };
+    let denied = |message: &str| AwsError {
+        status: StatusCode::FORBIDDEN,
+        kind: "UnrecognizedClientException",
+        message: message.to_owned(),
+    };
     let Some(auth) = req.header("authorization") else {
-        return Err(AwsError { status: StatusCode::FORBIDDEN, kind: "MissingAuthenticationTokenException", message: "Missing Authentication Token".to_owned() });
+        return Err(AwsError {
+            status: StatusCode::FORBIDDEN,
+            kind: "MissingAuthenticationTokenException",
+            message: "Missing Authentication Token".to_owned(),
+        });
     };
     if let Some(key) = auth.strip_prefix("Bearer ") {
         return match &shared.config.api_key {
@@ -70,10 +80,14 @@ fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
             _ => Err(denied("Invalid API Key format: Must start with pre-defined prefix")),
         };
     }
-    let sigv4 = auth.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| denied("Authorization header requires 'Credential' parameter."))?;
+    let sigv4 = auth
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .ok_or_else(|| denied("Authorization header requires 'Credential' parameter."))?;
     let part = |name: &str| sigv4.split(", ").find_map(|p| p.strip_prefix(name)).map(str::trim);
-    let credential = part("Credential=").ok_or_else(|| denied("Authorization header requires 'Credential' parameter."))?;
-    let signed = part("SignedHeaders=").ok_or_else(|| denied("Authorization header requires 'SignedHeaders' parameter."))?;
+    let credential =
+        part("Credential=").ok_or_else(|| denied("Authorization header requires 'Credential' parameter."))?;
+    let signed =
+        part("SignedHeaders=").ok_or_else(|| denied("Authorization header requires 'SignedHeaders' parameter."))?;
     let signature = part("Signature=").ok_or_else(|| denied("Authorization header requires 'Signature' parameter."))?;
     let scope: Vec<&str> = credential.split('/').collect();
     let well_formed = scope.len() == 5
@@ -96,15 +110,24 @@ fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
 fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Response<MockBody>, AwsError> {
     check_auth(shared, req)?;
     let rest = path.strip_prefix("/model/").unwrap_or_default();
-    let (model, action) = rest.rsplit_once('/').ok_or_else(|| AwsError { status: StatusCode::NOT_FOUND, kind: "UnknownOperationException", message: String::new() })?;
+    let (model, action) = rest.rsplit_once('/').ok_or_else(|| AwsError {
+        status: StatusCode::NOT_FOUND,
+        kind: "UnknownOperationException",
+        message: String::new(),
+    })?;
     let model = percent_decode(model);
     if req.method != "POST" {
-        return Err(AwsError { status: StatusCode::NOT_FOUND, kind: "UnknownOperationException", message: String::new() });
+        return Err(AwsError {
+            status: StatusCode::NOT_FOUND,
+            kind: "UnknownOperationException",
+            message: String::new(),
+        });
     }
     if let Some(status) = injected_failure(shared) {
         return Err(injected(status));
     }
-    let body: Value = serde_json::from_slice(&req.body).map_err(|_| AwsError::validation("Malformed input request, please reformat your input and try again."))?;
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|_| AwsError::validation("Malformed input request, please reformat your input and try again."))?;
     match action {
         "converse" => converse(shared, &body, &model, false),
         "converse-stream" => converse(shared, &body, &model, true),
@@ -119,7 +142,8 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(b);
                 i += 3;
                 continue;
@@ -131,10 +155,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn converse(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Result<http::Response<MockBody>, AwsError> {
+fn converse(
+    shared: &Arc<Shared>,
+    body: &Value,
+    model: &str,
+    stream: bool,
+) -> Result<http::Response<MockBody>, AwsError> {
     const KNOWN: &[&str] = &[
-        "messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig", "additionalModelRequestFields",
-        "additionalModelResponseFieldPaths", "promptVariables", "requestMetadata", "performanceConfig",
+        "messages",
+        "system",
+        "inferenceConfig",
+        "toolConfig",
+        "guardrailConfig",
+        "additionalModelRequestFields",
+        "additionalModelResponseFieldPaths",
+        "promptVariables",
+        "requestMetadata",
+        "performanceConfig",
     ];
     if let Some(map) = body.as_object() {
         if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
@@ -143,7 +180,9 @@ fn converse(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Re
     }
     let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
     if messages.is_empty() {
-        return Err(AwsError::validation("The model returned the following errors: messages: at least one message is required"));
+        return Err(AwsError::validation(
+            "The model returned the following errors: messages: at least one message is required",
+        ));
     }
     let has_tool_config = body.get("toolConfig").is_some();
     let mut prompt_tokens = 0;
@@ -170,7 +209,9 @@ fn converse(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Re
             if let Some(text) = block.get("text") {
                 let text = text.as_str().unwrap_or_default();
                 if text.trim().is_empty() {
-                    return Err(AwsError::validation("The text field in the ContentBlock object at messages.0.content.0 is blank. Add text to the text field, and try again."));
+                    return Err(AwsError::validation(
+                        "The text field in the ContentBlock object at messages.0.content.0 is blank. Add text to the text field, and try again.",
+                    ));
                 }
                 prompt_tokens += word_count(text);
                 if role == "user" {
@@ -179,26 +220,36 @@ fn converse(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Re
             }
             if let Some(image) = block.get("image") {
                 let format = image.get("format").and_then(Value::as_str).unwrap_or_default();
-                if !["png", "jpeg", "gif", "webp"].contains(&format) || image.pointer("/source/bytes").and_then(Value::as_str).is_none() {
+                if !["png", "jpeg", "gif", "webp"].contains(&format)
+                    || image.pointer("/source/bytes").and_then(Value::as_str).is_none()
+                {
                     return Err(AwsError::validation("messages: image format or source is invalid"));
                 }
                 prompt_tokens += 1;
             }
             if let Some(tool_use) = block.get("toolUse") {
                 if !has_tool_config {
-                    return Err(AwsError::validation("The toolConfig field must be defined when using toolUse and toolResult content blocks."));
+                    return Err(AwsError::validation(
+                        "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
+                    ));
                 }
                 pending_uses.push(tool_use.get("toolUseId").and_then(Value::as_str).unwrap_or_default().to_owned());
             }
             if let Some(result) = block.get("toolResult") {
                 if !has_tool_config {
-                    return Err(AwsError::validation("The toolConfig field must be defined when using toolUse and toolResult content blocks."));
+                    return Err(AwsError::validation(
+                        "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
+                    ));
                 }
                 results.push(result.get("toolUseId").and_then(Value::as_str).unwrap_or_default().to_owned());
                 let content = result.get("content").and_then(Value::as_array).cloned().unwrap_or_default();
                 let text: String = content
                     .iter()
-                    .map(|c| c.get("text").and_then(Value::as_str).map_or_else(|| c.get("json").map(Value::to_string).unwrap_or_default(), str::to_owned))
+                    .map(|c| {
+                        c.get("text")
+                            .and_then(Value::as_str)
+                            .map_or_else(|| c.get("json").map(Value::to_string).unwrap_or_default(), str::to_owned)
+                    })
                     .collect();
                 tool_result = Some(text);
             }
@@ -291,9 +342,15 @@ fn converse(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Re
         }
         ScriptReply::Calls(calls) => {
             for (n, name) in calls.iter().enumerate() {
-                frames.push(frame("contentBlockStart", &json!({"contentBlockIndex": n, "start": {"toolUse": {"toolUseId": tool_id(n), "name": name}}})));
+                frames.push(frame(
+                    "contentBlockStart",
+                    &json!({"contentBlockIndex": n, "start": {"toolUse": {"toolUseId": tool_id(n), "name": name}}}),
+                ));
                 for fragment in argument_fragments(TOOL_ARGUMENTS) {
-                    frames.push(frame("contentBlockDelta", &json!({"contentBlockIndex": n, "delta": {"toolUse": {"input": fragment}}})));
+                    frames.push(frame(
+                        "contentBlockDelta",
+                        &json!({"contentBlockIndex": n, "delta": {"toolUse": {"input": fragment}}}),
+                    ));
                 }
                 frames.push(frame("contentBlockStop", &json!({"contentBlockIndex": n})));
             }
@@ -332,20 +389,33 @@ fn encode(message: &Message) -> Bytes {
 
 fn invoke(body: &Value, model: &str) -> Result<http::Response<MockBody>, AwsError> {
     let vector = |text: &str, dims: usize| -> Vec<Value> {
-        embedding_vector(text.as_bytes(), dims).iter().map(|x| x.to_string().parse::<f64>().map_or(Value::Null, Value::from)).collect()
+        embedding_vector(text.as_bytes(), dims)
+            .iter()
+            .map(|x| x.to_string().parse::<f64>().map_or(Value::Null, Value::from))
+            .collect()
     };
     if model.contains("titan-embed") {
-        let text = body.get("inputText").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| AwsError::validation("Malformed input request: #: required key [inputText] not found"))?;
+        let text =
+            body.get("inputText").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| {
+                AwsError::validation("Malformed input request: #: required key [inputText] not found")
+            })?;
         let dims = body.get("dimensions").and_then(Value::as_u64).map_or(8, |d| d as usize);
-        return Ok(json_response(StatusCode::OK, &json!({"embedding": vector(text, dims), "inputTextTokenCount": word_count(text).max(1)})));
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"embedding": vector(text, dims), "inputTextTokenCount": word_count(text).max(1)}),
+        ));
     }
     if model.contains("cohere.embed") {
-        let texts: Vec<&str> = body.get("texts").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let texts: Vec<&str> =
+            body.get("texts").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
         if texts.is_empty() || body.get("input_type").is_none() {
             return Err(AwsError::validation("Malformed input request: texts and input_type are required"));
         }
         let embeddings: Vec<Vec<Value>> = texts.iter().map(|t| vector(t, 8)).collect();
-        return Ok(json_response(StatusCode::OK, &json!({"id": "mock", "embeddings": embeddings, "texts": texts, "response_type": "embeddings_floats"})));
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"id": "mock", "embeddings": embeddings, "texts": texts, "response_type": "embeddings_floats"}),
+        ));
     }
     Err(AwsError::validation(format!("The provided model {model} does not support InvokeModel in this mock.")))
 }

@@ -35,7 +35,11 @@ struct GoogleError {
 
 impl GoogleError {
     fn new(status: u16, message: impl Into<String>) -> Self {
-        Self { status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), message: message.into(), details: vec![] }
+        Self {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            message: message.into(),
+            details: vec![],
+        }
     }
 
     fn invalid(message: impl Into<String>) -> Self {
@@ -234,19 +238,46 @@ fn check_schema(schema: &Value, at: &str) -> Result<(), GoogleError> {
     }
 }
 
-fn generate(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Result<http::Response<MockBody>, GoogleError> {
+fn generate(
+    shared: &Arc<Shared>,
+    body: &Value,
+    model: &str,
+    stream: bool,
+) -> Result<http::Response<MockBody>, GoogleError> {
     known_fields(
         body,
-        &["contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings", "cachedContent", "labels"],
+        &[
+            "contents",
+            "systemInstruction",
+            "tools",
+            "toolConfig",
+            "generationConfig",
+            "safetySettings",
+            "cachedContent",
+            "labels",
+        ],
         "",
     )?;
     let config = field(body, "generationConfig").cloned().unwrap_or(Value::Null);
     known_fields(
         &config,
         &[
-            "temperature", "topP", "topK", "candidateCount", "maxOutputTokens", "stopSequences", "responseMimeType",
-            "responseSchema", "responseJsonSchema", "seed", "presencePenalty", "frequencyPenalty", "thinkingConfig",
-            "responseModalities", "responseLogprobs", "logprobs",
+            "temperature",
+            "topP",
+            "topK",
+            "candidateCount",
+            "maxOutputTokens",
+            "stopSequences",
+            "responseMimeType",
+            "responseSchema",
+            "responseJsonSchema",
+            "seed",
+            "presencePenalty",
+            "frequencyPenalty",
+            "thinkingConfig",
+            "responseModalities",
+            "responseLogprobs",
+            "logprobs",
         ],
         "generation_config",
     )?;
@@ -263,11 +294,15 @@ fn generate(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Re
     for (i, content) in contents.iter().enumerate() {
         let role = content.get("role").and_then(Value::as_str).unwrap_or("user");
         if role != "user" && role != "model" {
-            return Err(GoogleError::invalid(format!("Please use a valid role: user, model. (contents[{i}].role: {role})")));
+            return Err(GoogleError::invalid(format!(
+                "Please use a valid role: user, model. (contents[{i}].role: {role})"
+            )));
         }
         let parts = content.get("parts").and_then(Value::as_array).cloned().unwrap_or_default();
         if parts.is_empty() {
-            return Err(GoogleError::invalid(format!("* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.")));
+            return Err(GoogleError::invalid(format!(
+                "* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."
+            )));
         }
         let mut first_call = true;
         tool_result = None;
@@ -290,7 +325,9 @@ fn generate(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Re
             }
             if let Some(response) = field(part, "functionResponse") {
                 if response.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    return Err(GoogleError::invalid(format!("* GenerateContentRequest.contents[{i}].parts.function_response.name: Name cannot be empty.")));
+                    return Err(GoogleError::invalid(format!(
+                        "* GenerateContentRequest.contents[{i}].parts.function_response.name: Name cannot be empty."
+                    )));
                 }
                 if !response.get("response").is_some_and(Value::is_object) {
                     return Err(GoogleError::invalid("function_response.response must be a JSON object"));
@@ -357,7 +394,10 @@ fn generate(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Re
         if let Some(f) = finish {
             c.insert("finishReason".into(), json!(f));
             if f == "SAFETY" {
-                c.insert("safetyRatings".into(), json!([{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true}]));
+                c.insert(
+                    "safetyRatings".into(),
+                    json!([{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true}]),
+                );
             }
         }
         c.insert("index".into(), json!(0));

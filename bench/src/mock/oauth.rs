@@ -26,7 +26,8 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> http:
         let Some(claims) = get("assertion").and_then(jwt_claims) else {
             return refused("invalid_grant", "Invalid JWT: the assertion is not a signed JWT");
         };
-        if claims.get("iss").and_then(Value::as_str).is_none() || claims.get("scope").and_then(Value::as_str).is_none() {
+        if claims.get("iss").and_then(Value::as_str).is_none() || claims.get("scope").and_then(Value::as_str).is_none()
+        {
             return refused("invalid_scope", "Invalid JWT: iss and scope are required");
         }
     } else {

@@ -79,8 +79,7 @@ impl Azure {
                 Operation::Embeddings => embeddings.clone(),
             },
             Surface::Deployments { base, api_version, deployments } => {
-                let deployment =
-                    deployments.iter().find(|(m, _)| m == model).map(|(_, d)| d.as_str()).unwrap_or(model);
+                let deployment = deployments.iter().find(|(m, _)| m == model).map(|(_, d)| d.as_str()).unwrap_or(model);
                 let path = match operation {
                     Operation::Chat => "chat/completions",
                     Operation::Embeddings => "embeddings",
@@ -96,7 +95,12 @@ impl Azure {
     }
 
     /// Adds the Entra bearer token, fetching one when there is none or it is about to expire.
-    pub async fn authorize(&self, upstream: &str, http: &HttpClient, request: &mut Request<Bytes>) -> Result<(), Error> {
+    pub async fn authorize(
+        &self,
+        upstream: &str,
+        http: &HttpClient,
+        request: &mut Request<Bytes>,
+    ) -> Result<(), Error> {
         if let Some(entra) = &self.entra {
             let token = entra.token(upstream, http).await?;
             request.headers_mut().insert(header::AUTHORIZATION, token);
@@ -134,10 +138,9 @@ impl Entra {
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from(form)))
             .map_err(|e| Error::internal("could not build the token request").source(e))?;
-        let response = http
-            .request(request)
-            .await
-            .map_err(|e| credentials_failed(upstream, "the Entra ID token endpoint could not be reached", true).source(e))?;
+        let response = http.request(request).await.map_err(|e| {
+            credentials_failed(upstream, "the Entra ID token endpoint could not be reached", true).source(e)
+        })?;
         let status = response.status();
         let body = Limited::new(response.into_body(), 64 * 1024)
             .collect()

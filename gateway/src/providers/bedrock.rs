@@ -32,7 +32,9 @@ use http::{HeaderMap, Request, StatusCode, Uri, header};
 use serde_json::{Map, Value, json};
 use weir_config::{AwsCredentials, Upstream};
 
-use super::{Detail, Operation, completion_id, data_url, done_event, error_event, event, malformed, sensitive, unix_now};
+use super::{
+    Detail, Operation, completion_id, data_url, done_event, error_event, event, malformed, sensitive, unix_now,
+};
 use crate::api::sse::Event;
 use crate::error::Error;
 
@@ -79,9 +81,9 @@ impl Bedrock {
             }
             Operation::Embeddings => ("invoke", embeddings_request(&openai, model)?),
         };
-        let uri = format!("{}/model/{id}/{action}", self.endpoint)
-            .parse()
-            .map_err(|e| Error::bad_request("the model name cannot be used in a Bedrock URL").param("model").source(e))?;
+        let uri = format!("{}/model/{id}/{action}", self.endpoint).parse().map_err(|e| {
+            Error::bad_request("the model name cannot be used in a Bedrock URL").param("model").source(e)
+        })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
     }
@@ -302,7 +304,9 @@ fn text_of(content: Option<&Value>) -> String {
 fn embeddings_request(req: &Value, model: &str) -> Result<Value, Error> {
     let texts: Vec<&str> = match req.get("input") {
         Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items.iter().filter_map(Value::as_str).collect(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).collect()
+        }
         _ => {
             return Err(Error::bad_request("Bedrock embeds text only; token-id inputs are not supported.")
                 .param("input")
@@ -429,7 +433,8 @@ pub(crate) fn detail(headers: &HeaderMap, body: &[u8]) -> Detail {
 
 fn exception_detail(kind: Option<&str>, payload: &Value) -> Detail {
     let message = payload.get("message").or_else(|| payload.get("Message")).and_then(Value::as_str).map(str::to_owned);
-    let throttled = matches!(kind, Some("ThrottlingException" | "throttlingException" | "ServiceQuotaExceededException"));
+    let throttled =
+        matches!(kind, Some("ThrottlingException" | "throttlingException" | "ServiceQuotaExceededException"));
     let code = kind.map(|k| {
         let k = k.strip_suffix("Exception").unwrap_or(k);
         let mut snake = String::new();
@@ -554,7 +559,9 @@ impl ChunkStream {
                     if self.json_block == Some(index) {
                         out.push(self.chunk(json!({"content": input}), None));
                     } else if let Some(&(_, n)) = self.tool_blocks.iter().find(|(b, _)| *b == index) {
-                        out.push(self.chunk(json!({"tool_calls": [{"index": n, "function": {"arguments": input}}]}), None));
+                        out.push(
+                            self.chunk(json!({"tool_calls": [{"index": n, "function": {"arguments": input}}]}), None),
+                        );
                     }
                 }
             }

@@ -85,9 +85,9 @@ impl Gemini {
             }
             Operation::Embeddings => embeddings_request(&openai, model, self.vertex)?,
         };
-        let uri = format!("{}/{model}{method}", self.models_url)
-            .parse()
-            .map_err(|e| Error::bad_request("the model name cannot be used in a Gemini URL").param("model").source(e))?;
+        let uri = format!("{}/{model}{method}", self.models_url).parse().map_err(|e| {
+            Error::bad_request("the model name cannot be used in a Gemini URL").param("model").source(e)
+        })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
     }
@@ -172,7 +172,11 @@ fn chat_request(req: &Value) -> Result<Value, Error> {
                     Ok(other) => json!({"result": other}),
                     Err(_) => json!({"result": text}),
                 };
-                push_turn(&mut contents, "user", vec![json!({"functionResponse": {"name": name, "response": response}})]);
+                push_turn(
+                    &mut contents,
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                );
             }
             _ => push_turn(&mut contents, "user", parts_of(m.get("content"), &param)?),
         }
@@ -337,7 +341,9 @@ pub(crate) fn clean_schema(schema: &Value) -> Value {
         }
         let value = match key.as_str() {
             "properties" => match value {
-                Value::Object(props) => Value::Object(props.iter().map(|(k, v)| (k.clone(), clean_schema(v))).collect()),
+                Value::Object(props) => {
+                    Value::Object(props.iter().map(|(k, v)| (k.clone(), clean_schema(v))).collect())
+                }
                 other => other.clone(),
             },
             "items" => clean_schema(value),
@@ -369,9 +375,11 @@ fn embeddings_request(req: &Value, model: &str, vertex: bool) -> Result<(&'stati
             items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
         }
         _ => {
-            return Err(Error::bad_request("This model's provider embeds text only; token-id inputs are not supported.")
-                .param("input")
-                .code("invalid_value"));
+            return Err(Error::bad_request(
+                "This model's provider embeds text only; token-id inputs are not supported.",
+            )
+            .param("input")
+            .code("invalid_value"));
         }
     };
     let dimensions = req.get("dimensions").and_then(Value::as_u64);
@@ -429,10 +437,10 @@ fn usage(metadata: &Value) -> Value {
 /// A `functionCall` part as an OpenAI tool call (without `index`).
 fn tool_call(part: &Value, n: usize) -> Value {
     let call = &part["functionCall"];
-    let mut id = call.get("id").and_then(Value::as_str).map_or_else(
-        || format!("call_{}_{n}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
-        str::to_owned,
-    );
+    let mut id = call
+        .get("id")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("call_{}_{n}", &uuid::Uuid::now_v7().simple().to_string()[20..]), str::to_owned);
     if let Some(signature) = part.get("thoughtSignature").and_then(Value::as_str) {
         id.push(SIGNATURE_MARK);
         id.push_str(signature);
@@ -452,8 +460,12 @@ fn chat_response(answer: &Value, model: &str) -> Value {
         let parts = candidate.pointer("/content/parts").and_then(Value::as_array).cloned().unwrap_or_default();
         let text: String =
             parts.iter().filter(|p| !is_thought(p)).filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
-        let calls: Vec<Value> =
-            parts.iter().filter(|p| p.get("functionCall").is_some()).enumerate().map(|(n, p)| tool_call(p, n)).collect();
+        let calls: Vec<Value> = parts
+            .iter()
+            .filter(|p| p.get("functionCall").is_some())
+            .enumerate()
+            .map(|(n, p)| tool_call(p, n))
+            .collect();
         let reason = candidate.get("finishReason").and_then(Value::as_str).unwrap_or("STOP");
         let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
         if !calls.is_empty() {
@@ -520,10 +532,21 @@ pub(crate) fn detail(body: &[u8]) -> Detail {
         .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
         .and_then(|d| d.strip_suffix('s')?.parse::<f64>().ok())
         .map(|s| s.ceil() as u64);
+    let credentials_rejected = error
+        .get("details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"));
+    let code = match error.get("status").and_then(Value::as_str) {
+        Some("RESOURCE_EXHAUSTED") => Some("rate_limit_exceeded".to_owned()),
+        other => other.map(str::to_ascii_lowercase),
+    };
     Detail {
         message: error.get("message").and_then(Value::as_str).map(str::to_owned),
-        code: error.get("status").and_then(Value::as_str).map(str::to_ascii_lowercase),
+        code,
         retry_after,
+        credentials_rejected,
         ..Detail::default()
     }
 }
@@ -621,11 +644,15 @@ impl ChunkStream {
                 delta.insert("tool_calls".into(), Value::Array(calls));
             }
             if !delta.is_empty() {
-                out.push(event(&self.chunk(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]))));
+                out.push(event(
+                    &self.chunk(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}])),
+                ));
             }
             if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
                 let reason = finish_reason(reason, self.candidates[index].1 > 0);
-                out.push(event(&self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]))));
+                out.push(event(
+                    &self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}])),
+                ));
                 self.finished = true;
             }
         }
@@ -651,7 +678,9 @@ pub(crate) fn translate_stream(sse: &str) -> Vec<Value> {
     stream.push(sse.as_bytes(), &mut out);
     stream.finish(&mut out);
     out.iter()
-        .map(|e| serde_json::from_slice(&e.data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&e.data).into())))
+        .map(|e| {
+            serde_json::from_slice(&e.data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&e.data).into()))
+        })
         .collect()
 }
 

@@ -5,6 +5,7 @@
 mod azure;
 mod chat;
 mod errors;
+mod gemini;
 mod plugins;
 mod python;
 mod server;

@@ -213,14 +213,12 @@ pub async fn post_full(url: &str, body: &Value) -> (u16, reqwest::header::Header
 pub fn sse_json(body: &[u8]) -> (Vec<Value>, bool) {
     let data = sse_data(body);
     let done = data.last().is_some_and(|d| d == "[DONE]");
-    let events = data.iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap_or(Value::Null)).collect();
+    let events =
+        data.iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap_or(Value::Null)).collect();
     (events, done)
 }
 
 /// The text a stream's chunks add up to, for choice 0.
 pub fn streamed_text(events: &[Value]) -> String {
-    events
-        .iter()
-        .filter_map(|e| e.pointer("/choices/0/delta/content").and_then(Value::as_str))
-        .collect()
+    events.iter().filter_map(|e| e.pointer("/choices/0/delta/content").and_then(Value::as_str)).collect()
 }
