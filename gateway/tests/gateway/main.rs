@@ -3,6 +3,7 @@
 //! official `openai` Python SDK). One test binary, so the crates are linked once.
 
 mod azure;
+mod bedrock;
 mod chat;
 mod errors;
 mod gemini;
