@@ -10,6 +10,9 @@ pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 
+#[cfg(test)]
+mod golden;
+
 use std::time::Duration;
 
 use bytes::Bytes;
