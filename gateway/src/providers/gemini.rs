@@ -36,9 +36,9 @@ pub struct Gemini {
     /// `{endpoint}/v1/projects/{p}/locations/{l}/publishers/google/models` or `{endpoint}/v1beta/models`.
     models_url: String,
     vertex: bool,
-    /// Vertex's token source; `None` for the Gemini API, whose key is a static header.
-    tokens: Option<Arc<tokio::sync::OnceCell<Arc<dyn gcp_auth::TokenProvider>>>>,
-    credentials_file: Option<std::path::PathBuf>,
+    /// Vertex's token source (set at once from a key file, or found on first use for
+    /// application-default credentials); `None` for the Gemini API, whose key is a static header.
+    tokens: Option<tokio::sync::OnceCell<Arc<dyn gcp_auth::TokenProvider>>>,
 }
 
 impl std::fmt::Debug for Gemini {
@@ -50,25 +50,34 @@ impl std::fmt::Debug for Gemini {
 impl Gemini {
     pub fn new(upstream: &Upstream, provider: &Provider, headers: &mut HeaderMap) -> Result<Self, Error> {
         match (upstream.kind, provider) {
-            (UpstreamKind::Vertex, Provider::Vertex(v)) => Ok(Self {
-                models_url: format!(
-                    "{}/v1/projects/{}/locations/{}/publishers/google/models",
-                    upstream.endpoint, v.project, v.location
-                ),
-                vertex: true,
-                tokens: Some(Arc::new(tokio::sync::OnceCell::new())),
-                credentials_file: v.credentials_file.clone(),
-            }),
+            (UpstreamKind::Vertex, Provider::Vertex(v)) => {
+                let tokens = tokio::sync::OnceCell::new();
+                if let Some(file) = &v.credentials_file {
+                    let account = gcp_auth::CustomServiceAccount::from_file(file).map_err(|e| {
+                        Error::internal(format!(
+                            "upstream {}: the service-account key {} could not be read",
+                            upstream.name,
+                            file.display()
+                        ))
+                        .source(e)
+                    })?;
+                    let provider: Arc<dyn gcp_auth::TokenProvider> = Arc::new(account);
+                    let _ = tokens.set(provider);
+                }
+                Ok(Self {
+                    models_url: format!(
+                        "{}/v1/projects/{}/locations/{}/publishers/google/models",
+                        upstream.endpoint, v.project, v.location
+                    ),
+                    vertex: true,
+                    tokens: Some(tokens),
+                })
+            }
             _ => {
                 if let Some(key) = &upstream.api_key {
                     headers.insert("x-goog-api-key", sensitive(key.expose())?);
                 }
-                Ok(Self {
-                    models_url: format!("{}/v1beta/models", upstream.endpoint),
-                    vertex: false,
-                    tokens: None,
-                    credentials_file: None,
-                })
+                Ok(Self { models_url: format!("{}/v1beta/models", upstream.endpoint), vertex: false, tokens: None })
             }
         }
     }
@@ -95,19 +104,14 @@ impl Gemini {
     /// Adds Vertex's bearer token (the Gemini API's key is already among the static headers).
     pub async fn authorize(&self, upstream: &str, request: &mut Request<Bytes>) -> Result<(), Error> {
         let Some(tokens) = &self.tokens else { return Ok(()) };
+        // Application-default credentials are looked for on first use (finding them may ask the
+        // metadata server); a key file was read when the upstream was built.
         let provider = tokens
             .get_or_try_init(|| async {
-                let provider: Arc<dyn gcp_auth::TokenProvider> = match &self.credentials_file {
-                    Some(file) => Arc::new(gcp_auth::CustomServiceAccount::from_file(file).map_err(|e| {
-                        super::credentials_failed(upstream, "the service-account key file could not be read", false)
-                            .source(e)
-                    })?),
-                    None => gcp_auth::provider().await.map_err(|e| {
-                        super::credentials_failed(upstream, "no application-default credentials were found", false)
-                            .source(e)
-                    })?,
-                };
-                Ok::<_, Error>(provider)
+                gcp_auth::provider().await.map_err(|e| {
+                    super::credentials_failed(upstream, "no application-default credentials were found", false)
+                        .source(e)
+                })
             })
             .await?;
         // gcp_auth caches the token and fetches a new one shortly before it expires.
