@@ -406,7 +406,8 @@ fn respond(shared: &Arc<Shared>, req: &Recorded) -> Result<Response<MockBody>, A
     if path.starts_with("/openai/") {
         return azure::respond(shared, req, path);
     }
-    if path.starts_with("/v1beta/models/") || path.contains("/publishers/google/models/") {
+    let gemini_api = path.starts_with("/v1beta/models/") || (path.starts_with("/v1/models/") && path.contains(':'));
+    if gemini_api || path.contains("/publishers/google/models/") {
         return Ok(gemini::respond(shared, req, path));
     }
     if path.starts_with("/model/") {

@@ -40,7 +40,11 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Resul
     if req.method != "POST" {
         return Err(not_found());
     }
-    let key_ok = match (&shared.config.api_key, req.header("api-key")) {
+    // The v1 surface also takes the key as a bearer token, which is what the plain OpenAI client sends.
+    let given = req.header("api-key").or_else(|| {
+        deployment.is_none().then(|| req.header("authorization").and_then(|a| a.strip_prefix("Bearer "))).flatten()
+    });
+    let key_ok = match (&shared.config.api_key, given) {
         (_, None) => false,
         (Some(key), Some(given)) => given == key,
         (None, Some(_)) => true,

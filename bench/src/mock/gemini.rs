@@ -1,4 +1,4 @@
-//! The Gemini routes of the mock, for the Gemini API (`/v1beta/models/{m}:…`, `x-goog-api-key` or
+//! The Gemini routes of the mock, for the Gemini API (`/v1beta/models/{m}:…` or `/v1/…`, `x-goog-api-key` or
 //! `?key=`) and Vertex AI (`/v1/projects/{p}/locations/{l}/publishers/google/models/{m}:…`, a bearer
 //! token from the mock's OAuth endpoint): `generateContent`, `streamGenerateContent?alt=sse`,
 //! `embedContent` / `batchEmbedContents` and Vertex's `predict`.
@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use serde_json::{Map, Value, json};
@@ -120,7 +121,7 @@ fn known_fields(object: &Value, allowed: &[&str], at: &str) -> Result<(), Google
 }
 
 fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Response<MockBody>, GoogleError> {
-    let vertex = !path.starts_with("/v1beta/models/");
+    let vertex = path.contains("/publishers/google/models/");
     if vertex {
         if !shared.has_issued_token(req) {
             return Err(GoogleError::new(
@@ -382,7 +383,8 @@ fn generate(
         let mut part = json!({"functionCall": {"name": name, "args": serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap_or_default()}});
         // Gemini signs the first call of a turn only.
         if n == 0 {
-            part["thoughtSignature"] = json!(format!("c2ln{name}AA=="));
+            part["thoughtSignature"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(format!("signature of the call to {name}")));
         }
         part
     };

@@ -9,7 +9,7 @@ use crate::support::{TestGateway, bare_config, openai_error, post_full, sse_json
 
 /// A service-account key file whose `token_uri` is the mock's token endpoint.
 fn service_account(mock: &MockUpstream) -> std::path::PathBuf {
-    let key = include_str!("../fixtures/vertex/test-key.pem");
+    let key = include_str!("../../../bench/fixtures/vertex/test-key.pem");
     let file = state_dir().join(format!("vertex-sa-{}.json", mock.addr().port()));
     std::fs::create_dir_all(state_dir()).expect("state dir");
     let json = json!({
