@@ -141,13 +141,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -173,10 +173,10 @@ fn converse(
         "requestMetadata",
         "performanceConfig",
     ];
-    if let Some(map) = body.as_object() {
-        if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(AwsError::validation(format!("Unable to parse request body: unknown field '{unknown}'")));
-        }
+    if let Some(map) = body.as_object()
+        && let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str()))
+    {
+        return Err(AwsError::validation(format!("Unable to parse request body: unknown field '{unknown}'")));
     }
     let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
     if messages.is_empty() {

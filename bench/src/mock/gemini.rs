@@ -443,7 +443,7 @@ fn generate(
             }
         }
     }
-    let mut events: Vec<Bytes> = answers.iter().map(|a| sse_event(a)).collect();
+    let mut events: Vec<Bytes> = answers.iter().map(sse_event).collect();
     if last_user.contains(TRIGGER_STREAM_EXCEPTION) {
         events.truncate(1);
         events.push(sse_event(&GoogleError::new(503, "The model is overloaded. Please try again later.").body()));

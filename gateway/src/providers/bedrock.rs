@@ -504,7 +504,7 @@ impl ChunkStream {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
+    fn chunk(&self, delta: &Value, finish: Option<&str>) -> Event {
         event(&json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
@@ -536,7 +536,7 @@ impl ChunkStream {
         }
         let index = payload.get("contentBlockIndex").and_then(Value::as_u64).unwrap_or(0);
         match header(":event-type").as_deref() {
-            Some("messageStart") => out.push(self.chunk(json!({"role": "assistant", "content": ""}), None)),
+            Some("messageStart") => out.push(self.chunk(&json!({"role": "assistant", "content": ""}), None)),
             Some("contentBlockStart") => {
                 if let Some(tool) = payload.pointer("/start/toolUse") {
                     if tool.get("name").and_then(Value::as_str) == Some(JSON_TOOL) {
@@ -546,7 +546,7 @@ impl ChunkStream {
                     let n = self.tool_blocks.len();
                     self.tool_blocks.push((index, n));
                     out.push(self.chunk(
-                        json!({"tool_calls": [{"index": n, "id": tool.get("toolUseId"), "type": "function",
+                        &json!({"tool_calls": [{"index": n, "id": tool.get("toolUseId"), "type": "function",
                             "function": {"name": tool.get("name"), "arguments": ""}}]}),
                         None,
                     ));
@@ -554,13 +554,13 @@ impl ChunkStream {
             }
             Some("contentBlockDelta") => {
                 if let Some(text) = payload.pointer("/delta/text").and_then(Value::as_str) {
-                    out.push(self.chunk(json!({"content": text}), None));
+                    out.push(self.chunk(&json!({"content": text}), None));
                 } else if let Some(input) = payload.pointer("/delta/toolUse/input").and_then(Value::as_str) {
                     if self.json_block == Some(index) {
-                        out.push(self.chunk(json!({"content": input}), None));
+                        out.push(self.chunk(&json!({"content": input}), None));
                     } else if let Some(&(_, n)) = self.tool_blocks.iter().find(|(b, _)| *b == index) {
                         out.push(
-                            self.chunk(json!({"tool_calls": [{"index": n, "function": {"arguments": input}}]}), None),
+                            self.chunk(&json!({"tool_calls": [{"index": n, "function": {"arguments": input}}]}), None),
                         );
                     }
                 }
@@ -569,7 +569,7 @@ impl ChunkStream {
                 let reason = payload.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
                 let reason =
                     if self.json_block.is_some() && reason == "tool_use" { "stop" } else { finish_reason(reason) };
-                out.push(self.chunk(json!({}), Some(reason)));
+                out.push(self.chunk(&json!({}), Some(reason)));
                 self.stopped = true;
             }
             Some("metadata") => {
@@ -596,6 +596,7 @@ impl ChunkStream {
 mod tests {
     //! Golden translations: each case's OpenAI request, Converse answer or ConverseStream frames, and
     //! what the gateway makes of it. `UPDATE_EXPECT=1 cargo test -p weir providers::bedrock` rewrites them.
+    #![expect(clippy::needless_pass_by_value, reason = "the helpers take each literal case by value")]
 
     use aws_smithy_eventstream::frame::write_message_to;
     use aws_smithy_types::event_stream::Header;

@@ -614,7 +614,7 @@ impl ChunkStream {
         }
     }
 
-    fn chunk(&self, choices: Value) -> Value {
+    fn chunk(&self, choices: &Value) -> Value {
         json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices})
     }
 
@@ -624,7 +624,7 @@ impl ChunkStream {
         }
         let candidates = answer.get("candidates").and_then(Value::as_array).cloned().unwrap_or_default();
         if candidates.is_empty() && answer.pointer("/promptFeedback/blockReason").is_some() {
-            out.push(event(&self.chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": "content_filter"}]))));
+            out.push(event(&self.chunk(&json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": "content_filter"}]))));
             self.finished = true;
         }
         for (i, candidate) in candidates.iter().enumerate() {
@@ -657,13 +657,13 @@ impl ChunkStream {
             }
             if !delta.is_empty() {
                 out.push(event(
-                    &self.chunk(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}])),
+                    &self.chunk(&json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}])),
                 ));
             }
             if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
                 let reason = finish_reason(reason, self.candidates[index].1 > 0);
                 out.push(event(
-                    &self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}])),
+                    &self.chunk(&json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}])),
                 ));
                 self.finished = true;
             }
@@ -675,7 +675,7 @@ impl ChunkStream {
         if !self.finished || self.splitter.pending() > 0 {
             return;
         }
-        let mut usage_chunk = self.chunk(json!([]));
+        let mut usage_chunk = self.chunk(&json!([]));
         usage_chunk["usage"] = usage(self.usage.as_ref().unwrap_or(&Value::Null));
         out.push(event(&usage_chunk));
         out.push(done_event());
@@ -686,6 +686,7 @@ impl ChunkStream {
 mod tests {
     //! Golden translations: each case's OpenAI request, Gemini answer or Gemini stream, and what the
     //! gateway makes of it. `UPDATE_EXPECT=1 cargo test -p weir providers::gemini` rewrites them.
+    #![expect(clippy::needless_pass_by_value, reason = "the helpers take each literal case by value")]
 
     use expect_test::{Expect, expect};
     use serde_json::{Value, json};
