@@ -296,3 +296,20 @@ async fn embeddings_with_titan_and_cohere() {
     let body: Value = serde_json::from_slice(&raw).expect("json");
     assert_eq!((status, body["data"].as_array().map(Vec::len)), (200, Some(2)), "{body}");
 }
+
+#[tokio::test]
+async fn translated_streams_are_accounted_with_their_usage_even_when_the_client_did_not_ask() {
+    let (_mock, gw) = start(MockUpstream::builder()).await;
+    let body = json!({"model": "claude", "stream": true, "messages": [
+        {"role": "system", "content": "s"}, {"role": "user", "content": "one two three"}
+    ]});
+    let (status, _, raw) = post_full(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 200);
+    assert!(sse_json(&raw).0.iter().all(|e| e.get("usage").is_none()));
+    let metrics = gw.metrics().await;
+    let tokens = |kind: &str| {
+        crate::support::metric(&metrics, "weir_tokens_total", &[("model", "claude"), ("token_type", kind)])
+    };
+    assert_eq!((tokens("input"), tokens("output"), tokens("cached_input")), (3.0 + 3.0 + 1.0, 4.0, 3.0), "{metrics}");
+    assert_eq!(crate::support::metric(&metrics, "weir_requests_total", &[("model", "claude"), ("outcome", "ok")]), 1.0);
+}
