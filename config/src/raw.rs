@@ -132,7 +132,8 @@ pub(crate) struct RawUpstream {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
-    // vertex
+    pub profile: Option<String>,
+    // vertex (and bedrock: `credentials_file`)
     pub project: Option<String>,
     pub location: Option<String>,
     pub credentials_file: Option<String>,

@@ -249,6 +249,14 @@ pub enum AwsCredentials {
     Static { access_key_id: String, secret_access_key: Secret, session_token: Option<Secret> },
     /// A Bedrock API key, sent as a bearer token.
     ApiKey(Secret),
+    /// The standard AWS credential chain: environment, shared config and credentials files (SSO
+    /// included), web identity, ECS container and EC2 instance roles.
+    Chain {
+        /// The profile to use instead of `AWS_PROFILE` / `default`.
+        profile: Option<String>,
+        /// A shared credentials file to read instead of `~/.aws/credentials` and `~/.aws/config`.
+        credentials_file: Option<PathBuf>,
+    },
 }
 
 /// `kind = "vertex"`.

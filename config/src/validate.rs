@@ -118,14 +118,15 @@ fn provider_settings(
     base_dir: &Path,
 ) -> Provider {
     let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-    let fields: [(&str, bool, &[UpstreamKind]); 13] = [
+    let fields: [(&str, bool, &[UpstreamKind]); 14] = [
         ("region", present(&u.region), &[UpstreamKind::Bedrock]),
         ("access_key_id", present(&u.access_key_id), &[UpstreamKind::Bedrock]),
         ("secret_access_key", present(&u.secret_access_key), &[UpstreamKind::Bedrock]),
         ("session_token", present(&u.session_token), &[UpstreamKind::Bedrock]),
+        ("profile", present(&u.profile), &[UpstreamKind::Bedrock]),
         ("project", present(&u.project), &[UpstreamKind::Vertex]),
         ("location", present(&u.location), &[UpstreamKind::Vertex]),
-        ("credentials_file", present(&u.credentials_file), &[UpstreamKind::Vertex]),
+        ("credentials_file", present(&u.credentials_file), &[UpstreamKind::Vertex, UpstreamKind::Bedrock]),
         ("api_version", present(&u.api_version), &[UpstreamKind::AzureOpenAi]),
         ("tenant_id", present(&u.tenant_id), &[UpstreamKind::AzureOpenAi]),
         ("client_id", present(&u.client_id), &[UpstreamKind::AzureOpenAi]),
@@ -158,6 +159,15 @@ fn provider_settings(
         }),
         UpstreamKind::Bedrock => {
             let region = errs.required(p, "region", &u.region, "the AWS region, e.g. \"us-east-1\"");
+            let explicit = present(&u.api_key) || present(&u.access_key_id);
+            for (field, set) in [("profile", present(&u.profile)), ("credentials_file", present(&u.credentials_file))] {
+                if explicit && set {
+                    errs.push(
+                        format!("{p}.{field}"),
+                        "applies only to the AWS credential chain (without api_key or access_key_id)",
+                    );
+                }
+            }
             let credentials = match (secret(&u.api_key), u.access_key_id.as_deref().filter(|k| !k.is_empty())) {
                 (Some(_), Some(_)) => {
                     errs.push(
@@ -177,14 +187,10 @@ fn provider_settings(
                     )),
                     session_token: secret(&u.session_token),
                 },
-                (None, None) => {
-                    errs.push(
-                        format!("{p}.access_key_id"),
-                        "is required (or api_key, a Bedrock API key): write e.g. \
-                         access_key_id = \"${AWS_ACCESS_KEY_ID}\" and secret_access_key = \"${AWS_SECRET_ACCESS_KEY}\"",
-                    );
-                    AwsCredentials::ApiKey(Secret::new(String::new()))
-                }
+                (None, None) => AwsCredentials::Chain {
+                    profile: u.profile.clone().filter(|p| !p.is_empty()),
+                    credentials_file: u.credentials_file.as_deref().filter(|f| !f.is_empty()).map(|f| base_dir.join(f)),
+                },
             };
             Provider::Bedrock(Bedrock { region, credentials })
         }

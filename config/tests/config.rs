@@ -278,6 +278,22 @@ fn cloud_providers_get_their_default_endpoints_and_credentials() {
         matches!(&c.upstreams[0].provider, Provider::Bedrock(b) if matches!(b.credentials, AwsCredentials::ApiKey(_)))
     );
     assert_eq!(c.upstreams[1].endpoint, "https://aiplatform.googleapis.com");
+    let chain = load_str(
+        "[[upstreams]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"us-east-1\"\nprofile = \"prod\"\n",
+        &MapEnv::default(),
+        Path::new("/etc/weir"),
+    )
+    .unwrap();
+    assert!(matches!(
+        &chain.upstreams[0].provider,
+        Provider::Bedrock(b) if matches!(&b.credentials, AwsCredentials::Chain { profile: Some(p), credentials_file: None } if p == "prod")
+    ));
+    let errs =
+        errors("[[upstreams]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"r\"\napi_key = \"k\"\nprofile = \"p\"\n");
+    assert_eq!(
+        errs,
+        ["upstreams[0].profile: applies only to the AWS credential chain (without api_key or access_key_id)"]
+    );
     assert!(
         matches!(&c.upstreams[1].provider, Provider::Vertex(v) if v.credentials_file.as_deref() == Some(Path::new("/etc/weir/sa.json")))
     );

@@ -153,7 +153,7 @@ impl UpstreamClient {
             match &self.adapter {
                 Adapter::OpenAi(_) => {}
                 Adapter::Azure(a) => a.authorize(&self.name, &self.http, &mut request).await?,
-                Adapter::Bedrock(a) => a.authorize(&self.name, &mut request)?,
+                Adapter::Bedrock(a) => a.authorize(&self.name, &mut request).await?,
                 Adapter::Gemini(a) => a.authorize(&self.name, &mut request).await?,
             }
             Ok::<_, Error>(self.http.request(request.map(Full::new)).await)

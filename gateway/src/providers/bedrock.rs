@@ -2,8 +2,9 @@
 //! (Titan and Cohere), translated both ways here.
 //!
 //! The requests go through the gateway's own HTTP client like every other provider's, signed with
-//! the AWS SDK's own SigV4 signer (`aws-sigv4`), and streams are decoded with the SDK's own event
-//! stream codec (`aws-smithy-eventstream`). The full `aws-sdk-bedrockruntime` client would bring a
+//! the AWS SDK's own SigV4 signer (`aws-sigv4`) from static keys or the SDK's standard credential
+//! chain (`aws-config`), and streams are decoded with the SDK's own event stream codec
+//! (`aws-smithy-eventstream`). The full `aws-sdk-bedrockruntime` client would bring a
 //! second HTTP stack with its own retries, timeouts and error types, which the gateway's attempt
 //! loop, idle timeouts, cancellation and error classification would then have to be bolted onto,
 //! and it roughly doubles a clean build; the wire format (REST JSON + `vnd.amazon.eventstream`) is
@@ -45,19 +46,41 @@ const JSON_TOOL: &str = "json_response";
 pub struct Bedrock {
     endpoint: String,
     region: String,
-    /// `None` with a Bedrock API key, which is a static bearer header.
-    sigv4: Option<aws_credential_types::Credentials>,
+    signing: Signing,
 }
+
+/// Where the SigV4 credentials come from.
+#[derive(Debug)]
+enum Signing {
+    /// A Bedrock API key, already a static bearer header: nothing to sign.
+    None,
+    Static(aws_credential_types::Credentials),
+    Chain(Box<Chain>),
+}
+
+/// The standard AWS credential chain, built on first use (it may ask an instance metadata or
+/// container endpoint), and the credentials it last gave, reused until five minutes before they
+/// expire. The chain reads the environment and `~/.aws` by design: that is what it is for.
+#[derive(Debug)]
+struct Chain {
+    profile: Option<String>,
+    credentials_file: Option<std::path::PathBuf>,
+    provider: tokio::sync::OnceCell<aws_credential_types::provider::SharedCredentialsProvider>,
+    cached: tokio::sync::Mutex<Option<aws_credential_types::Credentials>>,
+}
+
+/// How long before their expiry temporary credentials are replaced.
+const REFRESH_AHEAD: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Bedrock {
     pub fn new(upstream: &Upstream, bedrock: &weir_config::Bedrock, headers: &mut HeaderMap) -> Result<Self, Error> {
-        let sigv4 = match &bedrock.credentials {
+        let signing = match &bedrock.credentials {
             AwsCredentials::ApiKey(key) => {
                 headers.insert(header::AUTHORIZATION, sensitive(&format!("Bearer {}", key.expose()))?);
-                None
+                Signing::None
             }
             AwsCredentials::Static { access_key_id, secret_access_key, session_token } => {
-                Some(aws_credential_types::Credentials::new(
+                Signing::Static(aws_credential_types::Credentials::new(
                     access_key_id,
                     secret_access_key.expose(),
                     session_token.as_ref().map(|t| t.expose().to_owned()),
@@ -65,8 +88,14 @@ impl Bedrock {
                     "weir-config",
                 ))
             }
+            AwsCredentials::Chain { profile, credentials_file } => Signing::Chain(Box::new(Chain {
+                profile: profile.clone(),
+                credentials_file: credentials_file.clone(),
+                provider: tokio::sync::OnceCell::new(),
+                cached: tokio::sync::Mutex::new(None),
+            })),
         };
-        Ok(Self { endpoint: upstream.endpoint.clone(), region: bedrock.region.clone(), sigv4 })
+        Ok(Self { endpoint: upstream.endpoint.clone(), region: bedrock.region.clone(), signing })
     }
 
     pub fn request(&self, operation: Operation, model: &str, body: &[u8]) -> Result<(Uri, Vec<u8>), Error> {
@@ -89,10 +118,14 @@ impl Bedrock {
     }
 
     /// Signs the request with SigV4 (a Bedrock API key is already among the static headers).
-    pub fn authorize(&self, upstream: &str, request: &mut Request<Bytes>) -> Result<(), Error> {
+    pub async fn authorize(&self, upstream: &str, request: &mut Request<Bytes>) -> Result<(), Error> {
         use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-        let Some(credentials) = &self.sigv4 else { return Ok(()) };
-        let identity = credentials.clone().into();
+        let credentials = match &self.signing {
+            Signing::None => return Ok(()),
+            Signing::Static(credentials) => credentials.clone(),
+            Signing::Chain(chain) => chain.credentials(upstream, &self.region).await?,
+        };
+        let identity = credentials.into();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
@@ -118,6 +151,47 @@ impl Bedrock {
             request.headers_mut().insert(name, value);
         }
         Ok(())
+    }
+}
+
+impl Chain {
+    async fn credentials(&self, upstream: &str, region: &str) -> Result<aws_credential_types::Credentials, Error> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let mut cached = self.cached.lock().await;
+        if let Some(credentials) = &*cached
+            && credentials.expiry().is_none_or(|at| at > SystemTime::now() + REFRESH_AHEAD)
+        {
+            return Ok(credentials.clone());
+        }
+        let provider = self
+            .provider
+            .get_or_try_init(|| async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(region.to_owned()));
+                if let Some(profile) = &self.profile {
+                    loader = loader.profile_name(profile);
+                }
+                if let Some(file) = &self.credentials_file {
+                    use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+                    let files = EnvConfigFiles::builder()
+                        .include_default_config_file(false)
+                        .include_default_credentials_file(false)
+                        .with_file(EnvConfigFileKind::Credentials, file)
+                        .build();
+                    loader = loader.profile_files(files);
+                }
+                loader
+                    .load()
+                    .await
+                    .credentials_provider()
+                    .ok_or_else(|| super::credentials_failed(upstream, "the AWS credential chain is empty", false))
+            })
+            .await?;
+        let credentials = provider.provide_credentials().await.map_err(|e| {
+            super::credentials_failed(upstream, "the AWS credential chain found no usable credentials", true).source(e)
+        })?;
+        *cached = Some(credentials.clone());
+        Ok(credentials)
     }
 }
 

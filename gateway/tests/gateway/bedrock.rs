@@ -313,3 +313,41 @@ async fn translated_streams_are_accounted_with_their_usage_even_when_the_client_
     assert_eq!((tokens("input"), tokens("output"), tokens("cached_input")), (3.0 + 3.0 + 1.0, 4.0, 3.0), "{metrics}");
     assert_eq!(crate::support::metric(&metrics, "weir_requests_total", &[("model", "claude"), ("outcome", "ok")]), 1.0);
 }
+
+#[tokio::test]
+async fn the_aws_credential_chain_reads_a_profile() {
+    // The chain looks at the environment first; this test assumes no AWS_ACCESS_KEY_ID is set, as
+    // in CI, and finds the keys in the named profile of its own credentials file.
+    let mock = MockUpstream::builder().aws_access_key_id("AKIDFROMPROFILE").start().await;
+    let dir = crate::support::state_dir();
+    std::fs::create_dir_all(&dir).expect("state dir");
+    let file = dir.join(format!("aws-credentials-{}", mock.addr().port()));
+    std::fs::write(&file, "[weir-test]\naws_access_key_id = AKIDFROMPROFILE\naws_secret_access_key = secret\n")
+        .expect("credentials file");
+    let config = bare_config(&format!(
+        r#"
+[[upstreams]]
+name = "bedrock-chain"
+kind = "bedrock"
+endpoint = "http://{}"
+region = "eu-west-1"
+profile = "weir-test"
+credentials_file = "{}"
+
+[[models]]
+name = "claude"
+targets = [{{ upstream = "bedrock-chain", model = "anthropic.claude-3-haiku-20240307-v1:0" }}]
+"#,
+        mock.addr(),
+        file.display()
+    ));
+    let gw = TestGateway::start(&config).await;
+    for _ in 0..2 {
+        let (status, answer) =
+            chat(&gw, &json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]})).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let auth = mock.requests().pop().expect("sent").header("authorization").unwrap_or_default().to_owned();
+    assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDFROMPROFILE/"), "{auth}");
+    assert!(auth.contains("/eu-west-1/bedrock/aws4_request"), "{auth}");
+}
