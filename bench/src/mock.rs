@@ -67,8 +67,8 @@ pub struct MockBuilder {
     listen: Option<SocketAddr>,
     /// Seconds until the OAuth tokens the mock issues expire.
     token_lifetime: Option<u64>,
-    /// The AWS access key id SigV4 requests must be signed with.
-    aws_access_key_id: Option<String>,
+    /// The AWS access key id and secret SigV4 requests must be signed with.
+    aws_credentials: Option<(String, String)>,
 }
 
 macro_rules! fixtures {
@@ -251,9 +251,10 @@ impl MockBuilder {
         self
     }
 
-    /// Requires SigV4 signatures on the Bedrock routes to use this access key id.
-    pub fn aws_access_key_id(mut self, id: &str) -> Self {
-        self.aws_access_key_id = Some(id.to_owned());
+    /// Requires SigV4 signatures on the Bedrock routes to be made with these credentials: the
+    /// mock computes the signature itself and compares. Without this, only the shape is checked.
+    pub fn aws_credentials(mut self, access_key_id: &str, secret_access_key: &str) -> Self {
+        self.aws_credentials = Some((access_key_id.to_owned(), secret_access_key.to_owned()));
         self
     }
 

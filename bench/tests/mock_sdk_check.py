@@ -34,13 +34,13 @@ import botocore.config
 import botocore.exceptions
 
 
-def bedrock(key_id=AWS_KEY_ID):
+def bedrock(key_id=AWS_KEY_ID, secret="mock-secret"):
     return boto3.client(
         "bedrock-runtime",
         region_name="us-east-1",
         endpoint_url=URL,
         aws_access_key_id=key_id,
-        aws_secret_access_key="mock-secret",
+        aws_secret_access_key=secret,
         config=botocore.config.Config(retries={"max_attempts": 1}),
     )
 
@@ -111,6 +111,12 @@ def bedrock_validation_and_auth_errors():
         raise AssertionError("must fail")
     except botocore.exceptions.ClientError as e:
         assert e.response["Error"]["Code"] == "UnrecognizedClientException", e.response
+    # The mock recomputes the signature: the right key id with the wrong secret fails.
+    try:
+        bedrock(secret="not-the-secret").converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+        raise AssertionError("must fail")
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidSignatureException", e.response
 
 
 @check

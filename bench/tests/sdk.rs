@@ -9,7 +9,8 @@ use weir_bench::MockUpstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_providers_sdk_accepts_the_mock() {
-    let mock = MockUpstream::builder().api_key("mock-key").aws_access_key_id("AKIDMOCKCHECK").start().await;
+    let mock =
+        MockUpstream::builder().api_key("mock-key").aws_credentials("AKIDMOCKCHECK", "mock-secret").start().await;
     let dir = env!("CARGO_MANIFEST_DIR");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let child = tokio::process::Command::new(&python)

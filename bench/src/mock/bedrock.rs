@@ -3,8 +3,8 @@
 //! mid-stream included) and `/invoke` for Titan and Cohere embeddings.
 //!
 //! Requests must carry a SigV4 `Authorization` header for the `bedrock` service (its shape is
-//! checked, and the access key id when the builder names one) or a Bedrock API key as a bearer
-//! token. Like Bedrock it refuses conversations that do not alternate or start with the user,
+//! checked, and with `aws_credentials` the signature itself, recomputed with the SDK's signer) or a
+//! Bedrock API key as a bearer token. Like Bedrock it refuses conversations that do not alternate or start with the user,
 //! tool blocks without a `toolConfig`, tool uses without their results, blank text, and unknown fields.
 
 use std::sync::Arc;
@@ -101,10 +101,75 @@ fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
     if !well_formed {
         return Err(denied("The request signature we calculated does not match the signature you provided."));
     }
-    if shared.config.aws_access_key_id.as_deref().is_some_and(|id| id != scope[0]) {
-        return Err(denied("The security token included in the request is invalid."));
+    if let Some((id, secret)) = &shared.config.aws_credentials {
+        if id != scope[0] {
+            return Err(denied("The security token included in the request is invalid."));
+        }
+        let expected = expected_signature(req, id, secret, scope[2], signed)
+            .ok_or_else(|| denied("The request signature we calculated does not match the signature you provided."))?;
+        if expected != signature {
+            return Err(AwsError {
+                status: StatusCode::FORBIDDEN,
+                kind: "InvalidSignatureException",
+                message: "The request signature we calculated does not match the signature you provided. Check \
+                          your AWS Secret Access Key and signing method."
+                    .to_owned(),
+            });
+        }
     }
     Ok(())
+}
+
+/// The SigV4 signature of a recorded request, computed with the AWS SDK's signer over the headers
+/// the client said it signed, at the time it said it signed.
+fn expected_signature(req: &Recorded, id: &str, secret: &str, region: &str, signed: &str) -> Option<String> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let time = amz_date(req.header("x-amz-date")?)?;
+    let identity = aws_credential_types::Credentials::new(
+        id,
+        secret,
+        req.header("x-amz-security-token").map(str::to_owned),
+        None,
+        "mock",
+    )
+    .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("bedrock")
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .ok()?
+        .into();
+    let names: Vec<&str> = signed.split(';').collect();
+    let headers: Vec<(&str, &str)> = req
+        .headers
+        .iter()
+        .filter(|(name, _)| names.contains(&name.as_str()) && *name != "x-amz-date" && *name != "x-amz-security-token")
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .collect();
+    let host = req.header("host")?;
+    let uri = format!("http://{host}{}", req.path);
+    let signable = SignableRequest::new(&req.method, &uri, headers.into_iter(), SignableBody::Bytes(&req.body)).ok()?;
+    let (_, signature) = sign(signable, &params).ok()?.into_parts();
+    Some(signature)
+}
+
+/// `20240101T120000Z` as a time.
+fn amz_date(text: &str) -> Option<std::time::SystemTime> {
+    let digits = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
+    let (hh, mm, ss) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Response<MockBody>, AwsError> {

@@ -48,7 +48,7 @@ targets = [{{ upstream = "bedrock", model = "cohere.embed-english-v3" }}]
 }
 
 async fn start(builder: weir_bench::mock::MockBuilder) -> (MockUpstream, TestGateway) {
-    let mock = builder.aws_access_key_id("AKIDWEIRTEST").api_key("bedrock-api-key").start().await;
+    let mock = builder.aws_credentials("AKIDWEIRTEST", "secret").api_key("bedrock-api-key").start().await;
     let gw = TestGateway::start(&bedrock_config(&mock)).await;
     (mock, gw)
 }
@@ -260,7 +260,7 @@ async fn upstream_errors_become_openai_errors_with_honest_statuses() {
         assert_eq!(mock.request_count(), if retryable { 3 } else { 1 }, "{fail}: retried only when retryable");
     }
     // Keys the upstream does not know.
-    let mock = MockUpstream::builder().aws_access_key_id("AKIDOTHER").start().await;
+    let mock = MockUpstream::builder().aws_credentials("AKIDOTHER", "secret").start().await;
     let gw = TestGateway::start(&bedrock_config(&mock)).await;
     let (status, body) = chat(&gw, &json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!((status, &openai_error(&body)["code"]), (502, &json!("upstream_auth_failed")));
@@ -318,7 +318,7 @@ async fn translated_streams_are_accounted_with_their_usage_even_when_the_client_
 async fn the_aws_credential_chain_reads_a_profile() {
     // The chain looks at the environment first; this test assumes no AWS_ACCESS_KEY_ID is set, as
     // in CI, and finds the keys in the named profile of its own credentials file.
-    let mock = MockUpstream::builder().aws_access_key_id("AKIDFROMPROFILE").start().await;
+    let mock = MockUpstream::builder().aws_credentials("AKIDFROMPROFILE", "secret").start().await;
     let dir = crate::support::state_dir();
     std::fs::create_dir_all(&dir).expect("state dir");
     let file = dir.join(format!("aws-credentials-{}", mock.addr().port()));

@@ -333,3 +333,17 @@ async fn embeddings_on_both_apis() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_the_upstream_stream() {
+    let (mock, gw) = start(MockUpstream::builder().chunk_interval(std::time::Duration::from_millis(100))).await;
+    let body = json!({"model": "v", "stream": true, "messages": [{"role": "user", "content": "a b c d e f g h i j"}]});
+    let mut response =
+        reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&body).send().await.expect("send");
+    assert!(response.chunk().await.expect("chunk").is_some());
+    drop(response);
+    assert!(
+        mock.wait_cancelled_streams(1, std::time::Duration::from_secs(5)).await,
+        "the upstream stream was cancelled"
+    );
+}

@@ -72,7 +72,7 @@ async fn run_script(gw: &TestGateway, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_gets_correct_answers_from_every_provider() {
-    let mock = MockUpstream::builder().api_key("mock-key").aws_access_key_id("AKIDPYTHON").start().await;
+    let mock = MockUpstream::builder().api_key("mock-key").aws_credentials("AKIDPYTHON", "secret").start().await;
     let base = format!("http://{}", mock.addr());
     let key = include_str!("../../../bench/fixtures/vertex/test-key.pem");
     let sa = crate::support::state_dir().join(format!("python-sa-{}.json", mock.addr().port()));
