@@ -263,6 +263,9 @@ pub(crate) struct Detail {
     /// The upstream says the gateway's credentials are wrong whatever its status (Gemini answers an
     /// invalid API key with a 400).
     pub credentials_rejected: bool,
+    /// The upstream says the model itself failed whatever its status (Bedrock's 424
+    /// `ModelErrorException`): the provider's fault, worth another target.
+    pub model_failed: bool,
 }
 
 const MAX_MESSAGE: usize = 1000;
@@ -293,6 +296,12 @@ pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, 
             format!("The upstream '{upstream}' rejected the gateway's credentials ({status}). This is a gateway configuration problem, not your API key."),
         )
         .code("upstream_auth_failed"),
+        _ if detail.model_failed => Error::new(
+            Kind::UpstreamFailed,
+            format!("The upstream '{upstream}' failed with status {}: {upstream_message}", status.as_u16()),
+        )
+        .code("upstream_error")
+        .retryable(true),
         401 | 403 => Error::new(
             Kind::UpstreamAuth,
             format!("The upstream '{upstream}' rejected the gateway's credentials ({status}). This is a gateway configuration problem, not your API key."),

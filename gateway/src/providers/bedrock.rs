@@ -507,8 +507,14 @@ pub(crate) fn detail(headers: &HeaderMap, body: &[u8]) -> Detail {
 
 fn exception_detail(kind: Option<&str>, payload: &Value) -> Detail {
     let message = payload.get("message").or_else(|| payload.get("Message")).and_then(Value::as_str).map(str::to_owned);
-    let throttled =
-        matches!(kind, Some("ThrottlingException" | "throttlingException" | "ServiceQuotaExceededException"));
+    let throttled = matches!(
+        kind,
+        Some(
+            "ThrottlingException" | "throttlingException" | "ServiceQuotaExceededException" | "ModelNotReadyException"
+        )
+    );
+    // The model failed (Bedrock answers 424): the provider's fault, and another target may do.
+    let model_failed = matches!(kind, Some("ModelErrorException" | "modelStreamErrorException"));
     let code = kind.map(|k| {
         let k = k.strip_suffix("Exception").unwrap_or(k);
         let mut snake = String::new();
@@ -520,7 +526,7 @@ fn exception_detail(kind: Option<&str>, payload: &Value) -> Detail {
         }
         snake
     });
-    Detail { message, code, throttled, ..Detail::default() }
+    Detail { message, code, throttled, model_failed, ..Detail::default() }
 }
 
 // ---------------------------------------------------------------------------------------------
