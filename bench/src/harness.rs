@@ -48,6 +48,10 @@ pub struct Options {
     /// which implements all three hooks and does nothing.
     #[arg(long, default_value = weir_test_plugins::NOOP)]
     pub plugin: PathBuf,
+    /// Give the third target the built-in policies instead (ratelimit, router, cost, … as the
+    /// default configuration chains them); `--plugins` and `--plugin` are then ignored.
+    #[arg(long)]
+    pub builtins: bool,
     /// Open-loop request rates, in requests per second.
     #[arg(
         long,
@@ -156,10 +160,14 @@ pub fn run(options: &Options) -> Result<Report> {
     ensure!(!options.duration.is_zero(), "--duration must be positive");
     ensure!(!options.rates.is_empty(), "--rates needs at least one rate");
     let bin = options.weir.as_deref().filter(|_| !options.direct_only);
-    let chain =
-        (bin.is_some() && options.plugins > 0).then(|| Chain { plugin: options.plugin.clone(), len: options.plugins });
-    if let Some(chain) = &chain {
-        ensure!(chain.plugin.is_file(), "plugin component {} not found (--plugin)", chain.plugin.display());
+    let chain = match bin {
+        None => None,
+        Some(_) if options.builtins => Some(Chain::Builtins),
+        Some(_) if options.plugins > 0 => Some(Chain::Copies { plugin: options.plugin.clone(), len: options.plugins }),
+        Some(_) => None,
+    };
+    if let Some(Chain::Copies { plugin, .. }) = &chain {
+        ensure!(plugin.is_file(), "plugin component {} not found (--plugin)", plugin.display());
     }
     // Separate runtimes keep the mock's work off the load generator's threads, so a busy mock
     // does not delay the timestamps the generator takes.
@@ -178,12 +186,14 @@ pub fn run(options: &Options) -> Result<Report> {
     };
     let with_plugins = match bin.zip(chain.as_ref()) {
         Some((bin, chain)) => {
-            eprintln!(
-                "starting {} with a chain of {} × {} (compiling it first)",
-                bin.display(),
-                chain.len,
-                chain.plugin.display()
-            );
+            match chain {
+                Chain::Copies { plugin, len } => eprintln!(
+                    "starting {} with a chain of {len} × {} (compiling it first)",
+                    bin.display(),
+                    plugin.display()
+                ),
+                Chain::Builtins => eprintln!("starting {} with the built-in policy chain", bin.display()),
+            }
             let started = client_runtime.block_on(Weir::start(bin, &mock.base_url(), Some(chain)));
             Some(started.context("starting the weir with the plugin chain")?)
         }

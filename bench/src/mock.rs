@@ -60,6 +60,7 @@ pub struct MockBuilder {
     chunk_interval: Duration,
     fail_first: Option<(usize, StatusCode)>,
     always_fail: Option<StatusCode>,
+    fail_one_in: Option<(usize, StatusCode)>,
     break_stream_after: Option<usize>,
     // Inverted so that `Default` records, which is what tests want; the load harness turns it off
     // because keeping every request of a long run would grow without bound.
@@ -235,6 +236,17 @@ impl MockBuilder {
     /// If `status` is not a valid HTTP status code.
     pub fn always_fail(mut self, status: u16) -> Self {
         self.always_fail = Some(error_status(status));
+        self
+    }
+
+    /// Every `n`th request to `/v1/chat/completions` and `/v1/embeddings` (the 1st, the `n+1`th, …)
+    /// fails with `status`: `fail_one_in(2, 500)` fails half of them, alternately.
+    ///
+    /// # Panics
+    /// If `n` is 0 or `status` is not a valid HTTP status code.
+    pub fn fail_one_in(mut self, n: usize, status: u16) -> Self {
+        assert!(n > 0, "mock upstream: fail_one_in needs n ≥ 1");
+        self.fail_one_in = Some((n, error_status(status)));
         self
     }
 
@@ -484,8 +496,13 @@ fn injected_failure(shared: &Shared) -> Option<StatusCode> {
     if let Some(status) = shared.config.always_fail {
         return Some(status);
     }
-    let (n, status) = shared.config.fail_first?;
     let seen = shared.failable_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some((n, status)) = shared.config.fail_one_in
+        && seen.is_multiple_of(n)
+    {
+        return Some(status);
+    }
+    let (n, status) = shared.config.fail_first?;
     (seen < n).then_some(status)
 }
 

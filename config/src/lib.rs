@@ -7,6 +7,7 @@
 //! the field path that has it (`models[2].targets[0].upstream`) and what would fix it.
 
 mod interpolate;
+mod prices;
 mod raw;
 mod typed;
 mod validate;
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use interpolate::{Env, MapEnv, ProcessEnv};
+pub use prices::default_price;
 pub use typed::{
     ApiKey, AwsCredentials, Azure, AzureAuth, Bedrock, Config, InstanceMode, LogFormat, Logging, Model, OnError,
     PluginConfig, PluginSource, Price, Provider, Retry, Secret, Server, State, Target, Timeouts, Tls, Upstream,

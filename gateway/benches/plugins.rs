@@ -1,6 +1,7 @@
 //! In-process cost of the plugin chain, on the real host with the `noop` fixture (a plugin that
 //! implements every hook and does nothing): one warm hook call, the hooks of one request through
-//! chains of 1 and 5 plugins, and the same with a fresh instance per call. Criterion reports the
+//! chains of 1 and 5 plugins, and the same with a fresh instance per call; then each built-in
+//! policy plugin alone and all of them in one chain, with realistic configs. Criterion reports the
 //! means; a second pass prints p50/p99 per request, which is what the budget is stated in.
 //!
 //! `cargo bench -p weir --bench plugins`
@@ -18,18 +19,42 @@ use weir::plugins::{ApiKind, Chain, Completion, RequestInfo};
 use weir::{App, Process};
 
 fn config(plugins: usize, fresh: bool) -> String {
+    let noop: Vec<(String, String, String)> = (0..plugins)
+        .map(|i| {
+            let mode = if fresh { "fresh" } else { "pooled" };
+            (format!("p{i}"), weir_test_plugins::NOOP.to_owned(), format!("instances = \"{mode}\""))
+        })
+        .collect();
+    config_with(&noop)
+}
+
+/// A config with `(name, source, extra settings)` plugins in one chain, and prices for the target.
+fn config_with(plugins: &[(String, String, String)]) -> String {
     let mut text = String::from(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"mock\"\nendpoint = \"http://127.0.0.1:9/v1\"\n\n[[models]]\nname = \"m\"\ntargets = [{ upstream = \"mock\", model = \"m\" }]\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[state]\nledger = \"../target/bench-state/ledger.jsonl\"\n\n[prices.\"mock/m\"]\ninput = 2.5\noutput = 10.0\n\n[[upstreams]]\nname = \"mock\"\nendpoint = \"http://127.0.0.1:9/v1\"\n\n[[upstreams]]\nname = \"spare\"\nendpoint = \"http://127.0.0.1:9/v1\"\n\n[[models]]\nname = \"m\"\ntargets = [{ upstream = \"mock\", model = \"m\" }, { upstream = \"spare\", model = \"m\" }]\n",
     );
-    for i in 0..plugins {
+    for (name, source, extra) in plugins {
         text.push_str(&format!(
-            "\n[[plugins]]\nname = \"p{i}\"\nsource = \"{}\"\non_error = \"open\"\ndeadline = \"100ms\"\ninstances = \"{}\"\n",
-            weir_test_plugins::NOOP,
-            if fresh { "fresh" } else { "pooled" }
+            "\n[[plugins]]\nname = \"{name}\"\nsource = \"{source}\"\non_error = \"open\"\ndeadline = \"100ms\"\n{extra}\n"
         ));
     }
     text
 }
+
+/// The built-in policies with the configs a deployment would use.
+const BUILTINS: &[(&str, &str)] = &[
+    ("router", r#"config = { models = { m = { strategy = "least-latency" } } }"#),
+    (
+        "ratelimit",
+        r#"config = { limits = [{ per = ["key"], requests_per_minute = 1000000000, tokens_per_minute = 1000000000000, concurrent = 100000 }] }"#,
+    ),
+    ("cost", r#"config = { budgets = [{ per = "team", usd = 1000000.0, period = "day" }] }"#),
+    // Every bench request is cacheable (temperature 0) and a miss: the bench captures no response
+    // to store, so this is the lookup path plus the store attempt.
+    ("cache", r#"config = { ttl_seconds = 3600 }"#),
+    // The bench's key lands on the baseline; each completion is recorded in the guard's window.
+    ("canary", r#"config = { splits = [{ model = "m", baseline = "m", canary = "spare/m", weight = 10 }] }"#),
+];
 
 struct Setup {
     app: App,
@@ -39,9 +64,24 @@ struct Setup {
 
 impl Setup {
     async fn new(plugins: usize, fresh: bool) -> Self {
+        Self::from_config(&config(plugins, fresh)).await
+    }
+
+    /// Built-in plugins by name, in one chain.
+    async fn builtins(names: &[&str]) -> Self {
+        let plugins: Vec<(String, String, String)> = names
+            .iter()
+            .map(|name| {
+                let settings = BUILTINS.iter().find(|(n, _)| n == name).map_or("", |(_, s)| *s);
+                ((*name).to_owned(), format!("builtin:{name}"), settings.to_owned())
+            })
+            .collect();
+        Self::from_config(&config_with(&plugins)).await
+    }
+
+    async fn from_config(text: &str) -> Self {
         let state = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-state");
-        let config =
-            weir_config::load_str(&config(plugins, fresh), &weir_config::MapEnv::default(), &state).expect("config");
+        let config = weir_config::load_str(text, &weir_config::MapEnv::default(), &state).expect("config");
         let app = App::new(config, &Process::default()).await.expect("app");
         let info = RequestInfo {
             request_id: "0190f1e2a3b4c5d6e7f8091a2b3c4d5e".into(),
@@ -61,10 +101,17 @@ impl Setup {
         let completion = Completion {
             status: 200,
             target: "mock/m".into(),
-            usage: None,
-            ttft_ms: None,
-            total_ms: 12,
+            usage: Some(weir::plugins::PluginUsage {
+                prompt_tokens: 12,
+                completion_tokens: 40,
+                cached_tokens: 0,
+                reasoning_tokens: 0,
+            }),
+            ttft_ms: Some(30),
+            total_ms: 120,
             error_class: None,
+            attempts: vec![weir::plugins::Attempt { target: "mock/m".into(), status: 200, latency_ms: 30 }],
+            mirrored: false,
         };
         Self { app, view, completion }
     }
@@ -73,12 +120,15 @@ impl Setup {
         self.app.plugins.chain_for("m")
     }
 
-    /// Every hook of one request, through the whole chain.
+    /// Every hook of one request, through the whole chain, on a fresh view (as each request has
+    /// its own: nothing a plugin computed or left on one request carries to the next).
     async fn request(&self) {
         let chain = self.chain();
-        chain.on_request(&self.view, &self.app.router).await.expect("on-request");
-        chain.on_response_headers(&self.view, 200).await.expect("on-response-headers");
-        chain.on_complete(&self.view, &self.completion).await;
+        let view =
+            Arc::new(RequestView::new(self.view.info.clone(), self.view.headers.clone(), self.view.body.clone()));
+        chain.on_request(&view, &self.app.router).await.expect("on-request");
+        chain.on_response_headers(&view, 200).await.expect("on-response-headers");
+        chain.on_complete(&view, &self.completion).await;
     }
 
     async fn one_hook(&self) {
@@ -114,8 +164,16 @@ fn percentiles() {
         ("fresh instance + on-request", 1, true, false),
     ];
     println!("\n| in-process case | p50 | p99 | mean |\n|---|---:|---:|---:|");
-    for (name, plugins, fresh, whole_request) in cases {
-        let setup = rt.block_on(Setup::new(plugins, fresh));
+    let mut setups: Vec<(String, Setup, bool, bool)> = cases
+        .into_iter()
+        .map(|(name, plugins, fresh, whole)| (name.to_owned(), rt.block_on(Setup::new(plugins, fresh)), fresh, whole))
+        .collect();
+    for (name, _) in BUILTINS {
+        setups.push((format!("request, built-in `{name}` alone"), rt.block_on(Setup::builtins(&[name])), false, true));
+    }
+    let all: Vec<&str> = BUILTINS.iter().map(|(n, _)| *n).collect();
+    setups.push((format!("request, built-ins {all:?} in one chain"), rt.block_on(Setup::builtins(&all)), false, true));
+    for (name, setup, fresh, whole_request) in setups {
         let n = if fresh { 5_000 } else { 50_000 };
         let mut times = Vec::with_capacity(n);
         rt.block_on(async {

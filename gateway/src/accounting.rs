@@ -12,7 +12,10 @@ use crate::api::Usage;
 use crate::auth::Principal;
 use crate::metrics::{LatencyLabels, Metrics, RequestLabels, TokenLabels, TtftLabels};
 use crate::plugins::view::RequestView;
-use crate::plugins::{Chain, Completion, PluginUsage};
+use crate::plugins::{Attempt, Chain, Completion, PluginUsage};
+
+/// The largest response kept for plugins that read it in `on-complete`.
+pub const MAX_CAPTURE: usize = 8 << 20;
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +57,23 @@ pub struct Accounting {
     pub error_class: Option<&'static str>,
     /// The chain whose `on-complete` runs when the request is recorded, with its view.
     pub plugins: Option<(Arc<Chain>, Arc<RequestView>)>,
+    /// Every upstream attempt, for plugins (kept only when there are plugins).
+    pub attempts: Vec<Attempt>,
+    /// The response as it went by, for plugins that read it (`None`: not wanted, or too large).
+    pub capture: Option<Vec<u8>>,
+    /// This is a mirrored copy of a client's request, not the client's own.
+    pub mirrored: bool,
+    /// Streamed chunks with choices relayed so far: a stream cut short by its client has no usage
+    /// report, and plugins then get an estimate with one completion token per chunk.
+    pub chunks: u64,
     finished: bool,
+}
+
+/// A finished request's `on-complete` call, ready to run.
+struct PendingCompletion {
+    chain: Arc<Chain>,
+    view: Arc<RequestView>,
+    completion: Completion,
 }
 
 impl Accounting {
@@ -80,18 +99,44 @@ impl Accounting {
             status: 0,
             error_class: None,
             plugins: None,
+            attempts: Vec::new(),
+            capture: None,
+            mirrored: false,
+            chunks: 0,
             finished: false,
         }
     }
 
-    /// Records the request. Consumes the guard, so it cannot run twice.
-    pub fn finish(mut self, outcome: Outcome) {
-        self.record(outcome);
+    /// Keeps a copy of response bytes for plugins that read the response, up to [`MAX_CAPTURE`].
+    pub fn capture(&mut self, bytes: &[u8]) {
+        if let Some(buffer) = &mut self.capture {
+            if buffer.len() + bytes.len() > MAX_CAPTURE {
+                self.capture = None;
+            } else {
+                buffer.extend_from_slice(bytes);
+            }
+        }
     }
 
-    fn record(&mut self, outcome: Outcome) {
+    /// Records the request; plugins' `on-complete` runs afterwards as its own task. Consumes the
+    /// guard, so it cannot run twice.
+    pub fn finish(mut self, outcome: Outcome) {
+        if let Some(pending) = self.record(outcome) {
+            pending.spawn();
+        }
+    }
+
+    /// Records the request and runs plugins' `on-complete` before returning, so that headers
+    /// they add still reach a response that has not been sent yet (a whole JSON body).
+    pub async fn finish_now(mut self, outcome: Outcome) {
+        if let Some(pending) = self.record(outcome) {
+            pending.chain.on_complete(&pending.view, &pending.completion).await;
+        }
+    }
+
+    fn record(&mut self, outcome: Outcome) -> Option<PendingCompletion> {
         if std::mem::replace(&mut self.finished, true) {
-            return;
+            return None;
         }
         let elapsed = self.started.elapsed();
         let m = &self.metrics;
@@ -145,31 +190,57 @@ impl Accounting {
             usage_known = self.usage.is_some(),
             ttft_ms = self.ttft.map(|d| d.as_secs_f64() * 1e3),
             latency_ms = elapsed.as_secs_f64() * 1e3,
+            mirrored = self.mirrored,
             "request finished"
         );
-        if let Some((chain, view)) = self.plugins.take() {
-            let completion = Completion {
-                status: self.status,
-                target: self.target.to_string(),
-                usage: self.usage.map(|u| PluginUsage {
+        let (chain, view) = self.plugins.take()?;
+        if let Some(captured) = self.capture.take()
+            && outcome == Outcome::Ok
+        {
+            view.set_response(captured.into());
+        }
+        let completion = Completion {
+            status: self.status,
+            target: self.target.to_string(),
+            usage: match self.usage {
+                Some(u) => Some(PluginUsage {
                     prompt_tokens: clamp(u.prompt_tokens),
                     completion_tokens: clamp(u.completion_tokens),
                     cached_tokens: clamp(u.cached_tokens()),
                     reasoning_tokens: clamp(u.reasoning_tokens()),
                 }),
-                ttft_ms: self.ttft.map(|d| clamp(d.as_millis() as u64)),
-                total_ms: clamp(elapsed.as_millis() as u64),
-                error_class: match outcome {
-                    Outcome::ClientAbort => Some("client_abort".to_owned()),
-                    Outcome::Error => Some(self.error_class.unwrap_or("upstream_stream_error").to_owned()),
-                    Outcome::Ok => None,
-                },
-            };
-            // `on-complete` runs after the response, as its own task: accounting may be running in
-            // a `Drop` (a client that went away), where nothing can be awaited.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { chain.on_complete(&view, &completion).await });
-            }
+                // The client left mid-stream, before the upstream's usage report: the upstream
+                // still billed what it generated. Estimate it rather than record nothing — the
+                // prompt as the host estimated it, one token per chunk relayed (OpenAI streams
+                // send one token per chunk).
+                None if outcome == Outcome::ClientAbort && self.chunks > 0 => Some(PluginUsage {
+                    prompt_tokens: view.info.prompt_tokens_estimate,
+                    completion_tokens: clamp(self.chunks),
+                    cached_tokens: 0,
+                    reasoning_tokens: 0,
+                }),
+                None => None,
+            },
+            ttft_ms: self.ttft.map(|d| clamp(d.as_millis() as u64)),
+            total_ms: clamp(elapsed.as_millis() as u64),
+            error_class: match outcome {
+                Outcome::ClientAbort => Some("client_abort".to_owned()),
+                Outcome::Error => Some(self.error_class.unwrap_or("upstream_stream_error").to_owned()),
+                Outcome::Ok => None,
+            },
+            attempts: std::mem::take(&mut self.attempts),
+            mirrored: self.mirrored,
+        };
+        Some(PendingCompletion { chain, view, completion })
+    }
+}
+
+impl PendingCompletion {
+    /// `on-complete` as its own task: accounting may be running in a `Drop` (a client that went
+    /// away), where nothing can be awaited.
+    fn spawn(self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { self.chain.on_complete(&self.view, &self.completion).await });
         }
     }
 }
@@ -180,6 +251,8 @@ fn clamp(n: u64) -> u32 {
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        self.record(Outcome::ClientAbort);
+        if let Some(pending) = self.record(Outcome::ClientAbort) {
+            pending.spawn();
+        }
     }
 }

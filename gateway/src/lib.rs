@@ -13,6 +13,7 @@ pub mod providers;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod spend;
 pub mod state;
 pub mod stream;
 
@@ -53,10 +54,15 @@ impl App {
         let plugins = if config.plugins.is_empty() {
             Plugins::default()
         } else {
+            let ledger = process.ledger(&config.state.ledger);
+            // Budgets read spending totals from the ledger inside hook calls, which have deadlines
+            // of milliseconds: read the file here, once, off the request path.
+            let warming = ledger.clone();
+            tokio::task::spawn_blocking(move || warming.warm()).await.map_err(|e| format!("ledger: {e}"))?;
             let services = Arc::new(Services {
                 kv: process.kv(&config).clone(),
                 quota: process.quota.clone(),
-                ledger: process.ledger(&config.state.ledger),
+                ledger,
                 metrics: process.metrics.clone(),
                 router: router.clone(),
                 prices: config.prices.clone(),

@@ -42,6 +42,27 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Report spending from the ledger, by key, team, model and day (UTC).
+    Spend {
+        /// The ledger file; without it, the one the configuration names.
+        #[arg(long, conflicts_with = "config")]
+        ledger: Option<PathBuf>,
+        /// The configuration whose `[state] ledger` to read (default: the embedded one).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The columns to group by.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [weir::spend::Group::Day, weir::spend::Group::Key, weir::spend::Group::Team, weir::spend::Group::Model])]
+        by: Vec<weir::spend::Group>,
+        /// The first day to include (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// The first day to leave out (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +119,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{}: ok ({upstreams} upstreams, {models} models, {keys} keys, {plugins} plugins loaded)",
                     file.display()
                 );
+            }
+            Ok(())
+        }
+        Command::Spend { ledger, config, by, since, until, json } => {
+            let path = match ledger {
+                Some(path) => path,
+                None => load(config.as_deref())?.state.ledger,
+            };
+            let entries = weir::state::ledger::Ledger::read(&path)
+                .with_context(|| format!("cannot read the ledger {}", path.display()))?;
+            let day = |d: Option<String>, default: u64| d.map_or(Ok(default), |d| weir::spend::parse_day(&d));
+            let since = day(since, 0).map_err(anyhow::Error::msg)?;
+            let until = day(until, u64::MAX).map_err(anyhow::Error::msg)?;
+            let mut by = by;
+            by.sort();
+            by.dedup();
+            let rows = weir::spend::report(&entries, &by, since, until);
+            let out = if json { serde_json::to_string_pretty(&rows)? + "\n" } else { weir::spend::table(&rows, &by) };
+            #[expect(clippy::print_stdout, reason = "the command's output")]
+            {
+                print!("{out}");
             }
             Ok(())
         }

@@ -104,6 +104,12 @@ pub struct Metrics {
     /// Counters and gauges plugins define: labels `plugin`, `metric`, then the plugin's own.
     plugin_counters: Family<Vec<(String, String)>, Counter>,
     plugin_gauges: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    plugin_histograms: HistogramFamily<Vec<(String, String)>>,
+}
+
+/// Buckets of plugins' own histograms: 1 to 131,072, doubling (milliseconds, mostly).
+fn plugin_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 18))
 }
 
 fn plugin_call_histogram() -> Histogram {
@@ -142,6 +148,8 @@ impl Metrics {
         let plugin_logs_dropped = Family::<PluginLabel, Counter>::default();
         let plugin_counters = Family::<Vec<(String, String)>, Counter>::default();
         let plugin_gauges = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let plugin_histograms =
+            HistogramFamily::<Vec<(String, String)>>::new_with_constructor(plugin_histogram as fn() -> Histogram);
         registry.register(
             "weir_plugin_call_seconds",
             "Time of plugin hook calls, by plugin and hook",
@@ -159,6 +167,7 @@ impl Metrics {
         );
         registry.register("weir_plugin_counter", "Counters defined by plugins", plugin_counters.clone());
         registry.register("weir_plugin_gauge", "Gauges defined by plugins", plugin_gauges.clone());
+        registry.register("weir_plugin_histogram", "Histograms defined by plugins", plugin_histograms.clone());
         registry.register(
             "weir_requests",
             "Model requests by public model, target, status and outcome",
@@ -202,6 +211,7 @@ impl Metrics {
             plugin_logs_dropped,
             plugin_counters,
             plugin_gauges,
+            plugin_histograms,
         }
     }
 
@@ -228,6 +238,10 @@ impl Metrics {
         labels: Vec<(String, String)>,
     ) -> Gauge<f64, std::sync::atomic::AtomicU64> {
         self.plugin_gauges.get_or_create(&plugin_series(plugin, metric, labels)).clone()
+    }
+
+    pub fn plugin_observe(&self, plugin: &str, metric: String, labels: Vec<(String, String)>, value: f64) {
+        self.plugin_histograms.get_or_create(&plugin_series(plugin, metric, labels)).observe(value);
     }
 
     /// The Prometheus text exposition.

@@ -27,9 +27,9 @@ use crate::body::{self, Body};
 use crate::error::{Error, Kind, Side};
 use crate::metrics::HttpLabels;
 use crate::plugins::view::RequestView;
-use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
+use crate::plugins::{Admission, ApiKind, Attempt, Chain, HookSet, LocalResponse, RequestInfo};
 use crate::providers::Operation;
-use crate::route::ModelRoute;
+use crate::route::{AttemptEvent, ModelRoute, RouteTarget};
 use crate::stream::{RelayOptions, SseRelay};
 use crate::{App, Gateway};
 
@@ -274,6 +274,7 @@ async fn model_request(
     );
     if let Some(view) = &view {
         acct.plugins = Some((chain.clone(), view.clone()));
+        acct.capture = chain.needs_response().then(Vec::new);
     }
     let result =
         relay(ctx, operation, requested_model, stream, body_for, &mut route, view.as_ref(), &chain, acct).await;
@@ -303,7 +304,7 @@ async fn relay(
     body_for: impl Fn(&str) -> Result<Vec<u8>, Error>,
     route: &mut Arc<ModelRoute>,
     view: Option<&Arc<RequestView>>,
-    chain: &Chain,
+    chain: &Arc<Chain>,
     mut acct: Accounting,
 ) -> Result<Response<Body>, Error> {
     let app = ctx.app;
@@ -321,7 +322,7 @@ async fn relay(
             Ok(Admission::Reject(error)) => return fail(acct, error),
             Ok(Admission::Respond(local)) => {
                 acct.status = local.status;
-                acct.finish(Outcome::Ok);
+                acct.finish_now(Outcome::Ok).await;
                 return Ok(local_response(local, stream.is_some()));
             }
             Ok(Admission::Continue { route: Some(to) }) => match app.router.rerouted(&route.label, &to) {
@@ -330,17 +331,35 @@ async fn relay(
             },
             Ok(Admission::Continue { route: None }) => {}
         }
+        for target in view.take_mirrors() {
+            let Some(target) = app.router.target(&target).cloned() else { continue };
+            let model = target.upstream_model(requested_model).to_owned();
+            match body_for(&model) {
+                Ok(body) => {
+                    let mirror =
+                        Mirror { app: app.clone(), operation, stream, target, model, body, chain: chain.clone() };
+                    tokio::spawn(mirror.run(
+                        ctx.request_id.clone(),
+                        ctx.principal.clone(),
+                        route.label.clone(),
+                        view.clone(),
+                    ));
+                }
+                Err(error) => tracing::debug!(%error, "could not build a mirrored request"),
+            }
+        }
     }
 
     let deadline = ctx.started + route.targets[0].upstream.timeouts.total;
-    let response_hooks = view.filter(|_| chain.wants(HookSet::ON_RESPONSE_HEADERS)).map(|view| (chain, view));
+    let response_hooks = view.filter(|_| chain.wants(HookSet::ON_RESPONSE_HEADERS)).map(|view| (&**chain, view));
+    let keep_attempts = view.is_some();
     let sent = app
         .router
         .send(
             route,
             &app.metrics,
             deadline,
-            |target| acct.target = target.label.clone(),
+            |target, event| record_attempt(&mut acct, target, event, keep_attempts),
             response_hooks,
             |target| {
                 let model = target.upstream_model(requested_model);
@@ -378,19 +397,104 @@ async fn relay(
         Ok(body) => body,
         Err(error) => return fail(acct, error),
     };
-    #[derive(Deserialize)]
-    struct UsageOnly {
-        #[serde(default)]
-        usage: Option<Usage>,
-    }
     acct.usage = serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage);
-    acct.finish(Outcome::Ok);
+    acct.capture(&body);
+    // Plugins' `on-complete` runs before the body goes out, so a header it adds (a cost, say)
+    // still reaches this client.
+    acct.finish_now(Outcome::Ok).await;
     let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")));
     Ok(response)
+}
+
+/// Accounting's view of one attempt: the target being tried and, for plugins, how it went.
+fn record_attempt(acct: &mut Accounting, target: &RouteTarget, event: AttemptEvent, keep: bool) {
+    match event {
+        AttemptEvent::Started => acct.target = target.label.clone(),
+        AttemptEvent::Finished { status, latency } if keep => acct.attempts.push(Attempt {
+            target: target.label.to_string(),
+            status: status.unwrap_or(0),
+            latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
+        }),
+        AttemptEvent::Finished { .. } => {}
+    }
+}
+
+/// A shadow copy of a request that a plugin asked for (`request.mirror`): sent to one target in
+/// the background, its answer read to the end and thrown away, accounted as `mirrored`.
+struct Mirror {
+    app: Arc<App>,
+    operation: Operation,
+    stream: Option<bool>,
+    target: Arc<RouteTarget>,
+    /// The model name the target knows, which `body` already carries.
+    model: String,
+    body: Vec<u8>,
+    chain: Arc<Chain>,
+}
+
+impl Mirror {
+    async fn run(self, request_id: Arc<str>, principal: Arc<Principal>, label: Arc<str>, view: Arc<RequestView>) {
+        let app = &self.app;
+        let mut acct = Accounting::start(
+            app.metrics.clone(),
+            request_id,
+            principal,
+            self.operation.label(),
+            label,
+            Instant::now(),
+        );
+        acct.mirrored = true;
+        acct.plugins = Some((self.chain.clone(), Arc::new(view.for_mirror())));
+        let route = ModelRoute { label: acct.model.clone(), targets: vec![self.target.clone()] };
+        let deadline = acct.started + self.target.upstream.timeouts.total;
+        let body = Bytes::from(self.body);
+        let sent = app
+            .router
+            .send(
+                &route,
+                &app.metrics,
+                deadline,
+                |target, event| record_attempt(&mut acct, target, event, true),
+                None,
+                |target| target.upstream.request(self.operation, &self.model, body.to_vec()),
+            )
+            .await;
+        let (response, target) = match sent {
+            Ok(sent) => sent,
+            Err(error) => {
+                acct.status = error.http_status().as_u16();
+                acct.error_class = Some(error.kind.label());
+                return acct.finish(Outcome::Error);
+            }
+        };
+        acct.status = response.status().as_u16();
+        if self.stream.is_some() {
+            let options = RelayOptions { client_wants_usage: false, idle: target.upstream.timeouts.idle, deadline };
+            // Draining the relay runs accounting when the stream ends, as for a client.
+            let translator = target.upstream.translator(&self.model);
+            let relay = SseRelay::new(response.into_body(), translator, options, acct, target.upstream.name.clone());
+            let _ = relay.collect().await;
+            return;
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let body = read_upstream(response.into_body(), wait, &target.upstream.name)
+            .await
+            .and_then(|body| target.upstream.response(self.operation, &self.model, body));
+        match body {
+            Ok(body) => {
+                acct.usage = serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage);
+                acct.finish(Outcome::Ok);
+            }
+            Err(error) => {
+                acct.error_class = Some(error.kind.label());
+                acct.finish(Outcome::Error);
+            }
+        }
+    }
 }
 
 /// A plugin's own answer (e.g. a cache hit).
@@ -419,6 +523,13 @@ async fn read_upstream(body: Incoming, wait: Duration, upstream: &str) -> Result
         Err(_) => Err(Error::new(Kind::UpstreamTimeout, format!("The upstream '{upstream}' did not finish in time."))
             .code("upstream_timeout")),
     }
+}
+
+/// The usage of a whole JSON answer.
+#[derive(Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
 /// The client's `x-request-id` when it is a sane token, else a new UUIDv7.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use weir_config::{Config, OnError, Price};
 
-pub use bindings::weir::plugin::hooks::{Completion, Decision, HookSet, LocalResponse, ResponseAction};
+pub use bindings::weir::plugin::hooks::{Attempt, Completion, Decision, HookSet, LocalResponse, ResponseAction};
 pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage as PluginUsage};
 pub use engine::Runtime;
 use instance::LoadedPlugin;
@@ -68,6 +68,18 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub router: Arc<Router>,
     pub prices: BTreeMap<String, Price>,
+}
+
+impl Services {
+    /// The price of a target (`upstream/model`) or model: the config's `[prices]` by the exact
+    /// name, then by the model part of a target, then Weir's defaults for the model.
+    pub fn price(&self, name: &str) -> Option<Price> {
+        if let Some(price) = self.prices.get(name) {
+            return Some(*price);
+        }
+        let model = name.split_once('/').map_or(name, |(_, model)| model);
+        self.prices.get(model).copied().or_else(|| weir_config::default_price(model))
+    }
 }
 
 /// Which hook a call was for.
@@ -144,8 +156,8 @@ impl Fault {
 /// What the chain decided before routing.
 #[derive(Debug)]
 pub enum Admission {
-    /// Go on, to this target or public model if a plugin routed the request.
-    Continue { route: Option<String> },
+    /// Go on: to a public model (one name) or to targets in order, if a plugin routed the request.
+    Continue { route: Option<Vec<String>> },
     /// Answer with this error (a plugin's rejection).
     Reject(Error),
     /// Answer with this response, without an upstream.
@@ -174,6 +186,11 @@ impl Chain {
         self.plugins.iter().any(|p| !p.meta.read_headers.is_empty())
     }
 
+    /// Whether any plugin of the chain reads the response in `on-complete`.
+    pub fn needs_response(&self) -> bool {
+        self.plugins.iter().any(|p| p.meta.needs_response)
+    }
+
     /// Runs `on-request` through the chain.
     pub async fn on_request(&self, view: &Arc<RequestView>, router: &Router) -> Result<Admission, Error> {
         let mut route = None;
@@ -198,7 +215,22 @@ impl Chain {
                             .resolve()?;
                         continue;
                     }
-                    route = Some(target);
+                    route = Some(vec![target]);
+                }
+                Decision::RouteChain(targets) => {
+                    if let Some(bad) = targets.iter().find(|t| router.target(t).is_none()) {
+                        plugin
+                            .fault(Hook::OnRequest, FaultKind::BadDecision, format!("routed to unknown target {bad:?}"))
+                            .resolve()?;
+                        continue;
+                    }
+                    if targets.is_empty() {
+                        plugin
+                            .fault(Hook::OnRequest, FaultKind::BadDecision, "routed to no target at all".to_owned())
+                            .resolve()?;
+                        continue;
+                    }
+                    route = Some(targets);
                 }
                 Decision::Reject(r) => {
                     let Ok(status) = StatusCode::from_u16(r.status) else {

@@ -19,6 +19,15 @@ use crate::plugins::Chain;
 use crate::plugins::view::RequestView;
 use crate::providers::UpstreamClient;
 
+/// What [`Router::send`] tells its caller about each attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEvent {
+    /// The attempt is about to be sent.
+    Started,
+    /// It ended: the upstream's status, or `None` when no response arrived.
+    Finished { status: Option<u16>, latency: Duration },
+}
+
 /// Where a public model is served.
 #[derive(Debug)]
 pub struct ModelRoute {
@@ -185,19 +194,21 @@ impl Router {
         })
     }
 
-    /// Where a plugin's `route` decision points: a public model's targets, or one target, keeping
-    /// the request's model label for metrics.
-    pub fn rerouted(&self, label: &Arc<str>, to: &str) -> Option<Arc<ModelRoute>> {
-        if let Some(route) = self.models.get(to) {
+    /// Where a plugin's `route` decision points: a public model's targets (one name that is a
+    /// model), or the named targets in order, keeping the request's model label for metrics.
+    pub fn rerouted(&self, label: &Arc<str>, to: &[String]) -> Option<Arc<ModelRoute>> {
+        if let [one] = to
+            && let Some(route) = self.models.get(one)
+        {
             return Some(route.clone());
         }
-        let target = self.targets.get(to)?.clone();
-        Some(Arc::new(ModelRoute { label: label.clone(), targets: vec![target] }))
+        let targets = to.iter().map(|t| self.targets.get(t.as_str()).cloned()).collect::<Option<Vec<_>>>()?;
+        (!targets.is_empty()).then(|| Arc::new(ModelRoute { label: label.clone(), targets }))
     }
 
     /// Sends the request built by `build` to the route's targets in turn until one answers with a
     /// success status, a non-retryable error occurs, the attempts run out, or `deadline` passes.
-    /// `on_attempt` learns which target is being tried (for accounting); the plugins' chain, if
+    /// `on_attempt` learns which target is being tried and how it went (for accounting); the plugins' chain, if
     /// given, sees each upstream status first (`on-response-headers`) and may name a target to retry on.
     /// Returns the response and the target that produced it.
     pub async fn send(
@@ -205,7 +216,7 @@ impl Router {
         route: &ModelRoute,
         metrics: &Metrics,
         deadline: Instant,
-        mut on_attempt: impl FnMut(&RouteTarget),
+        mut on_attempt: impl FnMut(&RouteTarget, AttemptEvent),
         hooks: Option<(&Chain, &Arc<RequestView>)>,
         build: impl Fn(&RouteTarget) -> Result<Request<Bytes>, Error>,
     ) -> Result<(Response<Incoming>, Arc<RouteTarget>), Error> {
@@ -214,12 +225,14 @@ impl Router {
         let mut next: Option<Arc<RouteTarget>> = None;
         loop {
             let target = next.take().unwrap_or_else(|| route.targets[attempt % route.targets.len()].clone());
-            on_attempt(&target);
+            on_attempt(&target, AttemptEvent::Started);
             let wait = target.upstream.timeouts.first_byte.min(deadline.saturating_duration_since(Instant::now()));
             let in_flight = InFlight::new(&target.stats.in_flight);
             let sent_at = Instant::now();
             let result = target.upstream.send(build(&target)?, wait).await;
             drop(in_flight);
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            on_attempt(&target, AttemptEvent::Finished { status, latency: sent_at.elapsed() });
             let error = match result {
                 Ok(response) => {
                     let status = response.status();

@@ -94,6 +94,10 @@ impl SseRelay {
             #[serde(default)]
             error: Option<IgnoredAny>,
         }
+        // Plugins that read the response see every event in OpenAI's shape, the usage chunk too.
+        if let Some(acct) = &mut self.accounting {
+            acct.capture(&event.raw);
+        }
         if event.data.is_empty() {
             self.out.push_back(event.raw);
             return;
@@ -110,8 +114,11 @@ impl SseRelay {
         };
         let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
         if let Some(acct) = &mut self.accounting {
-            if has_choices && acct.ttft.is_none() {
-                acct.ttft = Some(acct.started.elapsed());
+            if has_choices {
+                acct.chunks += 1;
+                if acct.ttft.is_none() {
+                    acct.ttft = Some(acct.started.elapsed());
+                }
             }
             if let Some(usage) = peek.usage {
                 acct.usage = Some(usage);

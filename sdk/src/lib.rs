@@ -45,7 +45,6 @@
 //! below comes from it.
 
 #[doc(hidden)]
-#[expect(clippy::too_many_arguments, reason = "the generated lowering of `on-complete` takes every field flat")]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
@@ -58,7 +57,7 @@ pub mod bindings {
 }
 
 pub use bindings::weir::plugin::hooks::{
-    Completion, Decision, HookSet, LocalResponse, PluginInfo, Rejection, ResponseAction,
+    Attempt, Completion, Decision, HookSet, LocalResponse, PluginInfo, Rejection, ResponseAction,
 };
 pub use bindings::weir::plugin::request::Request;
 pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage};
@@ -88,7 +87,7 @@ pub trait Plugin: Sized + 'static {
 impl PluginInfo {
     /// Info for a plugin that implements `hooks`, reads no headers and does not need the body.
     pub fn hooks(hooks: HookSet) -> Self {
-        PluginInfo { hooks, read_headers: Vec::new(), needs_body: false }
+        PluginInfo { hooks, read_headers: Vec::new(), needs_body: false, needs_response: false }
     }
 
     /// Declares request headers the plugin reads with [`Request::header`].
@@ -100,6 +99,12 @@ impl PluginInfo {
     /// Declares that the plugin reads the raw body with [`Request::body`].
     pub fn needing_body(mut self) -> Self {
         self.needs_body = true;
+        self
+    }
+
+    /// Declares that the plugin reads the response with [`Request::response_body`] in `on_complete`.
+    pub fn needing_response(mut self) -> Self {
+        self.needs_response = true;
         self
     }
 }

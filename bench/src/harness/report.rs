@@ -26,8 +26,18 @@ impl Display for Report {
         )?;
         let plugins = self.has_plugins();
         if plugins {
-            let chain = format!("weir+{} plugins", o.plugins);
-            write!(f, "Third target: a second weir whose default chain is {} × `{}`", o.plugins, o.plugin.display())?;
+            let chain = if o.builtins { "weir+built-ins".to_owned() } else { format!("weir+{} plugins", o.plugins) };
+            if o.builtins {
+                let names: Vec<&str> = crate::harness::weir::BUILTIN_CHAIN.iter().map(|(n, _)| *n).collect();
+                write!(f, "Third target: a second weir whose default chain is the built-in policies {names:?}")?;
+            } else {
+                write!(
+                    f,
+                    "Third target: a second weir whose default chain is {} × `{}`",
+                    o.plugins,
+                    o.plugin.display()
+                )?;
+            }
             match self.hook_calls_per_request {
                 Some(calls) => writeln!(f, "; it made {calls:.2} hook calls per measured request.\n")?,
                 None => writeln!(f, ".\n")?,

@@ -25,12 +25,25 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the sampler reads `/proc/<pid>/status`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
-/// A chain of `len` copies of one plugin component, named `p1`..`pN`, as the default chain.
+/// The default chain of the third target.
 #[derive(Debug, Clone)]
-pub struct Chain {
-    pub plugin: PathBuf,
-    pub len: usize,
+pub enum Chain {
+    /// `len` copies of one plugin component, named `p1`..`pN`.
+    Copies { plugin: PathBuf, len: usize },
+    /// The built-in policies in the order and with the settings of [`BUILTIN_CHAIN`].
+    Builtins,
 }
+
+/// The built-in policies as the embedded default configuration runs them: every request goes
+/// through each one's hooks; the limits and budget are set high enough never to refuse.
+pub const BUILTIN_CHAIN: &[(&str, &str)] = &[
+    (
+        "ratelimit",
+        r#"{ limits = [{ per = ["key"], requests_per_minute = 100000000, tokens_per_minute = 100000000000, concurrent = 100000 }] }"#,
+    ),
+    ("router", r#"{ default_strategy = "least-latency" }"#),
+    ("cost", r#"{ budgets = [{ per = "key", usd = 1000000.0, period = "day" }] }"#),
+];
 
 /// A running `weir serve`, killed (and its temporary config removed) on drop.
 #[derive(Debug)]
@@ -154,19 +167,32 @@ impl Drop for ConfigDir {
 /// The compile cache stays at its default, in the temporary config directory.
 pub fn config_toml(listen: SocketAddr, upstream: &str, chain: Option<&Chain>) -> Result<String> {
     let (mut top, mut tables) = (String::new(), String::new());
-    if let Some(chain) = chain {
-        let source =
-            chain.plugin.to_str().with_context(|| format!("plugin path {} is not UTF-8", chain.plugin.display()))?;
-        // A JSON string is a valid TOML basic string: the same quotes and escapes.
-        let source = serde_json::to_string(source)?;
-        let names: Vec<String> = (1..=chain.len).map(|i| format!("\"p{i}\"")).collect();
-        // Top-level keys must come before the first [table].
-        top = format!("chain = [{}]\n\n", names.join(", "));
-        for name in &names {
-            tables.push_str(&format!(
-                "\n[[plugins]]\nname = {name}\nsource = {source}\non_error = \"open\"\ndeadline = \"50ms\"\n"
-            ));
+    match chain {
+        Some(Chain::Copies { plugin, len }) => {
+            let source = plugin.to_str().with_context(|| format!("plugin path {} is not UTF-8", plugin.display()))?;
+            // A JSON string is a valid TOML basic string: the same quotes and escapes.
+            let source = serde_json::to_string(source)?;
+            let names: Vec<String> = (1..=*len).map(|i| format!("\"p{i}\"")).collect();
+            // Top-level keys must come before the first [table].
+            top = format!("chain = [{}]\n\n", names.join(", "));
+            for name in &names {
+                tables.push_str(&format!(
+                    "\n[[plugins]]\nname = {name}\nsource = {source}\non_error = \"open\"\ndeadline = \"50ms\"\n"
+                ));
+            }
         }
+        Some(Chain::Builtins) => {
+            let names: Vec<String> = BUILTIN_CHAIN.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            top = format!("chain = [{}]\n\n", names.join(", "));
+            for (name, config) in BUILTIN_CHAIN {
+                tables.push_str(&format!(
+                    "\n[[plugins]]\nname = \"{name}\"\nsource = \"builtin:{name}\"\non_error = \"open\"\ndeadline = \"50ms\"\nconfig = {config}\n"
+                ));
+            }
+            // The ledger the cost plugin appends to, beside the temporary config.
+            top.push_str("[state]\nledger = \"bench-ledger.jsonl\"\n\n");
+        }
+        None => {}
     }
     Ok(format!(
         r#"{top}[server]
@@ -302,7 +328,7 @@ mod tests {
     fn chain_config_loads_n_copies_of_the_plugin_in_order() {
         // Quotes and backslashes in the path must survive the TOML string.
         let plugin = PathBuf::from("/some dir/with \"quotes\" and \\ back/noop.wasm");
-        let config = load(Some(&Chain { plugin: plugin.clone(), len: 5 }));
+        let config = load(Some(&Chain::Copies { plugin: plugin.clone(), len: 5 }));
         let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["p1", "p2", "p3", "p4", "p5"]);
         assert_eq!(config.chain, [0, 1, 2, 3, 4]);
@@ -311,6 +337,16 @@ mod tests {
             assert_eq!((p.on_error, p.deadline), (OnError::Open, Duration::from_millis(50)));
         }
         assert_eq!(config.models.len(), 2);
+    }
+
+    #[test]
+    fn builtin_chain_config_loads_every_builtin_in_order() {
+        let config = load(Some(&Chain::Builtins));
+        let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+        let expected: Vec<&str> = BUILTIN_CHAIN.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, expected);
+        assert!(config.plugins.iter().all(|p| matches!(&p.source, PluginSource::Builtin(b) if *b == p.name)));
+        assert_eq!(config.chain.len(), BUILTIN_CHAIN.len());
     }
 
     #[test]

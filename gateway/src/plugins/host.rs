@@ -15,7 +15,7 @@ use super::Services;
 use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
 use super::view::RequestView;
 use crate::metrics::PluginLabel;
-use crate::state::ledger::Entry;
+use crate::state::ledger::{Entry, Spender};
 
 /// Keys and values a plugin may store; larger ones are refused (a `set` is dropped, a `get` misses).
 const MAX_KEY: usize = 1024;
@@ -40,6 +40,7 @@ pub struct PluginMeta {
     /// Request headers the plugin declared, lower-cased.
     pub read_headers: Vec<HeaderName>,
     pub needs_body: bool,
+    pub needs_response: bool,
     pub services: Arc<Services>,
     log_budget: Mutex<(f64, Instant)>,
     series: Mutex<HashSet<u64>>,
@@ -52,6 +53,7 @@ impl PluginMeta {
             id,
             read_headers: Vec::new(),
             needs_body: false,
+            needs_response: false,
             services,
             log_budget: Mutex::new((2.0 * LOG_PER_SEC, Instant::now())),
             series: Mutex::new(HashSet::new()),
@@ -190,6 +192,22 @@ impl request::HostRequest for HostState {
         Ok(self.view(&req)?.body.to_vec())
     }
 
+    fn response_body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
+        if !self.meta.needs_response {
+            return Ok(Vec::new());
+        }
+        Ok(self.view(&req)?.response().to_vec())
+    }
+
+    fn mirror(&mut self, req: Resource<RequestHandle>, target: String) -> Result<()> {
+        if self.meta.services.router.target(&target).is_some() {
+            self.view(&req)?.add_mirror(target);
+        } else {
+            tracing::debug!(plugin = %self.meta.name, %target, "ignored a mirror to an unknown target");
+        }
+        Ok(())
+    }
+
     fn digest(&mut self, req: Resource<RequestHandle>) -> Result<String> {
         Ok(self.view(&req)?.digest().to_owned())
     }
@@ -282,6 +300,13 @@ impl metrics::Host for HostState {
         }
         Ok(())
     }
+
+    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
+        if value.is_finite() && self.meta.may_add_series(&labels, &name) {
+            self.meta.services.metrics.plugin_observe(&self.meta.name, name, labels, value);
+        }
+        Ok(())
+    }
 }
 
 impl ledger::Host for HostState {
@@ -296,7 +321,7 @@ impl ledger::Host for HostState {
             prompt_tokens: e.prompt_tokens,
             completion_tokens: e.completion_tokens,
             cached_tokens: e.cached_tokens,
-            cost_micros: e.cost_micros,
+            cost_pico_usd: e.cost_pico_usd,
             plugin: self.meta.name.to_string(),
         };
         if let Err(error) = self.meta.services.ledger.append(&entry) {
@@ -305,11 +330,19 @@ impl ledger::Host for HostState {
         }
         Ok(())
     }
+
+    fn spent(&mut self, who: ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
+        let who = match who {
+            ledger::Spender::Key => Spender::Key,
+            ledger::Spender::Team => Spender::Team,
+        };
+        Ok(self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms))
+    }
 }
 
 impl catalog::Host for HostState {
     fn price(&mut self, model: String) -> Result<Option<catalog::ModelPrice>> {
-        Ok(self.meta.services.prices.get(&model).map(|p| catalog::ModelPrice {
+        Ok(self.meta.services.price(&model).map(|p| catalog::ModelPrice {
             input: p.input,
             output: p.output,
             cached_input: p.cached_input,

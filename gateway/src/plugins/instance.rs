@@ -99,6 +99,7 @@ impl LoadedPlugin {
             .filter_map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
             .collect();
         meta.needs_body = info.needs_body;
+        meta.needs_response = info.needs_response;
         Ok(Arc::new(Self {
             meta: Arc::new(meta),
             hooks: info.hooks,

@@ -22,7 +22,14 @@ pub struct RequestView {
     digest: OnceLock<String>,
     locals: Mutex<HashMap<(u64, String), Vec<u8>>>,
     response_headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
+    /// The response, for plugins that declared `needs-response`; set once, before `on-complete`.
+    response: OnceLock<Bytes>,
+    /// Targets a plugin asked to mirror this request to.
+    mirrors: Mutex<Vec<String>>,
 }
+
+/// The most mirror targets one request may have.
+const MAX_MIRRORS: usize = 4;
 
 /// Body fields that do not change an answer's content, left out of the digest.
 const NOT_IN_DIGEST: &[&str] = &["stream", "stream_options", "user"];
@@ -36,7 +43,33 @@ impl RequestView {
             digest: OnceLock::new(),
             locals: Mutex::new(HashMap::new()),
             response_headers: Mutex::new(Vec::new()),
+            response: OnceLock::new(),
+            mirrors: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A view of the same request for its mirrored copy: the same facts, nothing plugins left.
+    pub fn for_mirror(&self) -> Self {
+        Self::new(self.info.clone(), self.headers.clone(), self.body.clone())
+    }
+
+    pub fn set_response(&self, body: Bytes) {
+        let _ = self.response.set(body);
+    }
+
+    pub fn response(&self) -> Bytes {
+        self.response.get().cloned().unwrap_or_default()
+    }
+
+    pub fn add_mirror(&self, target: String) {
+        let mut mirrors = self.mirrors.lock().unwrap_or_else(|e| e.into_inner());
+        if mirrors.len() < MAX_MIRRORS && !mirrors.contains(&target) {
+            mirrors.push(target);
+        }
+    }
+
+    pub fn take_mirrors(&self) -> Vec<String> {
+        std::mem::take(&mut *self.mirrors.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// SHA-256 (hex) of the canonical request: the API, then the body with object keys sorted and

@@ -102,7 +102,8 @@ impl Azure {
         request: &mut Request<Bytes>,
     ) -> Result<(), Error> {
         if let Some(entra) = &self.entra {
-            let token = entra.token(upstream, http).await?;
+            // Boxed so that the token fetch does not grow every request's future.
+            let token = Box::pin(entra.token(upstream, http)).await?;
             request.headers_mut().insert(header::AUTHORIZATION, token);
         }
         Ok(())

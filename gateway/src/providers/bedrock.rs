@@ -123,7 +123,9 @@ impl Bedrock {
         let credentials = match &self.signing {
             Signing::None => return Ok(()),
             Signing::Static(credentials) => credentials.clone(),
-            Signing::Chain(chain) => chain.credentials(upstream, &self.region).await?,
+            // Boxed: the chain's first run (aws-config's loader) is a large future, and it would
+            // otherwise be part of every request's future.
+            Signing::Chain(chain) => Box::pin(chain.credentials(upstream, &self.region)).await?,
         };
         let identity = credentials.into();
         let params = aws_sigv4::sign::v4::SigningParams::builder()

@@ -107,10 +107,13 @@ impl Gemini {
         // Application-default credentials are looked for on first use (finding them may ask the
         // metadata server); a key file was read when the upstream was built.
         let provider = tokens
-            .get_or_try_init(|| async {
-                gcp_auth::provider().await.map_err(|e| {
-                    super::credentials_failed(upstream, "no application-default credentials were found", false)
-                        .source(e)
+            .get_or_try_init(|| {
+                // Boxed so that the credential search does not grow every request's future.
+                Box::pin(async {
+                    gcp_auth::provider().await.map_err(|e| {
+                        super::credentials_failed(upstream, "no application-default credentials were found", false)
+                            .source(e)
+                    })
                 })
             })
             .await?;

@@ -4,10 +4,13 @@
 
 mod azure;
 mod bedrock;
+mod cache;
+mod canary;
 mod chat;
 mod errors;
 mod gemini;
 mod plugins;
+mod policies;
 mod python;
 mod server;
 mod streams;

@@ -296,7 +296,7 @@ async fn the_example_plugin_runs_every_hook_and_import_end_to_end() {
         let (input, output) =
             (usage["prompt_tokens"].as_u64().expect("n"), usage["completion_tokens"].as_u64().expect("n"));
         assert_eq!((u64::from(entry.prompt_tokens), u64::from(entry.completion_tokens)), (input, output));
-        assert_eq!(entry.cost_micros, input * 2 + output * 8, "price × usage, in micro-dollars per token");
+        assert_eq!(entry.cost_pico_usd, input * 2_000_000 + output * 8_000_000, "price × usage, in picodollars");
         assert_eq!(
             (entry.model.as_str(), entry.target.as_str(), entry.plugin.as_str()),
             ("hello-model", "mock/mock-model", "hello")

@@ -158,8 +158,8 @@ impl Plugin for HelloPolicy {
         let Some(usage) = outcome.usage else { return };
         // A target's own price wins over its public model's.
         let price = catalog::price(&outcome.target).or_else(|| catalog::price(&info.model));
-        let cost_micros = price.map_or(0, |price| cost_micros(usage, price));
-        metrics::counter_add("cost_micros", &[("team".into(), info.team.clone())], cost_micros);
+        let cost_pico_usd = price.map_or(0, |price| cost_pico_usd(usage, price));
+        metrics::counter_add("cost_pico_usd", &[("team".into(), info.team.clone())], cost_pico_usd);
 
         // Durable once `append` returns, so billing survives a crash of the gateway.
         ledger::append(&ledger::Entry {
@@ -171,22 +171,21 @@ impl Plugin for HelloPolicy {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             cached_tokens: usage.cached_tokens,
-            cost_micros,
+            cost_pico_usd,
         });
     }
 }
 
-/// The cost of `usage` in millionths of a dollar. Prices are per million tokens; cached prompt
-/// tokens are charged at the cached rate and the rest of the prompt at the input rate. Rounded up,
-/// so that no request is free.
-fn cost_micros(usage: Usage, price: catalog::ModelPrice) -> u64 {
-    let cached = u128::from(usage.cached_tokens.min(usage.prompt_tokens));
-    let uncached = u128::from(usage.prompt_tokens) - cached;
-    let completion = u128::from(usage.completion_tokens);
-    let per_million = uncached * u128::from(price.input)
-        + cached * u128::from(price.cached_input)
-        + completion * u128::from(price.output);
-    u64::try_from(per_million.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+/// The cost of `usage` in picodollars. Prices are micro-dollars per million tokens, so a token
+/// costs exactly `price` picodollars; cached prompt tokens are charged at the cached rate and the
+/// rest of the prompt at the input rate.
+fn cost_pico_usd(usage: Usage, price: catalog::ModelPrice) -> u64 {
+    let cached = u64::from(usage.cached_tokens.min(usage.prompt_tokens));
+    let uncached = u64::from(usage.prompt_tokens) - cached;
+    let completion = u64::from(usage.completion_tokens);
+    (uncached.saturating_mul(price.input))
+        .saturating_add(cached.saturating_mul(price.cached_input))
+        .saturating_add(completion.saturating_mul(price.output))
 }
 
 /// Logs, at debug level, the request's digest and the health of each target of its model.

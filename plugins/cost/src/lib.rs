@@ -1,0 +1,244 @@
+//! `cost`: prices every request from its actual usage, and enforces budgets.
+//!
+//! - On completion: cost = usage × the target's price (the host's catalog: `[prices]` in the
+//!   config, then Weir's defaults for the providers' models), exact, in picodollars. It is written
+//!   to the ledger (durable once appended), added to a metric, and returned to the client in
+//!   `x-weir-cost-usd` when the response is a whole JSON body (a stream's headers are gone by then).
+//! - At admission: for every budget that applies (a key or team, per UTC day or calendar month),
+//!   the request reserves its worst-case cost — the prompt estimate at the input price plus
+//!   `max_tokens` (or a default) at the output price, at the most expensive of the model's targets
+//!   — against what is left: spent so far (the ledger's totals, which survive restarts) plus what
+//!   requests in flight have reserved. A request that does not fit is refused with
+//!   `insufficient_quota`; the reservation is released when the request's cost is on the ledger.
+
+mod money;
+
+use money::{Period, Price, Tokens, cost, pico_from_usd, usd};
+use serde::{Deserialize, Serialize};
+use weir_sdk::{
+    ApiKind, Completion, Decision, HookSet, Plugin, PluginInfo, Rejection, Request, catalog, ledger, metrics, quota,
+};
+
+/// The window of the in-flight reservation buckets: practically never refilled, so reserved money
+/// comes back only when a request's cost is recorded.
+const HOLD_WINDOW_MS: u32 = u32::MAX;
+/// The per-request local with the budget reservations.
+const HELD: &str = "held";
+
+/// The plugin's config table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Budgets; every one that applies must have room for a request.
+    #[serde(default)]
+    budgets: Vec<BudgetConfig>,
+    /// The completion tokens assumed for a request without `max_tokens`, when reserving.
+    #[serde(default = "default_max_tokens")]
+    default_max_tokens: u32,
+    /// Send `x-weir-cost-usd` on non-streamed responses.
+    #[serde(default = "yes")]
+    header: bool,
+}
+
+fn default_max_tokens() -> u32 {
+    4096
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One budget as written: exactly one of `key`, `team`, `per`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetConfig {
+    /// One API key, by name.
+    key: Option<String>,
+    /// One team.
+    team: Option<String>,
+    /// Every key, or every team, each with its own budget of `usd`.
+    per: Option<Who>,
+    /// The amount per period, in US dollars.
+    usd: f64,
+    period: Period,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Who {
+    Key,
+    Team,
+}
+
+/// A checked budget.
+#[derive(Debug)]
+struct Budget {
+    who: Who,
+    /// `None`: every key or team.
+    name: Option<String>,
+    limit: u64,
+    period: Period,
+}
+
+/// A reservation held from admission to completion.
+#[derive(Debug, Serialize, Deserialize)]
+struct Hold {
+    reservation: u64,
+}
+
+struct Cost {
+    budgets: Vec<Budget>,
+    default_max_tokens: u32,
+    header: bool,
+}
+
+impl Cost {
+    /// The most a request can cost: its prompt estimate and completion budget at the highest
+    /// price among the model's targets (the router may pick any of them).
+    fn worst_case(&self, model: &str, prompt_estimate: u32, max_tokens: Option<u32>, api: ApiKind) -> u64 {
+        let completion = match api {
+            ApiKind::Embeddings => 0,
+            ApiKind::ChatCompletions => u64::from(max_tokens.unwrap_or(self.default_max_tokens)),
+        };
+        let tokens = Tokens { prompt: u64::from(prompt_estimate), completion, cached: 0 };
+        std::iter::once(model.to_owned())
+            .chain(catalog::targets(model))
+            .filter_map(|name| catalog::price(&name).map(price))
+            .map(|p| cost(tokens, p))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn price(p: catalog::ModelPrice) -> Price {
+    Price { input: p.input, output: p.output, cached_input: p.cached_input }
+}
+
+impl Plugin for Cost {
+    fn init(config: &str) -> Result<(Self, PluginInfo), String> {
+        let config: Config = serde_json::from_str(config).map_err(|e| format!("cost config: {e}"))?;
+        let mut budgets = Vec::new();
+        for (i, b) in config.budgets.into_iter().enumerate() {
+            let (who, name) = match (b.key, b.team, b.per) {
+                (Some(key), None, None) => (Who::Key, Some(key)),
+                (None, Some(team), None) => (Who::Team, Some(team)),
+                (None, None, Some(who)) => (who, None),
+                _ => return Err(format!("cost config: budgets[{i}] needs exactly one of `key`, `team`, `per`")),
+            };
+            let limit = pico_from_usd(b.usd)
+                .ok_or_else(|| format!("cost config: budgets[{i}].usd must be a non-negative amount, got {}", b.usd))?;
+            budgets.push(Budget { who, name, limit, period: b.period });
+        }
+        let hooks = if budgets.is_empty() { HookSet::ON_COMPLETE } else { HookSet::ON_REQUEST | HookSet::ON_COMPLETE };
+        let plugin = Cost { budgets, default_max_tokens: config.default_max_tokens, header: config.header };
+        Ok((plugin, PluginInfo::hooks(hooks)))
+    }
+
+    fn on_request(&self, req: &Request) -> Decision {
+        let info = req.info();
+        let now = catalog::now_ms();
+        let mut worst = None;
+        let mut held: Vec<Hold> = Vec::new();
+        let mut refusal = None;
+        for budget in &self.budgets {
+            let name = match budget.who {
+                Who::Key => &info.key_name,
+                Who::Team => &info.team,
+            };
+            if budget.name.as_ref().is_some_and(|n| n != name) {
+                continue;
+            }
+            let reserve = *worst.get_or_insert_with(|| {
+                self.worst_case(&info.model, info.prompt_tokens_estimate, info.max_tokens, info.api)
+            });
+            let (start, end) = budget.period.bounds(now);
+            let (spender, label) = match budget.who {
+                Who::Key => (ledger::Spender::Key, "key"),
+                Who::Team => (ledger::Spender::Team, "team"),
+            };
+            let spent = ledger::spent(spender, name, start);
+            // In-flight reservations live in a bucket per spender and period, sized to the budget:
+            // what it has left after this reservation must still cover what was already spent.
+            let bucket = format!("{label}|{}:{name}|{start}", name.len());
+            let granted =
+                quota::reserve(&bucket, reserve, quota::Limit { amount: budget.limit, window_ms: HOLD_WINDOW_MS });
+            match granted {
+                Ok(grant) if spent <= grant.remaining => held.push(Hold { reservation: grant.reservation }),
+                other => {
+                    if let Ok(grant) = other {
+                        quota::settle(grant.reservation, 0);
+                    }
+                    let retry_after_ms = u32::try_from(end.saturating_sub(now)).unwrap_or(u32::MAX);
+                    refusal = Some(Rejection {
+                        status: 429,
+                        code: "insufficient_quota".into(),
+                        message: format!(
+                            "The {label} {name:?} is over its budget of ${} per {}: ${} spent, and this request may cost up to ${}. The budget resets at the start of the next {} (UTC).",
+                            usd(budget.limit),
+                            budget.period.label(),
+                            usd(spent),
+                            usd(reserve),
+                            budget.period.label(),
+                        ),
+                        retry_after_ms: Some(retry_after_ms),
+                    });
+                    break;
+                }
+            }
+        }
+        if let Some(rejection) = refusal {
+            for hold in &held {
+                quota::settle(hold.reservation, 0);
+            }
+            metrics::counter_add("budget_rejections", &[("model".into(), info.model)], 1);
+            return Decision::Reject(rejection);
+        }
+        if !held.is_empty()
+            && let Ok(bytes) = serde_json::to_vec(&held)
+        {
+            req.set_local(HELD, &bytes);
+        }
+        Decision::Continue
+    }
+
+    fn on_complete(&self, req: &Request, outcome: Completion) {
+        let info = req.info();
+        if let Some(usage) = outcome.usage {
+            let target_price = catalog::price(&outcome.target).or_else(|| catalog::price(&info.model));
+            let tokens = Tokens {
+                prompt: u64::from(usage.prompt_tokens),
+                completion: u64::from(usage.completion_tokens),
+                cached: u64::from(usage.cached_tokens),
+            };
+            let cost_pico_usd = target_price.map_or(0, |p| cost(tokens, price(p)));
+            // The ledger first, the reservation after: for a moment the request counts twice,
+            // never zero times.
+            ledger::append(&ledger::Entry {
+                request_id: info.request_id.clone(),
+                key_name: info.key_name.clone(),
+                team: info.team.clone(),
+                model: info.model.clone(),
+                target: outcome.target.clone(),
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cached_tokens: usage.cached_tokens,
+                cost_pico_usd,
+            });
+            let labels = [("model".to_owned(), info.model.clone()), ("team".to_owned(), info.team.clone())];
+            metrics::counter_add("cost_pico_usd", &labels, cost_pico_usd);
+            if target_price.is_none() {
+                metrics::counter_add("unpriced_requests", &[("target".into(), outcome.target.clone())], 1);
+            }
+            if self.header && !info.stream && !outcome.mirrored {
+                req.add_response_header("x-weir-cost-usd", &usd(cost_pico_usd));
+            }
+        }
+        if let Some(held) = req.get_local(HELD).and_then(|b| serde_json::from_slice::<Vec<Hold>>(&b).ok()) {
+            for hold in held {
+                quota::settle(hold.reservation, 0);
+            }
+        }
+    }
+}
+
+weir_sdk::export_plugin!(Cost);
