@@ -81,7 +81,8 @@ mod tests {
         let sonnet = default_price("us.anthropic.claude-sonnet-4-20250514-v1:0").expect("known");
         assert_eq!(sonnet.output, 15_000_000);
         assert_eq!(default_price("amazon.nova-micro-v1:0").expect("known").cached_input, 8_750);
-        assert_eq!(default_price("gpt-4o-minimal"), None, "a prefix must end at a separator");
+        assert_eq!(default_price("gpt-4omni"), None, "a prefix must end at a separator");
+        assert_eq!(default_price("gpt-4o-minimal").expect("gpt-4o's").input, 2_500_000, "gpt-4o-mini does not match");
         assert_eq!(default_price("llama3.1:8b"), None);
     }
 }

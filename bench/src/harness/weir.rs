@@ -41,8 +41,10 @@ pub const BUILTIN_CHAIN: &[(&str, &str)] = &[
         "ratelimit",
         r#"{ limits = [{ per = ["key"], requests_per_minute = 100000000, tokens_per_minute = 100000000000, concurrent = 100000 }] }"#,
     ),
-    ("router", r#"{ default_strategy = "least-latency" }"#),
     ("cost", r#"{ budgets = [{ per = "key", usd = 1000000.0, period = "day" }] }"#),
+    ("cache", r#"{ ttl_seconds = 3600 }"#),
+    ("router", r#"{ default_strategy = "least-latency" }"#),
+    ("canary", r#"{ splits = [] }"#),
 ];
 
 /// A running `weir serve`, killed (and its temporary config removed) on drop.
