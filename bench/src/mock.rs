@@ -1,4 +1,6 @@
-//! An in-process mock of an OpenAI-compatible upstream that speaks the real wire protocol.
+//! An in-process mock of an OpenAI-compatible upstream that speaks the real wire protocol, and on
+//! the same port the cloud providers' protocols (`mock/azure.rs`, `mock/gemini.rs` for Vertex and the
+//! Gemini API, `mock/bedrock.rs`) and their OAuth token endpoints (`mock/oauth.rs`).
 //!
 //! Tests and the load harness start one with [`MockUpstream::builder`]; it binds `127.0.0.1:0`,
 //! serves HTTP/1.1 on the current tokio runtime, records what it receives and stops when dropped.
@@ -26,6 +28,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
+
+mod azure;
+mod bedrock;
+mod gemini;
+mod oauth;
 
 /// A running mock upstream. Dropping it stops the accept loop and closes every open connection.
 #[derive(Debug)]
@@ -59,6 +66,10 @@ pub struct MockBuilder {
     // because keeping every request of a long run would grow without bound.
     skip_recording: bool,
     listen: Option<SocketAddr>,
+    /// Seconds until the OAuth tokens the mock issues expire.
+    token_lifetime: Option<u64>,
+    /// The AWS access key id and secret SigV4 requests must be signed with.
+    aws_credentials: Option<(String, String)>,
 }
 
 macro_rules! fixtures {
@@ -144,6 +155,11 @@ impl MockUpstream {
     /// How many TCP connections the mock accepted, e.g. to check that a client reuses them.
     pub fn connection_count(&self) -> usize {
         self.shared.connection_count.load(Ordering::Relaxed)
+    }
+
+    /// How many tokens the mock's OAuth endpoints issued (service-account and Entra flows).
+    pub fn token_requests(&self) -> usize {
+        self.shared.recorded_tokens().len()
     }
 
     /// Streamed responses whose client went away before the last event was sent.
@@ -241,6 +257,19 @@ impl MockBuilder {
         self
     }
 
+    /// Seconds until the OAuth tokens the mock issues expire (3600 by default).
+    pub fn token_lifetime(mut self, seconds: u64) -> Self {
+        self.token_lifetime = Some(seconds);
+        self
+    }
+
+    /// Requires SigV4 signatures on the Bedrock routes to be made with these credentials: the
+    /// mock computes the signature itself and compares. Without this, only the shape is checked.
+    pub fn aws_credentials(mut self, access_key_id: &str, secret_access_key: &str) -> Self {
+        self.aws_credentials = Some((access_key_id.to_owned(), secret_access_key.to_owned()));
+        self
+    }
+
     /// Whether to keep every request for [`MockUpstream::requests`] (on by default).
     pub fn record_requests(mut self, on: bool) -> Self {
         self.skip_recording = !on;
@@ -277,6 +306,7 @@ impl MockBuilder {
             failable_requests: AtomicUsize::new(0),
             cancelled_streams: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            tokens: Mutex::default(),
         });
         let server = tokio::spawn(accept_loop(listener, Arc::clone(&shared))).abort_handle();
         Ok(MockUpstream { addr, shared, server })
@@ -304,12 +334,24 @@ struct Shared {
     failable_requests: AtomicUsize,
     cancelled_streams: AtomicUsize,
     next_id: AtomicU64,
+    /// Bearer tokens the OAuth endpoints issued; the provider routes accept these.
+    tokens: Mutex<Vec<String>>,
 }
 
 impl Shared {
     fn recorded(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
         // The vector is only ever appended to, so a panic elsewhere cannot leave it inconsistent.
         self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn recorded_tokens(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `Authorization: Bearer <token>` carries a token the mock issued.
+    fn has_issued_token(&self, req: &Recorded) -> bool {
+        let token = req.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+        token.is_some_and(|t| self.recorded_tokens().iter().any(|issued| issued == t))
     }
 
     fn next_id(&self) -> u64 {
@@ -374,6 +416,19 @@ enum Route {
 
 fn respond(shared: &Arc<Shared>, req: &Recorded) -> Result<Response<MockBody>, ApiError> {
     let path = req.path.split('?').next().unwrap_or_default();
+    if path.starts_with("/openai/") {
+        return azure::respond(shared, req, path);
+    }
+    let gemini_api = path.starts_with("/v1beta/models/") || (path.starts_with("/v1/models/") && path.contains(':'));
+    if gemini_api || path.contains("/publishers/google/models/") {
+        return Ok(gemini::respond(shared, req, path));
+    }
+    if path.starts_with("/model/") {
+        return Ok(bedrock::respond(shared, req, path));
+    }
+    if path == "/token" || path.ends_with("/oauth2/v2.0/token") {
+        return Ok(oauth::respond(shared, req, path));
+    }
     let route = match (req.method.as_str(), path) {
         ("POST", "/v1/chat/completions") => Route::Chat,
         ("POST", "/v1/embeddings") => Route::Embeddings,
@@ -455,6 +510,11 @@ fn injected_failure(shared: &Shared) -> Option<StatusCode> {
 // Chat completions
 
 fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiError> {
+    chat_as(shared, body, false)
+}
+
+/// A chat completion; `azure` adds Azure's content-filter fields and its empty first chunk.
+fn chat_as(shared: &Arc<Shared>, body: &Value, azure: bool) -> Result<Response<MockBody>, ApiError> {
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -496,7 +556,11 @@ fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiErr
     let id = format!("chatcmpl-mock-{}", shared.next_id());
     let created = unix_now();
     if stream {
-        return Ok(sse(shared, answer.chunks(&id, model, created, include_usage)));
+        let mut events = answer.chunks(&id, model, created, include_usage);
+        if azure {
+            events = azure::stream_events(events, &id, created);
+        }
+        return Ok(sse(shared, events));
     }
     let message = match &answer.reply {
         Reply::Text(text) => json!({"role": "assistant", "content": text, "refusal": null}),
@@ -511,9 +575,7 @@ fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiErr
             "refusal": null,
         }),
     };
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
+    let mut completion = json!({
             "id": id,
             "object": "chat.completion",
             "created": created,
@@ -527,8 +589,11 @@ fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiErr
             "usage": answer.usage(),
             // Lets tests check that a gateway passes unknown fields through in both directions.
             "x_mock": {"echo_unknown": body.get("x_probe").cloned().unwrap_or(Value::Null)},
-        }),
-    ))
+    });
+    if azure {
+        azure::add_filter_results(&mut completion);
+    }
+    Ok(json_response(StatusCode::OK, &completion))
 }
 
 enum Reply {
@@ -710,6 +775,12 @@ fn is_usage_event(event: &str) -> bool {
 // Streaming bodies
 
 fn sse(shared: &Arc<Shared>, events: Vec<Bytes>) -> Response<MockBody> {
+    streamed(shared, events, "text/event-stream")
+}
+
+/// A body sent one piece per poll (with `chunk_interval` between them, `break_stream_after`
+/// applied, and cancellation counted), whatever the framing of the pieces.
+fn streamed(shared: &Arc<Shared>, events: Vec<Bytes>, content_type: &'static str) -> Response<MockBody> {
     let state = EventStream {
         events: events.into_iter(),
         sent: 0,
@@ -721,7 +792,7 @@ fn sse(shared: &Arc<Shared>, events: Vec<Bytes>) -> Response<MockBody> {
     let stream = futures_util::stream::unfold(state, EventStream::next);
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
@@ -975,4 +1046,82 @@ fn event(data: &Value) -> Bytes {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the cloud provider mocks answer
+
+/// The mocks of the translated providers (Gemini, Bedrock) decide their answer the same way, from
+/// what their protocol's request says, so that the gateway's translations can be compared across
+/// providers. Special prompts trigger the unusual endings:
+/// - `trigger-content-filter`: the answer is blocked by the provider's filter;
+/// - `trigger-stream-exception`: a stream fails after its first events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Script {
+    pub reply: ScriptReply,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScriptReply {
+    Text(String),
+    /// One call per tool named, each with [`TOOL_ARGUMENTS`].
+    Calls(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    Stop,
+    Length,
+    Filtered,
+    Calls,
+}
+
+/// The prompt that makes a provider mock filter its answer.
+pub const TRIGGER_CONTENT_FILTER: &str = "trigger-content-filter";
+/// The prompt that makes a provider mock fail mid-stream.
+pub const TRIGGER_STREAM_EXCEPTION: &str = "trigger-stream-exception";
+
+impl Script {
+    /// `tools`: the tools the model may call now (empty when tool calling is off); two or more
+    /// make it call the first two in parallel.
+    pub(crate) fn new(
+        last_user: &str,
+        tool_result: Option<&str>,
+        tools: &[String],
+        max_tokens: Option<u64>,
+        prompt_tokens: usize,
+    ) -> Self {
+        let (reply, finish) = if last_user.contains(TRIGGER_CONTENT_FILTER) {
+            (ScriptReply::Text(String::new()), Finish::Filtered)
+        } else if let Some(result) = tool_result {
+            (ScriptReply::Text(format!("tool said: {result}")), Finish::Stop)
+        } else if !tools.is_empty() {
+            (ScriptReply::Calls(tools.iter().take(2).cloned().collect()), Finish::Calls)
+        } else {
+            let text = format!("echo: {last_user}");
+            match max_tokens.and_then(|m| usize::try_from(m).ok()) {
+                Some(max) if word_count(&text) > max => {
+                    let cut: String = words(&text).take(max).collect();
+                    (ScriptReply::Text(cut), Finish::Length)
+                }
+                _ => (ScriptReply::Text(text), Finish::Stop),
+            }
+        };
+        let completion_tokens = match &reply {
+            ScriptReply::Text(t) => word_count(t),
+            ScriptReply::Calls(calls) => calls.len() * word_count(TOOL_ARGUMENTS),
+        };
+        Self { reply, finish, prompt_tokens, completion_tokens }
+    }
+
+    /// The text reply cut into streamed pieces (one word each).
+    pub(crate) fn pieces(&self) -> Vec<String> {
+        match &self.reply {
+            ScriptReply::Text(t) => words(t).map(str::to_owned).collect(),
+            ScriptReply::Calls(_) => Vec::new(),
+        }
+    }
 }

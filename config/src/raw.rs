@@ -120,7 +120,8 @@ pub(crate) struct RawUpstream {
     pub name: String,
     #[serde(default = "default_kind")]
     pub kind: String,
-    /// Required, except for a `worker` that names a `model` for the gateway to start itself.
+    /// Required for `openai` and `azure-openai`, and for a `worker` that does not name a `model`
+    /// for the gateway to start itself; the cloud kinds derive theirs from region/location.
     pub endpoint: Option<String>,
     pub api_key: Option<String>,
     #[serde(default)]
@@ -132,6 +133,24 @@ pub(crate) struct RawUpstream {
     pub model: Option<String>,
     /// `kind = "worker"` with `model` only: `auto`, `cpu` or `cuda:N`.
     pub device: Option<String>,
+    // bedrock
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    pub profile: Option<String>,
+    // vertex (and bedrock: `credentials_file`)
+    pub project: Option<String>,
+    pub location: Option<String>,
+    pub credentials_file: Option<String>,
+    // azure-openai
+    pub api_version: Option<String>,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub token_endpoint: Option<String>,
+    #[serde(default)]
+    pub deployments: BTreeMap<String, String>,
 }
 
 fn default_kind() -> String {

@@ -173,6 +173,8 @@ pub struct Upstream {
     pub timeouts: Timeouts,
     /// A `worker` the gateway starts in-process on a loopback port; `endpoint` is set once it listens.
     pub local_worker: Option<LocalWorker>,
+    /// What only this kind of upstream needs (region, project, deployments, credentials).
+    pub provider: Provider,
 }
 
 /// A model served by a `weir worker` inside the gateway's own process.
@@ -192,11 +194,93 @@ pub enum UpstreamKind {
     OpenAi,
     /// Weir's own local model worker (`weir worker`): OpenAI's API plus a `/load` report.
     Worker,
+    /// Azure OpenAI: deployment URLs with `api-version`, or the `/openai/v1` surface.
+    AzureOpenAi,
+    /// Amazon Bedrock's Converse API (SigV4 or a Bedrock API key).
+    Bedrock,
+    /// Gemini on Vertex AI (OAuth).
+    Vertex,
+    /// The Gemini API (`x-goog-api-key`).
+    Gemini,
 }
 
 impl UpstreamKind {
     /// The names accepted in `kind = "…"`.
-    pub const NAMES: &[&str] = &["openai", "worker"];
+    pub const NAMES: &[&str] = &["openai", "worker", "azure-openai", "bedrock", "vertex", "gemini"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+            UpstreamKind::Worker => "worker",
+            UpstreamKind::AzureOpenAi => "azure-openai",
+            UpstreamKind::Bedrock => "bedrock",
+            UpstreamKind::Vertex => "vertex",
+            UpstreamKind::Gemini => "gemini",
+        }
+    }
+}
+
+/// The settings only one kind of upstream has.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// `openai` and `gemini` need nothing beyond `endpoint` and `api_key`.
+    Plain,
+    Azure(Azure),
+    Bedrock(Bedrock),
+    Vertex(Vertex),
+}
+
+/// `kind = "azure-openai"`.
+#[derive(Debug, Clone)]
+pub struct Azure {
+    /// `Some`: the deployment URLs `/openai/deployments/{d}/…?api-version=…`; `None`: the `/openai/v1`
+    /// surface, where the model travels in the body.
+    pub api_version: Option<String>,
+    /// Target model → deployment name; a model not listed is its own deployment name.
+    pub deployments: BTreeMap<String, String>,
+    pub auth: AzureAuth,
+}
+
+/// How Weir authenticates to Azure OpenAI.
+#[derive(Debug, Clone)]
+pub enum AzureAuth {
+    /// The resource's key, in the `api-key` header.
+    ApiKey(Secret),
+    /// A Microsoft Entra ID bearer token from the client-credentials flow.
+    Entra { token_endpoint: String, client_id: String, client_secret: Secret },
+}
+
+/// `kind = "bedrock"`.
+#[derive(Debug, Clone)]
+pub struct Bedrock {
+    pub region: String,
+    pub credentials: AwsCredentials,
+}
+
+/// How Weir authenticates to Bedrock.
+#[derive(Debug, Clone)]
+pub enum AwsCredentials {
+    /// Access keys, signed with SigV4 (a session token for temporary credentials).
+    Static { access_key_id: String, secret_access_key: Secret, session_token: Option<Secret> },
+    /// A Bedrock API key, sent as a bearer token.
+    ApiKey(Secret),
+    /// The standard AWS credential chain: environment, shared config and credentials files (SSO
+    /// included), web identity, ECS container and EC2 instance roles.
+    Chain {
+        /// The profile to use instead of `AWS_PROFILE` / `default`.
+        profile: Option<String>,
+        /// A shared credentials file to read instead of `~/.aws/credentials` and `~/.aws/config`.
+        credentials_file: Option<PathBuf>,
+    },
+}
+
+/// `kind = "vertex"`.
+#[derive(Debug, Clone)]
+pub struct Vertex {
+    pub project: String,
+    pub location: String,
+    /// A service-account key file; `None` uses application-default credentials.
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// A public model name and where it is served.

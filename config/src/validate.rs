@@ -73,6 +73,187 @@ impl Errors {
     }
 }
 
+impl Errors {
+    /// A provider field that must be set and not empty.
+    fn required(&mut self, p: &str, field: &str, value: &Option<String>, why: &str) -> String {
+        match value.as_deref().filter(|v| !v.is_empty()) {
+            Some(v) => v.to_owned(),
+            None => {
+                self.push(format!("{p}.{field}"), format!("is required: {why}"));
+                String::new()
+            }
+        }
+    }
+
+    /// A base URL: http(s), a host, no query or fragment; returned without a trailing slash.
+    fn endpoint(&mut self, path: &str, text: &str) -> String {
+        match url::Url::parse(text) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                self.push(path, format!("{text:?} must be an http:// or https:// URL"));
+                String::new()
+            }
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                self.push(path, "must be a base URL without a query or fragment");
+                String::new()
+            }
+            Ok(url) if url.host_str().is_none() => {
+                self.push(path, "has no host");
+                String::new()
+            }
+            Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
+            Err(e) => {
+                self.push(path, format!("{text:?} is not a URL ({e}); write e.g. \"https://api.openai.com/v1\""));
+                String::new()
+            }
+        }
+    }
+}
+
+/// The provider-specific fields of an upstream: each allowed only for its kind, each required one named.
+fn provider_settings(
+    errs: &mut Errors,
+    p: &str,
+    kind: UpstreamKind,
+    u: &crate::raw::RawUpstream,
+    base_dir: &Path,
+) -> Provider {
+    let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    let fields: [(&str, bool, &[UpstreamKind]); 14] = [
+        ("region", present(&u.region), &[UpstreamKind::Bedrock]),
+        ("access_key_id", present(&u.access_key_id), &[UpstreamKind::Bedrock]),
+        ("secret_access_key", present(&u.secret_access_key), &[UpstreamKind::Bedrock]),
+        ("session_token", present(&u.session_token), &[UpstreamKind::Bedrock]),
+        ("profile", present(&u.profile), &[UpstreamKind::Bedrock]),
+        ("project", present(&u.project), &[UpstreamKind::Vertex]),
+        ("location", present(&u.location), &[UpstreamKind::Vertex]),
+        ("credentials_file", present(&u.credentials_file), &[UpstreamKind::Vertex, UpstreamKind::Bedrock]),
+        ("api_version", present(&u.api_version), &[UpstreamKind::AzureOpenAi]),
+        ("tenant_id", present(&u.tenant_id), &[UpstreamKind::AzureOpenAi]),
+        ("client_id", present(&u.client_id), &[UpstreamKind::AzureOpenAi]),
+        ("client_secret", present(&u.client_secret), &[UpstreamKind::AzureOpenAi]),
+        ("token_endpoint", present(&u.token_endpoint), &[UpstreamKind::AzureOpenAi]),
+        ("deployments", !u.deployments.is_empty(), &[UpstreamKind::AzureOpenAi]),
+    ];
+    for (field, set, kinds) in fields {
+        if set && !kinds.contains(&kind) {
+            let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+            errs.push(format!("{p}.{field}"), format!("applies only to kind = {:?}", names.join(" | ")));
+        }
+    }
+    let secret = |v: &Option<String>| v.clone().filter(|v| !v.is_empty()).map(Secret::new);
+    match kind {
+        UpstreamKind::OpenAi | UpstreamKind::Worker => Provider::Plain,
+        UpstreamKind::Gemini => {
+            errs.required(p, "api_key", &u.api_key, "the Gemini API key, sent as x-goog-api-key");
+            Provider::Plain
+        }
+        UpstreamKind::Vertex => Provider::Vertex(Vertex {
+            project: errs.required(p, "project", &u.project, "the Google Cloud project id"),
+            location: errs.required(
+                p,
+                "location",
+                &u.location,
+                "a Vertex AI location such as \"us-central1\" or \"global\"",
+            ),
+            credentials_file: u.credentials_file.as_deref().filter(|f| !f.is_empty()).map(|f| base_dir.join(f)),
+        }),
+        UpstreamKind::Bedrock => {
+            let region = errs.required(p, "region", &u.region, "the AWS region, e.g. \"us-east-1\"");
+            let explicit = present(&u.api_key) || present(&u.access_key_id);
+            for (field, set) in [("profile", present(&u.profile)), ("credentials_file", present(&u.credentials_file))] {
+                if explicit && set {
+                    errs.push(
+                        format!("{p}.{field}"),
+                        "applies only to the AWS credential chain (without api_key or access_key_id)",
+                    );
+                }
+            }
+            let credentials = match (secret(&u.api_key), u.access_key_id.as_deref().filter(|k| !k.is_empty())) {
+                (Some(_), Some(_)) => {
+                    errs.push(
+                        format!("{p}.api_key"),
+                        "set either api_key (a Bedrock API key) or access_key_id, not both",
+                    );
+                    AwsCredentials::ApiKey(Secret::new(String::new()))
+                }
+                (Some(key), None) => AwsCredentials::ApiKey(key),
+                (None, Some(id)) => AwsCredentials::Static {
+                    access_key_id: id.to_owned(),
+                    secret_access_key: Secret::new(errs.required(
+                        p,
+                        "secret_access_key",
+                        &u.secret_access_key,
+                        "the secret that goes with access_key_id",
+                    )),
+                    session_token: secret(&u.session_token),
+                },
+                (None, None) => AwsCredentials::Chain {
+                    profile: u.profile.clone().filter(|p| !p.is_empty()),
+                    credentials_file: u.credentials_file.as_deref().filter(|f| !f.is_empty()).map(|f| base_dir.join(f)),
+                },
+            };
+            Provider::Bedrock(Bedrock { region, credentials })
+        }
+        UpstreamKind::AzureOpenAi => {
+            let auth = match (secret(&u.api_key), present(&u.client_id) || present(&u.tenant_id)) {
+                (Some(_), true) => {
+                    errs.push(
+                        format!("{p}.api_key"),
+                        "set either api_key or Entra ID (tenant_id, client_id, client_secret), not both",
+                    );
+                    AzureAuth::ApiKey(Secret::new(String::new()))
+                }
+                (Some(key), false) => AzureAuth::ApiKey(key),
+                (None, true) => {
+                    let token_endpoint = match u.token_endpoint.as_deref().filter(|t| !t.is_empty()) {
+                        Some(t) => errs.endpoint(&format!("{p}.token_endpoint"), t),
+                        None => format!(
+                            "https://login.microsoftonline.com/{}/oauth2/v2.0/token",
+                            errs.required(p, "tenant_id", &u.tenant_id, "the Entra ID tenant of the client")
+                        ),
+                    };
+                    AzureAuth::Entra {
+                        token_endpoint,
+                        client_id: errs.required(p, "client_id", &u.client_id, "the Entra ID application (client) id"),
+                        client_secret: Secret::new(errs.required(
+                            p,
+                            "client_secret",
+                            &u.client_secret,
+                            "the client's secret",
+                        )),
+                    }
+                }
+                (None, false) => {
+                    errs.push(
+                        format!("{p}.api_key"),
+                        "is required (or tenant_id, client_id and client_secret for Entra ID)",
+                    );
+                    AzureAuth::ApiKey(Secret::new(String::new()))
+                }
+            };
+            let api_version = u.api_version.clone().filter(|v| !v.is_empty() && v != "v1");
+            Provider::Azure(Azure { api_version, deployments: u.deployments.clone(), auth })
+        }
+    }
+}
+
+/// Where a cloud upstream lives when `endpoint` is not set.
+fn default_endpoint(kind: UpstreamKind, provider: &Provider) -> Option<String> {
+    match (kind, provider) {
+        (UpstreamKind::Bedrock, Provider::Bedrock(b)) => {
+            Some(format!("https://bedrock-runtime.{}.amazonaws.com", b.region))
+        }
+        (UpstreamKind::Vertex, Provider::Vertex(v)) if v.location == "global" => {
+            Some("https://aiplatform.googleapis.com".to_owned())
+        }
+        (UpstreamKind::Vertex, Provider::Vertex(v)) => {
+            Some(format!("https://{}-aiplatform.googleapis.com", v.location))
+        }
+        (UpstreamKind::Gemini, _) => Some("https://generativelanguage.googleapis.com".to_owned()),
+        _ => None,
+    }
+}
+
 fn is_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
 }
@@ -152,6 +333,10 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         let kind = match u.kind.as_str() {
             "openai" => UpstreamKind::OpenAi,
             "worker" => UpstreamKind::Worker,
+            "azure-openai" => UpstreamKind::AzureOpenAi,
+            "bedrock" => UpstreamKind::Bedrock,
+            "vertex" => UpstreamKind::Vertex,
+            "gemini" => UpstreamKind::Gemini,
             other => {
                 errs.push(
                     format!("{p}.kind"),
@@ -160,6 +345,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
                 UpstreamKind::OpenAi
             }
         };
+        let provider = provider_settings(&mut errs, &p, kind, &u, base_dir);
         let local_worker = match (kind, u.model, &u.endpoint) {
             (UpstreamKind::Worker, Some(model), None) => {
                 let device = u.device.unwrap_or_else(|| "auto".to_owned());
@@ -200,14 +386,15 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
                 None
             }
         };
-        let endpoint = match &u.endpoint {
-            None if local_worker.is_some() => String::new(),
-            None => {
+        let endpoint = match (u.endpoint.as_deref(), default_endpoint(kind, &provider)) {
+            (Some(endpoint), _) => errs.endpoint(&format!("{p}.endpoint"), endpoint),
+            (None, _) if local_worker.is_some() => String::new(),
+            (None, Some(default)) => default,
+            (None, None) => {
                 let hint = if kind == UpstreamKind::Worker { " (or, for a worker, a model to serve)" } else { "" };
-                errs.push(format!("{p}.endpoint"), format!("is missing; give the upstream's base URL{hint}"));
+                errs.push(format!("{p}.endpoint"), format!("is required for this kind{hint}"));
                 String::new()
             }
-            Some(endpoint) => parse_endpoint(&mut errs, &p, endpoint),
         };
         let mut headers = Vec::with_capacity(u.headers.len());
         for (name, value) in u.headers {
@@ -222,7 +409,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         }
         let api_key = u.api_key.filter(|k| !k.is_empty()).map(Secret::new);
         let timeouts = errs.timeouts(&format!("{p}.timeouts."), &u.timeouts, timeouts);
-        upstreams.push(Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, local_worker });
+        upstreams.push(Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, local_worker, provider });
     }
 
     // [[models]]
@@ -484,28 +671,3 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
     }
 }
 
-/// Checks an upstream's base URL; returns it without a trailing slash (empty after an error).
-fn parse_endpoint(errs: &mut Errors, p: &str, endpoint: &str) -> String {
-    match url::Url::parse(endpoint) {
-        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-            errs.push(format!("{p}.endpoint"), format!("{:?} must be an http:// or https:// URL", endpoint));
-            String::new()
-        }
-        Ok(url) if url.query().is_some() || url.fragment().is_some() => {
-            errs.push(format!("{p}.endpoint"), "must be a base URL without a query or fragment");
-            String::new()
-        }
-        Ok(url) if url.host_str().is_none() => {
-            errs.push(format!("{p}.endpoint"), "has no host");
-            String::new()
-        }
-        Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
-        Err(e) => {
-            errs.push(
-                format!("{p}.endpoint"),
-                format!("{:?} is not a URL ({e}); write e.g. \"https://api.openai.com/v1\"", endpoint),
-            );
-            String::new()
-        }
-    }
-}

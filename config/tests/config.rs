@@ -71,7 +71,7 @@ fn reports_every_problem_with_its_path() {
         "timeouts.idle: \"soon\" is not a duration",
         "upstreams[0].endpoint: \"ftp://x\" must be an http:// or https:// URL",
         "upstreams[1].name: upstream \"a\" is defined twice",
-        "upstreams[1].kind: unknown kind \"grpc\"; supported: openai",
+        "upstreams[1].kind: unknown kind \"grpc\"; supported: openai, azure-openai, bedrock, vertex, gemini",
         "models[0].targets[1].upstream: unknown upstream \"b\"; defined upstreams: [a, a]",
         "models[0].targets[2].model: is required",
         "models[1].name: model \"m\" is defined twice",
@@ -88,8 +88,9 @@ fn unknown_fields_are_rejected_with_their_path() {
     let errs = errors("[[upstreams]]\nname = \"a\"\nendpoint = \"http://x\"\nendpont = \"http://y\"");
     assert_eq!(errs.len(), 1);
     assert!(
-        errs[0]
-            == "upstreams[0].endpont: unknown field `endpont`, expected one of `name`, `kind`, `endpoint`, `api_key`, `headers`, `timeouts`, `model`, `device`",
+        errs[0].starts_with(
+            "upstreams[0].endpont: unknown field `endpont`, expected one of `name`, `kind`, `endpoint`, `api_key`, `headers`, `timeouts`"
+        ),
         "{errs:?}"
     );
 }
@@ -251,4 +252,111 @@ fn worker_upstreams_take_an_endpoint_or_a_model() {
     ] {
         assert!(errs.iter().any(|e| e.starts_with(path) && e.contains(fragment)), "{path}: {errs:?}");
     }
+}
+
+#[test]
+fn cloud_providers_are_validated_with_their_paths() {
+    let errs = errors(
+        r#"
+        [[upstreams]]
+        name = "b"
+        kind = "bedrock"
+        access_key_id = "AKID"
+        project = "p"
+        [[upstreams]]
+        name = "v"
+        kind = "vertex"
+        location = "us-central1"
+        [[upstreams]]
+        name = "a"
+        kind = "azure-openai"
+        endpoint = "https://r.openai.azure.com"
+        [[upstreams]]
+        name = "g"
+        kind = "gemini"
+        [[upstreams]]
+        name = "o"
+        kind = "openai"
+        [[models]]
+        name = "m"
+        targets = [{ upstream = "b", model = "x" }]
+        "#,
+    );
+    let expected = [
+        "upstreams[0].project: applies only to kind = \"vertex\"",
+        "upstreams[0].region: is required",
+        "upstreams[0].secret_access_key: is required",
+        "upstreams[1].project: is required",
+        "upstreams[2].api_key: is required (or tenant_id, client_id and client_secret for Entra ID)",
+        "upstreams[3].api_key: is required",
+        "upstreams[4].endpoint: is required for this kind",
+    ];
+    for want in expected {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}
+
+#[test]
+fn cloud_providers_get_their_default_endpoints_and_credentials() {
+    use weir_config::{AwsCredentials, AzureAuth, Provider};
+    let c = load_str(
+        r#"
+        [[upstreams]]
+        name = "b"
+        kind = "bedrock"
+        region = "eu-west-1"
+        api_key = "bedrock-key"
+        [[upstreams]]
+        name = "v"
+        kind = "vertex"
+        project = "p"
+        location = "global"
+        credentials_file = "sa.json"
+        [[upstreams]]
+        name = "a"
+        kind = "azure-openai"
+        endpoint = "https://r.openai.azure.com/"
+        tenant_id = "t"
+        client_id = "c"
+        client_secret = "s"
+        api_version = "v1"
+        [[models]]
+        name = "m"
+        targets = [{ upstream = "b", model = "x" }]
+        "#,
+        &MapEnv::default(),
+        Path::new("/etc/weir"),
+    )
+    .unwrap();
+    assert_eq!(c.upstreams[0].endpoint, "https://bedrock-runtime.eu-west-1.amazonaws.com");
+    assert!(
+        matches!(&c.upstreams[0].provider, Provider::Bedrock(b) if matches!(b.credentials, AwsCredentials::ApiKey(_)))
+    );
+    assert_eq!(c.upstreams[1].endpoint, "https://aiplatform.googleapis.com");
+    let chain = load_str(
+        "[[upstreams]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"us-east-1\"\nprofile = \"prod\"\n",
+        &MapEnv::default(),
+        Path::new("/etc/weir"),
+    )
+    .unwrap();
+    assert!(matches!(
+        &chain.upstreams[0].provider,
+        Provider::Bedrock(b) if matches!(&b.credentials, AwsCredentials::Chain { profile: Some(p), credentials_file: None } if p == "prod")
+    ));
+    let errs =
+        errors("[[upstreams]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"r\"\napi_key = \"k\"\nprofile = \"p\"\n");
+    assert_eq!(
+        errs,
+        ["upstreams[0].profile: applies only to the AWS credential chain (without api_key or access_key_id)"]
+    );
+    assert!(
+        matches!(&c.upstreams[1].provider, Provider::Vertex(v) if v.credentials_file.as_deref() == Some(Path::new("/etc/weir/sa.json")))
+    );
+    assert_eq!(c.upstreams[2].endpoint, "https://r.openai.azure.com");
+    let Provider::Azure(azure) = &c.upstreams[2].provider else { panic!("azure") };
+    assert!(azure.api_version.is_none(), "\"v1\" is the /openai/v1 surface");
+    assert!(
+        matches!(&azure.auth, AzureAuth::Entra { token_endpoint, .. } if token_endpoint == "https://login.microsoftonline.com/t/oauth2/v2.0/token")
+    );
 }

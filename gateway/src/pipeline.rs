@@ -333,9 +333,11 @@ async fn relay(
         }
         for target in view.take_mirrors() {
             let Some(target) = app.router.target(&target).cloned() else { continue };
-            match body_for(target.upstream_model(requested_model)) {
+            let model = target.upstream_model(requested_model).to_owned();
+            match body_for(&model) {
                 Ok(body) => {
-                    let mirror = Mirror { app: app.clone(), operation, stream, target, body, chain: chain.clone() };
+                    let mirror =
+                        Mirror { app: app.clone(), operation, stream, target, model, body, chain: chain.clone() };
                     tokio::spawn(mirror.run(
                         ctx.request_id.clone(),
                         ctx.principal.clone(),
@@ -359,7 +361,10 @@ async fn relay(
             deadline,
             |target, event| record_attempt(&mut acct, target, event, keep_attempts),
             response_hooks,
-            |target| target.upstream.request(operation, body_for(target.upstream_model(requested_model))?),
+            |target| {
+                let model = target.upstream_model(requested_model);
+                target.upstream.request(operation, model, body_for(model)?)
+            },
         )
         .await;
     let (response, target) = match sent {
@@ -371,7 +376,8 @@ async fn relay(
 
     if let Some(client_wants_usage) = stream {
         let options = RelayOptions { client_wants_usage, idle: target.upstream.timeouts.idle, deadline };
-        let relay = SseRelay::new(response.into_body(), options, acct, target.upstream.name.clone());
+        let translator = target.upstream.translator(target.upstream_model(requested_model));
+        let relay = SseRelay::new(response.into_body(), translator, options, acct, target.upstream.name.clone());
         let mut response = Response::new(BodyExt::boxed_unsync(relay));
         let h = response.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -380,9 +386,14 @@ async fn relay(
         return Ok(response);
     }
 
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned().filter(|_| !target.upstream.translates());
     let wait = deadline.saturating_duration_since(Instant::now());
     let body = match read_upstream(response.into_body(), wait, &target.upstream.name).await {
+        Ok(body) => body,
+        Err(error) => return fail(acct, error),
+    };
+    // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones pass unchanged.
+    let body = match target.upstream.response(operation, target.upstream_model(requested_model), body) {
         Ok(body) => body,
         Err(error) => return fail(acct, error),
     };
@@ -419,6 +430,8 @@ struct Mirror {
     operation: Operation,
     stream: Option<bool>,
     target: Arc<RouteTarget>,
+    /// The model name the target knows, which `body` already carries.
+    model: String,
     body: Vec<u8>,
     chain: Arc<Chain>,
 }
@@ -447,7 +460,7 @@ impl Mirror {
                 deadline,
                 |target, event| record_attempt(&mut acct, target, event, true),
                 None,
-                |target| target.upstream.request(self.operation, body.to_vec()),
+                |target| target.upstream.request(self.operation, &self.model, body.to_vec()),
             )
             .await;
         let (response, target) = match sent {
@@ -462,11 +475,16 @@ impl Mirror {
         if self.stream.is_some() {
             let options = RelayOptions { client_wants_usage: false, idle: target.upstream.timeouts.idle, deadline };
             // Draining the relay runs accounting when the stream ends, as for a client.
-            let _ = SseRelay::new(response.into_body(), options, acct, target.upstream.name.clone()).collect().await;
+            let translator = target.upstream.translator(&self.model);
+            let relay = SseRelay::new(response.into_body(), translator, options, acct, target.upstream.name.clone());
+            let _ = relay.collect().await;
             return;
         }
         let wait = deadline.saturating_duration_since(Instant::now());
-        match read_upstream(response.into_body(), wait, &target.upstream.name).await {
+        let body = read_upstream(response.into_body(), wait, &target.upstream.name)
+            .await
+            .and_then(|body| target.upstream.response(self.operation, &self.model, body));
+        match body {
             Ok(body) => {
                 acct.usage = serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage);
                 acct.finish(Outcome::Ok);

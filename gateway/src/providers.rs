@@ -1,24 +1,34 @@
 //! Stage: provider. One adapter per upstream kind, all shaped alike: build the upstream request from
-//! the canonical (OpenAI) one, and classify a failed response into an [`Error`] (whose fault, whether
-//! another target may succeed). [`UpstreamClient`] is the pooled HTTP client every adapter sends through.
+//! the canonical (OpenAI) one, authorize it (a static header, a cached OAuth token, or a SigV4
+//! signature), turn a whole answer or a stream back into OpenAI's shapes, and classify a failed
+//! response into an [`Error`] (whose fault, whether another target may succeed). [`UpstreamClient`] is
+//! the pooled HTTP client every adapter sends through, so timeouts, retries, cancellation and
+//! accounting work the same for every provider.
 
+pub mod azure;
+pub mod bedrock;
+pub mod gemini;
 pub mod openai;
-pub mod worker;
+
+#[cfg(test)]
+mod golden;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use weir_config::{Timeouts, Upstream, UpstreamKind};
+use weir_config::{Provider, Timeouts, Upstream, UpstreamKind};
 
+use crate::api::sse::Event;
 use crate::error::{Error, Kind};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub(crate) type HttpClient = Client<Connector, Full<Bytes>>;
 
 /// What a request asks of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +53,20 @@ pub struct UpstreamClient {
     pub name: String,
     pub kind: UpstreamKind,
     pub timeouts: Timeouts,
-    /// Headers sent on every request, credentials included (marked sensitive).
+    /// Headers sent on every request, static credentials included (marked sensitive).
     headers: HeaderMap,
-    chat_uri: Uri,
-    embeddings_uri: Uri,
-    http: Client<Connector, Full<Bytes>>,
+    adapter: Adapter,
+    http: HttpClient,
+}
+
+/// The per-kind half of an upstream.
+#[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "one per configured upstream, built once; never moved on the hot path")]
+enum Adapter {
+    OpenAi(openai::OpenAi),
+    Azure(azure::Azure),
+    Bedrock(bedrock::Bedrock),
+    Gemini(gemini::Gemini),
 }
 
 impl UpstreamClient {
@@ -73,58 +92,91 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        let headers = match upstream.kind {
-            UpstreamKind::OpenAi => openai::headers(upstream)?,
-            UpstreamKind::Worker => worker::headers(upstream)?,
-        };
-        let uri = |path: &str| {
-            format!("{}{path}", upstream.endpoint)
-                .parse::<Uri>()
-                .map_err(|e| Error::internal(format!("upstream {} has an unusable endpoint", upstream.name)).source(e))
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))));
+        for (name, value) in &upstream.headers {
+            if value.expose().is_empty() {
+                continue;
+            }
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Error::internal(format!("upstream {}: header {name} is not valid", upstream.name)))?;
+            headers.insert(name, sensitive(value.expose())?);
+        }
+        let adapter = match (&upstream.kind, &upstream.provider) {
+            // Weir's own workers speak OpenAI's API: relayed like any OpenAI-compatible server.
+            (UpstreamKind::OpenAi | UpstreamKind::Worker, _) => {
+                Adapter::OpenAi(openai::OpenAi::new(upstream, &mut headers)?)
+            }
+            (UpstreamKind::AzureOpenAi, Provider::Azure(azure)) => {
+                Adapter::Azure(azure::Azure::new(upstream, azure, &mut headers)?)
+            }
+            (UpstreamKind::Bedrock, Provider::Bedrock(bedrock)) => {
+                Adapter::Bedrock(bedrock::Bedrock::new(upstream, bedrock, &mut headers)?)
+            }
+            (UpstreamKind::Vertex | UpstreamKind::Gemini, provider) => {
+                Adapter::Gemini(gemini::Gemini::new(upstream, provider, &mut headers)?)
+            }
+            (kind, _) => {
+                return Err(Error::internal(format!("upstream {}: no settings for kind {kind:?}", upstream.name)));
+            }
         };
         Ok(Self {
             name: upstream.name.clone(),
             kind: upstream.kind,
             timeouts: upstream.timeouts,
             headers,
-            chat_uri: uri("/chat/completions")?,
-            embeddings_uri: uri("/embeddings")?,
+            adapter,
             http,
         })
     }
 
-    /// Builds the upstream request for `operation` with an already-encoded JSON body.
-    pub fn request(&self, operation: Operation, body: Vec<u8>) -> Result<Request<Full<Bytes>>, Error> {
-        let uri = match operation {
-            Operation::Chat => self.chat_uri.clone(),
-            Operation::Embeddings => self.embeddings_uri.clone(),
+    /// Builds the upstream request for `operation` from the canonical request body (OpenAI's shape,
+    /// with `model` already the target's name and `include_usage` forced on for streams).
+    pub fn request(&self, operation: Operation, model: &str, body: Vec<u8>) -> Result<Request<Bytes>, Error> {
+        let (uri, body) = match &self.adapter {
+            Adapter::OpenAi(a) => (a.uri(operation), body),
+            Adapter::Azure(a) => a.request(operation, model, body)?,
+            Adapter::Bedrock(a) => a.request(operation, model, &body)?,
+            Adapter::Gemini(a) => a.request(operation, model, &body)?,
         };
         let mut request = Request::post(uri)
-            .body(Full::new(Bytes::from(body)))
+            .body(Bytes::from(body))
             .map_err(|e| Error::internal("could not build the upstream request").source(e))?;
         *request.headers_mut() = self.headers.clone();
         Ok(request)
     }
 
-    /// Sends a request and waits, at most `first_byte` (or `deadline` if sooner), for response headers.
-    /// Transport failures are classified here; HTTP error statuses are returned as responses for the
-    /// adapter to classify.
-    pub async fn send(&self, request: Request<Full<Bytes>>, wait: Duration) -> Result<Response<Incoming>, Error> {
-        match tokio::time::timeout(wait, self.http.request(request)).await {
+    /// Authorizes and sends a request, and waits at most `wait` for the response headers (getting a
+    /// token counts against the same wait). Transport failures are classified here; HTTP error
+    /// statuses are returned as responses for the adapter to classify.
+    pub async fn send(&self, request: Request<Bytes>, wait: Duration) -> Result<Response<Incoming>, Error> {
+        let exchange = async {
+            let mut request = request;
+            match &self.adapter {
+                Adapter::OpenAi(_) => {}
+                Adapter::Azure(a) => a.authorize(&self.name, &self.http, &mut request).await?,
+                Adapter::Bedrock(a) => a.authorize(&self.name, &mut request).await?,
+                Adapter::Gemini(a) => a.authorize(&self.name, &mut request).await?,
+            }
+            Ok::<_, Error>(self.http.request(request.map(Full::new)).await)
+        };
+        match tokio::time::timeout(wait, exchange).await {
             Err(_) => Err(Error::new(
                 Kind::UpstreamTimeout,
                 format!("The upstream '{}' did not respond within {}.", self.name, humanize(wait)),
             )
             .code("upstream_timeout")),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(Error::new(
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(e))) if e.is_connect() => Err(Error::new(
                 Kind::UpstreamUnavailable,
                 format!("The upstream '{}' could not be reached.", self.name),
             )
             .code("upstream_unavailable")
             .retryable(true)
             .source(e)),
-            Ok(Err(e)) => Err(Error::new(
+            Ok(Ok(Err(e))) => Err(Error::new(
                 Kind::UpstreamFailed,
                 format!("The connection to the upstream '{}' failed before it answered.", self.name),
             )
@@ -140,11 +192,165 @@ impl UpstreamClient {
             Ok(Ok(collected)) => collected.to_bytes(),
             _ => Bytes::new(),
         };
-        match self.kind {
-            UpstreamKind::OpenAi => openai::classify(&self.name, parts.status, &parts.headers, &body),
-            UpstreamKind::Worker => worker::classify(&self.name, parts.status, &parts.headers, &body),
+        let detail = match &self.adapter {
+            Adapter::OpenAi(_) => openai::detail(&body),
+            Adapter::Azure(_) => azure::detail(&body),
+            Adapter::Bedrock(_) => bedrock::detail(&parts.headers, &body),
+            Adapter::Gemini(_) => gemini::detail(&body),
+        };
+        classify(&self.name, parts.status, &parts.headers, detail)
+    }
+
+    /// Whether answers must be translated into OpenAI's shapes (the relayed kinds pass through).
+    pub fn translates(&self) -> bool {
+        matches!(self.adapter, Adapter::Bedrock(_) | Adapter::Gemini(_))
+    }
+
+    /// A whole (non-streamed) answer in OpenAI's shape.
+    pub fn response(&self, operation: Operation, model: &str, body: Bytes) -> Result<Bytes, Error> {
+        match &self.adapter {
+            Adapter::OpenAi(_) | Adapter::Azure(_) => Ok(body),
+            Adapter::Bedrock(_) => bedrock::response(&self.name, operation, model, &body).map(Bytes::from),
+            Adapter::Gemini(a) => a.response(&self.name, operation, model, &body).map(Bytes::from),
         }
     }
+
+    /// What turns this upstream's streamed body into OpenAI `chat.completion.chunk` events.
+    pub fn translator(&self, model: &str) -> Option<Translator> {
+        match &self.adapter {
+            Adapter::OpenAi(_) | Adapter::Azure(_) => None,
+            Adapter::Bedrock(_) => Some(Translator::Bedrock(bedrock::ChunkStream::new(&self.name, model))),
+            Adapter::Gemini(_) => Some(Translator::Gemini(gemini::ChunkStream::new(&self.name, model))),
+        }
+    }
+}
+
+/// Turns a translated provider's stream into OpenAI events. Each event it yields is a whole
+/// `data: …` event; it yields `data: [DONE]` only once the upstream's stream completed cleanly.
+#[derive(Debug)]
+pub enum Translator {
+    Bedrock(bedrock::ChunkStream),
+    Gemini(gemini::ChunkStream),
+}
+
+impl Translator {
+    /// Feeds bytes from the upstream; returns the events they complete.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        match self {
+            Translator::Bedrock(t) => t.push(bytes, out),
+            Translator::Gemini(t) => t.push(bytes, out),
+        }
+    }
+
+    /// The upstream body ended; returns the last events (the usage chunk and `[DONE]` when the
+    /// stream was complete, nothing when it was cut short).
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        match self {
+            Translator::Bedrock(t) => t.finish(out),
+            Translator::Gemini(t) => t.finish(out),
+        }
+    }
+}
+
+/// What an upstream's error body says, in its own words, once its format has been read.
+#[derive(Debug, Default)]
+pub(crate) struct Detail {
+    pub message: Option<String>,
+    /// The upstream's error code, turned into an OpenAI-style `code` where one fits.
+    pub code: Option<String>,
+    pub param: Option<String>,
+    /// Seconds to wait, when the body says so (Google's `RetryInfo`).
+    pub retry_after: Option<u64>,
+    /// The upstream says this is a throttling error whatever its status (Bedrock).
+    pub throttled: bool,
+    /// The upstream says the gateway's credentials are wrong whatever its status (Gemini answers an
+    /// invalid API key with a 400).
+    pub credentials_rejected: bool,
+    /// The upstream says the model itself failed whatever its status (Bedrock's 424
+    /// `ModelErrorException`): the provider's fault, worth another target.
+    pub model_failed: bool,
+}
+
+const MAX_MESSAGE: usize = 1000;
+
+/// Classifies a non-2xx upstream response, the same way for every provider: throttling → 429 with
+/// `retry-after`; a request the upstream rejected → its status and message; rejected credentials →
+/// 502 that never echoes them; 408 and 5xx → 502, retryable.
+pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, detail: Detail) -> Error {
+    let upstream_message: String = detail.message.unwrap_or_default().trim().chars().take(MAX_MESSAGE).collect();
+    let retry_after = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| s.ceil().max(0.0) as u64)
+        .or(detail.retry_after);
+    if status == StatusCode::TOO_MANY_REQUESTS || detail.throttled {
+        return Error::new(
+            Kind::RateLimited,
+            format!("The upstream '{upstream}' is rate limiting requests: {upstream_message}"),
+        )
+        .code(detail.code.unwrap_or_else(|| "rate_limit_exceeded".into()))
+        .retryable(true)
+        .retry_after(retry_after);
+    }
+    match status.as_u16() {
+        _ if detail.credentials_rejected => Error::new(
+            Kind::UpstreamAuth,
+            format!("The upstream '{upstream}' rejected the gateway's credentials ({status}). This is a gateway configuration problem, not your API key."),
+        )
+        .code("upstream_auth_failed"),
+        _ if detail.model_failed => Error::new(
+            Kind::UpstreamFailed,
+            format!("The upstream '{upstream}' failed with status {}: {upstream_message}", status.as_u16()),
+        )
+        .code("upstream_error")
+        .retryable(true),
+        401 | 403 => Error::new(
+            Kind::UpstreamAuth,
+            format!("The upstream '{upstream}' rejected the gateway's credentials ({status}). This is a gateway configuration problem, not your API key."),
+        )
+        .code("upstream_auth_failed"),
+        408 | 500..=599 => Error::new(
+            Kind::UpstreamFailed,
+            format!("The upstream '{upstream}' failed with status {}: {upstream_message}", status.as_u16()),
+        )
+        .code("upstream_error")
+        .status(status)
+        .retryable(true),
+        400..=499 => {
+            let message = if upstream_message.is_empty() {
+                format!("The upstream '{upstream}' rejected the request with status {}.", status.as_u16())
+            } else {
+                upstream_message
+            };
+            let mut e = Error::new(Kind::UpstreamRejected, message).status(status);
+            e.param = detail.param.map(Into::into);
+            e.code = detail.code.map(Into::into);
+            e
+        }
+        _ => Error::new(
+            Kind::UpstreamFailed,
+            format!("The upstream '{upstream}' answered with unexpected status {}.", status.as_u16()),
+        )
+        .code("upstream_error")
+        .status(status),
+    }
+}
+
+/// The error for an upstream answer that is not what its protocol promises.
+pub(crate) fn malformed(upstream: &str, what: &str) -> Error {
+    Error::new(Kind::UpstreamFailed, format!("The upstream '{upstream}' sent {what} the gateway could not read."))
+        .code("upstream_error")
+}
+
+/// The error for credentials the gateway could not obtain (a token endpoint that refused or failed).
+pub(crate) fn credentials_failed(upstream: &str, why: impl std::fmt::Display, retryable: bool) -> Error {
+    Error::new(
+        Kind::UpstreamAuth,
+        format!("The gateway could not obtain credentials for the upstream '{upstream}': {why}."),
+    )
+    .code("upstream_auth_failed")
+    .retryable(retryable)
 }
 
 fn humanize(d: Duration) -> String {
@@ -156,4 +362,58 @@ fn sensitive(value: &str) -> Result<HeaderValue, Error> {
     let mut v = HeaderValue::from_str(value).map_err(|_| Error::internal("a configured header value is not valid"))?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+/// Joins a base URL and a path into a `Uri`.
+fn uri(upstream: &Upstream, path: &str) -> Result<Uri, Error> {
+    format!("{}{path}", upstream.endpoint)
+        .parse::<Uri>()
+        .map_err(|e| Error::internal(format!("upstream {} has an unusable endpoint", upstream.name)).source(e))
+}
+
+/// An OpenAI `chat.completion.chunk` (or usage chunk) as one SSE event.
+pub(crate) fn event(value: &serde_json::Value) -> Event {
+    let data = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+    let mut raw = Vec::with_capacity(data.len() + 8);
+    raw.extend_from_slice(b"data: ");
+    raw.extend_from_slice(&data);
+    raw.extend_from_slice(b"\n\n");
+    Event { raw: Bytes::from(raw), data }
+}
+
+/// `data: [DONE]`.
+pub(crate) fn done_event() -> Event {
+    Event { raw: Bytes::from_static(b"data: [DONE]\n\n"), data: Bytes::from_static(b"[DONE]") }
+}
+
+/// An error event that ends a translated stream (built by `error.rs`, like every error body).
+pub(crate) fn error_event(error: &Error) -> Event {
+    let raw = error.sse_event();
+    let data = raw.strip_prefix(b"data: ").unwrap_or(&raw).trim_ascii_end().to_vec();
+    Event { raw, data: Bytes::from(data) }
+}
+
+/// A fresh `chatcmpl-…` id for a translated answer.
+pub(crate) fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Splits a `data:` URL into its MIME type and base64 payload; remote URLs are refused, since
+/// fetching a client-named URL from inside the gateway would be a server-side request forgery hole.
+pub(crate) fn data_url(url: &str, param: &str) -> Result<(String, String), Error> {
+    let refuse = || {
+        Error::bad_request(
+            "Only base64 `data:` image URLs are supported for this model's provider; the gateway does not fetch remote URLs.",
+        )
+        .param(param)
+        .code("invalid_image_url")
+    };
+    let rest = url.strip_prefix("data:").ok_or_else(refuse)?;
+    let (meta, data) = rest.split_once(',').ok_or_else(refuse)?;
+    let mime = meta.strip_suffix(";base64").ok_or_else(refuse)?;
+    Ok((if mime.is_empty() { "application/octet-stream".to_owned() } else { mime.to_owned() }, data.to_owned()))
 }

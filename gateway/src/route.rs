@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use rand::Rng;
 use weir_config::{Config, Retry, WILDCARD_MODEL};
@@ -219,7 +218,7 @@ impl Router {
         deadline: Instant,
         mut on_attempt: impl FnMut(&RouteTarget, AttemptEvent),
         hooks: Option<(&Chain, &Arc<RequestView>)>,
-        build: impl Fn(&RouteTarget) -> Result<Request<Full<Bytes>>, Error>,
+        build: impl Fn(&RouteTarget) -> Result<Request<Bytes>, Error>,
     ) -> Result<(Response<Incoming>, Arc<RouteTarget>), Error> {
         let attempts = self.retry.max_attempts.max(1) as usize;
         let mut attempt = 0;

@@ -1,5 +1,7 @@
 //! Stage: stream. Relays an upstream's SSE stream to the client event by event, byte for byte, while
-//! reading each event just enough to learn usage and time to first token.
+//! reading each event just enough to learn usage and time to first token. Providers with their own
+//! stream format (Bedrock's event stream, Gemini's SSE) go through a [`Translator`] first, which
+//! yields OpenAI chunks; from there on every provider's stream is handled alike.
 //!
 //! - Usage: the gateway always asks upstreams for the final usage chunk; when the client did not ask
 //!   for it, that chunk (`"choices": []` with `usage`) is removed here.
@@ -25,6 +27,7 @@ use crate::accounting::{Accounting, Outcome};
 use crate::api::Usage;
 use crate::api::sse::{Event, Splitter};
 use crate::error::{Error, Kind};
+use crate::providers::Translator;
 
 /// Settings of one relay.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +45,9 @@ pub struct RelayOptions {
 pub struct SseRelay {
     upstream: Incoming,
     splitter: Splitter,
+    /// `None` relays the upstream's own SSE (OpenAI-compatible upstreams).
+    translator: Option<Translator>,
+    translated: Vec<Event>,
     out: VecDeque<Bytes>,
     options: RelayOptions,
     idle: Pin<Box<Sleep>>,
@@ -54,10 +60,18 @@ pub struct SseRelay {
 }
 
 impl SseRelay {
-    pub fn new(upstream: Incoming, options: RelayOptions, accounting: Accounting, upstream_name: String) -> Self {
+    pub fn new(
+        upstream: Incoming,
+        translator: Option<Translator>,
+        options: RelayOptions,
+        accounting: Accounting,
+        upstream_name: String,
+    ) -> Self {
         Self {
             upstream,
             splitter: Splitter::default(),
+            translator,
+            translated: Vec::new(),
             out: VecDeque::new(),
             idle: Box::pin(tokio::time::sleep(options.idle)),
             deadline: Box::pin(tokio::time::sleep_until(options.deadline.into())),
@@ -162,9 +176,16 @@ impl HttpBody for SseRelay {
                     if let Ok(data) = frame.into_data() {
                         let next_idle = tokio::time::Instant::now() + this.options.idle;
                         this.idle.as_mut().reset(next_idle);
-                        this.splitter.push(&data);
-                        while let Some(event) = this.splitter.next_event() {
-                            this.on_event(event);
+                        if let Some(translator) = &mut this.translator {
+                            translator.push(&data, &mut this.translated);
+                            for event in std::mem::take(&mut this.translated) {
+                                this.on_event(event);
+                            }
+                        } else {
+                            this.splitter.push(&data);
+                            while let Some(event) = this.splitter.next_event() {
+                                this.on_event(event);
+                            }
                         }
                     }
                 }
@@ -177,6 +198,12 @@ impl HttpBody for SseRelay {
                     this.fail(&err);
                 }
                 Poll::Ready(None) => {
+                    if let Some(translator) = &mut this.translator {
+                        translator.finish(&mut this.translated);
+                        for event in std::mem::take(&mut this.translated) {
+                            this.on_event(event);
+                        }
+                    }
                     if this.saw_done && this.splitter.pending() == 0 {
                         let outcome = if this.upstream_error { Outcome::Error } else { Outcome::Ok };
                         this.finish(outcome);

@@ -1,4 +1,6 @@
-//! `mock-upstream`: the mock OpenAI upstream as a standalone server, for trying Weir by hand.
+//! `mock-upstream`: the mock upstreams as a standalone server, for trying Weir by hand: OpenAI's API
+//! under `/v1`, and on the same port Azure OpenAI, the Gemini API, Vertex AI, Bedrock and their
+//! OAuth token endpoints (see `weir_bench::mock`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,7 +17,8 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
-    /// Require `Authorization: Bearer <KEY>`.
+    /// Require this key: `Authorization: Bearer <KEY>` for OpenAI (and a Bedrock API key),
+    /// `api-key` for Azure, `x-goog-api-key` for the Gemini API.
     #[arg(long)]
     api_key: Option<String>,
     /// Delay before every response, e.g. 200ms.

@@ -1,108 +1,77 @@
 //! Adapter for OpenAI and every OpenAI-compatible server (vLLM, Ollama, LM Studio, llama.cpp, …):
 //! the request is relayed as it is with the model renamed, and errors are read from OpenAI's error shape.
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, Uri, header};
 use serde::Deserialize;
 use weir_config::Upstream;
 
-use super::sensitive;
-use crate::error::{Error, Kind};
+use super::{Detail, Operation, sensitive, uri};
+use crate::error::Error;
 
-/// Headers for every request to this upstream.
-pub fn headers(upstream: &Upstream) -> Result<HeaderMap, Error> {
-    let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::USER_AGENT, HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))));
-    if let Some(key) = &upstream.api_key {
-        h.insert(header::AUTHORIZATION, sensitive(&format!("Bearer {}", key.expose()))?);
-    }
-    for (name, value) in &upstream.headers {
-        if value.expose().is_empty() {
-            continue;
+/// The URLs of an OpenAI-compatible upstream.
+#[derive(Debug)]
+pub struct OpenAi {
+    chat: Uri,
+    embeddings: Uri,
+}
+
+impl OpenAi {
+    /// Adds the bearer key to the headers of every request.
+    pub fn new(upstream: &Upstream, headers: &mut HeaderMap) -> Result<Self, Error> {
+        if let Some(key) = &upstream.api_key {
+            headers.insert(header::AUTHORIZATION, sensitive(&format!("Bearer {}", key.expose()))?);
         }
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| Error::internal(format!("upstream {}: header {name} is not valid", upstream.name)))?;
-        h.insert(name, sensitive(value.expose())?);
+        Ok(Self { chat: uri(upstream, "/chat/completions")?, embeddings: uri(upstream, "/embeddings")? })
     }
-    Ok(h)
+
+    pub fn uri(&self, operation: Operation) -> Uri {
+        match operation {
+            Operation::Chat => self.chat.clone(),
+            Operation::Embeddings => self.embeddings.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
-struct Envelope {
-    error: UpstreamError,
+pub(super) struct Envelope {
+    pub error: UpstreamError,
 }
 
 #[derive(Deserialize)]
-struct UpstreamError {
+pub(super) struct UpstreamError {
     #[serde(default)]
-    message: Option<String>,
+    pub message: Option<String>,
     #[serde(default)]
-    param: Option<String>,
+    pub param: Option<String>,
     #[serde(default)]
-    code: Option<serde_json::Value>,
+    pub code: Option<serde_json::Value>,
 }
 
-const MAX_MESSAGE: usize = 1000;
-
-/// Classifies a non-2xx upstream response.
-pub fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, body: &Bytes) -> Error {
+/// Reads OpenAI's error shape (or takes the body as text).
+pub(crate) fn detail(body: &[u8]) -> Detail {
     let parsed = serde_json::from_slice::<Envelope>(body).ok().map(|e| e.error);
-    let upstream_message = parsed.as_ref().and_then(|e| e.message.clone()).unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(body);
-        text.trim().to_owned()
-    });
-    let upstream_message: String = upstream_message.chars().take(MAX_MESSAGE).collect();
+    let message = parsed
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
     let code = parsed.as_ref().and_then(|e| match &e.code {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(serde_json::Value::Number(n)) => Some(n.to_string()),
         _ => None,
     });
-    match status.as_u16() {
-        401 | 403 => Error::new(
-            Kind::UpstreamAuth,
-            format!("The upstream '{upstream}' rejected the gateway's credentials ({status}). This is a gateway configuration problem, not your API key."),
-        )
-        .code("upstream_auth_failed"),
-        429 => {
-            let retry_after = headers
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .map(|s| s.ceil().max(0.0) as u64);
-            Error::new(Kind::RateLimited, format!("The upstream '{upstream}' is rate limiting requests: {upstream_message}"))
-                .code(code.unwrap_or_else(|| "rate_limit_exceeded".into()))
-                .retryable(true)
-                .retry_after(retry_after)
-        }
-        408 | 500..=599 => Error::new(
-            Kind::UpstreamFailed,
-            format!("The upstream '{upstream}' failed with status {}: {upstream_message}", status.as_u16()),
-        )
-        .code("upstream_error")
-        .status(status)
-        .retryable(true),
-        400..=499 => {
-            let mut e = Error::new(Kind::UpstreamRejected, upstream_message).status(status);
-            e.param = parsed.as_ref().and_then(|p| p.param.as_deref()).map(Box::from);
-            e.code = code.map(Into::into);
-            e
-        }
-        _ => Error::new(
-            Kind::UpstreamFailed,
-            format!("The upstream '{upstream}' answered with unexpected status {}.", status.as_u16()),
-        )
-        .code("upstream_error")
-        .status(status),
-    }
+    Detail { message: Some(message), code, param: parsed.and_then(|p| p.param), ..Detail::default() }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http::{HeaderValue, StatusCode};
+
     use super::*;
+    use crate::providers::classify;
 
     fn classify_json(status: u16, body: &str) -> Error {
-        classify("up", StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), &Bytes::from(body.to_owned()))
+        classify("up", StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), detail(body.as_bytes()))
     }
 
     #[test]
@@ -120,7 +89,7 @@ mod tests {
     fn retryable_statuses_and_credentials() {
         let mut h = HeaderMap::new();
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("2.5"));
-        let e = classify("up", StatusCode::TOO_MANY_REQUESTS, &h, &Bytes::new());
+        let e = classify("up", StatusCode::TOO_MANY_REQUESTS, &h, detail(&Bytes::new()));
         assert!(e.retryable);
         assert_eq!((e.http_status(), e.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(3)));
         let e = classify_json(503, "overloaded");

@@ -2,10 +2,13 @@
 //! `weir-bench`, driven through its real HTTP surface by real clients (async-openai, reqwest, and the
 //! official `openai` Python SDK). One test binary, so the crates are linked once.
 
+mod azure;
+mod bedrock;
 mod cache;
 mod canary;
 mod chat;
 mod errors;
+mod gemini;
 mod plugins;
 mod policies;
 mod python;

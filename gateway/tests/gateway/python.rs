@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, strict_config};
+use crate::support::{TestGateway, bare_config, strict_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_works_against_the_gateway() {
@@ -39,7 +39,12 @@ key = "sk-weir-python-0123456789"
     );
     // No wildcard here: unknown models must be the gateway's 404.
     let gw = TestGateway::start(&strict_config(&upstream.base_url(), &extra)).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
+    run_script(&gw, "openai_sdk.py").await;
+}
+
+/// Runs a conformance script against the gateway; it must exit 0 and report no failure.
+async fn run_script(gw: &TestGateway, name: &str) {
+    let script = format!("{}/tests/{name}", env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let child = tokio::process::Command::new(&python)
         .arg(script)
@@ -61,4 +66,85 @@ key = "sk-weir-python-0123456789"
         "openai SDK conformance failed (install it with `pip install openai`):\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    // Shown with `--nocapture`: which checks ran.
+    eprintln!("{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_gets_correct_answers_from_every_provider() {
+    let mock = MockUpstream::builder().api_key("mock-key").aws_credentials("AKIDPYTHON", "secret").start().await;
+    let base = format!("http://{}", mock.addr());
+    let key = include_str!("../../../bench/fixtures/vertex/test-key.pem");
+    let sa = crate::support::state_dir().join(format!("python-sa-{}.json", mock.addr().port()));
+    std::fs::create_dir_all(crate::support::state_dir()).expect("state dir");
+    let account = serde_json::json!({
+        "type": "service_account", "project_id": "proj-1", "private_key": key,
+        "client_email": "weir@proj-1.iam.gserviceaccount.com", "token_uri": format!("{base}/token"),
+    });
+    std::fs::write(&sa, account.to_string()).expect("key file");
+    let config = bare_config(&format!(
+        r#"
+[[upstreams]]
+name = "bedrock"
+kind = "bedrock"
+endpoint = "{base}"
+region = "us-east-1"
+access_key_id = "AKIDPYTHON"
+secret_access_key = "secret"
+
+[[upstreams]]
+name = "gemini"
+kind = "gemini"
+endpoint = "{base}"
+api_key = "mock-key"
+
+[[upstreams]]
+name = "vertex"
+kind = "vertex"
+endpoint = "{base}"
+project = "proj-1"
+location = "us-central1"
+credentials_file = "{sa}"
+
+[[upstreams]]
+name = "azure"
+kind = "azure-openai"
+endpoint = "{base}"
+api_version = "2024-10-21"
+api_key = "mock-key"
+
+[[models]]
+name = "bedrock"
+targets = [{{ upstream = "bedrock", model = "anthropic.claude-3-5-sonnet-20240620-v1:0" }}]
+[[models]]
+name = "gemini"
+targets = [{{ upstream = "gemini", model = "gemini-2.5-flash" }}]
+[[models]]
+name = "vertex"
+targets = [{{ upstream = "vertex", model = "gemini-2.5-pro" }}]
+[[models]]
+name = "azure"
+targets = [{{ upstream = "azure", model = "gpt-4o" }}]
+[[models]]
+name = "bedrock-embed"
+targets = [{{ upstream = "bedrock", model = "amazon.titan-embed-text-v2:0" }}]
+[[models]]
+name = "gemini-embed"
+targets = [{{ upstream = "gemini", model = "gemini-embedding-001" }}]
+[[models]]
+name = "vertex-embed"
+targets = [{{ upstream = "vertex", model = "text-embedding-005" }}]
+[[models]]
+name = "azure-embed"
+targets = [{{ upstream = "azure", model = "text-embedding-3-small" }}]
+
+[[keys]]
+name = "python-sdk"
+team = "conformance"
+key = "sk-weir-python-0123456789"
+"#,
+        sa = sa.display()
+    ));
+    let gw = TestGateway::start(&config).await;
+    run_script(&gw, "openai_sdk_providers.py").await;
 }

@@ -183,3 +183,42 @@ pub async fn metric_eventually(gw: &TestGateway, name: &str, labels: &[(&str, &s
     }
     value
 }
+
+/// A configuration with only the server and retry settings of [`config`], and `rest` (upstreams,
+/// models) appended: for tests of the cloud providers.
+pub fn bare_config(rest: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[retry]
+backoff_base = "5ms"
+backoff_max = "20ms"
+{rest}
+"#
+    )
+}
+
+/// Posts a JSON body and returns the status, headers and raw body (for streams and errors alike).
+pub async fn post_full(url: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let response = reqwest::Client::new().post(url).json(body).send().await.expect("send");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.bytes().await.expect("body").to_vec())
+}
+
+/// The JSON events of an SSE body, and whether it ended with `[DONE]`.
+pub fn sse_json(body: &[u8]) -> (Vec<Value>, bool) {
+    let data = sse_data(body);
+    let done = data.last().is_some_and(|d| d == "[DONE]");
+    let events =
+        data.iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap_or(Value::Null)).collect();
+    (events, done)
+}
+
+/// The text a stream's chunks add up to, for choice 0.
+pub fn streamed_text(events: &[Value]) -> String {
+    events.iter().filter_map(|e| e.pointer("/choices/0/delta/content").and_then(Value::as_str)).collect()
+}

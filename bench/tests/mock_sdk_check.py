@@ -1,0 +1,285 @@
+"""The mock upstreams checked by each provider's own SDK, so that they cannot drift from the real
+protocols: boto3 for Bedrock (SigV4, event-stream frames, exceptions), google-genai for the Gemini
+API and Vertex AI (with google-auth's service-account flow against the mock's token endpoint), and
+the `openai` package's AzureOpenAI for Azure OpenAI.
+
+Run by the Rust test `bench/tests/sdk.rs`, which starts the mock and sets MOCK_URL, MOCK_KEY,
+MOCK_AWS_KEY_ID and MOCK_SA_KEY (a PEM file).
+"""
+
+import json
+import os
+import sys
+import traceback
+import urllib.request
+
+URL = os.environ["MOCK_URL"]
+KEY = os.environ["MOCK_KEY"]
+AWS_KEY_ID = os.environ["MOCK_AWS_KEY_ID"]
+SA_KEY = open(os.environ["MOCK_SA_KEY"]).read()
+
+checks = []
+
+
+def check(fn):
+    checks.append(fn)
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Bedrock, with boto3
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+
+def bedrock(key_id=AWS_KEY_ID, secret="mock-secret"):
+    return boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=URL,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
+
+
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+TOOLS = {"tools": [
+    {"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object", "properties": {"location": {"type": "string"}}}}}},
+    {"toolSpec": {"name": "get_time", "inputSchema": {"json": {"type": "object"}}}},
+]}
+
+
+@check
+def bedrock_converse():
+    r = bedrock().converse(modelId=CLAUDE, system=[{"text": "be brief"}], messages=[{"role": "user", "content": [{"text": "hello"}]}])
+    assert r["output"]["message"]["content"] == [{"text": "echo: hello"}], r
+    assert r["stopReason"] == "end_turn"
+    assert r["usage"]["inputTokens"] == 1 and r["usage"]["cacheReadInputTokens"] == 3, r["usage"]
+
+
+@check
+def bedrock_converse_stream():
+    r = bedrock().converse_stream(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "one two"}]}], inferenceConfig={"maxTokens": 100})
+    events = list(r["stream"])
+    kinds = [next(iter(e)) for e in events]
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"], kinds
+    text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
+    assert text == "echo: one two", text
+    assert events[-1]["metadata"]["usage"]["outputTokens"] == 3
+
+
+@check
+def bedrock_tool_use_and_results():
+    client = bedrock()
+    first = client.converse(modelId=CLAUDE, toolConfig=TOOLS, messages=[{"role": "user", "content": [{"text": "weather?"}]}])
+    assert first["stopReason"] == "tool_use"
+    uses = [b["toolUse"] for b in first["output"]["message"]["content"]]
+    assert [u["name"] for u in uses] == ["get_weather", "get_time"] and uses[0]["input"] == {"location": "Paris"}
+    results = [{"toolResult": {"toolUseId": u["toolUseId"], "content": [{"text": "sunny"}]}} for u in uses]
+    second = client.converse(modelId=CLAUDE, toolConfig=TOOLS, messages=[
+        {"role": "user", "content": [{"text": "weather?"}]}, first["output"]["message"], {"role": "user", "content": results}])
+    assert second["output"]["message"]["content"][0]["text"] == "tool said: sunny", second
+    stream = client.converse_stream(modelId=CLAUDE, toolConfig=TOOLS, messages=[{"role": "user", "content": [{"text": "weather?"}]}])["stream"]
+    starts = [e["contentBlockStart"]["start"]["toolUse"]["name"] for e in stream if "contentBlockStart" in e]
+    assert starts == ["get_weather", "get_time"], starts
+
+
+@check
+def bedrock_exception_mid_stream():
+    stream = bedrock().converse_stream(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "trigger-stream-exception"}]}])["stream"]
+    try:
+        list(stream)
+    except botocore.exceptions.EventStreamError as e:
+        assert e.response["Error"]["Code"] == "modelStreamErrorException", e.response
+    else:
+        raise AssertionError("the exception frame must raise")
+
+
+@check
+def bedrock_validation_and_auth_errors():
+    try:
+        bedrock().converse(modelId=CLAUDE, messages=[{"role": "assistant", "content": [{"text": "hi"}]}])
+        raise AssertionError("must fail")
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "ValidationException", e.response
+        assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    try:
+        bedrock(key_id="AKIDWRONG").converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+        raise AssertionError("must fail")
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "UnrecognizedClientException", e.response
+    # The mock recomputes the signature: the right key id with the wrong secret fails.
+    try:
+        bedrock(secret="not-the-secret").converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+        raise AssertionError("must fail")
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidSignatureException", e.response
+
+
+@check
+def bedrock_invoke_model_embeddings():
+    r = bedrock().invoke_model(modelId="amazon.titan-embed-text-v2:0", body=json.dumps({"inputText": "a b", "dimensions": 4}))
+    body = json.loads(r["body"].read())
+    assert len(body["embedding"]) == 4 and body["inputTextTokenCount"] == 2, body
+    r = bedrock().invoke_model(modelId="cohere.embed-english-v3", body=json.dumps({"texts": ["a", "b"], "input_type": "search_document"}))
+    assert len(json.loads(r["body"].read())["embeddings"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemini API and Vertex AI, with google-genai
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+from google.oauth2 import service_account
+
+GEMINI = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=URL))
+WEATHER = types.Tool(function_declarations=[
+    types.FunctionDeclaration(name="get_weather", parameters={"type": "object", "properties": {"location": {"type": "string"}}}),
+    types.FunctionDeclaration(name="get_time", parameters={"type": "object", "properties": {}}),
+])
+
+
+def vertex():
+    creds = service_account.Credentials.from_service_account_info({
+        "type": "service_account", "project_id": "proj-1", "private_key_id": "test", "private_key": SA_KEY,
+        "client_email": "check@proj-1.iam.gserviceaccount.com", "client_id": "1", "token_uri": URL + "/token",
+    }, scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    return genai.Client(vertexai=True, project="proj-1", location="us-central1", credentials=creds, http_options=types.HttpOptions(base_url=URL))
+
+
+@check
+def gemini_generate_content():
+    r = GEMINI.models.generate_content(model="gemini-2.5-flash", contents="hello", config=types.GenerateContentConfig(system_instruction="be brief", max_output_tokens=50))
+    assert r.text == "echo: hello", r
+    assert r.candidates[0].finish_reason == types.FinishReason.STOP
+    assert r.usage_metadata.thoughts_token_count == 2 and r.usage_metadata.candidates_token_count == 2
+
+
+@check
+def gemini_stream():
+    chunks = list(GEMINI.models.generate_content_stream(model="gemini-2.5-flash", contents="one two three"))
+    assert "".join(c.text or "" for c in chunks) == "echo: one two three"
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+    assert chunks[-1].usage_metadata.prompt_token_count == 3
+
+
+@check
+def gemini_function_calls_with_thought_signatures():
+    config = types.GenerateContentConfig(tools=[WEATHER], automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+    first = GEMINI.models.generate_content(model="gemini-2.5-flash", contents="weather?", config=config)
+    calls = first.function_calls
+    assert [c.name for c in calls] == ["get_weather", "get_time"] and calls[0].args == {"location": "Paris"}
+    call_parts = [p for p in first.candidates[0].content.parts if p.function_call]
+    assert call_parts[0].thought_signature and not call_parts[1].thought_signature, "Gemini signs the first call"
+    history = [
+        types.Content(role="user", parts=[types.Part(text="weather?")]),
+        first.candidates[0].content,
+        types.Content(role="user", parts=[types.Part.from_function_response(name=c.name, response={"result": "sunny"}) for c in calls]),
+    ]
+    second = GEMINI.models.generate_content(model="gemini-2.5-flash", contents=history, config=config)
+    assert second.text == 'tool said: {"result":"sunny"}', second.text
+    # Without the signature the mock refuses, as Gemini does.
+    unsigned = types.Content(role="model", parts=[types.Part(function_call=p.function_call) for p in call_parts])
+    try:
+        GEMINI.models.generate_content(model="gemini-2.5-flash", contents=[history[0], unsigned, history[2]], config=config)
+        raise AssertionError("must fail")
+    except genai_errors.ClientError as e:
+        assert e.code == 400 and "thought_signature" in e.message, e
+
+
+@check
+def gemini_errors():
+    bad = genai.Client(api_key="wrong-key", http_options=types.HttpOptions(base_url=URL))
+    try:
+        bad.models.generate_content(model="gemini-2.5-flash", contents="hi")
+        raise AssertionError("must fail")
+    except genai_errors.ClientError as e:
+        assert e.code == 400 and e.status == "INVALID_ARGUMENT", e
+
+
+@check
+def gemini_embeddings():
+    r = GEMINI.models.embed_content(model="gemini-embedding-001", contents=["a b", "c"], config=types.EmbedContentConfig(output_dimensionality=4))
+    assert [len(e.values) for e in r.embeddings] == [4, 4], r
+
+
+@check
+def vertex_with_a_service_account():
+    client = vertex()
+    r = client.models.generate_content(model="gemini-2.5-pro", contents="hello vertex")
+    assert r.text == "echo: hello vertex", r
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-pro", contents="a b"))
+    assert "".join(c.text or "" for c in chunks) == "echo: a b"
+    r = client.models.embed_content(model="text-embedding-005", contents=["x", "y"])
+    assert len(r.embeddings) == 2 and r.embeddings[0].statistics.token_count == 1, r
+
+
+# ---------------------------------------------------------------------------------------------
+# Azure OpenAI, with the openai package
+
+import openai
+
+AZURE = openai.AzureOpenAI(azure_endpoint=URL, api_key=KEY, api_version="2024-10-21", max_retries=0)
+
+
+def entra_token():
+    form = "grant_type=client_credentials&client_id=c&client_secret=s&scope=https%3A%2F%2Fcognitiveservices.azure.com%2F.default"
+    request = urllib.request.Request(URL + "/tenant-1/oauth2/v2.0/token", data=form.encode(), method="POST")
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())["access_token"]
+
+
+@check
+def azure_chat_and_filters():
+    r = AZURE.chat.completions.create(model="prod-4o", messages=[{"role": "user", "content": "hello"}])
+    assert r.choices[0].message.content == "echo: hello"
+    assert r.model_extra["prompt_filter_results"][0]["content_filter_results"]["hate"]["filtered"] is False
+    assert r.choices[0].model_extra["content_filter_results"]["violence"]["severity"] == "safe"
+
+
+@check
+def azure_stream_with_an_empty_first_chunk():
+    chunks = list(AZURE.chat.completions.create(model="prod-4o", messages=[{"role": "user", "content": "a b"}], stream=True))
+    assert chunks[0].choices == [] and chunks[0].model_extra["prompt_filter_results"], chunks[0]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: a b"
+
+
+@check
+def azure_content_filter_error():
+    try:
+        AZURE.chat.completions.create(model="prod-4o", messages=[{"role": "user", "content": "trigger-content-filter"}])
+        raise AssertionError("must fail")
+    except openai.BadRequestError as e:
+        assert e.code == "content_filter", e
+
+
+@check
+def azure_entra_and_v1():
+    client = openai.AzureOpenAI(azure_endpoint=URL, azure_ad_token_provider=entra_token, api_version="2024-10-21", max_retries=0)
+    assert client.embeddings.create(model="embeddings", input=["a", "b"]).data[1].index == 1
+    v1 = openai.OpenAI(base_url=URL + "/openai/v1/", api_key=KEY, max_retries=0)
+    assert v1.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == "echo: hi"
+    try:
+        openai.AzureOpenAI(azure_endpoint=URL, api_key="wrong", api_version="2024-10-21", max_retries=0).chat.completions.create(
+            model="prod-4o", messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("must fail")
+    except openai.AuthenticationError:
+        pass
+
+
+passed = failed = 0
+for fn in checks:
+    try:
+        fn()
+        passed += 1
+        print(f"ok   {fn.__name__}")
+    except Exception:
+        failed += 1
+        print(f"FAIL {fn.__name__}")
+        traceback.print_exc(file=sys.stdout)
+print(f"mock SDK checks: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
