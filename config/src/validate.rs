@@ -670,4 +670,3 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         Err(errs.0)
     }
 }
-
