@@ -71,7 +71,7 @@ fn reports_every_problem_with_its_path() {
         "timeouts.idle: \"soon\" is not a duration",
         "upstreams[0].endpoint: \"ftp://x\" must be an http:// or https:// URL",
         "upstreams[1].name: upstream \"a\" is defined twice",
-        "upstreams[1].kind: unknown kind \"grpc\"; supported: openai, azure-openai, bedrock, vertex, gemini",
+        "upstreams[1].kind: unknown kind \"grpc\"; supported: openai, worker, azure-openai, bedrock, vertex, gemini",
         "models[0].targets[1].upstream: unknown upstream \"b\"; defined upstreams: [a, a]",
         "models[0].targets[2].model: is required",
         "models[1].name: model \"m\" is defined twice",
