@@ -88,7 +88,12 @@ impl Report {
         let plugins = self.plugins_memory.as_ref();
         match plugins {
             Some(_) => {
-                writeln!(f, "\n| weir process | RSS, weir | RSS, weir+{} plugins |", self.options.plugins)?;
+                let chain = if self.options.builtins {
+                    "built-ins".to_owned()
+                } else {
+                    format!("{} plugins", self.options.plugins)
+                };
+                writeln!(f, "\n| weir process | RSS, weir | RSS, weir+{chain} |")?;
                 writeln!(f, "|---|---:|---:|")?;
             }
             None => {
