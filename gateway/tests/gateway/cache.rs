@@ -3,14 +3,11 @@
 //! streams assembled into whole answers (tool calls included), embeddings, and a cached stream
 //! replayed to the official `openai` Python SDK.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, config, metric, metric_eventually, sse_data, strict_config};
+use crate::support::{TestGateway, config, metric, metric_eventually, run_python_script, sse_data, strict_config};
 
 /// Two keys of one team and one of another.
 const KEYS: &str = r#"
@@ -355,28 +352,7 @@ targets = [{{ upstream = "mock", model = "fixture:tool_call" }}]
         cache_plugin("")
     );
     let gw = TestGateway::start(&strict_config(&upstream.base_url(), &extra)).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cache_sdk.py");
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let child = tokio::process::Command::new(&python)
-        .arg(script)
-        .env("WEIR_BASE_URL", gw.base_url())
-        .env("WEIR_API_KEY", ALICE)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("the script finishes")
-        .expect("output");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "cache replay through the openai SDK failed (install it with `pip install openai`):\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    run_python_script(&gw, "cache_sdk.py", ALICE).await;
     // Each streamed question reached the upstream once; every repeat was a hit.
     let hits = metric(&gw.metrics().await, "weir_plugin_counter_total", &[("plugin", "cache"), ("metric", "hits")]);
     assert!(hits >= 4.0, "{hits}");

@@ -1,12 +1,9 @@
 //! The official `openai` Python SDK against the gateway: the drop-in promise checked by the client
 //! most users actually run. `.ci/run` installs the package; without it this test fails and says how.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, bare_config, strict_config};
+use crate::support::{TestGateway, bare_config, run_python_script, strict_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_works_against_the_gateway() {
@@ -44,28 +41,7 @@ key = "sk-weir-python-0123456789"
 
 /// Runs a conformance script against the gateway; it must exit 0 and report no failure.
 async fn run_script(gw: &TestGateway, name: &str) {
-    let script = format!("{}/tests/{name}", env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let child = tokio::process::Command::new(&python)
-        .arg(script)
-        .env("WEIR_BASE_URL", gw.base_url())
-        .env("WEIR_API_KEY", "sk-weir-python-0123456789")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("the script finishes")
-        .expect("output");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "openai SDK conformance failed (install it with `pip install openai`):\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let stdout = run_python_script(gw, name, "sk-weir-python-0123456789").await;
     // Shown with `--nocapture`: which checks ran.
     eprintln!("{stdout}");
 }

@@ -222,3 +222,28 @@ pub fn sse_json(body: &[u8]) -> (Vec<Value>, bool) {
 pub fn streamed_text(events: &[Value]) -> String {
     events.iter().filter_map(|e| e.pointer("/choices/0/delta/content").and_then(Value::as_str)).collect()
 }
+
+/// Runs a Python check script from `gateway/tests/` against the gateway with `key`; it must exit 0
+/// and report `N passed, 0 failed`. Returns its output.
+pub async fn run_python_script(gw: &TestGateway, name: &str, key: &str) -> String {
+    let script = format!("{}/tests/{name}", env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let child = tokio::process::Command::new(&python)
+        .arg(script)
+        .env("WEIR_BASE_URL", gw.base_url())
+        .env("WEIR_API_KEY", key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the script finishes")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{name} failed (install the `openai` package with pip):\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    stdout
+}
