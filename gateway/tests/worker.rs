@@ -122,6 +122,41 @@ fn tiny_gpt2_greedy_generation_matches_transformers_token_for_token() {
 }
 
 #[test]
+fn a_batched_decode_step_matches_each_sequence_decoded_alone() {
+    // The fixture's prompts (of different lengths) advanced together, each through its own cache,
+    // must give the logits each gets alone through the single-sequence path.
+    let (_, model) = tiny_gpt2();
+    let want = fixture("gpt2.json");
+    let prompts: Vec<Vec<u32>> = want["cases"].as_array().unwrap().iter().map(|c| ids(&c["ids"])).collect();
+    assert!(prompts.len() >= 2 && prompts.iter().any(|p| p.len() != prompts[0].len()));
+    let mut alone: Vec<_> = prompts.iter().map(|_| model.cache(&Cpu).unwrap()).collect();
+    let mut together: Vec<_> = prompts.iter().map(|_| model.cache(&Cpu).unwrap()).collect();
+    let mut next: Vec<u32> = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let a = model.forward(&Cpu, &mut alone[i], p, false).unwrap();
+        let t = model.forward(&Cpu, &mut together[i], p, false).unwrap();
+        assert_eq!(a, t);
+        next.push(weir::worker::sample::argmax(&a));
+    }
+    let mut decoder = model.decoder(&Cpu, prompts.len()).unwrap();
+    for step in 0..6 {
+        let batched = model.step(&Cpu, &mut decoder, &mut together, &next).unwrap().clone();
+        for (i, id) in next.iter_mut().enumerate() {
+            let single = model.forward(&Cpu, &mut alone[i], &[*id], false).unwrap();
+            let row = &batched[i * model.vocab..(i + 1) * model.vocab];
+            let err = relative_error(row, &single);
+            assert!(err <= 1e-5, "step {step}, sequence {i}: relative error {err}");
+            assert_eq!(together[i].len, alone[i].len);
+            *id = weir::worker::sample::argmax(&single);
+        }
+    }
+    // A step over fewer sequences than the decoder holds (one left) still works.
+    let one = model.step(&Cpu, &mut decoder, &mut together[..1], &next[..1]).unwrap().clone();
+    let single = model.forward(&Cpu, &mut alone[0], &next[..1], false).unwrap();
+    assert!(relative_error(&one[..model.vocab], &single) <= 1e-5);
+}
+
+#[test]
 fn fraud_mlp_matches_pytorch() {
     let files = ModelFiles::read(&fixtures().join("fraud-mlp")).unwrap();
     let mlp = Mlp::load(&files, &Cpu).unwrap();
@@ -364,6 +399,51 @@ async fn predictions_take_arrays_or_named_features_and_reject_bad_shapes() {
         assert_eq!(status, 400, "{e}");
         assert!(e["error"]["message"].as_str().unwrap().contains(fragment), "{e}");
     }
+}
+
+#[tokio::test]
+async fn concurrent_generations_are_decoded_together_and_each_gets_its_own_text() {
+    let worker = Worker::load(&gpt2_dir(), Device::Cpu, None).unwrap();
+    let want = fixture("gpt2.json");
+    let cases = want["cases"].as_array().unwrap();
+    let files = ModelFiles::read(&fixtures().join("tiny-gpt2")).unwrap();
+    let text = Text::load(&files.dir, &files.config).unwrap();
+    // Several copies of each case at once, submitted back to back so that they overlap.
+    let mut receivers = Vec::new();
+    for round in 0..3 {
+        for (i, case) in cases.iter().enumerate() {
+            let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+            let greedy = ids(&case["greedy"]);
+            worker
+                .generate(weir::worker::engine::Generation {
+                    prompt: ids(&case["ids"]),
+                    max_tokens: greedy.len(),
+                    params: Params { temperature: 0.0, top_k: 0, top_p: 1.0 },
+                    seed: round,
+                    stops: Vec::new(),
+                    events,
+                })
+                .unwrap();
+            receivers.push((i, rx));
+        }
+    }
+    let n = receivers.len() as u64;
+    for (i, mut rx) in receivers {
+        let mut got = String::new();
+        loop {
+            match rx.recv().await.unwrap() {
+                weir::worker::engine::Event::Delta(d) => got.push_str(&d),
+                weir::worker::engine::Event::Done { .. } => break,
+                weir::worker::engine::Event::Failed(why) => panic!("{why}"),
+            }
+        }
+        assert_eq!(got, text.decode(&ids(&cases[i]["greedy"])), "case {i}");
+    }
+    // Each generation's first token comes from its prompt's pass, every other one from a decode
+    // step; more tokens than steps + prompts means some steps advanced several generations.
+    let tokens = worker.stats.tokens_generated.load(Ordering::Relaxed);
+    let steps = worker.stats.decode_steps.load(Ordering::Relaxed);
+    assert!(tokens > steps + n, "{tokens} tokens in {steps} steps for {n} generations: nothing was batched");
 }
 
 #[tokio::test]

@@ -75,30 +75,87 @@ pub struct Attention<'a> {
     pub causal: Option<usize>,
 }
 
+/// What a matrix product does with its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `out = act(x · w + bias)`.
+    Store(Option<Act>),
+    /// `out += x · w + bias`: a residual connection, added in the same pass.
+    Add,
+}
+
+/// The shape of a prepared weight matrix: `k` inputs to `n` outputs.
+pub trait MatShape {
+    fn k(&self) -> usize;
+    fn n(&self) -> usize;
+}
+
+/// One sequence's keys and values, per layer, sized for the whole context window: row `p` of
+/// `keys[layer]` is position `p`'s key. Only the first `len` rows hold anything.
+pub struct KvCache<B: Backend + ?Sized> {
+    pub keys: Vec<B::Buf>,
+    pub values: Vec<B::Buf>,
+    /// Positions filled so far.
+    pub len: usize,
+}
+
+impl<B: Backend> fmt::Debug for KvCache<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvCache").field("layers", &self.keys.len()).field("len", &self.len).finish()
+    }
+}
+
 /// A device the models run on.
+///
+/// Operations come in two forms: ones that return a new buffer (simple to compose; the encoder and
+/// a prompt's first pass use them) and `_into` ones that write into a buffer the caller keeps, over
+/// the first `rows` rows of it, so that the decode loop allocates nothing per token.
 pub trait Backend: Send + Sync + 'static {
     /// A buffer of `f32` on the device.
     type Buf: Send + Sync + 'static;
+    /// A weight matrix, laid out once at load time as this device's products read it fastest.
+    type Mat: MatShape + Send + Sync + 'static;
 
     /// "cpu" or "cuda:N (device name)".
     fn describe(&self) -> String;
+    /// Runs one piece of model work (a batch, a prompt, a decode step) where this device wants its
+    /// host side to run: the CPU moves it onto its thread pool; a GPU runs it where it is.
+    fn compute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
 
-    /// `x[m, k] · w + bias`, where `w` is `[k, n]`, or `[n, k]` read transposed when `w_transposed`
-    /// (PyTorch's `Linear` stores `[out, in]`; GPT-2's `Conv1D` stores `[in, out]`).
-    #[expect(clippy::too_many_arguments, reason = "a GEMM's operands, sizes and layout")]
+    /// Prepares a weight mapping `k` inputs to `n` outputs from `data`, stored `[k, n]` or, when
+    /// `transposed`, `[n, k]` (PyTorch's `Linear` stores `[out, in]`; GPT-2's `Conv1D` `[in, out]`).
+    fn weight(&self, data: &[f32], k: usize, n: usize, transposed: bool) -> Result<Self::Mat>;
+
+    /// `x[m, k] · w + bias` into the first `m` rows of `out` (`[≥ m, n]`), as `epilogue` says.
+    fn matmul_into(
+        &self,
+        x: &Self::Buf,
+        m: usize,
+        w: &Self::Mat,
+        bias: Option<&Self::Buf>,
+        epilogue: Epilogue,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `act(x[m, k] · w + bias)` as a new `[m, n]` buffer.
     fn matmul(
         &self,
         x: &Self::Buf,
         m: usize,
-        k: usize,
-        w: &Self::Buf,
-        n: usize,
-        w_transposed: bool,
+        w: &Self::Mat,
         bias: Option<&Self::Buf>,
-    ) -> Result<Self::Buf>;
+        act: Option<Act>,
+    ) -> Result<Self::Buf> {
+        let mut out = self.zeros(m * w.n())?;
+        self.matmul_into(x, m, w, bias, Epilogue::Store(act), &mut out)?;
+        Ok(out)
+    }
+
     /// `x += y`, element-wise.
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf) -> Result<()>;
     fn activate(&self, x: &mut Self::Buf, act: Act) -> Result<()>;
@@ -111,16 +168,44 @@ pub trait Backend: Send + Sync + 'static {
         beta: &Self::Buf,
         eps: f32,
     ) -> Result<Self::Buf>;
+    /// Layer norm of the first `rows` rows of `x` into the first `rows` rows of `out`.
+    #[expect(clippy::too_many_arguments, reason = "a layer norm's operands, extents and output")]
+    fn layer_norm_into(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
     /// `out[i] = table[ids[i]]` for a table of `cols`-wide rows.
     fn gather(&self, table: &Self::Buf, cols: usize, ids: &[u32]) -> Result<Self::Buf>;
-    /// `x[i] += table[ids[i]]` (position and token-type embeddings).
+    /// [`Backend::gather`] into the first `ids.len()` rows of `out`.
+    fn gather_into(&self, table: &Self::Buf, cols: usize, ids: &[u32], out: &mut Self::Buf) -> Result<()>;
+    /// `x[i] += table[ids[i]]` (position and token-type embeddings), for the first `ids.len()` rows.
     fn add_gathered(&self, x: &mut Self::Buf, table: &Self::Buf, cols: usize, ids: &[u32]) -> Result<()>;
     /// Columns `from..from + width` of `x[rows, cols]`, as a new `[rows, width]` buffer.
     fn columns(&self, x: &Self::Buf, cols: usize, from: usize, width: usize) -> Result<Self::Buf>;
     /// Copies `src[rows, cols]` into `dst` starting at row `at` (appending to a KV cache).
     fn write_rows(&self, dst: &mut Self::Buf, cols: usize, at: usize, src: &Self::Buf) -> Result<()>;
+    /// Copies `len` floats from `src` at `from` to `dst` at `to`.
+    fn copy(&self, src: &Self::Buf, from: usize, dst: &mut Self::Buf, to: usize, len: usize) -> Result<()>;
     /// Scaled dot-product attention, softmax over the visible keys; returns `[batch * q_len, hidden]`.
     fn attention(&self, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, shape: &Attention<'_>) -> Result<Self::Buf>;
+    /// One decode step's attention for `caches.len()` sequences: row `b` of `qkv` (`[rows, 3 ·
+    /// hidden]`, queries first) attends to the first `caches[b].len` keys and values of layer
+    /// `layer` of its own cache; the result goes to row `b` of `out` (`[rows, hidden]`).
+    fn attention_step(
+        &self,
+        qkv: &Self::Buf,
+        caches: &[KvCache<Self>],
+        layer: usize,
+        heads: usize,
+        head_dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
     /// The mean of the first `lens[b]` rows of each `[len, cols]` block of `x`; `[batch, cols]`.
     fn mean_pool(&self, x: &Self::Buf, len: usize, cols: usize, lens: &[usize]) -> Result<Self::Buf>;
     /// Divides each row by its L2 norm (clamped as PyTorch's `normalize` does, at 1e-12).
@@ -128,15 +213,20 @@ pub trait Backend: Send + Sync + 'static {
     /// Row `row` of `x[rows, cols]` alone (the last position, whose logits choose the next token).
     fn row(&self, x: &Self::Buf, cols: usize, row: usize) -> Result<Self::Buf> {
         let mut out = self.zeros(cols)?;
-        let all = self.download(x)?;
-        let one = self.upload(&all[row * cols..(row + 1) * cols])?;
-        self.write_rows(&mut out, cols, 0, &one)?;
+        self.copy(x, row * cols, &mut out, 0, cols)?;
         Ok(out)
     }
-    /// Picks the next token from a row of logits. The default brings the logits to the host; a
-    /// device may override the cases it can do in place, so only the id crosses back.
-    fn sample(&self, logits: &Self::Buf, params: &crate::worker::sample::Params, uniform: f32) -> Result<u32> {
-        let logits = self.download(logits)?;
+    /// Picks the next token from row `row` of `logits[rows, cols]`. The default brings the row to
+    /// the host; a device may override the cases it can do in place, so only the id crosses back.
+    fn sample_row(
+        &self,
+        logits: &Self::Buf,
+        cols: usize,
+        row: usize,
+        params: &crate::worker::sample::Params,
+        uniform: f32,
+    ) -> Result<u32> {
+        let logits = self.download(&self.row(logits, cols, row)?)?;
         Ok(crate::worker::sample::pick(&logits, params, uniform))
     }
 }

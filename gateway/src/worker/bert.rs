@@ -2,17 +2,17 @@
 //! sentence-transformers does: mean (or CLS) pooling over the real tokens, then L2 normalisation
 //! when the model's `modules.json` lists a `Normalize` module.
 
-use super::backend::{Act, Attention, Backend};
+use super::backend::{Act, Attention, Backend, Epilogue};
 use super::load::ModelFiles;
 
 struct Layer<B: Backend> {
-    q: (B::Buf, B::Buf),
-    k: (B::Buf, B::Buf),
-    v: (B::Buf, B::Buf),
-    out: (B::Buf, B::Buf),
+    /// Query, key and value projections as one `[hidden, 3 · hidden]` product (one pass over the
+    /// activations instead of three), and their biases.
+    qkv: (B::Mat, B::Buf),
+    out: (B::Mat, B::Buf),
     ln1: (B::Buf, B::Buf),
-    up: (B::Buf, B::Buf),
-    down: (B::Buf, B::Buf),
+    up: (B::Mat, B::Buf),
+    down: (B::Mat, B::Buf),
     ln2: (B::Buf, B::Buf),
 }
 
@@ -27,7 +27,6 @@ pub enum Pooling {
 pub struct Bert<B: Backend> {
     pub hidden: usize,
     heads: usize,
-    intermediate: usize,
     eps: f32,
     act: Act,
     /// The longest input accepted, in tokens (sentence-transformers' `max_seq_length` when given).
@@ -73,8 +72,18 @@ impl<B: Backend> Bert<B> {
         });
         let p: &[&str] = &["", "bert.", "model."];
         let t = |name: &str, shape: &[usize]| files.upload(backend, p, name, shape);
-        let lin = |name: &str, out: usize, inp: usize| -> Result<(B::Buf, B::Buf), String> {
-            Ok((t(&format!("{name}.weight"), &[out, inp])?, t(&format!("{name}.bias"), &[out])?))
+        let lin = |name: &str, out: usize, inp: usize| -> Result<(B::Mat, B::Buf), String> {
+            let w = files.weight(backend, p, &format!("{name}.weight"), (inp, out), true)?;
+            Ok((w, t(&format!("{name}.bias"), &[out])?))
+        };
+        let qkv = |name: &str| -> Result<(B::Mat, B::Buf), String> {
+            let (mut w, mut b) = (Vec::with_capacity(3 * hidden * hidden), Vec::with_capacity(3 * hidden));
+            for part in ["query", "key", "value"] {
+                w.extend_from_slice(files.tensor(p, &format!("{name}.{part}.weight"), &[hidden, hidden])?);
+                b.extend_from_slice(files.tensor(p, &format!("{name}.{part}.bias"), &[hidden])?);
+            }
+            let e = |e: super::backend::DeviceError| e.to_string();
+            Ok((backend.weight(&w, hidden, 3 * hidden, true).map_err(e)?, backend.upload(&b).map_err(e)?))
         };
         let norm = |name: &str| -> Result<(B::Buf, B::Buf), String> {
             Ok((t(&format!("{name}.weight"), &[hidden])?, t(&format!("{name}.bias"), &[hidden])?))
@@ -83,9 +92,7 @@ impl<B: Backend> Bert<B> {
         for i in 0..n_layers {
             let l = format!("encoder.layer.{i}");
             layers.push(Layer {
-                q: lin(&format!("{l}.attention.self.query"), hidden, hidden)?,
-                k: lin(&format!("{l}.attention.self.key"), hidden, hidden)?,
-                v: lin(&format!("{l}.attention.self.value"), hidden, hidden)?,
+                qkv: qkv(&format!("{l}.attention.self"))?,
                 out: lin(&format!("{l}.attention.output.dense"), hidden, hidden)?,
                 ln1: norm(&format!("{l}.attention.output.LayerNorm"))?,
                 up: lin(&format!("{l}.intermediate.dense"), intermediate, hidden)?,
@@ -96,7 +103,6 @@ impl<B: Backend> Bert<B> {
         Ok(Self {
             hidden,
             heads,
-            intermediate,
             eps,
             act,
             max_len,
@@ -137,19 +143,17 @@ impl<B: Backend> Bert<B> {
             causal: None,
         };
         for l in &self.layers {
-            let q = backend.matmul(&x, rows, h, &l.q.0, h, true, Some(&l.q.1)).map_err(e)?;
-            let k = backend.matmul(&x, rows, h, &l.k.0, h, true, Some(&l.k.1)).map_err(e)?;
-            let v = backend.matmul(&x, rows, h, &l.v.0, h, true, Some(&l.v.1)).map_err(e)?;
+            let qkv = backend.matmul(&x, rows, &l.qkv.0, Some(&l.qkv.1), None).map_err(e)?;
+            let q = backend.columns(&qkv, 3 * h, 0, h).map_err(e)?;
+            let k = backend.columns(&qkv, 3 * h, h, h).map_err(e)?;
+            let v = backend.columns(&qkv, 3 * h, 2 * h, h).map_err(e)?;
             let ctx = backend.attention(&q, &k, &v, &shape).map_err(e)?;
-            let mut a = backend.matmul(&ctx, rows, h, &l.out.0, h, true, Some(&l.out.1)).map_err(e)?;
-            backend.add_assign(&mut a, &x).map_err(e)?;
-            x = backend.layer_norm(&a, h, &l.ln1.0, &l.ln1.1, self.eps).map_err(e)?;
-            let mut up = backend.matmul(&x, rows, h, &l.up.0, self.intermediate, true, Some(&l.up.1)).map_err(e)?;
-            backend.activate(&mut up, self.act).map_err(e)?;
-            let mut down =
-                backend.matmul(&up, rows, self.intermediate, &l.down.0, h, true, Some(&l.down.1)).map_err(e)?;
-            backend.add_assign(&mut down, &x).map_err(e)?;
-            x = backend.layer_norm(&down, h, &l.ln2.0, &l.ln2.1, self.eps).map_err(e)?;
+            // The residual is added by the product itself: x += ctx · W + b.
+            backend.matmul_into(&ctx, rows, &l.out.0, Some(&l.out.1), Epilogue::Add, &mut x).map_err(e)?;
+            x = backend.layer_norm(&x, h, &l.ln1.0, &l.ln1.1, self.eps).map_err(e)?;
+            let up = backend.matmul(&x, rows, &l.up.0, Some(&l.up.1), Some(self.act)).map_err(e)?;
+            backend.matmul_into(&up, rows, &l.down.0, Some(&l.down.1), Epilogue::Add, &mut x).map_err(e)?;
+            x = backend.layer_norm(&x, h, &l.ln2.0, &l.ln2.1, self.eps).map_err(e)?;
         }
         let mut pooled = match self.pooling {
             Pooling::Mean => backend.mean_pool(&x, len, h, &lens).map_err(e)?,

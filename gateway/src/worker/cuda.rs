@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
-use super::backend::{Act, Attention, Backend, DeviceError, Result};
+use super::backend::{Act, Attention, Backend, DeviceError, Epilogue, KvCache, MatShape, Result};
 use super::sample::Params;
 
 const KERNELS: &str = r#"
@@ -98,6 +98,11 @@ extern "C" __global__ void columns(const float* x, float* out, unsigned int rows
 extern "C" __global__ void fill_rows(float* out, const float* bias, unsigned int rows, unsigned int cols) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (size_t)rows * cols) out[i] = bias[i % cols];
+}
+
+extern "C" __global__ void add_rows(float* out, const float* bias, unsigned int rows, unsigned int cols) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)rows * cols) out[i] += bias[i % cols];
 }
 
 // One block per (query, head, batch entry); the scores live in dynamic shared memory (kv_stride floats).
@@ -204,7 +209,7 @@ extern "C" __global__ void choose(const float* logits, unsigned int n, float tem
 }
 "#;
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "add_assign",
     "activate",
     "layer_norm",
@@ -212,6 +217,7 @@ const NAMES: [&str; 11] = [
     "add_gathered",
     "columns",
     "fill_rows",
+    "add_rows",
     "attention",
     "mean_pool",
     "l2_normalize",
@@ -285,6 +291,31 @@ impl Cuda {
     }
 }
 
+/// A weight on the GPU, as the checkpoint stored it: cuBLAS reads either layout at the same speed,
+/// so nothing is rearranged.
+pub struct CudaMat {
+    k: usize,
+    n: usize,
+    /// Stored `[n, k]` rather than `[k, n]`.
+    transposed: bool,
+    w: CudaSlice<f32>,
+}
+
+impl std::fmt::Debug for CudaMat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaMat").field("k", &self.k).field("n", &self.n).finish_non_exhaustive()
+    }
+}
+
+impl MatShape for CudaMat {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn n(&self) -> usize {
+        self.n
+    }
+}
+
 /// A launch over `n` elements, 256 threads a block.
 fn linear(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: ((n as u32).div_ceil(256).max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
@@ -309,6 +340,7 @@ macro_rules! launch {
 
 impl Backend for Cuda {
     type Buf = CudaSlice<f32>;
+    type Mat = CudaMat;
 
     fn describe(&self) -> String {
         format!("cuda:{} ({})", self.ordinal, self.name)
@@ -326,42 +358,63 @@ impl Backend for Cuda {
         self.stream.alloc_zeros::<f32>(len.max(1)).map_err(err("alloc"))
     }
 
-    fn matmul(
+    fn weight(&self, data: &[f32], k: usize, n: usize, transposed: bool) -> Result<CudaMat> {
+        Ok(CudaMat { k, n, transposed, w: self.upload(data)? })
+    }
+
+    fn matmul_into(
         &self,
         x: &Self::Buf,
         m: usize,
-        k: usize,
-        w: &Self::Buf,
-        n: usize,
-        w_transposed: bool,
+        w: &CudaMat,
         bias: Option<&Self::Buf>,
-    ) -> Result<Self::Buf> {
-        let mut out = self.zeros(m * n)?;
-        if let Some(b) = bias {
-            let (r, c) = (m as u32, n as u32);
-            launch!(self, "fill_rows", linear(m * n), &mut out, b, &r, &c)?;
+        epilogue: Epilogue,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let (k, n) = (w.k, w.n);
+        if out.len() < m * n || x.len() < m * k {
+            return Err(DeviceError(format!("matmul: buffers too short for [{m}, {k}] · [{k}, {n}]")));
         }
+        let mut out = out.slice_mut(0..m * n);
+        let (r, c) = (m as u32, n as u32);
+        let beta = match (epilogue, bias) {
+            (Epilogue::Store(_), Some(b)) => {
+                launch!(self, "fill_rows", linear(m * n), &mut out, b, &r, &c)?;
+                1.0
+            }
+            (Epilogue::Add, Some(b)) => {
+                launch!(self, "add_rows", linear(m * n), &mut out, b, &r, &c)?;
+                1.0
+            }
+            (Epilogue::Add, None) => 1.0,
+            (Epilogue::Store(_), None) => 0.0,
+        };
         // Row-major C[m,n] = X[m,k]·W is column-major Cᵀ[n,m] = Wᵀ·Xᵀ, and a row-major matrix read
         // column-major is its transpose: so cuBLAS gets W then X, untransposed (or W transposed when
         // it is stored [n, k]).
         let cfg = GemmConfig {
-            transa: if w_transposed { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N },
+            transa: if w.transposed { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N },
             transb: cublasOperation_t::CUBLAS_OP_N,
             m: n as i32,
             n: m as i32,
             k: k as i32,
             alpha: 1.0f32,
-            lda: if w_transposed { k as i32 } else { n as i32 },
+            lda: if w.transposed { k as i32 } else { n as i32 },
             ldb: k as i32,
-            beta: if bias.is_some() { 1.0 } else { 0.0 },
+            beta,
             ldc: n as i32,
         };
-        #[expect(unsafe_code, reason = "cuBLAS GEMM on buffers whose sizes the callers give")]
-        // SAFETY: `w` holds k·n floats, `x` m·k and `out` m·n, matching the dimensions and leading
-        // dimensions above.
-        let done = unsafe { self.blas.gemm(cfg, w, x, &mut out) };
+        #[expect(unsafe_code, reason = "cuBLAS GEMM on buffers whose sizes are checked above")]
+        // SAFETY: `w` holds k·n floats, `x` at least m·k (checked) and `out` is a view of exactly
+        // m·n, matching the dimensions and leading dimensions above.
+        let done = unsafe { self.blas.gemm(cfg, &w.w, x, &mut out) };
         done.map_err(|e| DeviceError(format!("cuBLAS gemm: {e}")))?;
-        Ok(out)
+        if let Epilogue::Store(Some(act)) = epilogue {
+            let kind = act_kind(act);
+            let total = (m * n) as u32;
+            launch!(self, "activate", linear(m * n), &mut out, &total, &kind)?;
+        }
+        Ok(())
     }
 
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf) -> Result<()> {
@@ -370,13 +423,7 @@ impl Backend for Cuda {
     }
 
     fn activate(&self, x: &mut Self::Buf, act: Act) -> Result<()> {
-        let kind: i32 = match act {
-            Act::GeluErf => 0,
-            Act::GeluTanh => 1,
-            Act::Relu => 2,
-            Act::Tanh => 3,
-            Act::Sigmoid => 4,
-        };
+        let kind = act_kind(act);
         let (n, cfg) = (x.len() as u32, linear(x.len()));
         launch!(self, "activate", cfg, x, &n, &kind)
     }
@@ -393,6 +440,66 @@ impl Backend for Cuda {
         let c = cols as u32;
         launch!(self, "layer_norm", rows(x.len() / cols, 256), x, &mut out, &c, gamma, beta, &eps)?;
         Ok(out)
+    }
+
+    fn layer_norm_into(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        if x.len() < rows * cols || out.len() < rows * cols {
+            return Err(DeviceError(format!("layer_norm: buffers too short for {rows} rows")));
+        }
+        let c = cols as u32;
+        launch!(self, "layer_norm", self::rows(rows, 256), x, out, &c, gamma, beta, &eps)
+    }
+
+    fn gather_into(&self, table: &Self::Buf, cols: usize, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
+        if out.len() < ids.len() * cols {
+            return Err(DeviceError(format!("gather: buffer too short for {} rows", ids.len())));
+        }
+        let dev = self.ids(ids)?;
+        let (c, r) = (cols as u32, ids.len() as u32);
+        launch!(self, "gather", linear(ids.len() * cols), table, &dev, out, &c, &r)
+    }
+
+    fn copy(&self, src: &Self::Buf, from: usize, dst: &mut Self::Buf, to: usize, len: usize) -> Result<()> {
+        let view = src.slice(from..from + len);
+        let mut target = dst.slice_mut(to..to + len);
+        self.stream.memcpy_dtod(&view, &mut target).map_err(err("copy"))
+    }
+
+    fn attention_step(
+        &self,
+        qkv: &Self::Buf,
+        caches: &[KvCache<Self>],
+        layer: usize,
+        heads: usize,
+        head_dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        // One launch per sequence (each has its own cache buffers), each a batch of one with one
+        // query: the `attention` kernel reads the query row at the start of the view it is given.
+        let hidden = heads * head_dim;
+        for (b, c) in caches.iter().enumerate() {
+            let q = qkv.slice(b * 3 * hidden..b * 3 * hidden + hidden);
+            let mut o = out.slice_mut(b * hidden..(b + 1) * hidden);
+            let lens = self.ids(&[c.len as u32])?;
+            let cfg = LaunchConfig {
+                grid_dim: (1, heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: (c.len.max(1) * 4) as u32,
+            };
+            let (ql, ks, h, d, causal) = (1u32, c.len as u32, heads as u32, head_dim as u32, -1i32);
+            let (k, v) = (&c.keys[layer], &c.values[layer]);
+            launch!(self, "attention", cfg, &q, k, v, &mut o, &ql, &ks, &lens, &h, &d, &causal)?;
+        }
+        Ok(())
     }
 
     fn gather(&self, table: &Self::Buf, cols: usize, ids: &[u32]) -> Result<Self::Buf> {
@@ -459,17 +566,28 @@ impl Backend for Cuda {
         Ok(out)
     }
 
-    fn sample(&self, logits: &Self::Buf, params: &Params, uniform: f32) -> Result<u32> {
+    fn sample_row(&self, logits: &Self::Buf, cols: usize, row: usize, params: &Params, uniform: f32) -> Result<u32> {
+        let logits = logits.slice(row * cols..(row + 1) * cols);
         if params.top_k > 0 && !params.is_greedy() || params.top_p < 1.0 {
             // Top-k / top-p need a sort; the row comes to the host for it.
-            let host = self.download(logits)?;
+            let host = self.stream.clone_dtoh(&logits).map_err(err("download"))?;
             return Ok(super::sample::pick(&host, params, uniform));
         }
         let mut out = self.stream.alloc_zeros::<u32>(1).map_err(err("alloc"))?;
-        let n = logits.len() as u32;
+        let n = cols as u32;
         let temperature = if params.is_greedy() { 0.0f32 } else { params.temperature };
-        launch!(self, "choose", rows(1, 1024), logits, &n, &temperature, &uniform, &mut out)?;
+        launch!(self, "choose", rows(1, 1024), &logits, &n, &temperature, &uniform, &mut out)?;
         let id = self.stream.clone_dtoh(&out).map_err(err("download"))?;
         Ok(id[0])
+    }
+}
+
+fn act_kind(act: Act) -> i32 {
+    match act {
+        Act::GeluErf => 0,
+        Act::GeluTanh => 1,
+        Act::Relu => 2,
+        Act::Tanh => 3,
+        Act::Sigmoid => 4,
     }
 }

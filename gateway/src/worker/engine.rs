@@ -1,6 +1,10 @@
 //! The model thread: owns the model and its device, takes jobs from a queue, runs embeddings and
 //! predictions in dynamic batches (everything queued when the thread comes round, up to a cap), and
-//! interleaves generations one token each in turn, so a long answer never starves a short one.
+//! runs generations by continuous batching: each turn, generations that arrived have their prompt
+//! run and their first token chosen, then every active generation advances one token in a single
+//! batched decode step (one pass over the weights for all of them), each with its own KV cache,
+//! sampling settings and random stream. Generations join and leave between steps, so a long answer
+//! never holds up a short one, and throughput grows with the number of streams.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::backend::Backend;
 use super::bert::Bert;
-use super::gpt2::{Gpt2, KvCache};
+use super::gpt2::{Decoder, Gpt2, KvCache};
 use super::mlp::Mlp;
 use super::sample::Params;
 use super::text::{Detokenizer, Step, Text};
@@ -69,6 +73,8 @@ pub struct Stats {
     pub sequences_embedded: AtomicU64,
     pub instances_predicted: AtomicU64,
     pub batches: AtomicU64,
+    /// Batched decode steps run (each advances every active generation by one token).
+    pub decode_steps: AtomicU64,
     /// Generated tokens per second over the recent past, as f64 bits.
     pub tokens_per_second: AtomicU64,
 }
@@ -79,13 +85,26 @@ impl Stats {
     }
 }
 
-struct Active<B: Backend> {
+/// A generation being decoded. Its KV cache sits at the same index of the engine's `caches`, so a
+/// decode step can take all the caches as one slice.
+struct Active {
     job: Generation,
-    cache: KvCache<B>,
-    /// The token to feed next (the last one sampled), or the prompt before the first step.
-    next: Vec<u32>,
+    /// The token to feed next (the last one chosen).
+    next: u32,
     rng: rand::rngs::StdRng,
     detok: Detokenizer,
+}
+
+/// The generations being decoded, and what their steps reuse.
+struct Generations<B: Backend> {
+    active: Vec<Active>,
+    caches: Vec<KvCache<B>>,
+    /// Caches of finished generations, kept for the next ones (a GPT-2 small cache is 75 MB).
+    spare: Vec<KvCache<B>>,
+    decoder: Option<Decoder<B>>,
+    /// Each step's input ids and which generations go on after it, kept so a step allocates nothing.
+    ids: Vec<u32>,
+    keep: Vec<bool>,
 }
 
 /// Runs the model thread until every sender is gone.
@@ -98,11 +117,18 @@ pub fn run<B: Backend>(
     stats: Arc<Stats>,
 ) {
     let mut waiting: VecDeque<Generation> = VecDeque::new();
-    let mut active: Vec<Active<B>> = Vec::new();
+    let mut gens = Generations {
+        active: Vec::new(),
+        caches: Vec::new(),
+        spare: Vec::new(),
+        decoder: None,
+        ids: Vec::new(),
+        keep: Vec::new(),
+    };
     let mut pending: Vec<Job> = Vec::new();
     let mut window = (Instant::now(), 0u64);
     loop {
-        if active.is_empty() && waiting.is_empty() {
+        if gens.active.is_empty() && waiting.is_empty() {
             match jobs.blocking_recv() {
                 Some(job) => pending.push(job),
                 None => return,
@@ -120,12 +146,18 @@ pub fn run<B: Backend>(
             }
         }
         match &model {
-            Model::Bert(bert) => {
-                batched(&stats, embeds, |inputs| bert.embed(&backend, inputs), &stats.sequences_embedded)
-            }
-            Model::Mlp(mlp) => {
-                batched(&stats, predicts, |rows| mlp.predict(&backend, rows), &stats.instances_predicted)
-            }
+            Model::Bert(bert) => batched(
+                &stats,
+                embeds,
+                |inputs| backend.compute(|| bert.embed(&backend, inputs)),
+                &stats.sequences_embedded,
+            ),
+            Model::Mlp(mlp) => batched(
+                &stats,
+                predicts,
+                |rows| backend.compute(|| mlp.predict(&backend, rows)),
+                &stats.instances_predicted,
+            ),
             Model::Gpt2(_) => {}
         }
         let Model::Gpt2(gpt2) = &model else {
@@ -134,39 +166,11 @@ pub fn run<B: Backend>(
             continue;
         };
         let Some(text) = &text else { continue };
-        while active.len() < MAX_ACTIVE {
-            let Some(job) = waiting.pop_front() else { break };
-            // In flight before it leaves the queue, so the two never both read zero while it is alive.
-            stats.in_flight.fetch_add(1, Ordering::Relaxed);
-            stats.queued.fetch_sub(1, Ordering::Relaxed);
-            match gpt2.cache(&backend) {
-                Ok(cache) => active.push(Active {
-                    next: job.prompt.clone(),
-                    rng: rand::rngs::StdRng::seed_from_u64(job.seed),
-                    detok: Detokenizer::new(job.stops.clone()),
-                    cache,
-                    job,
-                }),
-                Err(e) => {
-                    let _ = job.events.send(Event::Failed(format!("cannot allocate the KV cache: {e}")));
-                    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-        }
-        // One token for each active generation, in turn.
-        let mut produced = 0;
-        active.retain_mut(|a| {
-            let (keep, made) = step(&backend, gpt2, text, a);
-            produced += u64::from(made);
-            if !keep {
-                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
-            keep
-        });
+        let produced = backend.compute(|| generation_turn(&backend, gpt2, text, &stats, &mut waiting, &mut gens));
         stats.tokens_generated.fetch_add(produced, Ordering::Relaxed);
         window.1 += produced;
         let elapsed = window.0.elapsed().as_secs_f64();
-        if elapsed >= 1.0 || (active.is_empty() && waiting.is_empty()) {
+        if elapsed >= 1.0 || (gens.active.is_empty() && waiting.is_empty()) {
             if elapsed > 0.0 {
                 stats.tokens_per_second.store((window.1 as f64 / elapsed).to_bits(), Ordering::Relaxed);
             }
@@ -214,34 +218,142 @@ fn batched<T: Clone>(
     }
 }
 
-/// Feeds one generation its next token(s) and samples the following one. Returns whether it goes on
-/// and whether a token was made.
-fn step<B: Backend>(backend: &B, model: &Gpt2<B>, text: &Text, a: &mut Active<B>) -> (bool, bool) {
-    if a.job.events.is_closed() {
-        // The client went away: stop spending the device on it.
-        return (false, false);
+/// One turn of continuous batching: admits waiting generations (their prompt in one forward pass
+/// each, and their first token), drops those whose client went away, then advances every active
+/// one by a token in one batched step. Returns the tokens made.
+fn generation_turn<B: Backend>(
+    backend: &B,
+    model: &Gpt2<B>,
+    text: &Text,
+    stats: &Stats,
+    waiting: &mut VecDeque<Generation>,
+    g: &mut Generations<B>,
+) -> u64 {
+    let mut produced = 0;
+    while g.active.len() < MAX_ACTIVE {
+        let Some(job) = waiting.pop_front() else { break };
+        // In flight before it leaves the queue, so the two never both read zero while it is alive.
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
+        if job.events.is_closed() {
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            continue;
+        }
+        let cache = match g.spare.pop() {
+            Some(mut c) => {
+                c.len = 0;
+                Ok(c)
+            }
+            None => model.cache(backend),
+        };
+        let mut cache = match cache {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(format!("cannot allocate the KV cache: {e}")));
+                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let mut a = Active {
+            next: 0,
+            rng: rand::rngs::StdRng::seed_from_u64(job.seed),
+            detok: Detokenizer::new(job.stops.clone()),
+            job,
+        };
+        let chosen = model.forward(backend, &mut cache, &a.job.prompt, false).and_then(|logits| {
+            let uniform: f32 = a.rng.random();
+            backend.sample_row(&logits, model.vocab, 0, &a.job.params, uniform)
+        });
+        produced += u64::from(chosen.is_ok());
+        if take(model, text, &mut a, chosen, cache.len) {
+            g.active.push(a);
+            g.caches.push(cache);
+        } else {
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            g.spare.push(cache);
+        }
     }
-    (step_inner(backend, model, text, a), true)
+    // A client that went away stops costing the device anything.
+    retire(g, stats, |a| !a.job.events.is_closed());
+    if g.active.is_empty() {
+        return produced;
+    }
+    if g.decoder.is_none() {
+        match model.decoder(backend, MAX_ACTIVE) {
+            Ok(d) => g.decoder = Some(d),
+            Err(e) => {
+                fail_all(g, stats, &format!("cannot allocate the decode buffers: {e}"));
+                return produced;
+            }
+        }
+    }
+    let Some(decoder) = g.decoder.as_mut() else { return produced };
+    g.ids.clear();
+    g.ids.extend(g.active.iter().map(|a| a.next));
+    stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+    let logits = match model.step(backend, decoder, &mut g.caches, &g.ids) {
+        Ok(l) => l,
+        Err(e) => {
+            fail_all(g, stats, &format!("the model failed: {e}"));
+            return produced;
+        }
+    };
+    g.keep.clear();
+    for (row, (a, cache)) in g.active.iter_mut().zip(&g.caches).enumerate() {
+        let uniform: f32 = a.rng.random();
+        let chosen = backend.sample_row(logits, model.vocab, row, &a.job.params, uniform);
+        produced += u64::from(chosen.is_ok());
+        g.keep.push(take(model, text, a, chosen, cache.len));
+    }
+    let keep = std::mem::take(&mut g.keep);
+    let mut flags = keep.iter();
+    retire(g, stats, |_| flags.next().copied().unwrap_or(false));
+    g.keep = keep;
+    produced
 }
 
-fn step_inner<B: Backend>(backend: &B, model: &Gpt2<B>, text: &Text, a: &mut Active<B>) -> bool {
-    let logits = match model.forward(backend, &mut a.cache, &a.next, false) {
-        Ok(l) => l,
+/// Keeps the generations `alive` says to keep (in order) and returns the others' caches to the
+/// spares.
+fn retire<B: Backend>(g: &mut Generations<B>, stats: &Stats, mut alive: impl FnMut(&Active) -> bool) {
+    let mut i = 0;
+    while i < g.active.len() {
+        if alive(&g.active[i]) {
+            i += 1;
+        } else {
+            // `remove`, not `swap_remove`: the order of the rest is kept, so `alive` sees them in turn.
+            g.active.remove(i);
+            g.spare.push(g.caches.remove(i));
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn fail_all<B: Backend>(g: &mut Generations<B>, stats: &Stats, why: &str) {
+    for a in &g.active {
+        let _ = a.job.events.send(Event::Failed(why.to_owned()));
+    }
+    retire(g, stats, |_| false);
+}
+
+/// Takes a generation's newly chosen token: sends its text, or finishes the generation (end of
+/// text, a stop sequence, its token limit, the context window, or a failure). Returns whether it
+/// goes on; `filled` is how many positions its cache holds.
+fn take<B: Backend>(
+    model: &Gpt2<B>,
+    text: &Text,
+    a: &mut Active,
+    chosen: Result<u32, super::backend::DeviceError>,
+    filled: usize,
+) -> bool {
+    let id = match chosen {
+        Ok(id) => id,
         Err(e) => {
             let _ = a.job.events.send(Event::Failed(format!("the model failed: {e}")));
             return false;
         }
     };
-    let uniform: f32 = a.rng.random();
-    let id = match backend.sample(&logits, &a.job.params, uniform) {
-        Ok(id) => id,
-        Err(e) => {
-            let _ = a.job.events.send(Event::Failed(format!("sampling failed: {e}")));
-            return false;
-        }
-    };
-    a.next = vec![id];
-    let finish = |a: &mut Active<B>, reason: &'static str, tail: String| {
+    a.next = id;
+    let finish = |a: &mut Active, reason: &'static str, tail: String| {
         if !tail.is_empty() {
             let _ = a.job.events.send(Event::Delta(tail));
         }
@@ -258,7 +370,7 @@ fn step_inner<B: Backend>(backend: &B, model: &Gpt2<B>, text: &Text, a: &mut Act
             if !delta.is_empty() {
                 let _ = a.job.events.send(Event::Delta(delta));
             }
-            if a.detok.tokens() >= a.job.max_tokens || a.cache.len >= model.context {
+            if a.detok.tokens() >= a.job.max_tokens || filled >= model.context {
                 let tail = a.detok.finish(text);
                 return finish(a, "length", tail);
             }

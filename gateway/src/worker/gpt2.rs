@@ -1,16 +1,19 @@
 //! GPT-2-family decoders: a forward pass over new tokens that appends their keys and values to a
-//! per-sequence KV cache, so each generated token costs one position, not the whole prefix.
+//! per-sequence KV cache, so each generated token costs one position, not the whole prefix; and a
+//! batched decode step ([`Gpt2::step`]) that advances many sequences by one token each in one pass
+//! over the weights, each attending to its own cache, into buffers kept between steps.
 
-use super::backend::{Act, Attention, Backend, DeviceError};
+pub use super::backend::KvCache;
+use super::backend::{Act, Attention, Backend, DeviceError, Epilogue};
 use super::load::ModelFiles;
 
 struct Block<B: Backend> {
     ln1: (B::Buf, B::Buf),
-    attn: (B::Buf, B::Buf),
-    attn_proj: (B::Buf, B::Buf),
+    attn: (B::Mat, B::Buf),
+    attn_proj: (B::Mat, B::Buf),
     ln2: (B::Buf, B::Buf),
-    fc: (B::Buf, B::Buf),
-    proj: (B::Buf, B::Buf),
+    fc: (B::Mat, B::Buf),
+    proj: (B::Mat, B::Buf),
 }
 
 /// A loaded decoder.
@@ -24,18 +27,26 @@ pub struct Gpt2<B: Backend> {
     eps: f32,
     act: Act,
     wte: B::Buf,
-    lm_head: Option<B::Buf>,
+    /// The output projection: `lm_head.weight`, or the token embeddings it is usually tied to,
+    /// prepared as a product's weight (on the CPU that is a second copy of the embeddings, which
+    /// buys the product its own layout).
+    head: B::Mat,
     wpe: B::Buf,
     blocks: Vec<Block<B>>,
     ln_f: (B::Buf, B::Buf),
 }
 
-/// One sequence's keys and values, per layer, sized for the whole context window.
-pub struct KvCache<B: Backend> {
-    keys: Vec<B::Buf>,
-    values: Vec<B::Buf>,
-    /// Positions filled so far.
-    pub len: usize,
+/// The activations of a batched decode step, allocated once for up to `rows` sequences and reused
+/// by every step.
+pub struct Decoder<B: Backend> {
+    rows: usize,
+    x: B::Buf,
+    a: B::Buf,
+    qkv: B::Buf,
+    ctx: B::Buf,
+    up: B::Buf,
+    logits: B::Buf,
+    positions: Vec<u32>,
 }
 
 impl<B: Backend> Gpt2<B> {
@@ -56,8 +67,9 @@ impl<B: Backend> Gpt2<B> {
         let p: &[&str] = &["", "transformer."];
         let t = |name: &str, shape: &[usize]| files.upload(backend, p, name, shape);
         // GPT-2's Conv1D stores weights as [in, out].
-        let conv = |name: &str, inp: usize, out: usize| -> Result<(B::Buf, B::Buf), String> {
-            Ok((t(&format!("{name}.weight"), &[inp, out])?, t(&format!("{name}.bias"), &[out])?))
+        let conv = |name: &str, inp: usize, out: usize| -> Result<(B::Mat, B::Buf), String> {
+            let w = files.weight(backend, p, &format!("{name}.weight"), (inp, out), false)?;
+            Ok((w, t(&format!("{name}.bias"), &[out])?))
         };
         let norm = |name: &str| -> Result<(B::Buf, B::Buf), String> {
             Ok((t(&format!("{name}.weight"), &[hidden])?, t(&format!("{name}.bias"), &[hidden])?))
@@ -83,9 +95,9 @@ impl<B: Backend> Gpt2<B> {
             eps,
             act,
             // Tied to the token embeddings unless the checkpoint has its own output head.
-            lm_head: match files.tensor(&[""], "lm_head.weight", &[vocab, hidden]) {
-                Ok(w) => Some(backend.upload(w).map_err(|e| e.to_string())?),
-                Err(_) => None,
+            head: match files.weight(backend, &[""], "lm_head.weight", (hidden, vocab), true) {
+                Ok(w) => w,
+                Err(_) => files.weight(backend, p, "wte.weight", (hidden, vocab), true)?,
             },
             wte: t("wte.weight", &[vocab, hidden])?,
             wpe: t("wpe.weight", &[context, hidden])?,
@@ -100,6 +112,21 @@ impl<B: Backend> Gpt2<B> {
         let keys = (0..self.blocks.len()).map(|_| backend.zeros(size)).collect::<Result<_, _>>()?;
         let values = (0..self.blocks.len()).map(|_| backend.zeros(size)).collect::<Result<_, _>>()?;
         Ok(KvCache { keys, values, len: 0 })
+    }
+
+    /// The buffers of a decode step for up to `rows` sequences at once.
+    pub fn decoder(&self, backend: &B, rows: usize) -> Result<Decoder<B>, DeviceError> {
+        let h = self.hidden;
+        Ok(Decoder {
+            rows,
+            x: backend.zeros(rows * h)?,
+            a: backend.zeros(rows * h)?,
+            qkv: backend.zeros(rows * 3 * h)?,
+            ctx: backend.zeros(rows * h)?,
+            up: backend.zeros(rows * self.inner)?,
+            logits: backend.zeros(rows * self.vocab)?,
+            positions: Vec::with_capacity(rows),
+        })
     }
 
     /// Runs `ids` (the tokens after those already cached) and returns the logits: of every new
@@ -128,35 +155,72 @@ impl<B: Backend> Gpt2<B> {
         };
         for (i, b) in self.blocks.iter().enumerate() {
             let a = backend.layer_norm(&x, h, &b.ln1.0, &b.ln1.1, self.eps)?;
-            let qkv = backend.matmul(&a, t, h, &b.attn.0, 3 * h, false, Some(&b.attn.1))?;
+            let qkv = backend.matmul(&a, t, &b.attn.0, Some(&b.attn.1), None)?;
             let q = backend.columns(&qkv, 3 * h, 0, h)?;
             let k = backend.columns(&qkv, 3 * h, h, h)?;
             let v = backend.columns(&qkv, 3 * h, 2 * h, h)?;
             backend.write_rows(&mut cache.keys[i], h, past, &k)?;
             backend.write_rows(&mut cache.values[i], h, past, &v)?;
             let ctx = backend.attention(&q, &cache.keys[i], &cache.values[i], &shape)?;
-            let proj = backend.matmul(&ctx, t, h, &b.attn_proj.0, h, false, Some(&b.attn_proj.1))?;
-            backend.add_assign(&mut x, &proj)?;
+            // Residuals are added by the products themselves: x += ctx · W + b.
+            backend.matmul_into(&ctx, t, &b.attn_proj.0, Some(&b.attn_proj.1), Epilogue::Add, &mut x)?;
             let m = backend.layer_norm(&x, h, &b.ln2.0, &b.ln2.1, self.eps)?;
-            let mut up = backend.matmul(&m, t, h, &b.fc.0, self.inner, false, Some(&b.fc.1))?;
-            backend.activate(&mut up, self.act)?;
-            let down = backend.matmul(&up, t, self.inner, &b.proj.0, h, false, Some(&b.proj.1))?;
-            backend.add_assign(&mut x, &down)?;
+            let up = backend.matmul(&m, t, &b.fc.0, Some(&b.fc.1), Some(self.act))?;
+            backend.matmul_into(&up, t, &b.proj.0, Some(&b.proj.1), Epilogue::Add, &mut x)?;
         }
         cache.len = past + t;
         let x = backend.layer_norm(&x, h, &self.ln_f.0, &self.ln_f.1, self.eps)?;
-        // logits = x · headᵀ, the head usually being the token embeddings.
-        let head = self.lm_head.as_ref().unwrap_or(&self.wte);
         if all_logits {
-            backend.matmul(&x, t, h, head, self.vocab, true, None)
+            backend.matmul(&x, t, &self.head, None, None)
         } else {
             let last = backend.row(&x, h, t - 1)?;
-            backend.matmul(&last, 1, h, head, self.vocab, true, None)
+            backend.matmul(&last, 1, &self.head, None, None)
         }
     }
 
-    /// Greedy or sampled continuation of `prompt`, `n` tokens at most, stopping at `eos`: the plain
-    /// loop the server's scheduler interleaves, for tests and benchmarks.
+    /// One decode step for `ids.len()` sequences at once: sequence `b` feeds `ids[b]` at the next
+    /// position of `caches[b]` (each has room for it). The weights are read once for all of them;
+    /// each attends to its own cache. Returns the logits, row `b` for sequence `b`, in `decoder`'s
+    /// buffer; nothing is allocated.
+    pub fn step<'d>(
+        &self,
+        backend: &B,
+        d: &'d mut Decoder<B>,
+        caches: &mut [KvCache<B>],
+        ids: &[u32],
+    ) -> Result<&'d B::Buf, DeviceError> {
+        let (h, n) = (self.hidden, ids.len());
+        assert!(n > 0 && n == caches.len() && n <= d.rows, "one id per cache, at most the decoder's rows");
+        d.positions.clear();
+        for c in caches.iter_mut() {
+            assert!(c.len < self.context, "the caller checks the context window");
+            d.positions.push(c.len as u32);
+            c.len += 1;
+        }
+        backend.gather_into(&self.wte, h, ids, &mut d.x)?;
+        backend.add_gathered(&mut d.x, &self.wpe, h, &d.positions)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            backend.layer_norm_into(&d.x, n, h, &b.ln1.0, &b.ln1.1, self.eps, &mut d.a)?;
+            backend.matmul_into(&d.a, n, &b.attn.0, Some(&b.attn.1), Epilogue::Store(None), &mut d.qkv)?;
+            for (r, c) in caches.iter_mut().enumerate() {
+                let at = (c.len - 1) * h;
+                backend.copy(&d.qkv, r * 3 * h + h, &mut c.keys[i], at, h)?;
+                backend.copy(&d.qkv, r * 3 * h + 2 * h, &mut c.values[i], at, h)?;
+            }
+            backend.attention_step(&d.qkv, caches, i, self.heads, h / self.heads, &mut d.ctx)?;
+            backend.matmul_into(&d.ctx, n, &b.attn_proj.0, Some(&b.attn_proj.1), Epilogue::Add, &mut d.x)?;
+            backend.layer_norm_into(&d.x, n, h, &b.ln2.0, &b.ln2.1, self.eps, &mut d.a)?;
+            backend.matmul_into(&d.a, n, &b.fc.0, Some(&b.fc.1), Epilogue::Store(Some(self.act)), &mut d.up)?;
+            backend.matmul_into(&d.up, n, &b.proj.0, Some(&b.proj.1), Epilogue::Add, &mut d.x)?;
+        }
+        backend.layer_norm_into(&d.x, n, h, &self.ln_f.0, &self.ln_f.1, self.eps, &mut d.a)?;
+        backend.matmul_into(&d.a, n, &self.head, None, Epilogue::Store(None), &mut d.logits)?;
+        Ok(&d.logits)
+    }
+
+    /// Greedy or sampled continuation of `prompt`, `n` tokens at most, stopping at `eos`: the
+    /// prompt in one forward pass, then one decode step per token — the same two calls the
+    /// server's scheduler makes, for tests and benchmarks.
     pub fn generate(
         &self,
         backend: &B,
@@ -166,17 +230,24 @@ impl<B: Backend> Gpt2<B> {
         eos: Option<u32>,
         mut uniform: impl FnMut() -> f32,
     ) -> Result<Vec<u32>, DeviceError> {
-        let mut cache = self.cache(backend)?;
-        let mut next = prompt.to_vec();
         let mut out = Vec::new();
-        while out.len() < n && cache.len + next.len() <= self.context {
-            let logits = self.forward(backend, &mut cache, &next, false)?;
-            let id = backend.sample(&logits, params, uniform())?;
+        if n == 0 || prompt.is_empty() || prompt.len() > self.context {
+            return Ok(out);
+        }
+        let mut caches = vec![self.cache(backend)?];
+        let mut decoder = self.decoder(backend, 1)?;
+        let first = self.forward(backend, &mut caches[0], prompt, false)?;
+        let mut id = backend.sample_row(&first, self.vocab, 0, params, uniform())?;
+        loop {
             if Some(id) == eos {
                 break;
             }
             out.push(id);
-            next = vec![id];
+            if out.len() >= n || caches[0].len >= self.context {
+                break;
+            }
+            let logits = self.step(backend, &mut decoder, &mut caches, &[id])?;
+            id = backend.sample_row(logits, self.vocab, 0, params, uniform())?;
         }
         Ok(out)
     }
@@ -194,8 +265,8 @@ impl<B: Backend> std::fmt::Debug for Gpt2<B> {
     }
 }
 
-impl<B: Backend> std::fmt::Debug for KvCache<B> {
+impl<B: Backend> std::fmt::Debug for Decoder<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvCache").field("layers", &self.keys.len()).field("len", &self.len).finish()
+        f.debug_struct("Decoder").field("rows", &self.rows).finish_non_exhaustive()
     }
 }

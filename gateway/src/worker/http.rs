@@ -528,6 +528,12 @@ fn metrics(worker: &Worker) -> String {
         s.tokens_generated.load(Ordering::Relaxed).to_string(),
     );
     line(
+        "weir_worker_decode_steps_total",
+        "counter",
+        "Batched decode steps (each advances every active generation by one token).",
+        s.decode_steps.load(Ordering::Relaxed).to_string(),
+    );
+    line(
         "weir_worker_embedded_sequences_total",
         "counter",
         "Sequences embedded.",

@@ -136,6 +136,21 @@ impl ModelFiles {
         backend.upload(data).map_err(|e| e.to_string())
     }
 
+    /// A weight matrix mapping `k` inputs to `n` outputs, prepared for `backend`'s products: stored
+    /// `[n, k]` in the checkpoint when `transposed` (`Linear`), else `[k, n]` (`Conv1D`).
+    pub fn weight<B: Backend>(
+        &self,
+        backend: &B,
+        prefixes: &[&str],
+        name: &str,
+        (k, n): (usize, usize),
+        transposed: bool,
+    ) -> Result<B::Mat, String> {
+        let shape = if transposed { [n, k] } else { [k, n] };
+        let data = self.tensor(prefixes, name, &shape)?;
+        backend.weight(data, k, n, transposed).map_err(|e| e.to_string())
+    }
+
     /// An unsigned integer from `config.json`, under the first of `keys` present.
     pub fn usize(&self, keys: &[&str]) -> Result<usize, String> {
         keys.iter()

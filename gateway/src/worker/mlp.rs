@@ -14,7 +14,7 @@ pub struct Mlp<B: Backend> {
     sizes: Vec<usize>,
     hidden_act: Act,
     output_act: Option<Act>,
-    layers: Vec<(B::Buf, B::Buf)>,
+    layers: Vec<(B::Mat, B::Buf)>,
 }
 
 /// How instances become model inputs: the feature names and their standardisation.
@@ -60,7 +60,7 @@ impl<B: Backend> Mlp<B> {
             .enumerate()
             .map(|(i, w)| {
                 Ok((
-                    files.upload(backend, &[""], &format!("layers.{i}.weight"), &[w[1], w[0]])?,
+                    files.weight(backend, &[""], &format!("layers.{i}.weight"), (w[0], w[1]), true)?,
                     files.upload(backend, &[""], &format!("layers.{i}.bias"), &[w[1]])?,
                 ))
             })
@@ -79,11 +79,8 @@ impl<B: Backend> Mlp<B> {
         let mut x = backend.upload(&flat).map_err(e)?;
         let last = self.layers.len() - 1;
         for (i, (w, b)) in self.layers.iter().enumerate() {
-            x = backend.matmul(&x, rows.len(), self.sizes[i], w, self.sizes[i + 1], true, Some(b)).map_err(e)?;
             let act = if i == last { self.output_act } else { Some(self.hidden_act) };
-            if let Some(act) = act {
-                backend.activate(&mut x, act).map_err(e)?;
-            }
+            x = backend.matmul(&x, rows.len(), w, Some(b), act).map_err(e)?;
         }
         let out = backend.download(&x).map_err(e)?;
         Ok(out.chunks_exact(self.outputs()).map(<[f32]>::to_vec).collect())
