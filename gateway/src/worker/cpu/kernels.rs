@@ -1,7 +1,13 @@
 //! The CPU's element-wise, reduction and attention kernels, written as plain loops over fixed-width
-//! lanes so that the compiler vectorises them, and run inside `pulp`'s dispatch, which compiles each
-//! closure for the widest instruction set the processor has (AVX2 + FMA, or AVX-512) and picks one
-//! at run time. The work is spread over the one rayon pool when there is enough of it.
+//! lanes so that the compiler can vectorise them, run inside `pulp`'s dispatch, and spread over the
+//! one rayon pool when there is enough work.
+//!
+//! Known defect, measured with `perf annotate` on the release build: `pulp` compiles only what is
+//! inlined into its `#[target_feature]` function, and the compiler outlines these closures (they
+//! appear as `FnOnce::call_once`), so the loops run as baseline x86-64 code (SSE, partly scalar),
+//! not AVX2/AVX-512. The fix is to give each kernel its own `#[target_feature]` function chosen at
+//! run time (or a `pulp::WithSimd` impl whose `#[inline(always)]` method holds the loop, as the
+//! `gemm` crate does); see `bench/README.md`.
 //!
 //! `exp`, `erf` and the GELU built on them are polynomial approximations rather than `libm` calls,
 //! because a call per element cannot be vectorised: `exp` is Cephes' `expf` (range reduction by

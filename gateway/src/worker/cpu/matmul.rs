@@ -3,14 +3,18 @@
 //!
 //! Two kernels, chosen by the number of rows:
 //! - up to [`STREAM_ROWS`] rows (a decode step, or a short batch of them): every weight is read
-//!   from memory exactly once per call and used for all rows while it is in L1. Here the product is
-//!   bound by memory bandwidth, not arithmetic (GPT-2 small reads 0.5 GB of weights per step), and
-//!   a general GEMM loses to this by packing or re-reading the weights; no library offers a batched
-//!   GEMV over pre-transposed weights that streams them once, so it is written here.
+//!   from memory once per call and used for all rows while it is in L1. Here the product is bound
+//!   by memory bandwidth, not arithmetic (GPT-2 small reads 0.5 GB of weights per step), and the
+//!   profile of the previous `matrixmultiply` path showed 62% of a decode step spent re-packing the
+//!   weights on every call; no library offers a batched GEMV over pre-transposed weights that
+//!   streams them once, so it is written here. Its loops share the vectorisation defect described
+//!   in `kernels.rs`: as built today they run as SSE code, and measured no faster than `gemm`'s own
+//!   single-row path (see `bench/README.md`).
 //! - more rows (an encoder batch, a prompt): the `gemm` crate (faer's GEMM: packed, cache-blocked,
-//!   AVX2 / AVX-512 micro-kernels chosen at run time, threaded on the rayon pool). It was measured
-//!   against `matrixmultiply` (what the worker used before) and a BLAS was ruled out as a system
-//!   library the build would need; see `bench/README.md`.
+//!   AVX2 / AVX-512 micro-kernels chosen at run time, threaded on the rayon pool), pure Rust and
+//!   kept up to date; a BLAS was ruled out as a system library every build would need. How it
+//!   compares with `matrixmultiply` on these shapes in isolation was not measured: the machine
+//!   never had the time or quiet for it (see `bench/README.md`).
 
 use super::super::backend::{Epilogue, MatShape};
 use super::kernels;
