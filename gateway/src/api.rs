@@ -17,6 +17,75 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Kind};
 
+pub use chat::ChatRequest;
+pub use embeddings::EmbeddingsRequest;
+
+/// What a model request asks of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Chat,
+    Embeddings,
+}
+
+impl Operation {
+    pub fn label(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// A model request, parsed once: the canonical form every stage and every provider adapter reads.
+/// Adapters translate from it directly, so the body is never parsed twice.
+#[derive(Debug, Clone)]
+pub enum ModelRequest {
+    Chat(ChatRequest),
+    Embeddings(EmbeddingsRequest),
+}
+
+impl ModelRequest {
+    pub fn operation(&self) -> Operation {
+        match self {
+            ModelRequest::Chat(_) => Operation::Chat,
+            ModelRequest::Embeddings(_) => Operation::Embeddings,
+        }
+    }
+
+    /// The public model name the client asked for.
+    pub fn model(&self) -> &str {
+        match self {
+            ModelRequest::Chat(chat) => &chat.model,
+            ModelRequest::Embeddings(embeddings) => &embeddings.model,
+        }
+    }
+
+    /// `Some(whether the client wants the usage chunk)` for a streamed request, `None` otherwise.
+    pub fn stream(&self) -> Option<bool> {
+        match self {
+            ModelRequest::Chat(chat) => chat.is_stream().then(|| chat.client_wants_usage()),
+            ModelRequest::Embeddings(_) => None,
+        }
+    }
+
+    /// What plugins are told about this request.
+    pub fn facts(&self) -> Facts {
+        match self {
+            ModelRequest::Chat(chat) => chat.facts(),
+            ModelRequest::Embeddings(embeddings) => embeddings.facts(),
+        }
+    }
+
+    /// The request in OpenAI's shape for an upstream that speaks it, with the target's model name
+    /// (and, for streams, the usage chunk asked for).
+    pub fn upstream_body(&self, model: &str) -> Result<Vec<u8>, Error> {
+        match self {
+            ModelRequest::Chat(chat) => chat.upstream_body(model),
+            ModelRequest::Embeddings(embeddings) => embeddings.upstream_body(model),
+        }
+    }
+}
+
 /// Token counts as OpenAI reports them; upstreams that omit a detail leave it at zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {

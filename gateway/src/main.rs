@@ -128,7 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // Plugins are loaded too (read, compiled, `init`-ed with their config), so a plugin
             // that would stop `weir serve` stops the check.
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(Gateway::new(config, Box::new(ProcessEnv))).map_err(|e| anyhow::anyhow!("{e}"))?;
+            runtime.block_on(Gateway::new(config, Box::new(ProcessEnv)))?;
             #[expect(clippy::print_stdout, reason = "the command's output")]
             {
                 println!(
@@ -211,7 +211,7 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
     let listen = config.server.listen;
     runtime.block_on(async move {
         // Plugins compile here, before any port is bound: a plugin that does not load stops the start.
-        let gateway = Gateway::new(config, Box::new(ProcessEnv)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let gateway = Gateway::new(config, Box::new(ProcessEnv)).await?;
         let app = gateway.current();
         if app.auth.is_open() {
             tracing::warn!(%listen, "no API keys configured: serving without authentication (allowed on loopback only)");

@@ -33,8 +33,9 @@ pub struct LatencyLabels {
     pub status: u16,
 }
 
+/// A public model and one of its targets (time to first token, retries).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TtftLabels {
+pub struct ModelTargetLabels {
     pub model: Arc<str>,
     pub target: Arc<str>,
 }
@@ -92,10 +93,10 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: HistogramFamily<LatencyLabels>,
-    pub ttft: HistogramFamily<TtftLabels>,
+    pub ttft: HistogramFamily<ModelTargetLabels>,
     pub tokens: Family<TokenLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
-    pub retries: Family<TtftLabels, Counter>,
+    pub retries: Family<ModelTargetLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub in_flight: Gauge,
     pub plugin_calls: HistogramFamily<PluginHookLabels>,
@@ -136,10 +137,10 @@ impl Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = HistogramFamily::<LatencyLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let ttft = HistogramFamily::<TtftLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let ttft = HistogramFamily::<ModelTargetLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let tokens = Family::<TokenLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
-        let retries = Family::<TtftLabels, Counter>::default();
+        let retries = Family::<ModelTargetLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let in_flight = Gauge::default();
         let plugin_calls =
@@ -215,16 +216,14 @@ impl Metrics {
         }
     }
 
-    pub fn plugin_call(&self, plugin: &Arc<str>, hook: crate::plugins::Hook, took: std::time::Duration) {
-        self.plugin_calls
-            .get_or_create(&PluginHookLabels { plugin: plugin.clone(), hook: hook.label() })
-            .observe(took.as_secs_f64());
+    /// One plugin hook call (`hook` is the hook's label, `on_request` …).
+    pub fn plugin_call(&self, plugin: &Arc<str>, hook: &'static str, took: std::time::Duration) {
+        self.plugin_calls.get_or_create(&PluginHookLabels { plugin: plugin.clone(), hook }).observe(took.as_secs_f64());
     }
 
-    pub fn plugin_fault(&self, plugin: &Arc<str>, hook: crate::plugins::Hook, kind: crate::plugins::FaultKind) {
-        self.plugin_faults
-            .get_or_create(&PluginFaultLabels { plugin: plugin.clone(), hook: hook.label(), kind: kind.label() })
-            .inc();
+    /// One plugin fault (`kind` is the fault's label, `trap` …).
+    pub fn plugin_fault(&self, plugin: &Arc<str>, hook: &'static str, kind: &'static str) {
+        self.plugin_faults.get_or_create(&PluginFaultLabels { plugin: plugin.clone(), hook, kind }).inc();
     }
 
     pub fn plugin_counter(&self, plugin: &str, metric: String, labels: Vec<(String, String)>) -> Counter {

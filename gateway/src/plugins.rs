@@ -5,11 +5,11 @@
 //! else is affected. A plugin's own decisions (reject, respond, route) are not faults.
 
 mod bindings;
-mod engine;
 mod host;
 mod instance;
 pub mod scaffold;
 pub mod view;
+mod wasm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,13 +19,14 @@ use weir_config::{Config, OnError, Price};
 
 pub use bindings::weir::plugin::hooks::{Attempt, Completion, Decision, HookSet, LocalResponse, ResponseAction};
 pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage as PluginUsage};
-pub use engine::Runtime;
 use instance::LoadedPlugin;
+pub use instance::{LoadProblem, PluginLoadError};
 use view::RequestView;
+pub use wasm::WasmEngine;
 
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
-use crate::route::Router;
+use crate::route::table::RouteTable;
 use crate::state::kv::Kv;
 use crate::state::ledger::Ledger;
 use crate::state::quota::Quota;
@@ -49,7 +50,7 @@ pub fn builtin_names() -> Vec<&'static str> {
     builtins::BUILTINS.iter().map(|(n, _)| *n).collect()
 }
 
-/// Why `builtin:<name>` cannot be loaded.
+/// Why `builtin:<name>` cannot be loaded, in words.
 fn missing_builtin(name: &str) -> String {
     if builtins::BUILTINS_BUILT {
         format!("no built-in plugin {name:?}; built-in plugins: [{}]", builtin_names().join(", "))
@@ -58,7 +59,7 @@ fn missing_builtin(name: &str) -> String {
     }
 }
 
-/// What plugins reach through host imports. Everything but the router and prices outlives a
+/// What plugins reach through host imports. Everything but the routes and prices outlives a
 /// config reload, so limits, caches and the ledger carry on across swaps.
 #[derive(Debug)]
 pub struct Services {
@@ -66,7 +67,7 @@ pub struct Services {
     pub quota: Arc<Quota>,
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
-    pub router: Arc<Router>,
+    pub routes: Arc<RouteTable>,
     pub prices: BTreeMap<String, Price>,
 }
 
@@ -192,7 +193,7 @@ impl Chain {
     }
 
     /// Runs `on-request` through the chain.
-    pub async fn on_request(&self, view: &Arc<RequestView>, router: &Router) -> Result<Admission, Error> {
+    pub async fn on_request(&self, view: &Arc<RequestView>, routes: &RouteTable) -> Result<Admission, Error> {
         let mut route = None;
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_REQUEST)) {
             let decision = match plugin.on_request(view).await {
@@ -205,7 +206,7 @@ impl Chain {
             match decision {
                 Decision::Continue => {}
                 Decision::Route(target) => {
-                    if router.target(&target).is_none() && router.names().all(|n| n != target) {
+                    if routes.target(&target).is_none() && routes.names().all(|n| n != target) {
                         plugin
                             .fault(
                                 Hook::OnRequest,
@@ -218,7 +219,7 @@ impl Chain {
                     route = Some(vec![target]);
                 }
                 Decision::RouteChain(targets) => {
-                    if let Some(bad) = targets.iter().find(|t| router.target(t).is_none()) {
+                    if let Some(bad) = targets.iter().find(|t| routes.target(t).is_none()) {
                         plugin
                             .fault(Hook::OnRequest, FaultKind::BadDecision, format!("routed to unknown target {bad:?}"))
                             .resolve()?;
@@ -304,10 +305,14 @@ impl Plugins {
     /// Loads every plugin of `config` (compiling on blocking threads, off the request path) and
     /// builds the chains. Any plugin that fails to load fails the whole set, so a bad
     /// version is never swapped in.
-    pub async fn load(config: &Config, runtime: &Arc<Runtime>, services: &Arc<Services>) -> Result<Self, String> {
+    pub async fn load(
+        config: &Config,
+        wasm: &Arc<WasmEngine>,
+        services: &Arc<Services>,
+    ) -> Result<Self, PluginLoadError> {
         let mut loaded: Vec<Arc<LoadedPlugin>> = Vec::with_capacity(config.plugins.len());
         for plugin in &config.plugins {
-            loaded.push(LoadedPlugin::load(runtime, plugin, services.clone()).await?);
+            loaded.push(LoadedPlugin::load(wasm, plugin, services.clone()).await?);
         }
         let chain = |indexes: &[usize]| {
             let plugins: Vec<_> = indexes.iter().map(|&i| loaded[i].clone()).collect();

@@ -25,26 +25,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use weir_config::{Provider, Timeouts, Upstream, UpstreamKind};
 
 use crate::api::sse::Event;
+use crate::api::{ModelRequest, Operation};
 use crate::error::{Error, Kind};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub(crate) type HttpClient = Client<Connector, Full<Bytes>>;
-
-/// What a request asks of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Chat,
-    Embeddings,
-}
-
-impl Operation {
-    pub fn label(self) -> &'static str {
-        match self {
-            Operation::Chat => "chat",
-            Operation::Embeddings => "embeddings",
-        }
-    }
-}
 
 /// One configured upstream: its own connection pool (so its connect timeout is its own), its URLs and
 /// credentials prepared once.
@@ -55,14 +40,25 @@ pub struct UpstreamClient {
     pub timeouts: Timeouts,
     /// Headers sent on every request, static credentials included (marked sensitive).
     headers: HeaderMap,
-    adapter: Adapter,
+    adapter: AnyAdapter,
     http: HttpClient,
 }
 
+/// Calls the same [`Adapter`] method on whichever adapter an upstream has.
+macro_rules! dispatch {
+    ($adapter:expr, $a:ident => $call:expr) => {
+        match $adapter {
+            AnyAdapter::OpenAi($a) => $call,
+            AnyAdapter::Azure($a) => $call,
+            AnyAdapter::Bedrock($a) => $call,
+            AnyAdapter::Gemini($a) => $call,
+        }
+    };
+}
 /// The per-kind half of an upstream.
 #[derive(Debug)]
 #[expect(clippy::large_enum_variant, reason = "one per configured upstream, built once; never moved on the hot path")]
-enum Adapter {
+enum AnyAdapter {
     OpenAi(openai::OpenAi),
     Azure(azure::Azure),
     Bedrock(bedrock::Bedrock),
@@ -106,16 +102,16 @@ impl UpstreamClient {
         let adapter = match (&upstream.kind, &upstream.provider) {
             // Weir's own workers speak OpenAI's API: relayed like any OpenAI-compatible server.
             (UpstreamKind::OpenAi | UpstreamKind::Worker, _) => {
-                Adapter::OpenAi(openai::OpenAi::new(upstream, &mut headers)?)
+                AnyAdapter::OpenAi(openai::OpenAi::new(upstream, &mut headers)?)
             }
             (UpstreamKind::AzureOpenAi, Provider::Azure(azure)) => {
-                Adapter::Azure(azure::Azure::new(upstream, azure, &mut headers)?)
+                AnyAdapter::Azure(azure::Azure::new(upstream, azure, &mut headers)?)
             }
             (UpstreamKind::Bedrock, Provider::Bedrock(bedrock)) => {
-                Adapter::Bedrock(bedrock::Bedrock::new(upstream, bedrock, &mut headers)?)
+                AnyAdapter::Bedrock(bedrock::Bedrock::new(upstream, bedrock, &mut headers)?)
             }
             (UpstreamKind::Vertex | UpstreamKind::Gemini, provider) => {
-                Adapter::Gemini(gemini::Gemini::new(upstream, provider, &mut headers)?)
+                AnyAdapter::Gemini(gemini::Gemini::new(upstream, provider, &mut headers)?)
             }
             (kind, _) => {
                 return Err(Error::internal(format!("upstream {}: no settings for kind {kind:?}", upstream.name)));
@@ -131,15 +127,10 @@ impl UpstreamClient {
         })
     }
 
-    /// Builds the upstream request for `operation` from the canonical request body (OpenAI's shape,
-    /// with `model` already the target's name and `include_usage` forced on for streams).
-    pub fn request(&self, operation: Operation, model: &str, body: Vec<u8>) -> Result<Request<Bytes>, Error> {
-        let (uri, body) = match &self.adapter {
-            Adapter::OpenAi(a) => (a.uri(operation), body),
-            Adapter::Azure(a) => a.request(operation, model, body)?,
-            Adapter::Bedrock(a) => a.request(operation, model, &body)?,
-            Adapter::Gemini(a) => a.request(operation, model, &body)?,
-        };
+    /// Builds the upstream request for `request` (the parsed, canonical one) with `model` the
+    /// target's model name; streams ask for the usage chunk.
+    pub fn request(&self, request: &ModelRequest, model: &str) -> Result<Request<Bytes>, Error> {
+        let (uri, body) = dispatch!(&self.adapter, a => a.request(request, model))?;
         let mut request = Request::post(uri)
             .body(Bytes::from(body))
             .map_err(|e| Error::internal("could not build the upstream request").source(e))?;
@@ -153,12 +144,7 @@ impl UpstreamClient {
     pub async fn send(&self, request: Request<Bytes>, wait: Duration) -> Result<Response<Incoming>, Error> {
         let exchange = async {
             let mut request = request;
-            match &self.adapter {
-                Adapter::OpenAi(_) => {}
-                Adapter::Azure(a) => a.authorize(&self.name, &self.http, &mut request).await?,
-                Adapter::Bedrock(a) => a.authorize(&self.name, &mut request).await?,
-                Adapter::Gemini(a) => a.authorize(&self.name, &mut request).await?,
-            }
+            dispatch!(&self.adapter, a => a.authorize(&self.name, &self.http, &mut request).await)?;
             Ok::<_, Error>(self.http.request(request.map(Full::new)).await)
         };
         match tokio::time::timeout(wait, exchange).await {
@@ -192,36 +178,58 @@ impl UpstreamClient {
             Ok(Ok(collected)) => collected.to_bytes(),
             _ => Bytes::new(),
         };
-        let detail = match &self.adapter {
-            Adapter::OpenAi(_) => openai::detail(&body),
-            Adapter::Azure(_) => azure::detail(&body),
-            Adapter::Bedrock(_) => bedrock::detail(&parts.headers, &body),
-            Adapter::Gemini(_) => gemini::detail(&body),
-        };
-        classify(&self.name, parts.status, &parts.headers, detail)
+        dispatch!(&self.adapter, a => a.classify(&self.name, parts.status, &parts.headers, &body))
     }
 
     /// Whether answers must be translated into OpenAI's shapes (the relayed kinds pass through).
     pub fn translates(&self) -> bool {
-        matches!(self.adapter, Adapter::Bedrock(_) | Adapter::Gemini(_))
+        matches!(self.adapter, AnyAdapter::Bedrock(_) | AnyAdapter::Gemini(_))
     }
 
     /// A whole (non-streamed) answer in OpenAI's shape.
     pub fn response(&self, operation: Operation, model: &str, body: Bytes) -> Result<Bytes, Error> {
-        match &self.adapter {
-            Adapter::OpenAi(_) | Adapter::Azure(_) => Ok(body),
-            Adapter::Bedrock(_) => bedrock::response(&self.name, operation, model, &body).map(Bytes::from),
-            Adapter::Gemini(a) => a.response(&self.name, operation, model, &body).map(Bytes::from),
-        }
+        dispatch!(&self.adapter, a => a.response(&self.name, operation, model, body))
     }
 
     /// What turns this upstream's streamed body into OpenAI `chat.completion.chunk` events.
     pub fn translator(&self, model: &str) -> Option<Translator> {
-        match &self.adapter {
-            Adapter::OpenAi(_) | Adapter::Azure(_) => None,
-            Adapter::Bedrock(_) => Some(Translator::Bedrock(bedrock::ChunkStream::new(&self.name, model))),
-            Adapter::Gemini(_) => Some(Translator::Gemini(gemini::ChunkStream::new(&self.name, model))),
-        }
+        dispatch!(&self.adapter, a => a.translator(&self.name, model))
+    }
+}
+
+/// What every adapter does, in the order a request meets it; one implementation per upstream kind,
+/// so that all of them have the same shape.
+trait Adapter {
+    /// The upstream URL and body for `request`, `model` being the target's model name.
+    fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error>;
+
+    /// Adds what must be computed per request (an OAuth token, a SigV4 signature) just before
+    /// sending; static credentials are already among the upstream's headers, so by default nothing.
+    async fn authorize(&self, upstream: &str, http: &HttpClient, request: &mut Request<Bytes>) -> Result<(), Error> {
+        let _ = (upstream, http, request);
+        Ok(())
+    }
+
+    /// A whole answer, turned into OpenAI's shape; an upstream that speaks OpenAI's API is relayed
+    /// as it answered.
+    fn response(&self, upstream: &str, operation: Operation, model: &str, body: Bytes) -> Result<Bytes, Error> {
+        let _ = (upstream, operation, model);
+        Ok(body)
+    }
+
+    /// What turns a streamed answer into OpenAI chunks; `None`, the default, relays the
+    /// upstream's own SSE.
+    fn translator(&self, upstream: &str, model: &str) -> Option<Translator> {
+        let _ = (upstream, model);
+        None
+    }
+
+    /// Reads a failed response's body in the provider's own error format.
+    fn detail(&self, headers: &HeaderMap, body: &[u8]) -> Detail;
+
+    /// A failed response as an [`Error`], the same way for every provider (see [`classify`]).
+    fn classify(&self, upstream: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Error {
+        classify(upstream, status, headers, self.detail(headers, body))
     }
 }
 
@@ -400,6 +408,42 @@ pub(crate) fn completion_id() -> String {
 
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Appends `items` to the last turn when it has the same role, else starts a turn
+/// `{"role": role, field: items}`: Converse and Gemini both want roles to alternate.
+pub(crate) fn push_turn(turns: &mut Vec<serde_json::Value>, role: &str, field: &str, items: Vec<serde_json::Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut()
+        && last.get("role").and_then(serde_json::Value::as_str) == Some(role)
+        && let Some(existing) = last.get_mut(field).and_then(serde_json::Value::as_array_mut)
+    {
+        existing.extend(items);
+        return;
+    }
+    turns.push(serde_json::json!({"role": role, field: items}));
+}
+
+/// A message's content as provider parts: text parts as `{"text": …}`, images (which must be `data:`
+/// URLs) as `image` makes them from their MIME type and base64 payload.
+pub(crate) fn content_parts(
+    message: &crate::api::chat::Message,
+    param: &str,
+    image: impl Fn(String, String) -> Result<serde_json::Value, Error>,
+) -> Result<Vec<serde_json::Value>, Error> {
+    use crate::api::chat::Part;
+    message
+        .parts()
+        .map(|part| match part {
+            Part::Text(text) => Ok(serde_json::json!({"text": text})),
+            Part::ImageUrl(url) => {
+                let (mime, data) = data_url(url, param)?;
+                image(mime, data)
+            }
+        })
+        .collect()
 }
 
 /// Splits a `data:` URL into its MIME type and base64 payload; remote URLs are refused, since

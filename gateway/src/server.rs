@@ -33,7 +33,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     tracing::info!(
         listen = %listener.local_addr()?,
         tls = tls.is_some(),
-        models = app.router.names().count(),
+        models = app.routes.names().count(),
         "weir is serving"
     );
     tokio::pin!(shutdown);

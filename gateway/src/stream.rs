@@ -115,13 +115,10 @@ impl SseRelay {
         let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
         if let Some(acct) = &mut self.accounting {
             if has_choices {
-                acct.chunks += 1;
-                if acct.ttft.is_none() {
-                    acct.ttft = Some(acct.started.elapsed());
-                }
+                acct.chunk();
             }
             if let Some(usage) = peek.usage {
-                acct.usage = Some(usage);
+                acct.usage(usage);
             }
         }
         if peek.error.is_some() {

@@ -200,7 +200,7 @@ impl request::HostRequest for HostState {
     }
 
     fn mirror(&mut self, req: Resource<RequestHandle>, target: String) -> Result<()> {
-        if self.meta.services.router.target(&target).is_some() {
+        if self.meta.services.routes.target(&target).is_some() {
             self.view(&req)?.add_mirror(target);
         } else {
             tracing::debug!(plugin = %self.meta.name, %target, "ignored a mirror to an unknown target");
@@ -350,7 +350,7 @@ impl catalog::Host for HostState {
     }
 
     fn target_stats(&mut self, target: String) -> Result<Option<catalog::TargetHealth>> {
-        Ok(self.meta.services.router.target(&target).map(|t| {
+        Ok(self.meta.services.routes.target(&target).map(|t| {
             let s = t.stats.snapshot();
             catalog::TargetHealth {
                 healthy: s.healthy,
@@ -362,7 +362,7 @@ impl catalog::Host for HostState {
     }
 
     fn targets(&mut self, model: String) -> Result<Vec<String>> {
-        Ok(self.meta.services.router.targets_of(&model))
+        Ok(self.meta.services.routes.targets_of(&model))
     }
 
     fn now_ms(&mut self) -> Result<u64> {

@@ -18,12 +18,44 @@ use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
 use super::bindings::{Plugin, PluginPre};
-use super::engine::{MAX_MEMORY, Runtime, TICK};
 use super::host::{HostState, PluginMeta, RequestHandle};
 use super::view::RequestView;
+use super::wasm::{MAX_MEMORY, TICK, WasmEngine};
 use super::{Fault, FaultKind, Hook, Services, builtin, missing_builtin};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A plugin that could not be loaded, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {plugin}: {problem}")]
+pub struct PluginLoadError {
+    pub plugin: String,
+    pub problem: LoadProblem,
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadProblem {
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: std::path::PathBuf, error: std::io::Error },
+    #[error("{0}")]
+    MissingBuiltin(String),
+    #[error("compilation task failed: {0}")]
+    Task(tokio::task::JoinError),
+    #[error("not a valid WebAssembly component: {0:#}")]
+    Compile(wasmtime::Error),
+    #[error("it imports something the host does not provide: {0:#}")]
+    Imports(wasmtime::Error),
+    #[error("it does not export the weir:plugin world: {0:#}")]
+    World(wasmtime::Error),
+    #[error("instantiation failed: {0:#}")]
+    Instantiate(wasmtime::Error),
+    /// The plugin's `init` refused its config, in its own words.
+    #[error("init rejected its config: {0}")]
+    ConfigRejected(String),
+    #[error("init failed: {0:#}")]
+    Init(wasmtime::Error),
+}
 
 /// Warm instances kept per plugin. The pool is per plugin version rather than per worker thread so
 /// that it is dropped with the version it belongs to on a hot swap; a lock-free queue makes taking
@@ -57,41 +89,37 @@ impl std::fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// Reads, compiles, pre-instantiates and `init`s a plugin. Any failure is reported as a message
-    /// that names the plugin and what would fix it; nothing is swapped in until this succeeds.
+    /// Reads, compiles, pre-instantiates and `init`s a plugin. Any failure names the plugin and
+    /// what would fix it; nothing is swapped in until this succeeds.
     pub async fn load(
-        runtime: &Arc<Runtime>,
+        wasm: &Arc<WasmEngine>,
         config: &PluginConfig,
         services: Arc<Services>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, PluginLoadError> {
         let name = &config.name;
+        let failed = |problem| PluginLoadError { plugin: name.clone(), problem };
         let bytes = match &config.source {
             PluginSource::File(path) => {
-                std::fs::read(path).map_err(|e| format!("plugin {name}: cannot read {}: {e}", path.display()))?
+                std::fs::read(path).map_err(|error| failed(LoadProblem::Read { path: path.clone(), error }))?
             }
             PluginSource::Builtin(b) => {
-                builtin(b).ok_or_else(|| format!("plugin {name}: {}", missing_builtin(b)))?.to_vec()
+                builtin(b).ok_or_else(|| failed(LoadProblem::MissingBuiltin(missing_builtin(b))))?.to_vec()
             }
         };
         // Compiling is CPU work of up to seconds: keep it off the async workers.
-        let compiler = runtime.clone();
+        let compiler = wasm.clone();
         let component = tokio::task::spawn_blocking(move || compiler.compile(&bytes))
             .await
-            .map_err(|e| format!("plugin {name}: compilation task failed: {e}"))?
-            .map_err(|e| format!("plugin {name}: not a valid WebAssembly component: {e:#}"))?;
-        let pre = runtime
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("plugin {name}: it imports something the host does not provide: {e:#}"))?;
-        let pre = PluginPre::new(pre)
-            .map_err(|e| format!("plugin {name}: it does not export the weir:plugin world: {e:#}"))?;
+            .map_err(|e| failed(LoadProblem::Task(e)))?
+            .map_err(|e| failed(LoadProblem::Compile(e)))?;
+        let pre = wasm.linker.instantiate_pre(&component).map_err(|e| failed(LoadProblem::Imports(e)))?;
+        let pre = PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?;
         let memory = usize::try_from(config.memory).unwrap_or(MAX_MEMORY).min(MAX_MEMORY);
 
         // A first instance runs `init` to learn the plugin's hooks and headers, and proves the
         // config is one the plugin accepts.
         let probe_meta = Arc::new(PluginMeta::new(name, 0, services.clone()));
-        let (_, info) =
-            instantiate(&pre, probe_meta, memory, config).await.map_err(|e| format!("plugin {name}: {e}"))?;
+        let (_, info) = instantiate(&pre, probe_meta, memory, config).await.map_err(failed)?;
         let mut meta = PluginMeta::new(name, NEXT_ID.fetch_add(1, Ordering::Relaxed), services);
         meta.read_headers = info
             .read_headers
@@ -118,7 +146,7 @@ impl LoadedPlugin {
             None => {
                 instantiate(&self.pre, self.meta.clone(), self.memory, &self.config)
                     .await
-                    .map_err(|detail| self.fault(hook, FaultKind::Instantiate, detail))?
+                    .map_err(|problem| self.fault(hook, FaultKind::Instantiate, problem.to_string()))?
                     .0
             }
         };
@@ -134,7 +162,7 @@ impl LoadedPlugin {
         started: Instant,
         result: wasmtime::Result<R>,
     ) -> Result<R, Fault> {
-        self.meta.services.metrics.plugin_call(&self.meta.name, hook, started.elapsed());
+        self.meta.services.metrics.plugin_call(&self.meta.name, hook.label(), started.elapsed());
         match result {
             Ok(value) => {
                 warm.calls += 1;
@@ -202,7 +230,7 @@ impl LoadedPlugin {
     }
 
     pub fn fault(&self, hook: Hook, kind: FaultKind, detail: String) -> Fault {
-        self.meta.services.metrics.plugin_fault(&self.meta.name, hook, kind);
+        self.meta.services.metrics.plugin_fault(&self.meta.name, hook.label(), kind.label());
         Fault { plugin: self.meta.name.clone(), hook, kind, detail, on_error: self.on_error }
     }
 }
@@ -213,7 +241,7 @@ async fn instantiate(
     meta: Arc<PluginMeta>,
     memory: usize,
     config: &PluginConfig,
-) -> Result<(Warm, PluginInfo), String> {
+) -> Result<(Warm, PluginInfo), LoadProblem> {
     let mut store = Store::new(pre.engine(), HostState::new(meta, memory));
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_callback(|mut ctx| {
@@ -228,11 +256,11 @@ async fn instantiate(
     // Instantiation and `init` get the same deadline as a hook.
     store.data_mut().begin_call(config.deadline.max(TICK * 100));
     store.set_epoch_deadline(1);
-    let bindings = pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiation failed: {e:#}"))?;
+    let bindings = pre.instantiate_async(&mut store).await.map_err(LoadProblem::Instantiate)?;
     let info = match bindings.call_init(&mut store, &config.config_json).await {
         Ok(Ok(info)) => info,
-        Ok(Err(message)) => return Err(format!("init rejected its config: {message}")),
-        Err(e) => return Err(format!("init failed: {e:#}")),
+        Ok(Err(message)) => return Err(LoadProblem::ConfigRejected(message)),
+        Err(e) => return Err(LoadProblem::Init(e)),
     };
     Ok((Warm { store, bindings, calls: 0 }, info))
 }

@@ -5,7 +5,8 @@ use http::{HeaderMap, Uri, header};
 use serde::Deserialize;
 use weir_config::Upstream;
 
-use super::{Detail, Operation, sensitive, uri};
+use super::{Adapter, Detail, sensitive, uri};
+use crate::api::{ModelRequest, Operation};
 use crate::error::Error;
 
 /// The URLs of an OpenAI-compatible upstream.
@@ -23,12 +24,22 @@ impl OpenAi {
         }
         Ok(Self { chat: uri(upstream, "/chat/completions")?, embeddings: uri(upstream, "/embeddings")? })
     }
+}
 
-    pub fn uri(&self, operation: Operation) -> Uri {
-        match operation {
+impl Adapter for OpenAi {
+    fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
+        let uri = match request.operation() {
             Operation::Chat => self.chat.clone(),
             Operation::Embeddings => self.embeddings.clone(),
-        }
+        };
+        Ok((uri, request.upstream_body(model)?))
+    }
+
+    // `authorize`, `response` and `translator` are the trait's relaying defaults: the bearer key is
+    // a static header, and answers and streams are OpenAI's already.
+
+    fn detail(&self, _: &HeaderMap, body: &[u8]) -> Detail {
+        detail(body)
     }
 }
 

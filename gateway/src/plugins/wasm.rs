@@ -24,19 +24,19 @@ pub const TICK: Duration = Duration::from_millis(5);
 pub const MAX_MEMORY: usize = 256 << 20;
 
 /// Engine, linker and compile cache, shared by every version of every plugin.
-pub struct Runtime {
+pub struct WasmEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
 }
 
-impl std::fmt::Debug for Runtime {
+impl std::fmt::Debug for WasmEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").finish_non_exhaustive()
+        f.debug_struct("WasmEngine").finish_non_exhaustive()
     }
 }
 
-impl Runtime {
+impl WasmEngine {
     /// Builds the engine; `cache_dir` holds compiled components across restarts.
     pub fn new(cache_dir: &Path) -> wasmtime::Result<Arc<Self>> {
         let mut config = Config::new();
@@ -64,7 +64,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
-        // The ticker holds only a weak reference, so it stops when the runtime is dropped.
+        // The ticker holds only a weak reference, so it stops when the engine is dropped.
         let weak = engine.weak();
         std::thread::Builder::new().name("weir-plugin-epoch".into()).spawn(move || {
             while let Some(engine) = weak.upgrade() {
