@@ -65,7 +65,8 @@ impl fmt::Display for FieldErrors<'_> {
     }
 }
 
-/// Parses and validates configuration text. Relative paths in it (TLS files) resolve against `base_dir`.
+/// Parses and validates configuration text. Relative paths in it (TLS files, plugins, state) resolve
+/// against `base_dir`; `env` answers `${NAME}` and locates the user's cache directory.
 pub fn load_str(text: &str, env: &dyn Env, base_dir: &Path) -> Result<Config, ConfigError> {
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
     interpolate::interpolate_table(&mut table, env).map_err(ConfigError::Invalid)?;
@@ -77,7 +78,7 @@ pub fn load_str(text: &str, env: &dyn Env, base_dir: &Path) -> Result<Config, Co
             message: e.into_inner().to_string().lines().next().unwrap_or_default().to_owned(),
         }])
     })?;
-    validate::validate(raw, base_dir).map_err(ConfigError::Invalid)
+    validate::validate(raw, base_dir, env).map_err(ConfigError::Invalid)
 }
 
 /// Reads, parses and validates a configuration file.

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::FieldError;
 use crate::raw::{
     RawAdmin, RawConfig, RawKey, RawLog, RawModel, RawPlugin, RawPrice, RawRetry, RawServer, RawState, RawTimeouts,
     RawUpstream,
 };
 use crate::typed::*;
+use crate::{Env, FieldError};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
@@ -258,7 +258,7 @@ fn is_name(s: &str) -> bool {
 
 /// Checks every section in file order (so problems are listed as they appear), then assembles the
 /// typed config only if none had a problem.
-pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<FieldError>> {
+pub(crate) fn validate(raw: RawConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, Vec<FieldError>> {
     let mut errs = Errors(Vec::new());
     let server = server(&mut errs, raw.server, base_dir);
     let timeouts = errs.timeouts("timeouts.", &raw.timeouts, DEFAULT_TIMEOUTS);
@@ -270,7 +270,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
     let plugins = plugins(&mut errs, raw.plugins, base_dir);
     let chain = chains(&mut errs, raw.chain.as_deref(), model_chains, &plugins, &mut models);
     let prices = prices(&mut errs, raw.prices);
-    let state = state(&mut errs, &raw.state, base_dir);
+    let state = state(&mut errs, &raw.state, base_dir, env);
     admin(&mut errs, &raw.admin, &keys);
     if !errs.0.is_empty() {
         return Err(errs.0);
@@ -703,8 +703,8 @@ fn prices(errs: &mut Errors, raw: BTreeMap<String, RawPrice>) -> BTreeMap<String
     prices
 }
 
-/// `[state]`.
-fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path) -> State {
+/// `[state]`; `env` locates the user's cache directory for the compiled plugins.
+fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env) -> State {
     let kv_max_bytes = match raw.kv_max_bytes {
         None => 64 * 1024 * 1024,
         Some(n) if n > 0 => n as u64,
@@ -713,10 +713,33 @@ fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path) -> State {
             0
         }
     };
+    let plugin_cache = match raw.plugin_cache.as_deref() {
+        Some(dir) => base_dir.join(dir),
+        // Where the platform has no cache directory for this user, next to the config as before.
+        None => {
+            user_cache_dir(env).map_or_else(|| base_dir.join(".weir-cache"), |dir| dir.join("weir").join("plugins"))
+        }
+    };
     State {
         ledger: base_dir.join(raw.ledger.as_deref().unwrap_or("weir-ledger.jsonl")),
-        plugin_cache: base_dir.join(raw.plugin_cache.as_deref().unwrap_or(".weir-cache")),
+        // wasmtime's cache takes only an absolute directory (it turns itself off otherwise), and a
+        // relative one would move with the working directory of whoever starts Weir.
+        plugin_cache: std::path::absolute(&plugin_cache).unwrap_or(plugin_cache),
         kv_max_bytes,
+    }
+}
+
+/// The platform's directory for per-user caches, read through `env`: `%LOCALAPPDATA%` on Windows,
+/// `~/Library/Caches` on macOS, else `$XDG_CACHE_HOME` (only when absolute, as the XDG spec asks) or
+/// `~/.cache`. `None` where the environment names no home, e.g. a bare service account.
+fn user_cache_dir(env: &dyn Env) -> Option<PathBuf> {
+    let absolute = |name: &str| env.get(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    if cfg!(windows) {
+        absolute("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        absolute("HOME").map(|home| home.join("Library").join("Caches"))
+    } else {
+        absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".cache")))
     }
 }
 
