@@ -81,6 +81,15 @@ pub fn load_str(text: &str, env: &dyn Env, base_dir: &Path) -> Result<Config, Co
     validate::validate(raw, base_dir, env).map_err(ConfigError::Invalid)
 }
 
+/// Deserializes the file's raw form (after interpolation, before validation) from `deserializer`
+/// and drops it. Not an API: `config/tests/full_example.rs` drives it with a deserializer that
+/// records every field the raw structs ask for, to check that `examples/full.toml` sets each one,
+/// without the raw structs becoming public.
+#[doc(hidden)]
+pub fn deserialize_raw<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    <raw::RawConfig as serde::Deserialize>::deserialize(deserializer).map(drop)
+}
+
 /// Reads, parses and validates a configuration file.
 pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
