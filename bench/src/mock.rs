@@ -1,11 +1,12 @@
-//! An in-process mock of an OpenAI-compatible upstream that speaks the real wire protocol, and on
-//! the same port the cloud providers' protocols (`mock/azure.rs`, `mock/gemini.rs` for Vertex and the
-//! Gemini API, `mock/bedrock.rs`) and their OAuth token endpoints (`mock/oauth.rs`).
+//! An in-process mock upstream that speaks the real wire protocols, all on one port: OpenAI's
+//! (`mock/openai.rs`), Azure OpenAI's (`mock/azure.rs`), Gemini's for Vertex and the Gemini API
+//! (`mock/gemini.rs`), Bedrock's (`mock/bedrock.rs`) and the OAuth token endpoints
+//! (`mock/oauth.rs`). Each protocol's file has the same entry point, `respond(shared, req, path)`.
 //!
-//! Tests and the load harness start one with [`MockUpstream::builder`]; it binds `127.0.0.1:0`,
-//! serves HTTP/1.1 on the current tokio runtime, records what it receives and stops when dropped.
-//! Streamed answers either replay a recorded OpenAI stream (`model: "fixture:<name>"`) byte for byte
-//! or are synthesized from the same answer the non-streaming route gives.
+//! This file holds what they share: the server (tests and the load harness start one with
+//! [`MockUpstream::builder`]; it binds `127.0.0.1:0`, serves HTTP/1.1 on the current tokio runtime,
+//! records what it receives and stops when dropped), the builder's fault knobs, the dispatch by
+//! path, streamed bodies, and the [`Script`] the translated providers answer from.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -14,9 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -33,6 +33,11 @@ mod azure;
 mod bedrock;
 mod gemini;
 mod oauth;
+mod openai;
+
+pub use openai::{FIXTURES, MODELS, fixture};
+
+use openai::ApiError;
 
 /// A running mock upstream. Dropping it stops the accept loop and closes every open connection.
 #[derive(Debug)]
@@ -71,39 +76,6 @@ pub struct MockBuilder {
     /// The AWS access key id and secret SigV4 requests must be signed with.
     aws_credentials: Option<(String, String)>,
 }
-
-macro_rules! fixtures {
-    ($($name:literal),* $(,)?) => {
-        /// Names of the recorded OpenAI streams in `bench/fixtures/openai/`, usable as `fixture:<name>`.
-        pub const FIXTURES: &[&str] = &[$($name),*];
-
-        /// The recorded OpenAI stream `name` (raw `text/event-stream` bytes), if there is one.
-        pub fn fixture(name: &str) -> Option<&'static str> {
-            match name {
-                $($name => Some(include_str!(concat!("../fixtures/openai/", $name, ".sse"))),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-fixtures!(
-    "text_a",
-    "text_b",
-    "text_c",
-    "text_logprobs",
-    "length",
-    "n3_choices",
-    "tool_call",
-    "tool_call_b",
-    "tool_call_c",
-    "parallel_tool_calls",
-    "refusal",
-    "refusal_logprobs",
-);
-
-/// Model ids listed by `GET /v1/models`.
-pub const MODELS: &[&str] = &["mock-model", "gpt-4o-mini", "text-embedding-3-small"];
 
 /// The arguments of every tool call the mock makes.
 pub const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
@@ -389,6 +361,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        // Before the path is looked at, so in the default protocol's shape.
         return Ok(ApiError::invalid(None, None, "Could not read the request body.").into_response());
     };
     let recorded = Recorded {
@@ -404,92 +377,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
-    Ok(respond(&shared, &recorded).unwrap_or_else(ApiError::into_response))
+    Ok(respond(&shared, &recorded))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Chat,
-    Embeddings,
-    Models,
-}
-
-fn respond(shared: &Arc<Shared>, req: &Recorded) -> Result<Response<MockBody>, ApiError> {
+/// Picks the protocol by path; OpenAI's takes everything the others do not claim.
+fn respond(shared: &Arc<Shared>, req: &Recorded) -> Response<MockBody> {
     let path = req.path.split('?').next().unwrap_or_default();
     if path.starts_with("/openai/") {
         return azure::respond(shared, req, path);
     }
     let gemini_api = path.starts_with("/v1beta/models/") || (path.starts_with("/v1/models/") && path.contains(':'));
     if gemini_api || path.contains("/publishers/google/models/") {
-        return Ok(gemini::respond(shared, req, path));
+        return gemini::respond(shared, req, path);
     }
     if path.starts_with("/model/") {
-        return Ok(bedrock::respond(shared, req, path));
+        return bedrock::respond(shared, req, path);
     }
     if path == "/token" || path.ends_with("/oauth2/v2.0/token") {
-        return Ok(oauth::respond(shared, req, path));
+        return oauth::respond(shared, req, path);
     }
-    let route = match (req.method.as_str(), path) {
-        ("POST", "/v1/chat/completions") => Route::Chat,
-        ("POST", "/v1/embeddings") => Route::Embeddings,
-        ("GET", "/v1/models") => Route::Models,
-        (method, _) => {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: format!("Invalid URL ({method} {path})"),
-                kind: "invalid_request_error",
-                param: None,
-                code: None,
-            });
-        }
-    };
-    check_api_key(&shared.config, req)?;
-    if route == Route::Models {
-        return Ok(models());
-    }
-    if let Some(status) = injected_failure(shared) {
-        return Err(ApiError::injected(status));
-    }
-    let body: Value = serde_json::from_slice(&req.body).map_err(|_| {
-        ApiError::invalid(
-            None,
-            None,
-            "We could not parse the JSON body of your request. (HINT: This likely means you \
-             aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-        )
-    })?;
-    if !body.is_object() {
-        return Err(ApiError::invalid(None, None, "The request body must be a JSON object."));
-    }
-    match route {
-        Route::Chat => chat(shared, &body),
-        Route::Embeddings => embeddings(&body),
-        Route::Models => Ok(models()),
-    }
-}
-
-fn check_api_key(config: &MockBuilder, req: &Recorded) -> Result<(), ApiError> {
-    let Some(key) = &config.api_key else {
-        return Ok(());
-    };
-    let message = match req.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        Some(value) if value.strip_prefix("Bearer ") == Some(key.as_str()) => return Ok(()),
-        Some(_) => {
-            "Incorrect API key provided. You can find your API key at \
-                    https://platform.openai.com/account/api-keys."
-        }
-        None => {
-            "You didn't provide an API key. You need to provide your API key in an \
-                 Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-        }
-    };
-    Err(ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message: message.to_owned(),
-        kind: "invalid_request_error",
-        param: None,
-        code: Some("invalid_api_key"),
-    })
+    openai::respond(shared, req, path)
 }
 
 fn injected_failure(shared: &Shared) -> Option<StatusCode> {
@@ -504,218 +411,6 @@ fn injected_failure(shared: &Shared) -> Option<StatusCode> {
     }
     let (n, status) = shared.config.fail_first?;
     (seen < n).then_some(status)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Chat completions
-
-fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiError> {
-    chat_as(shared, body, false)
-}
-
-/// A chat completion; `azure` adds Azure's content-filter fields and its empty first chunk.
-fn chat_as(shared: &Arc<Shared>, body: &Value, azure: bool) -> Result<Response<MockBody>, ApiError> {
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid(Some("model"), None, "you must provide a model parameter"))?;
-    let messages = match body.get("messages") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                Some("messages"),
-                Some("missing_required_parameter"),
-                "Missing required parameter: 'messages'.",
-            ));
-        }
-        Some(Value::Array(m)) if m.is_empty() => {
-            return Err(ApiError::invalid(
-                Some("messages"),
-                Some("empty_array"),
-                "Invalid 'messages': empty array. Expected an array with minimum length 1, but \
-                 got an empty array instead.",
-            ));
-        }
-        Some(Value::Array(m)) => m,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                Some("messages"),
-                Some("invalid_type"),
-                "Invalid type for 'messages': expected an array of objects.",
-            ));
-        }
-    };
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-
-    if stream && let Some(name) = model.strip_prefix("fixture:") {
-        let text = fixture(name).ok_or_else(|| model_not_found(model))?;
-        return Ok(sse(shared, replay(text, include_usage)));
-    }
-
-    let answer = Answer::new(body, messages)?;
-    let id = format!("chatcmpl-mock-{}", shared.next_id());
-    let created = unix_now();
-    if stream {
-        let mut events = answer.chunks(&id, model, created, include_usage);
-        if azure {
-            events = azure::stream_events(events, &id, created);
-        }
-        return Ok(sse(shared, events));
-    }
-    let message = match &answer.reply {
-        Reply::Text(text) => json!({"role": "assistant", "content": text, "refusal": null}),
-        Reply::ToolCall { name } => json!({
-            "role": "assistant",
-            "content": null,
-            "tool_calls": [{
-                "id": "call_mock_1",
-                "type": "function",
-                "function": {"name": name, "arguments": TOOL_ARGUMENTS},
-            }],
-            "refusal": null,
-        }),
-    };
-    let mut completion = json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "logprobs": null,
-                "finish_reason": answer.finish_reason(),
-            }],
-            "usage": answer.usage(),
-            // Lets tests check that a gateway passes unknown fields through in both directions.
-            "x_mock": {"echo_unknown": body.get("x_probe").cloned().unwrap_or(Value::Null)},
-    });
-    if azure {
-        azure::add_filter_results(&mut completion);
-    }
-    Ok(json_response(StatusCode::OK, &completion))
-}
-
-enum Reply {
-    Text(String),
-    ToolCall { name: String },
-}
-
-struct Answer {
-    reply: Reply,
-    prompt_tokens: usize,
-    completion_tokens: usize,
-}
-
-impl Answer {
-    fn new(body: &Value, messages: &[Value]) -> Result<Self, ApiError> {
-        let last = messages.last().unwrap_or(&Value::Null);
-        let last_is_tool = last.get("role").and_then(Value::as_str) == Some("tool");
-        let first_tool = body.get("tools").and_then(Value::as_array).and_then(|t| t.first());
-        let reply = match first_tool {
-            Some(tool) if !last_is_tool => {
-                let name = tool.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| {
-                    ApiError::invalid(
-                        Some("tools[0].function.name"),
-                        Some("missing_required_parameter"),
-                        "Missing required parameter: 'tools[0].function.name'.",
-                    )
-                })?;
-                Reply::ToolCall { name: name.to_owned() }
-            }
-            _ if last_is_tool => Reply::Text(format!("tool said: {}", message_text(last))),
-            _ => {
-                let user = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
-                Reply::Text(format!("echo: {}", user.map(message_text).unwrap_or_default()))
-            }
-        };
-        let prompt_tokens = messages.iter().map(|m| word_count(&message_text(m))).sum();
-        let completion_tokens = match &reply {
-            Reply::Text(text) => word_count(text),
-            Reply::ToolCall { .. } => word_count(TOOL_ARGUMENTS),
-        };
-        Ok(Self { reply, prompt_tokens, completion_tokens })
-    }
-
-    fn finish_reason(&self) -> &'static str {
-        match self.reply {
-            Reply::Text(_) => "stop",
-            Reply::ToolCall { .. } => "tool_calls",
-        }
-    }
-
-    fn usage(&self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        })
-    }
-
-    /// The answer as `chat.completion.chunk` events, shaped like OpenAI's own streams.
-    fn chunks(&self, id: &str, model: &str, created: u64, include_usage: bool) -> Vec<Bytes> {
-        let chunk = |delta: Value, finish_reason: Option<&str>| {
-            event(&json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": null,
-                    "finish_reason": finish_reason,
-                }],
-            }))
-        };
-        let mut events = Vec::new();
-        match &self.reply {
-            Reply::Text(text) => {
-                events.push(chunk(json!({"role": "assistant", "content": ""}), None));
-                events.extend(words(text).map(|w| chunk(json!({"content": w}), None)));
-            }
-            Reply::ToolCall { name } => {
-                events.push(chunk(
-                    json!({
-                        "role": "assistant",
-                        "content": null,
-                        "tool_calls": [{
-                            "index": 0,
-                            "id": "call_mock_1",
-                            "type": "function",
-                            "function": {"name": name, "arguments": ""},
-                        }],
-                    }),
-                    None,
-                ));
-                events.extend(argument_fragments(TOOL_ARGUMENTS).map(|fragment| {
-                    chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}), None)
-                }));
-            }
-        }
-        events.push(chunk(json!({}), Some(self.finish_reason())));
-        if include_usage {
-            events.push(event(&json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": self.usage(),
-            })));
-        }
-        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        events
-    }
-}
-
-/// The text of a message: a string `content`, or its text parts joined.
-fn message_text(message: &Value) -> String {
-    match message.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
-        _ => String::new(),
-    }
 }
 
 fn word_count(text: &str) -> usize {
@@ -750,25 +445,6 @@ fn argument_fragments(arguments: &str) -> impl Iterator<Item = &str> {
     const PIECE: usize = 4;
     // TOOL_ARGUMENTS is ASCII, so byte offsets are char boundaries.
     (0..arguments.len()).step_by(PIECE).map(move |i| &arguments[i..(i + PIECE).min(arguments.len())])
-}
-
-/// Splits a recorded stream into its events, leaving out the final usage chunk unless asked for,
-/// as OpenAI only sends it with `stream_options.include_usage`.
-fn replay(text: &'static str, include_usage: bool) -> Vec<Bytes> {
-    text.split_inclusive("\n\n")
-        .filter(|event| include_usage || !is_usage_event(event))
-        .map(|event| Bytes::from_static(event.as_bytes()))
-        .collect()
-}
-
-fn is_usage_event(event: &str) -> bool {
-    let Some(data) = event.strip_prefix("data: ") else {
-        return false;
-    };
-    serde_json::from_str::<Value>(data).is_ok_and(|chunk| {
-        chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
-            && chunk.get("usage").is_some_and(Value::is_object)
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -842,193 +518,6 @@ impl Drop for CancelGuard {
         if !self.done {
             self.shared.cancelled_streams.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Embeddings
-
-fn embeddings(body: &Value) -> Result<Response<MockBody>, ApiError> {
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid(Some("model"), None, "you must provide a model parameter"))?;
-    let inputs = embedding_inputs(body.get("input"))?;
-    let dimensions = match body.get("dimensions") {
-        None | Some(Value::Null) => 8,
-        Some(v) => {
-            v.as_u64().filter(|d| (1..=8192).contains(d)).and_then(|d| usize::try_from(d).ok()).ok_or_else(|| {
-                ApiError::invalid(
-                    Some("dimensions"),
-                    Some("invalid_value"),
-                    "Invalid 'dimensions': expected an integer between 1 and 8192.",
-                )
-            })?
-        }
-    };
-    let base64 = match body.get("encoding_format") {
-        None | Some(Value::Null) => false,
-        Some(Value::String(f)) if f == "float" => false,
-        Some(Value::String(f)) if f == "base64" => true,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                Some("encoding_format"),
-                Some("invalid_value"),
-                "Invalid 'encoding_format': expected 'float' or 'base64'.",
-            ));
-        }
-    };
-    let mut prompt_tokens = 0;
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(index, input)| {
-            prompt_tokens += input.tokens;
-            let vector = embedding_vector(&input.key, dimensions);
-            let embedding = if base64 {
-                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                // Through the f32's shortest decimal form, so the JSON reads like OpenAI's
-                // ("-0.0069292835") rather than the f64 widening ("-0.006929283495992422").
-                vector.iter().map(|x| x.to_string().parse::<f64>().map_or(Value::Null, Value::from)).collect()
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
-        })
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }),
-    ))
-}
-
-struct EmbeddingInput {
-    /// What the vector is derived from: the text, or the token ids.
-    key: Vec<u8>,
-    tokens: usize,
-}
-
-fn embedding_inputs(input: Option<&Value>) -> Result<Vec<EmbeddingInput>, ApiError> {
-    let invalid = || {
-        ApiError::invalid(
-            Some("input"),
-            Some("invalid_value"),
-            "Invalid 'input': expected a non-empty string, array of strings, array of integers, \
-             or array of integer arrays.",
-        )
-    };
-    let text =
-        |s: &str| (!s.is_empty()).then(|| EmbeddingInput { key: s.as_bytes().to_vec(), tokens: word_count(s).max(1) });
-    let token_ids = |ids: &[Value]| -> Option<EmbeddingInput> {
-        if ids.is_empty() {
-            return None;
-        }
-        let key = ids.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()?;
-        Some(EmbeddingInput { key: key.iter().flat_map(|id| id.to_le_bytes()).collect(), tokens: key.len() })
-    };
-    match input {
-        None | Some(Value::Null) => Err(ApiError::invalid(
-            Some("input"),
-            Some("missing_required_parameter"),
-            "Missing required parameter: 'input'.",
-        )),
-        Some(Value::String(s)) => text(s).map(|i| vec![i]).ok_or_else(invalid),
-        Some(Value::Array(items)) if items.first().is_some_and(Value::is_number) => {
-            token_ids(items).map(|i| vec![i]).ok_or_else(invalid)
-        }
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => text(s),
-                Value::Array(ids) => token_ids(ids),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(invalid),
-        Some(_) => Err(invalid()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Models
-
-fn models() -> Response<MockBody> {
-    let data: Vec<Value> = MODELS
-        .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "weir-mock"}))
-        .collect();
-    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Responses and errors
-
-/// An OpenAI error response: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    param: Option<&'static str>,
-    code: Option<&'static str>,
-}
-
-impl ApiError {
-    fn invalid(param: Option<&'static str>, code: Option<&'static str>, message: &str) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.to_owned(),
-            kind: "invalid_request_error",
-            param,
-            code,
-        }
-    }
-
-    /// The error a real upstream would send with `status`, for `fail_first` and `always_fail`.
-    fn injected(status: StatusCode) -> Self {
-        let (message, kind, code) = match status.as_u16() {
-            429 => (
-                "Rate limit reached for requests (mock upstream). Please try again in 1s.",
-                "requests",
-                Some("rate_limit_exceeded"),
-            ),
-            500 => ("The server had an error while processing your request. Sorry about that!", "server_error", None),
-            503 => ("The engine is currently overloaded, please try again later.", "server_error", None),
-            s if s >= 500 => ("Upstream failure injected by the mock.", "server_error", None),
-            _ => ("Request rejected by the mock.", "invalid_request_error", None),
-        };
-        Self { status, message: message.to_owned(), kind, param: None, code }
-    }
-
-    fn into_response(self) -> Response<MockBody> {
-        let mut response = json_response(
-            self.status,
-            &json!({"error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }}),
-        );
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
-fn model_not_found(model: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        message: format!("The model `{model}` does not exist or you do not have access to it."),
-        kind: "invalid_request_error",
-        param: None,
-        code: Some("model_not_found"),
     }
 }
 

@@ -94,7 +94,8 @@ pub struct Price {
 pub struct State {
     /// The append-only usage ledger (JSON lines).
     pub ledger: PathBuf,
-    /// Compiled plugins, cached by content hash.
+    /// Compiled plugins, cached by content hash; absolute, as wasmtime requires. By default in the user's cache
+    /// directory (`~/.cache/weir/plugins` on Linux).
     pub plugin_cache: PathBuf,
     /// The most bytes the plugins' key-value store holds before evicting.
     pub kv_max_bytes: u64,

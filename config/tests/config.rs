@@ -360,3 +360,39 @@ fn cloud_providers_get_their_default_endpoints_and_credentials() {
         matches!(&azure.auth, AzureAuth::Entra { token_endpoint, .. } if token_endpoint == "https://login.microsoftonline.com/t/oauth2/v2.0/token")
     );
 }
+
+/// The compiled-plugin cache is an absolute directory (wasmtime turns its cache off otherwise): by
+/// default the user's cache directory, found through the injected environment; a configured one
+/// resolves against the config file's folder like every other path.
+#[test]
+#[cfg(all(unix, not(target_os = "macos")))]
+fn the_plugin_cache_is_absolute_and_in_the_users_cache_directory() {
+    let cache = |pairs: &[(&str, &str)], text: &str, base: &str| {
+        let env = MapEnv(pairs.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect());
+        load_str(text, &env, Path::new(base)).expect("valid").state.plugin_cache
+    };
+    let cwd = std::env::current_dir().expect("a working directory");
+    let home = [("HOME", "/home/ada")];
+    assert_eq!(cache(&home, "", "."), Path::new("/home/ada/.cache/weir/plugins"));
+    assert_eq!(
+        cache(&[("HOME", "/home/ada"), ("XDG_CACHE_HOME", "/var/cache/ada")], "", "."),
+        Path::new("/var/cache/ada/weir/plugins")
+    );
+    // The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    assert_eq!(
+        cache(&[("HOME", "/home/ada"), ("XDG_CACHE_HOME", "cache")], "", "."),
+        Path::new("/home/ada/.cache/weir/plugins")
+    );
+    // No home at all (a bare service account): next to the config, made absolute.
+    assert_eq!(cache(&[], "", "/etc/weir"), Path::new("/etc/weir/.weir-cache"));
+    assert_eq!(cache(&[], "", "."), cwd.join(".weir-cache"));
+    // Configured: relative to the config file's folder, whatever the user's cache directory is.
+    let configured = "[state]\nplugin_cache = \"compiled\"\n";
+    assert_eq!(cache(&home, configured, "/etc/weir"), Path::new("/etc/weir/compiled"));
+    assert_eq!(cache(&home, configured, "conf"), cwd.join("conf/compiled"));
+    assert_eq!(cache(&home, "[state]\nplugin_cache = \"/srv/weir\"\n", "/etc/weir"), Path::new("/srv/weir"));
+    assert_eq!(
+        cache(&[("WEIR_CACHE", "/tmp/w")], "[state]\nplugin_cache = \"${WEIR_CACHE}\"\n", "/etc/weir"),
+        Path::new("/tmp/w")
+    );
+}
