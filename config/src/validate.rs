@@ -13,6 +13,8 @@ use crate::typed::*;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+/// Client connections open at once (`server.max_connections`).
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const MIN_KEY_LEN: usize = 16;
 const MAX_ATTEMPTS: i64 = 10;
 const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
@@ -288,6 +290,15 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             raw.server.header_read_timeout.as_deref(),
             Duration::from_secs(10),
         ),
+        idle_timeout: errs.duration("server.idle_timeout", raw.server.idle_timeout.as_deref(), Duration::from_secs(60)),
+        max_connections: match raw.server.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                errs.push("server.max_connections", format!("must be positive, got {n}"));
+                DEFAULT_MAX_CONNECTIONS
+            }
+        },
         shutdown_grace: errs.duration(
             "server.shutdown_grace",
             raw.server.shutdown_grace.as_deref(),
@@ -565,6 +576,26 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
                 10_000
             }
         };
+        let quarantine = Quarantine {
+            faults: match p.quarantine.faults {
+                None => 10,
+                Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => n as u32,
+                Some(n) => {
+                    errs.push(format!("{path}.quarantine.faults"), format!("must be 0 (never) or more, got {n}"));
+                    10
+                }
+            },
+            window: errs.duration(
+                &format!("{path}.quarantine.window"),
+                p.quarantine.window.as_deref(),
+                Duration::from_secs(10),
+            ),
+            cooldown: errs.duration(
+                &format!("{path}.quarantine.cooldown"),
+                p.quarantine.cooldown.as_deref(),
+                Duration::from_secs(30),
+            ),
+        };
         let config_json = match serde_json::to_string(&p.config.unwrap_or_default()) {
             Ok(json) => json,
             Err(e) => {
@@ -580,6 +611,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             memory,
             instances,
             recycle_after,
+            quarantine,
             config_json,
         });
     }

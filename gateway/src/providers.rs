@@ -372,6 +372,19 @@ fn sensitive(value: &str) -> Result<HeaderValue, Error> {
     Ok(v)
 }
 
+/// Characters left as they are in a path segment: RFC 3986's unreserved set. Everything else,
+/// `/`, `?`, `#`, `%` and `:` included, is percent-encoded, so a model name stays one segment.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A model name as one URL path segment of an upstream's URL: refused unless it is a plausible
+/// name ([`crate::api::check_model_name`]), then percent-encoded, so that no name a client sends can
+/// reach another path on the provider's host with the gateway's credentials.
+pub(crate) fn path_segment(model: &str) -> Result<String, Error> {
+    crate::api::check_model_name(model)?;
+    Ok(percent_encoding::utf8_percent_encode(model, SEGMENT).to_string())
+}
+
 /// Joins a base URL and a path into a `Uri`.
 fn uri(upstream: &Upstream, path: &str) -> Result<Uri, Error> {
     format!("{}{path}", upstream.endpoint)

@@ -20,6 +20,13 @@ use super::host::HostState;
 /// on a saturated 2-core machine (perf), at 5 ms it is lost in the noise.
 pub const TICK: Duration = Duration::from_millis(5);
 
+/// Fuel (about one unit per wasm instruction) a plugin may burn before it yields its thread to
+/// other tasks: tens of microseconds of guest code, so that a busy plugin hands its worker back far
+/// more often than the epoch tick could without waking a thread that often. Fuel paces the yields
+/// only; stores hold `u64::MAX` of it, and deadlines stay the epochs' job. A call shorter than this
+/// never yields.
+pub const FUEL_YIELD: u64 = 20_000;
+
 /// The largest memory cap a plugin may be given (the pooling allocator reserves slots this big).
 pub const MAX_MEMORY: usize = 256 << 20;
 
@@ -42,6 +49,7 @@ impl WasmEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.consume_fuel(true);
         config.max_wasm_stack(512 << 10);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(512)

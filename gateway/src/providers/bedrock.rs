@@ -105,7 +105,7 @@ impl Bedrock {
 impl Adapter for Bedrock {
     fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
         // Model ids may be ARNs (`arn:aws:bedrock:…:inference-profile/…`): one path segment.
-        let id: String = url::form_urlencoded::byte_serialize(model.as_bytes()).collect();
+        let id = super::path_segment(model)?;
         let (action, body) = match request {
             ModelRequest::Chat(chat) => {
                 (if chat.is_stream() { "converse-stream" } else { "converse" }, chat_request(chat)?)
@@ -113,7 +113,7 @@ impl Adapter for Bedrock {
             ModelRequest::Embeddings(embeddings) => ("invoke", embeddings_request(embeddings, model)?),
         };
         let uri = format!("{}/model/{id}/{action}", self.endpoint).parse().map_err(|e| {
-            Error::bad_request("the model name cannot be used in a Bedrock URL").param("model").source(e)
+            Error::bad_request("The model name cannot be used in a Bedrock URL.").param("model").source(e)
         })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
@@ -342,10 +342,11 @@ fn blocks_of(message: &ChatMessage, param: &str) -> Result<Vec<Value>, Error> {
             "image/jpeg" | "image/jpg" => "jpeg",
             "image/gif" => "gif",
             "image/webp" => "webp",
-            other => {
-                return Err(Error::bad_request(format!(
-                    "Bedrock accepts png, jpeg, gif and webp images, not {other}."
-                ))
+            _ => {
+                // The MIME type is the client's text: named by kind, not repeated.
+                return Err(Error::bad_request(
+                    "Bedrock accepts png, jpeg, gif and webp images; this image's `data:` URL names another type.",
+                )
                 .param(param)
                 .code("invalid_image_format"));
             }

@@ -98,8 +98,9 @@ impl Adapter for Gemini {
             }
             ModelRequest::Embeddings(embeddings) => embeddings_request(embeddings, model, self.vertex)?,
         };
-        let uri = format!("{}/{model}{method}", self.models_url).parse().map_err(|e| {
-            Error::bad_request("the model name cannot be used in a Gemini URL").param("model").source(e)
+        let segment = super::path_segment(model)?;
+        let uri = format!("{}/{segment}{method}", self.models_url).parse().map_err(|e| {
+            Error::bad_request("The model name cannot be used in a Gemini URL.").param("model").source(e)
         })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
