@@ -70,6 +70,8 @@ pub struct MockBuilder {
     token_lifetime: Option<u64>,
     /// The AWS access key id and secret SigV4 requests must be signed with.
     aws_credentials: Option<(String, String)>,
+    /// Whole (non-streamed) answers are a 200 whose body is not JSON.
+    not_json: bool,
 }
 
 macro_rules! fixtures {
@@ -270,6 +272,13 @@ impl MockBuilder {
         self
     }
 
+    /// Non-streamed chat completions and embeddings answer `200 OK` with an HTML page instead of
+    /// JSON, as a misconfigured proxy or load balancer in front of an upstream does.
+    pub fn not_json(mut self, on: bool) -> Self {
+        self.not_json = on;
+        self
+    }
+
     /// Whether to keep every request for [`MockUpstream::requests`] (on by default).
     pub fn record_requests(mut self, on: bool) -> Self {
         self.skip_recording = !on;
@@ -460,6 +469,14 @@ fn respond(shared: &Arc<Shared>, req: &Recorded) -> Result<Response<MockBody>, A
     })?;
     if !body.is_object() {
         return Err(ApiError::invalid(None, None, "The request body must be a JSON object."));
+    }
+    if shared.config.not_json && body.get("stream").and_then(Value::as_bool) != Some(true) {
+        let page = "<html><body><h1>200 OK</h1><p>Welcome to nginx!</p></body></html>\n";
+        let mut response = Response::new(
+            Full::new(Bytes::from_static(page.as_bytes())).map_err(|never| match never {}).boxed_unsync(),
+        );
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        return Ok(response);
     }
     match route {
         Route::Chat => chat(shared, &body),

@@ -74,7 +74,10 @@ fn connection_limit(configured: usize) -> usize {
 /// timeouts) come from the configuration at start; a reload changes routing, keys and plugins.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let app = gateway.current();
-    let server = &app.config.server;
+    // Copied out, so that this loop does not keep the first app (and its plugin versions, with
+    // their metric series) alive after a reload.
+    let server = app.config.server.clone();
+    let server = &server;
     let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout).keep_alive(true);
@@ -95,6 +98,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
         models = app.routes.names().count(),
         "weir is serving"
     );
+    drop(app);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {

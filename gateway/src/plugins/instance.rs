@@ -290,7 +290,12 @@ impl LoadedPlugin {
         if let Some(suppressed) = self.health.may_log() {
             tracing::warn!(plugin, hook = hook.label(), kind = kind.label(), on_error = ?self.on_error, cause = %detail, suppressed, "plugin fault");
             if let Some(cause) = cause.filter(|_| kind != FaultKind::BadDecision) {
-                tracing::debug!(plugin, hook = hook.label(), kind = kind.label(), "plugin fault backtrace: {cause:?}");
+                tracing::debug!(
+                    plugin,
+                    hook = hook.label(),
+                    kind = kind.label(),
+                    "plugin {plugin}: fault backtrace: {cause:?}"
+                );
             }
         }
         if let Standing::Quarantined(cooldown) = self.health.fault() {
