@@ -6,6 +6,9 @@ pub mod embeddings;
 pub mod models;
 pub mod sse;
 
+#[cfg(test)]
+mod properties;
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -11,6 +11,8 @@ pub mod gemini;
 pub mod openai;
 
 #[cfg(test)]
+mod arbitrary;
+#[cfg(test)]
 mod golden;
 
 use std::time::Duration;

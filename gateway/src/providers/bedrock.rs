@@ -498,6 +498,10 @@ fn exception_detail(kind: Option<&str>, payload: &Value) -> Detail {
 // ---------------------------------------------------------------------------------------------
 // Streams
 
+/// The most bytes of one event-stream frame the gateway buffers: ConverseStream events are a few
+/// KiB; a frame this large is an upstream that is broken or hostile.
+const MAX_FRAME: usize = 16 << 20;
+
 /// ConverseStream's event stream → `chat.completion.chunk`s. Usage arrives in `metadata` after
 /// `messageStop`, so the usage chunk and `[DONE]` wait for it; an exception frame becomes an
 /// OpenAI error event and the stream ends without `[DONE]`.
@@ -536,6 +540,10 @@ impl ChunkStream {
     }
 
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.failed {
+            // The stream already ended with an error event: nothing more is read, or kept.
+            return;
+        }
         self.buf.extend_from_slice(bytes);
         while !self.failed {
             match self.decoder.decode_frame(&mut self.buf) {
@@ -547,6 +555,12 @@ impl ChunkStream {
                     out.push(error_event(&malformed(&self.upstream, "an event-stream frame")));
                 }
             }
+        }
+        // A frame's prelude may declare up to 4 GiB; the decoder waits for all of it.
+        if !self.failed && self.buf.len() > MAX_FRAME {
+            self.failed = true;
+            self.buf = BytesMut::new();
+            out.push(error_event(&malformed(&self.upstream, "an event-stream frame larger than any event")));
         }
     }
 
@@ -638,5 +652,7 @@ impl ChunkStream {
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;
