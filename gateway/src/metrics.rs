@@ -325,7 +325,11 @@ impl Metrics {
         metric: String,
         labels: Vec<(String, String)>,
     ) -> Option<plugin_series::SeriesLabels> {
-        match self.plugin_book.admit(&plugin.name, plugin.version, kind, metric, labels) {
+        let mut evicted = Vec::new();
+        let admitted =
+            self.plugin_book.admit_evicting(&plugin.name, plugin.version, kind, metric, labels, &mut evicted);
+        self.remove_plugin_series(evicted);
+        match admitted {
             Ok(series) => Some(series),
             Err(refused) => {
                 self.plugin_metrics_refused
@@ -336,10 +340,14 @@ impl Metrics {
         }
     }
 
-    /// Removes the series that only this version of the plugin used: called when a version is
-    /// swapped out and its last request is over.
+    /// Retires the series that only this version of the plugin used: called when a version is
+    /// swapped out and its last request is over. The next scrape exports them a last time.
     pub fn release_plugin_version(&self, plugin: &str, version: u64) {
-        for (kind, series) in self.plugin_book.release(plugin, version) {
+        self.plugin_book.release(plugin, version);
+    }
+
+    fn remove_plugin_series(&self, gone: Vec<plugin_series::Gone>) {
+        for (kind, series) in gone {
             match kind {
                 SeriesKind::Counter => self.plugin_counters.remove(&series),
                 SeriesKind::Gauge => self.plugin_gauges.remove(&series),
@@ -355,9 +363,12 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let began = std::time::Instant::now();
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        // Series retired before this scrape began have now been exported with their last values.
+        self.remove_plugin_series(self.plugin_book.purge_retired(began));
         out
     }
 }

@@ -176,7 +176,7 @@ proptest! {
         prop_assert_eq!(relayed.len() + pending, bytes.len());
         prop_assert_eq!(&bytes[..relayed.len()], &relayed[..]);
         // The same input in one piece splits the same way.
-        let (whole, _) = split(&[bytes.clone()]);
+        let (whole, _) = split(std::slice::from_ref(&bytes));
         prop_assert_eq!(whole, got);
     }
 

@@ -1,10 +1,13 @@
 //! The book of the metric series plugins create: which plugin versions use each series, and how
 //! many bytes of `/metrics` each plugin's series take, so that no plugin can grow the gateway's
 //! memory (or a scrape) through names and labels, and a version swapped out on reload takes the
-//! series only it used with it.
+//! series only it used with it. Those are *retired* when the version goes, exported once more by
+//! the next scrape (so that their final counts are not lost), then removed; until then they count
+//! against the plugin's limits, and a live series that needs their room evicts them at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// The longest metric name a plugin may use, in bytes.
 pub const MAX_NAME: usize = 128;
@@ -64,8 +67,18 @@ pub type SeriesLabels = Vec<(String, String)>;
 #[derive(Debug, Default)]
 struct Ledger {
     bytes: usize,
-    series: HashMap<(SeriesKind, SeriesLabels), Vec<u64>>,
+    series: HashMap<(SeriesKind, SeriesLabels), Users>,
 }
+
+/// The versions that use a series; none once it is retired.
+#[derive(Debug, Default)]
+struct Users {
+    versions: Vec<u64>,
+    retired: Option<Instant>,
+}
+
+/// A series to take out of its family.
+pub type Gone = (SeriesKind, SeriesLabels);
 
 /// Every plugin's [`Ledger`].
 #[derive(Debug, Default)]
@@ -76,6 +89,7 @@ pub struct Book {
 impl Book {
     /// Checks a plugin's update and, for a new series, counts it against the plugin's limits;
     /// returns the label set to update.
+    #[cfg(test)]
     pub fn admit(
         &self,
         plugin: &Arc<str>,
@@ -84,50 +98,69 @@ impl Book {
         name: String,
         labels: Vec<(String, String)>,
     ) -> Result<SeriesLabels, Refused> {
+        self.admit_evicting(plugin, version, kind, name, labels, &mut Vec::new())
+    }
+
+    /// [`Book::admit`], adding to `evicted` the retired series that made room for a new one.
+    pub fn admit_evicting(
+        &self,
+        plugin: &Arc<str>,
+        version: u64,
+        kind: SeriesKind,
+        name: String,
+        labels: Vec<(String, String)>,
+        evicted: &mut Vec<Gone>,
+    ) -> Result<SeriesLabels, Refused> {
         let labels = series_labels(plugin, name, labels)?;
         let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
         let ledger = plugins.entry(plugin.clone()).or_default();
         let key = (kind, labels);
-        if let Some(versions) = ledger.series.get_mut(&key) {
-            if !versions.contains(&version) {
-                versions.push(version);
+        if let Some(users) = ledger.series.get_mut(&key) {
+            if !users.versions.contains(&version) {
+                users.versions.push(version);
             }
+            users.retired = None;
             return Ok(key.1);
+        }
+        let cost = cost(kind, &key.1);
+        if ledger.series.len() >= MAX_SERIES || ledger.bytes + cost > MAX_BYTES {
+            // Retired series give way to live ones.
+            ledger.purge(|_| true, evicted);
         }
         if ledger.series.len() >= MAX_SERIES {
             return Err(Refused::Series);
         }
-        let cost = cost(kind, &key.1);
         if ledger.bytes + cost > MAX_BYTES {
             return Err(Refused::Bytes);
         }
         ledger.bytes += cost;
         let labels = key.1.clone();
-        ledger.series.insert(key, vec![version]);
+        ledger.series.insert(key, Users { versions: vec![version], retired: None });
         Ok(labels)
     }
 
-    /// Forgets `version` of `plugin`; returns the series no other version uses, for the caller
-    /// to remove from their families.
-    pub fn release(&self, plugin: &str, version: u64) -> Vec<(SeriesKind, SeriesLabels)> {
+    /// Forgets `version` of `plugin`: the series no other version uses are retired.
+    pub fn release(&self, plugin: &str, version: u64) {
+        let now = Instant::now();
         let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(ledger) = plugins.get_mut(plugin) else { return Vec::new() };
-        let mut gone = Vec::new();
-        ledger.series.retain(|key, versions| {
-            versions.retain(|v| *v != version);
-            if versions.is_empty() {
-                gone.push(key.clone());
-                false
-            } else {
-                true
+        let Some(ledger) = plugins.get_mut(plugin) else { return };
+        for users in ledger.series.values_mut() {
+            users.versions.retain(|v| *v != version);
+            if users.versions.is_empty() && users.retired.is_none() {
+                users.retired = Some(now);
             }
-        });
-        for (kind, labels) in &gone {
-            ledger.bytes = ledger.bytes.saturating_sub(cost(*kind, labels));
         }
-        if ledger.series.is_empty() {
-            plugins.remove(plugin);
+    }
+
+    /// Removes the series retired before `before` (a scrape that began after they were retired
+    /// has exported their last values); returns them for the caller to take out of their families.
+    pub fn purge_retired(&self, before: Instant) -> Vec<Gone> {
+        let mut gone = Vec::new();
+        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        for ledger in plugins.values_mut() {
+            ledger.purge(|retired| retired <= before, &mut gone);
         }
+        plugins.retain(|_, ledger| !ledger.series.is_empty());
         gone
     }
 
@@ -135,6 +168,22 @@ impl Book {
     pub fn usage(&self, plugin: &str) -> (usize, usize) {
         let plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
         plugins.get(plugin).map_or((0, 0), |l| (l.series.len(), l.bytes))
+    }
+}
+
+impl Ledger {
+    /// Removes the retired series `which` selects (by when they were retired) into `gone`.
+    fn purge(&mut self, which: impl Fn(Instant) -> bool, gone: &mut Vec<Gone>) {
+        let mut freed = 0;
+        self.series.retain(|key, users| {
+            let remove = users.retired.is_some_and(&which);
+            if remove {
+                freed += cost(key.0, &key.1);
+                gone.push(key.clone());
+            }
+            !remove
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
     }
 }
 
@@ -230,18 +279,39 @@ mod tests {
     }
 
     #[test]
-    fn releasing_a_version_frees_only_the_series_no_other_version_uses() {
+    fn releasing_a_version_retires_only_the_series_no_other_version_uses() {
         let book = Book::default();
         let p: Arc<str> = "p".into();
         let shared = labels(&[("tag", "both")]);
         book.admit(&p, 1, SeriesKind::Counter, "c".into(), shared.clone()).expect("v1");
         book.admit(&p, 1, SeriesKind::Counter, "c".into(), labels(&[("tag", "old")])).expect("v1 only");
         book.admit(&p, 2, SeriesKind::Counter, "c".into(), shared).expect("v2");
-        let gone = book.release("p", 1);
+        let scrape_before = Instant::now();
+        book.release("p", 1);
+        assert!(book.purge_retired(scrape_before).is_empty(), "a scrape that began before keeps them");
+        let gone = book.purge_retired(Instant::now());
         assert_eq!(gone.len(), 1, "{gone:?}");
         assert_eq!(gone[0].1[2], ("tag".to_owned(), "old".to_owned()));
         assert_eq!(book.usage("p").0, 1);
-        assert_eq!(book.release("p", 2).len(), 1);
+        book.release("p", 2);
+        assert_eq!(book.purge_retired(Instant::now()).len(), 1);
         assert_eq!(book.usage("p"), (0, 0));
+    }
+
+    #[test]
+    fn retired_series_make_room_for_live_ones() {
+        let book = Book::default();
+        let p: Arc<str> = "p".into();
+        for i in 0..MAX_SERIES {
+            book.admit(&p, 1, SeriesKind::Counter, "c".into(), labels(&[("i", &i.to_string())])).expect("room");
+        }
+        assert_eq!(book.admit(&p, 2, SeriesKind::Counter, "c".into(), labels(&[("i", "new")])), Err(Refused::Series));
+        book.release("p", 1);
+        let mut evicted = Vec::new();
+        let admitted =
+            book.admit_evicting(&p, 2, SeriesKind::Counter, "c".into(), labels(&[("i", "new")]), &mut evicted);
+        assert!(admitted.is_ok());
+        assert_eq!(evicted.len(), MAX_SERIES);
+        assert_eq!(book.usage("p").0, 1);
     }
 }

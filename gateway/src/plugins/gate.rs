@@ -5,23 +5,49 @@
 //! [`permits`] workers be *inside* a plugin at any moment: a plugin call takes a permit for each
 //! poll and gives it back when the poll returns (at the next yield), so at least one worker always
 //! serves requests that need no plugin, and the rest of the queue waits its turn, first come first
-//! served.
+//! served. A call that has run for [`LONG_AFTER`] also needs the one permit of the *long* gate for
+//! each poll: however many plugins spin, a short call waits for at most one of them.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a call runs before it counts as long: a warm call of a well-behaved plugin takes
+/// microseconds.
+pub const LONG_AFTER: Duration = Duration::from_millis(1);
 
 /// One less than the cores (the runtime's worker count), and at least one.
 pub fn permits() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
 }
 
-/// The process's gate.
-fn gate() -> &'static Arc<Semaphore> {
-    static GATE: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    GATE.get_or_init(|| Arc::new(Semaphore::new(permits())))
+/// The process's gate, and the one for long calls.
+fn gates() -> &'static (Arc<Semaphore>, Arc<Semaphore>) {
+    static GATES: OnceLock<(Arc<Semaphore>, Arc<Semaphore>)> = OnceLock::new();
+    GATES.get_or_init(|| (Arc::new(Semaphore::new(permits())), Arc::new(Semaphore::new(1))))
+}
+
+/// Milliseconds after [`origin`] when a long call last ran, so that the epoch ticker can tick
+/// faster while one does (see `wasm.rs`).
+static LONG_SEEN_MS: AtomicU64 = AtomicU64::new(0);
+
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(origin().elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// Whether a long call ran within the last `within`.
+pub fn long_call_within(within: Duration) -> bool {
+    let seen = LONG_SEEN_MS.load(Ordering::Relaxed);
+    seen != 0 && now_ms().saturating_sub(seen) <= u64::try_from(within.as_millis()).unwrap_or(u64::MAX)
 }
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
@@ -31,13 +57,40 @@ pin_project_lite::pin_project! {
     pub struct Gated<F> {
         #[pin]
         inner: F,
+        started: Option<Instant>,
         waiting: Option<Acquire>,
+        waiting_long: Option<Acquire>,
+        // Held between polls only while waiting for the main gate.
+        long: Option<OwnedSemaphorePermit>,
     }
 }
 
 /// Runs `call` through the process's gate.
 pub fn gated<F: Future>(call: F) -> Gated<F> {
-    Gated { inner: call, waiting: None }
+    Gated { inner: call, started: None, waiting: None, waiting_long: None, long: None }
+}
+
+/// A permit of `gate`: at once if one is free and nobody queues, else in turn.
+fn acquire(
+    gate: &Arc<Semaphore>,
+    waiting: &mut Option<Acquire>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<OwnedSemaphorePermit>> {
+    if waiting.is_none() {
+        match gate.clone().try_acquire_owned() {
+            Ok(permit) => return Poll::Ready(Some(permit)),
+            Err(_) => *waiting = Some(Box::pin(gate.clone().acquire_owned())),
+        }
+    }
+    let Some(pending) = waiting.as_mut() else { return Poll::Ready(None) };
+    match pending.as_mut().poll(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(permit) => {
+            *waiting = None;
+            // The gates are never closed; without a permit the call simply runs.
+            Poll::Ready(permit.ok())
+        }
+    }
 }
 
 impl<F: Future> Future for Gated<F> {
@@ -45,31 +98,23 @@ impl<F: Future> Future for Gated<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let permit = match this.waiting.as_mut() {
-            // Queued behind others: wait for the permit handed over in turn.
-            Some(waiting) => match waiting.as_mut().poll(cx) {
+        let (gate, long_gate) = gates();
+        let started = *this.started.get_or_insert_with(Instant::now);
+        if this.long.is_none() && started.elapsed() >= LONG_AFTER {
+            LONG_SEEN_MS.store(now_ms(), Ordering::Relaxed);
+            match acquire(long_gate, this.waiting_long, cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(permit) => {
-                    *this.waiting = None;
-                    permit.ok()
-                }
-            },
-            None => match gate().clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    let mut waiting: Acquire = Box::pin(gate().clone().acquire_owned());
-                    match waiting.as_mut().poll(cx) {
-                        Poll::Pending => {
-                            *this.waiting = Some(waiting);
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(permit) => permit.ok(),
-                    }
-                }
-            },
+                Poll::Ready(permit) => *this.long = permit,
+            }
+        }
+        let permit = match acquire(gate, this.waiting, cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(permit) => permit,
         };
         let out = this.inner.poll(cx);
         drop(permit);
+        // Given back after each poll, like the main permit: long calls take turns.
+        *this.long = None;
         out
     }
 }

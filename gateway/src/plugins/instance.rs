@@ -3,8 +3,11 @@
 //! [`Fault`] instead of an error of the gateway.
 //!
 //! Deadlines use epochs: the store's deadline is one tick away, and the epoch callback decides on
-//! each tick whether the call may go on (yielding to the runtime after its first millisecond, so a
-//! looping plugin never holds a worker thread) or is over its deadline (a trap).
+//! each tick whether the call may go on (yielding to the runtime after its first millisecond) or is
+//! over its deadline (a trap). Between ticks, fuel makes guest code yield every [`FUEL_YIELD`]
+//! units, and every call runs through the gate of `gate.rs`, so a looping plugin holds a worker
+//! for microseconds at a time and never all of them. A plugin that keeps faulting is quarantined
+//! (`quarantine.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +21,7 @@ use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
 use super::bindings::{Plugin, PluginPre};
-use super::gate::gated;
+use super::gate::{LONG_AFTER, gated};
 use super::host::{HostState, PluginMeta, RequestHandle};
 use super::quarantine::{Health, Standing};
 use super::view::RequestView;
@@ -64,9 +67,6 @@ pub enum LoadProblem {
 /// that it is dropped with the version it belongs to on a hot swap; a lock-free queue makes taking
 /// and returning an instance about as cheap as a thread-local would be.
 const POOL_SIZE: usize = 64;
-
-/// How long a call may run before it starts yielding to other tasks at each epoch tick.
-const YIELD_AFTER: Duration = Duration::from_millis(1);
 
 struct Warm {
     store: Store<HostState>,
@@ -332,7 +332,8 @@ async fn instantiate(
             state.deadline_hit = true;
             wasmtime::bail!("the plugin ran past its deadline of {:?}", state.deadline);
         }
-        Ok(if elapsed < YIELD_AFTER { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
+        // A long call yields at every tick (and the ticker ticks faster while one runs).
+        Ok(if elapsed < LONG_AFTER { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
     });
     // Instantiation and `init` get the same deadline as a hook.
     store.data_mut().begin_call(config.deadline.max(TICK * 100));

@@ -20,6 +20,10 @@ use super::host::HostState;
 /// on a saturated 2-core machine (perf), at 5 ms it is lost in the noise.
 pub const TICK: Duration = Duration::from_millis(5);
 
+/// The epoch period while a long plugin call runs: such a call yields at every tick, so this
+/// bounds how long a plugin that spends its time in host calls holds a thread.
+pub const FAST_TICK: Duration = Duration::from_micros(500);
+
 /// Fuel (about one unit per wasm instruction) a plugin may burn before it yields its thread to
 /// other tasks: tens of microseconds of guest code, so that a busy plugin hands its worker back far
 /// more often than the epoch tick could without waking a thread that often. Fuel paces the yields
@@ -72,13 +76,17 @@ impl WasmEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
-        // The ticker holds only a weak reference, so it stops when the engine is dropped.
+        // The ticker holds only a weak reference, so it stops when the engine is dropped. It ticks
+        // faster while a long plugin call runs (one past `gate::LONG_AFTER`, which only a busy or
+        // hostile plugin reaches): time spent in host calls burns no fuel, so ticks are what makes
+        // a plugin that hammers host imports yield.
         let weak = engine.weak();
         std::thread::Builder::new().name("weir-plugin-epoch".into()).spawn(move || {
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
-                std::thread::sleep(TICK);
+                let busy = super::gate::long_call_within(TICK * 2);
+                std::thread::sleep(if busy { FAST_TICK } else { TICK });
             }
         })?;
         Ok(Arc::new(Self { engine, linker, compiled: Mutex::new(HashMap::new()) }))

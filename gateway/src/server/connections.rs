@@ -86,8 +86,10 @@ impl Connections {
     /// connection has a request in flight, `None`: the caller closes the new one at once.
     pub fn admit(self: &Arc<Self>) -> Option<Registered> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let closing = open.values().filter(|c| c.closing.load(Ordering::Relaxed)).count();
-        if open.len() - closing >= self.limit {
+        // Connections told to close still count until they are gone; the scan runs at the limit only.
+        let at_limit = open.len() >= self.limit
+            && open.len() - open.values().filter(|c| c.closing.load(Ordering::Relaxed)).count() >= self.limit;
+        if at_limit {
             let victim = open
                 .values()
                 .filter(|c| c.in_flight.load(Ordering::Relaxed) == 0 && !c.closing.load(Ordering::Relaxed))

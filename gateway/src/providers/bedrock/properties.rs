@@ -121,7 +121,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..16),
     ) {
         let bytes: Vec<u8> = frames.concat();
-        prop_assert_eq!(decode(&chunks(&bytes, &cuts)), decode(&[bytes.clone()]));
+        prop_assert_eq!(decode(&chunks(&bytes, &cuts)), decode(std::slice::from_ref(&bytes)));
     }
 
     #[test]

@@ -143,7 +143,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..16),
     ) {
         let bytes: Vec<u8> = events.concat();
-        prop_assert_eq!(translate(&chunks(&bytes, &cuts)), translate(&[bytes.clone()]));
+        prop_assert_eq!(translate(&chunks(&bytes, &cuts)), translate(std::slice::from_ref(&bytes)));
     }
 
     #[test]
