@@ -73,6 +73,7 @@ pub(crate) struct RawState {
     pub ledger: Option<String>,
     pub plugin_cache: Option<String>,
     pub kv_max_bytes: Option<i64>,
+    pub plugin_metrics_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

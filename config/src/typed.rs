@@ -111,6 +111,9 @@ pub struct State {
     pub plugin_cache: PathBuf,
     /// The most bytes the plugins' key-value store holds before evicting.
     pub kv_max_bytes: u64,
+    /// How long the metric series of a plugin version swapped out on reload stay in `/metrics`
+    /// (so that scrapes still see their last values) before they are removed.
+    pub plugin_metrics_grace: Duration,
 }
 
 /// The listening side.

@@ -676,6 +676,11 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         ledger: base_dir.join(raw.state.ledger.as_deref().unwrap_or("weir-ledger.jsonl")),
         plugin_cache: base_dir.join(raw.state.plugin_cache.as_deref().unwrap_or(".weir-cache")),
         kv_max_bytes,
+        plugin_metrics_grace: errs.duration(
+            "state.plugin_metrics_grace",
+            raw.state.plugin_metrics_grace.as_deref(),
+            Duration::from_secs(120),
+        ),
     };
     for (i, name) in raw.admin.keys.iter().enumerate() {
         if !keys.iter().any(|k| &k.name == name) {

@@ -6,6 +6,8 @@
 mod plugin_series;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use plugin_series::SeriesKind;
 pub use plugin_series::{MAX_BYTES as MAX_PLUGIN_METRIC_BYTES, MAX_LABEL_VALUE, MAX_SERIES as MAX_PLUGIN_SERIES};
@@ -144,6 +146,7 @@ pub struct Metrics {
     plugin_histograms: HistogramFamily<Vec<(String, String)>>,
     /// Which plugin versions use which of those series, and their size.
     plugin_book: plugin_series::Book,
+    plugin_metrics_grace_ms: AtomicU64,
     pub plugin_metrics_refused: Family<PluginRefusedLabels, Counter>,
 }
 
@@ -272,6 +275,7 @@ impl Metrics {
             plugin_gauges,
             plugin_histograms,
             plugin_book: plugin_series::Book::default(),
+            plugin_metrics_grace_ms: AtomicU64::new(120_000),
             plugin_metrics_refused,
         }
     }
@@ -341,7 +345,7 @@ impl Metrics {
     }
 
     /// Retires the series that only this version of the plugin used: called when a version is
-    /// swapped out and its last request is over. The next scrape exports them a last time.
+    /// swapped out and its last request is over. They stay for `state.plugin_metrics_grace`.
     pub fn release_plugin_version(&self, plugin: &str, version: u64) {
         self.plugin_book.release(plugin, version);
     }
@@ -363,13 +367,20 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let began = std::time::Instant::now();
+        // Series of versions swapped out longer ago than the grace go first.
+        let grace = Duration::from_millis(self.plugin_metrics_grace_ms.load(Ordering::Relaxed));
+        if let Some(before) = Instant::now().checked_sub(grace) {
+            self.remove_plugin_series(self.plugin_book.purge_retired(before));
+        }
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        // Series retired before this scrape began have now been exported with their last values.
-        self.remove_plugin_series(self.plugin_book.purge_retired(began));
         out
+    }
+
+    /// How long a swapped-out plugin version's own series stay (`state.plugin_metrics_grace`).
+    pub fn set_plugin_metrics_grace(&self, grace: Duration) {
+        self.plugin_metrics_grace_ms.store(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 

@@ -1,9 +1,10 @@
 //! The book of the metric series plugins create: which plugin versions use each series, and how
 //! many bytes of `/metrics` each plugin's series take, so that no plugin can grow the gateway's
 //! memory (or a scrape) through names and labels, and a version swapped out on reload takes the
-//! series only it used with it. Those are *retired* when the version goes, exported once more by
-//! the next scrape (so that their final counts are not lost), then removed; until then they count
-//! against the plugin's limits, and a live series that needs their room evicts them at once.
+//! series only it used with it. Those are *retired* when the version goes, stay for a grace period
+//! (`state.plugin_metrics_grace`, so that scrapes still see their final counts), then are removed;
+//! until then they count against the plugin's limits, and a live series that needs their room
+//! evicts them at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -152,8 +153,8 @@ impl Book {
         }
     }
 
-    /// Removes the series retired before `before` (a scrape that began after they were retired
-    /// has exported their last values); returns them for the caller to take out of their families.
+    /// Removes the series retired at or before `before`; returns them for the caller to take out
+    /// of their families.
     pub fn purge_retired(&self, before: Instant) -> Vec<Gone> {
         let mut gone = Vec::new();
         let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
@@ -286,9 +287,9 @@ mod tests {
         book.admit(&p, 1, SeriesKind::Counter, "c".into(), shared.clone()).expect("v1");
         book.admit(&p, 1, SeriesKind::Counter, "c".into(), labels(&[("tag", "old")])).expect("v1 only");
         book.admit(&p, 2, SeriesKind::Counter, "c".into(), shared).expect("v2");
-        let scrape_before = Instant::now();
+        let before_release = Instant::now();
         book.release("p", 1);
-        assert!(book.purge_retired(scrape_before).is_empty(), "a scrape that began before keeps them");
+        assert!(book.purge_retired(before_release).is_empty(), "within the grace, they stay");
         let gone = book.purge_retired(Instant::now());
         assert_eq!(gone.len(), 1, "{gone:?}");
         assert_eq!(gone[0].1[2], ("tag".to_owned(), "old".to_owned()));

@@ -21,7 +21,7 @@ use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
 use super::bindings::{Plugin, PluginPre};
-use super::gate::{LONG_AFTER, gated};
+use super::gate::{Gate, LONG_AFTER};
 use super::host::{HostState, PluginMeta, RequestHandle};
 use super::quarantine::{Health, Standing};
 use super::view::RequestView;
@@ -85,6 +85,8 @@ pub struct LoadedPlugin {
     pool: ArrayQueue<Warm>,
     /// Its faults, for the quarantine and the rate limit on fault lines.
     health: Health,
+    /// The engine's gate, which every call runs through.
+    gate: Arc<Gate>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -142,6 +144,7 @@ impl LoadedPlugin {
             pre,
             pool: ArrayQueue::new(POOL_SIZE),
             health: Health::new(config.quarantine),
+            gate: wasm.gate.clone(),
         }))
     }
 
@@ -219,15 +222,15 @@ impl LoadedPlugin {
     }
 
     pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
-        gated(self.call_on_request(view)).await
+        self.gate.run(self.call_on_request(view)).await
     }
 
     pub async fn on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
-        gated(self.call_on_response_headers(view, status)).await
+        self.gate.run(self.call_on_response_headers(view, status)).await
     }
 
     pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
-        gated(self.call_on_complete(view, completion)).await
+        self.gate.run(self.call_on_complete(view, completion)).await
     }
 
     async fn call_on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {

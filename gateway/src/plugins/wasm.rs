@@ -13,6 +13,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Plugin;
+use super::gate::Gate;
 use super::host::HostState;
 
 /// The epoch period: deadlines are checked at these ticks, so a call may overrun its deadline by up
@@ -38,6 +39,8 @@ pub const MAX_MEMORY: usize = 256 << 20;
 pub struct WasmEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
+    /// How many threads may run plugin code at once (`gate.rs`).
+    pub gate: Arc<Gate>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
 }
 
@@ -81,15 +84,17 @@ impl WasmEngine {
         // hostile plugin reaches): time spent in host calls burns no fuel, so ticks are what makes
         // a plugin that hammers host imports yield.
         let weak = engine.weak();
+        let gate = Gate::new(super::gate::permits());
+        let ticker_gate = gate.clone();
         std::thread::Builder::new().name("weir-plugin-epoch".into()).spawn(move || {
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
-                let busy = super::gate::long_call_within(TICK * 2);
+                let busy = ticker_gate.long_call_within(TICK * 2);
                 std::thread::sleep(if busy { FAST_TICK } else { TICK });
             }
         })?;
-        Ok(Arc::new(Self { engine, linker, compiled: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self { engine, linker, gate, compiled: Mutex::new(HashMap::new()) }))
     }
 
     /// Compiles a component, or returns the one already compiled from the same bytes.

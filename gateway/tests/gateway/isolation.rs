@@ -205,7 +205,7 @@ async fn a_reload_frees_the_series_only_the_old_version_used() {
             "source = \"{}\"\non_error = \"closed\"\ndeadline = \"5s\"\nconfig = {{ label_bytes = 8, tag = \"{tag}\" }}",
             weir_test_plugins::METRIC_BOMB
         );
-        config(&mock, &plugin)
+        config(&mock, &plugin).replace("[server]", "[state]\nplugin_metrics_grace = \"300ms\"\n\n[server]")
     };
     let gw = TestGateway::start(&version("old")).await;
     for _ in 0..20 {
