@@ -7,7 +7,7 @@ pub mod models;
 pub mod sse;
 
 #[cfg(test)]
-mod properties;
+pub(crate) mod properties;
 
 use std::time::Duration;
 

@@ -16,8 +16,9 @@ fn config() -> ProptestConfig {
     ProptestConfig { cases: 256, max_shrink_iters: 2048, ..ProptestConfig::default() }
 }
 
-/// Splits `bytes` at the given (sorted, deduplicated) cut points.
-fn chunks(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+/// `bytes` cut at the given points (any values: they are taken modulo the length); shared with
+/// the providers' stream properties.
+pub(crate) fn chunks(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
     cuts.sort_unstable();
     cuts.dedup();

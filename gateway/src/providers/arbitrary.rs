@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::api::ChatRequest;
+pub(crate) use crate::api::properties::chunks;
 
 /// Bounded case counts, so that the suite stays quick; `PROPTEST_CASES` raises them.
 pub(crate) fn config() -> ProptestConfig {
@@ -145,18 +146,4 @@ pub(crate) fn accepted_chat() -> impl Strategy<Value = ChatRequest> {
             ChatRequest::parse(&serde_json::to_vec(&Value::Object(body)).ok()?).ok()
         },
     )
-}
-
-/// `bytes` cut at the given points (any values: they are taken modulo the length).
-pub(crate) fn chunks(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    let mut out = Vec::new();
-    let mut start = 0;
-    for cut in cuts.into_iter().chain([bytes.len()]) {
-        out.push(bytes[start..cut].to_vec());
-        start = cut;
-    }
-    out
 }
