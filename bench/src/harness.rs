@@ -6,6 +6,7 @@
 //! closed loop for maximum throughput, and streamed chats. Each Weir's memory is sampled from
 //! `/proc` throughout.
 
+pub mod isolation;
 mod load;
 mod report;
 mod weir;
@@ -66,6 +67,17 @@ pub struct Options {
     /// Request rate of the streaming workload, in requests per second.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub stream_rate: u32,
+    /// Measure isolation instead: a model with no plugin, alone, beside a one-core CPU hog, and
+    /// while other models' hostile plugins are hammered (see `harness/isolation.rs`); the first of
+    /// `--rates` is the healthy model's rate.
+    #[arg(long)]
+    pub isolation: bool,
+    /// With `--isolation`: requests per second to each hostile model.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attack_rate: u32,
+    /// With `--isolation`: the hostile plugins' deadline.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub hostile_deadline: Duration,
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -193,6 +205,7 @@ pub fn run(options: &Options) -> Result<Report> {
                     plugin.display()
                 ),
                 Chain::Builtins => eprintln!("starting {} with the built-in policy chain", bin.display()),
+                Chain::Hostile { .. } => eprintln!("starting {} with the hostile fixtures", bin.display()),
             }
             let started = client_runtime.block_on(Weir::start(bin, &mock.base_url(), Some(chain)));
             Some(started.context("starting the weir with the plugin chain")?)

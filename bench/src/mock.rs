@@ -75,6 +75,8 @@ pub struct MockBuilder {
     token_lifetime: Option<u64>,
     /// The AWS access key id and secret SigV4 requests must be signed with.
     aws_credentials: Option<(String, String)>,
+    /// Whole (non-streamed) answers are a 200 whose body is not JSON.
+    not_json: bool,
 }
 
 /// The arguments of every tool call the mock makes.
@@ -239,6 +241,13 @@ impl MockBuilder {
     /// mock computes the signature itself and compares. Without this, only the shape is checked.
     pub fn aws_credentials(mut self, access_key_id: &str, secret_access_key: &str) -> Self {
         self.aws_credentials = Some((access_key_id.to_owned(), secret_access_key.to_owned()));
+        self
+    }
+
+    /// Non-streamed chat completions and embeddings answer `200 OK` with an HTML page instead of
+    /// JSON, as a misconfigured proxy or load balancer in front of an upstream does.
+    pub fn not_json(mut self, on: bool) -> Self {
+        self.not_json = on;
         self
     }
 

@@ -46,7 +46,17 @@ pub(crate) struct RawPlugin {
     pub instances: Option<String>,
     pub recycle_after: Option<i64>,
     #[serde(default)]
+    pub quarantine: RawQuarantine,
+    #[serde(default)]
     pub config: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuarantine {
+    pub faults: Option<i64>,
+    pub window: Option<String>,
+    pub cooldown: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +73,7 @@ pub(crate) struct RawState {
     pub ledger: Option<String>,
     pub plugin_cache: Option<String>,
     pub kv_max_bytes: Option<i64>,
+    pub plugin_metrics_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +91,8 @@ pub(crate) struct RawServer {
     pub tls: Option<RawTls>,
     pub max_body_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<i64>,
     pub shutdown_grace: Option<String>,
 }
 

@@ -50,8 +50,21 @@ pub struct PluginConfig {
     pub instances: InstanceMode,
     /// A warm instance is replaced after this many calls.
     pub recycle_after: u64,
+    /// When a plugin that keeps faulting is skipped for a while.
+    pub quarantine: Quarantine,
     /// The plugin's `config` table as JSON text, handed to its `init`.
     pub config_json: String,
+}
+
+/// A circuit breaker for a plugin's code: after `faults` faults within `window` its hooks are
+/// skipped for `cooldown` (as its `on_error` says: passed over when open, the request failed when
+/// closed); a fault in the `window` after a cooldown starts the next one at once, twice as long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Faults within `window` that quarantine the plugin; 0 never does.
+    pub faults: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
 }
 
 /// Where a plugin's component comes from.
@@ -99,6 +112,9 @@ pub struct State {
     pub plugin_cache: PathBuf,
     /// The most bytes the plugins' key-value store holds before evicting.
     pub kv_max_bytes: u64,
+    /// How long the metric series of a plugin version swapped out on reload stay in `/metrics`
+    /// (so that scrapes still see their last values) before they are removed.
+    pub plugin_metrics_grace: Duration,
 }
 
 /// The listening side.
@@ -108,8 +124,15 @@ pub struct Server {
     pub tls: Option<Tls>,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers; a new connection must also send
+    /// its first request within this (a connection that sends nothing is closed).
     pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (HTTP/1.1 keep-alive and
+    /// HTTP/2 alike) before it is closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once. At the limit the longest-idle connection is closed to make
+    /// room; when none is idle, new connections are refused.
+    pub max_connections: usize,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     pub shutdown_grace: Duration,
 }

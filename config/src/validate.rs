@@ -17,6 +17,8 @@ use crate::{Env, FieldError};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+/// Client connections open at once (`server.max_connections`).
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const MIN_KEY_LEN: usize = 16;
 const MAX_ATTEMPTS: i64 = 10;
 const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
@@ -319,6 +321,15 @@ fn server(errs: &mut Errors, raw: RawServer, base_dir: &Path) -> Server {
             raw.header_read_timeout.as_deref(),
             Duration::from_secs(10),
         ),
+        idle_timeout: errs.duration("server.idle_timeout", raw.idle_timeout.as_deref(), Duration::from_secs(60)),
+        max_connections: match raw.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                errs.push("server.max_connections", format!("must be positive, got {n}"));
+                DEFAULT_MAX_CONNECTIONS
+            }
+        },
         shutdown_grace: errs.duration("server.shutdown_grace", raw.shutdown_grace.as_deref(), Duration::from_secs(30)),
     }
 }
@@ -630,6 +641,26 @@ fn plugin(errs: &mut Errors, path: &str, p: RawPlugin, base_dir: &Path) -> Plugi
             10_000
         }
     };
+    let quarantine = Quarantine {
+        faults: match p.quarantine.faults {
+            None => 10,
+            Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => n as u32,
+            Some(n) => {
+                errs.push(format!("{path}.quarantine.faults"), format!("must be 0 (never) or more, got {n}"));
+                10
+            }
+        },
+        window: errs.duration(
+            &format!("{path}.quarantine.window"),
+            p.quarantine.window.as_deref(),
+            Duration::from_secs(10),
+        ),
+        cooldown: errs.duration(
+            &format!("{path}.quarantine.cooldown"),
+            p.quarantine.cooldown.as_deref(),
+            Duration::from_secs(30),
+        ),
+    };
     let config_json = match serde_json::to_string(&p.config.unwrap_or_default()) {
         Ok(json) => json,
         Err(e) => {
@@ -637,7 +668,7 @@ fn plugin(errs: &mut Errors, path: &str, p: RawPlugin, base_dir: &Path) -> Plugi
             String::from("{}")
         }
     };
-    PluginConfig { name: p.name, source, on_error, deadline, memory, instances, recycle_after, config_json }
+    PluginConfig { name: p.name, source, on_error, deadline, memory, instances, recycle_after, quarantine, config_json }
 }
 
 /// `chain` (the default chain; every plugin in file order when absent) and each model's own chain,
@@ -726,6 +757,11 @@ fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env) -> S
         // relative one would move with the working directory of whoever starts Weir.
         plugin_cache: std::path::absolute(&plugin_cache).unwrap_or(plugin_cache),
         kv_max_bytes,
+        plugin_metrics_grace: errs.duration(
+            "state.plugin_metrics_grace",
+            raw.plugin_metrics_grace.as_deref(),
+            Duration::from_secs(120),
+        ),
     }
 }
 

@@ -20,6 +20,7 @@ use crate::api::{ModelRequest, Operation, Usage};
 use crate::auth::Principal;
 use crate::body::{self, Body};
 use crate::error::{Error, Kind};
+use crate::metrics::UpstreamErrorLabels;
 use crate::plugins::view::RequestView;
 use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
 use crate::route::{self, AttemptEvent, Exchange, ModelRoute, RouteTarget};
@@ -145,7 +146,7 @@ impl ModelCall {
     pub fn mirror(&self) {
         let Some(view) = &self.view else { return };
         for label in view.take_mirrors() {
-            let Some(target) = self.app.routes.target(&label).cloned() else { continue };
+            let Some(target) = self.app.routes.target(&label) else { continue };
             let mirror_view = Arc::new(view.for_mirror());
             let mut acct = Accounting::start(
                 self.app.metrics.clone(),
@@ -224,7 +225,7 @@ impl Exchange for ModelCall {
             return Ok(None);
         };
         let Some(label) = self.chain.on_response_headers(view, status.as_u16()).await? else { return Ok(None) };
-        let target = self.app.routes.target(&label).cloned();
+        let target = self.app.routes.target(&label);
         if target.is_none() {
             tracing::warn!(target = %label, "a plugin asked to retry on an unknown target; ignored");
         }
@@ -268,27 +269,41 @@ impl Sent {
     pub async fn answer_whole(self) -> Result<Response<Body>, Error> {
         let deadline = self.call.deadline();
         let Sent { call, upstream, target } = self;
-        let ModelCall { request, mut acct, .. } = call;
+        let ModelCall { app, request, mut acct, .. } = call;
         let status = upstream.status();
         let content_type =
             upstream.headers().get(header::CONTENT_TYPE).cloned().filter(|_| !target.upstream.translates());
         let model = target.upstream_model(request.model());
         let wait = deadline.saturating_duration_since(Instant::now());
-        let body = match read_upstream(upstream.into_body(), wait, &target.upstream.name).await {
-            // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones pass unchanged.
-            Ok(body) => target.upstream.response(request.operation(), model, body),
+        let answer = match read_upstream(upstream.into_body(), wait, &target.upstream.name).await {
+            // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones pass unchanged,
+            // once they are known to be a JSON object at all.
+            Ok(body) => target.upstream.response(request.operation(), model, body).and_then(|body| {
+                let usage = answer_usage(&body).ok_or_else(|| malformed_answer(&target.upstream.name))?;
+                Ok((body, usage))
+            }),
             Err(error) => Err(error),
         };
-        let body = match body {
-            Ok(body) => body,
+        let body = match answer {
+            Ok((body, usage)) => {
+                if let Some(usage) = usage {
+                    acct.usage(usage);
+                }
+                body
+            }
             Err(error) => {
+                // A failure after a success status is the upstream's too, as one before it would be.
+                app.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        target: target.label.clone(),
+                        class: route::error_class(&error),
+                    })
+                    .inc();
                 acct.fail(&error);
                 return Err(error);
             }
         };
-        if let Some(usage) = serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage) {
-            acct.usage(usage);
-        }
         acct.capture(&body);
         acct.finish_now(Outcome::Ok).await;
         let mut response = Response::new(body::full(body));
@@ -351,9 +366,30 @@ async fn read_upstream(body: Incoming, wait: Duration, upstream: &str) -> Result
     }
 }
 
-/// The usage of a whole JSON answer.
+/// What the gateway reads of a whole answer: its usage, kept as JSON so that a usage block the
+/// gateway cannot read costs the usage, not the answer.
 #[derive(Deserialize)]
 struct UsageOnly {
     #[serde(default)]
-    usage: Option<Usage>,
+    usage: Option<serde_json::Value>,
+}
+
+/// The usage of a whole answer, `Some(None)` when it reports none; `None` when the body is not a
+/// JSON object at all (an HTML error page from a proxy, a truncated body), which no client could
+/// read as an OpenAI answer. Guessing no usage for such a body is deliberate: nothing was served.
+fn answer_usage(body: &[u8]) -> Option<Option<Usage>> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let answer: UsageOnly = serde_json::from_slice(body).ok()?;
+    Some(answer.usage.and_then(|usage| serde_json::from_value(usage).ok()))
+}
+
+/// The error for a success status whose body is not an answer.
+fn malformed_answer(upstream: &str) -> Error {
+    Error::new(
+        Kind::UpstreamFailed,
+        format!("The upstream '{upstream}' answered with a success status but a body that is not a JSON answer."),
+    )
+    .code("upstream_error")
 }

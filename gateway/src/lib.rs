@@ -80,6 +80,7 @@ impl App {
     /// Builds an app, compiling and initialising its plugins and starting its local workers.
     pub async fn new(mut config: Config, process: &Process) -> Result<Self, LoadError> {
         process.start_local_workers(&mut config).await?;
+        process.metrics.set_plugin_metrics_grace(config.state.plugin_metrics_grace);
         let routes = Arc::new(RouteTable::new(&config).map_err(LoadError::Upstream)?);
         let plugins = if config.plugins.is_empty() {
             Plugins::default()

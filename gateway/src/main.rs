@@ -207,6 +207,7 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
     // An invalid config exits here, before any port is bound.
     let config = load(file)?;
     init_logging(&config);
+    weir::server::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let listen = config.server.listen;
     runtime.block_on(async move {

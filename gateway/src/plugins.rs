@@ -5,8 +5,10 @@
 //! else is affected. A plugin's own decisions (reject, respond, route) are not faults.
 
 mod bindings;
+mod gate;
 mod host;
 mod instance;
+mod quarantine;
 pub mod scaffold;
 pub mod view;
 mod wasm;
@@ -111,6 +113,9 @@ pub enum FaultKind {
     /// It returned something the host cannot act on (an unknown target, a bad status, an
     /// oversized local response).
     BadDecision,
+    /// Not a fault of its own: the plugin is quarantined after repeated faults, and its hook was
+    /// skipped (counted in `weir_plugin_skipped`, not as a fault).
+    Quarantined,
 }
 
 impl FaultKind {
@@ -121,33 +126,39 @@ impl FaultKind {
             FaultKind::Memory => "memory",
             FaultKind::Instantiate => "instantiate",
             FaultKind::BadDecision => "bad_decision",
+            FaultKind::Quarantined => "quarantined",
         }
     }
 }
 
-/// A plugin fault, with the plugin's name.
+/// A plugin fault, with the plugin's name (counted and logged where it was found, by
+/// `LoadedPlugin::fault`).
 #[derive(Debug)]
 pub struct Fault {
     pub plugin: Arc<str>,
     pub hook: Hook,
     pub kind: FaultKind,
+    /// The cause, in one line.
     pub detail: String,
     pub on_error: OnError,
 }
 
 impl Fault {
-    /// Logs the fault; for a closed plugin returns the error that fails the request.
+    /// For a closed plugin, the error that fails the request; an open one's fault is passed over.
     fn resolve(self) -> Result<(), Error> {
-        tracing::warn!(plugin = %self.plugin, hook = self.hook.label(), kind = self.kind.label(), detail = %self.detail, on_error = ?self.on_error, "plugin fault");
-        match self.on_error {
-            OnError::Open => Ok(()),
-            OnError::Closed => Err(Error::new(
+        match (self.on_error, self.kind) {
+            (OnError::Open, _) => Ok(()),
+            (OnError::Closed, FaultKind::Quarantined) => Err(Error::new(
                 Kind::PluginFault,
                 format!(
-                    "The policy plugin '{}' failed ({}) and is configured to fail closed.",
-                    self.plugin,
-                    self.kind.label()
+                    "The policy plugin '{}' is quarantined after repeated faults ({}) and is configured to fail closed.",
+                    self.plugin, self.detail
                 ),
+            )
+            .code("plugin_quarantined")),
+            (OnError::Closed, kind) => Err(Error::new(
+                Kind::PluginFault,
+                format!("The policy plugin '{}' failed ({}) and is configured to fail closed.", self.plugin, kind.label()),
             )
             .code("plugin_error")),
         }
@@ -196,6 +207,10 @@ impl Chain {
     pub async fn on_request(&self, view: &Arc<RequestView>, routes: &RouteTable) -> Result<Admission, Error> {
         let mut route = None;
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_REQUEST)) {
+            if let Some(skipped) = plugin.quarantined(Hook::OnRequest) {
+                skipped.resolve()?;
+                continue;
+            }
             let decision = match plugin.on_request(view).await {
                 Ok(d) => d,
                 Err(fault) => {
@@ -208,11 +223,7 @@ impl Chain {
                 Decision::Route(target) => {
                     if routes.target(&target).is_none() && routes.names().all(|n| n != target) {
                         plugin
-                            .fault(
-                                Hook::OnRequest,
-                                FaultKind::BadDecision,
-                                format!("routed to unknown target {target:?}"),
-                            )
+                            .bad_decision(Hook::OnRequest, format!("routed to unknown target {target:?}"))
                             .resolve()?;
                         continue;
                     }
@@ -220,15 +231,11 @@ impl Chain {
                 }
                 Decision::RouteChain(targets) => {
                     if let Some(bad) = targets.iter().find(|t| routes.target(t).is_none()) {
-                        plugin
-                            .fault(Hook::OnRequest, FaultKind::BadDecision, format!("routed to unknown target {bad:?}"))
-                            .resolve()?;
+                        plugin.bad_decision(Hook::OnRequest, format!("routed to unknown target {bad:?}")).resolve()?;
                         continue;
                     }
                     if targets.is_empty() {
-                        plugin
-                            .fault(Hook::OnRequest, FaultKind::BadDecision, "routed to no target at all".to_owned())
-                            .resolve()?;
+                        plugin.bad_decision(Hook::OnRequest, "routed to no target at all".to_owned()).resolve()?;
                         continue;
                     }
                     route = Some(targets);
@@ -236,21 +243,13 @@ impl Chain {
                 Decision::Reject(r) => {
                     let Ok(status) = StatusCode::from_u16(r.status) else {
                         plugin
-                            .fault(
-                                Hook::OnRequest,
-                                FaultKind::BadDecision,
-                                format!("rejected with invalid status {}", r.status),
-                            )
+                            .bad_decision(Hook::OnRequest, format!("rejected with invalid status {}", r.status))
                             .resolve()?;
                         continue;
                     };
                     if !(status.is_client_error() || status.is_server_error()) {
                         plugin
-                            .fault(
-                                Hook::OnRequest,
-                                FaultKind::BadDecision,
-                                format!("rejected with non-error status {status}"),
-                            )
+                            .bad_decision(Hook::OnRequest, format!("rejected with non-error status {status}"))
                             .resolve()?;
                         continue;
                     }
@@ -262,7 +261,7 @@ impl Chain {
                 Decision::Respond(local) => {
                     if local.body.len() > MAX_LOCAL_RESPONSE || StatusCode::from_u16(local.status).is_err() {
                         let detail = format!("local response of {} bytes, status {}", local.body.len(), local.status);
-                        plugin.fault(Hook::OnRequest, FaultKind::BadDecision, detail).resolve()?;
+                        plugin.bad_decision(Hook::OnRequest, detail).resolve()?;
                         continue;
                     }
                     return Ok(Admission::Respond(local));
@@ -275,6 +274,10 @@ impl Chain {
     /// Runs `on-response-headers`; returns a target to retry on, if a plugin asked for one.
     pub async fn on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<Option<String>, Error> {
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_RESPONSE_HEADERS)) {
+            if let Some(skipped) = plugin.quarantined(Hook::OnResponseHeaders) {
+                skipped.resolve()?;
+                continue;
+            }
             match plugin.on_response_headers(view, status).await {
                 Ok(ResponseAction::Continue) => {}
                 Ok(ResponseAction::Retry(target)) => return Ok(Some(target)),
@@ -287,6 +290,9 @@ impl Chain {
     /// Runs `on-complete`. Faults are counted and logged; the request is over either way.
     pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) {
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_COMPLETE)) {
+            if plugin.quarantined(Hook::OnComplete).is_some() {
+                continue;
+            }
             if let Err(fault) = plugin.on_complete(view, completion).await {
                 let _ = fault.resolve();
             }

@@ -11,6 +11,8 @@ pub mod gemini;
 pub mod openai;
 
 #[cfg(test)]
+mod arbitrary;
+#[cfg(test)]
 mod golden;
 
 use std::time::Duration;
@@ -370,6 +372,19 @@ fn sensitive(value: &str) -> Result<HeaderValue, Error> {
     let mut v = HeaderValue::from_str(value).map_err(|_| Error::internal("a configured header value is not valid"))?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+/// Characters left as they are in a path segment: RFC 3986's unreserved set. Everything else,
+/// `/`, `?`, `#`, `%` and `:` included, is percent-encoded, so a model name stays one segment.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A model name as one URL path segment of an upstream's URL: refused unless it is a plausible
+/// name ([`crate::api::check_model_name`]), then percent-encoded, so that no name a client sends can
+/// reach another path on the provider's host with the gateway's credentials.
+pub(crate) fn path_segment(model: &str) -> Result<String, Error> {
+    crate::api::check_model_name(model)?;
+    Ok(percent_encoding::utf8_percent_encode(model, SEGMENT).to_string())
 }
 
 /// Joins a base URL and a path into a `Uri`.

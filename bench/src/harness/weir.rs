@@ -32,7 +32,19 @@ pub enum Chain {
     Copies { plugin: PathBuf, len: usize },
     /// The built-in policies in the order and with the settings of [`BUILTIN_CHAIN`].
     Builtins,
+    /// No default chain; one model `hostile-<name>` per hostile fixture, each with that plugin
+    /// alone (`on_error = "open"`, this `deadline`, quarantine off so that every request pays).
+    Hostile { deadline: Duration },
 }
+
+/// The hostile fixtures of [`Chain::Hostile`], by the model name suffix: a busy loop, a memory
+/// bomb, a trap and a host-import hammer.
+pub const HOSTILE: &[(&str, &str)] = &[
+    ("loop", weir_test_plugins::LOOP),
+    ("bomb", weir_test_plugins::MEMORY_BOMB),
+    ("trap", weir_test_plugins::TRAP),
+    ("hammer", weir_test_plugins::IMPORT_HAMMER),
+];
 
 /// The built-in policies as the embedded default configuration runs them: every request goes
 /// through each one's hooks; the limits and budget are set high enough never to refuse.
@@ -193,6 +205,17 @@ pub fn config_toml(listen: SocketAddr, upstream: &str, chain: Option<&Chain>) ->
             }
             // The ledger the cost plugin appends to, beside the temporary config.
             top.push_str("[state]\nledger = \"bench-ledger.jsonl\"\n\n");
+        }
+        Some(Chain::Hostile { deadline }) => {
+            top = "chain = []\n\n".to_owned();
+            for (name, source) in HOSTILE {
+                let source = serde_json::to_string(source)?;
+                tables.push_str(&format!(
+                    "\n[[models]]\nname = \"hostile-{name}\"\ntargets = [{{ upstream = \"mock\", model = \"{model}\" }}]\nplugins = [\"h-{name}\"]\n\n[[plugins]]\nname = \"h-{name}\"\nsource = {source}\non_error = \"open\"\ndeadline = \"{}ms\"\nmemory = \"8MiB\"\nquarantine = {{ faults = 0 }}\n",
+                    deadline.as_millis(),
+                    model = super::DIRECT_MODEL,
+                ));
+            }
         }
         None => {}
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http_body_util::{BodyExt, Full};
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -95,6 +96,14 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<Response<M
     })?;
     if !body.is_object() {
         return Err(ApiError::invalid(None, None, "The request body must be a JSON object."));
+    }
+    if shared.config.not_json && body.get("stream").and_then(Value::as_bool) != Some(true) {
+        let page = "<html><body><h1>200 OK</h1><p>Welcome to nginx!</p></body></html>\n";
+        let mut response = Response::new(
+            Full::new(Bytes::from_static(page.as_bytes())).map_err(|never| match never {}).boxed_unsync(),
+        );
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        return Ok(response);
     }
     match route {
         Route::Chat => chat(shared, &body),

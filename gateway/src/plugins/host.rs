@@ -2,7 +2,6 @@
 //! [`HostState`]. Every import is bounded (key and value sizes, log rate, metric series) so that a
 //! plugin hammering them costs its own deadline and nothing more.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,14 +13,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Services;
 use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
 use super::view::RequestView;
-use crate::metrics::PluginLabel;
+use crate::metrics::{PluginLabel, PluginVersion};
 use crate::state::ledger::{Entry, Spender};
 
 /// Keys and values a plugin may store; larger ones are refused (a `set` is dropped, a `get` misses).
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1 << 20;
-/// Distinct metric series one plugin may create.
-const MAX_SERIES: usize = 1000;
 /// Log lines per second one plugin may write (burst: twice that); the rest are counted and dropped.
 const LOG_PER_SEC: f64 = 50.0;
 
@@ -43,7 +40,8 @@ pub struct PluginMeta {
     pub needs_response: bool,
     pub services: Arc<Services>,
     log_budget: Mutex<(f64, Instant)>,
-    series: Mutex<HashSet<u64>>,
+    /// How this version's metric series are booked (see `metrics/plugin_series.rs`).
+    pub metrics_as: PluginVersion,
 }
 
 impl PluginMeta {
@@ -56,7 +54,7 @@ impl PluginMeta {
             needs_response: false,
             services,
             log_budget: Mutex::new((2.0 * LOG_PER_SEC, Instant::now())),
-            series: Mutex::new(HashSet::new()),
+            metrics_as: PluginVersion { name: name.into(), version: id },
         }
     }
 
@@ -72,22 +70,13 @@ impl PluginMeta {
             false
         }
     }
+}
 
-    /// Whether a metric series may be updated: existing ones always, new ones up to the cap.
-    fn may_add_series(&self, labels: &[(String, String)], name: &str) -> bool {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (name, labels).hash(&mut h);
-        let key = h.finish();
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if series.contains(&key) {
-            return true;
-        }
-        if series.len() >= MAX_SERIES {
-            return false;
-        }
-        series.insert(key);
-        true
+impl Drop for PluginMeta {
+    /// The version is gone (swapped out on reload, its last request over, or a probe after
+    /// `init`): the metric series no other version uses go with it.
+    fn drop(&mut self) {
+        self.services.metrics.release_plugin_version(&self.metrics_as.name, self.metrics_as.version);
     }
 }
 
@@ -288,22 +277,18 @@ impl quota::Host for HostState {
 
 impl metrics::Host for HostState {
     fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) -> Result<()> {
-        if self.meta.may_add_series(&labels, &name) {
-            self.meta.services.metrics.plugin_counter(&self.meta.name, name, labels).inc_by(delta);
-        }
+        self.meta.services.metrics.plugin_counter_add(&self.meta.metrics_as, name, labels, delta);
         Ok(())
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
-        if self.meta.may_add_series(&labels, &name) {
-            self.meta.services.metrics.plugin_gauge(&self.meta.name, name, labels).set(value);
-        }
+        self.meta.services.metrics.plugin_gauge_set(&self.meta.metrics_as, name, labels, value);
         Ok(())
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
-        if value.is_finite() && self.meta.may_add_series(&labels, &name) {
-            self.meta.services.metrics.plugin_observe(&self.meta.name, name, labels, value);
+        if value.is_finite() {
+            self.meta.services.metrics.plugin_observe(&self.meta.metrics_as, name, labels, value);
         }
         Ok(())
     }
@@ -363,6 +348,10 @@ impl catalog::Host for HostState {
 
     fn targets(&mut self, model: String) -> Result<Vec<String>> {
         Ok(self.meta.services.routes.targets_of(&model))
+    }
+
+    fn check_target(&mut self, name: String) -> Result<Result<(), String>> {
+        Ok(self.meta.services.routes.check_target(&name))
     }
 
     fn now_ms(&mut self) -> Result<u64> {

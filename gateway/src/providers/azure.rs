@@ -88,11 +88,15 @@ impl Adapter for Azure {
                     Operation::Chat => "chat/completions",
                     Operation::Embeddings => "embeddings",
                 };
-                let deployment: String = url::form_urlencoded::byte_serialize(deployment.as_bytes()).collect();
+                let deployment = super::path_segment(deployment)?;
                 let api_version: String = url::form_urlencoded::byte_serialize(api_version.as_bytes()).collect();
-                format!("{base}/openai/deployments/{deployment}/{path}?api-version={api_version}")
-                    .parse()
-                    .map_err(|e| Error::bad_request("the model name cannot be used as an Azure deployment").source(e))?
+                format!("{base}/openai/deployments/{deployment}/{path}?api-version={api_version}").parse().map_err(
+                    |e| {
+                        Error::bad_request("The model name cannot be used as an Azure deployment.")
+                            .param("model")
+                            .source(e)
+                    },
+                )?
             }
         };
         Ok((uri, request.upstream_body(model)?))

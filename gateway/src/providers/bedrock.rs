@@ -105,7 +105,7 @@ impl Bedrock {
 impl Adapter for Bedrock {
     fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
         // Model ids may be ARNs (`arn:aws:bedrock:…:inference-profile/…`): one path segment.
-        let id: String = url::form_urlencoded::byte_serialize(model.as_bytes()).collect();
+        let id = super::path_segment(model)?;
         let (action, body) = match request {
             ModelRequest::Chat(chat) => {
                 (if chat.is_stream() { "converse-stream" } else { "converse" }, chat_request(chat)?)
@@ -113,7 +113,7 @@ impl Adapter for Bedrock {
             ModelRequest::Embeddings(embeddings) => ("invoke", embeddings_request(embeddings, model)?),
         };
         let uri = format!("{}/model/{id}/{action}", self.endpoint).parse().map_err(|e| {
-            Error::bad_request("the model name cannot be used in a Bedrock URL").param("model").source(e)
+            Error::bad_request("The model name cannot be used in a Bedrock URL.").param("model").source(e)
         })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
@@ -342,10 +342,11 @@ fn blocks_of(message: &ChatMessage, param: &str) -> Result<Vec<Value>, Error> {
             "image/jpeg" | "image/jpg" => "jpeg",
             "image/gif" => "gif",
             "image/webp" => "webp",
-            other => {
-                return Err(Error::bad_request(format!(
-                    "Bedrock accepts png, jpeg, gif and webp images, not {other}."
-                ))
+            _ => {
+                // The MIME type is the client's text: named by kind, not repeated.
+                return Err(Error::bad_request(
+                    "Bedrock accepts png, jpeg, gif and webp images; this image's `data:` URL names another type.",
+                )
                 .param(param)
                 .code("invalid_image_format"));
             }
@@ -497,6 +498,10 @@ fn exception_detail(kind: Option<&str>, payload: &Value) -> Detail {
 // ---------------------------------------------------------------------------------------------
 // Streams
 
+/// The most bytes of one event-stream frame the gateway buffers: ConverseStream events are a few
+/// KiB; a frame this large is an upstream that is broken or hostile.
+const MAX_FRAME: usize = 16 << 20;
+
 /// ConverseStream's event stream → `chat.completion.chunk`s. Usage arrives in `metadata` after
 /// `messageStop`, so the usage chunk and `[DONE]` wait for it; an exception frame becomes an
 /// OpenAI error event and the stream ends without `[DONE]`.
@@ -535,6 +540,10 @@ impl ChunkStream {
     }
 
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.failed {
+            // The stream already ended with an error event: nothing more is read, or kept.
+            return;
+        }
         self.buf.extend_from_slice(bytes);
         while !self.failed {
             match self.decoder.decode_frame(&mut self.buf) {
@@ -546,6 +555,12 @@ impl ChunkStream {
                     out.push(error_event(&malformed(&self.upstream, "an event-stream frame")));
                 }
             }
+        }
+        // A frame's prelude may declare up to 4 GiB; the decoder waits for all of it.
+        if !self.failed && self.buf.len() > MAX_FRAME {
+            self.failed = true;
+            self.buf = BytesMut::new();
+            out.push(error_event(&malformed(&self.upstream, "an event-stream frame larger than any event")));
         }
     }
 
@@ -637,5 +652,7 @@ impl ChunkStream {
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

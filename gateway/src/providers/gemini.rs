@@ -98,8 +98,9 @@ impl Adapter for Gemini {
             }
             ModelRequest::Embeddings(embeddings) => embeddings_request(embeddings, model, self.vertex)?,
         };
-        let uri = format!("{}/{model}{method}", self.models_url).parse().map_err(|e| {
-            Error::bad_request("the model name cannot be used in a Gemini URL").param("model").source(e)
+        let segment = super::path_segment(model)?;
+        let uri = format!("{}/{segment}{method}", self.models_url).parse().map_err(|e| {
+            Error::bad_request("The model name cannot be used in a Gemini URL.").param("model").source(e)
         })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
@@ -165,7 +166,8 @@ fn chat_request(req: &ChatRequest) -> Result<Value, Error> {
                     let args: Value = serde_json::from_str(call.arguments).unwrap_or_else(|_| json!({}));
                     call_names.push((call.id, call.name));
                     let mut part = json!({"functionCall": {"name": call.name, "args": args}});
-                    if let Some((_, signature)) = call.id.split_once(SIGNATURE_MARK) {
+                    // The last mark: Gemini's own call ids may hold one, base64 signatures never do.
+                    if let Some((_, signature)) = call.id.rsplit_once(SIGNATURE_MARK) {
                         part["thoughtSignature"] = json!(signature);
                     }
                     parts.push(part);
@@ -538,8 +540,13 @@ pub struct ChunkStream {
     /// calls it emitted (each gets the next index, so parallel calls stay apart).
     candidates: Vec<(bool, usize)>,
     finished: bool,
+    /// An error event went out: the stream is over, whatever the upstream sends after it.
+    failed: bool,
     usage: Option<Value>,
 }
+
+/// Candidates a stream may have (OpenAI's `n` goes to 128).
+const MAX_CANDIDATES: usize = 128;
 
 impl ChunkStream {
     pub fn new(upstream: &str, model: &str) -> Self {
@@ -551,13 +558,19 @@ impl ChunkStream {
             splitter: Splitter::default(),
             candidates: Vec::new(),
             finished: false,
+            failed: false,
             usage: None,
         }
     }
 
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.failed {
+            return;
+        }
         self.splitter.push(bytes);
-        while let Some(sse) = self.splitter.next_event() {
+        while !self.failed
+            && let Some(sse) = self.splitter.next_event()
+        {
             if sse.data.is_empty() {
                 continue;
             }
@@ -570,9 +583,13 @@ impl ChunkStream {
                         .unwrap_or(http::StatusCode::BAD_GATEWAY);
                     let error = super::classify(&self.upstream, status, &HeaderMap::new(), detail(&sse.data));
                     out.push(super::error_event(&error));
+                    self.failed = true;
                 }
                 Ok(answer) => self.on_answer(&answer, out),
-                Err(_) => out.push(super::error_event(&malformed(&self.upstream, "a stream event"))),
+                Err(_) => {
+                    out.push(super::error_event(&malformed(&self.upstream, "a stream event")));
+                    self.failed = true;
+                }
             }
         }
     }
@@ -591,7 +608,14 @@ impl ChunkStream {
             self.finished = true;
         }
         for (i, candidate) in candidates.iter().enumerate() {
-            let index = candidate.get("index").and_then(Value::as_u64).unwrap_or(i as u64) as usize;
+            let index = candidate.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+            // The index sizes a table: one a client could not have asked for (`n` is at most
+            // MAX_CANDIDATES) is a broken answer, not a reason to allocate gigabytes.
+            let Some(index) = usize::try_from(index).ok().filter(|i| *i < MAX_CANDIDATES) else {
+                out.push(super::error_event(&malformed(&self.upstream, "a candidate index")));
+                self.failed = true;
+                return;
+            };
             if self.candidates.len() <= index {
                 self.candidates.resize(index + 1, (false, 0));
             }
@@ -635,7 +659,7 @@ impl ChunkStream {
 
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         // Whatever is left in the splitter is an event cut in half: the stream was not complete.
-        if !self.finished || self.splitter.pending() > 0 {
+        if !self.finished || self.failed || self.splitter.pending() > 0 {
             return;
         }
         let mut usage_chunk = self.chunk(&json!([]));
@@ -645,5 +669,7 @@ impl ChunkStream {
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,8 @@
 //! route decision, to see target health); the attempt loop in `route.rs` walks it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use weir_config::{Config, Retry, WILDCARD_MODEL};
@@ -126,7 +126,15 @@ pub struct RouteTable {
     targets: HashMap<Arc<str>, Arc<RouteTarget>>,
     /// Public names in config order, for `/v1/models`.
     names: Vec<String>,
+    /// Every upstream by name, for targets plugins name that no model lists.
+    upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// Targets `upstream/model` that no model lists, which plugins declared routable through
+    /// `catalog.check-target` (at most [`MAX_DECLARED`]).
+    declared: RwLock<HashMap<Arc<str>, Arc<RouteTarget>>>,
 }
+
+/// Targets plugins may add to a table besides those the config lists.
+const MAX_DECLARED: usize = 1024;
 
 impl RouteTable {
     pub fn new(config: &Config) -> Result<Self, Error> {
@@ -166,7 +174,8 @@ impl RouteTable {
                 models.insert(m.name.clone(), route);
             }
         }
-        Ok(Self { models, wildcard, targets, names })
+        let upstreams = upstreams.into_iter().map(|u| (u.name.clone(), u)).collect();
+        Ok(Self { models, wildcard, targets, names, upstreams, declared: RwLock::default() })
     }
 
     /// The public model names, for `/v1/models`.
@@ -174,9 +183,47 @@ impl RouteTable {
         self.names.iter().map(String::as_str)
     }
 
-    /// A target by its label (`upstream/model`).
-    pub fn target(&self, label: &str) -> Option<&Arc<RouteTarget>> {
-        self.targets.get(label)
+    /// A target by its label (`upstream/model`): one the config lists, or one a plugin declared.
+    pub fn target(&self, label: &str) -> Option<Arc<RouteTarget>> {
+        if let Some(target) = self.targets.get(label) {
+            return Some(target.clone());
+        }
+        self.declared.read().unwrap_or_else(|e| e.into_inner()).get(label).cloned()
+    }
+
+    /// Whether requests can be sent to `name`, a public model name or a target `upstream/model`;
+    /// a target of a configured upstream that no model lists is added (its statistics start
+    /// empty). The error says why not, for a plugin's `init` to report.
+    pub fn check_target(&self, name: &str) -> Result<(), String> {
+        if self.models.contains_key(name) || self.target(name).is_some() {
+            return Ok(());
+        }
+        let Some((upstream_name, model)) = name.split_once('/') else {
+            let models = self.names.join(", ");
+            return Err(format!(
+                "{name:?} is neither a public model name (models: [{models}]) nor a target `upstream/model`"
+            ));
+        };
+        let Some(upstream) = self.upstreams.get(upstream_name) else {
+            let mut upstreams: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+            upstreams.sort_unstable();
+            return Err(format!("{name:?} names no configured upstream (upstreams: [{}])", upstreams.join(", ")));
+        };
+        crate::api::check_model_name(model).map_err(|_| format!("{name:?} does not end in a valid model name"))?;
+        let mut declared = self.declared.write().unwrap_or_else(|e| e.into_inner());
+        if declared.len() >= MAX_DECLARED && !declared.contains_key(name) {
+            return Err(format!("more than {MAX_DECLARED} targets outside the config were declared"));
+        }
+        let label: Arc<str> = name.into();
+        declared.entry(label.clone()).or_insert_with(|| {
+            Arc::new(RouteTarget {
+                upstream: upstream.clone(),
+                model: Some(model.to_owned()),
+                label,
+                stats: TargetStats::default(),
+            })
+        });
+        Ok(())
     }
 
     /// The target labels of a public model, in order.
@@ -184,7 +231,10 @@ impl RouteTable {
         self.models.get(model).map(|r| r.targets.iter().map(|t| t.label.to_string()).collect()).unwrap_or_default()
     }
 
+    /// The route of a requested model name; a name that is not a plausible one is refused first
+    /// (a wildcard route passes names on to upstream URLs).
     pub fn resolve(&self, model: &str) -> Result<Arc<ModelRoute>, Error> {
+        crate::api::check_model_name(model)?;
         self.models.get(model).or(self.wildcard.as_ref()).cloned().ok_or_else(|| {
             Error::new(Kind::NotFound, format!("The model `{model}` does not exist or you do not have access to it."))
                 .param("model")
@@ -200,7 +250,7 @@ impl RouteTable {
         {
             return Some(route.clone());
         }
-        let targets = to.iter().map(|t| self.targets.get(t.as_str()).cloned()).collect::<Option<Vec<_>>>()?;
+        let targets = to.iter().map(|t| self.target(t)).collect::<Option<Vec<_>>>()?;
         (!targets.is_empty()).then(|| Arc::new(ModelRoute { label: from.label.clone(), targets, retry: from.retry }))
     }
 }

@@ -9,6 +9,8 @@ mod canary;
 mod chat;
 mod errors;
 mod gemini;
+mod hardening;
+mod isolation;
 mod plugins;
 mod policies;
 mod python;

@@ -482,7 +482,7 @@ fn images_in_other_formats_are_refused() {
         json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]}]}),
         expect![[r#"
             {
-              "error": "Bedrock accepts png, jpeg, gif and webp images, not image/tiff."
+              "error": "Bedrock accepts png, jpeg, gif and webp images; this image's `data:` URL names another type."
             }"#]],
     );
 }
