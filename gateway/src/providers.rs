@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use weir_config::{Provider, Timeouts, Upstream, UpstreamKind};
+use weir_config::{Prefill, Provider, Timeouts, Upstream, UpstreamKind};
 
 use crate::api::sse::Event;
 use crate::api::{ModelRequest, Operation};
@@ -38,6 +38,8 @@ pub struct UpstreamClient {
     pub name: String,
     pub kind: UpstreamKind,
     pub timeouts: Timeouts,
+    /// How it continues a partial answer (mid-stream failover).
+    pub prefill: Prefill,
     /// Headers sent on every request, static credentials included (marked sensitive).
     headers: HeaderMap,
     adapter: AnyAdapter,
@@ -121,6 +123,7 @@ impl UpstreamClient {
             name: upstream.name.clone(),
             kind: upstream.kind,
             timeouts: upstream.timeouts,
+            prefill: upstream.prefill,
             headers,
             adapter,
             http,
@@ -148,11 +151,13 @@ impl UpstreamClient {
             Ok::<_, Error>(self.http.request(request.map(Full::new)).await)
         };
         match tokio::time::timeout(wait, exchange).await {
+            // Another target may answer in time (the attempt loop does not try this one again).
             Err(_) => Err(Error::new(
                 Kind::UpstreamTimeout,
                 format!("The upstream '{}' did not respond within {}.", self.name, humanize(wait)),
             )
-            .code("upstream_timeout")),
+            .code("upstream_timeout")
+            .retryable(true)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(e))) if e.is_connect() => Err(Error::new(
@@ -162,11 +167,14 @@ impl UpstreamClient {
             .code("upstream_unavailable")
             .retryable(true)
             .source(e)),
+            // Reset or closed before the first byte of an answer (a stale pooled connection, a
+            // restarting server): another attempt may well succeed.
             Ok(Ok(Err(e))) => Err(Error::new(
                 Kind::UpstreamFailed,
-                format!("The connection to the upstream '{}' failed before it answered.", self.name),
+                format!("The connection to the upstream '{}' closed before it answered.", self.name),
             )
-            .code("upstream_error")
+            .code(CONNECTION_CLOSED)
+            .retryable(true)
             .source(e)),
         }
     }
@@ -281,17 +289,60 @@ pub(crate) struct Detail {
 
 const MAX_MESSAGE: usize = 1000;
 
+/// The `code` of a connection that closed before the upstream answered.
+pub(crate) const CONNECTION_CLOSED: &str = "upstream_connection_closed";
+
+/// How long an upstream asks to be left alone: `retry-after-ms` (Azure, OpenAI), `retry-after` in
+/// seconds (fractions allowed) or as an HTTP date, else what its error body said (`detail`).
+fn retry_wait(headers: &HeaderMap, detail: Option<u64>) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let seconds = |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)));
+    header("retry-after-ms")
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .and_then(|ms| seconds(ms / 1000.0))
+        .or_else(|| {
+            let value = header(header::RETRY_AFTER.as_str())?;
+            value.parse::<f64>().ok().and_then(seconds).or_else(|| {
+                let at = httpdate::parse_http_date(value).ok()?;
+                Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+            })
+        })
+        .or(detail.map(Duration::from_secs))
+}
+
+/// Whether a refusal says the request is longer than the model takes. Providers word it each their
+/// own way: OpenAI and Azure give the code, vLLM "maximum context length", Bedrock "Input is too
+/// long" (Claude: "prompt is too long"), Gemini "The input token count (…) exceeds the maximum
+/// number of tokens allowed", Mistral "too large for model with … maximum context length".
+fn context_exceeded(status: StatusCode, detail: &Detail) -> bool {
+    if !matches!(status.as_u16(), 400 | 413 | 422) {
+        return false;
+    }
+    if detail.code.as_deref() == Some(crate::error::CONTEXT_LENGTH_EXCEEDED) {
+        return true;
+    }
+    let message = detail.message.as_deref().unwrap_or_default().to_ascii_lowercase();
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "input is too long",
+        "prompt is too long",
+        "exceeds the maximum number of tokens",
+        "too many input tokens",
+    ]
+    .iter()
+    .any(|phrase| message.contains(phrase))
+}
+
 /// Classifies a non-2xx upstream response, the same way for every provider: throttling → 429 with
-/// `retry-after`; a request the upstream rejected → its status and message; rejected credentials →
-/// 502 that never echoes them; 408 and 5xx → 502, retryable.
+/// `retry-after`; a request longer than the model's context window → 400 `context_length_exceeded`;
+/// another request the upstream rejected → its status and message; rejected credentials → 502 that
+/// never echoes them; 408 and 5xx → 502, retryable.
 pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, detail: Detail) -> Error {
+    let too_long = context_exceeded(status, &detail);
     let upstream_message: String = detail.message.unwrap_or_default().trim().chars().take(MAX_MESSAGE).collect();
-    let retry_after = headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|s| s.ceil().max(0.0) as u64)
-        .or(detail.retry_after);
+    let wait = retry_wait(headers, detail.retry_after);
     if status == StatusCode::TOO_MANY_REQUESTS || detail.throttled {
         return Error::new(
             Kind::RateLimited,
@@ -299,7 +350,13 @@ pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, 
         )
         .code(detail.code.unwrap_or_else(|| "rate_limit_exceeded".into()))
         .retryable(true)
-        .retry_after(retry_after);
+        .retry_after_ms(wait);
+    }
+    if too_long {
+        return Error::new(Kind::UpstreamRejected, upstream_message)
+            .status(StatusCode::BAD_REQUEST)
+            .param(detail.param.unwrap_or_else(|| "messages".into()))
+            .code(crate::error::CONTEXT_LENGTH_EXCEEDED);
     }
     match status.as_u16() {
         _ if detail.credentials_rejected => Error::new(
@@ -349,6 +406,18 @@ pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, 
 pub(crate) fn malformed(upstream: &str, what: &str) -> Error {
     Error::new(Kind::UpstreamFailed, format!("The upstream '{upstream}' sent {what} the gateway could not read."))
         .code("upstream_error")
+}
+
+/// The error for a stream event over [`crate::api::sse::MAX_EVENT_BYTES`]: the stream is ended there.
+pub(crate) fn event_too_large(upstream: &str) -> Error {
+    Error::new(
+        Kind::UpstreamFailed,
+        format!(
+            "The upstream '{upstream}' sent a stream event larger than {} MiB; the gateway stopped reading it.",
+            crate::api::sse::MAX_EVENT_BYTES >> 20
+        ),
+    )
+    .code("upstream_event_too_large")
 }
 
 /// The error for credentials the gateway could not obtain (a token endpoint that refused or failed).

@@ -535,6 +535,9 @@ impl ChunkStream {
     }
 
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.failed {
+            return;
+        }
         self.buf.extend_from_slice(bytes);
         while !self.failed {
             match self.decoder.decode_frame(&mut self.buf) {
@@ -546,6 +549,12 @@ impl ChunkStream {
                     out.push(error_event(&malformed(&self.upstream, "an event-stream frame")));
                 }
             }
+        }
+        // A frame's prelude may declare up to 4 GiB; the decoder would wait for all of it.
+        if !self.failed && self.buf.len() > crate::api::sse::MAX_EVENT_BYTES {
+            self.failed = true;
+            self.buf.clear();
+            out.push(error_event(&super::event_too_large(&self.upstream)));
         }
     }
 

@@ -538,6 +538,8 @@ pub struct ChunkStream {
     /// calls it emitted (each gets the next index, so parallel calls stay apart).
     candidates: Vec<(bool, usize)>,
     finished: bool,
+    /// An event over the size limit arrived: nothing more is read.
+    failed: bool,
     usage: Option<Value>,
 }
 
@@ -551,11 +553,15 @@ impl ChunkStream {
             splitter: Splitter::default(),
             candidates: Vec::new(),
             finished: false,
+            failed: false,
             usage: None,
         }
     }
 
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.failed {
+            return;
+        }
         self.splitter.push(bytes);
         while let Some(sse) = self.splitter.next_event() {
             if sse.data.is_empty() {
@@ -574,6 +580,10 @@ impl ChunkStream {
                 Ok(answer) => self.on_answer(&answer, out),
                 Err(_) => out.push(super::error_event(&malformed(&self.upstream, "a stream event"))),
             }
+        }
+        if self.splitter.oversized() {
+            self.failed = true;
+            out.push(super::error_event(&super::event_too_large(&self.upstream)));
         }
     }
 
@@ -635,7 +645,7 @@ impl ChunkStream {
 
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         // Whatever is left in the splitter is an event cut in half: the stream was not complete.
-        if !self.finished || self.splitter.pending() > 0 {
+        if !self.finished || self.failed || self.splitter.pending() > 0 {
             return;
         }
         let mut usage_chunk = self.chunk(&json!([]));
