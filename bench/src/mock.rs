@@ -62,10 +62,13 @@ pub struct MockBuilder {
     fail_one_in: Option<(usize, StatusCode)>,
     retry_after: Option<String>,
     reset_first: usize,
+    reset_one_in: Option<usize>,
     break_stream_after: Option<usize>,
     stall_stream_after: Option<usize>,
     /// Only the first n streams break or stall; `None`: every one.
     faulty_streams: Option<usize>,
+    /// Only every nth stream breaks or stalls.
+    faulty_one_in: Option<usize>,
     first_token_delay: Duration,
     no_done: bool,
     refuse_prefill: bool,
@@ -290,6 +293,27 @@ impl MockBuilder {
         self
     }
 
+    /// Every `n`th request to a model route (the 1st, the `n+1`th, …) is reset like
+    /// [`Self::reset_first`]'s.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn reset_one_in(mut self, n: usize) -> Self {
+        assert!(n > 0, "mock upstream: reset_one_in needs n ≥ 1");
+        self.reset_one_in = Some(n);
+        self
+    }
+
+    /// Only every `n`th streamed response (the 1st, the `n+1`th, …) breaks, stalls or starts late.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn faulty_one_in(mut self, n: usize) -> Self {
+        assert!(n > 0, "mock upstream: faulty_one_in needs n ≥ 1");
+        self.faulty_one_in = Some(n);
+        self
+    }
+
     /// Streamed responses send `events` events and then nothing more, keeping the connection open:
     /// an upstream that stalls mid-stream.
     pub fn stall_stream_after(mut self, events: usize) -> Self {
@@ -297,8 +321,9 @@ impl MockBuilder {
         self
     }
 
-    /// Only the first `n` streamed responses break or stall (with [`Self::break_stream_after`] or
-    /// [`Self::stall_stream_after`]); later ones are whole.
+    /// Only the first `n` streamed responses break, stall or start late (with
+    /// [`Self::break_stream_after`], [`Self::stall_stream_after`] or [`Self::first_token_delay`]);
+    /// later ones are whole.
     pub fn faulty_streams(mut self, n: usize) -> Self {
         self.faulty_streams = Some(n);
         self
@@ -467,7 +492,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 shared.connection_count.fetch_add(1, Ordering::Relaxed);
                 // Latency numbers are meaningless with Nagle's algorithm delaying small writes.
                 let _ = stream.set_nodelay(true);
-                if shared.config.reset_first > 0 {
+                if shared.config.reset_first > 0 || shared.config.reset_one_in.is_some() {
                     // Closing then sends a reset rather than a FIN.
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 }
@@ -510,7 +535,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     Ok(respond(&shared, &recorded).unwrap_or_else(ApiError::into_response))
 }
 
-/// Whether `req` is one of the first `reset_first` model requests.
+/// Whether `req` is a model request to reset (`reset_first`, `reset_one_in`).
 fn resets(shared: &Shared, req: &Recorded) -> bool {
     let path = req.path.split('?').next().unwrap_or_default();
     let model_route = path.ends_with("/chat/completions")
@@ -518,9 +543,12 @@ fn resets(shared: &Shared, req: &Recorded) -> bool {
         || path.starts_with("/model/")
         || path.contains(":generateContent")
         || path.contains(":streamGenerateContent");
-    model_route
-        && shared.config.reset_first > 0
-        && shared.resets.fetch_add(1, Ordering::Relaxed) < shared.config.reset_first
+    let config = &shared.config;
+    if !model_route || (config.reset_first == 0 && config.reset_one_in.is_none()) {
+        return false;
+    }
+    let seen = shared.resets.fetch_add(1, Ordering::Relaxed);
+    seen < config.reset_first || config.reset_one_in.is_some_and(|n| seen.is_multiple_of(n))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -950,7 +978,8 @@ fn sse(shared: &Arc<Shared>, mut events: Vec<Bytes>) -> Response<MockBody> {
 fn streamed(shared: &Arc<Shared>, mut events: Vec<Bytes>, content_type: &'static str) -> Response<MockBody> {
     let config = &shared.config;
     let nth = shared.streams.fetch_add(1, Ordering::Relaxed);
-    let faulty = config.faulty_streams.is_none_or(|n| nth < n);
+    let faulty =
+        config.faulty_streams.is_none_or(|n| nth < n) && config.faulty_one_in.is_none_or(|n| nth.is_multiple_of(n));
     let mut fill = 0;
     if let Some(bytes) = config.giant_event {
         // One event that never ends: its start (an SSE `data:` line here, a frame's prelude from
@@ -964,7 +993,7 @@ fn streamed(shared: &Arc<Shared>, mut events: Vec<Bytes>, content_type: &'static
         events: events.into_iter(),
         sent: 0,
         interval: config.chunk_interval,
-        first_delay: config.first_token_delay,
+        first_delay: if faulty { config.first_token_delay } else { Duration::ZERO },
         break_after: config.break_stream_after.filter(|_| faulty),
         stall_after: config.stall_stream_after.filter(|_| faulty),
         fill,

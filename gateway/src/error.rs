@@ -14,6 +14,9 @@ use crate::body::{self, Body};
 /// every provider's equivalent.
 pub const CONTEXT_LENGTH_EXCEEDED: &str = "context_length_exceeded";
 
+/// The `code` of a stream that failed after it started.
+pub const STREAM_FAILED: &str = "upstream_stream_error";
+
 /// What went wrong; decides the HTTP status, the OpenAI error `type` and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

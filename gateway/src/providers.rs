@@ -530,3 +530,61 @@ pub(crate) fn data_url(url: &str, param: &str) -> Result<(String, String), Error
     let mime = meta.strip_suffix(";base64").ok_or_else(refuse)?;
     Ok((if mime.is_empty() { "application/octet-stream".to_owned() } else { mime.to_owned() }, data.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use http::{HeaderMap, HeaderValue, StatusCode};
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_str(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn retry_after_is_read_as_precisely_as_the_upstream_gives_it() {
+        let wait = |h: &[(&'static str, &str)]| retry_wait(&headers(h), None);
+        assert_eq!(wait(&[("retry-after-ms", "1500"), ("retry-after", "9")]), Some(Duration::from_millis(1500)));
+        assert_eq!(wait(&[("retry-after", "2.5")]), Some(Duration::from_millis(2500)));
+        let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let by_date = wait(&[("retry-after", &at)]).unwrap();
+        assert!((Duration::from_secs(28)..=Duration::from_secs(30)).contains(&by_date), "{by_date:?}");
+        assert_eq!(wait(&[("retry-after", "soon")]), None);
+        assert_eq!(retry_wait(&HeaderMap::new(), Some(13)), Some(Duration::from_secs(13)), "Google's RetryInfo");
+        let e =
+            classify("up", StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after-ms", "1200")]), Detail::default());
+        assert_eq!(
+            (e.retry_wait(), e.http_status()),
+            (Some(Duration::from_millis(1200)), StatusCode::TOO_MANY_REQUESTS)
+        );
+        assert!(e.into_response().headers()["retry-after"] == "2", "the client's header is in whole seconds");
+    }
+
+    #[test]
+    fn every_providers_too_long_refusal_is_context_length_exceeded() {
+        let openai = br#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        let vllm = br#"{"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.","type":"BadRequestError","code":400}"#;
+        let bedrock = br#"{"message":"Input is too long for requested model."}"#;
+        let claude = br#"{"message":"prompt is too long: 210000 tokens > 200000 maximum"}"#;
+        let gemini = br#"{"error":{"code":400,"message":"The input token count (1048577) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#;
+        let bedrock_headers = headers(&[("x-amzn-errortype", "ValidationException:http://internal.amazon.com/")]);
+        let cases = [
+            ("openai", openai::detail(openai)),
+            ("vllm", openai::detail(vllm)),
+            ("bedrock", bedrock::detail(&bedrock_headers, bedrock)),
+            ("claude", bedrock::detail(&bedrock_headers, claude)),
+            ("gemini", gemini::detail(gemini)),
+        ];
+        for (name, detail) in cases {
+            let e = classify("up", StatusCode::BAD_REQUEST, &HeaderMap::new(), detail);
+            assert!(e.is_context_exceeded(), "{name}: {e}");
+            assert_eq!((e.http_status(), e.retryable), (StatusCode::BAD_REQUEST, false), "{name}");
+        }
+        let other = openai::detail(br#"{"error":{"message":"Invalid 'temperature'.","code":"invalid_value"}}"#);
+        assert!(!classify("up", StatusCode::BAD_REQUEST, &HeaderMap::new(), other).is_context_exceeded());
+        let server = openai::detail(br#"{"error":{"message":"context length of the queue exceeded"}}"#);
+        assert!(!classify("up", StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), server).is_context_exceeded());
+    }
+}

@@ -296,7 +296,7 @@ pub fn error_class(error: &Error) -> &'static str {
         Kind::UpstreamRejected => "status_4xx",
         Kind::UpstreamFailed if error.status.is_some_and(|s| s.is_server_error()) => "status_5xx",
         Kind::UpstreamFailed if error.code.as_deref() == Some(crate::providers::CONNECTION_CLOSED) => "reset",
-        Kind::UpstreamFailed if error.code.as_deref() == Some(crate::stream::STREAM_FAILED) => "stream",
+        Kind::UpstreamFailed if error.code.as_deref() == Some(crate::error::STREAM_FAILED) => "stream",
         _ => "protocol",
     }
 }

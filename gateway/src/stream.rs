@@ -41,12 +41,9 @@ use crate::accounting::{Accounting, Outcome};
 use crate::api::Usage;
 pub use crate::api::sse::MAX_EVENT_BYTES;
 use crate::api::sse::{Event, Splitter};
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, STREAM_FAILED};
 use crate::providers::Translator;
 use failover::{Continuation, Peek, Splice, Spliced, Transcript};
-
-/// The `code` of a stream that failed after it started.
-pub const STREAM_FAILED: &str = "upstream_stream_error";
 
 /// Settings of one relay.
 #[derive(Debug, Clone, Copy)]
@@ -213,6 +210,11 @@ impl SseRelay {
     fn start(&mut self, opened: Opened) {
         if let Some(continuation) = self.continuing.take() {
             self.splice = Some(Splice::new(&continuation, opened.prefilled, self.spent));
+            // What was spent so far, should the continuation never report its usage.
+            let spent = self.spent;
+            if let Some(acct) = self.accounting() {
+                acct.usage(spent);
+            }
         }
         self.current = Some(Current {
             body: opened.body,
@@ -248,7 +250,7 @@ impl SseRelay {
     fn on_event(&mut self, event: Event) -> Flow {
         if event.data.is_empty() {
             // A comment or keep-alive: no content, nothing to hold back.
-            self.out.push_back(event.raw);
+            self.send(event);
             return Flow::Go;
         }
         if &event.data[..] == b"[DONE]" {
@@ -338,6 +340,9 @@ impl SseRelay {
     fn complete(&mut self) {
         self.flush_held();
         self.send(crate::providers::done_event());
+        if let Some(current) = self.current.take() {
+            drain(current.body);
+        }
         self.end(Outcome::Ok);
     }
 
@@ -535,6 +540,18 @@ impl SseRelay {
             self.give_up(Broke::Short);
         }
     }
+}
+
+/// Reads what is left of a finished upstream body (after `[DONE]`, its end), off the client's
+/// path, so that its connection goes back to the pool instead of being closed; bounded in time and
+/// bytes.
+fn drain(body: Incoming) {
+    const TAIL: usize = 64 * 1024;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let tail = http_body_util::Limited::new(body, TAIL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::collect(tail)).await;
+    });
 }
 
 impl HttpBody for SseRelay {

@@ -334,11 +334,6 @@ impl Splice {
         matches!(self.mode, Mode::Over { .. })
     }
 
-    /// The usage of everything given up, for a continuation that never reports its own.
-    pub fn spent(&self) -> Usage {
-        self.spent
-    }
-
     /// One chunk of the continuation (`data` its JSON, `peek` what the relay read of it).
     pub fn chunk(&mut self, data: &[u8], peek: &Peek) -> Spliced {
         if !peek.has_content() && !self.started {
