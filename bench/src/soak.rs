@@ -159,6 +159,8 @@ pub struct Report {
     /// The first few failures, described.
     pub failures: Vec<String>,
     pub elapsed: Duration,
+    /// What the gateway's `/metrics` say it rescued: (what, count).
+    pub rescued: Vec<(String, f64)>,
 }
 
 /// The mocks, with the faults the models' primaries have.
@@ -486,6 +488,10 @@ pub async fn run(options: Options, dir: &Path) -> Result<Report> {
             reloads,
         });
     }
+    let rescued = match scrape(&client, addr).await {
+        Ok(metrics) => rescued(&metrics),
+        Err(e) => vec![(format!("/metrics could not be read: {e:#}"), 0.0)],
+    };
     let kinds = KINDS
         .iter()
         .zip(tallies.iter())
@@ -504,8 +510,44 @@ pub async fn run(options: Options, dir: &Path) -> Result<Report> {
         reload_failures,
         failures,
         elapsed: started.elapsed(),
+        rescued,
         options,
     })
+}
+
+async fn scrape(client: &HttpClient, addr: SocketAddr) -> Result<String> {
+    let req = Request::get(format!("http://{addr}/metrics")).body(Full::new(Bytes::new()))?;
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??;
+    Ok(String::from_utf8_lossy(&response.into_body().collect().await?.to_bytes()).into_owned())
+}
+
+/// The faults the gateway met and got past, from its metrics: failed attempts by class, retries,
+/// continuations, client aborts.
+fn rescued(metrics: &str) -> Vec<(String, f64)> {
+    let sum = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| label.is_none_or(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut out: Vec<(String, f64)> = ["status_5xx", "status_429", "reset", "timeout", "stream", "protocol"]
+        .iter()
+        .map(|class| {
+            (format!("failed upstream attempts, {class}"), sum("weir_upstream_errors_total", Some(("class", class))))
+        })
+        .collect();
+    out.push(("attempts beyond the first".into(), sum("weir_upstream_retries_total", None)));
+    for how in ["prefill", "restart"] {
+        out.push((format!("streams continued ({how})"), sum("weir_stream_continuations_total", Some(("how", how)))));
+    }
+    out.push((
+        "requests accounted as client aborts".into(),
+        sum("weir_requests_total", Some(("outcome", "client_abort"))),
+    ));
+    out.push(("requests accounted as errors".into(), sum("weir_requests_total", Some(("outcome", "error")))));
+    out
 }
 
 impl Report {
@@ -538,6 +580,11 @@ impl std::fmt::Display for Report {
         }
         writeln!(f, "| **all** | {} | {} | {} |\n", totals.0, totals.1, totals.2)?;
         writeln!(f, "Reloads: {} ({} failed).\n", self.reloads, self.reload_failures)?;
+        writeln!(f, "| what the gateway met and got past (its `/metrics`) | count |\n|---|---:|")?;
+        for (what, n) in &self.rescued {
+            writeln!(f, "| {what} | {} |", n.round() as u64)?;
+        }
+        writeln!(f)?;
         writeln!(f, "| time | RSS | open fds | requests done | failed | reloads |\n|---:|---:|---:|---:|---:|---:|")?;
         for s in &self.samples {
             writeln!(
@@ -559,5 +606,39 @@ impl std::fmt::Display for Report {
             writeln!(f, "\nFirst failures:\n{list}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_config_variant_loads_and_serves_every_model_the_soak_asks_for() {
+        let up = Upstreams::start().await;
+        let listen = SocketAddr::from(([127, 0, 0, 1], 4000));
+        for variant in 0..2 {
+            let text = config_toml(listen, &up, variant);
+            let config = weir_config::load_str(&text, &weir_config::MapEnv::default(), Path::new("/tmp"))
+                .unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
+            for kind in KINDS {
+                let model = config.models.iter().find(|m| m.name == kind.model()).expect("served");
+                assert_eq!(model.targets.len(), 2, "{}: a faulty primary and a healthy fallback", kind.model());
+            }
+            assert_eq!(config.retry.backoff_max, Duration::from_millis(50 + variant * 50), "reloads change it");
+        }
+    }
+
+    #[test]
+    fn what_was_rescued_is_read_from_the_metrics() {
+        let metrics = "weir_upstream_errors_total{target=\"a/x\",class=\"reset\"} 3\n\
+            weir_upstream_errors_total{target=\"b/x\",class=\"reset\"} 2\n\
+            weir_upstream_errors_total{target=\"a/x\",class=\"status_5xx\"} 1\n\
+            weir_stream_continuations_total{model=\"m\",target=\"b/x\",how=\"prefill\"} 4\n";
+        let got = rescued(metrics);
+        let find = |what: &str| got.iter().find(|(w, _)| w == what).map(|(_, n)| *n);
+        assert_eq!(find("failed upstream attempts, reset"), Some(5.0));
+        assert_eq!(find("failed upstream attempts, status_5xx"), Some(1.0));
+        assert_eq!(find("streams continued (prefill)"), Some(4.0));
     }
 }

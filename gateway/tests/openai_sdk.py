@@ -7,24 +7,15 @@ gateway in front of mock upstreams and sets WEIR_BASE_URL and WEIR_API_KEY.
 import base64
 import os
 import struct
-import sys
-import traceback
 
 import openai
+from sdk_checks import check, run
 
 BASE_URL = os.environ["WEIR_BASE_URL"]
 KEY = os.environ["WEIR_API_KEY"]
 client = openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0, timeout=30)
 MESSAGES = [{"role": "user", "content": "hello from python"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]
-
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
-
 
 def expect_raises(exc_type, fn):
     try:
@@ -141,20 +132,5 @@ def api_error_raised_mid_stream():
     assert "stream" in str(e.message), e.message
 
 
-def main():
-    passed = failed = 0
-    for fn in checks:
-        try:
-            fn()
-            passed += 1
-            print(f"ok   {fn.__name__}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {fn.__name__}")
-            traceback.print_exc(file=sys.stdout)
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run()

@@ -7,10 +7,9 @@ the gateway in front of mock upstreams that break mid-stream and sets WEIR_BASE_
 """
 
 import os
-import sys
-import traceback
 
 import openai
+from sdk_checks import check, run
 
 BASE_URL = os.environ["WEIR_BASE_URL"]
 KEY = os.environ["WEIR_API_KEY"]
@@ -18,14 +17,6 @@ client = openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0, timeout=30
 WORDS = "one two three four five six seven eight"
 ANSWER = "echo: " + WORDS
 MESSAGES = [{"role": "user", "content": WORDS}]
-
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
-
 
 def read(model, **kwargs):
     stream = client.chat.completions.create(model=model, messages=MESSAGES, stream=True, **kwargs)
@@ -81,20 +72,5 @@ def a_stream_that_cannot_be_continued_raises():
     assert text == "echo: one", f"nothing duplicated: {text!r}"
 
 
-def main():
-    passed = failed = 0
-    for fn in checks:
-        try:
-            fn()
-            passed += 1
-            print(f"ok   {fn.__name__}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {fn.__name__}")
-            traceback.print_exc(file=sys.stdout)
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run()

@@ -44,6 +44,25 @@ targets = [{{ upstream = "a", model = "mock-model" }}, {{ upstream = "b", model 
     ))
 }
 
+/// Upstreams `bedrock` and `gemini` on the cloud mock at `base` (API keys `mock-key`).
+fn cloud_upstreams(base: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "bedrock"
+kind = "bedrock"
+endpoint = "{base}"
+region = "us-east-1"
+api_key = "mock-key"
+[[upstreams]]
+name = "gemini"
+kind = "gemini"
+endpoint = "{base}"
+api_key = "mock-key"
+"#
+    )
+}
+
 fn chat(stream: bool) -> Value {
     let mut body = json!({"model": "m", "messages": [{"role": "user", "content": WORDS}]});
     if stream {
@@ -205,18 +224,7 @@ async fn bedrock_and_gemini_refusals_of_long_prompts_fall_back_too() {
     let large = MockUpstream::builder().start().await;
     let base = format!("http://{}", cloud.addr());
     let text = bare_config(&format!(
-        r#"
-[[upstreams]]
-name = "bedrock"
-kind = "bedrock"
-endpoint = "{base}"
-region = "us-east-1"
-api_key = "mock-key"
-[[upstreams]]
-name = "gemini"
-kind = "gemini"
-endpoint = "{base}"
-api_key = "mock-key"
+        r#"{}
 [[upstreams]]
 name = "large"
 endpoint = "{}"
@@ -228,6 +236,7 @@ targets = [
     {{ upstream = "large", model = "large-model" }},
 ]
 "#,
+        cloud_upstreams(&base),
         large.base_url()
     ));
     let gw = TestGateway::start(&text).await;
@@ -429,17 +438,7 @@ async fn an_upstream_event_without_end_is_cut_at_the_cap_and_the_upstream_cancel
 [[upstreams]]
 name = "openai"
 endpoint = "{}"
-[[upstreams]]
-name = "gemini"
-kind = "gemini"
-endpoint = "{base}"
-api_key = "mock-key"
-[[upstreams]]
-name = "bedrock"
-kind = "bedrock"
-endpoint = "{base}"
-region = "us-east-1"
-api_key = "mock-key"
+{}
 [[models]]
 name = "openai"
 targets = [{{ upstream = "openai", model = "mock-model" }}]
@@ -450,7 +449,8 @@ targets = [{{ upstream = "gemini", model = "gemini-2.5-flash" }}]
 name = "bedrock"
 targets = [{{ upstream = "bedrock", model = "anthropic.claude-3-haiku-20240307-v1:0" }}]
 "#,
-        openai.base_url()
+        openai.base_url(),
+        cloud_upstreams(&base)
     ));
     let gw = TestGateway::start(&text).await;
     for model in ["openai", "gemini", "bedrock"] {
