@@ -45,6 +45,10 @@ use crate::error::{Error, Kind, STREAM_FAILED};
 use crate::providers::Translator;
 use failover::{Continuation, Peek, Splice, Spliced, Transcript};
 
+/// The most bytes of events without content held back before the first content (a role chunk is
+/// about 200).
+const MAX_HELD_BYTES: usize = 64 * 1024;
+
 /// Settings of one relay.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayOptions {
@@ -310,7 +314,10 @@ impl SseRelay {
             return;
         }
         if !peek.has_content() {
-            if self.transcript.delivered() {
+            let held: usize = self.held.iter().map(|e| e.raw.len()).sum::<usize>() + event.raw.len();
+            if self.transcript.delivered() || held > MAX_HELD_BYTES {
+                // An upstream that sends nothing but empty chunks does not get them all buffered.
+                self.flush_held();
                 self.send(event);
             } else {
                 self.held.push(event);
