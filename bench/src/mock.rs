@@ -8,10 +8,9 @@
 //! records what it receives and stops when dropped), the builder's fault knobs, the dispatch by
 //! path, streamed bodies, and the [`Script`] the translated providers answer from.
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,7 +65,20 @@ pub struct MockBuilder {
     fail_first: Option<(usize, StatusCode)>,
     always_fail: Option<StatusCode>,
     fail_one_in: Option<(usize, StatusCode)>,
+    retry_after: Option<String>,
+    reset_first: usize,
+    reset_one_in: Option<usize>,
     break_stream_after: Option<usize>,
+    stall_stream_after: Option<usize>,
+    /// Only the first n streams break or stall; `None`: every one.
+    faulty_streams: Option<usize>,
+    /// Only every nth stream breaks or stalls.
+    faulty_one_in: Option<usize>,
+    first_token_delay: Duration,
+    no_done: bool,
+    refuse_prefill: bool,
+    context_window: Option<usize>,
+    giant_event: Option<usize>,
     // Inverted so that `Default` records, which is what tests want; the load harness turns it off
     // because keeping every request of a long run would grow without bound.
     skip_recording: bool,
@@ -134,6 +146,16 @@ impl MockUpstream {
     /// How many tokens the mock's OAuth endpoints issued (service-account and Entra flows).
     pub fn token_requests(&self) -> usize {
         self.shared.recorded_tokens().len()
+    }
+
+    /// From now on every chat and embeddings request fails with `status` (`None`: healthy again),
+    /// whatever the builder said; for tests of targets that go down and recover.
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn set_failing(&self, status: Option<u16>) {
+        let code = status.map_or(0, |s| error_status(s).as_u16());
+        self.shared.failing.store(code, Ordering::Relaxed);
     }
 
     /// Streamed responses whose client went away before the last event was sent.
@@ -231,6 +253,95 @@ impl MockBuilder {
         self
     }
 
+    /// The `retry-after` value injected 429s carry (`"1"` by default): seconds, or an HTTP date.
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_owned());
+        self
+    }
+
+    /// The first `n` requests to a model route (chat, embeddings; any provider's) are read and
+    /// then answered with a TCP reset (`SO_LINGER` 0): no response byte, as when an upstream
+    /// crashes or a load balancer drops the connection.
+    pub fn reset_first(mut self, n: usize) -> Self {
+        self.reset_first = n;
+        self
+    }
+
+    /// Every `n`th request to a model route (the 1st, the `n+1`th, …) is reset like
+    /// [`Self::reset_first`]'s.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn reset_one_in(mut self, n: usize) -> Self {
+        assert!(n > 0, "mock upstream: reset_one_in needs n ≥ 1");
+        self.reset_one_in = Some(n);
+        self
+    }
+
+    /// Only every `n`th streamed response (the 1st, the `n+1`th, …) breaks, stalls or starts late.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn faulty_one_in(mut self, n: usize) -> Self {
+        assert!(n > 0, "mock upstream: faulty_one_in needs n ≥ 1");
+        self.faulty_one_in = Some(n);
+        self
+    }
+
+    /// Streamed responses send `events` events and then nothing more, keeping the connection open:
+    /// an upstream that stalls mid-stream.
+    pub fn stall_stream_after(mut self, events: usize) -> Self {
+        self.stall_stream_after = Some(events);
+        self
+    }
+
+    /// Only the first `n` streamed responses break, stall or start late (with
+    /// [`Self::break_stream_after`], [`Self::stall_stream_after`] or [`Self::first_token_delay`]);
+    /// later ones are whole.
+    pub fn faulty_streams(mut self, n: usize) -> Self {
+        self.faulty_streams = Some(n);
+        self
+    }
+
+    /// Streamed responses send their headers at once but wait `d` before their first event: a slow
+    /// first token.
+    pub fn first_token_delay(mut self, d: Duration) -> Self {
+        self.first_token_delay = d;
+        self
+    }
+
+    /// OpenAI-style streams end cleanly after their last chunk (and usage chunk) without
+    /// `data: [DONE]`, as some OpenAI-compatible servers do.
+    pub fn no_done(mut self) -> Self {
+        self.no_done = true;
+        self
+    }
+
+    /// A conversation that ends with an assistant message (a prefill) is refused with the
+    /// provider's 400, as models without prefill support do. Without this, Bedrock and Gemini
+    /// continue a final assistant turn, and the OpenAI route continues one marked as vLLM
+    /// (`continue_final_message`) or DeepSeek (`"prefix": true`) mark it; unmarked, it answers anew
+    /// as OpenAI does.
+    pub fn refuse_prefill(mut self) -> Self {
+        self.refuse_prefill = true;
+        self
+    }
+
+    /// Chats whose messages hold more than `words` words are refused as too long for the model's
+    /// context window, in the provider's words (OpenAI's `context_length_exceeded`, Bedrock's
+    /// `ValidationException`, Gemini's `INVALID_ARGUMENT`).
+    pub fn context_window(mut self, words: usize) -> Self {
+        self.context_window = Some(words);
+        self
+    }
+
+    /// Streamed responses are one event of `bytes` bytes that never ends (no event boundary), sent
+    /// 64 KiB at a time: an upstream that would fill the gateway's memory.
+    pub fn giant_event(mut self, bytes: usize) -> Self {
+        self.giant_event = Some(bytes);
+        self
+    }
+
     /// Seconds until the OAuth tokens the mock issues expire (3600 by default).
     pub fn token_lifetime(mut self, seconds: u64) -> Self {
         self.token_lifetime = Some(seconds);
@@ -285,6 +396,9 @@ impl MockBuilder {
             request_count: AtomicUsize::new(0),
             connection_count: AtomicUsize::new(0),
             failable_requests: AtomicUsize::new(0),
+            resets: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
+            failing: AtomicU16::new(0),
             cancelled_streams: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             tokens: Mutex::default(),
@@ -313,6 +427,12 @@ struct Shared {
     connection_count: AtomicUsize,
     /// Requests that `fail_first` counts, so the first n of them fail.
     failable_requests: AtomicUsize,
+    /// Requests reset so far, for `reset_first`.
+    resets: AtomicUsize,
+    /// Streams started so far, for `faulty_streams`.
+    streams: AtomicUsize,
+    /// `set_failing`'s status; 0 when healthy.
+    failing: AtomicU16,
     cancelled_streams: AtomicUsize,
     next_id: AtomicU64,
     /// Bearer tokens the OAuth endpoints issued; the provider routes accept these.
@@ -353,6 +473,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 shared.connection_count.fetch_add(1, Ordering::Relaxed);
                 // Latency numbers are meaningless with Nagle's algorithm delaying small writes.
                 let _ = stream.set_nodelay(true);
+                if shared.config.reset_first > 0 || shared.config.reset_one_in.is_some() {
+                    // Closing then sends a reset rather than a FIN.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
                 let shared = Arc::clone(&shared);
                 connections.spawn(async move {
                     let service = service_fn(move |req| handle(Arc::clone(&shared), req));
@@ -367,7 +491,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+/// A response, or `Err` to make hyper drop the connection without answering (a reset).
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<MockBody>, BoxError> {
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         // Before the path is looked at, so in the default protocol's shape.
@@ -386,7 +511,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
+    if resets(&shared, &recorded) {
+        return Err("mock upstream: connection reset on purpose".into());
+    }
     Ok(respond(&shared, &recorded))
+}
+
+/// Whether `req` is a model request to reset (`reset_first`, `reset_one_in`).
+fn resets(shared: &Shared, req: &Recorded) -> bool {
+    let path = req.path.split('?').next().unwrap_or_default();
+    let model_route = path.ends_with("/chat/completions")
+        || path.ends_with("/embeddings")
+        || path.starts_with("/model/")
+        || path.contains(":generateContent")
+        || path.contains(":streamGenerateContent");
+    let config = &shared.config;
+    if !model_route || (config.reset_first == 0 && config.reset_one_in.is_none()) {
+        return false;
+    }
+    let seen = shared.resets.fetch_add(1, Ordering::Relaxed);
+    seen < config.reset_first || config.reset_one_in.is_some_and(|n| seen.is_multiple_of(n))
 }
 
 /// Picks the protocol by path; OpenAI's takes everything the others do not claim.
@@ -409,6 +553,10 @@ fn respond(shared: &Arc<Shared>, req: &Recorded) -> Response<MockBody> {
 }
 
 fn injected_failure(shared: &Shared) -> Option<StatusCode> {
+    let failing = shared.failing.load(Ordering::Relaxed);
+    if failing != 0 {
+        return StatusCode::from_u16(failing).ok();
+    }
     if let Some(status) = shared.config.always_fail {
         return Some(status);
     }
@@ -459,18 +607,37 @@ fn argument_fragments(arguments: &str) -> impl Iterator<Item = &str> {
 // ---------------------------------------------------------------------------------------------
 // Streaming bodies
 
-fn sse(shared: &Arc<Shared>, events: Vec<Bytes>) -> Response<MockBody> {
+fn sse(shared: &Arc<Shared>, mut events: Vec<Bytes>) -> Response<MockBody> {
+    if shared.config.no_done {
+        events.retain(|e| &e[..] != b"data: [DONE]\n\n");
+    }
     streamed(shared, events, "text/event-stream")
 }
 
 /// A body sent one piece per poll (with `chunk_interval` between them, `break_stream_after`
 /// applied, and cancellation counted), whatever the framing of the pieces.
-fn streamed(shared: &Arc<Shared>, events: Vec<Bytes>, content_type: &'static str) -> Response<MockBody> {
+fn streamed(shared: &Arc<Shared>, mut events: Vec<Bytes>, content_type: &'static str) -> Response<MockBody> {
+    let config = &shared.config;
+    let nth = shared.streams.fetch_add(1, Ordering::Relaxed);
+    let faulty =
+        config.faulty_streams.is_none_or(|n| nth < n) && config.faulty_one_in.is_none_or(|n| nth.is_multiple_of(n));
+    let mut fill = 0;
+    if let Some(bytes) = config.giant_event {
+        // One event that never ends: its start (an SSE `data:` line here, a frame's prelude from
+        // the Bedrock mock), then filler (see `EventStream::next`).
+        if content_type == "text/event-stream" {
+            events = vec![Bytes::from_static(br#"data: {"choices":[{"index":0,"delta":{"content":""#)];
+        }
+        fill = bytes;
+    }
     let state = EventStream {
         events: events.into_iter(),
         sent: 0,
-        interval: shared.config.chunk_interval,
-        break_after: shared.config.break_stream_after,
+        interval: config.chunk_interval,
+        first_delay: if faulty { config.first_token_delay } else { Duration::ZERO },
+        break_after: config.break_stream_after.filter(|_| faulty),
+        stall_after: config.stall_stream_after.filter(|_| faulty),
+        fill,
         broken: false,
         guard: CancelGuard { shared: Arc::clone(shared), done: false },
     };
@@ -487,18 +654,41 @@ struct EventStream {
     events: std::vec::IntoIter<Bytes>,
     sent: usize,
     interval: Duration,
+    first_delay: Duration,
     break_after: Option<usize>,
+    stall_after: Option<usize>,
+    /// Filler bytes still to send after the events (`giant_event`).
+    fill: usize,
     broken: bool,
     guard: CancelGuard,
 }
 
+/// What a giant event is made of.
+static FILLER: [u8; 64 * 1024] = [b'a'; 64 * 1024];
+
 impl EventStream {
     async fn next(mut self) -> Option<(Result<Frame<Bytes>, BoxError>, Self)> {
-        if self.broken || self.events.as_slice().is_empty() {
+        if self.broken {
             return None;
+        }
+        if self.events.as_slice().is_empty() {
+            if self.fill == 0 {
+                return None;
+            }
+            let n = self.fill.min(FILLER.len());
+            self.fill -= n;
+            self.guard.done = self.fill == 0;
+            return Some((Ok(Frame::data(Bytes::from_static(&FILLER[..n]))), self));
+        }
+        if self.sent == 0 && !self.first_delay.is_zero() {
+            tokio::time::sleep(self.first_delay).await;
         }
         if self.sent > 0 && !self.interval.is_zero() {
             tokio::time::sleep(self.interval).await;
+        }
+        if self.stall_after == Some(self.sent) {
+            // Silent, the connection open, until the client gives up (which the guard counts).
+            std::future::pending::<()>().await;
         }
         if self.break_after == Some(self.sent) {
             // Hand control back once so hyper flushes the events already yielded; an error
@@ -511,7 +701,7 @@ impl EventStream {
         }
         let event = self.events.next()?;
         self.sent += 1;
-        self.guard.done = self.events.as_slice().is_empty();
+        self.guard.done = self.events.as_slice().is_empty() && self.fill == 0;
         Some((Ok(Frame::data(event)), self))
     }
 }
@@ -613,6 +803,16 @@ impl Script {
             ScriptReply::Calls(calls) => calls.len() * word_count(TOOL_ARGUMENTS),
         };
         Self { reply, finish, prompt_tokens, completion_tokens }
+    }
+
+    /// The rest of the reply after `prefill`, its start: a model continuing a prefilled turn.
+    pub(crate) fn continue_after(&mut self, prefill: &str) {
+        if let ScriptReply::Text(text) = &mut self.reply
+            && let Some(rest) = text.strip_prefix(prefill)
+        {
+            *text = rest.to_owned();
+            self.completion_tokens = word_count(text);
+        }
     }
 
     /// The text reply cut into streamed pieces (one word each).

@@ -16,6 +16,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub retry: RawRetry,
     #[serde(default)]
+    pub failover: RawFailover,
+    #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
@@ -110,6 +112,14 @@ pub(crate) struct RawTimeouts {
     pub first_byte: Option<String>,
     pub total: Option<String>,
     pub idle: Option<String>,
+    pub first_token: Option<String>,
+}
+
+/// A model's own timeouts: only the one that is about the model rather than its upstreams.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModelTimeouts {
+    pub first_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +128,16 @@ pub(crate) struct RawRetry {
     pub max_attempts: Option<i64>,
     pub backoff_base: Option<String>,
     pub backoff_max: Option<String>,
+    pub same_target: Option<i64>,
+    pub retry_after_max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFailover {
+    pub mid_stream: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub max_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +161,8 @@ pub(crate) struct RawUpstream {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// How this upstream continues an assistant message (mid-stream failover).
+    pub prefill: Option<String>,
     /// `kind = "worker"` only: a model the gateway serves in-process (a directory, `python:PKG/DIR`
     /// or `builtin:NAME`).
     pub model: Option<String>,
@@ -177,6 +199,11 @@ pub(crate) struct RawModel {
     pub targets: Vec<RawTarget>,
     /// This model's own plugin chain, replacing the default one.
     pub plugins: Option<Vec<String>>,
+    /// Overrides of `[retry]`, field by field.
+    pub retry: Option<RawRetry>,
+    pub timeouts: Option<RawModelTimeouts>,
+    /// Overrides of `[failover]`, field by field.
+    pub failover: Option<RawFailover>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +211,8 @@ pub(crate) struct RawModel {
 pub(crate) struct RawTarget {
     pub upstream: String,
     pub model: Option<String>,
+    /// Tokens the target's model takes in one request (prompt and completion).
+    pub context_window: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,10 @@ pub const WILDCARD_MODEL: &str = "*";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: Server,
+    /// The retry settings of models that do not set their own.
     pub retry: Retry,
+    /// The mid-stream failover settings of models that do not set their own.
+    pub failover: Failover,
     pub log: Logging,
     /// Upstreams in file order; [`Target::upstream`] indexes this list.
     pub upstreams: Vec<Upstream>,
@@ -155,10 +158,13 @@ pub struct Timeouts {
     pub total: Duration,
     /// The longest silence between two chunks of a streamed body.
     pub idle: Duration,
+    /// Streams: from sending the request to the first content that can reach the client; past it
+    /// the attempt is abandoned and the next target tried. `None`: no limit but `first_byte` and `idle`.
+    pub first_token: Option<Duration>,
 }
 
-/// Retries on the next target, before the first byte reaches the client.
-#[derive(Debug, Clone, Copy)]
+/// Retries before the first content reaches the client: on the same target, then the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
     /// Upstream attempts per request, the first included (1 = no retry).
     pub max_attempts: u32,
@@ -166,6 +172,62 @@ pub struct Retry {
     pub backoff_base: Duration,
     /// The longest wait between attempts.
     pub backoff_max: Duration,
+    /// Further attempts on the same target after a transient failure (a 5xx, a connection reset)
+    /// before falling back to the next.
+    pub same_target: u32,
+    /// The longest `Retry-After` honoured by waiting and retrying the same target; a longer one (or
+    /// one past the request's deadline) falls back to the next target at once.
+    pub retry_after_max: Duration,
+}
+
+impl Retry {
+    /// One attempt, no retry (a mirrored copy's).
+    pub const ONCE: Retry = Retry {
+        max_attempts: 1,
+        backoff_base: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        same_target: 0,
+        retry_after_max: Duration::ZERO,
+    };
+}
+
+/// What happens when a stream breaks or stalls after content reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failover {
+    pub mid_stream: MidStream,
+    /// Upstream attempts one stream may spend on continuations, in all.
+    pub max_attempts: u32,
+    /// The longest a continuation may keep the client waiting for new content.
+    pub max_delay: Duration,
+}
+
+/// `failover.mid_stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MidStream {
+    /// The stream ends with an error event.
+    Off,
+    /// The answer is continued on the next target after what the client already has.
+    Continue,
+}
+
+/// How an upstream continues a partial assistant answer (`prefill`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefill {
+    /// It cannot: a continuation starts the answer over there and is used only if it begins with
+    /// exactly what the client already has.
+    None,
+    /// A conversation ending with an assistant message is continued from it (Anthropic and
+    /// Bedrock Converse prefill, a Gemini `model` turn).
+    Assistant,
+    /// vLLM's `continue_final_message: true` (with `add_generation_prompt: false`).
+    ContinueFinalMessage,
+    /// `"prefix": true` on the final assistant message (DeepSeek, Mistral).
+    Prefix,
+}
+
+impl Prefill {
+    /// The names accepted in `prefill = "…"`.
+    pub const NAMES: &[&str] = &["none", "assistant", "continue-final-message", "prefix"];
 }
 
 /// Logging.
@@ -195,6 +257,9 @@ pub struct Upstream {
     /// Extra headers sent with every request (values may be secrets).
     pub headers: Vec<(String, Secret)>,
     pub timeouts: Timeouts,
+    /// How it continues a partial answer (`none` for OpenAI-compatible kinds, `assistant` for
+    /// Bedrock and Gemini unless set).
+    pub prefill: Prefill,
     /// A `worker` the gateway starts in-process on a loopback port; `endpoint` is set once it listens.
     pub local_worker: Option<LocalWorker>,
     /// What only this kind of upstream needs (region, project, deployments, credentials).
@@ -315,6 +380,12 @@ pub struct Model {
     pub targets: Vec<Target>,
     /// This model's own plugin chain (indexes into `Config::plugins`), replacing the default.
     pub plugins: Option<Vec<usize>>,
+    /// `[retry]` with this model's overrides.
+    pub retry: Retry,
+    /// This model's `timeouts.first_token`, overriding its upstreams'.
+    pub first_token: Option<Duration>,
+    /// `[failover]` with this model's overrides.
+    pub failover: Failover,
 }
 
 impl Model {
@@ -331,6 +402,9 @@ pub struct Target {
     pub upstream: usize,
     /// The model name sent upstream; `None` passes the requested name through (wildcard only).
     pub model: Option<String>,
+    /// Tokens one request may hold there (prompt and completion), when known: a request the
+    /// upstream refuses as too long goes only to targets with a larger window.
+    pub context_window: Option<u32>,
 }
 
 /// An API key, stored only as its SHA-256.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::raw::{
-    RawAdmin, RawConfig, RawKey, RawLog, RawModel, RawPlugin, RawPrice, RawRetry, RawServer, RawState, RawTimeouts,
-    RawUpstream,
+    RawAdmin, RawConfig, RawFailover, RawKey, RawLog, RawModel, RawPlugin, RawPrice, RawRetry, RawServer, RawState,
+    RawTimeouts, RawUpstream,
 };
 use crate::typed::*;
 use crate::{Env, FieldError};
@@ -45,7 +45,19 @@ const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     first_byte: Duration::from_secs(120),
     total: Duration::from_secs(600),
     idle: Duration::from_secs(60),
+    first_token: None,
 };
+
+const DEFAULT_RETRY: Retry = Retry {
+    max_attempts: 3,
+    backoff_base: Duration::from_millis(50),
+    backoff_max: Duration::from_secs(2),
+    same_target: 1,
+    retry_after_max: Duration::from_secs(10),
+};
+
+const DEFAULT_FAILOVER: Failover =
+    Failover { mid_stream: MidStream::Off, max_attempts: 2, max_delay: Duration::from_secs(10) };
 
 struct Errors(Vec<FieldError>);
 
@@ -75,6 +87,78 @@ impl Errors {
             first_byte: self.duration(&format!("{path}first_byte"), raw.first_byte.as_deref(), base.first_byte),
             total: self.duration(&format!("{path}total"), raw.total.as_deref(), base.total),
             idle: self.duration(&format!("{path}idle"), raw.idle.as_deref(), base.idle),
+            first_token: self.optional_duration(
+                &format!("{path}first_token"),
+                raw.first_token.as_deref(),
+                base.first_token,
+            ),
+        }
+    }
+
+    fn optional_duration(&mut self, path: &str, value: Option<&str>, default: Option<Duration>) -> Option<Duration> {
+        match value {
+            None => default,
+            Some(text) => Some(self.duration(path, Some(text), Duration::ZERO)).filter(|d| !d.is_zero()),
+        }
+    }
+
+    /// An integer in `range`, or `default` when absent.
+    fn count(&mut self, path: &str, value: Option<i64>, range: std::ops::RangeInclusive<i64>, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(n) if range.contains(&n) => u32::try_from(n).unwrap_or(default),
+            Some(n) => {
+                self.push(path, format!("must be between {} and {}, got {n}", range.start(), range.end()));
+                default
+            }
+        }
+    }
+
+    /// `[retry]` (or a model's `retry`) over `base`, field by field.
+    fn retry(&mut self, path: &str, raw: &RawRetry, base: Retry) -> Retry {
+        Retry {
+            max_attempts: self.count(
+                &format!("{path}max_attempts"),
+                raw.max_attempts,
+                1..=MAX_ATTEMPTS,
+                base.max_attempts,
+            ),
+            backoff_base: self.duration(&format!("{path}backoff_base"), raw.backoff_base.as_deref(), base.backoff_base),
+            backoff_max: self.duration(&format!("{path}backoff_max"), raw.backoff_max.as_deref(), base.backoff_max),
+            same_target: self.count(
+                &format!("{path}same_target"),
+                raw.same_target,
+                0..=MAX_ATTEMPTS - 1,
+                base.same_target,
+            ),
+            retry_after_max: match raw.retry_after_max.as_deref() {
+                // "0s" is allowed here: never wait for a Retry-After.
+                Some(text) if humantime::parse_duration(text).is_ok_and(|d| d.is_zero()) => Duration::ZERO,
+                other => self.duration(&format!("{path}retry_after_max"), other, base.retry_after_max),
+            },
+        }
+    }
+
+    /// `[failover]` (or a model's `failover`) over `base`, field by field.
+    fn failover(&mut self, path: &str, raw: &RawFailover, base: Failover) -> Failover {
+        let mid_stream = match raw.mid_stream.as_deref() {
+            None => base.mid_stream,
+            Some("off") => MidStream::Off,
+            Some("continue") => MidStream::Continue,
+            Some(other) => {
+                self.push(format!("{path}mid_stream"), format!("{other:?} is not \"off\" or \"continue\""));
+                base.mid_stream
+            }
+        };
+        Failover {
+            mid_stream,
+            max_attempts: self.count(
+                &format!("{path}max_attempts"),
+                raw.max_attempts,
+                1..=MAX_ATTEMPTS,
+                base.max_attempts,
+            ),
+            max_delay: self.duration(&format!("{path}max_delay"), raw.max_delay.as_deref(), base.max_delay),
         }
     }
 }
@@ -264,10 +348,11 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path, env: &dyn Env) -> Result
     let mut errs = Errors(Vec::new());
     let server = server(&mut errs, raw.server, base_dir);
     let timeouts = errs.timeouts("timeouts.", &raw.timeouts, DEFAULT_TIMEOUTS);
-    let retry = retry(&mut errs, &raw.retry);
+    let retry = errs.retry("retry.", &raw.retry, DEFAULT_RETRY);
+    let failover = errs.failover("failover.", &raw.failover, DEFAULT_FAILOVER);
     let log = log(&mut errs, raw.log);
     let upstreams = upstreams(&mut errs, raw.upstreams, timeouts, base_dir);
-    let (mut models, model_chains) = models(&mut errs, raw.models, &upstreams);
+    let (mut models, model_chains) = models(&mut errs, raw.models, &upstreams, retry, failover);
     let keys = keys(&mut errs, raw.keys, server.listen);
     let plugins = plugins(&mut errs, raw.plugins, base_dir);
     let chain = chains(&mut errs, raw.chain.as_deref(), model_chains, &plugins, &mut models);
@@ -280,6 +365,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path, env: &dyn Env) -> Result
     Ok(Config {
         server,
         retry,
+        failover,
         log,
         upstreams,
         models,
@@ -331,23 +417,6 @@ fn server(errs: &mut Errors, raw: RawServer, base_dir: &Path) -> Server {
             }
         },
         shutdown_grace: errs.duration("server.shutdown_grace", raw.shutdown_grace.as_deref(), Duration::from_secs(30)),
-    }
-}
-
-/// `[retry]`.
-fn retry(errs: &mut Errors, raw: &RawRetry) -> Retry {
-    let max_attempts = match raw.max_attempts {
-        None => 3,
-        Some(n) if (1..=MAX_ATTEMPTS).contains(&n) => u32::try_from(n).unwrap_or(3),
-        Some(n) => {
-            errs.push("retry.max_attempts", format!("must be between 1 and {MAX_ATTEMPTS}, got {n}"));
-            3
-        }
-    };
-    Retry {
-        max_attempts,
-        backoff_base: errs.duration("retry.backoff_base", raw.backoff_base.as_deref(), Duration::from_millis(50)),
-        backoff_max: errs.duration("retry.backoff_max", raw.backoff_max.as_deref(), Duration::from_secs(2)),
     }
 }
 
@@ -422,7 +491,20 @@ fn upstream(errs: &mut Errors, p: &str, u: RawUpstream, timeouts: Timeouts, base
     }
     let api_key = u.api_key.filter(|k| !k.is_empty()).map(Secret::new);
     let timeouts = errs.timeouts(&format!("{p}.timeouts."), &u.timeouts, timeouts);
-    Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, local_worker, provider }
+    let prefill = match u.prefill.as_deref() {
+        None if matches!(kind, UpstreamKind::Bedrock | UpstreamKind::Vertex | UpstreamKind::Gemini) => {
+            Prefill::Assistant
+        }
+        None | Some("none") => Prefill::None,
+        Some("assistant") => Prefill::Assistant,
+        Some("continue-final-message") => Prefill::ContinueFinalMessage,
+        Some("prefix") => Prefill::Prefix,
+        Some(other) => {
+            errs.push(format!("{p}.prefill"), format!("{other:?} is not one of {}", Prefill::NAMES.join(", ")));
+            Prefill::None
+        }
+    };
+    Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, prefill, local_worker, provider }
 }
 
 /// The worker the gateway starts itself for a `kind = "worker"` upstream that names a `model`.
@@ -473,11 +555,19 @@ fn local_worker(
 }
 
 /// `[[models]]`, with each model's own chain (`plugins`) still by name: plugins come later in the
-/// file's checks, and [`chains`] resolves them.
-fn models(errs: &mut Errors, raw: Vec<RawModel>, upstreams: &[Upstream]) -> (Vec<Model>, Vec<Option<Vec<String>>>) {
+/// file's checks, and [`chains`] resolves them. A model's `retry` and `failover` go over the file's.
+fn models(
+    errs: &mut Errors,
+    raw: Vec<RawModel>,
+    upstreams: &[Upstream],
+    retry: Retry,
+    failover: Failover,
+) -> (Vec<Model>, Vec<Option<Vec<String>>>) {
     let mut models = Vec::with_capacity(raw.len());
     let mut model_chains = Vec::with_capacity(raw.len());
     let mut names = HashSet::new();
+    // A target's context window, by `upstream/model`: one value wherever the target is listed.
+    let mut windows: BTreeMap<(usize, String), (u32, String)> = BTreeMap::new();
     for (i, m) in raw.into_iter().enumerate() {
         let p = format!("models[{i}]");
         if m.name.trim().is_empty() {
@@ -508,9 +598,43 @@ fn models(errs: &mut Errors, raw: Vec<RawModel>, upstreams: &[Upstream]) -> (Vec
                 ),
                 _ => {}
             }
-            targets.push(Target { upstream, model: t.model });
+            let context_window = match t.context_window {
+                None => None,
+                Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => u32::try_from(n).ok(),
+                Some(n) => {
+                    errs.push(format!("{tp}.context_window"), format!("must be a positive number of tokens, got {n}"));
+                    None
+                }
+            };
+            if let (Some(window), Some(model)) = (context_window, &t.model) {
+                match windows.get(&(upstream, model.clone())) {
+                    Some((other, at)) if *other != window => errs.push(
+                        format!("{tp}.context_window"),
+                        format!("{window} differs from the {other} given for the same target at {at}"),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        windows.insert((upstream, model.clone()), (window, format!("{tp}.context_window")));
+                    }
+                }
+            }
+            targets.push(Target { upstream, model: t.model, context_window });
         }
-        models.push(Model { name: m.name, targets, plugins: None });
+        let model_retry = errs.retry(&format!("{p}.retry."), m.retry.as_ref().unwrap_or(&RawRetry::default()), retry);
+        let model_failover =
+            errs.failover(&format!("{p}.failover."), m.failover.as_ref().unwrap_or(&RawFailover::default()), failover);
+        let first_token = m
+            .timeouts
+            .as_ref()
+            .and_then(|t| errs.optional_duration(&format!("{p}.timeouts.first_token"), t.first_token.as_deref(), None));
+        models.push(Model {
+            name: m.name,
+            targets,
+            plugins: None,
+            retry: model_retry,
+            first_token,
+            failover: model_failover,
+        });
         model_chains.push(m.plugins);
     }
     (models, model_chains)

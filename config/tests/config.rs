@@ -396,3 +396,102 @@ fn the_plugin_cache_is_absolute_and_in_the_users_cache_directory() {
         Path::new("/tmp/w")
     );
 }
+
+#[test]
+fn retry_first_token_and_failover_are_set_globally_and_per_model() {
+    use std::time::Duration;
+    use weir_config::{MidStream, Prefill};
+    let c = load_str(
+        r#"
+        [retry]
+        same_target = 2
+        retry_after_max = "30s"
+        [timeouts]
+        first_token = "20s"
+        [failover]
+        mid_stream = "continue"
+        [[upstreams]]
+        name = "vllm"
+        endpoint = "http://x"
+        prefill = "continue-final-message"
+        [[upstreams]]
+        name = "openai"
+        endpoint = "http://y"
+        timeouts = { first_token = "5s" }
+        [[upstreams]]
+        name = "bedrock"
+        kind = "bedrock"
+        region = "us-east-1"
+        [[models]]
+        name = "defaults"
+        targets = [{ upstream = "vllm", model = "m", context_window = 8192 }]
+        [[models]]
+        name = "own"
+        targets = [{ upstream = "openai", model = "m" }, { upstream = "vllm", model = "m", context_window = 8192 }]
+        retry = { same_target = 0, max_attempts = 4 }
+        timeouts = { first_token = "2s" }
+        failover = { mid_stream = "off", max_delay = "3s" }
+        "#,
+        &MapEnv::default(),
+        Path::new("."),
+    )
+    .unwrap();
+    let (defaults, own) = (&c.models[0], &c.models[1]);
+    assert_eq!((defaults.retry.same_target, defaults.retry.max_attempts), (2, 3));
+    assert_eq!(defaults.retry.retry_after_max, Duration::from_secs(30));
+    assert_eq!((own.retry.same_target, own.retry.max_attempts), (0, 4), "overridden field by field");
+    assert_eq!(own.retry.retry_after_max, Duration::from_secs(30));
+    assert_eq!(defaults.first_token, None, "a model without its own uses its upstreams'");
+    assert_eq!(own.first_token, Some(Duration::from_secs(2)));
+    assert_eq!(c.upstreams[0].timeouts.first_token, Some(Duration::from_secs(20)));
+    assert_eq!(c.upstreams[1].timeouts.first_token, Some(Duration::from_secs(5)));
+    assert_eq!(defaults.failover.mid_stream, MidStream::Continue);
+    assert_eq!((own.failover.mid_stream, own.failover.max_delay), (MidStream::Off, Duration::from_secs(3)));
+    assert_eq!(own.failover.max_attempts, 2);
+    assert_eq!(defaults.targets[0].context_window, Some(8192));
+    let prefills: Vec<Prefill> = c.upstreams.iter().map(|u| u.prefill).collect();
+    assert_eq!(prefills, [Prefill::ContinueFinalMessage, Prefill::None, Prefill::Assistant]);
+
+    let plain = load_str("", &MapEnv::default(), Path::new(".")).unwrap();
+    assert_eq!((plain.retry.same_target, plain.retry.retry_after_max), (1, Duration::from_secs(10)));
+    assert_eq!((plain.failover.mid_stream, plain.failover.max_attempts), (MidStream::Off, 2));
+}
+
+#[test]
+fn retry_failover_and_context_mistakes_name_their_field() {
+    let errs = errors(
+        r#"
+        [retry]
+        same_target = -1
+        [failover]
+        mid_stream = "resume"
+        [[upstreams]]
+        name = "u"
+        endpoint = "http://x"
+        prefill = "maybe"
+        [[models]]
+        name = "m"
+        targets = [{ upstream = "u", model = "x", context_window = 0 }, { upstream = "u", model = "y", context_window = 10 }]
+        timeouts = { first_token = "never" }
+        failover = { max_attempts = 0 }
+        [[models]]
+        name = "n"
+        targets = [{ upstream = "u", model = "y", context_window = 20 }]
+        "#,
+    );
+    let expected = [
+        "retry.same_target: must be between 0 and 9, got -1",
+        "failover.mid_stream: \"resume\" is not \"off\" or \"continue\"",
+        "upstreams[0].prefill: \"maybe\" is not one of none, assistant, continue-final-message, prefix",
+        "models[0].targets[0].context_window: must be a positive number of tokens, got 0",
+        "models[0].timeouts.first_token: \"never\" is not a duration",
+        "models[0].failover.max_attempts: must be between 1 and 10, got 0",
+        "models[1].targets[0].context_window: 20 differs from the 10 given for the same target at models[0].targets[1].context_window",
+    ];
+    for want in expected {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    let errs = errors("[[models]]\nname = \"m\"\ntargets = []\ntimeouts = { idle = \"1s\" }");
+    assert!(errs.iter().any(|e| e.contains("unknown field `idle`, expected `first_token`")), "{errs:?}");
+}

@@ -185,6 +185,12 @@ impl Accounting {
     /// Records the request; plugins' `on-complete` runs afterwards as its own task. Consumes the
     /// guard, so it cannot run twice.
     pub fn finish(mut self, outcome: Outcome) {
+        self.end(outcome);
+    }
+
+    /// [`Accounting::finish`] for a guard that lives inside something else (a stream's model
+    /// call): later calls, and `Drop`, do nothing.
+    pub fn end(&mut self, outcome: Outcome) {
         if let Some(pending) = self.record(outcome) {
             pending.spawn();
         }

@@ -3,7 +3,11 @@
 //! — admit, send, then answer whole or stream — the way pingora's proxy phases share one context.
 //! `pipeline.rs` calls the stages in order; each stage records its own failure in accounting before
 //! it returns the error, so the pipeline only has to pass errors on. A mirrored copy (a plugin's
-//! `request.mirror`) is another `ModelCall` through the same stages.
+//! `request.mirror`) is another `ModelCall` through the same stages. A stream that has to be
+//! opened again on another target (it failed before its first content, or broke off mid-answer)
+//! comes back to its `ModelCall` for it (`call/resume.rs`).
+
+mod resume;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +29,7 @@ use crate::plugins::view::RequestView;
 use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
 use crate::route::{self, AttemptEvent, Exchange, ModelRoute, RouteTarget};
 use crate::stream::{RelayOptions, SseRelay};
+use resume::Resumption;
 
 /// The largest non-streamed upstream response the gateway will buffer.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -56,13 +61,19 @@ pub struct ModelCall {
     /// A shadow copy of a client's request: no `on-request` or `on-response-headers`, and its
     /// answer is read to the end and thrown away.
     mirrored: bool,
+    /// Upstream attempts so far, and when and where the last one was sent.
+    attempts: u32,
+    last_sent: Instant,
+    last_target: Option<Arc<str>>,
+    /// While a broken-off stream is being continued: what the targets are asked to continue.
+    resumption: Option<Box<Resumption>>,
 }
 
 /// What admission decided.
 #[derive(Debug)]
 pub enum Admitted {
-    /// Go on to an upstream.
-    Continue(ModelCall),
+    /// Go on to an upstream (boxed: a call is large, and an answer is not).
+    Continue(Box<ModelCall>),
     /// A plugin answered (a cache hit, say); nothing is sent upstream.
     Answered(Response<Body>),
 }
@@ -102,6 +113,10 @@ impl ModelCall {
             view,
             acct,
             mirrored: false,
+            attempts: 0,
+            last_sent: Instant::now(),
+            last_target: None,
+            resumption: None,
         })
     }
 
@@ -114,7 +129,7 @@ impl ModelCall {
     /// other targets), answer it themselves, or reject it.
     pub async fn admit(mut self) -> Result<Admitted, Error> {
         let Some(view) = self.view.clone().filter(|_| self.chain.wants(HookSet::ON_REQUEST)) else {
-            return Ok(Admitted::Continue(self));
+            return Ok(Admitted::Continue(Box::new(self)));
         };
         match self.chain.on_request(&view, &self.app.routes).await {
             Err(error) | Ok(Admission::Reject(error)) => {
@@ -129,7 +144,7 @@ impl ModelCall {
             Ok(Admission::Continue { route: Some(to) }) => match self.app.routes.rerouted(&self.route, &to) {
                 Some(rerouted) => {
                     self.route = rerouted;
-                    Ok(Admitted::Continue(self))
+                    Ok(Admitted::Continue(Box::new(self)))
                 }
                 None => {
                     let error = Error::internal(format!("plugin route {to:?} vanished"));
@@ -137,7 +152,7 @@ impl ModelCall {
                     Err(error)
                 }
             },
-            Ok(Admission::Continue { route: None }) => Ok(Admitted::Continue(self)),
+            Ok(Admission::Continue { route: None }) => Ok(Admitted::Continue(Box::new(self))),
         }
     }
 
@@ -168,6 +183,10 @@ impl ModelCall {
                 view: Some(mirror_view),
                 acct,
                 mirrored: true,
+                attempts: 0,
+                last_sent: Instant::now(),
+                last_target: None,
+                resumption: None,
             };
             tokio::spawn(copy.drain());
         }
@@ -208,12 +227,25 @@ impl ModelCall {
 
 impl Exchange for ModelCall {
     fn build(&self, target: &RouteTarget) -> Result<Request<Bytes>, Error> {
-        target.upstream.request(&self.request, target.upstream_model(self.request.model()))
+        let model = target.upstream_model(self.request.model());
+        match self.resumption.as_ref().and_then(|r| r.request_for(&self.request, target)) {
+            Some(continued) => target.upstream.request(&continued, model),
+            None => target.upstream.request(&self.request, model),
+        }
+    }
+
+    fn streams(&self) -> bool {
+        self.request.stream().is_some()
     }
 
     fn attempted(&mut self, target: &RouteTarget, event: AttemptEvent) {
         match event {
-            AttemptEvent::Started => self.acct.attempt_started(&target.label),
+            AttemptEvent::Started => {
+                self.attempts += 1;
+                self.last_sent = Instant::now();
+                self.last_target = Some(target.label.clone());
+                self.acct.attempt_started(&target.label);
+            }
             AttemptEvent::Finished { status, latency } => self.acct.attempt_finished(status, latency),
         }
     }
@@ -239,22 +271,21 @@ impl Sent {
         self.call.request.stream().is_some()
     }
 
-    /// The model name the serving target knows.
-    fn upstream_model(&self) -> &str {
-        self.target.upstream_model(self.call.request.model())
-    }
-
     /// Stage *stream*: the upstream's events relayed as they come (`stream.rs`), translated first
-    /// for providers with their own format; accounting finishes when the stream does.
+    /// for providers with their own format; accounting finishes when the stream does. The call
+    /// goes with the relay, which comes back to it for another target if it must.
     pub fn stream(self) -> Response<Body> {
+        let Sent { call, upstream, target } = self;
         let options = RelayOptions {
-            client_wants_usage: self.call.request.stream() == Some(true) && !self.call.mirrored,
-            idle: self.target.upstream.timeouts.idle,
-            deadline: self.call.deadline(),
+            client_wants_usage: call.request.stream() == Some(true) && !call.mirrored,
+            deadline: call.deadline(),
+            choices: choices(&call.request),
+            max_attempts: call.route.retry.max_attempts,
+            failover: call.route.failover,
+            prompt_estimate: u64::from(call.request.facts().prompt_tokens_estimate),
         };
-        let translator = self.target.upstream.translator(self.upstream_model());
-        let name = self.target.upstream.name.clone();
-        let relay = SseRelay::new(self.upstream.into_body(), translator, options, self.call.acct, name);
+        let opened = call.opened(upstream, &target, None);
+        let relay = SseRelay::new(opened, Box::new(call), options);
         let mut response = Response::new(BodyExt::boxed_unsync(relay));
         let h = response.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -312,6 +343,16 @@ impl Sent {
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")));
         Ok(response)
+    }
+}
+
+/// The choices a chat asks for (`n`).
+fn choices(request: &ModelRequest) -> usize {
+    match request {
+        ModelRequest::Chat(chat) => {
+            chat.param("n").and_then(serde_json::Value::as_u64).map_or(1, |n| usize::try_from(n).unwrap_or(1))
+        }
+        ModelRequest::Embeddings(_) => 1,
     }
 }
 

@@ -57,8 +57,20 @@ pub struct TokenLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     pub target: Arc<str>,
-    /// `connect`, `timeout`, `status_429`, `status_5xx`, `status_4xx`, `auth`, `protocol` or `stream`.
+    /// `connect`, `reset`, `timeout`, `status_429`, `status_5xx`, `status_4xx`, `auth`, `protocol`
+    /// or `stream`.
     pub class: &'static str,
+}
+
+/// A stream continued on another target after it broke off mid-answer.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContinuationLabels {
+    pub model: Arc<str>,
+    /// The target that took the stream over.
+    pub target: Arc<str>,
+    /// `prefill` (it continued the text so far) or `restart` (it started over, and its answer was
+    /// used from where the client's left off).
+    pub how: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -126,6 +138,7 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub retries: Family<ModelTargetLabels, Counter>,
+    pub stream_continuations: Family<ContinuationLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub in_flight: Gauge,
     /// Client connections open now.
@@ -169,6 +182,7 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let retries = Family::<ModelTargetLabels, Counter>::default();
+        let stream_continuations = Family::<ContinuationLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let in_flight = Gauge::default();
         let connections_open = Gauge::default();
@@ -245,6 +259,11 @@ impl Metrics {
             "Attempts beyond the first, by public model and the target retried",
             retries.clone(),
         );
+        registry.register(
+            "weir_stream_continuations",
+            "Streams continued on another target after they broke off mid-answer, by model, target and how",
+            stream_continuations.clone(),
+        );
         registry.register("weir_http_requests", "Every HTTP request, by route and status", http_requests.clone());
         registry.register("weir_in_flight_requests", "Requests being served now", in_flight.clone());
         registry.register("weir_connections_open", "Client connections open now", connections_open.clone());
@@ -261,6 +280,7 @@ impl Metrics {
             tokens,
             upstream_errors,
             retries,
+            stream_continuations,
             http_requests,
             in_flight,
             connections_open,

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use weir_config::{Provider, Timeouts, Upstream, UpstreamKind};
+use weir_config::{Prefill, Provider, Timeouts, Upstream, UpstreamKind};
 
 use crate::api::sse::Event;
 use crate::api::{ModelRequest, Operation};
@@ -40,6 +40,8 @@ pub struct UpstreamClient {
     pub name: String,
     pub kind: UpstreamKind,
     pub timeouts: Timeouts,
+    /// How it continues a partial answer (mid-stream failover).
+    pub prefill: Prefill,
     /// Headers sent on every request, static credentials included (marked sensitive).
     headers: HeaderMap,
     adapter: AnyAdapter,
@@ -123,6 +125,7 @@ impl UpstreamClient {
             name: upstream.name.clone(),
             kind: upstream.kind,
             timeouts: upstream.timeouts,
+            prefill: upstream.prefill,
             headers,
             adapter,
             http,
@@ -150,11 +153,13 @@ impl UpstreamClient {
             Ok::<_, Error>(self.http.request(request.map(Full::new)).await)
         };
         match tokio::time::timeout(wait, exchange).await {
+            // Another target may answer in time (the attempt loop does not try this one again).
             Err(_) => Err(Error::new(
                 Kind::UpstreamTimeout,
                 format!("The upstream '{}' did not respond within {}.", self.name, humanize(wait)),
             )
-            .code("upstream_timeout")),
+            .code("upstream_timeout")
+            .retryable(true)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(e))) if e.is_connect() => Err(Error::new(
@@ -164,11 +169,14 @@ impl UpstreamClient {
             .code("upstream_unavailable")
             .retryable(true)
             .source(e)),
+            // Reset or closed before the first byte of an answer (a stale pooled connection, a
+            // restarting server): another attempt may well succeed.
             Ok(Ok(Err(e))) => Err(Error::new(
                 Kind::UpstreamFailed,
-                format!("The connection to the upstream '{}' failed before it answered.", self.name),
+                format!("The connection to the upstream '{}' closed before it answered.", self.name),
             )
-            .code("upstream_error")
+            .code(CONNECTION_CLOSED)
+            .retryable(true)
             .source(e)),
         }
     }
@@ -283,17 +291,60 @@ pub(crate) struct Detail {
 
 const MAX_MESSAGE: usize = 1000;
 
+/// The `code` of a connection that closed before the upstream answered.
+pub(crate) const CONNECTION_CLOSED: &str = "upstream_connection_closed";
+
+/// How long an upstream asks to be left alone: `retry-after-ms` (Azure, OpenAI), `retry-after` in
+/// seconds (fractions allowed) or as an HTTP date, else what its error body said (`detail`).
+fn retry_wait(headers: &HeaderMap, detail: Option<u64>) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let seconds = |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)));
+    header("retry-after-ms")
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .and_then(|ms| seconds(ms / 1000.0))
+        .or_else(|| {
+            let value = header(header::RETRY_AFTER.as_str())?;
+            value.parse::<f64>().ok().and_then(seconds).or_else(|| {
+                let at = httpdate::parse_http_date(value).ok()?;
+                Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+            })
+        })
+        .or(detail.map(Duration::from_secs))
+}
+
+/// Whether a refusal says the request is longer than the model takes. Providers word it each their
+/// own way: OpenAI and Azure give the code, vLLM "maximum context length", Bedrock "Input is too
+/// long" (Claude: "prompt is too long"), Gemini "The input token count (…) exceeds the maximum
+/// number of tokens allowed", Mistral "too large for model with … maximum context length".
+fn context_exceeded(status: StatusCode, detail: &Detail) -> bool {
+    if !matches!(status.as_u16(), 400 | 413 | 422) {
+        return false;
+    }
+    if detail.code.as_deref() == Some(crate::error::CONTEXT_LENGTH_EXCEEDED) {
+        return true;
+    }
+    let message = detail.message.as_deref().unwrap_or_default().to_ascii_lowercase();
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "input is too long",
+        "prompt is too long",
+        "exceeds the maximum number of tokens",
+        "too many input tokens",
+    ]
+    .iter()
+    .any(|phrase| message.contains(phrase))
+}
+
 /// Classifies a non-2xx upstream response, the same way for every provider: throttling → 429 with
-/// `retry-after`; a request the upstream rejected → its status and message; rejected credentials →
-/// 502 that never echoes them; 408 and 5xx → 502, retryable.
+/// `retry-after`; a request longer than the model's context window → 400 `context_length_exceeded`;
+/// another request the upstream rejected → its status and message; rejected credentials → 502 that
+/// never echoes them; 408 and 5xx → 502, retryable.
 pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, detail: Detail) -> Error {
+    let too_long = context_exceeded(status, &detail);
     let upstream_message: String = detail.message.unwrap_or_default().trim().chars().take(MAX_MESSAGE).collect();
-    let retry_after = headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|s| s.ceil().max(0.0) as u64)
-        .or(detail.retry_after);
+    let wait = retry_wait(headers, detail.retry_after);
     if status == StatusCode::TOO_MANY_REQUESTS || detail.throttled {
         return Error::new(
             Kind::RateLimited,
@@ -301,7 +352,13 @@ pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, 
         )
         .code(detail.code.unwrap_or_else(|| "rate_limit_exceeded".into()))
         .retryable(true)
-        .retry_after(retry_after);
+        .retry_after_ms(wait);
+    }
+    if too_long {
+        return Error::new(Kind::UpstreamRejected, upstream_message)
+            .status(StatusCode::BAD_REQUEST)
+            .param(detail.param.unwrap_or_else(|| "messages".into()))
+            .code(crate::error::CONTEXT_LENGTH_EXCEEDED);
     }
     match status.as_u16() {
         _ if detail.credentials_rejected => Error::new(
@@ -351,6 +408,18 @@ pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, 
 pub(crate) fn malformed(upstream: &str, what: &str) -> Error {
     Error::new(Kind::UpstreamFailed, format!("The upstream '{upstream}' sent {what} the gateway could not read."))
         .code("upstream_error")
+}
+
+/// The error for a stream event over [`crate::api::sse::MAX_EVENT_BYTES`]: the stream is ended there.
+pub(crate) fn event_too_large(upstream: &str) -> Error {
+    Error::new(
+        Kind::UpstreamFailed,
+        format!(
+            "The upstream '{upstream}' sent a stream event larger than {} MiB; the gateway stopped reading it.",
+            crate::api::sse::MAX_EVENT_BYTES >> 20
+        ),
+    )
+    .code("upstream_event_too_large")
 }
 
 /// The error for credentials the gateway could not obtain (a token endpoint that refused or failed).
@@ -475,4 +544,62 @@ pub(crate) fn data_url(url: &str, param: &str) -> Result<(String, String), Error
     let (meta, data) = rest.split_once(',').ok_or_else(refuse)?;
     let mime = meta.strip_suffix(";base64").ok_or_else(refuse)?;
     Ok((if mime.is_empty() { "application/octet-stream".to_owned() } else { mime.to_owned() }, data.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use http::{HeaderMap, HeaderValue, StatusCode};
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_str(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn retry_after_is_read_as_precisely_as_the_upstream_gives_it() {
+        let wait = |h: &[(&'static str, &str)]| retry_wait(&headers(h), None);
+        assert_eq!(wait(&[("retry-after-ms", "1500"), ("retry-after", "9")]), Some(Duration::from_millis(1500)));
+        assert_eq!(wait(&[("retry-after", "2.5")]), Some(Duration::from_millis(2500)));
+        let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let by_date = wait(&[("retry-after", &at)]).unwrap();
+        assert!((Duration::from_secs(28)..=Duration::from_secs(30)).contains(&by_date), "{by_date:?}");
+        assert_eq!(wait(&[("retry-after", "soon")]), None);
+        assert_eq!(retry_wait(&HeaderMap::new(), Some(13)), Some(Duration::from_secs(13)), "Google's RetryInfo");
+        let e =
+            classify("up", StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after-ms", "1200")]), Detail::default());
+        assert_eq!(
+            (e.retry_wait(), e.http_status()),
+            (Some(Duration::from_millis(1200)), StatusCode::TOO_MANY_REQUESTS)
+        );
+        assert!(e.into_response().headers()["retry-after"] == "2", "the client's header is in whole seconds");
+    }
+
+    #[test]
+    fn every_providers_too_long_refusal_is_context_length_exceeded() {
+        let openai = br#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        let vllm = br#"{"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.","type":"BadRequestError","code":400}"#;
+        let bedrock = br#"{"message":"Input is too long for requested model."}"#;
+        let claude = br#"{"message":"prompt is too long: 210000 tokens > 200000 maximum"}"#;
+        let gemini = br#"{"error":{"code":400,"message":"The input token count (1048577) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#;
+        let bedrock_headers = headers(&[("x-amzn-errortype", "ValidationException:http://internal.amazon.com/")]);
+        let cases = [
+            ("openai", openai::detail(openai)),
+            ("vllm", openai::detail(vllm)),
+            ("bedrock", bedrock::detail(&bedrock_headers, bedrock)),
+            ("claude", bedrock::detail(&bedrock_headers, claude)),
+            ("gemini", gemini::detail(gemini)),
+        ];
+        for (name, detail) in cases {
+            let e = classify("up", StatusCode::BAD_REQUEST, &HeaderMap::new(), detail);
+            assert!(e.is_context_exceeded(), "{name}: {e}");
+            assert_eq!((e.http_status(), e.retryable), (StatusCode::BAD_REQUEST, false), "{name}");
+        }
+        let other = openai::detail(br#"{"error":{"message":"Invalid 'temperature'.","code":"invalid_value"}}"#);
+        assert!(!classify("up", StatusCode::BAD_REQUEST, &HeaderMap::new(), other).is_context_exceeded());
+        let server = openai::detail(br#"{"error":{"message":"context length of the queue exceeded"}}"#);
+        assert!(!classify("up", StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), server).is_context_exceeded());
+    }
 }

@@ -84,7 +84,13 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<Response<M
         return Ok(models());
     }
     if let Some(status) = injected_failure(shared) {
-        return Err(ApiError::injected(status));
+        let mut response = ApiError::injected(status).into_response();
+        if let Some(value) = shared.config.retry_after.as_deref().filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
+            && let Ok(value) = HeaderValue::from_str(value)
+        {
+            response.headers_mut().insert(RETRY_AFTER, value);
+        }
+        return Ok(response);
     }
     let body: Value = serde_json::from_slice(&req.body).map_err(|_| {
         ApiError::invalid(
@@ -176,13 +182,41 @@ pub(super) fn chat_as(shared: &Arc<Shared>, body: &Value, azure: bool) -> Result
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+    let last = messages.last().unwrap_or(&Value::Null);
+    let prefill = (last.get("role").and_then(Value::as_str) == Some("assistant")).then(|| message_text(last));
+    if prefill.is_some() && shared.config.refuse_prefill {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            None,
+            "This model does not support assistant message prefill. The conversation must end with a user or tool message.",
+        ));
+    }
+    let words: usize = messages.iter().map(|m| word_count(&message_text(m))).sum();
+    if let Some(window) = shared.config.context_window.filter(|w| words > *w) {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "This model's maximum context length is {window} tokens. However, your messages resulted in {words} tokens. Please reduce the length of the messages."
+            ),
+            kind: "invalid_request_error",
+            param: Some("messages"),
+            code: Some("context_length_exceeded"),
+        });
+    }
 
     if stream && let Some(name) = model.strip_prefix("fixture:") {
         let text = fixture(name).ok_or_else(|| model_not_found(model))?;
         return Ok(sse(shared, replay(text, include_usage)));
     }
 
-    let answer = Answer::new(body, messages)?;
+    let mut answer = Answer::new(body, messages)?;
+    // vLLM's and DeepSeek's ways of asking to continue the final assistant message; without either,
+    // a final assistant message is just history and the answer starts anew, as OpenAI's does.
+    let continues = body.get("continue_final_message").and_then(Value::as_bool) == Some(true)
+        || last.get("prefix").and_then(Value::as_bool) == Some(true);
+    if let (Some(prefill), true) = (&prefill, continues) {
+        answer.continue_after(prefill);
+    }
     let id = format!("chatcmpl-mock-{}", shared.next_id());
     let created = unix_now();
     if stream {
@@ -265,6 +299,16 @@ impl Answer {
             Reply::ToolCall { .. } => word_count(TOOL_ARGUMENTS),
         };
         Ok(Self { reply, prompt_tokens, completion_tokens })
+    }
+
+    /// The rest of the answer after `prefill`, its start (a model continuing its own words).
+    fn continue_after(&mut self, prefill: &str) {
+        if let Reply::Text(text) = &mut self.reply
+            && let Some(rest) = text.strip_prefix(prefill)
+        {
+            *text = rest.to_owned();
+            self.completion_tokens = word_count(text);
+        }
     }
 
     fn finish_reason(&self) -> &'static str {

@@ -498,9 +498,9 @@ fn exception_detail(kind: Option<&str>, payload: &Value) -> Detail {
 // ---------------------------------------------------------------------------------------------
 // Streams
 
-/// The most bytes of one event-stream frame the gateway buffers: ConverseStream events are a few
-/// KiB; a frame this large is an upstream that is broken or hostile.
-const MAX_FRAME: usize = 16 << 20;
+/// The most bytes of one event-stream frame the gateway buffers: the limit of one SSE event
+/// (ConverseStream events are a few KiB; a frame this large is an upstream that is broken or hostile).
+const MAX_FRAME: usize = crate::api::sse::MAX_EVENT_BYTES;
 
 /// ConverseStream's event stream → `chat.completion.chunk`s. Usage arrives in `metadata` after
 /// `messageStop`, so the usage chunk and `[DONE]` wait for it; an exception frame becomes an
@@ -556,11 +556,11 @@ impl ChunkStream {
                 }
             }
         }
-        // A frame's prelude may declare up to 4 GiB; the decoder waits for all of it.
+        // A frame's prelude may declare up to 4 GiB; the decoder would wait for all of it.
         if !self.failed && self.buf.len() > MAX_FRAME {
             self.failed = true;
-            self.buf = BytesMut::new();
-            out.push(error_event(&malformed(&self.upstream, "an event-stream frame larger than any event")));
+            self.buf.clear();
+            out.push(error_event(&super::event_too_large(&self.upstream)));
         }
     }
 

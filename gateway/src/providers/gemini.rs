@@ -540,7 +540,8 @@ pub struct ChunkStream {
     /// calls it emitted (each gets the next index, so parallel calls stay apart).
     candidates: Vec<(bool, usize)>,
     finished: bool,
-    /// An error event went out: the stream is over, whatever the upstream sends after it.
+    /// An error event went out (an upstream error, an undecodable or oversized event): the stream is
+    /// over, whatever the upstream sends after it.
     failed: bool,
     usage: Option<Value>,
 }
@@ -591,6 +592,10 @@ impl ChunkStream {
                     self.failed = true;
                 }
             }
+        }
+        if self.splitter.oversized() {
+            self.failed = true;
+            out.push(super::error_event(&super::event_too_large(&self.upstream)));
         }
     }
 

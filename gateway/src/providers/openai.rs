@@ -102,7 +102,7 @@ mod tests {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("2.5"));
         let e = classify("up", StatusCode::TOO_MANY_REQUESTS, &h, detail(&Bytes::new()));
         assert!(e.retryable);
-        assert_eq!((e.http_status(), e.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(3)));
+        assert_eq!((e.http_status(), e.retry_after_ms), (StatusCode::TOO_MANY_REQUESTS, Some(2500)));
         let e = classify_json(503, "overloaded");
         assert!(e.retryable && e.message.contains("overloaded"), "{e}");
         assert_eq!(e.http_status(), StatusCode::BAD_GATEWAY);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use weir_config::{Config, Retry, WILDCARD_MODEL};
+use weir_config::{Config, Failover, MidStream, Retry, WILDCARD_MODEL};
 
 use crate::error::{Error, Kind};
 use crate::providers::UpstreamClient;
@@ -20,6 +20,10 @@ pub struct ModelRoute {
     pub targets: Vec<Arc<RouteTarget>>,
     /// How its attempt loop retries.
     pub retry: Retry,
+    /// The model's own limit on a stream's time to first token, over its upstreams'.
+    pub first_token: Option<Duration>,
+    /// What a stream that breaks after content reached the client does.
+    pub failover: Failover,
 }
 
 impl ModelRoute {
@@ -28,8 +32,38 @@ impl ModelRoute {
         Self {
             label,
             targets: vec![target],
-            retry: Retry { max_attempts: 1, backoff_base: Duration::ZERO, backoff_max: Duration::ZERO },
+            retry: Retry::ONCE,
+            first_token: None,
+            failover: Failover { mid_stream: MidStream::Off, max_attempts: 1, max_delay: Duration::ZERO },
         }
+    }
+
+    /// The same model with its targets in the order to try after `failed` broke off a stream: the
+    /// one after it first, `failed` itself last, or left out when `skip_failed`; at most
+    /// `max_attempts` attempts. `None` when no target is left.
+    pub fn resumed_after(&self, failed: &str, skip_failed: bool, max_attempts: u32) -> Option<Self> {
+        let mut targets = self.targets.clone();
+        if let Some(i) = targets.iter().position(|t| &*t.label == failed) {
+            targets.rotate_left(i + 1);
+            if skip_failed {
+                targets.pop();
+            }
+        }
+        if targets.is_empty() {
+            return None;
+        }
+        Some(Self {
+            label: self.label.clone(),
+            targets,
+            retry: Retry { max_attempts, ..self.retry },
+            first_token: self.first_token,
+            failover: self.failover,
+        })
+    }
+
+    /// The limit on time to first token for a stream sent to `target`.
+    pub fn first_token(&self, target: &RouteTarget) -> Option<Duration> {
+        self.first_token.or(target.upstream.timeouts.first_token)
     }
 }
 
@@ -40,6 +74,8 @@ pub struct RouteTarget {
     pub model: Option<String>,
     /// `upstream/model` (`upstream/*` for pass-through), for metrics, logs and plugins.
     pub label: Arc<str>,
+    /// Tokens one request may hold there, when the config says.
+    pub context_window: Option<u32>,
     pub stats: TargetStats,
 }
 
@@ -87,6 +123,11 @@ impl TargetStats {
         Self::ewma(&self.latency_ms, latency.as_secs_f64() * 1e3);
         // A stored 0.0 reads as "no data yet" in `ewma`; keep a failure-free average just above it.
         Self::ewma(&self.error_rate, if failed { 1.0 } else { f64::MIN_POSITIVE });
+    }
+
+    /// An attempt that failed after its response headers (a stream that broke off).
+    pub(crate) fn failed(&self) {
+        Self::ewma(&self.error_rate, 1.0);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -144,6 +185,13 @@ impl RouteTable {
         let mut targets: HashMap<Arc<str>, Arc<RouteTarget>> = HashMap::new();
         let mut wildcard = None;
         let mut names = Vec::new();
+        // Validation made sure a target's window, wherever it is given, is the same.
+        let windows: HashMap<(usize, &str), u32> = config
+            .models
+            .iter()
+            .flat_map(|m| &m.targets)
+            .filter_map(|t| Some(((t.upstream, t.model.as_deref()?), t.context_window?)))
+            .collect();
         for m in &config.models {
             let route_targets = m
                 .targets
@@ -155,18 +203,26 @@ impl RouteTable {
                     targets
                         .entry(label.clone())
                         .or_insert_with(|| {
+                            let context_window =
+                                t.model.as_deref().and_then(|model| windows.get(&(t.upstream, model)).copied());
                             Arc::new(RouteTarget {
                                 upstream,
                                 model: t.model.clone(),
                                 label,
+                                context_window,
                                 stats: TargetStats::default(),
                             })
                         })
                         .clone()
                 })
                 .collect();
-            let route =
-                Arc::new(ModelRoute { label: m.name.as_str().into(), targets: route_targets, retry: config.retry });
+            let route = Arc::new(ModelRoute {
+                label: m.name.as_str().into(),
+                targets: route_targets,
+                retry: m.retry,
+                first_token: m.first_token,
+                failover: m.failover,
+            });
             if m.is_wildcard() {
                 wildcard = Some(route);
             } else {
@@ -251,6 +307,14 @@ impl RouteTable {
             return Some(route.clone());
         }
         let targets = to.iter().map(|t| self.target(t)).collect::<Option<Vec<_>>>()?;
-        (!targets.is_empty()).then(|| Arc::new(ModelRoute { label: from.label.clone(), targets, retry: from.retry }))
+        (!targets.is_empty()).then(|| {
+            Arc::new(ModelRoute {
+                label: from.label.clone(),
+                targets,
+                retry: from.retry,
+                first_token: from.first_token,
+                failover: from.failover,
+            })
+        })
     }
 }

@@ -8,6 +8,7 @@ mod cache;
 mod canary;
 mod chat;
 mod errors;
+mod failover;
 mod gemini;
 mod hardening;
 mod isolation;
