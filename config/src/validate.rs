@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::FieldError;
-use crate::raw::{RawConfig, RawTimeouts};
+use crate::raw::{RawConfig, RawState, RawTimeouts};
 use crate::typed::*;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -256,6 +256,101 @@ fn default_endpoint(kind: UpstreamKind, provider: &Provider) -> Option<String> {
 
 fn is_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
+}
+
+/// `[state] backend` and `[state.redis]`. The hold TTL must outlast the longest request, or a
+/// request still running would see its reservation given back.
+fn backend(errs: &mut Errors, raw: &RawState, base_dir: &Path, longest_request: Duration) -> Backend {
+    let redis = raw.redis.as_ref();
+    match raw.backend.as_deref() {
+        None | Some("embedded") => {
+            if redis.is_some() && raw.backend.is_none() {
+                errs.push("state.backend", "[state.redis] is set but the backend is embedded; add backend = \"redis\"");
+            }
+            return Backend::Embedded;
+        }
+        Some("redis") => {}
+        Some(other) => {
+            errs.push("state.backend", format!("{other:?} is not \"embedded\" or \"redis\""));
+            return Backend::Embedded;
+        }
+    }
+    let Some(r) = redis else {
+        errs.push("state.redis", "backend = \"redis\" needs a [state.redis] table with at least `url`");
+        return Backend::Embedded;
+    };
+    let url_ok = |errs: &mut Errors, path: String, url: &str| {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            errs.push(path, format!("{url:?} is not a redis:// or rediss:// (TLS) URL"));
+        }
+    };
+    let nodes = |errs: &mut Errors, what: &str| {
+        if r.nodes.is_empty() {
+            errs.push("state.redis.nodes", format!("mode = \"{what}\" needs at least one node URL"));
+        }
+        for (i, n) in r.nodes.iter().enumerate() {
+            url_ok(errs, format!("state.redis.nodes[{i}]"), n);
+        }
+        r.nodes.clone()
+    };
+    let topology = match r.mode.as_deref() {
+        None | Some("standalone") => {
+            let url = r.url.clone().unwrap_or_default();
+            if url.is_empty() {
+                errs.push("state.redis.url", "required for mode = \"standalone\" (e.g. \"redis://127.0.0.1:6379\")");
+            } else {
+                url_ok(errs, "state.redis.url".into(), &url);
+            }
+            RedisTopology::Standalone { url }
+        }
+        Some("cluster") => RedisTopology::Cluster { nodes: nodes(errs, "cluster") },
+        Some("sentinel") => {
+            let master = r.sentinel_master.clone().unwrap_or_default();
+            if master.is_empty() {
+                errs.push("state.redis.sentinel_master", "required for mode = \"sentinel\": the monitored master's name");
+            }
+            RedisTopology::Sentinel { master, nodes: nodes(errs, "sentinel") }
+        }
+        Some(other) => {
+            errs.push("state.redis.mode", format!("{other:?} is not \"standalone\", \"cluster\" or \"sentinel\""));
+            RedisTopology::Standalone { url: String::new() }
+        }
+    };
+    if r.url.is_some() && !matches!(topology, RedisTopology::Standalone { .. }) {
+        errs.push("state.redis.url", "only for mode = \"standalone\"; cluster and sentinel use `nodes`");
+    }
+    let on_unavailable = match r.on_unavailable.as_deref() {
+        None | Some("embedded") => OnUnavailable::Embedded,
+        Some("fail") => OnUnavailable::Fail,
+        Some(other) => {
+            errs.push("state.redis.on_unavailable", format!("{other:?} is not \"embedded\" or \"fail\""));
+            OnUnavailable::Embedded
+        }
+    };
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "weir:".to_owned());
+    if key_prefix.contains(['{', '}']) {
+        errs.push("state.redis.key_prefix", "must not contain { or }: Weir places Redis Cluster hash tags itself");
+    }
+    let hold_ttl = errs.duration("state.redis.hold_ttl", r.hold_ttl.as_deref(), longest_request + Duration::from_secs(60));
+    if hold_ttl < longest_request {
+        errs.push(
+            "state.redis.hold_ttl",
+            format!("{hold_ttl:?} is shorter than the longest request (timeouts.total = {longest_request:?}); reservations would be given back while requests still run"),
+        );
+    }
+    let timeout = errs.duration("state.redis.timeout", r.timeout.as_deref(), Duration::from_millis(20));
+    Backend::Redis(Redis {
+        topology,
+        username: r.username.clone().filter(|u| !u.is_empty()),
+        password: r.password.clone().filter(|p| !p.is_empty()).map(Secret::new),
+        tls_ca: r.tls_ca.as_deref().filter(|p| !p.is_empty()).map(|p| base_dir.join(p)),
+        key_prefix,
+        timeout,
+        connect_timeout: errs.duration("state.redis.connect_timeout", r.connect_timeout.as_deref(), Duration::from_secs(2)),
+        on_unavailable,
+        ready_requires_redis: r.ready_requires_redis.unwrap_or(false),
+        hold_ttl,
+    })
 }
 
 pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<FieldError>> {
@@ -640,8 +735,16 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             0
         }
     };
+    let longest_request = upstreams.iter().map(|u| u.timeouts.total).max().unwrap_or(DEFAULT_TIMEOUTS.total);
+    let backend = backend(&mut errs, &raw.state, base_dir, longest_request);
+    let ledger_fsync = match raw.state.ledger_fsync.as_deref() {
+        Some("always") => LedgerFsync::Always,
+        other => LedgerFsync::Every(errs.duration("state.ledger_fsync", other, Duration::from_secs(1))),
+    };
     let state = State {
+        backend,
         ledger: base_dir.join(raw.state.ledger.as_deref().unwrap_or("weir-ledger.jsonl")),
+        ledger_fsync,
         plugin_cache: base_dir.join(raw.state.plugin_cache.as_deref().unwrap_or(".weir-cache")),
         kv_max_bytes,
     };

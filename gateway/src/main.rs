@@ -57,11 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Report spending from the ledger, by key, team, model and day (UTC).
+    /// Report spending from the ledger (or several replicas' ledgers, merged), by key, team, model
+    /// and day (UTC).
     Spend {
-        /// The ledger file; without it, the one the configuration names.
+        /// A ledger file; repeat it to merge several (one per replica). Without it, the one the
+        /// configuration names.
         #[arg(long, conflicts_with = "config")]
-        ledger: Option<PathBuf>,
+        ledger: Vec<PathBuf>,
         /// The configuration whose `[state] ledger` to read (default: the embedded one).
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -139,12 +141,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Spend { ledger, config, by, since, until, json } => {
-            let path = match ledger {
-                Some(path) => path,
-                None => load(config.as_deref())?.state.ledger,
-            };
-            let entries = weir::state::ledger::Ledger::read(&path)
-                .with_context(|| format!("cannot read the ledger {}", path.display()))?;
+            let paths = if ledger.is_empty() { vec![load(config.as_deref())?.state.ledger] } else { ledger };
+            let mut entries = Vec::new();
+            for path in &paths {
+                entries.extend(
+                    weir::state::ledger::Ledger::read(path)
+                        .with_context(|| format!("cannot read the ledger {}", path.display()))?,
+                );
+            }
             let day = |d: Option<String>, default: u64| d.map_or(Ok(default), |d| weir::spend::parse_day(&d));
             let since = day(since, 0).map_err(anyhow::Error::msg)?;
             let until = day(until, u64::MAX).map_err(anyhow::Error::msg)?;

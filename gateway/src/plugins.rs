@@ -111,6 +111,8 @@ pub enum FaultKind {
     /// It returned something the host cannot act on (an unknown target, a bad status, an
     /// oversized local response).
     BadDecision,
+    /// A state call the shared state (Redis) did not answer, under `on_unavailable = "fail"`.
+    StateUnavailable,
 }
 
 impl FaultKind {
@@ -121,6 +123,7 @@ impl FaultKind {
             FaultKind::Memory => "memory",
             FaultKind::Instantiate => "instantiate",
             FaultKind::BadDecision => "bad_decision",
+            FaultKind::StateUnavailable => "state_unavailable",
         }
     }
 }

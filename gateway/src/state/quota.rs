@@ -4,13 +4,22 @@
 //! only overshoot possible is a request using more than it reserved (it is charged the excess on
 //! settlement, which pushes the bucket into debt and delays the next admissions).
 //!
+//! Embedded (`Local`, below): the buckets of this process. Redis (`quota/redis.rs`): the same
+//! buckets as Redis hashes, reserved and settled by Lua scripts on Redis's clock, so the limit is
+//! one for every replica, with reservations held until settled or until `hold_ttl`.
+//!
 //! Written by hand because governor's GCRA cannot give capacity back, and settling is the point.
+
+mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use super::Unavailable;
+use super::redis::Shared;
 
 /// A granted reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +66,54 @@ struct Reservation {
     at: Instant,
 }
 
-/// All limits of all plugins.
+/// The quotas plugins see, in one of their two backends.
+#[derive(Debug)]
+pub enum Quota {
+    Embedded(Local),
+    /// Redis, and the embedded buckets that serve while Redis does not answer.
+    Redis(redis::Buckets),
+}
+
+impl Quota {
+    pub fn redis(shared: Arc<Shared>) -> Self {
+        Quota::Redis(redis::Buckets::new(shared))
+    }
+
+    pub async fn reserve(
+        &self,
+        ns: &Arc<str>,
+        key: String,
+        amount: u64,
+        limit: u64,
+        window_ms: u32,
+        wait: Duration,
+    ) -> Result<Result<Grant, Denial>, Unavailable> {
+        match self {
+            Quota::Embedded(local) => Ok(local.reserve(ns, key, amount, limit, window_ms)),
+            Quota::Redis(buckets) => match buckets.reserve(ns, &key, amount, limit, window_ms, wait).await {
+                Some(answer) => Ok(answer),
+                None => buckets.shared.degrade("quota.reserve", || buckets.fallback.reserve(ns, key, amount, limit, window_ms)),
+            },
+        }
+    }
+
+    /// Settles without waiting: see `quota/redis.rs` for a settlement Redis never got.
+    pub fn settle(&self, reservation: u64, actual: u64) {
+        match self {
+            Quota::Embedded(local) => local.settle(reservation, actual),
+            Quota::Redis(buckets) => {
+                if !buckets.settle(reservation, actual) {
+                    // Not a Redis reservation: one the fallback granted while Redis was away.
+                    buckets.fallback.settle(reservation, actual);
+                }
+            }
+        }
+    }
+}
+
+/// All limits of all plugins, in this process.
 #[derive(Debug, Default)]
-pub struct Quota {
+pub struct Local {
     buckets: Mutex<HashMap<Key, Bucket>>,
     reservations: Mutex<HashMap<u64, Reservation>>,
     next: AtomicU64,
@@ -68,7 +122,7 @@ pub struct Quota {
 /// Past this many entries, idle buckets and forgotten reservations are swept.
 const SWEEP_AT: usize = 100_000;
 
-impl Quota {
+impl Local {
     pub fn reserve(
         &self,
         ns: &Arc<str>,
@@ -136,7 +190,7 @@ mod tests {
 
     #[test]
     fn reserves_up_to_the_limit_then_denies_with_a_retry_time() {
-        let q = Quota::default();
+        let q = Local::default();
         let ns: Arc<str> = "p".into();
         for _ in 0..3 {
             q.reserve(&ns, "k".into(), 10, 30, 60_000).unwrap();
@@ -150,7 +204,7 @@ mod tests {
 
     #[test]
     fn settling_gives_back_the_unused_part_once() {
-        let q = Quota::default();
+        let q = Local::default();
         let ns: Arc<str> = "p".into();
         let g = q.reserve(&ns, "k".into(), 100, 100, 3_600_000).unwrap();
         assert!(q.reserve(&ns, "k".into(), 1, 100, 3_600_000).is_err());
