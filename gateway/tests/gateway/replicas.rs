@@ -115,6 +115,11 @@ targets = [{{ upstream = "slow", model = "x" }}]
 plugins = ["cost"]
 
 [[models]]
+name = "metered"
+targets = [{{ upstream = "fast", model = "x" }}]
+plugins = ["ratelimit", "cost"]
+
+[[models]]
 name = "cached"
 targets = [{{ upstream = "fast", model = "x" }}]
 plugins = ["cache"]
@@ -128,6 +133,15 @@ plugins = ["canary"]
 name = "rollout"
 targets = [{{ upstream = "fast", model = "base" }}]
 plugins = ["canary"]
+
+# The canaries' targets, known to the route table.
+[[models]]
+name = "sticky-next"
+targets = [{{ upstream = "healthy", model = "canary" }}]
+
+[[models]]
+name = "rollout-next"
+targets = [{{ upstream = "failing", model = "canary" }}]
 
 [[models]]
 name = "routed"
@@ -153,6 +167,10 @@ key = "{CAROL}"
 input = 2.0
 output = 8.0
 
+[prices."fast/x"]
+input = 2.0
+output = 8.0
+
 [[plugins]]
 name = "ratelimit"
 source = "builtin:ratelimit"
@@ -161,6 +179,7 @@ deadline = "3s"
 config = {{ limits = [
     {{ per = ["key"], models = ["limited"], requests_per_minute = 30 }},
     {{ per = ["team"], models = ["tokens"], tokens_per_minute = 200 }},
+    {{ per = ["key"], models = ["metered"], requests_per_minute = 10 }},
 ] }}
 
 [[plugins]]
@@ -365,7 +384,10 @@ async fn caches_canaries_and_circuits_are_the_same_on_every_replica() {
     let client = reqwest::Client::new();
     let ask = |replica: usize, model: &str, user: &str| {
         let url = cluster.replicas[replica].url("/v1/chat/completions");
-        let body = format!(r#"{{"model":"{model}","user":"{user}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        // Deterministic (temperature 0), so the cache may keep the answer.
+        let body = format!(
+            r#"{{"model":"{model}","user":"{user}","temperature":0,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
         let client = client.clone();
         async move { send(&client, &url, &body, ALICE).await }
     };
@@ -429,8 +451,8 @@ async fn without_redis_the_replicas_fall_back_to_their_own_state_and_recover_wit
     let mocks = Mocks::start().await;
     let mut cluster = Cluster::start(&mocks, "embedded").await;
     let client = Arc::new(reqwest::Client::new());
-    let body = chat("budget", r#","max_tokens":10"#);
-    let mut ok = 0;
+    // `metered`: 10 requests a minute per key, and every answer priced onto the ledger.
+    let body = chat("metered", r#","max_tokens":10"#);
     let round = |cluster: &Cluster, n: usize| {
         let client = client.clone();
         let urls: Vec<String> = (0..n).map(|i| cluster.replicas[i % 3].url("/v1/chat/completions")).collect();
@@ -443,10 +465,14 @@ async fn without_redis_the_replicas_fall_back_to_their_own_state_and_recover_wit
             statuses
         }
     };
-    ok += round(&cluster, 6).await.iter().filter(|s| **s == 200).count();
+    let statuses = round(&cluster, 6).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let mut ok = statuses.len();
 
     // Redis goes away mid-run: requests keep being served from each replica's own state, and
-    // /readyz says so (but stays ready: `ready_requires_redis` is off).
+    // /readyz says so (but stays ready: `ready_requires_redis` is off). The limit is per replica
+    // meanwhile: 12 more are admitted (4 on each, each with its own 10), where the shared limit
+    // had 4 left.
     cluster.redis.stop();
     let statuses = round(&cluster, 12).await;
     assert!(statuses.iter().all(|s| *s == 200), "served without Redis: {statuses:?}");
@@ -457,7 +483,8 @@ async fn without_redis_the_replicas_fall_back_to_their_own_state_and_recover_wit
         assert!(text.contains("redis unavailable, serving this replica's embedded state"), "{text}");
     }
     assert!(cluster.metric("weir_state_redis_up", &[]).await == 0.0);
-    assert!(cluster.metric("weir_state_unavailable_total", &[("outcome", "embedded")]).await > 0.0);
+    let fallbacks = cluster.metric("weir_state_unavailable_total", &[("outcome", "embedded")]).await;
+    assert!(fallbacks >= 12.0, "each reservation was served by the fallback: {fallbacks}");
     assert!(cluster.metric("weir_state_ledger_spooled_bytes", &[]).await > 0.0, "records wait on disk");
 
     // Redis comes back (empty: it had no persistence): the replicas notice by themselves, send
@@ -466,12 +493,17 @@ async fn without_redis_the_replicas_fall_back_to_their_own_state_and_recover_wit
     for replica in &cluster.replicas {
         wait_ready(replica).await;
     }
-    ok += round(&cluster, 6).await.iter().filter(|s| **s == 200).count();
-    assert_eq!(ok, 24);
-    completed(&cluster, "cost", 24).await;
+    let statuses = round(&cluster, 6).await;
+    assert!(statuses.iter().all(|s| *s == 200), "shared again, with a fresh limit: {statuses:?}");
+    ok += statuses.len();
+    let refused = round(&cluster, 6).await;
+    assert_eq!(refused.iter().filter(|s| **s == 200).count(), 4, "the shared limit holds again: {refused:?}");
+    ok += 4;
+    assert_eq!(ok, 28);
+    completed(&cluster, "cost", 30).await;
 
     let records: Vec<_> = cluster.ledgers.iter().flat_map(|l| Ledger::read(l).unwrap_or_default()).collect();
-    assert_eq!(records.len(), 24, "one record per request, none lost");
+    assert_eq!(records.len(), 28, "one record per request served, none lost");
     let on_disk: u64 = records.iter().map(|e| e.cost_pico_usd).sum();
     let mut conn = cluster.redis.connection().await.expect("redis");
     let deadline = Instant::now() + Duration::from_secs(20);
