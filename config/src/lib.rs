@@ -20,8 +20,7 @@ pub use prices::default_price;
 pub use typed::{
     ApiKey, AwsCredentials, Azure, AzureAuth, Backend, Bedrock, Config, InstanceMode, LedgerFsync, LocalWorker,
     LogFormat, Logging, Model, OnError, OnUnavailable, PluginConfig, PluginSource, Price, Provider, Redis,
-    RedisTopology, Retry, Secret, Server, State, Target, Timeouts, Tls, Upstream, UpstreamKind, Vertex,
-    WILDCARD_MODEL,
+    RedisTopology, Retry, Secret, Server, State, Target, Timeouts, Tls, Upstream, UpstreamKind, Vertex, WILDCARD_MODEL,
 };
 
 /// Everything that can be wrong with a configuration.

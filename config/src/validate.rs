@@ -307,7 +307,10 @@ fn backend(errs: &mut Errors, raw: &RawState, base_dir: &Path, longest_request: 
         Some("sentinel") => {
             let master = r.sentinel_master.clone().unwrap_or_default();
             if master.is_empty() {
-                errs.push("state.redis.sentinel_master", "required for mode = \"sentinel\": the monitored master's name");
+                errs.push(
+                    "state.redis.sentinel_master",
+                    "required for mode = \"sentinel\": the monitored master's name",
+                );
             }
             RedisTopology::Sentinel { master, nodes: nodes(errs, "sentinel") }
         }
@@ -331,7 +334,8 @@ fn backend(errs: &mut Errors, raw: &RawState, base_dir: &Path, longest_request: 
     if key_prefix.contains(['{', '}']) {
         errs.push("state.redis.key_prefix", "must not contain { or }: Weir places Redis Cluster hash tags itself");
     }
-    let hold_ttl = errs.duration("state.redis.hold_ttl", r.hold_ttl.as_deref(), longest_request + Duration::from_secs(60));
+    let hold_ttl =
+        errs.duration("state.redis.hold_ttl", r.hold_ttl.as_deref(), longest_request + Duration::from_secs(60));
     if hold_ttl < longest_request {
         errs.push(
             "state.redis.hold_ttl",
@@ -346,7 +350,11 @@ fn backend(errs: &mut Errors, raw: &RawState, base_dir: &Path, longest_request: 
         tls_ca: r.tls_ca.as_deref().filter(|p| !p.is_empty()).map(|p| base_dir.join(p)),
         key_prefix,
         timeout,
-        connect_timeout: errs.duration("state.redis.connect_timeout", r.connect_timeout.as_deref(), Duration::from_secs(2)),
+        connect_timeout: errs.duration(
+            "state.redis.connect_timeout",
+            r.connect_timeout.as_deref(),
+            Duration::from_secs(2),
+        ),
         on_unavailable,
         ready_requires_redis: r.ready_requires_redis.unwrap_or(false),
         hold_ttl,

@@ -17,7 +17,10 @@ use super::redis::Shared;
 pub enum Kv {
     Embedded(Local),
     /// Redis, and the embedded store that serves while Redis does not answer.
-    Redis { shared: Arc<Shared>, fallback: Local },
+    Redis {
+        shared: Arc<Shared>,
+        fallback: Local,
+    },
 }
 
 impl Kv {

@@ -289,7 +289,11 @@ mod tests {
         let reopened = Ledger::new(&path, LedgerFsync::Always);
         assert_eq!(reopened.spent_here("cost", Spender::Team, "t", day), 18);
         reopened.append_local(&entry(day + 40, "c", "t", 3, "cost")).unwrap();
-        assert_eq!(Ledger::new(&path, LedgerFsync::Always).spent_here("cost", Spender::Team, "t", day), 21, "a record after a torn line is kept");
+        assert_eq!(
+            Ledger::new(&path, LedgerFsync::Always).spent_here("cost", Spender::Team, "t", day),
+            21,
+            "a record after a torn line is kept"
+        );
         assert_eq!(reopened.spent_here("other-plugin", Spender::Key, "a", 0), 1000);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -92,7 +92,9 @@ impl Quota {
             Quota::Embedded(local) => Ok(local.reserve(ns, key, amount, limit, window_ms)),
             Quota::Redis(buckets) => match buckets.reserve(ns, &key, amount, limit, window_ms, wait).await {
                 Some(answer) => Ok(answer),
-                None => buckets.shared.degrade("quota.reserve", || buckets.fallback.reserve(ns, key, amount, limit, window_ms)),
+                None => buckets
+                    .shared
+                    .degrade("quota.reserve", || buckets.fallback.reserve(ns, key, amount, limit, window_ms)),
             },
         }
     }

@@ -300,10 +300,9 @@ fn client(config: &RedisConfig, url: &str, tls: Option<Vec<u8>>) -> Result<redis
     }
     let info = info.set_redis_settings(settings);
     match tls {
-        Some(root) if url.starts_with("rediss://") => redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates { client_tls: None, root_cert: Some(root) },
-        ),
+        Some(root) if url.starts_with("rediss://") => {
+            redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(root) })
+        }
         _ => redis::Client::open(info),
     }
     .map_err(|e| SetupError(format!("{url:?}: {e}")))

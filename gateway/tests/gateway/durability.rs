@@ -112,7 +112,13 @@ async fn survives_kill_9(redis: Option<&RedisServer>) {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let sent = client.post(&url).bearer_auth(ALICE).header("content-type", "application/json").body(body).send().await;
+                    let sent = client
+                        .post(&url)
+                        .bearer_auth(ALICE)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
                     let Ok(response) = sent else { return };
                     let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
                     if response.status() == 200 && response.bytes().await.is_ok() {
@@ -138,7 +144,12 @@ async fn survives_kill_9(redis: Option<&RedisServer>) {
     let ids: std::collections::HashSet<&str> = records.iter().map(|e| e.request_id.as_str()).collect();
     let answered = answered.lock().unwrap().clone();
     let missing: Vec<_> = answered.iter().filter(|id| !ids.contains(id.as_str())).collect();
-    assert!(missing.is_empty(), "{} of {} answered requests have no record: {missing:?}", missing.len(), answered.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered requests have no record: {missing:?}",
+        missing.len(),
+        answered.len()
+    );
     assert!(records.len() >= answered.len());
     let total: u64 = records.iter().map(|e| e.cost_pico_usd).sum();
     assert!(total > 0);
@@ -162,7 +173,13 @@ async fn survives_kill_9(redis: Option<&RedisServer>) {
         assert!(Instant::now() < deadline, "the restarted gateway sees ${seen} spent, the ledger ${}", usd(total));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("kill -9 after {} answers: {} records, ${} (redis: {})", answered.len(), records.len(), usd(total), redis.is_some());
+    eprintln!(
+        "kill -9 after {} answers: {} records, ${} (redis: {})",
+        answered.len(),
+        records.len(),
+        usd(total),
+        redis.is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

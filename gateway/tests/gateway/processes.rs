@@ -55,7 +55,9 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): `.ci/test` installs it (apt-get install redis-server)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): `.ci/test` installs it (apt-get install redis-server)")
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.answers().await {

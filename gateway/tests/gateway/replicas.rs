@@ -359,7 +359,8 @@ async fn limits_and_budgets_hold_across_three_replicas() {
     let mut served = ok;
     for i in 0..60 {
         let url = cluster.replicas[i % 3].url("/v1/chat/completions");
-        let (status, _, body) = send(&reqwest::Client::new(), &url, &chat("budget", r#","max_tokens":10"#), CAROL).await;
+        let (status, _, body) =
+            send(&reqwest::Client::new(), &url, &chat("budget", r#","max_tokens":10"#), CAROL).await;
         completed(&cluster, "cost", 61 + i).await;
         if status != 200 {
             assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
@@ -422,8 +423,9 @@ async fn caches_canaries_and_circuits_are_the_same_on_every_replica() {
         ask(sent % 3, "rollout", &format!("rollout-{sent}")).await;
         sent += 1;
     }
-    let canary =
-        cluster.metric("weir_plugin_counter_total", &[("metric", "requests"), ("model", "rollout"), ("variant", "canary")]).await;
+    let canary = cluster
+        .metric("weir_plugin_counter_total", &[("metric", "requests"), ("model", "rollout"), ("variant", "canary")])
+        .await;
     assert_eq!(canary, 10.0, "judged once the window held ten canary requests from all replicas together");
     let before = mocks.failing.request_count();
     for n in 0..30 {
