@@ -30,8 +30,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 pub enum Chain {
     /// `len` copies of one plugin component, named `p1`..`pN`.
     Copies { plugin: PathBuf, len: usize },
-    /// The built-in policies in the order and with the settings of [`BUILTIN_CHAIN`].
-    Builtins,
+    /// The built-in policies in the order and with the settings of [`BUILTIN_CHAIN`], with their
+    /// state in process or, given a URL, in that Redis.
+    Builtins { redis: Option<String> },
 }
 
 /// The built-in policies as the embedded default configuration runs them: every request goes
@@ -183,7 +184,7 @@ pub fn config_toml(listen: SocketAddr, upstream: &str, chain: Option<&Chain>) ->
                 ));
             }
         }
-        Some(Chain::Builtins) => {
+        Some(Chain::Builtins { redis }) => {
             let names: Vec<String> = BUILTIN_CHAIN.iter().map(|(n, _)| format!("\"{n}\"")).collect();
             top = format!("chain = [{}]\n\n", names.join(", "));
             for (name, config) in BUILTIN_CHAIN {
@@ -192,7 +193,16 @@ pub fn config_toml(listen: SocketAddr, upstream: &str, chain: Option<&Chain>) ->
                 ));
             }
             // The ledger the cost plugin appends to, beside the temporary config.
-            top.push_str("[state]\nledger = \"bench-ledger.jsonl\"\n\n");
+            top.push_str("[state]\nledger = \"bench-ledger.jsonl\"\n");
+            if let Some(url) = redis {
+                // A prefix per run, so a rerun starts from empty buckets.
+                let prefix = format!("weir-bench-{}-{}:", std::process::id(), listen.port());
+                top.push_str(&format!(
+                    "backend = \"redis\"\n\n[state.redis]\nurl = {}\nkey_prefix = \"{prefix}\"\n",
+                    serde_json::to_string(url)?
+                ));
+            }
+            top.push('\n');
         }
         None => {}
     }
@@ -343,7 +353,7 @@ mod tests {
 
     #[test]
     fn builtin_chain_config_loads_every_builtin_in_order() {
-        let config = load(Some(&Chain::Builtins));
+        let config = load(Some(&Chain::Builtins { redis: None }));
         let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
         let expected: Vec<&str> = BUILTIN_CHAIN.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, expected);

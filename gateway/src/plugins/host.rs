@@ -17,10 +17,13 @@ use super::view::RequestView;
 use crate::metrics::PluginLabel;
 use crate::state::Unavailable;
 use crate::state::ledger::{Entry, Spender};
+use crate::state::quota::{Ask, Covers};
 
 /// Keys and values a plugin may store; larger ones are refused (a `set` is dropped, a `get` misses).
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1 << 20;
+/// Reservations one `reserve-all` call may ask for.
+const MAX_ASKS: usize = 256;
 /// Distinct metric series one plugin may create.
 const MAX_SERIES: usize = 1000;
 /// Log lines per second one plugin may write (burst: twice that); the rest are counted and dropped.
@@ -309,6 +312,36 @@ impl quota::Host for HostState {
         })
     }
 
+    async fn reserve_all(&mut self, asks: Vec<quota::Ask>) -> Result<Result<Vec<quota::Grant>, quota::Refusal>> {
+        if asks.len() > MAX_ASKS {
+            wasmtime::bail!("reserve-all takes at most {MAX_ASKS} asks, got {}", asks.len());
+        }
+        let asks: Vec<Ask> = asks
+            .into_iter()
+            .map(|a| Ask {
+                key: a.key,
+                amount: a.amount,
+                limit: a.limit.amount,
+                window_ms: a.limit.window_ms,
+                covers: a.covers.map(|c| Covers { who: spender(c.who), name: c.name, since_ms: c.since_ms }),
+            })
+            .collect();
+        let wait = self.time_left();
+        let meta = self.meta.clone();
+        let spent_here = |c: &Covers| meta.services.ledger.spent_here(&meta.name, c.who, &c.name, c.since_ms);
+        let answer = meta.services.quota.reserve_all(&meta.name, asks, &spent_here, wait).await;
+        Ok(match self.state(answer)? {
+            Ok(grants) => Ok(grants
+                .into_iter()
+                .map(|g| quota::Grant { reservation: g.reservation, remaining: g.remaining, reset_ms: g.reset_ms })
+                .collect()),
+            Err((index, d)) => Err(quota::Refusal {
+                index,
+                denial: quota::Denial { retry_after_ms: d.retry_after_ms, remaining: d.remaining },
+            }),
+        })
+    }
+
     async fn settle(&mut self, reservation: u64, actual: u64) -> Result<()> {
         self.meta.services.quota.settle(reservation, actual);
         Ok(())
@@ -362,10 +395,7 @@ impl ledger::Host for HostState {
     }
 
     async fn spent(&mut self, who: ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
-        let who = match who {
-            ledger::Spender::Key => Spender::Key,
-            ledger::Spender::Team => Spender::Team,
-        };
+        let who = spender(who);
         let wait = self.time_left();
         let answer = self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms, wait).await;
         self.state(answer)
@@ -426,6 +456,13 @@ impl log::Host for HostState {
             log::Level::Error => tracing::error!(plugin, "{message}"),
         }
         Ok(())
+    }
+}
+
+fn spender(who: ledger::Spender) -> Spender {
+    match who {
+        ledger::Spender::Key => Spender::Key,
+        ledger::Spender::Team => Spender::Team,
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use weir_config::{OnUnavailable, Redis as RedisConfig, RedisTopology};
 
 use super::Unavailable;
+use super::ledger::Spender;
 use crate::metrics::{Metrics, StateLabels};
 
 /// How often a down Redis is pinged.
@@ -107,12 +108,7 @@ impl Shared {
     /// Builds the client and starts the probe. Nothing is awaited: a Redis that is down when the
     /// gateway starts is a degraded start, not a failed one.
     pub fn start(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, SetupError> {
-        let tls = match &config.tls_ca {
-            Some(path) => Some(
-                std::fs::read(path).map_err(|e| SetupError(format!("cannot read tls_ca {}: {e}", path.display())))?,
-            ),
-            None => None,
-        };
+        let tls = check(config)?;
         let (up_tx, _) = watch::channel(false);
         let shared = Arc::new(Self {
             config: config.clone(),
@@ -130,11 +126,6 @@ impl Shared {
             let manager = ConnectionManager::new_lazy_with_config(client, manager_config(config))
                 .map_err(|e| SetupError(format!("{e}")))?;
             shared.conn.store(Some(Arc::new(Conn::Single(manager))));
-        } else {
-            // Fail early on malformed node URLs.
-            for node in nodes(&config.topology) {
-                client(config, node, tls.clone())?;
-            }
         }
         tokio::spawn(probe(shared.clone(), tls));
         Ok(shared)
@@ -160,6 +151,20 @@ impl Shared {
     /// `key_prefix` + `rest`.
     pub fn key(&self, rest: std::fmt::Arguments<'_>) -> String {
         format!("{}{rest}", self.config.key_prefix)
+    }
+
+    /// The per-day spending totals of a key or team, for one plugin. Every ledger key shares the
+    /// hash tag `{ledger}`, so the ledger's script can update several in one call on a cluster.
+    pub fn spend_key(&self, plugin: &str, who: Spender, name: &str) -> String {
+        let who = match who {
+            Spender::Key => "k",
+            Spender::Team => "t",
+        };
+        self.key(format_args!("{{ledger}}:spend:{plugin}:{who}:{name}"))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.config.topology, RedisTopology::Cluster { .. })
     }
 
     /// Runs `call` against Redis within `wait` (at most the configured timeout). `None` when Redis
@@ -268,6 +273,21 @@ impl Shared {
             (true, "shared state: redis unavailable, failing state calls\n")
         }
     }
+}
+
+/// Checks the settings without connecting: every URL makes a client, the CA file reads. Returns
+/// the CA file's contents.
+pub fn check(config: &RedisConfig) -> Result<Option<Vec<u8>>, SetupError> {
+    let tls = match &config.tls_ca {
+        Some(path) => {
+            Some(std::fs::read(path).map_err(|e| SetupError(format!("cannot read tls_ca {}: {e}", path.display())))?)
+        }
+        None => None,
+    };
+    for node in nodes(&config.topology) {
+        client(config, node, tls.clone())?;
+    }
+    Ok(tls)
 }
 
 fn nodes(topology: &RedisTopology) -> &[String] {

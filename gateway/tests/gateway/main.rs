@@ -7,6 +7,7 @@ mod bedrock;
 mod cache;
 mod canary;
 mod chat;
+mod deploy;
 mod durability;
 mod errors;
 mod gemini;

@@ -89,11 +89,7 @@ impl Spool {
     }
 
     fn key(&self, plugin: &str, who: Spender, name: &str) -> String {
-        let who = match who {
-            Spender::Key => "k",
-            Spender::Team => "t",
-        };
-        self.shared.key(format_args!("{{ledger}}:spend:{plugin}:{who}:{name}"))
+        self.shared.spend_key(plugin, who, name)
     }
 
     /// `None`: Redis did not answer.
