@@ -620,3 +620,102 @@ config = {limits}
     }
     assert_eq!(send(&client, &url, &chat("strict", ""), ALICE).await.0, 200, "recovered by itself");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slots_of_a_replica_killed_mid_request_come_back_after_the_hold_ttl() {
+    let redis = RedisServer::start().await;
+    let slow = MockUpstream::builder().latency(Duration::from_secs(3)).start().await;
+    let dir = temp_dir("holds");
+    let cache = state_dir().join(".weir-cache");
+    let config = |addr: SocketAddr, n: usize| {
+        format!(
+            r#"
+[server]
+listen = "{addr}"
+
+[log]
+level = "warn"
+
+[timeouts]
+total = "5s"
+
+[state]
+backend = "redis"
+ledger = "{ledger}"
+plugin_cache = "{cache}"
+
+[state.redis]
+url = "{redis}"
+key_prefix = "holds-test:"
+timeout = "1s"
+hold_ttl = "5s"
+
+[[upstreams]]
+name = "slow"
+endpoint = "{slow}"
+
+[[models]]
+name = "m"
+targets = [{{ upstream = "slow", model = "x" }}]
+
+[[keys]]
+name = "alice"
+team = "red"
+key = "{ALICE}"
+
+[[plugins]]
+name = "ratelimit"
+source = "builtin:ratelimit"
+on_error = "closed"
+deadline = "3s"
+config = {{ limits = [{{ per = ["key"], concurrent = 2 }}] }}
+"#,
+            ledger = dir.join(format!("ledger-{n}.jsonl")).display(),
+            cache = cache.display(),
+            redis = redis.url(),
+            slow = slow.base_url(),
+        )
+    };
+    let mut replicas = Vec::new();
+    for n in 0..2 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        replicas.push(WeirProcess::start(&dir, &format!("replica-{n}"), addr, &config(addr, n)).await);
+    }
+    for replica in &replicas {
+        wait_ready(replica).await;
+    }
+    let client = reqwest::Client::new();
+    let body = chat("m", "");
+
+    // Replica 0 takes both slots and dies with the requests in flight: it never settles them.
+    let sent = Instant::now();
+    let in_flight: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), replicas[0].url("/v1/chat/completions"), body.clone());
+            tokio::spawn(async move { client.post(url).bearer_auth(ALICE).body(body).send().await.map(|r| r.status()) })
+        })
+        .collect();
+    while slow.request_count() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed = Instant::now();
+    replicas[0].kill9();
+    for request in in_flight {
+        assert!(request.await.expect("task").is_err(), "the killed replica answered");
+    }
+
+    // Replica 1 sees the slots taken (the limit is shared)…
+    let url = replicas[1].url("/v1/chat/completions");
+    let (status, _, body_) = send(&client, &url, &body, ALICE).await;
+    assert_eq!(status, 429, "both slots are still held: {body_}");
+    // … until the hold TTL gives them back, with no replica left to settle them.
+    let mut status = 429;
+    while status == 429 {
+        assert!(killed.elapsed() < Duration::from_secs(30), "the slots never came back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        status = send(&client, &url, &body, ALICE).await.0;
+    }
+    assert_eq!(status, 200);
+    // The holds were taken after `sent`, so they cannot have expired before `sent` + 5 s.
+    assert!(sent.elapsed() >= Duration::from_secs(5), "given back before the hold TTL: {:?}", sent.elapsed());
+}
