@@ -359,6 +359,13 @@ mod tests {
         assert_eq!(names, expected);
         assert!(config.plugins.iter().all(|p| matches!(&p.source, PluginSource::Builtin(b) if *b == p.name)));
         assert_eq!(config.chain.len(), BUILTIN_CHAIN.len());
+        assert_eq!(config.state.backend, weir_config::Backend::Embedded);
+
+        let config = load(Some(&Chain::Builtins { redis: Some("redis://127.0.0.1:6390".into()) }));
+        let weir_config::Backend::Redis(redis) = &config.state.backend else { panic!("not on Redis") };
+        assert_eq!(redis.topology, weir_config::RedisTopology::Standalone { url: "redis://127.0.0.1:6390".into() });
+        assert!(redis.key_prefix.starts_with("weir-bench-"), "{}", redis.key_prefix);
+        assert_eq!(config.plugins.len(), BUILTIN_CHAIN.len());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! concurrent load spread over all three; a response cached by one is served by another; canary
 //! stickiness and rollback are the same everywhere; a circuit opened by one is skipped by all; and
 //! stopping Redis mid-run degrades to per-replica state as configured and recovers when it
-//! returns, with every ledger record in Redis's totals in the end.
+//! returns, with every ledger record in Redis's totals in the end; under `on_unavailable = "fail"`
+//! each plugin's `on_error` decides; and the concurrency slots of a replica killed mid-request come
+//! back after the hold TTL.
 //!
 //! Each assertion would fail with per-replica state: three replicas of a limit of 30 admit 90.
 
