@@ -53,6 +53,10 @@ pub struct Options {
     /// default configuration chains them); `--plugins` and `--plugin` are then ignored.
     #[arg(long)]
     pub builtins: bool,
+    /// With `--builtins`: the third target keeps its state in this Redis (`[state] backend =
+    /// "redis"`, under a key prefix of its own) instead of in process.
+    #[arg(long, requires = "builtins")]
+    pub redis: Option<String>,
     /// Open-loop request rates, in requests per second.
     #[arg(
         long,
@@ -174,7 +178,7 @@ pub fn run(options: &Options) -> Result<Report> {
     let bin = options.weir.as_deref().filter(|_| !options.direct_only);
     let chain = match bin {
         None => None,
-        Some(_) if options.builtins => Some(Chain::Builtins),
+        Some(_) if options.builtins => Some(Chain::Builtins { redis: options.redis.clone() }),
         Some(_) if options.plugins > 0 => Some(Chain::Copies { plugin: options.plugin.clone(), len: options.plugins }),
         Some(_) => None,
     };
@@ -204,7 +208,12 @@ pub fn run(options: &Options) -> Result<Report> {
                     bin.display(),
                     plugin.display()
                 ),
-                Chain::Builtins => eprintln!("starting {} with the built-in policy chain", bin.display()),
+                Chain::Builtins { redis: None } => {
+                    eprintln!("starting {} with the built-in policy chain", bin.display())
+                }
+                Chain::Builtins { redis: Some(url) } => {
+                    eprintln!("starting {} with the built-in policy chain, state in Redis at {url}", bin.display())
+                }
                 Chain::Hostile { .. } => eprintln!("starting {} with the hostile fixtures", bin.display()),
             }
             let started = client_runtime.block_on(Weir::start(bin, &mock.base_url(), Some(chain)));

@@ -72,10 +72,41 @@ pub(crate) struct RawPrice {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawState {
+    /// `embedded` (the default) or `redis`.
+    pub backend: Option<String>,
     pub ledger: Option<String>,
+    /// `always`, or how often the ledger file is `fsync`ed (a duration).
+    pub ledger_fsync: Option<String>,
     pub plugin_cache: Option<String>,
     pub kv_max_bytes: Option<i64>,
     pub plugin_metrics_grace: Option<String>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    /// `standalone` (the default), `cluster` or `sentinel`.
+    pub mode: Option<String>,
+    /// `redis://` or `rediss://` (TLS): the server (standalone).
+    pub url: Option<String>,
+    /// Cluster seed nodes, or the sentinels, as URLs.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// The master's name, for `sentinel`.
+    pub sentinel_master: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A PEM file of extra root certificates for `rediss://`.
+    pub tls_ca: Option<String>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    /// `embedded` (fall back to this replica's own state) or `fail`.
+    pub on_unavailable: Option<String>,
+    /// `/readyz` fails while Redis is unavailable.
+    pub ready_requires_redis: Option<bool>,
+    pub hold_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

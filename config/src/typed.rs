@@ -108,16 +108,77 @@ pub struct Price {
 /// Where host state lives.
 #[derive(Debug, Clone)]
 pub struct State {
-    /// The append-only usage ledger (JSON lines).
+    /// Where plugins' key-value entries, quotas and spending totals live.
+    pub backend: Backend,
+    /// The append-only usage ledger (JSON lines), this replica's own in either backend.
     pub ledger: PathBuf,
+    /// When ledger records reach the disk, beyond the page cache.
+    pub ledger_fsync: LedgerFsync,
     /// Compiled plugins, cached by content hash; absolute, as wasmtime requires. By default in the user's cache
     /// directory (`~/.cache/weir/plugins` on Linux).
     pub plugin_cache: PathBuf,
-    /// The most bytes the plugins' key-value store holds before evicting.
+    /// The most bytes the plugins' key-value store holds before evicting (the embedded store, and
+    /// the fallback of the Redis one).
     pub kv_max_bytes: u64,
     /// How long the metric series of a plugin version swapped out on reload stay in `/metrics`
     /// (so that scrapes still see their last values) before they are removed.
     pub plugin_metrics_grace: Duration,
+}
+
+/// The host state's backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// In this process: limits, caches and circuit states are this replica's own.
+    Embedded,
+    /// Shared by every replica that names the same Redis and key prefix.
+    Redis(Redis),
+}
+
+/// `[state.redis]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    pub topology: RedisTopology,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Extra root certificates (PEM) for TLS connections.
+    pub tls_ca: Option<PathBuf>,
+    /// Put before every key, so that several gateways can share one Redis.
+    pub key_prefix: String,
+    /// The longest a host call waits for Redis (and never past its plugin's deadline).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub on_unavailable: OnUnavailable,
+    pub ready_requires_redis: bool,
+    /// How long a quota reservation is held in Redis without being settled before it is given back
+    /// (a replica that died mid-request never settles).
+    pub hold_ttl: Duration,
+}
+
+/// Where the Redis servers are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    Standalone { url: String },
+    Cluster { nodes: Vec<String> },
+    Sentinel { master: String, nodes: Vec<String> },
+}
+
+/// What the host does when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Serve the call from this replica's embedded state: limits become per replica until Redis
+    /// answers again.
+    Embedded,
+    /// Fail the call: the plugin faults and its `on_error` decides the request.
+    Fail,
+}
+
+/// The ledger's `fsync` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerFsync {
+    /// After every record, before the plugin's `append` returns.
+    Always,
+    /// Every this often, from a background thread.
+    Every(Duration),
 }
 
 /// The listening side.

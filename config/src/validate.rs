@@ -342,6 +342,109 @@ fn is_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
 }
 
+/// `[state] backend` and `[state.redis]`. The hold TTL must outlast the longest request, or a
+/// request still running would see its reservation given back.
+fn backend(errs: &mut Errors, raw: &RawState, base_dir: &Path, longest_request: Duration) -> Backend {
+    let redis = raw.redis.as_ref();
+    match raw.backend.as_deref() {
+        None | Some("embedded") => {
+            if redis.is_some() && raw.backend.is_none() {
+                errs.push("state.backend", "[state.redis] is set but the backend is embedded; add backend = \"redis\"");
+            }
+            return Backend::Embedded;
+        }
+        Some("redis") => {}
+        Some(other) => {
+            errs.push("state.backend", format!("{other:?} is not \"embedded\" or \"redis\""));
+            return Backend::Embedded;
+        }
+    }
+    let Some(r) = redis else {
+        errs.push("state.redis", "backend = \"redis\" needs a [state.redis] table with at least `url`");
+        return Backend::Embedded;
+    };
+    let url_ok = |errs: &mut Errors, path: String, url: &str| {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            errs.push(path, format!("{url:?} is not a redis:// or rediss:// (TLS) URL"));
+        }
+    };
+    let nodes = |errs: &mut Errors, what: &str| {
+        if r.nodes.is_empty() {
+            errs.push("state.redis.nodes", format!("mode = \"{what}\" needs at least one node URL"));
+        }
+        for (i, n) in r.nodes.iter().enumerate() {
+            url_ok(errs, format!("state.redis.nodes[{i}]"), n);
+        }
+        r.nodes.clone()
+    };
+    let topology = match r.mode.as_deref() {
+        None | Some("standalone") => {
+            let url = r.url.clone().unwrap_or_default();
+            if url.is_empty() {
+                errs.push("state.redis.url", "required for mode = \"standalone\" (e.g. \"redis://127.0.0.1:6379\")");
+            } else {
+                url_ok(errs, "state.redis.url".into(), &url);
+            }
+            RedisTopology::Standalone { url }
+        }
+        Some("cluster") => RedisTopology::Cluster { nodes: nodes(errs, "cluster") },
+        Some("sentinel") => {
+            let master = r.sentinel_master.clone().unwrap_or_default();
+            if master.is_empty() {
+                errs.push(
+                    "state.redis.sentinel_master",
+                    "required for mode = \"sentinel\": the monitored master's name",
+                );
+            }
+            RedisTopology::Sentinel { master, nodes: nodes(errs, "sentinel") }
+        }
+        Some(other) => {
+            errs.push("state.redis.mode", format!("{other:?} is not \"standalone\", \"cluster\" or \"sentinel\""));
+            RedisTopology::Standalone { url: String::new() }
+        }
+    };
+    if r.url.is_some() && !matches!(topology, RedisTopology::Standalone { .. }) {
+        errs.push("state.redis.url", "only for mode = \"standalone\"; cluster and sentinel use `nodes`");
+    }
+    let on_unavailable = match r.on_unavailable.as_deref() {
+        None | Some("embedded") => OnUnavailable::Embedded,
+        Some("fail") => OnUnavailable::Fail,
+        Some(other) => {
+            errs.push("state.redis.on_unavailable", format!("{other:?} is not \"embedded\" or \"fail\""));
+            OnUnavailable::Embedded
+        }
+    };
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "weir:".to_owned());
+    if key_prefix.contains(['{', '}']) {
+        errs.push("state.redis.key_prefix", "must not contain { or }: Weir places Redis Cluster hash tags itself");
+    }
+    let hold_ttl =
+        errs.duration("state.redis.hold_ttl", r.hold_ttl.as_deref(), longest_request + Duration::from_secs(60));
+    if hold_ttl < longest_request {
+        errs.push(
+            "state.redis.hold_ttl",
+            format!("{hold_ttl:?} is shorter than the longest request (timeouts.total = {longest_request:?}); reservations would be given back while requests still run"),
+        );
+    }
+    let timeout = errs.duration("state.redis.timeout", r.timeout.as_deref(), Duration::from_millis(20));
+    Backend::Redis(Redis {
+        topology,
+        username: r.username.clone().filter(|u| !u.is_empty()),
+        password: r.password.clone().filter(|p| !p.is_empty()).map(Secret::new),
+        tls_ca: r.tls_ca.as_deref().filter(|p| !p.is_empty()).map(|p| base_dir.join(p)),
+        key_prefix,
+        timeout,
+        connect_timeout: errs.duration(
+            "state.redis.connect_timeout",
+            r.connect_timeout.as_deref(),
+            Duration::from_secs(2),
+        ),
+        on_unavailable,
+        ready_requires_redis: r.ready_requires_redis.unwrap_or(false),
+        hold_ttl,
+    })
+}
+
 /// Checks every section in file order (so problems are listed as they appear), then assembles the
 /// typed config only if none had a problem.
 pub(crate) fn validate(raw: RawConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, Vec<FieldError>> {
@@ -357,7 +460,8 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path, env: &dyn Env) -> Result
     let plugins = plugins(&mut errs, raw.plugins, base_dir);
     let chain = chains(&mut errs, raw.chain.as_deref(), model_chains, &plugins, &mut models);
     let prices = prices(&mut errs, raw.prices);
-    let state = state(&mut errs, &raw.state, base_dir, env);
+    let longest_request = upstreams.iter().map(|u| u.timeouts.total).max().unwrap_or(DEFAULT_TIMEOUTS.total);
+    let state = state(&mut errs, &raw.state, base_dir, env, longest_request);
     admin(&mut errs, &raw.admin, &keys);
     if !errs.0.is_empty() {
         return Err(errs.0);
@@ -858,8 +962,9 @@ fn prices(errs: &mut Errors, raw: BTreeMap<String, RawPrice>) -> BTreeMap<String
     prices
 }
 
-/// `[state]`; `env` locates the user's cache directory for the compiled plugins.
-fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env) -> State {
+/// `[state]`; `env` locates the user's cache directory for the compiled plugins, and the longest
+/// request (`timeouts.total` of the slowest upstream) bounds Redis's hold TTL from below.
+fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env, longest_request: Duration) -> State {
     let kv_max_bytes = match raw.kv_max_bytes {
         None => 64 * 1024 * 1024,
         Some(n) if n > 0 => n as u64,
@@ -875,8 +980,15 @@ fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env) -> S
             user_cache_dir(env).map_or_else(|| base_dir.join(".weir-cache"), |dir| dir.join("weir").join("plugins"))
         }
     };
+    let backend = backend(errs, raw, base_dir, longest_request);
+    let ledger_fsync = match raw.ledger_fsync.as_deref() {
+        Some("always") => LedgerFsync::Always,
+        other => LedgerFsync::Every(errs.duration("state.ledger_fsync", other, Duration::from_secs(1))),
+    };
     State {
+        backend,
         ledger: base_dir.join(raw.ledger.as_deref().unwrap_or("weir-ledger.jsonl")),
+        ledger_fsync,
         // wasmtime's cache takes only an absolute directory (it turns itself off otherwise), and a
         // relative one would move with the working directory of whoever starts Weir.
         plugin_cache: std::path::absolute(&plugin_cache).unwrap_or(plugin_cache),

@@ -495,3 +495,51 @@ fn retry_failover_and_context_mistakes_name_their_field() {
     let errs = errors("[[models]]\nname = \"m\"\ntargets = []\ntimeouts = { idle = \"1s\" }");
     assert!(errs.iter().any(|e| e.contains("unknown field `idle`, expected `first_token`")), "{errs:?}");
 }
+
+#[test]
+fn the_redis_backend_is_checked_and_takes_its_secrets_from_the_environment() {
+    let base = "[[upstreams]]\nname = \"u\"\nendpoint = \"http://x\"\n[[models]]\nname = \"m\"\ntargets = [{ upstream = \"u\", model = \"x\" }]\n";
+    let text = format!(
+        "{base}[state]\nbackend = \"redis\"\n[state.redis]\nurl = \"rediss://cache:6380/2\"\nusername = \"weir\"\npassword = \"${{REDIS_PASSWORD}}\"\non_unavailable = \"fail\"\n"
+    );
+    let env = MapEnv::from_pairs([("REDIS_PASSWORD", "s3cret")]);
+    let config = load_str(&text, &env, Path::new("/etc/weir")).unwrap();
+    let weir_config::Backend::Redis(redis) = &config.state.backend else { panic!("not redis") };
+    assert_eq!(redis.topology, weir_config::RedisTopology::Standalone { url: "rediss://cache:6380/2".into() });
+    assert_eq!(
+        (redis.username.as_deref(), redis.password.as_ref().map(|p| p.expose())),
+        (Some("weir"), Some("s3cret"))
+    );
+    assert!(!format!("{redis:?}").contains("s3cret"), "the password never prints");
+    assert_eq!(redis.on_unavailable, weir_config::OnUnavailable::Fail);
+    assert_eq!((redis.key_prefix.as_str(), redis.timeout), ("weir:", std::time::Duration::from_millis(20)));
+    assert_eq!(redis.hold_ttl, std::time::Duration::from_secs(660), "the longest request plus a minute");
+    assert_eq!(config.state.ledger_fsync, weir_config::LedgerFsync::Every(std::time::Duration::from_secs(1)));
+
+    for (state, expected) in [
+        ("backend = \"redis\"\n", "state.redis: backend = \"redis\" needs a [state.redis] table"),
+        ("backend = \"etcd\"\n", "state.backend: \"etcd\" is not"),
+        ("[state.redis]\nurl = \"redis://x\"\n", "state.backend: [state.redis] is set but the backend is embedded"),
+        ("backend = \"redis\"\n[state.redis]\nurl = \"http://x\"\n", "state.redis.url: \"http://x\" is not a redis://"),
+        ("backend = \"redis\"\n[state.redis]\nmode = \"cluster\"\n", "state.redis.nodes: mode = \"cluster\" needs"),
+        (
+            "backend = \"redis\"\n[state.redis]\nmode = \"sentinel\"\nnodes = [\"redis://s:26379\"]\n",
+            "state.redis.sentinel_master",
+        ),
+        ("backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\nkey_prefix = \"{a}\"\n", "state.redis.key_prefix"),
+        (
+            "backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\non_unavailable = \"wait\"\n",
+            "state.redis.on_unavailable",
+        ),
+        (
+            "backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\nhold_ttl = \"1m\"\n",
+            "state.redis.hold_ttl: 60s is shorter",
+        ),
+        ("backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\ntimeout = \"soon\"\n", "state.redis.timeout"),
+        ("ledger_fsync = \"never\"\n", "state.ledger_fsync"),
+        ("backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\nport = 1\n", "unknown field `port`"),
+    ] {
+        let errs = errors(&format!("{base}[state]\n{state}"));
+        assert!(errs.iter().any(|e| e.contains(expected)), "{state}: {errs:?}");
+    }
+}

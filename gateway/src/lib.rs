@@ -31,9 +31,10 @@ use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::plugins::{Plugins, Services, WasmEngine};
 use crate::route::table::RouteTable;
-use crate::state::kv::Kv;
+use crate::state::kv::{self, Kv};
 use crate::state::ledger::Ledger;
-use crate::state::quota::Quota;
+use crate::state::quota::{self, Quota};
+use crate::state::redis::Shared;
 
 /// The configuration `weir serve` uses without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/examples/default.toml");
@@ -63,6 +64,12 @@ pub enum LoadError {
     /// A blocking start-up task (the ledger's index) did not complete.
     #[error("{what}: {error}")]
     Task { what: &'static str, error: tokio::task::JoinError },
+    /// The Redis settings could not become a client.
+    #[error(transparent)]
+    Redis(#[from] state::redis::SetupError),
+    /// The ledger's replica id could not be read or written.
+    #[error("ledger {path}: {error}")]
+    Ledger { path: PathBuf, error: std::io::Error },
 }
 
 /// Everything built from one configuration and shared by all connections; replaced whole on a
@@ -85,7 +92,8 @@ impl App {
         let plugins = if config.plugins.is_empty() {
             Plugins::default()
         } else {
-            let ledger = process.ledger(&config.state.ledger);
+            let stores = process.stores(&config)?;
+            let ledger = process.ledger(&config, stores)?;
             // Budgets read spending totals from the ledger inside hook calls, which have deadlines
             // of milliseconds: read the file here, once, off the request path.
             let warming = ledger.clone();
@@ -93,8 +101,8 @@ impl App {
                 .await
                 .map_err(|error| LoadError::Task { what: "reading the ledger", error })?;
             let services = Arc::new(Services {
-                kv: process.kv(&config).clone(),
-                quota: process.quota.clone(),
+                kv: stores.kv.clone(),
+                quota: stores.quota.clone(),
                 ledger,
                 metrics: process.metrics.clone(),
                 routes: routes.clone(),
@@ -112,13 +120,22 @@ impl App {
 #[derive(Debug, Default)]
 pub struct Process {
     pub metrics: Arc<Metrics>,
-    pub quota: Arc<Quota>,
-    kv: OnceLock<Kv>,
+    /// Built from the first configuration with plugins; its backend stays until a restart.
+    stores: OnceLock<Stores>,
     wasm: OnceLock<Arc<WasmEngine>>,
     ledgers: Mutex<HashMap<PathBuf, Arc<Ledger>>>,
     /// Workers started in this process (`kind = "worker"` with a `model`), by model and device, with
     /// their loopback base URL; a reload that keeps a model keeps its worker.
     local_workers: tokio::sync::Mutex<HashMap<weir_config::LocalWorker, String>>,
+}
+
+/// The key-value store and the quotas, in the backend the first configuration chose.
+#[derive(Debug)]
+struct Stores {
+    backend: weir_config::Backend,
+    kv: Kv,
+    quota: Arc<Quota>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl Process {
@@ -152,13 +169,54 @@ impl Process {
         Ok(self.wasm.get_or_init(|| engine).clone())
     }
 
-    fn kv(&self, config: &Config) -> &Kv {
-        self.kv.get_or_init(|| Kv::new(config.state.kv_max_bytes))
+    /// The stores, built on first use. A reload that names another backend keeps this one: moving
+    /// limits and caches between backends under traffic is a restart's job.
+    fn stores(&self, config: &Config) -> Result<&Stores, LoadError> {
+        if let Some(stores) = self.stores.get() {
+            if stores.backend != config.state.backend {
+                tracing::warn!("[state] backend or [state.redis] changed; the change takes effect on a restart");
+            }
+            return Ok(stores);
+        }
+        let local = kv::Local::new(config.state.kv_max_bytes);
+        let stores = match &config.state.backend {
+            weir_config::Backend::Embedded => Stores {
+                backend: config.state.backend.clone(),
+                kv: Kv::Embedded(local),
+                quota: Arc::new(Quota::Embedded(quota::Local::default())),
+                shared: None,
+            },
+            weir_config::Backend::Redis(redis) => {
+                let shared = Shared::start(redis, self.metrics.clone())?;
+                Stores {
+                    backend: config.state.backend.clone(),
+                    kv: Kv::Redis { shared: shared.clone(), fallback: local },
+                    quota: Arc::new(Quota::redis(shared.clone())),
+                    shared: Some(shared),
+                }
+            }
+        };
+        Ok(self.stores.get_or_init(|| stores))
     }
 
-    fn ledger(&self, path: &Path) -> Arc<Ledger> {
+    /// The shared state's link, when the backend is Redis (for `/readyz`).
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.stores.get()?.shared.as_ref()
+    }
+
+    fn ledger(&self, config: &Config, stores: &Stores) -> Result<Arc<Ledger>, LoadError> {
+        let path = &config.state.ledger;
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
-        ledgers.entry(path.to_owned()).or_insert_with(|| Arc::new(Ledger::new(path))).clone()
+        if let Some(ledger) = ledgers.get(path) {
+            return Ok(ledger.clone());
+        }
+        let fsync = config.state.ledger_fsync;
+        let ledger = match &stores.shared {
+            None => Ledger::new(path, fsync),
+            Some(shared) => Ledger::with_redis(path, fsync, shared.clone())
+                .map_err(|error| LoadError::Ledger { path: path.clone(), error })?,
+        };
+        Ok(ledgers.entry(path.clone()).or_insert_with(|| Arc::new(ledger)).clone())
     }
 }
 

@@ -122,6 +122,14 @@ pub struct PluginFaultLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The host call: `kv.get`, `quota.reserve`, `ledger.spent` …
+    pub op: &'static str,
+    /// `embedded` (served by this replica's own state instead) or `failed`.
+    pub outcome: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -161,6 +169,12 @@ pub struct Metrics {
     plugin_book: plugin_series::Book,
     plugin_metrics_grace_ms: AtomicU64,
     pub plugin_metrics_refused: Family<PluginRefusedLabels, Counter>,
+    /// 1 while the shared state (Redis) answers; 0 while it does not, and with the embedded backend.
+    pub state_up: Gauge,
+    /// Host calls that Redis did not answer in time, by what became of them.
+    pub state_unavailable: Family<StateLabels, Counter>,
+    /// Ledger bytes written locally but not yet in Redis's spending totals.
+    pub ledger_spooled_bytes: Gauge,
 }
 
 /// Buckets of plugins' own histograms: 1 to 131,072, doubling (milliseconds, mostly).
@@ -272,6 +286,21 @@ impl Metrics {
             "Client connections closed by the gateway: idle_timeout, evicted (at server.max_connections) or refused",
             connections_closed.clone(),
         );
+        let state_up = Gauge::default();
+        let state_unavailable = Family::<StateLabels, Counter>::default();
+        let ledger_spooled_bytes = Gauge::default();
+        let shared = registry.sub_registry_with_prefix("weir_state");
+        shared.register("redis_up", "Whether the shared state (Redis) answers: 1 yes, 0 no", state_up.clone());
+        shared.register(
+            "unavailable",
+            "Host calls Redis did not answer in time, by call and outcome (embedded: served by this replica's own state; failed: the plugin faulted)",
+            state_unavailable.clone(),
+        );
+        shared.register(
+            "ledger_spooled_bytes",
+            "Ledger bytes on this replica's disk not yet added to Redis's spending totals",
+            ledger_spooled_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -297,6 +326,9 @@ impl Metrics {
             plugin_book: plugin_series::Book::default(),
             plugin_metrics_grace_ms: AtomicU64::new(120_000),
             plugin_metrics_refused,
+            state_up,
+            state_unavailable,
+            ledger_spooled_bytes,
         }
     }
 

@@ -150,7 +150,11 @@ async fn dispatch(
         Endpoint::Ready if gateway.is_draining() => {
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n"))
         }
-        Endpoint::Ready => Ok(text(StatusCode::OK, "text/plain", "ready\n")),
+        Endpoint::Ready => Ok(match gateway.process.shared().map(|shared| shared.readiness()) {
+            None => text(StatusCode::OK, "text/plain", "ready\n"),
+            Some((true, state)) => text(StatusCode::OK, "text/plain", format!("ready\n{state}")),
+            Some((false, state)) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready\n{state}")),
+        }),
         Endpoint::Metrics => {
             Ok(text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", app.metrics.render()))
         }

@@ -116,6 +116,8 @@ pub enum FaultKind {
     /// Not a fault of its own: the plugin is quarantined after repeated faults, and its hook was
     /// skipped (counted in `weir_plugin_skipped`, not as a fault).
     Quarantined,
+    /// A state call the shared state (Redis) did not answer, under `on_unavailable = "fail"`.
+    StateUnavailable,
 }
 
 impl FaultKind {
@@ -127,6 +129,7 @@ impl FaultKind {
             FaultKind::Instantiate => "instantiate",
             FaultKind::BadDecision => "bad_decision",
             FaultKind::Quarantined => "quarantined",
+            FaultKind::StateUnavailable => "state_unavailable",
         }
     }
 }

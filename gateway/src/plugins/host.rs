@@ -14,11 +14,15 @@ use super::Services;
 use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
 use super::view::RequestView;
 use crate::metrics::{PluginLabel, PluginVersion};
+use crate::state::Unavailable;
 use crate::state::ledger::{Entry, Spender};
+use crate::state::quota::{Ask, Covers};
 
 /// Keys and values a plugin may store; larger ones are refused (a `set` is dropped, a `get` misses).
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1 << 20;
+/// Reservations one `reserve-all` call may ask for.
+const MAX_ASKS: usize = 256;
 /// Log lines per second one plugin may write (burst: twice that); the rest are counted and dropped.
 const LOG_PER_SEC: f64 = 50.0;
 
@@ -112,6 +116,8 @@ pub struct HostState {
     pub deadline: std::time::Duration,
     /// Set by the epoch callback when it ends a call for running too long.
     pub deadline_hit: bool,
+    /// Set when a state call trapped because the shared state did not answer.
+    pub state_unavailable: bool,
     /// WASI with nothing granted: no files, sockets, environment or arguments. It is linked only
     /// because Rust's standard library imports it (stderr for panics, random seeds for HashMap).
     wasi: WasiCtx,
@@ -135,6 +141,7 @@ impl HostState {
             call_started: Instant::now(),
             deadline: std::time::Duration::from_millis(10),
             deadline_hit: false,
+            state_unavailable: false,
             wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
         }
     }
@@ -142,6 +149,19 @@ impl HostState {
     pub fn begin_call(&mut self, deadline: std::time::Duration) {
         self.call_started = Instant::now();
         self.deadline = deadline;
+    }
+
+    /// What is left of the current call's deadline: the longest a state call may wait.
+    fn time_left(&self) -> std::time::Duration {
+        self.deadline.saturating_sub(self.call_started.elapsed())
+    }
+
+    /// A state call's answer, or the trap that makes an unavailable backend this plugin's fault.
+    fn state<T>(&mut self, answer: std::result::Result<T, Unavailable>) -> Result<T> {
+        answer.map_err(|unavailable| {
+            self.state_unavailable = true;
+            wasmtime::Error::new(unavailable)
+        })
     }
 
     fn view(&self, req: &Resource<RequestHandle>) -> Result<Arc<RequestView>> {
@@ -227,49 +247,91 @@ impl request::HostRequest for HostState {
     }
 }
 
+// The state imports go to the configured backend. Each waits at most what is left of the plugin's
+// deadline (and `[state.redis] timeout`); a call the backend could not answer under
+// `on_unavailable = "fail"` traps, which makes it a fault of this plugin (`state_unavailable`).
 impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
         if key.len() > MAX_KEY {
             return Ok(None);
         }
-        Ok(self.meta.services.kv.get(&self.meta.name, key))
+        let wait = self.time_left();
+        let answer = self.meta.services.kv.get(&self.meta.name, key, wait).await;
+        self.state(answer)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
         if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
-            self.meta.services.kv.set(&self.meta.name, key, value, ttl_ms);
+            let wait = self.time_left();
+            let answer = self.meta.services.kv.set(&self.meta.name, key, value, ttl_ms, wait).await;
+            self.state(answer)?;
         }
         Ok(())
     }
 
-    fn delete(&mut self, key: String) -> Result<()> {
-        self.meta.services.kv.delete(&self.meta.name, key);
-        Ok(())
+    async fn delete(&mut self, key: String) -> Result<()> {
+        let wait = self.time_left();
+        let answer = self.meta.services.kv.delete(&self.meta.name, key, wait).await;
+        self.state(answer)
     }
 
-    fn add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64> {
+    async fn add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64> {
         if key.len() > MAX_KEY {
             return Ok(0);
         }
-        Ok(self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms))
+        let wait = self.time_left();
+        let answer = self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms, wait).await;
+        self.state(answer)
     }
 }
 
 impl quota::Host for HostState {
-    fn reserve(
+    async fn reserve(
         &mut self,
         key: String,
         amount: u64,
         limit: quota::Limit,
     ) -> Result<Result<quota::Grant, quota::Denial>> {
+        let wait = self.time_left();
         let quota = &self.meta.services.quota;
-        Ok(match quota.reserve(&self.meta.name, key, amount, limit.amount, limit.window_ms) {
+        let answer = quota.reserve(&self.meta.name, key, amount, limit.amount, limit.window_ms, wait).await;
+        Ok(match self.state(answer)? {
             Ok(g) => Ok(quota::Grant { reservation: g.reservation, remaining: g.remaining, reset_ms: g.reset_ms }),
             Err(d) => Err(quota::Denial { retry_after_ms: d.retry_after_ms, remaining: d.remaining }),
         })
     }
 
-    fn settle(&mut self, reservation: u64, actual: u64) -> Result<()> {
+    async fn reserve_all(&mut self, asks: Vec<quota::Ask>) -> Result<Result<Vec<quota::Grant>, quota::Refusal>> {
+        if asks.len() > MAX_ASKS {
+            wasmtime::bail!("reserve-all takes at most {MAX_ASKS} asks, got {}", asks.len());
+        }
+        let asks: Vec<Ask> = asks
+            .into_iter()
+            .map(|a| Ask {
+                key: a.key,
+                amount: a.amount,
+                limit: a.limit.amount,
+                window_ms: a.limit.window_ms,
+                covers: a.covers.map(|c| Covers { who: spender(c.who), name: c.name, since_ms: c.since_ms }),
+            })
+            .collect();
+        let wait = self.time_left();
+        let meta = self.meta.clone();
+        let spent_here = |c: &Covers| meta.services.ledger.spent_here(&meta.name, c.who, &c.name, c.since_ms);
+        let answer = meta.services.quota.reserve_all(&meta.name, asks, &spent_here, wait).await;
+        Ok(match self.state(answer)? {
+            Ok(grants) => Ok(grants
+                .into_iter()
+                .map(|g| quota::Grant { reservation: g.reservation, remaining: g.remaining, reset_ms: g.reset_ms })
+                .collect()),
+            Err((index, d)) => Err(quota::Refusal {
+                index,
+                denial: quota::Denial { retry_after_ms: d.retry_after_ms, remaining: d.remaining },
+            }),
+        })
+    }
+
+    async fn settle(&mut self, reservation: u64, actual: u64) -> Result<()> {
         self.meta.services.quota.settle(reservation, actual);
         Ok(())
     }
@@ -295,7 +357,7 @@ impl metrics::Host for HostState {
 }
 
 impl ledger::Host for HostState {
-    fn append(&mut self, e: ledger::Entry) -> Result<()> {
+    async fn append(&mut self, e: ledger::Entry) -> Result<()> {
         let entry = Entry {
             ts_ms: now_ms(),
             request_id: e.request_id,
@@ -309,19 +371,19 @@ impl ledger::Host for HostState {
             cost_pico_usd: e.cost_pico_usd,
             plugin: self.meta.name.to_string(),
         };
-        if let Err(error) = self.meta.services.ledger.append(&entry) {
+        let wait = self.time_left();
+        if let Err(error) = self.meta.services.ledger.append(&entry, wait).await {
             // Losing a money record is worth a loud line; the request itself is already done.
             tracing::error!(plugin = %self.meta.name, %error, "could not append to the ledger");
         }
         Ok(())
     }
 
-    fn spent(&mut self, who: ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
-        let who = match who {
-            ledger::Spender::Key => Spender::Key,
-            ledger::Spender::Team => Spender::Team,
-        };
-        Ok(self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms))
+    async fn spent(&mut self, who: ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
+        let who = spender(who);
+        let wait = self.time_left();
+        let answer = self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms, wait).await;
+        self.state(answer)
     }
 }
 
@@ -383,6 +445,13 @@ impl log::Host for HostState {
             log::Level::Error => tracing::error!(plugin, "{message}"),
         }
         Ok(())
+    }
+}
+
+fn spender(who: ledger::Spender) -> Spender {
+    match who {
+        ledger::Spender::Key => Spender::Key,
+        ledger::Spender::Team => Spender::Team,
     }
 }
 

@@ -213,6 +213,8 @@ impl LoadedPlugin {
                     FaultKind::Memory
                 } else if state.deadline_hit {
                     FaultKind::Deadline
+                } else if state.state_unavailable {
+                    FaultKind::StateUnavailable
                 } else {
                     FaultKind::Trap
                 };
