@@ -6,6 +6,7 @@
 //! closed loop for maximum throughput, and streamed chats. Each Weir's memory is sampled from
 //! `/proc` throughout.
 
+pub mod isolation;
 mod load;
 mod report;
 mod weir;
@@ -52,6 +53,10 @@ pub struct Options {
     /// default configuration chains them); `--plugins` and `--plugin` are then ignored.
     #[arg(long)]
     pub builtins: bool,
+    /// With `--builtins`: the third target keeps its state in this Redis (`[state] backend =
+    /// "redis"`, under a key prefix of its own) instead of in process.
+    #[arg(long, requires = "builtins")]
+    pub redis: Option<String>,
     /// Open-loop request rates, in requests per second.
     #[arg(
         long,
@@ -66,6 +71,17 @@ pub struct Options {
     /// Request rate of the streaming workload, in requests per second.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub stream_rate: u32,
+    /// Measure isolation instead: a model with no plugin, alone, beside a one-core CPU hog, and
+    /// while other models' hostile plugins are hammered (see `harness/isolation.rs`); the first of
+    /// `--rates` is the healthy model's rate.
+    #[arg(long)]
+    pub isolation: bool,
+    /// With `--isolation`: requests per second to each hostile model.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attack_rate: u32,
+    /// With `--isolation`: the hostile plugins' deadline.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub hostile_deadline: Duration,
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -162,7 +178,7 @@ pub fn run(options: &Options) -> Result<Report> {
     let bin = options.weir.as_deref().filter(|_| !options.direct_only);
     let chain = match bin {
         None => None,
-        Some(_) if options.builtins => Some(Chain::Builtins),
+        Some(_) if options.builtins => Some(Chain::Builtins { redis: options.redis.clone() }),
         Some(_) if options.plugins > 0 => Some(Chain::Copies { plugin: options.plugin.clone(), len: options.plugins }),
         Some(_) => None,
     };
@@ -192,7 +208,13 @@ pub fn run(options: &Options) -> Result<Report> {
                     bin.display(),
                     plugin.display()
                 ),
-                Chain::Builtins => eprintln!("starting {} with the built-in policy chain", bin.display()),
+                Chain::Builtins { redis: None } => {
+                    eprintln!("starting {} with the built-in policy chain", bin.display())
+                }
+                Chain::Builtins { redis: Some(url) } => {
+                    eprintln!("starting {} with the built-in policy chain, state in Redis at {url}", bin.display())
+                }
+                Chain::Hostile { .. } => eprintln!("starting {} with the hostile fixtures", bin.display()),
             }
             let started = client_runtime.block_on(Weir::start(bin, &mock.base_url(), Some(chain)));
             Some(started.context("starting the weir with the plugin chain")?)

@@ -1,22 +1,21 @@
-//! An in-process mock of an OpenAI-compatible upstream that speaks the real wire protocol, and on
-//! the same port the cloud providers' protocols (`mock/azure.rs`, `mock/gemini.rs` for Vertex and the
-//! Gemini API, `mock/bedrock.rs`) and their OAuth token endpoints (`mock/oauth.rs`).
+//! An in-process mock upstream that speaks the real wire protocols, all on one port: OpenAI's
+//! (`mock/openai.rs`), Azure OpenAI's (`mock/azure.rs`), Gemini's for Vertex and the Gemini API
+//! (`mock/gemini.rs`), Bedrock's (`mock/bedrock.rs`) and the OAuth token endpoints
+//! (`mock/oauth.rs`). Each protocol's file has the same entry point, `respond(shared, req, path)`.
 //!
-//! Tests and the load harness start one with [`MockUpstream::builder`]; it binds `127.0.0.1:0`,
-//! serves HTTP/1.1 on the current tokio runtime, records what it receives and stops when dropped.
-//! Streamed answers either replay a recorded OpenAI stream (`model: "fixture:<name>"`) byte for byte
-//! or are synthesized from the same answer the non-streaming route gives.
+//! This file holds what they share: the server (tests and the load harness start one with
+//! [`MockUpstream::builder`]; it binds `127.0.0.1:0`, serves HTTP/1.1 on the current tokio runtime,
+//! records what it receives and stops when dropped), the builder's fault knobs, the dispatch by
+//! path, streamed bodies, and the [`Script`] the translated providers answer from.
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -25,7 +24,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -33,6 +32,11 @@ mod azure;
 mod bedrock;
 mod gemini;
 mod oauth;
+mod openai;
+
+pub use openai::{FIXTURES, MODELS, fixture};
+
+use openai::ApiError;
 
 /// A running mock upstream. Dropping it stops the accept loop and closes every open connection.
 #[derive(Debug)]
@@ -61,7 +65,20 @@ pub struct MockBuilder {
     fail_first: Option<(usize, StatusCode)>,
     always_fail: Option<StatusCode>,
     fail_one_in: Option<(usize, StatusCode)>,
+    retry_after: Option<String>,
+    reset_first: usize,
+    reset_one_in: Option<usize>,
     break_stream_after: Option<usize>,
+    stall_stream_after: Option<usize>,
+    /// Only the first n streams break or stall; `None`: every one.
+    faulty_streams: Option<usize>,
+    /// Only every nth stream breaks or stalls.
+    faulty_one_in: Option<usize>,
+    first_token_delay: Duration,
+    no_done: bool,
+    refuse_prefill: bool,
+    context_window: Option<usize>,
+    giant_event: Option<usize>,
     // Inverted so that `Default` records, which is what tests want; the load harness turns it off
     // because keeping every request of a long run would grow without bound.
     skip_recording: bool,
@@ -70,40 +87,9 @@ pub struct MockBuilder {
     token_lifetime: Option<u64>,
     /// The AWS access key id and secret SigV4 requests must be signed with.
     aws_credentials: Option<(String, String)>,
+    /// Whole (non-streamed) answers are a 200 whose body is not JSON.
+    not_json: bool,
 }
-
-macro_rules! fixtures {
-    ($($name:literal),* $(,)?) => {
-        /// Names of the recorded OpenAI streams in `bench/fixtures/openai/`, usable as `fixture:<name>`.
-        pub const FIXTURES: &[&str] = &[$($name),*];
-
-        /// The recorded OpenAI stream `name` (raw `text/event-stream` bytes), if there is one.
-        pub fn fixture(name: &str) -> Option<&'static str> {
-            match name {
-                $($name => Some(include_str!(concat!("../fixtures/openai/", $name, ".sse"))),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-fixtures!(
-    "text_a",
-    "text_b",
-    "text_c",
-    "text_logprobs",
-    "length",
-    "n3_choices",
-    "tool_call",
-    "tool_call_b",
-    "tool_call_c",
-    "parallel_tool_calls",
-    "refusal",
-    "refusal_logprobs",
-);
-
-/// Model ids listed by `GET /v1/models`.
-pub const MODELS: &[&str] = &["mock-model", "gpt-4o-mini", "text-embedding-3-small"];
 
 /// The arguments of every tool call the mock makes.
 pub const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
@@ -160,6 +146,16 @@ impl MockUpstream {
     /// How many tokens the mock's OAuth endpoints issued (service-account and Entra flows).
     pub fn token_requests(&self) -> usize {
         self.shared.recorded_tokens().len()
+    }
+
+    /// From now on every chat and embeddings request fails with `status` (`None`: healthy again),
+    /// whatever the builder said; for tests of targets that go down and recover.
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn set_failing(&self, status: Option<u16>) {
+        let code = status.map_or(0, |s| error_status(s).as_u16());
+        self.shared.failing.store(code, Ordering::Relaxed);
     }
 
     /// Streamed responses whose client went away before the last event was sent.
@@ -257,6 +253,95 @@ impl MockBuilder {
         self
     }
 
+    /// The `retry-after` value injected 429s carry (`"1"` by default): seconds, or an HTTP date.
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_owned());
+        self
+    }
+
+    /// The first `n` requests to a model route (chat, embeddings; any provider's) are read and
+    /// then answered with a TCP reset (`SO_LINGER` 0): no response byte, as when an upstream
+    /// crashes or a load balancer drops the connection.
+    pub fn reset_first(mut self, n: usize) -> Self {
+        self.reset_first = n;
+        self
+    }
+
+    /// Every `n`th request to a model route (the 1st, the `n+1`th, …) is reset like
+    /// [`Self::reset_first`]'s.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn reset_one_in(mut self, n: usize) -> Self {
+        assert!(n > 0, "mock upstream: reset_one_in needs n ≥ 1");
+        self.reset_one_in = Some(n);
+        self
+    }
+
+    /// Only every `n`th streamed response (the 1st, the `n+1`th, …) breaks, stalls or starts late.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn faulty_one_in(mut self, n: usize) -> Self {
+        assert!(n > 0, "mock upstream: faulty_one_in needs n ≥ 1");
+        self.faulty_one_in = Some(n);
+        self
+    }
+
+    /// Streamed responses send `events` events and then nothing more, keeping the connection open:
+    /// an upstream that stalls mid-stream.
+    pub fn stall_stream_after(mut self, events: usize) -> Self {
+        self.stall_stream_after = Some(events);
+        self
+    }
+
+    /// Only the first `n` streamed responses break, stall or start late (with
+    /// [`Self::break_stream_after`], [`Self::stall_stream_after`] or [`Self::first_token_delay`]);
+    /// later ones are whole.
+    pub fn faulty_streams(mut self, n: usize) -> Self {
+        self.faulty_streams = Some(n);
+        self
+    }
+
+    /// Streamed responses send their headers at once but wait `d` before their first event: a slow
+    /// first token.
+    pub fn first_token_delay(mut self, d: Duration) -> Self {
+        self.first_token_delay = d;
+        self
+    }
+
+    /// OpenAI-style streams end cleanly after their last chunk (and usage chunk) without
+    /// `data: [DONE]`, as some OpenAI-compatible servers do.
+    pub fn no_done(mut self) -> Self {
+        self.no_done = true;
+        self
+    }
+
+    /// A conversation that ends with an assistant message (a prefill) is refused with the
+    /// provider's 400, as models without prefill support do. Without this, Bedrock and Gemini
+    /// continue a final assistant turn, and the OpenAI route continues one marked as vLLM
+    /// (`continue_final_message`) or DeepSeek (`"prefix": true`) mark it; unmarked, it answers anew
+    /// as OpenAI does.
+    pub fn refuse_prefill(mut self) -> Self {
+        self.refuse_prefill = true;
+        self
+    }
+
+    /// Chats whose messages hold more than `words` words are refused as too long for the model's
+    /// context window, in the provider's words (OpenAI's `context_length_exceeded`, Bedrock's
+    /// `ValidationException`, Gemini's `INVALID_ARGUMENT`).
+    pub fn context_window(mut self, words: usize) -> Self {
+        self.context_window = Some(words);
+        self
+    }
+
+    /// Streamed responses are one event of `bytes` bytes that never ends (no event boundary), sent
+    /// 64 KiB at a time: an upstream that would fill the gateway's memory.
+    pub fn giant_event(mut self, bytes: usize) -> Self {
+        self.giant_event = Some(bytes);
+        self
+    }
+
     /// Seconds until the OAuth tokens the mock issues expire (3600 by default).
     pub fn token_lifetime(mut self, seconds: u64) -> Self {
         self.token_lifetime = Some(seconds);
@@ -267,6 +352,13 @@ impl MockBuilder {
     /// mock computes the signature itself and compares. Without this, only the shape is checked.
     pub fn aws_credentials(mut self, access_key_id: &str, secret_access_key: &str) -> Self {
         self.aws_credentials = Some((access_key_id.to_owned(), secret_access_key.to_owned()));
+        self
+    }
+
+    /// Non-streamed chat completions and embeddings answer `200 OK` with an HTML page instead of
+    /// JSON, as a misconfigured proxy or load balancer in front of an upstream does.
+    pub fn not_json(mut self, on: bool) -> Self {
+        self.not_json = on;
         self
     }
 
@@ -304,6 +396,9 @@ impl MockBuilder {
             request_count: AtomicUsize::new(0),
             connection_count: AtomicUsize::new(0),
             failable_requests: AtomicUsize::new(0),
+            resets: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
+            failing: AtomicU16::new(0),
             cancelled_streams: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             tokens: Mutex::default(),
@@ -332,6 +427,12 @@ struct Shared {
     connection_count: AtomicUsize,
     /// Requests that `fail_first` counts, so the first n of them fail.
     failable_requests: AtomicUsize,
+    /// Requests reset so far, for `reset_first`.
+    resets: AtomicUsize,
+    /// Streams started so far, for `faulty_streams`.
+    streams: AtomicUsize,
+    /// `set_failing`'s status; 0 when healthy.
+    failing: AtomicU16,
     cancelled_streams: AtomicUsize,
     next_id: AtomicU64,
     /// Bearer tokens the OAuth endpoints issued; the provider routes accept these.
@@ -372,6 +473,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 shared.connection_count.fetch_add(1, Ordering::Relaxed);
                 // Latency numbers are meaningless with Nagle's algorithm delaying small writes.
                 let _ = stream.set_nodelay(true);
+                if shared.config.reset_first > 0 || shared.config.reset_one_in.is_some() {
+                    // Closing then sends a reset rather than a FIN.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
                 let shared = Arc::clone(&shared);
                 connections.spawn(async move {
                     let service = service_fn(move |req| handle(Arc::clone(&shared), req));
@@ -386,9 +491,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+/// A response, or `Err` to make hyper drop the connection without answering (a reset).
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<MockBody>, BoxError> {
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        // Before the path is looked at, so in the default protocol's shape.
         return Ok(ApiError::invalid(None, None, "Could not read the request body.").into_response());
     };
     let recorded = Recorded {
@@ -404,95 +511,52 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
-    Ok(respond(&shared, &recorded).unwrap_or_else(ApiError::into_response))
+    if resets(&shared, &recorded) {
+        return Err("mock upstream: connection reset on purpose".into());
+    }
+    Ok(respond(&shared, &recorded))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Chat,
-    Embeddings,
-    Models,
+/// Whether `req` is a model request to reset (`reset_first`, `reset_one_in`).
+fn resets(shared: &Shared, req: &Recorded) -> bool {
+    let path = req.path.split('?').next().unwrap_or_default();
+    let model_route = path.ends_with("/chat/completions")
+        || path.ends_with("/embeddings")
+        || path.starts_with("/model/")
+        || path.contains(":generateContent")
+        || path.contains(":streamGenerateContent");
+    let config = &shared.config;
+    if !model_route || (config.reset_first == 0 && config.reset_one_in.is_none()) {
+        return false;
+    }
+    let seen = shared.resets.fetch_add(1, Ordering::Relaxed);
+    seen < config.reset_first || config.reset_one_in.is_some_and(|n| seen.is_multiple_of(n))
 }
 
-fn respond(shared: &Arc<Shared>, req: &Recorded) -> Result<Response<MockBody>, ApiError> {
+/// Picks the protocol by path; OpenAI's takes everything the others do not claim.
+fn respond(shared: &Arc<Shared>, req: &Recorded) -> Response<MockBody> {
     let path = req.path.split('?').next().unwrap_or_default();
     if path.starts_with("/openai/") {
         return azure::respond(shared, req, path);
     }
     let gemini_api = path.starts_with("/v1beta/models/") || (path.starts_with("/v1/models/") && path.contains(':'));
     if gemini_api || path.contains("/publishers/google/models/") {
-        return Ok(gemini::respond(shared, req, path));
+        return gemini::respond(shared, req, path);
     }
     if path.starts_with("/model/") {
-        return Ok(bedrock::respond(shared, req, path));
+        return bedrock::respond(shared, req, path);
     }
     if path == "/token" || path.ends_with("/oauth2/v2.0/token") {
-        return Ok(oauth::respond(shared, req, path));
+        return oauth::respond(shared, req, path);
     }
-    let route = match (req.method.as_str(), path) {
-        ("POST", "/v1/chat/completions") => Route::Chat,
-        ("POST", "/v1/embeddings") => Route::Embeddings,
-        ("GET", "/v1/models") => Route::Models,
-        (method, _) => {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: format!("Invalid URL ({method} {path})"),
-                kind: "invalid_request_error",
-                param: None,
-                code: None,
-            });
-        }
-    };
-    check_api_key(&shared.config, req)?;
-    if route == Route::Models {
-        return Ok(models());
-    }
-    if let Some(status) = injected_failure(shared) {
-        return Err(ApiError::injected(status));
-    }
-    let body: Value = serde_json::from_slice(&req.body).map_err(|_| {
-        ApiError::invalid(
-            None,
-            None,
-            "We could not parse the JSON body of your request. (HINT: This likely means you \
-             aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-        )
-    })?;
-    if !body.is_object() {
-        return Err(ApiError::invalid(None, None, "The request body must be a JSON object."));
-    }
-    match route {
-        Route::Chat => chat(shared, &body),
-        Route::Embeddings => embeddings(&body),
-        Route::Models => Ok(models()),
-    }
-}
-
-fn check_api_key(config: &MockBuilder, req: &Recorded) -> Result<(), ApiError> {
-    let Some(key) = &config.api_key else {
-        return Ok(());
-    };
-    let message = match req.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        Some(value) if value.strip_prefix("Bearer ") == Some(key.as_str()) => return Ok(()),
-        Some(_) => {
-            "Incorrect API key provided. You can find your API key at \
-                    https://platform.openai.com/account/api-keys."
-        }
-        None => {
-            "You didn't provide an API key. You need to provide your API key in an \
-                 Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-        }
-    };
-    Err(ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message: message.to_owned(),
-        kind: "invalid_request_error",
-        param: None,
-        code: Some("invalid_api_key"),
-    })
+    openai::respond(shared, req, path)
 }
 
 fn injected_failure(shared: &Shared) -> Option<StatusCode> {
+    let failing = shared.failing.load(Ordering::Relaxed);
+    if failing != 0 {
+        return StatusCode::from_u16(failing).ok();
+    }
     if let Some(status) = shared.config.always_fail {
         return Some(status);
     }
@@ -504,218 +568,6 @@ fn injected_failure(shared: &Shared) -> Option<StatusCode> {
     }
     let (n, status) = shared.config.fail_first?;
     (seen < n).then_some(status)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Chat completions
-
-fn chat(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiError> {
-    chat_as(shared, body, false)
-}
-
-/// A chat completion; `azure` adds Azure's content-filter fields and its empty first chunk.
-fn chat_as(shared: &Arc<Shared>, body: &Value, azure: bool) -> Result<Response<MockBody>, ApiError> {
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid(Some("model"), None, "you must provide a model parameter"))?;
-    let messages = match body.get("messages") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                Some("messages"),
-                Some("missing_required_parameter"),
-                "Missing required parameter: 'messages'.",
-            ));
-        }
-        Some(Value::Array(m)) if m.is_empty() => {
-            return Err(ApiError::invalid(
-                Some("messages"),
-                Some("empty_array"),
-                "Invalid 'messages': empty array. Expected an array with minimum length 1, but \
-                 got an empty array instead.",
-            ));
-        }
-        Some(Value::Array(m)) => m,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                Some("messages"),
-                Some("invalid_type"),
-                "Invalid type for 'messages': expected an array of objects.",
-            ));
-        }
-    };
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-
-    if stream && let Some(name) = model.strip_prefix("fixture:") {
-        let text = fixture(name).ok_or_else(|| model_not_found(model))?;
-        return Ok(sse(shared, replay(text, include_usage)));
-    }
-
-    let answer = Answer::new(body, messages)?;
-    let id = format!("chatcmpl-mock-{}", shared.next_id());
-    let created = unix_now();
-    if stream {
-        let mut events = answer.chunks(&id, model, created, include_usage);
-        if azure {
-            events = azure::stream_events(events, &id, created);
-        }
-        return Ok(sse(shared, events));
-    }
-    let message = match &answer.reply {
-        Reply::Text(text) => json!({"role": "assistant", "content": text, "refusal": null}),
-        Reply::ToolCall { name } => json!({
-            "role": "assistant",
-            "content": null,
-            "tool_calls": [{
-                "id": "call_mock_1",
-                "type": "function",
-                "function": {"name": name, "arguments": TOOL_ARGUMENTS},
-            }],
-            "refusal": null,
-        }),
-    };
-    let mut completion = json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "logprobs": null,
-                "finish_reason": answer.finish_reason(),
-            }],
-            "usage": answer.usage(),
-            // Lets tests check that a gateway passes unknown fields through in both directions.
-            "x_mock": {"echo_unknown": body.get("x_probe").cloned().unwrap_or(Value::Null)},
-    });
-    if azure {
-        azure::add_filter_results(&mut completion);
-    }
-    Ok(json_response(StatusCode::OK, &completion))
-}
-
-enum Reply {
-    Text(String),
-    ToolCall { name: String },
-}
-
-struct Answer {
-    reply: Reply,
-    prompt_tokens: usize,
-    completion_tokens: usize,
-}
-
-impl Answer {
-    fn new(body: &Value, messages: &[Value]) -> Result<Self, ApiError> {
-        let last = messages.last().unwrap_or(&Value::Null);
-        let last_is_tool = last.get("role").and_then(Value::as_str) == Some("tool");
-        let first_tool = body.get("tools").and_then(Value::as_array).and_then(|t| t.first());
-        let reply = match first_tool {
-            Some(tool) if !last_is_tool => {
-                let name = tool.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| {
-                    ApiError::invalid(
-                        Some("tools[0].function.name"),
-                        Some("missing_required_parameter"),
-                        "Missing required parameter: 'tools[0].function.name'.",
-                    )
-                })?;
-                Reply::ToolCall { name: name.to_owned() }
-            }
-            _ if last_is_tool => Reply::Text(format!("tool said: {}", message_text(last))),
-            _ => {
-                let user = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
-                Reply::Text(format!("echo: {}", user.map(message_text).unwrap_or_default()))
-            }
-        };
-        let prompt_tokens = messages.iter().map(|m| word_count(&message_text(m))).sum();
-        let completion_tokens = match &reply {
-            Reply::Text(text) => word_count(text),
-            Reply::ToolCall { .. } => word_count(TOOL_ARGUMENTS),
-        };
-        Ok(Self { reply, prompt_tokens, completion_tokens })
-    }
-
-    fn finish_reason(&self) -> &'static str {
-        match self.reply {
-            Reply::Text(_) => "stop",
-            Reply::ToolCall { .. } => "tool_calls",
-        }
-    }
-
-    fn usage(&self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        })
-    }
-
-    /// The answer as `chat.completion.chunk` events, shaped like OpenAI's own streams.
-    fn chunks(&self, id: &str, model: &str, created: u64, include_usage: bool) -> Vec<Bytes> {
-        let chunk = |delta: Value, finish_reason: Option<&str>| {
-            event(&json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": null,
-                    "finish_reason": finish_reason,
-                }],
-            }))
-        };
-        let mut events = Vec::new();
-        match &self.reply {
-            Reply::Text(text) => {
-                events.push(chunk(json!({"role": "assistant", "content": ""}), None));
-                events.extend(words(text).map(|w| chunk(json!({"content": w}), None)));
-            }
-            Reply::ToolCall { name } => {
-                events.push(chunk(
-                    json!({
-                        "role": "assistant",
-                        "content": null,
-                        "tool_calls": [{
-                            "index": 0,
-                            "id": "call_mock_1",
-                            "type": "function",
-                            "function": {"name": name, "arguments": ""},
-                        }],
-                    }),
-                    None,
-                ));
-                events.extend(argument_fragments(TOOL_ARGUMENTS).map(|fragment| {
-                    chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}), None)
-                }));
-            }
-        }
-        events.push(chunk(json!({}), Some(self.finish_reason())));
-        if include_usage {
-            events.push(event(&json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": self.usage(),
-            })));
-        }
-        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        events
-    }
-}
-
-/// The text of a message: a string `content`, or its text parts joined.
-fn message_text(message: &Value) -> String {
-    match message.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
-        _ => String::new(),
-    }
 }
 
 fn word_count(text: &str) -> usize {
@@ -752,40 +604,40 @@ fn argument_fragments(arguments: &str) -> impl Iterator<Item = &str> {
     (0..arguments.len()).step_by(PIECE).map(move |i| &arguments[i..(i + PIECE).min(arguments.len())])
 }
 
-/// Splits a recorded stream into its events, leaving out the final usage chunk unless asked for,
-/// as OpenAI only sends it with `stream_options.include_usage`.
-fn replay(text: &'static str, include_usage: bool) -> Vec<Bytes> {
-    text.split_inclusive("\n\n")
-        .filter(|event| include_usage || !is_usage_event(event))
-        .map(|event| Bytes::from_static(event.as_bytes()))
-        .collect()
-}
-
-fn is_usage_event(event: &str) -> bool {
-    let Some(data) = event.strip_prefix("data: ") else {
-        return false;
-    };
-    serde_json::from_str::<Value>(data).is_ok_and(|chunk| {
-        chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
-            && chunk.get("usage").is_some_and(Value::is_object)
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Streaming bodies
 
-fn sse(shared: &Arc<Shared>, events: Vec<Bytes>) -> Response<MockBody> {
+fn sse(shared: &Arc<Shared>, mut events: Vec<Bytes>) -> Response<MockBody> {
+    if shared.config.no_done {
+        events.retain(|e| &e[..] != b"data: [DONE]\n\n");
+    }
     streamed(shared, events, "text/event-stream")
 }
 
 /// A body sent one piece per poll (with `chunk_interval` between them, `break_stream_after`
 /// applied, and cancellation counted), whatever the framing of the pieces.
-fn streamed(shared: &Arc<Shared>, events: Vec<Bytes>, content_type: &'static str) -> Response<MockBody> {
+fn streamed(shared: &Arc<Shared>, mut events: Vec<Bytes>, content_type: &'static str) -> Response<MockBody> {
+    let config = &shared.config;
+    let nth = shared.streams.fetch_add(1, Ordering::Relaxed);
+    let faulty =
+        config.faulty_streams.is_none_or(|n| nth < n) && config.faulty_one_in.is_none_or(|n| nth.is_multiple_of(n));
+    let mut fill = 0;
+    if let Some(bytes) = config.giant_event {
+        // One event that never ends: its start (an SSE `data:` line here, a frame's prelude from
+        // the Bedrock mock), then filler (see `EventStream::next`).
+        if content_type == "text/event-stream" {
+            events = vec![Bytes::from_static(br#"data: {"choices":[{"index":0,"delta":{"content":""#)];
+        }
+        fill = bytes;
+    }
     let state = EventStream {
         events: events.into_iter(),
         sent: 0,
-        interval: shared.config.chunk_interval,
-        break_after: shared.config.break_stream_after,
+        interval: config.chunk_interval,
+        first_delay: if faulty { config.first_token_delay } else { Duration::ZERO },
+        break_after: config.break_stream_after.filter(|_| faulty),
+        stall_after: config.stall_stream_after.filter(|_| faulty),
+        fill,
         broken: false,
         guard: CancelGuard { shared: Arc::clone(shared), done: false },
     };
@@ -802,18 +654,41 @@ struct EventStream {
     events: std::vec::IntoIter<Bytes>,
     sent: usize,
     interval: Duration,
+    first_delay: Duration,
     break_after: Option<usize>,
+    stall_after: Option<usize>,
+    /// Filler bytes still to send after the events (`giant_event`).
+    fill: usize,
     broken: bool,
     guard: CancelGuard,
 }
 
+/// What a giant event is made of.
+static FILLER: [u8; 64 * 1024] = [b'a'; 64 * 1024];
+
 impl EventStream {
     async fn next(mut self) -> Option<(Result<Frame<Bytes>, BoxError>, Self)> {
-        if self.broken || self.events.as_slice().is_empty() {
+        if self.broken {
             return None;
+        }
+        if self.events.as_slice().is_empty() {
+            if self.fill == 0 {
+                return None;
+            }
+            let n = self.fill.min(FILLER.len());
+            self.fill -= n;
+            self.guard.done = self.fill == 0;
+            return Some((Ok(Frame::data(Bytes::from_static(&FILLER[..n]))), self));
+        }
+        if self.sent == 0 && !self.first_delay.is_zero() {
+            tokio::time::sleep(self.first_delay).await;
         }
         if self.sent > 0 && !self.interval.is_zero() {
             tokio::time::sleep(self.interval).await;
+        }
+        if self.stall_after == Some(self.sent) {
+            // Silent, the connection open, until the client gives up (which the guard counts).
+            std::future::pending::<()>().await;
         }
         if self.break_after == Some(self.sent) {
             // Hand control back once so hyper flushes the events already yielded; an error
@@ -826,7 +701,7 @@ impl EventStream {
         }
         let event = self.events.next()?;
         self.sent += 1;
-        self.guard.done = self.events.as_slice().is_empty();
+        self.guard.done = self.events.as_slice().is_empty() && self.fill == 0;
         Some((Ok(Frame::data(event)), self))
     }
 }
@@ -842,193 +717,6 @@ impl Drop for CancelGuard {
         if !self.done {
             self.shared.cancelled_streams.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Embeddings
-
-fn embeddings(body: &Value) -> Result<Response<MockBody>, ApiError> {
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid(Some("model"), None, "you must provide a model parameter"))?;
-    let inputs = embedding_inputs(body.get("input"))?;
-    let dimensions = match body.get("dimensions") {
-        None | Some(Value::Null) => 8,
-        Some(v) => {
-            v.as_u64().filter(|d| (1..=8192).contains(d)).and_then(|d| usize::try_from(d).ok()).ok_or_else(|| {
-                ApiError::invalid(
-                    Some("dimensions"),
-                    Some("invalid_value"),
-                    "Invalid 'dimensions': expected an integer between 1 and 8192.",
-                )
-            })?
-        }
-    };
-    let base64 = match body.get("encoding_format") {
-        None | Some(Value::Null) => false,
-        Some(Value::String(f)) if f == "float" => false,
-        Some(Value::String(f)) if f == "base64" => true,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                Some("encoding_format"),
-                Some("invalid_value"),
-                "Invalid 'encoding_format': expected 'float' or 'base64'.",
-            ));
-        }
-    };
-    let mut prompt_tokens = 0;
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(index, input)| {
-            prompt_tokens += input.tokens;
-            let vector = embedding_vector(&input.key, dimensions);
-            let embedding = if base64 {
-                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                // Through the f32's shortest decimal form, so the JSON reads like OpenAI's
-                // ("-0.0069292835") rather than the f64 widening ("-0.006929283495992422").
-                vector.iter().map(|x| x.to_string().parse::<f64>().map_or(Value::Null, Value::from)).collect()
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
-        })
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }),
-    ))
-}
-
-struct EmbeddingInput {
-    /// What the vector is derived from: the text, or the token ids.
-    key: Vec<u8>,
-    tokens: usize,
-}
-
-fn embedding_inputs(input: Option<&Value>) -> Result<Vec<EmbeddingInput>, ApiError> {
-    let invalid = || {
-        ApiError::invalid(
-            Some("input"),
-            Some("invalid_value"),
-            "Invalid 'input': expected a non-empty string, array of strings, array of integers, \
-             or array of integer arrays.",
-        )
-    };
-    let text =
-        |s: &str| (!s.is_empty()).then(|| EmbeddingInput { key: s.as_bytes().to_vec(), tokens: word_count(s).max(1) });
-    let token_ids = |ids: &[Value]| -> Option<EmbeddingInput> {
-        if ids.is_empty() {
-            return None;
-        }
-        let key = ids.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()?;
-        Some(EmbeddingInput { key: key.iter().flat_map(|id| id.to_le_bytes()).collect(), tokens: key.len() })
-    };
-    match input {
-        None | Some(Value::Null) => Err(ApiError::invalid(
-            Some("input"),
-            Some("missing_required_parameter"),
-            "Missing required parameter: 'input'.",
-        )),
-        Some(Value::String(s)) => text(s).map(|i| vec![i]).ok_or_else(invalid),
-        Some(Value::Array(items)) if items.first().is_some_and(Value::is_number) => {
-            token_ids(items).map(|i| vec![i]).ok_or_else(invalid)
-        }
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => text(s),
-                Value::Array(ids) => token_ids(ids),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(invalid),
-        Some(_) => Err(invalid()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Models
-
-fn models() -> Response<MockBody> {
-    let data: Vec<Value> = MODELS
-        .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "weir-mock"}))
-        .collect();
-    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Responses and errors
-
-/// An OpenAI error response: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    param: Option<&'static str>,
-    code: Option<&'static str>,
-}
-
-impl ApiError {
-    fn invalid(param: Option<&'static str>, code: Option<&'static str>, message: &str) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.to_owned(),
-            kind: "invalid_request_error",
-            param,
-            code,
-        }
-    }
-
-    /// The error a real upstream would send with `status`, for `fail_first` and `always_fail`.
-    fn injected(status: StatusCode) -> Self {
-        let (message, kind, code) = match status.as_u16() {
-            429 => (
-                "Rate limit reached for requests (mock upstream). Please try again in 1s.",
-                "requests",
-                Some("rate_limit_exceeded"),
-            ),
-            500 => ("The server had an error while processing your request. Sorry about that!", "server_error", None),
-            503 => ("The engine is currently overloaded, please try again later.", "server_error", None),
-            s if s >= 500 => ("Upstream failure injected by the mock.", "server_error", None),
-            _ => ("Request rejected by the mock.", "invalid_request_error", None),
-        };
-        Self { status, message: message.to_owned(), kind, param: None, code }
-    }
-
-    fn into_response(self) -> Response<MockBody> {
-        let mut response = json_response(
-            self.status,
-            &json!({"error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }}),
-        );
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
-fn model_not_found(model: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        message: format!("The model `{model}` does not exist or you do not have access to it."),
-        kind: "invalid_request_error",
-        param: None,
-        code: Some("model_not_found"),
     }
 }
 
@@ -1115,6 +803,16 @@ impl Script {
             ScriptReply::Calls(calls) => calls.len() * word_count(TOOL_ARGUMENTS),
         };
         Self { reply, finish, prompt_tokens, completion_tokens }
+    }
+
+    /// The rest of the reply after `prefill`, its start: a model continuing a prefilled turn.
+    pub(crate) fn continue_after(&mut self, prefill: &str) {
+        if let ScriptReply::Text(text) = &mut self.reply
+            && let Some(rest) = text.strip_prefix(prefill)
+        {
+            *text = rest.to_owned();
+            self.completion_tokens = word_count(text);
+        }
     }
 
     /// The text reply cut into streamed pieces (one word each).

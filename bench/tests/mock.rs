@@ -485,3 +485,66 @@ async fn dropping_the_mock_stops_the_server() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn failover_knobs_fail_the_way_real_upstreams_do() -> Result<()> {
+    // A reset before any response byte: the connection dies, then the mock answers again.
+    let mock = MockUpstream::builder().reset_first(1).start().await;
+    ensure!(chat(&mock, &hello(false)).await.is_err(), "the first request is reset");
+    ensure!(chat(&mock, &hello(false)).await?.status == StatusCode::OK);
+
+    // A 429 with the Retry-After asked for.
+    let mock = MockUpstream::builder().fail_first(1, 429).retry_after("7").start().await;
+    let reply = chat(&mock, &hello(false)).await?;
+    ensure!(reply.status == StatusCode::TOO_MANY_REQUESTS && reply.headers["retry-after"] == "7");
+
+    // A clean end without [DONE], after the finish and the usage chunk.
+    let mock = MockUpstream::builder().no_done().start().await;
+    let mut request = hello(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let reply = chat(&mock, &request).await?;
+    let events = reply.events();
+    ensure!(!events.contains(&"[DONE]") && events.last().is_some_and(|e| e.contains("\"usage\"")), "{events:?}");
+
+    // A slow first token: headers at once, the first event later.
+    let mock = MockUpstream::builder().first_token_delay(Duration::from_millis(300)).start().await;
+    let started = Instant::now();
+    let reply = chat(&mock, &hello(true)).await?;
+    ensure!(reply.status == StatusCode::OK && started.elapsed() >= Duration::from_millis(290));
+
+    // Only the first stream stalls; it is cancelled when its client leaves.
+    let mock = MockUpstream::builder().stall_stream_after(2).faulty_streams(1).start().await;
+    let stalled = tokio::time::timeout(Duration::from_millis(500), chat(&mock, &hello(true))).await;
+    ensure!(stalled.is_err(), "the first stream stalls");
+    ensure!(mock.wait_cancelled_streams(1, Duration::from_secs(5)).await);
+    ensure!(chat(&mock, &hello(true)).await?.events().contains(&"[DONE]"), "the second is whole");
+    Ok(())
+}
+
+#[tokio::test]
+async fn prefill_is_continued_when_asked_the_upstreams_way_or_refused() -> Result<()> {
+    let mock = MockUpstream::builder().start().await;
+    let mut request = hello(false);
+    request["messages"].as_array_mut().unwrap().push(json!({"role": "assistant", "content": "echo: Hello"}));
+    let anew = chat(&mock, &request).await?.json()?;
+    ensure!(anew["choices"][0]["message"]["content"] == "echo: Hello there, mock", "unmarked: answered anew");
+    request["continue_final_message"] = json!(true);
+    let continued = chat(&mock, &request).await?.json()?;
+    ensure!(continued["choices"][0]["message"]["content"] == " there, mock", "{continued}");
+
+    let refusing = MockUpstream::builder().refuse_prefill().start().await;
+    assert_openai_error(&chat(&refusing, &request).await?, 400, Some("messages"))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_small_context_window_and_a_giant_event_are_what_providers_send() -> Result<()> {
+    let mock = MockUpstream::builder().context_window(2).start().await;
+    let error = assert_openai_error(&chat(&mock, &hello(false)).await?, 400, Some("messages"))?;
+    ensure!(error["code"] == "context_length_exceeded", "{error}");
+
+    let mock = MockUpstream::builder().giant_event(1 << 20).start().await;
+    let reply = chat(&mock, &hello(true)).await?;
+    ensure!(reply.body.len() > 1 << 20 && !reply.text().contains("\n\n"), "one event without an end");
+    Ok(())
+}

@@ -9,22 +9,14 @@ MOCK_AWS_KEY_ID and MOCK_SA_KEY (a PEM file).
 
 import json
 import os
-import sys
-import traceback
 import urllib.request
+
+from checks import check, raises, run
 
 URL = os.environ["MOCK_URL"]
 KEY = os.environ["MOCK_KEY"]
 AWS_KEY_ID = os.environ["MOCK_AWS_KEY_ID"]
 SA_KEY = open(os.environ["MOCK_SA_KEY"]).read()
-
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
-
 
 # ---------------------------------------------------------------------------------------------
 # Bedrock, with boto3
@@ -90,33 +82,21 @@ def bedrock_tool_use_and_results():
 @check
 def bedrock_exception_mid_stream():
     stream = bedrock().converse_stream(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "trigger-stream-exception"}]}])["stream"]
-    try:
-        list(stream)
-    except botocore.exceptions.EventStreamError as e:
-        assert e.response["Error"]["Code"] == "modelStreamErrorException", e.response
-    else:
-        raise AssertionError("the exception frame must raise")
+    # The exception frame must raise.
+    e = raises(botocore.exceptions.EventStreamError, lambda: list(stream))
+    assert e.response["Error"]["Code"] == "modelStreamErrorException", e.response
 
 
 @check
 def bedrock_validation_and_auth_errors():
-    try:
-        bedrock().converse(modelId=CLAUDE, messages=[{"role": "assistant", "content": [{"text": "hi"}]}])
-        raise AssertionError("must fail")
-    except botocore.exceptions.ClientError as e:
-        assert e.response["Error"]["Code"] == "ValidationException", e.response
-        assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 400
-    try:
-        bedrock(key_id="AKIDWRONG").converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "hi"}]}])
-        raise AssertionError("must fail")
-    except botocore.exceptions.ClientError as e:
-        assert e.response["Error"]["Code"] == "UnrecognizedClientException", e.response
+    e = raises(botocore.exceptions.ClientError, lambda: bedrock().converse(modelId=CLAUDE, messages=[{"role": "assistant", "content": [{"text": "hi"}]}]))
+    assert e.response["Error"]["Code"] == "ValidationException", e.response
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    e = raises(botocore.exceptions.ClientError, lambda: bedrock(key_id="AKIDWRONG").converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "hi"}]}]))
+    assert e.response["Error"]["Code"] == "UnrecognizedClientException", e.response
     # The mock recomputes the signature: the right key id with the wrong secret fails.
-    try:
-        bedrock(secret="not-the-secret").converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "hi"}]}])
-        raise AssertionError("must fail")
-    except botocore.exceptions.ClientError as e:
-        assert e.response["Error"]["Code"] == "InvalidSignatureException", e.response
+    e = raises(botocore.exceptions.ClientError, lambda: bedrock(secret="not-the-secret").converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "hi"}]}]))
+    assert e.response["Error"]["Code"] == "InvalidSignatureException", e.response
 
 
 @check
@@ -184,21 +164,15 @@ def gemini_function_calls_with_thought_signatures():
     assert second.text == 'tool said: {"result":"sunny"}', second.text
     # Without the signature the mock refuses, as Gemini does.
     unsigned = types.Content(role="model", parts=[types.Part(function_call=p.function_call) for p in call_parts])
-    try:
-        GEMINI.models.generate_content(model="gemini-2.5-flash", contents=[history[0], unsigned, history[2]], config=config)
-        raise AssertionError("must fail")
-    except genai_errors.ClientError as e:
-        assert e.code == 400 and "thought_signature" in e.message, e
+    e = raises(genai_errors.ClientError, lambda: GEMINI.models.generate_content(model="gemini-2.5-flash", contents=[history[0], unsigned, history[2]], config=config))
+    assert e.code == 400 and "thought_signature" in e.message, e
 
 
 @check
 def gemini_errors():
     bad = genai.Client(api_key="wrong-key", http_options=types.HttpOptions(base_url=URL))
-    try:
-        bad.models.generate_content(model="gemini-2.5-flash", contents="hi")
-        raise AssertionError("must fail")
-    except genai_errors.ClientError as e:
-        assert e.code == 400 and e.status == "INVALID_ARGUMENT", e
+    e = raises(genai_errors.ClientError, lambda: bad.models.generate_content(model="gemini-2.5-flash", contents="hi"))
+    assert e.code == 400 and e.status == "INVALID_ARGUMENT", e
 
 
 @check
@@ -250,11 +224,8 @@ def azure_stream_with_an_empty_first_chunk():
 
 @check
 def azure_content_filter_error():
-    try:
-        AZURE.chat.completions.create(model="prod-4o", messages=[{"role": "user", "content": "trigger-content-filter"}])
-        raise AssertionError("must fail")
-    except openai.BadRequestError as e:
-        assert e.code == "content_filter", e
+    e = raises(openai.BadRequestError, lambda: AZURE.chat.completions.create(model="prod-4o", messages=[{"role": "user", "content": "trigger-content-filter"}]))
+    assert e.code == "content_filter", e
 
 
 @check
@@ -263,23 +234,8 @@ def azure_entra_and_v1():
     assert client.embeddings.create(model="embeddings", input=["a", "b"]).data[1].index == 1
     v1 = openai.OpenAI(base_url=URL + "/openai/v1/", api_key=KEY, max_retries=0)
     assert v1.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == "echo: hi"
-    try:
-        openai.AzureOpenAI(azure_endpoint=URL, api_key="wrong", api_version="2024-10-21", max_retries=0).chat.completions.create(
-            model="prod-4o", messages=[{"role": "user", "content": "hi"}])
-        raise AssertionError("must fail")
-    except openai.AuthenticationError:
-        pass
+    raises(openai.AuthenticationError, lambda: openai.AzureOpenAI(azure_endpoint=URL, api_key="wrong", api_version="2024-10-21", max_retries=0).chat.completions.create(model="prod-4o", messages=[{"role": "user", "content": "hi"}]))
 
 
-passed = failed = 0
-for fn in checks:
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {fn.__name__}")
-    except Exception:
-        failed += 1
-        print(f"FAIL {fn.__name__}")
-        traceback.print_exc(file=sys.stdout)
-print(f"mock SDK checks: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+if __name__ == "__main__":
+    run("mock SDK checks")

@@ -2,6 +2,8 @@
 //! through `mock_sdk_check.py`, so the mocks the gateway is tested against speak the real protocols.
 //! `.ci/test` installs the packages; without them this test fails and says how.
 
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ async fn each_providers_sdk_accepts_the_mock() {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let child = tokio::process::Command::new(&python)
         .arg(format!("{dir}/tests/mock_sdk_check.py"))
+        // The runner the check scripts share, `gateway/tests/support/checks.py`.
+        .env("PYTHONPATH", python_path(&Path::new(dir).join("../gateway/tests/support")))
         .env("MOCK_URL", format!("http://{}", mock.addr()))
         .env("MOCK_KEY", "mock-key")
         .env("MOCK_AWS_KEY_ID", "AKIDMOCKCHECK")
@@ -40,4 +44,11 @@ async fn each_providers_sdk_accepts_the_mock() {
         "mock SDK checks failed (install the SDKs with `pip install boto3 google-genai openai`):\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+/// `dir` first on `PYTHONPATH`, then whatever the caller had.
+fn python_path(dir: &Path) -> OsString {
+    let inherited = std::env::var_os("PYTHONPATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir.to_owned()).chain(std::env::split_paths(&inherited)))
+        .expect("no path separator in the checkout's path")
 }

@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 pub use interpolate::{Env, MapEnv, ProcessEnv};
 pub use prices::default_price;
 pub use typed::{
-    ApiKey, AwsCredentials, Azure, AzureAuth, Bedrock, Config, InstanceMode, LocalWorker, LogFormat, Logging, Model,
-    OnError, PluginConfig, PluginSource, Price, Provider, Retry, Secret, Server, State, Target, Timeouts, Tls,
-    Upstream, UpstreamKind, Vertex, WILDCARD_MODEL,
+    ApiKey, AwsCredentials, Azure, AzureAuth, Backend, Bedrock, Config, Failover, InstanceMode, LedgerFsync,
+    LocalWorker, LogFormat, Logging, MidStream, Model, OnError, OnUnavailable, PluginConfig, PluginSource, Prefill,
+    Price, Provider, Quarantine, Redis, RedisTopology, Retry, Secret, Server, State, Target, Timeouts, Tls, Upstream,
+    UpstreamKind, Vertex, WILDCARD_MODEL,
 };
 
 /// Everything that can be wrong with a configuration.
@@ -65,7 +66,8 @@ impl fmt::Display for FieldErrors<'_> {
     }
 }
 
-/// Parses and validates configuration text. Relative paths in it (TLS files) resolve against `base_dir`.
+/// Parses and validates configuration text. Relative paths in it (TLS files, plugins, state) resolve
+/// against `base_dir`; `env` answers `${NAME}` and locates the user's cache directory.
 pub fn load_str(text: &str, env: &dyn Env, base_dir: &Path) -> Result<Config, ConfigError> {
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
     interpolate::interpolate_table(&mut table, env).map_err(ConfigError::Invalid)?;
@@ -77,7 +79,16 @@ pub fn load_str(text: &str, env: &dyn Env, base_dir: &Path) -> Result<Config, Co
             message: e.into_inner().to_string().lines().next().unwrap_or_default().to_owned(),
         }])
     })?;
-    validate::validate(raw, base_dir).map_err(ConfigError::Invalid)
+    validate::validate(raw, base_dir, env).map_err(ConfigError::Invalid)
+}
+
+/// Deserializes the file's raw form (after interpolation, before validation) from `deserializer`
+/// and drops it. Not an API: `config/tests/full_example.rs` drives it with a deserializer that
+/// records every field the raw structs ask for, to check that `examples/full.toml` sets each one,
+/// without the raw structs becoming public.
+#[doc(hidden)]
+pub fn deserialize_raw<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    <raw::RawConfig as serde::Deserialize>::deserialize(deserializer).map(drop)
 }
 
 /// Reads, parses and validates a configuration file.

@@ -16,6 +16,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub retry: RawRetry,
     #[serde(default)]
+    pub failover: RawFailover,
+    #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
@@ -46,7 +48,17 @@ pub(crate) struct RawPlugin {
     pub instances: Option<String>,
     pub recycle_after: Option<i64>,
     #[serde(default)]
+    pub quarantine: RawQuarantine,
+    #[serde(default)]
     pub config: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuarantine {
+    pub faults: Option<i64>,
+    pub window: Option<String>,
+    pub cooldown: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,9 +72,41 @@ pub(crate) struct RawPrice {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawState {
+    /// `embedded` (the default) or `redis`.
+    pub backend: Option<String>,
     pub ledger: Option<String>,
+    /// `always`, or how often the ledger file is `fsync`ed (a duration).
+    pub ledger_fsync: Option<String>,
     pub plugin_cache: Option<String>,
     pub kv_max_bytes: Option<i64>,
+    pub plugin_metrics_grace: Option<String>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    /// `standalone` (the default), `cluster` or `sentinel`.
+    pub mode: Option<String>,
+    /// `redis://` or `rediss://` (TLS): the server (standalone).
+    pub url: Option<String>,
+    /// Cluster seed nodes, or the sentinels, as URLs.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// The master's name, for `sentinel`.
+    pub sentinel_master: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A PEM file of extra root certificates for `rediss://`.
+    pub tls_ca: Option<String>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    /// `embedded` (fall back to this replica's own state) or `fail`.
+    pub on_unavailable: Option<String>,
+    /// `/readyz` fails while Redis is unavailable.
+    pub ready_requires_redis: Option<bool>,
+    pub hold_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +124,8 @@ pub(crate) struct RawServer {
     pub tls: Option<RawTls>,
     pub max_body_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<i64>,
     pub shutdown_grace: Option<String>,
 }
 
@@ -97,6 +143,14 @@ pub(crate) struct RawTimeouts {
     pub first_byte: Option<String>,
     pub total: Option<String>,
     pub idle: Option<String>,
+    pub first_token: Option<String>,
+}
+
+/// A model's own timeouts: only the one that is about the model rather than its upstreams.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModelTimeouts {
+    pub first_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +159,16 @@ pub(crate) struct RawRetry {
     pub max_attempts: Option<i64>,
     pub backoff_base: Option<String>,
     pub backoff_max: Option<String>,
+    pub same_target: Option<i64>,
+    pub retry_after_max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFailover {
+    pub mid_stream: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub max_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +192,8 @@ pub(crate) struct RawUpstream {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// How this upstream continues an assistant message (mid-stream failover).
+    pub prefill: Option<String>,
     /// `kind = "worker"` only: a model the gateway serves in-process (a directory, `python:PKG/DIR`
     /// or `builtin:NAME`).
     pub model: Option<String>,
@@ -164,6 +230,11 @@ pub(crate) struct RawModel {
     pub targets: Vec<RawTarget>,
     /// This model's own plugin chain, replacing the default one.
     pub plugins: Option<Vec<String>>,
+    /// Overrides of `[retry]`, field by field.
+    pub retry: Option<RawRetry>,
+    pub timeouts: Option<RawModelTimeouts>,
+    /// Overrides of `[failover]`, field by field.
+    pub failover: Option<RawFailover>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +242,8 @@ pub(crate) struct RawModel {
 pub(crate) struct RawTarget {
     pub upstream: String,
     pub model: Option<String>,
+    /// Tokens the target's model takes in one request (prompt and completion).
+    pub context_window: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,10 @@ pub const WILDCARD_MODEL: &str = "*";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: Server,
+    /// The retry settings of models that do not set their own.
     pub retry: Retry,
+    /// The mid-stream failover settings of models that do not set their own.
+    pub failover: Failover,
     pub log: Logging,
     /// Upstreams in file order; [`Target::upstream`] indexes this list.
     pub upstreams: Vec<Upstream>,
@@ -50,8 +53,21 @@ pub struct PluginConfig {
     pub instances: InstanceMode,
     /// A warm instance is replaced after this many calls.
     pub recycle_after: u64,
+    /// When a plugin that keeps faulting is skipped for a while.
+    pub quarantine: Quarantine,
     /// The plugin's `config` table as JSON text, handed to its `init`.
     pub config_json: String,
+}
+
+/// A circuit breaker for a plugin's code: after `faults` faults within `window` its hooks are
+/// skipped for `cooldown` (as its `on_error` says: passed over when open, the request failed when
+/// closed); a fault in the `window` after a cooldown starts the next one at once, twice as long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Faults within `window` that quarantine the plugin; 0 never does.
+    pub faults: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
 }
 
 /// Where a plugin's component comes from.
@@ -92,12 +108,77 @@ pub struct Price {
 /// Where host state lives.
 #[derive(Debug, Clone)]
 pub struct State {
-    /// The append-only usage ledger (JSON lines).
+    /// Where plugins' key-value entries, quotas and spending totals live.
+    pub backend: Backend,
+    /// The append-only usage ledger (JSON lines), this replica's own in either backend.
     pub ledger: PathBuf,
-    /// Compiled plugins, cached by content hash.
+    /// When ledger records reach the disk, beyond the page cache.
+    pub ledger_fsync: LedgerFsync,
+    /// Compiled plugins, cached by content hash; absolute, as wasmtime requires. By default in the user's cache
+    /// directory (`~/.cache/weir/plugins` on Linux).
     pub plugin_cache: PathBuf,
-    /// The most bytes the plugins' key-value store holds before evicting.
+    /// The most bytes the plugins' key-value store holds before evicting (the embedded store, and
+    /// the fallback of the Redis one).
     pub kv_max_bytes: u64,
+    /// How long the metric series of a plugin version swapped out on reload stay in `/metrics`
+    /// (so that scrapes still see their last values) before they are removed.
+    pub plugin_metrics_grace: Duration,
+}
+
+/// The host state's backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// In this process: limits, caches and circuit states are this replica's own.
+    Embedded,
+    /// Shared by every replica that names the same Redis and key prefix.
+    Redis(Redis),
+}
+
+/// `[state.redis]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    pub topology: RedisTopology,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Extra root certificates (PEM) for TLS connections.
+    pub tls_ca: Option<PathBuf>,
+    /// Put before every key, so that several gateways can share one Redis.
+    pub key_prefix: String,
+    /// The longest a host call waits for Redis (and never past its plugin's deadline).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub on_unavailable: OnUnavailable,
+    pub ready_requires_redis: bool,
+    /// How long a quota reservation is held in Redis without being settled before it is given back
+    /// (a replica that died mid-request never settles).
+    pub hold_ttl: Duration,
+}
+
+/// Where the Redis servers are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    Standalone { url: String },
+    Cluster { nodes: Vec<String> },
+    Sentinel { master: String, nodes: Vec<String> },
+}
+
+/// What the host does when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Serve the call from this replica's embedded state: limits become per replica until Redis
+    /// answers again.
+    Embedded,
+    /// Fail the call: the plugin faults and its `on_error` decides the request.
+    Fail,
+}
+
+/// The ledger's `fsync` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerFsync {
+    /// After every record, before the plugin's `append` returns.
+    Always,
+    /// Every this often, from a background thread.
+    Every(Duration),
 }
 
 /// The listening side.
@@ -107,8 +188,15 @@ pub struct Server {
     pub tls: Option<Tls>,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers; a new connection must also send
+    /// its first request within this (a connection that sends nothing is closed).
     pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (HTTP/1.1 keep-alive and
+    /// HTTP/2 alike) before it is closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once. At the limit the longest-idle connection is closed to make
+    /// room; when none is idle, new connections are refused.
+    pub max_connections: usize,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     pub shutdown_grace: Duration,
 }
@@ -131,10 +219,13 @@ pub struct Timeouts {
     pub total: Duration,
     /// The longest silence between two chunks of a streamed body.
     pub idle: Duration,
+    /// Streams: from sending the request to the first content that can reach the client; past it
+    /// the attempt is abandoned and the next target tried. `None`: no limit but `first_byte` and `idle`.
+    pub first_token: Option<Duration>,
 }
 
-/// Retries on the next target, before the first byte reaches the client.
-#[derive(Debug, Clone, Copy)]
+/// Retries before the first content reaches the client: on the same target, then the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
     /// Upstream attempts per request, the first included (1 = no retry).
     pub max_attempts: u32,
@@ -142,6 +233,62 @@ pub struct Retry {
     pub backoff_base: Duration,
     /// The longest wait between attempts.
     pub backoff_max: Duration,
+    /// Further attempts on the same target after a transient failure (a 5xx, a connection reset)
+    /// before falling back to the next.
+    pub same_target: u32,
+    /// The longest `Retry-After` honoured by waiting and retrying the same target; a longer one (or
+    /// one past the request's deadline) falls back to the next target at once.
+    pub retry_after_max: Duration,
+}
+
+impl Retry {
+    /// One attempt, no retry (a mirrored copy's).
+    pub const ONCE: Retry = Retry {
+        max_attempts: 1,
+        backoff_base: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        same_target: 0,
+        retry_after_max: Duration::ZERO,
+    };
+}
+
+/// What happens when a stream breaks or stalls after content reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failover {
+    pub mid_stream: MidStream,
+    /// Upstream attempts one stream may spend on continuations, in all.
+    pub max_attempts: u32,
+    /// The longest a continuation may keep the client waiting for new content.
+    pub max_delay: Duration,
+}
+
+/// `failover.mid_stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MidStream {
+    /// The stream ends with an error event.
+    Off,
+    /// The answer is continued on the next target after what the client already has.
+    Continue,
+}
+
+/// How an upstream continues a partial assistant answer (`prefill`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefill {
+    /// It cannot: a continuation starts the answer over there and is used only if it begins with
+    /// exactly what the client already has.
+    None,
+    /// A conversation ending with an assistant message is continued from it (Anthropic and
+    /// Bedrock Converse prefill, a Gemini `model` turn).
+    Assistant,
+    /// vLLM's `continue_final_message: true` (with `add_generation_prompt: false`).
+    ContinueFinalMessage,
+    /// `"prefix": true` on the final assistant message (DeepSeek, Mistral).
+    Prefix,
+}
+
+impl Prefill {
+    /// The names accepted in `prefill = "…"`.
+    pub const NAMES: &[&str] = &["none", "assistant", "continue-final-message", "prefix"];
 }
 
 /// Logging.
@@ -171,6 +318,9 @@ pub struct Upstream {
     /// Extra headers sent with every request (values may be secrets).
     pub headers: Vec<(String, Secret)>,
     pub timeouts: Timeouts,
+    /// How it continues a partial answer (`none` for OpenAI-compatible kinds, `assistant` for
+    /// Bedrock and Gemini unless set).
+    pub prefill: Prefill,
     /// A `worker` the gateway starts in-process on a loopback port; `endpoint` is set once it listens.
     pub local_worker: Option<LocalWorker>,
     /// What only this kind of upstream needs (region, project, deployments, credentials).
@@ -291,6 +441,12 @@ pub struct Model {
     pub targets: Vec<Target>,
     /// This model's own plugin chain (indexes into `Config::plugins`), replacing the default.
     pub plugins: Option<Vec<usize>>,
+    /// `[retry]` with this model's overrides.
+    pub retry: Retry,
+    /// This model's `timeouts.first_token`, overriding its upstreams'.
+    pub first_token: Option<Duration>,
+    /// `[failover]` with this model's overrides.
+    pub failover: Failover,
 }
 
 impl Model {
@@ -307,6 +463,9 @@ pub struct Target {
     pub upstream: usize,
     /// The model name sent upstream; `None` passes the requested name through (wildcard only).
     pub model: Option<String>,
+    /// Tokens one request may hold there (prompt and completion), when known: a request the
+    /// upstream refuses as too long goes only to targets with a larger window.
+    pub context_window: Option<u32>,
 }
 
 /// An API key, stored only as its SHA-256.

@@ -1,4 +1,5 @@
-//! Raw → typed: every check in one pass, every problem collected with its field path.
+//! Raw → typed: every check in one pass, every problem collected with its field path. `validate`
+//! calls one function per section of the file, in file order; each returns its typed section.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -7,12 +8,17 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::FieldError;
-use crate::raw::{RawConfig, RawTimeouts};
+use crate::raw::{
+    RawAdmin, RawConfig, RawFailover, RawKey, RawLog, RawModel, RawPlugin, RawPrice, RawRetry, RawServer, RawState,
+    RawTimeouts, RawUpstream,
+};
 use crate::typed::*;
+use crate::{Env, FieldError};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+/// Client connections open at once (`server.max_connections`).
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const MIN_KEY_LEN: usize = 16;
 const MAX_ATTEMPTS: i64 = 10;
 const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
@@ -39,7 +45,19 @@ const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     first_byte: Duration::from_secs(120),
     total: Duration::from_secs(600),
     idle: Duration::from_secs(60),
+    first_token: None,
 };
+
+const DEFAULT_RETRY: Retry = Retry {
+    max_attempts: 3,
+    backoff_base: Duration::from_millis(50),
+    backoff_max: Duration::from_secs(2),
+    same_target: 1,
+    retry_after_max: Duration::from_secs(10),
+};
+
+const DEFAULT_FAILOVER: Failover =
+    Failover { mid_stream: MidStream::Off, max_attempts: 2, max_delay: Duration::from_secs(10) };
 
 struct Errors(Vec<FieldError>);
 
@@ -69,6 +87,78 @@ impl Errors {
             first_byte: self.duration(&format!("{path}first_byte"), raw.first_byte.as_deref(), base.first_byte),
             total: self.duration(&format!("{path}total"), raw.total.as_deref(), base.total),
             idle: self.duration(&format!("{path}idle"), raw.idle.as_deref(), base.idle),
+            first_token: self.optional_duration(
+                &format!("{path}first_token"),
+                raw.first_token.as_deref(),
+                base.first_token,
+            ),
+        }
+    }
+
+    fn optional_duration(&mut self, path: &str, value: Option<&str>, default: Option<Duration>) -> Option<Duration> {
+        match value {
+            None => default,
+            Some(text) => Some(self.duration(path, Some(text), Duration::ZERO)).filter(|d| !d.is_zero()),
+        }
+    }
+
+    /// An integer in `range`, or `default` when absent.
+    fn count(&mut self, path: &str, value: Option<i64>, range: std::ops::RangeInclusive<i64>, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(n) if range.contains(&n) => u32::try_from(n).unwrap_or(default),
+            Some(n) => {
+                self.push(path, format!("must be between {} and {}, got {n}", range.start(), range.end()));
+                default
+            }
+        }
+    }
+
+    /// `[retry]` (or a model's `retry`) over `base`, field by field.
+    fn retry(&mut self, path: &str, raw: &RawRetry, base: Retry) -> Retry {
+        Retry {
+            max_attempts: self.count(
+                &format!("{path}max_attempts"),
+                raw.max_attempts,
+                1..=MAX_ATTEMPTS,
+                base.max_attempts,
+            ),
+            backoff_base: self.duration(&format!("{path}backoff_base"), raw.backoff_base.as_deref(), base.backoff_base),
+            backoff_max: self.duration(&format!("{path}backoff_max"), raw.backoff_max.as_deref(), base.backoff_max),
+            same_target: self.count(
+                &format!("{path}same_target"),
+                raw.same_target,
+                0..=MAX_ATTEMPTS - 1,
+                base.same_target,
+            ),
+            retry_after_max: match raw.retry_after_max.as_deref() {
+                // "0s" is allowed here: never wait for a Retry-After.
+                Some(text) if humantime::parse_duration(text).is_ok_and(|d| d.is_zero()) => Duration::ZERO,
+                other => self.duration(&format!("{path}retry_after_max"), other, base.retry_after_max),
+            },
+        }
+    }
+
+    /// `[failover]` (or a model's `failover`) over `base`, field by field.
+    fn failover(&mut self, path: &str, raw: &RawFailover, base: Failover) -> Failover {
+        let mid_stream = match raw.mid_stream.as_deref() {
+            None => base.mid_stream,
+            Some("off") => MidStream::Off,
+            Some("continue") => MidStream::Continue,
+            Some(other) => {
+                self.push(format!("{path}mid_stream"), format!("{other:?} is not \"off\" or \"continue\""));
+                base.mid_stream
+            }
+        };
+        Failover {
+            mid_stream,
+            max_attempts: self.count(
+                &format!("{path}max_attempts"),
+                raw.max_attempts,
+                1..=MAX_ATTEMPTS,
+                base.max_attempts,
+            ),
+            max_delay: self.duration(&format!("{path}max_delay"), raw.max_delay.as_deref(), base.max_delay),
         }
     }
 }
@@ -110,13 +200,7 @@ impl Errors {
 }
 
 /// The provider-specific fields of an upstream: each allowed only for its kind, each required one named.
-fn provider_settings(
-    errs: &mut Errors,
-    p: &str,
-    kind: UpstreamKind,
-    u: &crate::raw::RawUpstream,
-    base_dir: &Path,
-) -> Provider {
+fn provider_settings(errs: &mut Errors, p: &str, kind: UpstreamKind, u: &RawUpstream, base_dir: &Path) -> Provider {
     let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
     let fields: [(&str, bool, &[UpstreamKind]); 14] = [
         ("region", present(&u.region), &[UpstreamKind::Bedrock]),
@@ -258,11 +342,150 @@ fn is_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
 }
 
-pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<FieldError>> {
-    let mut errs = Errors(Vec::new());
+/// `[state] backend` and `[state.redis]`. The hold TTL must outlast the longest request, or a
+/// request still running would see its reservation given back.
+fn backend(errs: &mut Errors, raw: &RawState, base_dir: &Path, longest_request: Duration) -> Backend {
+    let redis = raw.redis.as_ref();
+    match raw.backend.as_deref() {
+        None | Some("embedded") => {
+            if redis.is_some() && raw.backend.is_none() {
+                errs.push("state.backend", "[state.redis] is set but the backend is embedded; add backend = \"redis\"");
+            }
+            return Backend::Embedded;
+        }
+        Some("redis") => {}
+        Some(other) => {
+            errs.push("state.backend", format!("{other:?} is not \"embedded\" or \"redis\""));
+            return Backend::Embedded;
+        }
+    }
+    let Some(r) = redis else {
+        errs.push("state.redis", "backend = \"redis\" needs a [state.redis] table with at least `url`");
+        return Backend::Embedded;
+    };
+    let url_ok = |errs: &mut Errors, path: String, url: &str| {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            errs.push(path, format!("{url:?} is not a redis:// or rediss:// (TLS) URL"));
+        }
+    };
+    let nodes = |errs: &mut Errors, what: &str| {
+        if r.nodes.is_empty() {
+            errs.push("state.redis.nodes", format!("mode = \"{what}\" needs at least one node URL"));
+        }
+        for (i, n) in r.nodes.iter().enumerate() {
+            url_ok(errs, format!("state.redis.nodes[{i}]"), n);
+        }
+        r.nodes.clone()
+    };
+    let topology = match r.mode.as_deref() {
+        None | Some("standalone") => {
+            let url = r.url.clone().unwrap_or_default();
+            if url.is_empty() {
+                errs.push("state.redis.url", "required for mode = \"standalone\" (e.g. \"redis://127.0.0.1:6379\")");
+            } else {
+                url_ok(errs, "state.redis.url".into(), &url);
+            }
+            RedisTopology::Standalone { url }
+        }
+        Some("cluster") => RedisTopology::Cluster { nodes: nodes(errs, "cluster") },
+        Some("sentinel") => {
+            let master = r.sentinel_master.clone().unwrap_or_default();
+            if master.is_empty() {
+                errs.push(
+                    "state.redis.sentinel_master",
+                    "required for mode = \"sentinel\": the monitored master's name",
+                );
+            }
+            RedisTopology::Sentinel { master, nodes: nodes(errs, "sentinel") }
+        }
+        Some(other) => {
+            errs.push("state.redis.mode", format!("{other:?} is not \"standalone\", \"cluster\" or \"sentinel\""));
+            RedisTopology::Standalone { url: String::new() }
+        }
+    };
+    if r.url.is_some() && !matches!(topology, RedisTopology::Standalone { .. }) {
+        errs.push("state.redis.url", "only for mode = \"standalone\"; cluster and sentinel use `nodes`");
+    }
+    let on_unavailable = match r.on_unavailable.as_deref() {
+        None | Some("embedded") => OnUnavailable::Embedded,
+        Some("fail") => OnUnavailable::Fail,
+        Some(other) => {
+            errs.push("state.redis.on_unavailable", format!("{other:?} is not \"embedded\" or \"fail\""));
+            OnUnavailable::Embedded
+        }
+    };
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "weir:".to_owned());
+    if key_prefix.contains(['{', '}']) {
+        errs.push("state.redis.key_prefix", "must not contain { or }: Weir places Redis Cluster hash tags itself");
+    }
+    let hold_ttl =
+        errs.duration("state.redis.hold_ttl", r.hold_ttl.as_deref(), longest_request + Duration::from_secs(60));
+    if hold_ttl < longest_request {
+        errs.push(
+            "state.redis.hold_ttl",
+            format!("{hold_ttl:?} is shorter than the longest request (timeouts.total = {longest_request:?}); reservations would be given back while requests still run"),
+        );
+    }
+    let timeout = errs.duration("state.redis.timeout", r.timeout.as_deref(), Duration::from_millis(20));
+    Backend::Redis(Redis {
+        topology,
+        username: r.username.clone().filter(|u| !u.is_empty()),
+        password: r.password.clone().filter(|p| !p.is_empty()).map(Secret::new),
+        tls_ca: r.tls_ca.as_deref().filter(|p| !p.is_empty()).map(|p| base_dir.join(p)),
+        key_prefix,
+        timeout,
+        connect_timeout: errs.duration(
+            "state.redis.connect_timeout",
+            r.connect_timeout.as_deref(),
+            Duration::from_secs(2),
+        ),
+        on_unavailable,
+        ready_requires_redis: r.ready_requires_redis.unwrap_or(false),
+        hold_ttl,
+    })
+}
 
-    // [server]
-    let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+/// Checks every section in file order (so problems are listed as they appear), then assembles the
+/// typed config only if none had a problem.
+pub(crate) fn validate(raw: RawConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+    let server = server(&mut errs, raw.server, base_dir);
+    let timeouts = errs.timeouts("timeouts.", &raw.timeouts, DEFAULT_TIMEOUTS);
+    let retry = errs.retry("retry.", &raw.retry, DEFAULT_RETRY);
+    let failover = errs.failover("failover.", &raw.failover, DEFAULT_FAILOVER);
+    let log = log(&mut errs, raw.log);
+    let upstreams = upstreams(&mut errs, raw.upstreams, timeouts, base_dir);
+    let (mut models, model_chains) = models(&mut errs, raw.models, &upstreams, retry, failover);
+    let keys = keys(&mut errs, raw.keys, server.listen);
+    let plugins = plugins(&mut errs, raw.plugins, base_dir);
+    let chain = chains(&mut errs, raw.chain.as_deref(), model_chains, &plugins, &mut models);
+    let prices = prices(&mut errs, raw.prices);
+    let longest_request = upstreams.iter().map(|u| u.timeouts.total).max().unwrap_or(DEFAULT_TIMEOUTS.total);
+    let state = state(&mut errs, &raw.state, base_dir, env, longest_request);
+    admin(&mut errs, &raw.admin, &keys);
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+    Ok(Config {
+        server,
+        retry,
+        failover,
+        log,
+        upstreams,
+        models,
+        keys,
+        plugins,
+        chain,
+        prices,
+        state,
+        admin_keys: raw.admin.keys,
+        source: None,
+    })
+}
+
+/// `[server]`.
+fn server(errs: &mut Errors, raw: RawServer, base_dir: &Path) -> Server {
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
         errs.push(
             "server.listen",
@@ -270,7 +493,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         );
         DEFAULT_LISTEN.parse().expect("the default listen address parses")
     });
-    let max_body_bytes = match raw.server.max_body_bytes {
+    let max_body_bytes = match raw.max_body_bytes {
         None => DEFAULT_MAX_BODY,
         Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
         Some(n) => {
@@ -278,39 +501,32 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             DEFAULT_MAX_BODY
         }
     };
-    let tls = raw.server.tls.map(|t| Tls { cert: base_dir.join(t.cert), key: base_dir.join(t.key) });
-    let server = Server {
+    let tls = raw.tls.map(|t| Tls { cert: base_dir.join(t.cert), key: base_dir.join(t.key) });
+    Server {
         listen,
         tls,
         max_body_bytes,
         header_read_timeout: errs.duration(
             "server.header_read_timeout",
-            raw.server.header_read_timeout.as_deref(),
+            raw.header_read_timeout.as_deref(),
             Duration::from_secs(10),
         ),
-        shutdown_grace: errs.duration(
-            "server.shutdown_grace",
-            raw.server.shutdown_grace.as_deref(),
-            Duration::from_secs(30),
-        ),
-    };
+        idle_timeout: errs.duration("server.idle_timeout", raw.idle_timeout.as_deref(), Duration::from_secs(60)),
+        max_connections: match raw.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                errs.push("server.max_connections", format!("must be positive, got {n}"));
+                DEFAULT_MAX_CONNECTIONS
+            }
+        },
+        shutdown_grace: errs.duration("server.shutdown_grace", raw.shutdown_grace.as_deref(), Duration::from_secs(30)),
+    }
+}
 
-    // [timeouts], [retry], [log]
-    let timeouts = errs.timeouts("timeouts.", &raw.timeouts, DEFAULT_TIMEOUTS);
-    let max_attempts = match raw.retry.max_attempts {
-        None => 3,
-        Some(n) if (1..=MAX_ATTEMPTS).contains(&n) => u32::try_from(n).unwrap_or(3),
-        Some(n) => {
-            errs.push("retry.max_attempts", format!("must be between 1 and {MAX_ATTEMPTS}, got {n}"));
-            3
-        }
-    };
-    let retry = Retry {
-        max_attempts,
-        backoff_base: errs.duration("retry.backoff_base", raw.retry.backoff_base.as_deref(), Duration::from_millis(50)),
-        backoff_max: errs.duration("retry.backoff_max", raw.retry.backoff_max.as_deref(), Duration::from_secs(2)),
-    };
-    let format = match raw.log.format.as_deref() {
+/// `[log]`.
+fn log(errs: &mut Errors, raw: RawLog) -> Logging {
+    let format = match raw.format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
@@ -318,109 +534,149 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             LogFormat::Text
         }
     };
-    let log = Logging { format, level: raw.log.level.unwrap_or_else(|| "info".to_owned()) };
+    Logging { format, level: raw.level.unwrap_or_else(|| "info".to_owned()) }
+}
 
-    // [[upstreams]]
-    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
-    let mut upstream_names = HashSet::new();
-    for (i, u) in raw.upstreams.into_iter().enumerate() {
+/// `[[upstreams]]`; `timeouts` are the `[timeouts]` each one may override.
+fn upstreams(errs: &mut Errors, raw: Vec<RawUpstream>, timeouts: Timeouts, base_dir: &Path) -> Vec<Upstream> {
+    let mut upstreams = Vec::with_capacity(raw.len());
+    let mut names = HashSet::new();
+    for (i, u) in raw.into_iter().enumerate() {
         let p = format!("upstreams[{i}]");
         if !is_name(&u.name) {
             errs.push(format!("{p}.name"), format!("{:?} is not a valid name (letters, digits and -_.:/)", u.name));
-        } else if !upstream_names.insert(u.name.clone()) {
+        } else if !names.insert(u.name.clone()) {
             errs.push(format!("{p}.name"), format!("upstream {:?} is defined twice", u.name));
         }
-        let kind = match u.kind.as_str() {
-            "openai" => UpstreamKind::OpenAi,
-            "worker" => UpstreamKind::Worker,
-            "azure-openai" => UpstreamKind::AzureOpenAi,
-            "bedrock" => UpstreamKind::Bedrock,
-            "vertex" => UpstreamKind::Vertex,
-            "gemini" => UpstreamKind::Gemini,
-            other => {
-                errs.push(
-                    format!("{p}.kind"),
-                    format!("unknown kind {other:?}; supported: {}", UpstreamKind::NAMES.join(", ")),
-                );
-                UpstreamKind::OpenAi
-            }
-        };
-        let provider = provider_settings(&mut errs, &p, kind, &u, base_dir);
-        let local_worker = match (kind, u.model, &u.endpoint) {
-            (UpstreamKind::Worker, Some(model), None) => {
-                let device = u.device.unwrap_or_else(|| "auto".to_owned());
-                let valid = matches!(device.as_str(), "auto" | "cpu" | "cuda")
-                    || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
-                if !valid {
-                    errs.push(format!("{p}.device"), format!("{device:?} is not a device; use auto, cpu or cuda:N"));
-                }
-                if model.trim().is_empty() {
-                    errs.push(
-                        format!("{p}.model"),
-                        "is empty; name a model directory, python:PACKAGE/DIR or builtin:NAME",
-                    );
-                }
-                // A directory resolves against the config file's folder, like every other path.
-                let model = if model.starts_with("python:") || model.starts_with("builtin:") {
-                    model
-                } else {
-                    base_dir.join(&model).to_string_lossy().into_owned()
-                };
-                Some(LocalWorker { model, device })
-            }
-            (UpstreamKind::Worker, Some(_), Some(_)) => {
-                errs.push(
-                    format!("{p}.model"),
-                    "give either endpoint (a running worker) or model (one the gateway starts), not both",
-                );
-                None
-            }
-            (_, Some(_), _) => {
-                errs.push(format!("{p}.model"), "only kind = \"worker\" upstreams take a model");
-                None
-            }
-            (_, None, _) => {
-                if u.device.is_some() {
-                    errs.push(format!("{p}.device"), "only a worker with a model takes a device");
-                }
-                None
-            }
-        };
-        let endpoint = match (u.endpoint.as_deref(), default_endpoint(kind, &provider)) {
-            (Some(endpoint), _) => errs.endpoint(&format!("{p}.endpoint"), endpoint),
-            (None, _) if local_worker.is_some() => String::new(),
-            (None, Some(default)) => default,
-            (None, None) => {
-                let hint = if kind == UpstreamKind::Worker { " (or, for a worker, a model to serve)" } else { "" };
-                errs.push(format!("{p}.endpoint"), format!("is required for this kind{hint}"));
-                String::new()
-            }
-        };
-        let mut headers = Vec::with_capacity(u.headers.len());
-        for (name, value) in u.headers {
-            let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
-            if !valid_name {
-                errs.push(format!("{p}.headers.{name}"), "is not a valid header name");
-            } else if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                errs.push(format!("{p}.headers.{name}"), "header values cannot contain line breaks");
-            } else {
-                headers.push((name.to_ascii_lowercase(), Secret::new(value)));
-            }
-        }
-        let api_key = u.api_key.filter(|k| !k.is_empty()).map(Secret::new);
-        let timeouts = errs.timeouts(&format!("{p}.timeouts."), &u.timeouts, timeouts);
-        upstreams.push(Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, local_worker, provider });
+        upstreams.push(upstream(errs, &p, u, timeouts, base_dir));
     }
+    upstreams
+}
 
-    // [[models]]
-    let mut models = Vec::with_capacity(raw.models.len());
-    let mut model_chains = Vec::with_capacity(raw.models.len());
-    let mut model_names = HashSet::new();
-    for (i, m) in raw.models.into_iter().enumerate() {
+/// One `[[upstreams]]` entry at path `p`, its name already checked.
+fn upstream(errs: &mut Errors, p: &str, u: RawUpstream, timeouts: Timeouts, base_dir: &Path) -> Upstream {
+    let kind = match u.kind.as_str() {
+        "openai" => UpstreamKind::OpenAi,
+        "worker" => UpstreamKind::Worker,
+        "azure-openai" => UpstreamKind::AzureOpenAi,
+        "bedrock" => UpstreamKind::Bedrock,
+        "vertex" => UpstreamKind::Vertex,
+        "gemini" => UpstreamKind::Gemini,
+        other => {
+            errs.push(
+                format!("{p}.kind"),
+                format!("unknown kind {other:?}; supported: {}", UpstreamKind::NAMES.join(", ")),
+            );
+            UpstreamKind::OpenAi
+        }
+    };
+    let provider = provider_settings(errs, p, kind, &u, base_dir);
+    let local_worker = local_worker(errs, p, kind, &u, base_dir);
+    let endpoint = match (u.endpoint.as_deref(), default_endpoint(kind, &provider)) {
+        (Some(endpoint), _) => errs.endpoint(&format!("{p}.endpoint"), endpoint),
+        (None, _) if local_worker.is_some() => String::new(),
+        (None, Some(default)) => default,
+        (None, None) => {
+            let hint = if kind == UpstreamKind::Worker { " (or, for a worker, a model to serve)" } else { "" };
+            errs.push(format!("{p}.endpoint"), format!("is required for this kind{hint}"));
+            String::new()
+        }
+    };
+    let mut headers = Vec::with_capacity(u.headers.len());
+    for (name, value) in u.headers {
+        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !valid_name {
+            errs.push(format!("{p}.headers.{name}"), "is not a valid header name");
+        } else if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            errs.push(format!("{p}.headers.{name}"), "header values cannot contain line breaks");
+        } else {
+            headers.push((name.to_ascii_lowercase(), Secret::new(value)));
+        }
+    }
+    let api_key = u.api_key.filter(|k| !k.is_empty()).map(Secret::new);
+    let timeouts = errs.timeouts(&format!("{p}.timeouts."), &u.timeouts, timeouts);
+    let prefill = match u.prefill.as_deref() {
+        None if matches!(kind, UpstreamKind::Bedrock | UpstreamKind::Vertex | UpstreamKind::Gemini) => {
+            Prefill::Assistant
+        }
+        None | Some("none") => Prefill::None,
+        Some("assistant") => Prefill::Assistant,
+        Some("continue-final-message") => Prefill::ContinueFinalMessage,
+        Some("prefix") => Prefill::Prefix,
+        Some(other) => {
+            errs.push(format!("{p}.prefill"), format!("{other:?} is not one of {}", Prefill::NAMES.join(", ")));
+            Prefill::None
+        }
+    };
+    Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, prefill, local_worker, provider }
+}
+
+/// The worker the gateway starts itself for a `kind = "worker"` upstream that names a `model`.
+fn local_worker(
+    errs: &mut Errors,
+    p: &str,
+    kind: UpstreamKind,
+    u: &RawUpstream,
+    base_dir: &Path,
+) -> Option<LocalWorker> {
+    match (kind, &u.model, &u.endpoint) {
+        (UpstreamKind::Worker, Some(model), None) => {
+            let device = u.device.clone().unwrap_or_else(|| "auto".to_owned());
+            let valid = matches!(device.as_str(), "auto" | "cpu" | "cuda")
+                || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+            if !valid {
+                errs.push(format!("{p}.device"), format!("{device:?} is not a device; use auto, cpu or cuda:N"));
+            }
+            if model.trim().is_empty() {
+                errs.push(format!("{p}.model"), "is empty; name a model directory, python:PACKAGE/DIR or builtin:NAME");
+            }
+            // A directory resolves against the config file's folder, like every other path.
+            let model = if model.starts_with("python:") || model.starts_with("builtin:") {
+                model.clone()
+            } else {
+                base_dir.join(model).to_string_lossy().into_owned()
+            };
+            Some(LocalWorker { model, device })
+        }
+        (UpstreamKind::Worker, Some(_), Some(_)) => {
+            errs.push(
+                format!("{p}.model"),
+                "give either endpoint (a running worker) or model (one the gateway starts), not both",
+            );
+            None
+        }
+        (_, Some(_), _) => {
+            errs.push(format!("{p}.model"), "only kind = \"worker\" upstreams take a model");
+            None
+        }
+        (_, None, _) => {
+            if u.device.is_some() {
+                errs.push(format!("{p}.device"), "only a worker with a model takes a device");
+            }
+            None
+        }
+    }
+}
+
+/// `[[models]]`, with each model's own chain (`plugins`) still by name: plugins come later in the
+/// file's checks, and [`chains`] resolves them. A model's `retry` and `failover` go over the file's.
+fn models(
+    errs: &mut Errors,
+    raw: Vec<RawModel>,
+    upstreams: &[Upstream],
+    retry: Retry,
+    failover: Failover,
+) -> (Vec<Model>, Vec<Option<Vec<String>>>) {
+    let mut models = Vec::with_capacity(raw.len());
+    let mut model_chains = Vec::with_capacity(raw.len());
+    let mut names = HashSet::new();
+    // A target's context window, by `upstream/model`: one value wherever the target is listed.
+    let mut windows: BTreeMap<(usize, String), (u32, String)> = BTreeMap::new();
+    for (i, m) in raw.into_iter().enumerate() {
         let p = format!("models[{i}]");
         if m.name.trim().is_empty() {
             errs.push(format!("{p}.name"), "must not be empty");
-        } else if !model_names.insert(m.name.clone()) {
+        } else if !names.insert(m.name.clone()) {
             errs.push(format!("{p}.name"), format!("model {:?} is defined twice", m.name));
         }
         if m.targets.is_empty() {
@@ -446,21 +702,58 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
                 ),
                 _ => {}
             }
-            targets.push(Target { upstream, model: t.model });
+            let context_window = match t.context_window {
+                None => None,
+                Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => u32::try_from(n).ok(),
+                Some(n) => {
+                    errs.push(format!("{tp}.context_window"), format!("must be a positive number of tokens, got {n}"));
+                    None
+                }
+            };
+            if let (Some(window), Some(model)) = (context_window, &t.model) {
+                match windows.get(&(upstream, model.clone())) {
+                    Some((other, at)) if *other != window => errs.push(
+                        format!("{tp}.context_window"),
+                        format!("{window} differs from the {other} given for the same target at {at}"),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        windows.insert((upstream, model.clone()), (window, format!("{tp}.context_window")));
+                    }
+                }
+            }
+            targets.push(Target { upstream, model: t.model, context_window });
         }
-        models.push(Model { name: m.name, targets, plugins: None });
+        let model_retry = errs.retry(&format!("{p}.retry."), m.retry.as_ref().unwrap_or(&RawRetry::default()), retry);
+        let model_failover =
+            errs.failover(&format!("{p}.failover."), m.failover.as_ref().unwrap_or(&RawFailover::default()), failover);
+        let first_token = m
+            .timeouts
+            .as_ref()
+            .and_then(|t| errs.optional_duration(&format!("{p}.timeouts.first_token"), t.first_token.as_deref(), None));
+        models.push(Model {
+            name: m.name,
+            targets,
+            plugins: None,
+            retry: model_retry,
+            first_token,
+            failover: model_failover,
+        });
         model_chains.push(m.plugins);
     }
+    (models, model_chains)
+}
 
-    // [[keys]]
-    let mut keys = Vec::with_capacity(raw.keys.len());
-    let mut key_names = HashSet::new();
-    let mut key_hashes = HashSet::new();
-    for (i, k) in raw.keys.into_iter().enumerate() {
+/// `[[keys]]`, and the rule that only a loopback listener may serve without them.
+fn keys(errs: &mut Errors, raw: Vec<RawKey>, listen: SocketAddr) -> Vec<ApiKey> {
+    let mut keys = Vec::with_capacity(raw.len());
+    let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
+    for (i, k) in raw.into_iter().enumerate() {
         let p = format!("keys[{i}]");
         if !is_name(&k.name) {
             errs.push(format!("{p}.name"), format!("{:?} is not a valid name (letters, digits and -_.:/)", k.name));
-        } else if !key_names.insert(k.name.clone()) {
+        } else if !names.insert(k.name.clone()) {
             errs.push(format!("{p}.name"), format!("key {:?} is defined twice", k.name));
         }
         if k.team.trim().is_empty() {
@@ -488,13 +781,14 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             }
         };
         if let Some(sha256) = sha256 {
-            if !key_hashes.insert(sha256) {
+            if !hashes.insert(sha256) {
                 errs.push(p, "has the same key as an earlier entry");
             }
             keys.push(ApiKey { name: k.name, team: k.team, sha256 });
         }
     }
-    if key_hashes.is_empty() && errs.0.is_empty() && !listen.ip().is_loopback() {
+    // Said only when nothing else is wrong: a broken `[[keys]]` entry explains the missing keys better.
+    if hashes.is_empty() && errs.0.is_empty() && !listen.ip().is_loopback() {
         errs.push(
             "keys",
             format!(
@@ -503,118 +797,153 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             ),
         );
     }
+    keys
+}
 
-    // [[plugins]], chain, per-model chains
-    let mut plugins = Vec::with_capacity(raw.plugins.len());
-    for (i, p) in raw.plugins.into_iter().enumerate() {
+/// `[[plugins]]`, each with its defaults.
+fn plugins(errs: &mut Errors, raw: Vec<RawPlugin>, base_dir: &Path) -> Vec<PluginConfig> {
+    let mut plugins = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
         let path = format!("plugins[{i}]");
         if !is_name(&p.name) {
             errs.push(format!("{path}.name"), format!("{:?} is not a valid name (letters, digits and -_.:/)", p.name));
         } else if plugins.iter().any(|q: &PluginConfig| q.name == p.name) {
             errs.push(format!("{path}.name"), format!("plugin {:?} is defined twice", p.name));
         }
-        let source = match p.source.strip_prefix("builtin:") {
-            Some(name) if !name.is_empty() => PluginSource::Builtin(name.to_owned()),
-            Some(_) => {
-                errs.push(format!("{path}.source"), "`builtin:` needs a plugin name, e.g. \"builtin:router\"");
-                PluginSource::Builtin(String::new())
-            }
-            None if p.source.ends_with(".wasm") => PluginSource::File(base_dir.join(&p.source)),
-            None => {
-                errs.push(
-                    format!("{path}.source"),
-                    format!("{:?} is neither `builtin:NAME` nor a path to a `.wasm` component", p.source),
-                );
-                PluginSource::File(PathBuf::new())
-            }
-        };
-        let on_error = match p.on_error.as_deref() {
-            None | Some("closed") => OnError::Closed,
-            Some("open") => OnError::Open,
-            Some(other) => {
-                errs.push(format!("{path}.on_error"), format!("{other:?} is not \"open\" or \"closed\""));
-                OnError::Closed
-            }
-        };
-        let deadline = errs.duration(&format!("{path}.deadline"), p.deadline.as_deref(), Duration::from_millis(10));
-        let memory = match p.memory.as_deref().map(parse_bytes) {
-            None => DEFAULT_PLUGIN_MEMORY,
-            Some(Ok(n)) if (64 * 1024..=MAX_PLUGIN_MEMORY).contains(&n) => n,
-            Some(Ok(n)) => {
-                errs.push(format!("{path}.memory"), format!("{n} bytes is outside 64KiB..=4GiB"));
-                DEFAULT_PLUGIN_MEMORY
-            }
-            Some(Err(e)) => {
-                errs.push(format!("{path}.memory"), e);
-                DEFAULT_PLUGIN_MEMORY
-            }
-        };
-        let instances = match p.instances.as_deref() {
-            None | Some("pooled") => InstanceMode::Pooled,
-            Some("fresh") => InstanceMode::Fresh,
-            Some(other) => {
-                errs.push(format!("{path}.instances"), format!("{other:?} is not \"pooled\" or \"fresh\""));
-                InstanceMode::Pooled
-            }
-        };
-        let recycle_after = match p.recycle_after {
-            None => 10_000,
-            Some(n) if n > 0 => n as u64,
-            Some(n) => {
-                errs.push(format!("{path}.recycle_after"), format!("must be positive, got {n}"));
-                10_000
-            }
-        };
-        let config_json = match serde_json::to_string(&p.config.unwrap_or_default()) {
-            Ok(json) => json,
-            Err(e) => {
-                errs.push(format!("{path}.config"), format!("cannot be expressed as JSON: {e}"));
-                String::from("{}")
-            }
-        };
-        plugins.push(PluginConfig {
-            name: p.name,
-            source,
-            on_error,
-            deadline,
-            memory,
-            instances,
-            recycle_after,
-            config_json,
-        });
+        plugins.push(plugin(errs, &path, p, base_dir));
     }
-    let resolve_chain = |errs: &mut Errors, path: &str, names: &[String]| -> Vec<usize> {
-        let mut chain = Vec::with_capacity(names.len());
-        for (j, name) in names.iter().enumerate() {
-            match plugins.iter().position(|p| &p.name == name) {
-                Some(k) if chain.contains(&k) => {
-                    errs.push(format!("{path}[{j}]"), format!("plugin {name:?} is listed twice"))
-                }
-                Some(k) => chain.push(k),
-                None => {
-                    let known: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
-                    errs.push(
-                        format!("{path}[{j}]"),
-                        format!("unknown plugin {name:?}; defined plugins: [{}]", known.join(", ")),
-                    );
-                }
-            }
+    plugins
+}
+
+/// One `[[plugins]]` entry at `path`, its name already checked.
+fn plugin(errs: &mut Errors, path: &str, p: RawPlugin, base_dir: &Path) -> PluginConfig {
+    let source = match p.source.strip_prefix("builtin:") {
+        Some(name) if !name.is_empty() => PluginSource::Builtin(name.to_owned()),
+        Some(_) => {
+            errs.push(format!("{path}.source"), "`builtin:` needs a plugin name, e.g. \"builtin:router\"");
+            PluginSource::Builtin(String::new())
         }
-        chain
+        None if p.source.ends_with(".wasm") => PluginSource::File(base_dir.join(&p.source)),
+        None => {
+            errs.push(
+                format!("{path}.source"),
+                format!("{:?} is neither `builtin:NAME` nor a path to a `.wasm` component", p.source),
+            );
+            PluginSource::File(PathBuf::new())
+        }
     };
-    let chain = match &raw.chain {
-        Some(names) => resolve_chain(&mut errs, "chain", names),
+    let on_error = match p.on_error.as_deref() {
+        None | Some("closed") => OnError::Closed,
+        Some("open") => OnError::Open,
+        Some(other) => {
+            errs.push(format!("{path}.on_error"), format!("{other:?} is not \"open\" or \"closed\""));
+            OnError::Closed
+        }
+    };
+    let deadline = errs.duration(&format!("{path}.deadline"), p.deadline.as_deref(), Duration::from_millis(10));
+    let memory = match p.memory.as_deref().map(parse_bytes) {
+        None => DEFAULT_PLUGIN_MEMORY,
+        Some(Ok(n)) if (64 * 1024..=MAX_PLUGIN_MEMORY).contains(&n) => n,
+        Some(Ok(n)) => {
+            errs.push(format!("{path}.memory"), format!("{n} bytes is outside 64KiB..=4GiB"));
+            DEFAULT_PLUGIN_MEMORY
+        }
+        Some(Err(e)) => {
+            errs.push(format!("{path}.memory"), e);
+            DEFAULT_PLUGIN_MEMORY
+        }
+    };
+    let instances = match p.instances.as_deref() {
+        None | Some("pooled") => InstanceMode::Pooled,
+        Some("fresh") => InstanceMode::Fresh,
+        Some(other) => {
+            errs.push(format!("{path}.instances"), format!("{other:?} is not \"pooled\" or \"fresh\""));
+            InstanceMode::Pooled
+        }
+    };
+    let recycle_after = match p.recycle_after {
+        None => 10_000,
+        Some(n) if n > 0 => n as u64,
+        Some(n) => {
+            errs.push(format!("{path}.recycle_after"), format!("must be positive, got {n}"));
+            10_000
+        }
+    };
+    let quarantine = Quarantine {
+        faults: match p.quarantine.faults {
+            None => 10,
+            Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => n as u32,
+            Some(n) => {
+                errs.push(format!("{path}.quarantine.faults"), format!("must be 0 (never) or more, got {n}"));
+                10
+            }
+        },
+        window: errs.duration(
+            &format!("{path}.quarantine.window"),
+            p.quarantine.window.as_deref(),
+            Duration::from_secs(10),
+        ),
+        cooldown: errs.duration(
+            &format!("{path}.quarantine.cooldown"),
+            p.quarantine.cooldown.as_deref(),
+            Duration::from_secs(30),
+        ),
+    };
+    let config_json = match serde_json::to_string(&p.config.unwrap_or_default()) {
+        Ok(json) => json,
+        Err(e) => {
+            errs.push(format!("{path}.config"), format!("cannot be expressed as JSON: {e}"));
+            String::from("{}")
+        }
+    };
+    PluginConfig { name: p.name, source, on_error, deadline, memory, instances, recycle_after, quarantine, config_json }
+}
+
+/// `chain` (the default chain; every plugin in file order when absent) and each model's own chain,
+/// names resolved to indexes into `plugins`. Returns the default chain and sets the models'.
+fn chains(
+    errs: &mut Errors,
+    default: Option<&[String]>,
+    model_chains: Vec<Option<Vec<String>>>,
+    plugins: &[PluginConfig],
+    models: &mut [Model],
+) -> Vec<usize> {
+    let chain = match default {
+        Some(names) => resolve_chain(errs, "chain", names, plugins),
         None => (0..plugins.len()).collect(),
     };
     for (i, names) in model_chains.into_iter().enumerate() {
         if let Some(names) = names {
-            models[i].plugins = Some(resolve_chain(&mut errs, &format!("models[{i}].plugins"), &names));
+            models[i].plugins = Some(resolve_chain(errs, &format!("models[{i}].plugins"), &names, plugins));
         }
     }
+    chain
+}
 
-    // [prices]
+fn resolve_chain(errs: &mut Errors, path: &str, names: &[String], plugins: &[PluginConfig]) -> Vec<usize> {
+    let mut chain = Vec::with_capacity(names.len());
+    for (j, name) in names.iter().enumerate() {
+        match plugins.iter().position(|p| &p.name == name) {
+            Some(k) if chain.contains(&k) => {
+                errs.push(format!("{path}[{j}]"), format!("plugin {name:?} is listed twice"))
+            }
+            Some(k) => chain.push(k),
+            None => {
+                let known: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+                errs.push(
+                    format!("{path}[{j}]"),
+                    format!("unknown plugin {name:?}; defined plugins: [{}]", known.join(", ")),
+                );
+            }
+        }
+    }
+    chain
+}
+
+/// `[prices]`: USD per million tokens → millionths of a dollar.
+fn prices(errs: &mut Errors, raw: BTreeMap<String, RawPrice>) -> BTreeMap<String, Price> {
     let mut prices = BTreeMap::new();
-    for (name, p) in raw.prices {
+    for (name, p) in raw {
         let mut micros = |field: &str, usd: f64| -> u64 {
             if usd.is_finite() && usd >= 0.0 {
                 (usd * 1e6).round() as u64
@@ -630,9 +959,13 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         };
         prices.insert(name, price);
     }
+    prices
+}
 
-    // [state], [admin]
-    let kv_max_bytes = match raw.state.kv_max_bytes {
+/// `[state]`; `env` locates the user's cache directory for the compiled plugins, and the longest
+/// request (`timeouts.total` of the slowest upstream) bounds Redis's hold TTL from below.
+fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env, longest_request: Duration) -> State {
+    let kv_max_bytes = match raw.kv_max_bytes {
         None => 64 * 1024 * 1024,
         Some(n) if n > 0 => n as u64,
         Some(n) => {
@@ -640,33 +973,53 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             0
         }
     };
-    let state = State {
-        ledger: base_dir.join(raw.state.ledger.as_deref().unwrap_or("weir-ledger.jsonl")),
-        plugin_cache: base_dir.join(raw.state.plugin_cache.as_deref().unwrap_or(".weir-cache")),
-        kv_max_bytes,
+    let plugin_cache = match raw.plugin_cache.as_deref() {
+        Some(dir) => base_dir.join(dir),
+        // Where the platform has no cache directory for this user, next to the config as before.
+        None => {
+            user_cache_dir(env).map_or_else(|| base_dir.join(".weir-cache"), |dir| dir.join("weir").join("plugins"))
+        }
     };
-    for (i, name) in raw.admin.keys.iter().enumerate() {
+    let backend = backend(errs, raw, base_dir, longest_request);
+    let ledger_fsync = match raw.ledger_fsync.as_deref() {
+        Some("always") => LedgerFsync::Always,
+        other => LedgerFsync::Every(errs.duration("state.ledger_fsync", other, Duration::from_secs(1))),
+    };
+    State {
+        backend,
+        ledger: base_dir.join(raw.ledger.as_deref().unwrap_or("weir-ledger.jsonl")),
+        ledger_fsync,
+        // wasmtime's cache takes only an absolute directory (it turns itself off otherwise), and a
+        // relative one would move with the working directory of whoever starts Weir.
+        plugin_cache: std::path::absolute(&plugin_cache).unwrap_or(plugin_cache),
+        kv_max_bytes,
+        plugin_metrics_grace: errs.duration(
+            "state.plugin_metrics_grace",
+            raw.plugin_metrics_grace.as_deref(),
+            Duration::from_secs(120),
+        ),
+    }
+}
+
+/// The platform's directory for per-user caches, read through `env`: `%LOCALAPPDATA%` on Windows,
+/// `~/Library/Caches` on macOS, else `$XDG_CACHE_HOME` (only when absolute, as the XDG spec asks) or
+/// `~/.cache`. `None` where the environment names no home, e.g. a bare service account.
+fn user_cache_dir(env: &dyn Env) -> Option<PathBuf> {
+    let absolute = |name: &str| env.get(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    if cfg!(windows) {
+        absolute("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        absolute("HOME").map(|home| home.join("Library").join("Caches"))
+    } else {
+        absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+    }
+}
+
+/// `[admin]`: the keys it names must exist.
+fn admin(errs: &mut Errors, raw: &RawAdmin, keys: &[ApiKey]) {
+    for (i, name) in raw.keys.iter().enumerate() {
         if !keys.iter().any(|k| &k.name == name) {
             errs.push(format!("admin.keys[{i}]"), format!("unknown key {name:?}"));
         }
-    }
-
-    if errs.0.is_empty() {
-        Ok(Config {
-            server,
-            retry,
-            log,
-            upstreams,
-            models,
-            keys,
-            plugins,
-            chain,
-            prices,
-            state,
-            admin_keys: raw.admin.keys,
-            source: None,
-        })
-    } else {
-        Err(errs.0)
     }
 }

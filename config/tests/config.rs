@@ -360,3 +360,186 @@ fn cloud_providers_get_their_default_endpoints_and_credentials() {
         matches!(&azure.auth, AzureAuth::Entra { token_endpoint, .. } if token_endpoint == "https://login.microsoftonline.com/t/oauth2/v2.0/token")
     );
 }
+
+/// The compiled-plugin cache is an absolute directory (wasmtime turns its cache off otherwise): by
+/// default the user's cache directory, found through the injected environment; a configured one
+/// resolves against the config file's folder like every other path.
+#[test]
+#[cfg(all(unix, not(target_os = "macos")))]
+fn the_plugin_cache_is_absolute_and_in_the_users_cache_directory() {
+    let cache = |pairs: &[(&str, &str)], text: &str, base: &str| {
+        let env = MapEnv(pairs.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect());
+        load_str(text, &env, Path::new(base)).expect("valid").state.plugin_cache
+    };
+    let cwd = std::env::current_dir().expect("a working directory");
+    let home = [("HOME", "/home/ada")];
+    assert_eq!(cache(&home, "", "."), Path::new("/home/ada/.cache/weir/plugins"));
+    assert_eq!(
+        cache(&[("HOME", "/home/ada"), ("XDG_CACHE_HOME", "/var/cache/ada")], "", "."),
+        Path::new("/var/cache/ada/weir/plugins")
+    );
+    // The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    assert_eq!(
+        cache(&[("HOME", "/home/ada"), ("XDG_CACHE_HOME", "cache")], "", "."),
+        Path::new("/home/ada/.cache/weir/plugins")
+    );
+    // No home at all (a bare service account): next to the config, made absolute.
+    assert_eq!(cache(&[], "", "/etc/weir"), Path::new("/etc/weir/.weir-cache"));
+    assert_eq!(cache(&[], "", "."), cwd.join(".weir-cache"));
+    // Configured: relative to the config file's folder, whatever the user's cache directory is.
+    let configured = "[state]\nplugin_cache = \"compiled\"\n";
+    assert_eq!(cache(&home, configured, "/etc/weir"), Path::new("/etc/weir/compiled"));
+    assert_eq!(cache(&home, configured, "conf"), cwd.join("conf/compiled"));
+    assert_eq!(cache(&home, "[state]\nplugin_cache = \"/srv/weir\"\n", "/etc/weir"), Path::new("/srv/weir"));
+    assert_eq!(
+        cache(&[("WEIR_CACHE", "/tmp/w")], "[state]\nplugin_cache = \"${WEIR_CACHE}\"\n", "/etc/weir"),
+        Path::new("/tmp/w")
+    );
+}
+
+#[test]
+fn retry_first_token_and_failover_are_set_globally_and_per_model() {
+    use std::time::Duration;
+    use weir_config::{MidStream, Prefill};
+    let c = load_str(
+        r#"
+        [retry]
+        same_target = 2
+        retry_after_max = "30s"
+        [timeouts]
+        first_token = "20s"
+        [failover]
+        mid_stream = "continue"
+        [[upstreams]]
+        name = "vllm"
+        endpoint = "http://x"
+        prefill = "continue-final-message"
+        [[upstreams]]
+        name = "openai"
+        endpoint = "http://y"
+        timeouts = { first_token = "5s" }
+        [[upstreams]]
+        name = "bedrock"
+        kind = "bedrock"
+        region = "us-east-1"
+        [[models]]
+        name = "defaults"
+        targets = [{ upstream = "vllm", model = "m", context_window = 8192 }]
+        [[models]]
+        name = "own"
+        targets = [{ upstream = "openai", model = "m" }, { upstream = "vllm", model = "m", context_window = 8192 }]
+        retry = { same_target = 0, max_attempts = 4 }
+        timeouts = { first_token = "2s" }
+        failover = { mid_stream = "off", max_delay = "3s" }
+        "#,
+        &MapEnv::default(),
+        Path::new("."),
+    )
+    .unwrap();
+    let (defaults, own) = (&c.models[0], &c.models[1]);
+    assert_eq!((defaults.retry.same_target, defaults.retry.max_attempts), (2, 3));
+    assert_eq!(defaults.retry.retry_after_max, Duration::from_secs(30));
+    assert_eq!((own.retry.same_target, own.retry.max_attempts), (0, 4), "overridden field by field");
+    assert_eq!(own.retry.retry_after_max, Duration::from_secs(30));
+    assert_eq!(defaults.first_token, None, "a model without its own uses its upstreams'");
+    assert_eq!(own.first_token, Some(Duration::from_secs(2)));
+    assert_eq!(c.upstreams[0].timeouts.first_token, Some(Duration::from_secs(20)));
+    assert_eq!(c.upstreams[1].timeouts.first_token, Some(Duration::from_secs(5)));
+    assert_eq!(defaults.failover.mid_stream, MidStream::Continue);
+    assert_eq!((own.failover.mid_stream, own.failover.max_delay), (MidStream::Off, Duration::from_secs(3)));
+    assert_eq!(own.failover.max_attempts, 2);
+    assert_eq!(defaults.targets[0].context_window, Some(8192));
+    let prefills: Vec<Prefill> = c.upstreams.iter().map(|u| u.prefill).collect();
+    assert_eq!(prefills, [Prefill::ContinueFinalMessage, Prefill::None, Prefill::Assistant]);
+
+    let plain = load_str("", &MapEnv::default(), Path::new(".")).unwrap();
+    assert_eq!((plain.retry.same_target, plain.retry.retry_after_max), (1, Duration::from_secs(10)));
+    assert_eq!((plain.failover.mid_stream, plain.failover.max_attempts), (MidStream::Off, 2));
+}
+
+#[test]
+fn retry_failover_and_context_mistakes_name_their_field() {
+    let errs = errors(
+        r#"
+        [retry]
+        same_target = -1
+        [failover]
+        mid_stream = "resume"
+        [[upstreams]]
+        name = "u"
+        endpoint = "http://x"
+        prefill = "maybe"
+        [[models]]
+        name = "m"
+        targets = [{ upstream = "u", model = "x", context_window = 0 }, { upstream = "u", model = "y", context_window = 10 }]
+        timeouts = { first_token = "never" }
+        failover = { max_attempts = 0 }
+        [[models]]
+        name = "n"
+        targets = [{ upstream = "u", model = "y", context_window = 20 }]
+        "#,
+    );
+    let expected = [
+        "retry.same_target: must be between 0 and 9, got -1",
+        "failover.mid_stream: \"resume\" is not \"off\" or \"continue\"",
+        "upstreams[0].prefill: \"maybe\" is not one of none, assistant, continue-final-message, prefix",
+        "models[0].targets[0].context_window: must be a positive number of tokens, got 0",
+        "models[0].timeouts.first_token: \"never\" is not a duration",
+        "models[0].failover.max_attempts: must be between 1 and 10, got 0",
+        "models[1].targets[0].context_window: 20 differs from the 10 given for the same target at models[0].targets[1].context_window",
+    ];
+    for want in expected {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    let errs = errors("[[models]]\nname = \"m\"\ntargets = []\ntimeouts = { idle = \"1s\" }");
+    assert!(errs.iter().any(|e| e.contains("unknown field `idle`, expected `first_token`")), "{errs:?}");
+}
+
+#[test]
+fn the_redis_backend_is_checked_and_takes_its_secrets_from_the_environment() {
+    let base = "[[upstreams]]\nname = \"u\"\nendpoint = \"http://x\"\n[[models]]\nname = \"m\"\ntargets = [{ upstream = \"u\", model = \"x\" }]\n";
+    let text = format!(
+        "{base}[state]\nbackend = \"redis\"\n[state.redis]\nurl = \"rediss://cache:6380/2\"\nusername = \"weir\"\npassword = \"${{REDIS_PASSWORD}}\"\non_unavailable = \"fail\"\n"
+    );
+    let env = MapEnv::from_pairs([("REDIS_PASSWORD", "s3cret")]);
+    let config = load_str(&text, &env, Path::new("/etc/weir")).unwrap();
+    let weir_config::Backend::Redis(redis) = &config.state.backend else { panic!("not redis") };
+    assert_eq!(redis.topology, weir_config::RedisTopology::Standalone { url: "rediss://cache:6380/2".into() });
+    assert_eq!(
+        (redis.username.as_deref(), redis.password.as_ref().map(|p| p.expose())),
+        (Some("weir"), Some("s3cret"))
+    );
+    assert!(!format!("{redis:?}").contains("s3cret"), "the password never prints");
+    assert_eq!(redis.on_unavailable, weir_config::OnUnavailable::Fail);
+    assert_eq!((redis.key_prefix.as_str(), redis.timeout), ("weir:", std::time::Duration::from_millis(20)));
+    assert_eq!(redis.hold_ttl, std::time::Duration::from_secs(660), "the longest request plus a minute");
+    assert_eq!(config.state.ledger_fsync, weir_config::LedgerFsync::Every(std::time::Duration::from_secs(1)));
+
+    for (state, expected) in [
+        ("backend = \"redis\"\n", "state.redis: backend = \"redis\" needs a [state.redis] table"),
+        ("backend = \"etcd\"\n", "state.backend: \"etcd\" is not"),
+        ("[state.redis]\nurl = \"redis://x\"\n", "state.backend: [state.redis] is set but the backend is embedded"),
+        ("backend = \"redis\"\n[state.redis]\nurl = \"http://x\"\n", "state.redis.url: \"http://x\" is not a redis://"),
+        ("backend = \"redis\"\n[state.redis]\nmode = \"cluster\"\n", "state.redis.nodes: mode = \"cluster\" needs"),
+        (
+            "backend = \"redis\"\n[state.redis]\nmode = \"sentinel\"\nnodes = [\"redis://s:26379\"]\n",
+            "state.redis.sentinel_master",
+        ),
+        ("backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\nkey_prefix = \"{a}\"\n", "state.redis.key_prefix"),
+        (
+            "backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\non_unavailable = \"wait\"\n",
+            "state.redis.on_unavailable",
+        ),
+        (
+            "backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\nhold_ttl = \"1m\"\n",
+            "state.redis.hold_ttl: 60s is shorter",
+        ),
+        ("backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\ntimeout = \"soon\"\n", "state.redis.timeout"),
+        ("ledger_fsync = \"never\"\n", "state.ledger_fsync"),
+        ("backend = \"redis\"\n[state.redis]\nurl = \"redis://x\"\nport = 1\n", "unknown field `port`"),
+    ] {
+        let errs = errors(&format!("{base}[state]\n{state}"));
+        assert!(errs.iter().any(|e| e.contains(expected)), "{state}: {errs:?}");
+    }
+}

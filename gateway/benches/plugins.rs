@@ -126,13 +126,13 @@ impl Setup {
         let chain = self.chain();
         let view =
             Arc::new(RequestView::new(self.view.info.clone(), self.view.headers.clone(), self.view.body.clone()));
-        chain.on_request(&view, &self.app.router).await.expect("on-request");
+        chain.on_request(&view, &self.app.routes).await.expect("on-request");
         chain.on_response_headers(&view, 200).await.expect("on-response-headers");
         chain.on_complete(&view, &self.completion).await;
     }
 
     async fn one_hook(&self) {
-        self.chain().on_request(&self.view, &self.app.router).await.expect("on-request");
+        self.chain().on_request(&self.view, &self.app.routes).await.expect("on-request");
     }
 }
 

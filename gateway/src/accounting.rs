@@ -1,16 +1,19 @@
 //! Stage: accounting. Exactly once per model request — success, error, or a client that went away —
 //! the usage, latency and outcome are recorded in metrics and in one log line.
 //!
-//! [`Accounting`] is a guard: a stage that finishes the request calls [`Accounting::finish`]; if the
-//! request is dropped instead (the client disconnected, so hyper dropped the response future or body),
-//! `Drop` records a `client_abort` with whatever usage was seen. Either path runs once.
+//! [`Accounting`] is a guard that the stages fill through its methods as the request goes: the
+//! attempts, the status sent, usage, time to first token, the response for plugins. A stage that
+//! ends the request calls [`Accounting::finish`] (or [`Accounting::fail`]); if the request is
+//! dropped instead (the client disconnected, so hyper dropped the response future or body), `Drop`
+//! records a `client_abort` with whatever usage was seen. Whichever comes first runs, once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::api::Usage;
+use crate::api::{Operation, Usage};
 use crate::auth::Principal;
-use crate::metrics::{LatencyLabels, Metrics, RequestLabels, TokenLabels, TtftLabels};
+use crate::error::Error;
+use crate::metrics::{LatencyLabels, Metrics, ModelTargetLabels, RequestLabels, TokenLabels};
 use crate::plugins::view::RequestView;
 use crate::plugins::{Attempt, Chain, Completion, PluginUsage};
 
@@ -41,31 +44,31 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Accounting {
     metrics: Arc<Metrics>,
-    pub request_id: Arc<str>,
-    pub principal: Arc<Principal>,
-    pub operation: &'static str,
+    request_id: Arc<str>,
+    principal: Arc<Principal>,
+    operation: &'static str,
     /// The public model label (`*` for a wildcard request).
-    pub model: Arc<str>,
+    model: Arc<str>,
     /// The target that served (or last failed) the request, `upstream/model`.
-    pub target: Arc<str>,
-    pub started: Instant,
-    pub ttft: Option<Duration>,
-    pub usage: Option<Usage>,
+    target: Arc<str>,
+    started: Instant,
+    ttft: Option<Duration>,
+    usage: Option<Usage>,
     /// The HTTP status sent to the client.
-    pub status: u16,
+    status: u16,
     /// Why it failed, for plugins' `on-complete` (an error kind label).
-    pub error_class: Option<&'static str>,
+    error_class: Option<&'static str>,
     /// The chain whose `on-complete` runs when the request is recorded, with its view.
-    pub plugins: Option<(Arc<Chain>, Arc<RequestView>)>,
+    plugins: Option<(Arc<Chain>, Arc<RequestView>)>,
     /// Every upstream attempt, for plugins (kept only when there are plugins).
-    pub attempts: Vec<Attempt>,
+    attempts: Vec<Attempt>,
     /// The response as it went by, for plugins that read it (`None`: not wanted, or too large).
-    pub capture: Option<Vec<u8>>,
+    capture: Option<Vec<u8>>,
     /// This is a mirrored copy of a client's request, not the client's own.
-    pub mirrored: bool,
+    mirrored: bool,
     /// Streamed chunks with choices relayed so far: a stream cut short by its client has no usage
     /// report, and plugins then get an estimate with one completion token per chunk.
-    pub chunks: u64,
+    chunks: u64,
     finished: bool,
 }
 
@@ -81,7 +84,7 @@ impl Accounting {
         metrics: Arc<Metrics>,
         request_id: Arc<str>,
         principal: Arc<Principal>,
-        operation: &'static str,
+        operation: Operation,
         model: Arc<str>,
         started: Instant,
     ) -> Self {
@@ -90,7 +93,7 @@ impl Accounting {
             metrics,
             request_id,
             principal,
-            operation,
+            operation: operation.label(),
             model,
             target: Arc::from(""),
             started,
@@ -104,6 +107,67 @@ impl Accounting {
             mirrored: false,
             chunks: 0,
             finished: false,
+        }
+    }
+
+    /// Runs `chain`'s `on-complete` with `view` when the request is recorded, keeping the response
+    /// for it if one of its plugins reads it.
+    pub fn with_plugins(&mut self, chain: Arc<Chain>, view: Arc<RequestView>) {
+        self.capture = chain.needs_response().then(Vec::new);
+        self.plugins = Some((chain, view));
+    }
+
+    /// Marks this as a mirrored copy of a client's request.
+    pub fn mirrored(&mut self) {
+        self.mirrored = true;
+    }
+
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// An attempt on `target` (`upstream/model`) begins: it is the target the request is charged to.
+    pub fn attempt_started(&mut self, target: &Arc<str>) {
+        self.target = target.clone();
+    }
+
+    /// An attempt ended with the upstream's status (`None`: no response), kept for plugins.
+    pub fn attempt_finished(&mut self, status: Option<u16>, latency: Duration) {
+        if self.plugins.is_some() {
+            self.attempts.push(Attempt {
+                target: self.target.to_string(),
+                status: status.unwrap_or(0),
+                latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
+            });
+        }
+    }
+
+    /// The status the client is sent.
+    pub fn responded(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// The usage the upstream reported.
+    pub fn usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
+    /// A streamed chunk with content went to the client; the first one is the time to first token.
+    pub fn chunk(&mut self) {
+        self.chunks += 1;
+        if self.ttft.is_none() {
+            self.ttft = Some(self.started.elapsed());
+        }
+    }
+
+    /// Records the request as failed with `error`, whose status the client gets; plugins'
+    /// `on-complete` runs as its own task. Later calls, and `Drop`, do nothing.
+    pub fn fail(&mut self, error: &Error) {
+        self.status = error.http_status().as_u16();
+        self.error_class = Some(error.kind.label());
+        if let Some(pending) = self.record(Outcome::Error) {
+            pending.spawn();
         }
     }
 
@@ -121,6 +185,12 @@ impl Accounting {
     /// Records the request; plugins' `on-complete` runs afterwards as its own task. Consumes the
     /// guard, so it cannot run twice.
     pub fn finish(mut self, outcome: Outcome) {
+        self.end(outcome);
+    }
+
+    /// [`Accounting::finish`] for a guard that lives inside something else (a stream's model
+    /// call): later calls, and `Drop`, do nothing.
+    pub fn end(&mut self, outcome: Outcome) {
         if let Some(pending) = self.record(outcome) {
             pending.spawn();
         }
@@ -160,7 +230,7 @@ impl Accounting {
             .observe(elapsed.as_secs_f64());
         if let Some(ttft) = self.ttft {
             m.ttft
-                .get_or_create(&TtftLabels { model: self.model.clone(), target: self.target.clone() })
+                .get_or_create(&ModelTargetLabels { model: self.model.clone(), target: self.target.clone() })
                 .observe(ttft.as_secs_f64());
         }
         let usage = self.usage.unwrap_or_default();

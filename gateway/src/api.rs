@@ -6,6 +6,9 @@ pub mod embeddings;
 pub mod models;
 pub mod sse;
 
+#[cfg(test)]
+pub(crate) mod properties;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +19,75 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Kind};
+
+pub use chat::ChatRequest;
+pub use embeddings::EmbeddingsRequest;
+
+/// What a model request asks of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Chat,
+    Embeddings,
+}
+
+impl Operation {
+    pub fn label(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// A model request, parsed once: the canonical form every stage and every provider adapter reads.
+/// Adapters translate from it directly, so the body is never parsed twice.
+#[derive(Debug, Clone)]
+pub enum ModelRequest {
+    Chat(ChatRequest),
+    Embeddings(EmbeddingsRequest),
+}
+
+impl ModelRequest {
+    pub fn operation(&self) -> Operation {
+        match self {
+            ModelRequest::Chat(_) => Operation::Chat,
+            ModelRequest::Embeddings(_) => Operation::Embeddings,
+        }
+    }
+
+    /// The public model name the client asked for.
+    pub fn model(&self) -> &str {
+        match self {
+            ModelRequest::Chat(chat) => &chat.model,
+            ModelRequest::Embeddings(embeddings) => &embeddings.model,
+        }
+    }
+
+    /// `Some(whether the client wants the usage chunk)` for a streamed request, `None` otherwise.
+    pub fn stream(&self) -> Option<bool> {
+        match self {
+            ModelRequest::Chat(chat) => chat.is_stream().then(|| chat.client_wants_usage()),
+            ModelRequest::Embeddings(_) => None,
+        }
+    }
+
+    /// What plugins are told about this request.
+    pub fn facts(&self) -> Facts {
+        match self {
+            ModelRequest::Chat(chat) => chat.facts(),
+            ModelRequest::Embeddings(embeddings) => embeddings.facts(),
+        }
+    }
+
+    /// The request in OpenAI's shape for an upstream that speaks it, with the target's model name
+    /// (and, for streams, the usage chunk asked for).
+    pub fn upstream_body(&self, model: &str) -> Result<Vec<u8>, Error> {
+        match self {
+            ModelRequest::Chat(chat) => chat.upstream_body(model),
+            ModelRequest::Embeddings(embeddings) => embeddings.upstream_body(model),
+        }
+    }
+}
 
 /// Token counts as OpenAI reports them; upstreams that omit a detail leave it at zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -90,6 +162,29 @@ pub(crate) fn text_len(value: &serde_json::Value) -> usize {
     }
 }
 
+/// The longest model name the gateway accepts.
+pub const MAX_MODEL_NAME: usize = 256;
+
+/// Refuses a model name that no provider could mean: empty, longer than [`MAX_MODEL_NAME`], with
+/// characters outside the ones real names use (letters, digits, `-._:/@+~`; `org/name`, ARNs,
+/// `name:tag` and `name@version` all fit), or with a `.` or `..` path piece. Names reach upstream
+/// URLs (Gemini, Bedrock, Azure deployments), where they are also percent-encoded; refusing the
+/// implausible ones first means a client never gets to probe a provider's other paths, and the
+/// error never repeats what was sent.
+pub fn check_model_name(model: &str) -> Result<(), Error> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._:/@+~".contains(c);
+    let traverses = model.split('/').any(|piece| piece == "." || piece == "..");
+    if model.is_empty() || model.len() > MAX_MODEL_NAME || !model.chars().all(allowed) || traverses {
+        return Err(Error::bad_request(format!(
+            "'model' is not a valid model name: use at most {MAX_MODEL_NAME} letters, digits and `-._:/@+~`, \
+             without `.` or `..` path segments."
+        ))
+        .param("model")
+        .code("invalid_value"));
+    }
+    Ok(())
+}
+
 /// Reads a request body of at most `limit` bytes within `timeout`.
 pub async fn read_body(
     body: Incoming,
@@ -117,6 +212,53 @@ pub async fn read_body(
     }
 }
 
+/// serde's complaint with the offending value taken out: `invalid type: string "…", expected u32`
+/// becomes `invalid type: expected u32, got a string`, and an unknown variant or field is not
+/// repeated. The value may be prompt text, and error messages reach logs and clients; they name
+/// fields and types only. Syntax errors carry positions, never input, and pass unchanged.
+fn without_values(text: &str) -> String {
+    const KINDS: [&str; 16] = [
+        "string",
+        "integer",
+        "floating point",
+        "boolean",
+        "character",
+        "byte array",
+        "unit value",
+        "null",
+        "Option value",
+        "sequence",
+        "map",
+        "newtype struct",
+        "unit variant",
+        "newtype variant",
+        "tuple variant",
+        "struct variant",
+    ];
+    // The expected part is the gateway's own and comes last, so the last `, expected ` is ours
+    // even when the value contains those words.
+    let expected = text.rfind(", expected ").map(|at| &text[at + ", expected ".len()..]);
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(unexpected) = text.strip_prefix(prefix) {
+            let kind = KINDS.iter().find(|k| unexpected.starts_with(*k)).copied().unwrap_or("another value");
+            let what = prefix.trim_end_matches(": ");
+            return match expected {
+                Some(expected) => format!("{what}: expected {expected}, got {kind}"),
+                None => format!("{what}: got {kind}"),
+            };
+        }
+    }
+    for prefix in ["unknown variant", "unknown field"] {
+        if text.starts_with(prefix) {
+            return match expected {
+                Some(expected) => format!("{prefix}, expected {expected}"),
+                None => prefix.to_owned(),
+            };
+        }
+    }
+    text.to_owned()
+}
+
 /// Parses a JSON body into `T`, turning serde's complaint into an OpenAI error that names the field.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -133,14 +275,16 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             ))
             .code("invalid_json");
         }
-        let text = e.to_string();
+        let full = e.to_string();
+        // serde_json ends with the position; the last ` at line ` is its own, whatever the value held.
+        let text = without_values(full.rfind(" at line ").map_or(&full[..], |at| &full[..at]));
         if let Some(field) = text.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
             let param = if path.is_empty() { field.to_owned() } else { format!("{path}.{field}") };
             return Error::bad_request(format!("Missing required parameter: '{param}'."))
                 .param(param)
                 .code("missing_required_parameter");
         }
-        let detail = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        let detail = text;
         if path.is_empty() {
             Error::bad_request(format!("Invalid request body: {detail}.")).code("invalid_value")
         } else {

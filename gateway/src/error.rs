@@ -10,6 +10,13 @@ use serde::Serialize;
 
 use crate::body::{self, Body};
 
+/// OpenAI's `code` for a request longer than the model's context window; the gateway gives it to
+/// every provider's equivalent.
+pub const CONTEXT_LENGTH_EXCEEDED: &str = "context_length_exceeded";
+
+/// The `code` of a stream that failed after it started.
+pub const STREAM_FAILED: &str = "upstream_stream_error";
+
 /// What went wrong; decides the HTTP status, the OpenAI error `type` and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -136,8 +143,9 @@ pub struct Error {
     pub code: Option<Cow<'static, str>>,
     /// An upstream's own status, passed on for [`Kind::UpstreamRejected`].
     pub status: Option<StatusCode>,
-    /// Seconds for a `retry-after` header.
-    pub retry_after: Option<u32>,
+    /// How long to wait before trying again, in milliseconds: the `retry-after` header (rounded up
+    /// to seconds), and for an upstream's throttling the wait the attempt loop honours.
+    pub retry_after_ms: Option<u32>,
     /// The underlying cause, for the log line only.
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
     /// Headers policy plugins added to the response (rate-limit state, cost, …).
@@ -170,7 +178,7 @@ impl Error {
             param: None,
             code: None,
             status: None,
-            retry_after: None,
+            retry_after_ms: None,
             source: None,
             headers: Vec::new(),
         }
@@ -205,8 +213,24 @@ impl Error {
     }
 
     pub fn retry_after(mut self, seconds: Option<u64>) -> Self {
-        self.retry_after = seconds.map(|s| u32::try_from(s).unwrap_or(u32::MAX));
+        self.retry_after_ms = seconds.map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX));
         self
+    }
+
+    /// The wait before another attempt, as precisely as it is known.
+    pub fn retry_after_ms(mut self, wait: Option<std::time::Duration>) -> Self {
+        self.retry_after_ms = wait.map(|w| u32::try_from(w.as_millis()).unwrap_or(u32::MAX));
+        self
+    }
+
+    /// [`Error::retry_after_ms`] as a duration.
+    pub fn retry_wait(&self) -> Option<std::time::Duration> {
+        self.retry_after_ms.map(|ms| std::time::Duration::from_millis(u64::from(ms)))
+    }
+
+    /// The upstream refused the request as longer than its model's context window.
+    pub fn is_context_exceeded(&self) -> bool {
+        self.code.as_deref() == Some(CONTEXT_LENGTH_EXCEEDED)
     }
 
     pub fn source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
@@ -257,8 +281,8 @@ impl Error {
         *response.status_mut() = self.http_status();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(secs) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Some(ms) = self.retry_after_ms {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
         }
         for (name, value) in self.headers {
             headers.append(name, value);

@@ -5,6 +5,7 @@ pub mod accounting;
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod call;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
@@ -28,14 +29,48 @@ use weir_config::{Config, Env};
 
 use crate::auth::Auth;
 use crate::metrics::Metrics;
-use crate::plugins::{Plugins, Runtime, Services};
-use crate::route::Router;
-use crate::state::kv::Kv;
+use crate::plugins::{Plugins, Services, WasmEngine};
+use crate::route::table::RouteTable;
+use crate::state::kv::{self, Kv};
 use crate::state::ledger::Ledger;
-use crate::state::quota::Quota;
+use crate::state::quota::{self, Quota};
+use crate::state::redis::Shared;
 
 /// The configuration `weir serve` uses without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/examples/default.toml");
+
+/// Why a configuration could not become a running [`App`], at start or on a reload (when the previous
+/// app keeps serving). Each names the part at fault and, where it can, what would fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The config file could not be read, or is not a valid configuration.
+    #[error(transparent)]
+    Config(#[from] weir_config::ConfigError),
+    /// A reload was asked of a gateway whose configuration did not come from a file.
+    #[error("the configuration was not read from a file; nothing to reload")]
+    NoConfigFile,
+    /// An upstream's client could not be built (its TLS set-up, headers or endpoint).
+    #[error("upstreams: {0}")]
+    Upstream(crate::error::Error),
+    /// A local worker (`kind = "worker"` with a `model`) could not start.
+    #[error("upstream {upstream}: {reason}")]
+    Worker { upstream: String, reason: String },
+    /// The wasmtime engine could not be created.
+    #[error("cannot start the plugin engine: {0:#}")]
+    Engine(wasmtime::Error),
+    /// A plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] plugins::PluginLoadError),
+    /// A blocking start-up task (the ledger's index) did not complete.
+    #[error("{what}: {error}")]
+    Task { what: &'static str, error: tokio::task::JoinError },
+    /// The Redis settings could not become a client.
+    #[error(transparent)]
+    Redis(#[from] state::redis::SetupError),
+    /// The ledger's replica id could not be read or written.
+    #[error("ledger {path}: {error}")]
+    Ledger { path: PathBuf, error: std::io::Error },
+}
 
 /// Everything built from one configuration and shared by all connections; replaced whole on a
 /// reload, while requests in flight keep the one they started with.
@@ -43,36 +78,40 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/examples/default.tom
 pub struct App {
     pub config: Config,
     pub auth: Auth,
-    pub router: Arc<Router>,
+    pub routes: Arc<RouteTable>,
     pub metrics: Arc<Metrics>,
     pub plugins: Plugins,
 }
 
 impl App {
     /// Builds an app, compiling and initialising its plugins and starting its local workers.
-    pub async fn new(mut config: Config, process: &Process) -> Result<Self, String> {
+    pub async fn new(mut config: Config, process: &Process) -> Result<Self, LoadError> {
         process.start_local_workers(&mut config).await?;
-        let router = Arc::new(Router::new(&config).map_err(|e| e.to_string())?);
+        process.metrics.set_plugin_metrics_grace(config.state.plugin_metrics_grace);
+        let routes = Arc::new(RouteTable::new(&config).map_err(LoadError::Upstream)?);
         let plugins = if config.plugins.is_empty() {
             Plugins::default()
         } else {
-            let ledger = process.ledger(&config.state.ledger);
+            let stores = process.stores(&config)?;
+            let ledger = process.ledger(&config, stores)?;
             // Budgets read spending totals from the ledger inside hook calls, which have deadlines
             // of milliseconds: read the file here, once, off the request path.
             let warming = ledger.clone();
-            tokio::task::spawn_blocking(move || warming.warm()).await.map_err(|e| format!("ledger: {e}"))?;
+            tokio::task::spawn_blocking(move || warming.warm())
+                .await
+                .map_err(|error| LoadError::Task { what: "reading the ledger", error })?;
             let services = Arc::new(Services {
-                kv: process.kv(&config).clone(),
-                quota: process.quota.clone(),
+                kv: stores.kv.clone(),
+                quota: stores.quota.clone(),
                 ledger,
                 metrics: process.metrics.clone(),
-                router: router.clone(),
+                routes: routes.clone(),
                 prices: config.prices.clone(),
             });
-            let runtime = process.runtime(&config.state.plugin_cache)?;
-            Plugins::load(&config, &runtime, &services).await?
+            let wasm = process.wasm(&config.state.plugin_cache)?;
+            Plugins::load(&config, &wasm, &services).await?
         };
-        Ok(Self { auth: Auth::new(&config.keys), router, metrics: process.metrics.clone(), plugins, config })
+        Ok(Self { auth: Auth::new(&config.keys), routes, metrics: process.metrics.clone(), plugins, config })
     }
 }
 
@@ -81,19 +120,28 @@ impl App {
 #[derive(Debug, Default)]
 pub struct Process {
     pub metrics: Arc<Metrics>,
-    pub quota: Arc<Quota>,
-    kv: OnceLock<Kv>,
-    runtime: OnceLock<Arc<Runtime>>,
+    /// Built from the first configuration with plugins; its backend stays until a restart.
+    stores: OnceLock<Stores>,
+    wasm: OnceLock<Arc<WasmEngine>>,
     ledgers: Mutex<HashMap<PathBuf, Arc<Ledger>>>,
     /// Workers started in this process (`kind = "worker"` with a `model`), by model and device, with
     /// their loopback base URL; a reload that keeps a model keeps its worker.
     local_workers: tokio::sync::Mutex<HashMap<weir_config::LocalWorker, String>>,
 }
 
+/// The key-value store and the quotas, in the backend the first configuration chose.
+#[derive(Debug)]
+struct Stores {
+    backend: weir_config::Backend,
+    kv: Kv,
+    quota: Arc<Quota>,
+    shared: Option<Arc<Shared>>,
+}
+
 impl Process {
     /// Starts (or reuses) the in-process worker of every upstream that names a model, and points
     /// the upstream at it.
-    async fn start_local_workers(&self, config: &mut Config) -> Result<(), String> {
+    async fn start_local_workers(&self, config: &mut Config) -> Result<(), LoadError> {
         let mut started = self.local_workers.lock().await;
         for upstream in &mut config.upstreams {
             let Some(local) = &upstream.local_worker else { continue };
@@ -102,7 +150,7 @@ impl Process {
                 None => {
                     let endpoint = worker::start_local(&local.model, &local.device)
                         .await
-                        .map_err(|e| format!("upstream {}: {e}", upstream.name))?;
+                        .map_err(|reason| LoadError::Worker { upstream: upstream.name.clone(), reason })?;
                     started.insert(local.clone(), endpoint.clone());
                     endpoint
                 }
@@ -113,21 +161,62 @@ impl Process {
     }
 
     /// The plugin engine, created with the first configuration that has plugins.
-    pub fn runtime(&self, cache_dir: &Path) -> Result<Arc<Runtime>, String> {
-        if let Some(r) = self.runtime.get() {
-            return Ok(r.clone());
+    pub fn wasm(&self, cache_dir: &Path) -> Result<Arc<WasmEngine>, LoadError> {
+        if let Some(engine) = self.wasm.get() {
+            return Ok(engine.clone());
         }
-        let runtime = Runtime::new(cache_dir).map_err(|e| format!("cannot start the plugin engine: {e:#}"))?;
-        Ok(self.runtime.get_or_init(|| runtime).clone())
+        let engine = WasmEngine::new(cache_dir).map_err(LoadError::Engine)?;
+        Ok(self.wasm.get_or_init(|| engine).clone())
     }
 
-    fn kv(&self, config: &Config) -> &Kv {
-        self.kv.get_or_init(|| Kv::new(config.state.kv_max_bytes))
+    /// The stores, built on first use. A reload that names another backend keeps this one: moving
+    /// limits and caches between backends under traffic is a restart's job.
+    fn stores(&self, config: &Config) -> Result<&Stores, LoadError> {
+        if let Some(stores) = self.stores.get() {
+            if stores.backend != config.state.backend {
+                tracing::warn!("[state] backend or [state.redis] changed; the change takes effect on a restart");
+            }
+            return Ok(stores);
+        }
+        let local = kv::Local::new(config.state.kv_max_bytes);
+        let stores = match &config.state.backend {
+            weir_config::Backend::Embedded => Stores {
+                backend: config.state.backend.clone(),
+                kv: Kv::Embedded(local),
+                quota: Arc::new(Quota::Embedded(quota::Local::default())),
+                shared: None,
+            },
+            weir_config::Backend::Redis(redis) => {
+                let shared = Shared::start(redis, self.metrics.clone())?;
+                Stores {
+                    backend: config.state.backend.clone(),
+                    kv: Kv::Redis { shared: shared.clone(), fallback: local },
+                    quota: Arc::new(Quota::redis(shared.clone())),
+                    shared: Some(shared),
+                }
+            }
+        };
+        Ok(self.stores.get_or_init(|| stores))
     }
 
-    fn ledger(&self, path: &Path) -> Arc<Ledger> {
+    /// The shared state's link, when the backend is Redis (for `/readyz`).
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.stores.get()?.shared.as_ref()
+    }
+
+    fn ledger(&self, config: &Config, stores: &Stores) -> Result<Arc<Ledger>, LoadError> {
+        let path = &config.state.ledger;
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
-        ledgers.entry(path.to_owned()).or_insert_with(|| Arc::new(Ledger::new(path))).clone()
+        if let Some(ledger) = ledgers.get(path) {
+            return Ok(ledger.clone());
+        }
+        let fsync = config.state.ledger_fsync;
+        let ledger = match &stores.shared {
+            None => Ledger::new(path, fsync),
+            Some(shared) => Ledger::with_redis(path, fsync, shared.clone())
+                .map_err(|error| LoadError::Ledger { path: path.clone(), error })?,
+        };
+        Ok(ledgers.entry(path.clone()).or_insert_with(|| Arc::new(ledger)).clone())
     }
 }
 
@@ -149,7 +238,7 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Builds the first app (plugins compile here, before anything is served).
-    pub async fn new(config: Config, env: Box<dyn Env + Send + Sync>) -> Result<Arc<Self>, String> {
+    pub async fn new(config: Config, env: Box<dyn Env + Send + Sync>) -> Result<Arc<Self>, LoadError> {
         let process = Arc::new(Process::default());
         let app = App::new(config, &process).await?;
         Ok(Arc::new(Self {
@@ -176,7 +265,7 @@ impl Gateway {
 
     /// Builds a new app from `config` off the request path and swaps it in. On failure the old one
     /// keeps serving and the reason is returned.
-    pub async fn reload_with(self: &Arc<Self>, config: Config) -> Result<(), String> {
+    pub async fn reload_with(self: &Arc<Self>, config: Config) -> Result<(), LoadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let app = App::new(config, &self.process).await?;
         self.current.store(Arc::new(app));
@@ -184,11 +273,11 @@ impl Gateway {
     }
 
     /// Re-reads the config file the current app came from and reloads it.
-    pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
+    pub async fn reload(self: &Arc<Self>) -> Result<(), LoadError> {
         let Some(path) = self.current().config.source.clone() else {
-            return Err("the configuration was not read from a file; nothing to reload".into());
+            return Err(LoadError::NoConfigFile);
         };
-        let config = weir_config::load_file(&path, &*self.env).map_err(|e| e.to_string())?;
+        let config = weir_config::load_file(&path, &*self.env)?;
         self.reload_with(config).await
     }
 

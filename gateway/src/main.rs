@@ -57,11 +57,22 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Report spending from the ledger, by key, team, model and day (UTC).
+    /// GET a URL (default: this machine's /healthz) and exit 0 on a 2xx answer: a container's
+    /// health check, with no curl in the image.
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Report spending from the ledger (or several replicas' ledgers, merged), by key, team, model
+    /// and day (UTC).
     Spend {
-        /// The ledger file; without it, the one the configuration names.
+        /// A ledger file; repeat it to merge several (one per replica). Without it, the one the
+        /// configuration names.
         #[arg(long, conflicts_with = "config")]
-        ledger: Option<PathBuf>,
+        ledger: Vec<PathBuf>,
         /// The configuration whose `[state] ledger` to read (default: the embedded one).
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -127,8 +138,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (config.upstreams.len(), config.models.len(), config.keys.len(), config.plugins.len());
             // Plugins are loaded too (read, compiled, `init`-ed with their config), so a plugin
             // that would stop `weir serve` stops the check.
+            // A check touches nothing outside the config: the Redis settings are checked (URLs,
+            // the CA file) without connecting, and the plugins load against embedded state, so no
+            // ledger spool starts and nothing is written next to the ledger.
+            let mut config = config;
+            if let weir_config::Backend::Redis(redis) = &config.state.backend {
+                weir::state::redis::check(redis)?;
+                config.state.backend = weir_config::Backend::Embedded;
+            }
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(Gateway::new(config, Box::new(ProcessEnv))).map_err(|e| anyhow::anyhow!("{e}"))?;
+            runtime.block_on(Gateway::new(config, Box::new(ProcessEnv)))?;
             #[expect(clippy::print_stdout, reason = "the command's output")]
             {
                 println!(
@@ -138,13 +157,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Probe { url, timeout } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let status = runtime
+                .block_on(async { tokio::time::timeout(timeout, probe(&url)).await })
+                .map_err(|_| anyhow::anyhow!("{url}: no answer within {timeout:?}"))??;
+            anyhow::ensure!(status.is_success(), "{url} answered {status}");
+            Ok(())
+        }
         Command::Spend { ledger, config, by, since, until, json } => {
-            let path = match ledger {
-                Some(path) => path,
-                None => load(config.as_deref())?.state.ledger,
-            };
-            let entries = weir::state::ledger::Ledger::read(&path)
-                .with_context(|| format!("cannot read the ledger {}", path.display()))?;
+            let paths = if ledger.is_empty() { vec![load(config.as_deref())?.state.ledger] } else { ledger };
+            let mut entries = Vec::new();
+            for path in &paths {
+                entries.extend(
+                    weir::state::ledger::Ledger::read(path)
+                        .with_context(|| format!("cannot read the ledger {}", path.display()))?,
+                );
+            }
             let day = |d: Option<String>, default: u64| d.map_or(Ok(default), |d| weir::spend::parse_day(&d));
             let since = day(since, 0).map_err(anyhow::Error::msg)?;
             let until = day(until, u64::MAX).map_err(anyhow::Error::msg)?;
@@ -194,6 +223,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// One plain-HTTP GET (a loopback health URL), by hand over hyper's client connection: the probe
+/// needs no pool, TLS or redirects.
+async fn probe(url: &str) -> anyhow::Result<http::StatusCode> {
+    let uri: http::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
+    anyhow::ensure!(uri.scheme_str() == Some("http"), "{url}: only http:// URLs can be probed");
+    let host = uri.host().context("the URL has no host")?;
+    let stream = tokio::net::TcpStream::connect((host, uri.port_u16().unwrap_or(80)))
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request =
+        http::Request::get(path).header(http::header::HOST, host).body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    Ok(sender.send_request(request).await?.status())
+}
+
 fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     let result = match file {
         Some(path) => weir_config::load_file(path, &ProcessEnv),
@@ -207,11 +253,12 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
     // An invalid config exits here, before any port is bound.
     let config = load(file)?;
     init_logging(&config);
+    weir::server::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let listen = config.server.listen;
     runtime.block_on(async move {
         // Plugins compile here, before any port is bound: a plugin that does not load stops the start.
-        let gateway = Gateway::new(config, Box::new(ProcessEnv)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let gateway = Gateway::new(config, Box::new(ProcessEnv)).await?;
         let app = gateway.current();
         if app.auth.is_open() {
             tracing::warn!(%listen, "no API keys configured: serving without authentication (allowed on loopback only)");

@@ -3,8 +3,14 @@
 //! the rest are `weir_*`. Label values are bounded: public model names come from the config (a wildcard
 //! request is labelled `*`), targets are `upstream/model` pairs from the config.
 
-use std::sync::Arc;
+mod plugin_series;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use plugin_series::SeriesKind;
+pub use plugin_series::{MAX_BYTES as MAX_PLUGIN_METRIC_BYTES, MAX_LABEL_VALUE, MAX_SERIES as MAX_PLUGIN_SERIES};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,8 +39,9 @@ pub struct LatencyLabels {
     pub status: u16,
 }
 
+/// A public model and one of its targets (time to first token, retries).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TtftLabels {
+pub struct ModelTargetLabels {
     pub model: Arc<str>,
     pub target: Arc<str>,
 }
@@ -50,8 +57,20 @@ pub struct TokenLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     pub target: Arc<str>,
-    /// `connect`, `timeout`, `status_429`, `status_5xx`, `status_4xx`, `auth`, `protocol` or `stream`.
+    /// `connect`, `reset`, `timeout`, `status_429`, `status_5xx`, `status_4xx`, `auth`, `protocol`
+    /// or `stream`.
     pub class: &'static str,
+}
+
+/// A stream continued on another target after it broke off mid-answer.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContinuationLabels {
+    pub model: Arc<str>,
+    /// The target that took the stream over.
+    pub target: Arc<str>,
+    /// `prefill` (it continued the text so far) or `restart` (it started over, and its answer was
+    /// used from where the client's left off).
+    pub how: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,8 +81,31 @@ pub struct HttpLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionClosedLabels {
+    /// `idle_timeout` (no request within `server.idle_timeout`, or none at all within
+    /// `server.header_read_timeout` of connecting), `evicted` (the longest-idle one, closed at
+    /// `server.max_connections` to make room) or `refused` (at the limit with none idle).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
     pub plugin: Arc<str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginRefusedLabels {
+    pub plugin: Arc<str>,
+    /// `too_long`, `duplicate_label`, `series_limit` or `bytes_limit`.
+    pub reason: &'static str,
+}
+
+/// One loaded version of a plugin, as its metrics are booked.
+#[derive(Debug, Clone)]
+pub struct PluginVersion {
+    pub name: Arc<str>,
+    /// Unique per loaded version.
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +122,14 @@ pub struct PluginFaultLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The host call: `kv.get`, `quota.reserve`, `ledger.spent` …
+    pub op: &'static str,
+    /// `embedded` (served by this replica's own state instead) or `failed`.
+    pub outcome: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -92,19 +142,39 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: HistogramFamily<LatencyLabels>,
-    pub ttft: HistogramFamily<TtftLabels>,
+    pub ttft: HistogramFamily<ModelTargetLabels>,
     pub tokens: Family<TokenLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
-    pub retries: Family<TtftLabels, Counter>,
+    pub retries: Family<ModelTargetLabels, Counter>,
+    pub stream_continuations: Family<ContinuationLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub in_flight: Gauge,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Client connections the gateway closed on its own, by reason.
+    pub connections_closed: Family<ConnectionClosedLabels, Counter>,
     pub plugin_calls: HistogramFamily<PluginHookLabels>,
     pub plugin_faults: Family<PluginFaultLabels, Counter>,
     pub plugin_logs_dropped: Family<PluginLabel, Counter>,
+    /// 1 while a plugin is quarantined after repeated faults.
+    pub plugin_quarantined: Family<PluginLabel, Gauge>,
+    pub plugin_quarantines: Family<PluginLabel, Counter>,
+    /// Hook calls skipped because the plugin was quarantined.
+    pub plugin_skipped: Family<PluginHookLabels, Counter>,
     /// Counters and gauges plugins define: labels `plugin`, `metric`, then the plugin's own.
     plugin_counters: Family<Vec<(String, String)>, Counter>,
     plugin_gauges: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
     plugin_histograms: HistogramFamily<Vec<(String, String)>>,
+    /// Which plugin versions use which of those series, and their size.
+    plugin_book: plugin_series::Book,
+    plugin_metrics_grace_ms: AtomicU64,
+    pub plugin_metrics_refused: Family<PluginRefusedLabels, Counter>,
+    /// 1 while the shared state (Redis) answers; 0 while it does not, and with the embedded backend.
+    pub state_up: Gauge,
+    /// Host calls that Redis did not answer in time, by what became of them.
+    pub state_unavailable: Family<StateLabels, Counter>,
+    /// Ledger bytes written locally but not yet in Redis's spending totals.
+    pub ledger_spooled_bytes: Gauge,
 }
 
 /// Buckets of plugins' own histograms: 1 to 131,072, doubling (milliseconds, mostly).
@@ -117,35 +187,38 @@ fn plugin_call_histogram() -> Histogram {
     Histogram::new([1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2])
 }
 
-fn plugin_series(plugin: &str, metric: String, labels: Vec<(String, String)>) -> Vec<(String, String)> {
-    let mut all = Vec::with_capacity(labels.len() + 2);
-    all.push(("plugin".to_owned(), plugin.to_owned()));
-    all.push(("metric".to_owned(), metric));
-    all.extend(labels.into_iter().filter(|(k, _)| k != "plugin" && k != "metric" && valid_label(k)));
-    all
-}
-
-fn valid_label(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = HistogramFamily::<LatencyLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let ttft = HistogramFamily::<TtftLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let ttft = HistogramFamily::<ModelTargetLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let tokens = Family::<TokenLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
-        let retries = Family::<TtftLabels, Counter>::default();
+        let retries = Family::<ModelTargetLabels, Counter>::default();
+        let stream_continuations = Family::<ContinuationLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let connections_open = Gauge::default();
+        let connections_closed = Family::<ConnectionClosedLabels, Counter>::default();
         let plugin_calls =
             HistogramFamily::<PluginHookLabels>::new_with_constructor(plugin_call_histogram as fn() -> Histogram);
         let plugin_faults = Family::<PluginFaultLabels, Counter>::default();
         let plugin_logs_dropped = Family::<PluginLabel, Counter>::default();
+        let plugin_quarantined = Family::<PluginLabel, Gauge>::default();
+        let plugin_quarantines = Family::<PluginLabel, Counter>::default();
+        let plugin_skipped = Family::<PluginHookLabels, Counter>::default();
+        registry.register(
+            "weir_plugin_quarantined",
+            "1 while a plugin is quarantined after repeated faults (its hooks skipped per its on_error)",
+            plugin_quarantined.clone(),
+        );
+        registry.register("weir_plugin_quarantines", "Times a plugin was quarantined", plugin_quarantines.clone());
+        registry.register(
+            "weir_plugin_skipped",
+            "Hook calls skipped because the plugin was quarantined",
+            plugin_skipped.clone(),
+        );
         let plugin_counters = Family::<Vec<(String, String)>, Counter>::default();
         let plugin_gauges = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let plugin_histograms =
@@ -164,6 +237,12 @@ impl Metrics {
             "weir_plugin_logs_dropped",
             "Plugin log lines dropped by the rate limit",
             plugin_logs_dropped.clone(),
+        );
+        let plugin_metrics_refused = Family::<PluginRefusedLabels, Counter>::default();
+        registry.register(
+            "weir_plugin_metrics_refused",
+            "Plugin metric updates refused: a name or label over its limit, a repeated label, or the plugin's series or bytes limit",
+            plugin_metrics_refused.clone(),
         );
         registry.register("weir_plugin_counter", "Counters defined by plugins", plugin_counters.clone());
         registry.register("weir_plugin_gauge", "Gauges defined by plugins", plugin_gauges.clone());
@@ -194,8 +273,34 @@ impl Metrics {
             "Attempts beyond the first, by public model and the target retried",
             retries.clone(),
         );
+        registry.register(
+            "weir_stream_continuations",
+            "Streams continued on another target after they broke off mid-answer, by model, target and how",
+            stream_continuations.clone(),
+        );
         registry.register("weir_http_requests", "Every HTTP request, by route and status", http_requests.clone());
         registry.register("weir_in_flight_requests", "Requests being served now", in_flight.clone());
+        registry.register("weir_connections_open", "Client connections open now", connections_open.clone());
+        registry.register(
+            "weir_connections_closed",
+            "Client connections closed by the gateway: idle_timeout, evicted (at server.max_connections) or refused",
+            connections_closed.clone(),
+        );
+        let state_up = Gauge::default();
+        let state_unavailable = Family::<StateLabels, Counter>::default();
+        let ledger_spooled_bytes = Gauge::default();
+        let shared = registry.sub_registry_with_prefix("weir_state");
+        shared.register("redis_up", "Whether the shared state (Redis) answers: 1 yes, 0 no", state_up.clone());
+        shared.register(
+            "unavailable",
+            "Host calls Redis did not answer in time, by call and outcome (embedded: served by this replica's own state; failed: the plugin faulted)",
+            state_unavailable.clone(),
+        );
+        shared.register(
+            "ledger_spooled_bytes",
+            "Ledger bytes on this replica's disk not yet added to Redis's spending totals",
+            ledger_spooled_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -204,52 +309,130 @@ impl Metrics {
             tokens,
             upstream_errors,
             retries,
+            stream_continuations,
             http_requests,
             in_flight,
+            connections_open,
+            connections_closed,
             plugin_calls,
             plugin_faults,
             plugin_logs_dropped,
+            plugin_quarantined,
+            plugin_quarantines,
+            plugin_skipped,
             plugin_counters,
             plugin_gauges,
             plugin_histograms,
+            plugin_book: plugin_series::Book::default(),
+            plugin_metrics_grace_ms: AtomicU64::new(120_000),
+            plugin_metrics_refused,
+            state_up,
+            state_unavailable,
+            ledger_spooled_bytes,
         }
     }
 
-    pub fn plugin_call(&self, plugin: &Arc<str>, hook: crate::plugins::Hook, took: std::time::Duration) {
-        self.plugin_calls
-            .get_or_create(&PluginHookLabels { plugin: plugin.clone(), hook: hook.label() })
-            .observe(took.as_secs_f64());
+    /// One plugin hook call (`hook` is the hook's label, `on_request` …).
+    pub fn plugin_call(&self, plugin: &Arc<str>, hook: &'static str, took: std::time::Duration) {
+        self.plugin_calls.get_or_create(&PluginHookLabels { plugin: plugin.clone(), hook }).observe(took.as_secs_f64());
     }
 
-    pub fn plugin_fault(&self, plugin: &Arc<str>, hook: crate::plugins::Hook, kind: crate::plugins::FaultKind) {
-        self.plugin_faults
-            .get_or_create(&PluginFaultLabels { plugin: plugin.clone(), hook: hook.label(), kind: kind.label() })
-            .inc();
+    /// One hook call skipped for a quarantine.
+    pub fn plugin_skipped(&self, plugin: &Arc<str>, hook: &'static str) {
+        self.plugin_skipped.get_or_create(&PluginHookLabels { plugin: plugin.clone(), hook }).inc();
     }
 
-    pub fn plugin_counter(&self, plugin: &str, metric: String, labels: Vec<(String, String)>) -> Counter {
-        self.plugin_counters.get_or_create(&plugin_series(plugin, metric, labels)).clone()
+    /// One plugin fault (`kind` is the fault's label, `trap` …).
+    pub fn plugin_fault(&self, plugin: &Arc<str>, hook: &'static str, kind: &'static str) {
+        self.plugin_faults.get_or_create(&PluginFaultLabels { plugin: plugin.clone(), hook, kind }).inc();
     }
 
-    pub fn plugin_gauge(
+    /// Adds to a plugin's counter, if the plugin's limits allow the series (see `plugin_series.rs`).
+    pub fn plugin_counter_add(
         &self,
-        plugin: &str,
+        plugin: &PluginVersion,
         metric: String,
         labels: Vec<(String, String)>,
-    ) -> Gauge<f64, std::sync::atomic::AtomicU64> {
-        self.plugin_gauges.get_or_create(&plugin_series(plugin, metric, labels)).clone()
+        delta: u64,
+    ) {
+        if let Some(series) = self.plugin_series(plugin, SeriesKind::Counter, metric, labels) {
+            self.plugin_counters.get_or_create(&series).inc_by(delta);
+        }
     }
 
-    pub fn plugin_observe(&self, plugin: &str, metric: String, labels: Vec<(String, String)>, value: f64) {
-        self.plugin_histograms.get_or_create(&plugin_series(plugin, metric, labels)).observe(value);
+    /// Sets a plugin's gauge, within its limits.
+    pub fn plugin_gauge_set(&self, plugin: &PluginVersion, metric: String, labels: Vec<(String, String)>, value: f64) {
+        if let Some(series) = self.plugin_series(plugin, SeriesKind::Gauge, metric, labels) {
+            self.plugin_gauges.get_or_create(&series).set(value);
+        }
+    }
+
+    /// Records an observation in a plugin's histogram, within its limits.
+    pub fn plugin_observe(&self, plugin: &PluginVersion, metric: String, labels: Vec<(String, String)>, value: f64) {
+        if let Some(series) = self.plugin_series(plugin, SeriesKind::Histogram, metric, labels) {
+            self.plugin_histograms.get_or_create(&series).observe(value);
+        }
+    }
+
+    fn plugin_series(
+        &self,
+        plugin: &PluginVersion,
+        kind: SeriesKind,
+        metric: String,
+        labels: Vec<(String, String)>,
+    ) -> Option<plugin_series::SeriesLabels> {
+        let mut evicted = Vec::new();
+        let admitted =
+            self.plugin_book.admit_evicting(&plugin.name, plugin.version, kind, metric, labels, &mut evicted);
+        self.remove_plugin_series(evicted);
+        match admitted {
+            Ok(series) => Some(series),
+            Err(refused) => {
+                self.plugin_metrics_refused
+                    .get_or_create(&PluginRefusedLabels { plugin: plugin.name.clone(), reason: refused.label() })
+                    .inc();
+                None
+            }
+        }
+    }
+
+    /// Retires the series that only this version of the plugin used: called when a version is
+    /// swapped out and its last request is over. They stay for `state.plugin_metrics_grace`.
+    pub fn release_plugin_version(&self, plugin: &str, version: u64) {
+        self.plugin_book.release(plugin, version);
+    }
+
+    fn remove_plugin_series(&self, gone: Vec<plugin_series::Gone>) {
+        for (kind, series) in gone {
+            match kind {
+                SeriesKind::Counter => self.plugin_counters.remove(&series),
+                SeriesKind::Gauge => self.plugin_gauges.remove(&series),
+                SeriesKind::Histogram => self.plugin_histograms.remove(&series),
+            };
+        }
+    }
+
+    /// The series and bytes of `/metrics` a plugin holds now.
+    pub fn plugin_series_usage(&self, plugin: &str) -> (usize, usize) {
+        self.plugin_book.usage(plugin)
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        // Series of versions swapped out longer ago than the grace go first.
+        let grace = Duration::from_millis(self.plugin_metrics_grace_ms.load(Ordering::Relaxed));
+        if let Some(before) = Instant::now().checked_sub(grace) {
+            self.remove_plugin_series(self.plugin_book.purge_retired(before));
+        }
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// How long a swapped-out plugin version's own series stay (`state.plugin_metrics_grace`).
+    pub fn set_plugin_metrics_grace(&self, grace: Duration) {
+        self.plugin_metrics_grace_ms.store(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 

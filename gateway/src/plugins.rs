@@ -5,11 +5,13 @@
 //! else is affected. A plugin's own decisions (reject, respond, route) are not faults.
 
 mod bindings;
-mod engine;
+mod gate;
 mod host;
 mod instance;
+mod quarantine;
 pub mod scaffold;
 pub mod view;
+mod wasm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,13 +21,14 @@ use weir_config::{Config, OnError, Price};
 
 pub use bindings::weir::plugin::hooks::{Attempt, Completion, Decision, HookSet, LocalResponse, ResponseAction};
 pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage as PluginUsage};
-pub use engine::Runtime;
 use instance::LoadedPlugin;
+pub use instance::{LoadProblem, PluginLoadError};
 use view::RequestView;
+pub use wasm::WasmEngine;
 
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
-use crate::route::Router;
+use crate::route::table::RouteTable;
 use crate::state::kv::Kv;
 use crate::state::ledger::Ledger;
 use crate::state::quota::Quota;
@@ -49,7 +52,7 @@ pub fn builtin_names() -> Vec<&'static str> {
     builtins::BUILTINS.iter().map(|(n, _)| *n).collect()
 }
 
-/// Why `builtin:<name>` cannot be loaded.
+/// Why `builtin:<name>` cannot be loaded, in words.
 fn missing_builtin(name: &str) -> String {
     if builtins::BUILTINS_BUILT {
         format!("no built-in plugin {name:?}; built-in plugins: [{}]", builtin_names().join(", "))
@@ -58,7 +61,7 @@ fn missing_builtin(name: &str) -> String {
     }
 }
 
-/// What plugins reach through host imports. Everything but the router and prices outlives a
+/// What plugins reach through host imports. Everything but the routes and prices outlives a
 /// config reload, so limits, caches and the ledger carry on across swaps.
 #[derive(Debug)]
 pub struct Services {
@@ -66,7 +69,7 @@ pub struct Services {
     pub quota: Arc<Quota>,
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
-    pub router: Arc<Router>,
+    pub routes: Arc<RouteTable>,
     pub prices: BTreeMap<String, Price>,
 }
 
@@ -110,6 +113,11 @@ pub enum FaultKind {
     /// It returned something the host cannot act on (an unknown target, a bad status, an
     /// oversized local response).
     BadDecision,
+    /// Not a fault of its own: the plugin is quarantined after repeated faults, and its hook was
+    /// skipped (counted in `weir_plugin_skipped`, not as a fault).
+    Quarantined,
+    /// A state call the shared state (Redis) did not answer, under `on_unavailable = "fail"`.
+    StateUnavailable,
 }
 
 impl FaultKind {
@@ -120,33 +128,40 @@ impl FaultKind {
             FaultKind::Memory => "memory",
             FaultKind::Instantiate => "instantiate",
             FaultKind::BadDecision => "bad_decision",
+            FaultKind::Quarantined => "quarantined",
+            FaultKind::StateUnavailable => "state_unavailable",
         }
     }
 }
 
-/// A plugin fault, with the plugin's name.
+/// A plugin fault, with the plugin's name (counted and logged where it was found, by
+/// `LoadedPlugin::fault`).
 #[derive(Debug)]
 pub struct Fault {
     pub plugin: Arc<str>,
     pub hook: Hook,
     pub kind: FaultKind,
+    /// The cause, in one line.
     pub detail: String,
     pub on_error: OnError,
 }
 
 impl Fault {
-    /// Logs the fault; for a closed plugin returns the error that fails the request.
+    /// For a closed plugin, the error that fails the request; an open one's fault is passed over.
     fn resolve(self) -> Result<(), Error> {
-        tracing::warn!(plugin = %self.plugin, hook = self.hook.label(), kind = self.kind.label(), detail = %self.detail, on_error = ?self.on_error, "plugin fault");
-        match self.on_error {
-            OnError::Open => Ok(()),
-            OnError::Closed => Err(Error::new(
+        match (self.on_error, self.kind) {
+            (OnError::Open, _) => Ok(()),
+            (OnError::Closed, FaultKind::Quarantined) => Err(Error::new(
                 Kind::PluginFault,
                 format!(
-                    "The policy plugin '{}' failed ({}) and is configured to fail closed.",
-                    self.plugin,
-                    self.kind.label()
+                    "The policy plugin '{}' is quarantined after repeated faults ({}) and is configured to fail closed.",
+                    self.plugin, self.detail
                 ),
+            )
+            .code("plugin_quarantined")),
+            (OnError::Closed, kind) => Err(Error::new(
+                Kind::PluginFault,
+                format!("The policy plugin '{}' failed ({}) and is configured to fail closed.", self.plugin, kind.label()),
             )
             .code("plugin_error")),
         }
@@ -192,9 +207,13 @@ impl Chain {
     }
 
     /// Runs `on-request` through the chain.
-    pub async fn on_request(&self, view: &Arc<RequestView>, router: &Router) -> Result<Admission, Error> {
+    pub async fn on_request(&self, view: &Arc<RequestView>, routes: &RouteTable) -> Result<Admission, Error> {
         let mut route = None;
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_REQUEST)) {
+            if let Some(skipped) = plugin.quarantined(Hook::OnRequest) {
+                skipped.resolve()?;
+                continue;
+            }
             let decision = match plugin.on_request(view).await {
                 Ok(d) => d,
                 Err(fault) => {
@@ -205,29 +224,21 @@ impl Chain {
             match decision {
                 Decision::Continue => {}
                 Decision::Route(target) => {
-                    if router.target(&target).is_none() && router.names().all(|n| n != target) {
+                    if routes.target(&target).is_none() && routes.names().all(|n| n != target) {
                         plugin
-                            .fault(
-                                Hook::OnRequest,
-                                FaultKind::BadDecision,
-                                format!("routed to unknown target {target:?}"),
-                            )
+                            .bad_decision(Hook::OnRequest, format!("routed to unknown target {target:?}"))
                             .resolve()?;
                         continue;
                     }
                     route = Some(vec![target]);
                 }
                 Decision::RouteChain(targets) => {
-                    if let Some(bad) = targets.iter().find(|t| router.target(t).is_none()) {
-                        plugin
-                            .fault(Hook::OnRequest, FaultKind::BadDecision, format!("routed to unknown target {bad:?}"))
-                            .resolve()?;
+                    if let Some(bad) = targets.iter().find(|t| routes.target(t).is_none()) {
+                        plugin.bad_decision(Hook::OnRequest, format!("routed to unknown target {bad:?}")).resolve()?;
                         continue;
                     }
                     if targets.is_empty() {
-                        plugin
-                            .fault(Hook::OnRequest, FaultKind::BadDecision, "routed to no target at all".to_owned())
-                            .resolve()?;
+                        plugin.bad_decision(Hook::OnRequest, "routed to no target at all".to_owned()).resolve()?;
                         continue;
                     }
                     route = Some(targets);
@@ -235,21 +246,13 @@ impl Chain {
                 Decision::Reject(r) => {
                     let Ok(status) = StatusCode::from_u16(r.status) else {
                         plugin
-                            .fault(
-                                Hook::OnRequest,
-                                FaultKind::BadDecision,
-                                format!("rejected with invalid status {}", r.status),
-                            )
+                            .bad_decision(Hook::OnRequest, format!("rejected with invalid status {}", r.status))
                             .resolve()?;
                         continue;
                     };
                     if !(status.is_client_error() || status.is_server_error()) {
                         plugin
-                            .fault(
-                                Hook::OnRequest,
-                                FaultKind::BadDecision,
-                                format!("rejected with non-error status {status}"),
-                            )
+                            .bad_decision(Hook::OnRequest, format!("rejected with non-error status {status}"))
                             .resolve()?;
                         continue;
                     }
@@ -261,7 +264,7 @@ impl Chain {
                 Decision::Respond(local) => {
                     if local.body.len() > MAX_LOCAL_RESPONSE || StatusCode::from_u16(local.status).is_err() {
                         let detail = format!("local response of {} bytes, status {}", local.body.len(), local.status);
-                        plugin.fault(Hook::OnRequest, FaultKind::BadDecision, detail).resolve()?;
+                        plugin.bad_decision(Hook::OnRequest, detail).resolve()?;
                         continue;
                     }
                     return Ok(Admission::Respond(local));
@@ -274,6 +277,10 @@ impl Chain {
     /// Runs `on-response-headers`; returns a target to retry on, if a plugin asked for one.
     pub async fn on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<Option<String>, Error> {
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_RESPONSE_HEADERS)) {
+            if let Some(skipped) = plugin.quarantined(Hook::OnResponseHeaders) {
+                skipped.resolve()?;
+                continue;
+            }
             match plugin.on_response_headers(view, status).await {
                 Ok(ResponseAction::Continue) => {}
                 Ok(ResponseAction::Retry(target)) => return Ok(Some(target)),
@@ -286,6 +293,9 @@ impl Chain {
     /// Runs `on-complete`. Faults are counted and logged; the request is over either way.
     pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) {
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_COMPLETE)) {
+            if plugin.quarantined(Hook::OnComplete).is_some() {
+                continue;
+            }
             if let Err(fault) = plugin.on_complete(view, completion).await {
                 let _ = fault.resolve();
             }
@@ -304,10 +314,14 @@ impl Plugins {
     /// Loads every plugin of `config` (compiling on blocking threads, off the request path) and
     /// builds the chains. Any plugin that fails to load fails the whole set, so a bad
     /// version is never swapped in.
-    pub async fn load(config: &Config, runtime: &Arc<Runtime>, services: &Arc<Services>) -> Result<Self, String> {
+    pub async fn load(
+        config: &Config,
+        wasm: &Arc<WasmEngine>,
+        services: &Arc<Services>,
+    ) -> Result<Self, PluginLoadError> {
         let mut loaded: Vec<Arc<LoadedPlugin>> = Vec::with_capacity(config.plugins.len());
         for plugin in &config.plugins {
-            loaded.push(LoadedPlugin::load(runtime, plugin, services.clone()).await?);
+            loaded.push(LoadedPlugin::load(wasm, plugin, services.clone()).await?);
         }
         let chain = |indexes: &[usize]| {
             let plugins: Vec<_> = indexes.iter().map(|&i| loaded[i].clone()).collect();

@@ -11,6 +11,8 @@ pub mod gemini;
 pub mod openai;
 
 #[cfg(test)]
+mod arbitrary;
+#[cfg(test)]
 mod golden;
 
 use std::time::Duration;
@@ -22,29 +24,14 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use weir_config::{Provider, Timeouts, Upstream, UpstreamKind};
+use weir_config::{Prefill, Provider, Timeouts, Upstream, UpstreamKind};
 
 use crate::api::sse::Event;
+use crate::api::{ModelRequest, Operation};
 use crate::error::{Error, Kind};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub(crate) type HttpClient = Client<Connector, Full<Bytes>>;
-
-/// What a request asks of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Chat,
-    Embeddings,
-}
-
-impl Operation {
-    pub fn label(self) -> &'static str {
-        match self {
-            Operation::Chat => "chat",
-            Operation::Embeddings => "embeddings",
-        }
-    }
-}
 
 /// One configured upstream: its own connection pool (so its connect timeout is its own), its URLs and
 /// credentials prepared once.
@@ -53,16 +40,29 @@ pub struct UpstreamClient {
     pub name: String,
     pub kind: UpstreamKind,
     pub timeouts: Timeouts,
+    /// How it continues a partial answer (mid-stream failover).
+    pub prefill: Prefill,
     /// Headers sent on every request, static credentials included (marked sensitive).
     headers: HeaderMap,
-    adapter: Adapter,
+    adapter: AnyAdapter,
     http: HttpClient,
 }
 
+/// Calls the same [`Adapter`] method on whichever adapter an upstream has.
+macro_rules! dispatch {
+    ($adapter:expr, $a:ident => $call:expr) => {
+        match $adapter {
+            AnyAdapter::OpenAi($a) => $call,
+            AnyAdapter::Azure($a) => $call,
+            AnyAdapter::Bedrock($a) => $call,
+            AnyAdapter::Gemini($a) => $call,
+        }
+    };
+}
 /// The per-kind half of an upstream.
 #[derive(Debug)]
 #[expect(clippy::large_enum_variant, reason = "one per configured upstream, built once; never moved on the hot path")]
-enum Adapter {
+enum AnyAdapter {
     OpenAi(openai::OpenAi),
     Azure(azure::Azure),
     Bedrock(bedrock::Bedrock),
@@ -106,16 +106,16 @@ impl UpstreamClient {
         let adapter = match (&upstream.kind, &upstream.provider) {
             // Weir's own workers speak OpenAI's API: relayed like any OpenAI-compatible server.
             (UpstreamKind::OpenAi | UpstreamKind::Worker, _) => {
-                Adapter::OpenAi(openai::OpenAi::new(upstream, &mut headers)?)
+                AnyAdapter::OpenAi(openai::OpenAi::new(upstream, &mut headers)?)
             }
             (UpstreamKind::AzureOpenAi, Provider::Azure(azure)) => {
-                Adapter::Azure(azure::Azure::new(upstream, azure, &mut headers)?)
+                AnyAdapter::Azure(azure::Azure::new(upstream, azure, &mut headers)?)
             }
             (UpstreamKind::Bedrock, Provider::Bedrock(bedrock)) => {
-                Adapter::Bedrock(bedrock::Bedrock::new(upstream, bedrock, &mut headers)?)
+                AnyAdapter::Bedrock(bedrock::Bedrock::new(upstream, bedrock, &mut headers)?)
             }
             (UpstreamKind::Vertex | UpstreamKind::Gemini, provider) => {
-                Adapter::Gemini(gemini::Gemini::new(upstream, provider, &mut headers)?)
+                AnyAdapter::Gemini(gemini::Gemini::new(upstream, provider, &mut headers)?)
             }
             (kind, _) => {
                 return Err(Error::internal(format!("upstream {}: no settings for kind {kind:?}", upstream.name)));
@@ -125,21 +125,17 @@ impl UpstreamClient {
             name: upstream.name.clone(),
             kind: upstream.kind,
             timeouts: upstream.timeouts,
+            prefill: upstream.prefill,
             headers,
             adapter,
             http,
         })
     }
 
-    /// Builds the upstream request for `operation` from the canonical request body (OpenAI's shape,
-    /// with `model` already the target's name and `include_usage` forced on for streams).
-    pub fn request(&self, operation: Operation, model: &str, body: Vec<u8>) -> Result<Request<Bytes>, Error> {
-        let (uri, body) = match &self.adapter {
-            Adapter::OpenAi(a) => (a.uri(operation), body),
-            Adapter::Azure(a) => a.request(operation, model, body)?,
-            Adapter::Bedrock(a) => a.request(operation, model, &body)?,
-            Adapter::Gemini(a) => a.request(operation, model, &body)?,
-        };
+    /// Builds the upstream request for `request` (the parsed, canonical one) with `model` the
+    /// target's model name; streams ask for the usage chunk.
+    pub fn request(&self, request: &ModelRequest, model: &str) -> Result<Request<Bytes>, Error> {
+        let (uri, body) = dispatch!(&self.adapter, a => a.request(request, model))?;
         let mut request = Request::post(uri)
             .body(Bytes::from(body))
             .map_err(|e| Error::internal("could not build the upstream request").source(e))?;
@@ -153,20 +149,17 @@ impl UpstreamClient {
     pub async fn send(&self, request: Request<Bytes>, wait: Duration) -> Result<Response<Incoming>, Error> {
         let exchange = async {
             let mut request = request;
-            match &self.adapter {
-                Adapter::OpenAi(_) => {}
-                Adapter::Azure(a) => a.authorize(&self.name, &self.http, &mut request).await?,
-                Adapter::Bedrock(a) => a.authorize(&self.name, &mut request).await?,
-                Adapter::Gemini(a) => a.authorize(&self.name, &mut request).await?,
-            }
+            dispatch!(&self.adapter, a => a.authorize(&self.name, &self.http, &mut request).await)?;
             Ok::<_, Error>(self.http.request(request.map(Full::new)).await)
         };
         match tokio::time::timeout(wait, exchange).await {
+            // Another target may answer in time (the attempt loop does not try this one again).
             Err(_) => Err(Error::new(
                 Kind::UpstreamTimeout,
                 format!("The upstream '{}' did not respond within {}.", self.name, humanize(wait)),
             )
-            .code("upstream_timeout")),
+            .code("upstream_timeout")
+            .retryable(true)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(e))) if e.is_connect() => Err(Error::new(
@@ -176,11 +169,14 @@ impl UpstreamClient {
             .code("upstream_unavailable")
             .retryable(true)
             .source(e)),
+            // Reset or closed before the first byte of an answer (a stale pooled connection, a
+            // restarting server): another attempt may well succeed.
             Ok(Ok(Err(e))) => Err(Error::new(
                 Kind::UpstreamFailed,
-                format!("The connection to the upstream '{}' failed before it answered.", self.name),
+                format!("The connection to the upstream '{}' closed before it answered.", self.name),
             )
-            .code("upstream_error")
+            .code(CONNECTION_CLOSED)
+            .retryable(true)
             .source(e)),
         }
     }
@@ -192,36 +188,58 @@ impl UpstreamClient {
             Ok(Ok(collected)) => collected.to_bytes(),
             _ => Bytes::new(),
         };
-        let detail = match &self.adapter {
-            Adapter::OpenAi(_) => openai::detail(&body),
-            Adapter::Azure(_) => azure::detail(&body),
-            Adapter::Bedrock(_) => bedrock::detail(&parts.headers, &body),
-            Adapter::Gemini(_) => gemini::detail(&body),
-        };
-        classify(&self.name, parts.status, &parts.headers, detail)
+        dispatch!(&self.adapter, a => a.classify(&self.name, parts.status, &parts.headers, &body))
     }
 
     /// Whether answers must be translated into OpenAI's shapes (the relayed kinds pass through).
     pub fn translates(&self) -> bool {
-        matches!(self.adapter, Adapter::Bedrock(_) | Adapter::Gemini(_))
+        matches!(self.adapter, AnyAdapter::Bedrock(_) | AnyAdapter::Gemini(_))
     }
 
     /// A whole (non-streamed) answer in OpenAI's shape.
     pub fn response(&self, operation: Operation, model: &str, body: Bytes) -> Result<Bytes, Error> {
-        match &self.adapter {
-            Adapter::OpenAi(_) | Adapter::Azure(_) => Ok(body),
-            Adapter::Bedrock(_) => bedrock::response(&self.name, operation, model, &body).map(Bytes::from),
-            Adapter::Gemini(a) => a.response(&self.name, operation, model, &body).map(Bytes::from),
-        }
+        dispatch!(&self.adapter, a => a.response(&self.name, operation, model, body))
     }
 
     /// What turns this upstream's streamed body into OpenAI `chat.completion.chunk` events.
     pub fn translator(&self, model: &str) -> Option<Translator> {
-        match &self.adapter {
-            Adapter::OpenAi(_) | Adapter::Azure(_) => None,
-            Adapter::Bedrock(_) => Some(Translator::Bedrock(bedrock::ChunkStream::new(&self.name, model))),
-            Adapter::Gemini(_) => Some(Translator::Gemini(gemini::ChunkStream::new(&self.name, model))),
-        }
+        dispatch!(&self.adapter, a => a.translator(&self.name, model))
+    }
+}
+
+/// What every adapter does, in the order a request meets it; one implementation per upstream kind,
+/// so that all of them have the same shape.
+trait Adapter {
+    /// The upstream URL and body for `request`, `model` being the target's model name.
+    fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error>;
+
+    /// Adds what must be computed per request (an OAuth token, a SigV4 signature) just before
+    /// sending; static credentials are already among the upstream's headers, so by default nothing.
+    async fn authorize(&self, upstream: &str, http: &HttpClient, request: &mut Request<Bytes>) -> Result<(), Error> {
+        let _ = (upstream, http, request);
+        Ok(())
+    }
+
+    /// A whole answer, turned into OpenAI's shape; an upstream that speaks OpenAI's API is relayed
+    /// as it answered.
+    fn response(&self, upstream: &str, operation: Operation, model: &str, body: Bytes) -> Result<Bytes, Error> {
+        let _ = (upstream, operation, model);
+        Ok(body)
+    }
+
+    /// What turns a streamed answer into OpenAI chunks; `None`, the default, relays the
+    /// upstream's own SSE.
+    fn translator(&self, upstream: &str, model: &str) -> Option<Translator> {
+        let _ = (upstream, model);
+        None
+    }
+
+    /// Reads a failed response's body in the provider's own error format.
+    fn detail(&self, headers: &HeaderMap, body: &[u8]) -> Detail;
+
+    /// A failed response as an [`Error`], the same way for every provider (see [`classify`]).
+    fn classify(&self, upstream: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Error {
+        classify(upstream, status, headers, self.detail(headers, body))
     }
 }
 
@@ -273,17 +291,60 @@ pub(crate) struct Detail {
 
 const MAX_MESSAGE: usize = 1000;
 
+/// The `code` of a connection that closed before the upstream answered.
+pub(crate) const CONNECTION_CLOSED: &str = "upstream_connection_closed";
+
+/// How long an upstream asks to be left alone: `retry-after-ms` (Azure, OpenAI), `retry-after` in
+/// seconds (fractions allowed) or as an HTTP date, else what its error body said (`detail`).
+fn retry_wait(headers: &HeaderMap, detail: Option<u64>) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let seconds = |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)));
+    header("retry-after-ms")
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .and_then(|ms| seconds(ms / 1000.0))
+        .or_else(|| {
+            let value = header(header::RETRY_AFTER.as_str())?;
+            value.parse::<f64>().ok().and_then(seconds).or_else(|| {
+                let at = httpdate::parse_http_date(value).ok()?;
+                Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+            })
+        })
+        .or(detail.map(Duration::from_secs))
+}
+
+/// Whether a refusal says the request is longer than the model takes. Providers word it each their
+/// own way: OpenAI and Azure give the code, vLLM "maximum context length", Bedrock "Input is too
+/// long" (Claude: "prompt is too long"), Gemini "The input token count (…) exceeds the maximum
+/// number of tokens allowed", Mistral "too large for model with … maximum context length".
+fn context_exceeded(status: StatusCode, detail: &Detail) -> bool {
+    if !matches!(status.as_u16(), 400 | 413 | 422) {
+        return false;
+    }
+    if detail.code.as_deref() == Some(crate::error::CONTEXT_LENGTH_EXCEEDED) {
+        return true;
+    }
+    let message = detail.message.as_deref().unwrap_or_default().to_ascii_lowercase();
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "input is too long",
+        "prompt is too long",
+        "exceeds the maximum number of tokens",
+        "too many input tokens",
+    ]
+    .iter()
+    .any(|phrase| message.contains(phrase))
+}
+
 /// Classifies a non-2xx upstream response, the same way for every provider: throttling → 429 with
-/// `retry-after`; a request the upstream rejected → its status and message; rejected credentials →
-/// 502 that never echoes them; 408 and 5xx → 502, retryable.
+/// `retry-after`; a request longer than the model's context window → 400 `context_length_exceeded`;
+/// another request the upstream rejected → its status and message; rejected credentials → 502 that
+/// never echoes them; 408 and 5xx → 502, retryable.
 pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, detail: Detail) -> Error {
+    let too_long = context_exceeded(status, &detail);
     let upstream_message: String = detail.message.unwrap_or_default().trim().chars().take(MAX_MESSAGE).collect();
-    let retry_after = headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|s| s.ceil().max(0.0) as u64)
-        .or(detail.retry_after);
+    let wait = retry_wait(headers, detail.retry_after);
     if status == StatusCode::TOO_MANY_REQUESTS || detail.throttled {
         return Error::new(
             Kind::RateLimited,
@@ -291,7 +352,13 @@ pub(crate) fn classify(upstream: &str, status: StatusCode, headers: &HeaderMap, 
         )
         .code(detail.code.unwrap_or_else(|| "rate_limit_exceeded".into()))
         .retryable(true)
-        .retry_after(retry_after);
+        .retry_after_ms(wait);
+    }
+    if too_long {
+        return Error::new(Kind::UpstreamRejected, upstream_message)
+            .status(StatusCode::BAD_REQUEST)
+            .param(detail.param.unwrap_or_else(|| "messages".into()))
+            .code(crate::error::CONTEXT_LENGTH_EXCEEDED);
     }
     match status.as_u16() {
         _ if detail.credentials_rejected => Error::new(
@@ -343,6 +410,18 @@ pub(crate) fn malformed(upstream: &str, what: &str) -> Error {
         .code("upstream_error")
 }
 
+/// The error for a stream event over [`crate::api::sse::MAX_EVENT_BYTES`]: the stream is ended there.
+pub(crate) fn event_too_large(upstream: &str) -> Error {
+    Error::new(
+        Kind::UpstreamFailed,
+        format!(
+            "The upstream '{upstream}' sent a stream event larger than {} MiB; the gateway stopped reading it.",
+            crate::api::sse::MAX_EVENT_BYTES >> 20
+        ),
+    )
+    .code("upstream_event_too_large")
+}
+
 /// The error for credentials the gateway could not obtain (a token endpoint that refused or failed).
 pub(crate) fn credentials_failed(upstream: &str, why: impl std::fmt::Display, retryable: bool) -> Error {
     Error::new(
@@ -362,6 +441,19 @@ fn sensitive(value: &str) -> Result<HeaderValue, Error> {
     let mut v = HeaderValue::from_str(value).map_err(|_| Error::internal("a configured header value is not valid"))?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+/// Characters left as they are in a path segment: RFC 3986's unreserved set. Everything else,
+/// `/`, `?`, `#`, `%` and `:` included, is percent-encoded, so a model name stays one segment.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A model name as one URL path segment of an upstream's URL: refused unless it is a plausible
+/// name ([`crate::api::check_model_name`]), then percent-encoded, so that no name a client sends can
+/// reach another path on the provider's host with the gateway's credentials.
+pub(crate) fn path_segment(model: &str) -> Result<String, Error> {
+    crate::api::check_model_name(model)?;
+    Ok(percent_encoding::utf8_percent_encode(model, SEGMENT).to_string())
 }
 
 /// Joins a base URL and a path into a `Uri`.
@@ -402,6 +494,42 @@ pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Appends `items` to the last turn when it has the same role, else starts a turn
+/// `{"role": role, field: items}`: Converse and Gemini both want roles to alternate.
+pub(crate) fn push_turn(turns: &mut Vec<serde_json::Value>, role: &str, field: &str, items: Vec<serde_json::Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut()
+        && last.get("role").and_then(serde_json::Value::as_str) == Some(role)
+        && let Some(existing) = last.get_mut(field).and_then(serde_json::Value::as_array_mut)
+    {
+        existing.extend(items);
+        return;
+    }
+    turns.push(serde_json::json!({"role": role, field: items}));
+}
+
+/// A message's content as provider parts: text parts as `{"text": …}`, images (which must be `data:`
+/// URLs) as `image` makes them from their MIME type and base64 payload.
+pub(crate) fn content_parts(
+    message: &crate::api::chat::Message,
+    param: &str,
+    image: impl Fn(String, String) -> Result<serde_json::Value, Error>,
+) -> Result<Vec<serde_json::Value>, Error> {
+    use crate::api::chat::Part;
+    message
+        .parts()
+        .map(|part| match part {
+            Part::Text(text) => Ok(serde_json::json!({"text": text})),
+            Part::ImageUrl(url) => {
+                let (mime, data) = data_url(url, param)?;
+                image(mime, data)
+            }
+        })
+        .collect()
+}
+
 /// Splits a `data:` URL into its MIME type and base64 payload; remote URLs are refused, since
 /// fetching a client-named URL from inside the gateway would be a server-side request forgery hole.
 pub(crate) fn data_url(url: &str, param: &str) -> Result<(String, String), Error> {
@@ -416,4 +544,62 @@ pub(crate) fn data_url(url: &str, param: &str) -> Result<(String, String), Error
     let (meta, data) = rest.split_once(',').ok_or_else(refuse)?;
     let mime = meta.strip_suffix(";base64").ok_or_else(refuse)?;
     Ok((if mime.is_empty() { "application/octet-stream".to_owned() } else { mime.to_owned() }, data.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use http::{HeaderMap, HeaderValue, StatusCode};
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_str(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn retry_after_is_read_as_precisely_as_the_upstream_gives_it() {
+        let wait = |h: &[(&'static str, &str)]| retry_wait(&headers(h), None);
+        assert_eq!(wait(&[("retry-after-ms", "1500"), ("retry-after", "9")]), Some(Duration::from_millis(1500)));
+        assert_eq!(wait(&[("retry-after", "2.5")]), Some(Duration::from_millis(2500)));
+        let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let by_date = wait(&[("retry-after", &at)]).unwrap();
+        assert!((Duration::from_secs(28)..=Duration::from_secs(30)).contains(&by_date), "{by_date:?}");
+        assert_eq!(wait(&[("retry-after", "soon")]), None);
+        assert_eq!(retry_wait(&HeaderMap::new(), Some(13)), Some(Duration::from_secs(13)), "Google's RetryInfo");
+        let e =
+            classify("up", StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after-ms", "1200")]), Detail::default());
+        assert_eq!(
+            (e.retry_wait(), e.http_status()),
+            (Some(Duration::from_millis(1200)), StatusCode::TOO_MANY_REQUESTS)
+        );
+        assert!(e.into_response().headers()["retry-after"] == "2", "the client's header is in whole seconds");
+    }
+
+    #[test]
+    fn every_providers_too_long_refusal_is_context_length_exceeded() {
+        let openai = br#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        let vllm = br#"{"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.","type":"BadRequestError","code":400}"#;
+        let bedrock = br#"{"message":"Input is too long for requested model."}"#;
+        let claude = br#"{"message":"prompt is too long: 210000 tokens > 200000 maximum"}"#;
+        let gemini = br#"{"error":{"code":400,"message":"The input token count (1048577) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#;
+        let bedrock_headers = headers(&[("x-amzn-errortype", "ValidationException:http://internal.amazon.com/")]);
+        let cases = [
+            ("openai", openai::detail(openai)),
+            ("vllm", openai::detail(vllm)),
+            ("bedrock", bedrock::detail(&bedrock_headers, bedrock)),
+            ("claude", bedrock::detail(&bedrock_headers, claude)),
+            ("gemini", gemini::detail(gemini)),
+        ];
+        for (name, detail) in cases {
+            let e = classify("up", StatusCode::BAD_REQUEST, &HeaderMap::new(), detail);
+            assert!(e.is_context_exceeded(), "{name}: {e}");
+            assert_eq!((e.http_status(), e.retryable), (StatusCode::BAD_REQUEST, false), "{name}");
+        }
+        let other = openai::detail(br#"{"error":{"message":"Invalid 'temperature'.","code":"invalid_value"}}"#);
+        assert!(!classify("up", StatusCode::BAD_REQUEST, &HeaderMap::new(), other).is_context_exceeded());
+        let server = openai::detail(br#"{"error":{"message":"context length of the queue exceeded"}}"#);
+        assert!(!classify("up", StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), server).is_context_exceeded());
+    }
 }

@@ -58,7 +58,7 @@ pub fn watch_files(gateway: Arc<Gateway>) -> Option<notify::RecommendedWatcher> 
     Some(watcher)
 }
 
-fn report_reload(trigger: &str, result: Result<(), String>) {
+fn report_reload(trigger: &str, result: Result<(), crate::LoadError>) {
     match result {
         Ok(()) => tracing::info!(trigger, "configuration reloaded"),
         Err(reason) => tracing::error!(trigger, %reason, "reload rejected; the previous configuration keeps serving"),

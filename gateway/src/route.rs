@@ -1,25 +1,30 @@
-//! Stage: route. Public model names → targets (an upstream and the model name it knows), and the
-//! attempt loop: the first target, then — on a retryable failure, before any byte reached the client —
-//! the next, bounded by `retry.max_attempts`, with exponential backoff and jitter.
+//! Stage: route. The attempt loop: the route's first target, then — on a retryable failure, before
+//! any byte reached the client — the same target again (a `Retry-After` that fits, a transient
+//! failure `retry.same_target` times) or the next (a target that timed out is not tried again; a
+//! request too long for a model goes to a larger one), bounded by `retry.max_attempts` and the
+//! request's deadline, with exponential backoff and jitter. What a request is and who watches its attempts
+//! (accounting, plugins' `on-response-headers`) comes in through [`Exchange`], so this loop knows
+//! nothing of plugins; the table it walks is in `route/table.rs`.
 
-use std::collections::HashMap;
+pub mod table;
+
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use rand::Rng;
-use weir_config::{Config, Retry, WILDCARD_MODEL};
+pub use table::{ModelRoute, RouteTable, RouteTarget, StatsSnapshot, TargetStats};
+
+use weir_config::Retry;
 
 use crate::error::{Error, Kind};
-use crate::metrics::{Metrics, TtftLabels, UpstreamErrorLabels};
-use crate::plugins::Chain;
-use crate::plugins::view::RequestView;
-use crate::providers::UpstreamClient;
+use crate::metrics::{Metrics, ModelTargetLabels, UpstreamErrorLabels};
+use table::InFlight;
 
-/// What [`Router::send`] tells its caller about each attempt.
+/// What the attempt loop tells its caller about each attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptEvent {
     /// The attempt is about to be sent.
@@ -28,275 +33,257 @@ pub enum AttemptEvent {
     Finished { status: Option<u16>, latency: Duration },
 }
 
-/// Where a public model is served.
-#[derive(Debug)]
-pub struct ModelRoute {
-    /// The label for metrics and logs: the public name, or `*` for the wildcard.
-    pub label: Arc<str>,
-    pub targets: Vec<Arc<RouteTarget>>,
+/// What the attempt loop asks of the request it sends.
+pub trait Exchange {
+    /// The upstream request for one target.
+    fn build(&self, target: &RouteTarget) -> Result<Request<Bytes>, Error>;
+
+    /// Whether the answer is streamed (then `first_token` bounds the wait for response headers).
+    fn streams(&self) -> bool;
+
+    /// Hears about each attempt as it starts and ends.
+    fn attempted(&mut self, target: &RouteTarget, event: AttemptEvent);
+
+    /// An upstream answered with `status`: may name another target to retry on instead
+    /// (plugins' `on-response-headers`), or fail the request.
+    fn on_response_headers(
+        &mut self,
+        status: StatusCode,
+    ) -> impl Future<Output = Result<Option<Arc<RouteTarget>>, Error>> + Send;
 }
 
-#[derive(Debug)]
-pub struct RouteTarget {
-    pub upstream: Arc<UpstreamClient>,
-    /// The upstream's model name; `None` passes the requested name through.
-    pub model: Option<String>,
-    /// `upstream/model` (`upstream/*` for pass-through), for metrics, logs and plugins.
-    pub label: Arc<str>,
-    pub stats: TargetStats,
-}
-
-impl RouteTarget {
-    /// The model name to send upstream for a request that asked for `requested`.
-    pub fn upstream_model<'a>(&'a self, requested: &'a str) -> &'a str {
-        self.model.as_deref().unwrap_or(requested)
-    }
-}
-
-/// Live statistics of a target, for plugins that route by health, latency or load.
-#[derive(Debug, Default)]
-pub struct TargetStats {
-    in_flight: AtomicU32,
-    /// f64 bits: exponentially weighted latency to response headers, in milliseconds.
-    latency_ms: AtomicU64,
-    /// f64 bits: exponentially weighted share of failed attempts.
-    error_rate: AtomicU64,
-}
-
-/// A copy of [`TargetStats`] at one moment.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StatsSnapshot {
-    /// Until the router's circuit breaker exists, a target is unhealthy while more than half of
-    /// its recent attempts fail.
-    pub healthy: bool,
-    pub in_flight: u32,
-    pub latency_ms: f32,
-    pub error_rate: f32,
-}
-
-/// Weight of the newest observation in the moving averages.
-const EWMA_ALPHA: f64 = 0.2;
-
-impl TargetStats {
-    fn ewma(cell: &AtomicU64, value: f64) {
-        let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            let old = f64::from_bits(bits);
-            let new = if bits == 0 { value } else { old + EWMA_ALPHA * (value - old) };
-            Some(new.to_bits())
-        });
-    }
-
-    fn record(&self, latency: Duration, failed: bool) {
-        Self::ewma(&self.latency_ms, latency.as_secs_f64() * 1e3);
-        // A stored 0.0 reads as "no data yet" in `ewma`; keep a failure-free average just above it.
-        Self::ewma(&self.error_rate, if failed { 1.0 } else { f64::MIN_POSITIVE });
-    }
-
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let error_rate = f64::from_bits(self.error_rate.load(Ordering::Relaxed));
-        StatsSnapshot {
-            healthy: error_rate <= 0.5,
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            latency_ms: f64::from_bits(self.latency_ms.load(Ordering::Relaxed)) as f32,
-            error_rate: error_rate as f32,
-        }
-    }
-}
-
-/// Counts a request in flight to a target while it lives.
-struct InFlight<'a>(&'a AtomicU32);
-
-impl<'a> InFlight<'a> {
-    fn new(counter: &'a AtomicU32) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The routing table, built once from the config.
-#[derive(Debug)]
-pub struct Router {
-    models: HashMap<String, Arc<ModelRoute>>,
-    wildcard: Option<Arc<ModelRoute>>,
-    /// Every target by its label; models that share a target share its statistics.
-    targets: HashMap<Arc<str>, Arc<RouteTarget>>,
-    /// Public names in config order, for `/v1/models`.
-    names: Vec<String>,
-    retry: Retry,
-}
-
-impl Router {
-    pub fn new(config: &Config) -> Result<Self, Error> {
-        let upstreams =
-            config.upstreams.iter().map(|u| UpstreamClient::new(u).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
-        let mut models = HashMap::new();
-        let mut targets: HashMap<Arc<str>, Arc<RouteTarget>> = HashMap::new();
-        let mut wildcard = None;
-        let mut names = Vec::new();
-        for m in &config.models {
-            let route_targets = m
-                .targets
-                .iter()
-                .map(|t| {
-                    let upstream = upstreams[t.upstream].clone();
-                    let label: Arc<str> =
-                        format!("{}/{}", upstream.name, t.model.as_deref().unwrap_or(WILDCARD_MODEL)).into();
-                    targets
-                        .entry(label.clone())
-                        .or_insert_with(|| {
-                            Arc::new(RouteTarget {
-                                upstream,
-                                model: t.model.clone(),
-                                label,
-                                stats: TargetStats::default(),
-                            })
-                        })
-                        .clone()
-                })
-                .collect();
-            let route = Arc::new(ModelRoute { label: m.name.as_str().into(), targets: route_targets });
-            if m.is_wildcard() {
-                wildcard = Some(route);
-            } else {
-                names.push(m.name.clone());
-                models.insert(m.name.clone(), route);
-            }
-        }
-        Ok(Self { models, wildcard, targets, names, retry: config.retry })
-    }
-
-    /// The public model names, for `/v1/models`.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
-    }
-
-    /// A target by its label (`upstream/model`).
-    pub fn target(&self, label: &str) -> Option<&Arc<RouteTarget>> {
-        self.targets.get(label)
-    }
-
-    /// The target labels of a public model, in order.
-    pub fn targets_of(&self, model: &str) -> Vec<String> {
-        self.models.get(model).map(|r| r.targets.iter().map(|t| t.label.to_string()).collect()).unwrap_or_default()
-    }
-
-    pub fn resolve(&self, model: &str) -> Result<Arc<ModelRoute>, Error> {
-        self.models.get(model).or(self.wildcard.as_ref()).cloned().ok_or_else(|| {
-            Error::new(Kind::NotFound, format!("The model `{model}` does not exist or you do not have access to it."))
-                .param("model")
-                .code("model_not_found")
-        })
-    }
-
-    /// Where a plugin's `route` decision points: a public model's targets (one name that is a
-    /// model), or the named targets in order, keeping the request's model label for metrics.
-    pub fn rerouted(&self, label: &Arc<str>, to: &[String]) -> Option<Arc<ModelRoute>> {
-        if let [one] = to
-            && let Some(route) = self.models.get(one)
+/// Sends `exchange` to the route's targets until one answers with a success status, a
+/// non-retryable error occurs, the attempts run out, or `deadline` passes. Returns the response and
+/// the target that produced it. Where each retry goes is [`Plan::next`]'s decision.
+pub async fn send(
+    route: &ModelRoute,
+    metrics: &Metrics,
+    deadline: Instant,
+    exchange: &mut impl Exchange,
+) -> Result<(Response<Incoming>, Arc<RouteTarget>), Error> {
+    let attempts = route.retry.max_attempts.max(1) as usize;
+    let facts: Vec<TargetFacts<'_>> = route.targets.iter().map(|t| TargetFacts::of(t)).collect();
+    let mut plan = Plan::new(&facts, route.retry);
+    // Index into `route.targets`; `None` for a target a plugin named that the route does not list.
+    let mut current = Some(0);
+    let mut target = route.targets[0].clone();
+    let mut attempt = 0;
+    loop {
+        exchange.attempted(&target, AttemptEvent::Started);
+        let mut wait = target.upstream.timeouts.first_byte;
+        if exchange.streams()
+            && let Some(first_token) = route.first_token(&target)
         {
-            return Some(route.clone());
+            wait = wait.min(first_token);
         }
-        let targets = to.iter().map(|t| self.targets.get(t.as_str()).cloned()).collect::<Option<Vec<_>>>()?;
-        (!targets.is_empty()).then(|| Arc::new(ModelRoute { label: label.clone(), targets }))
-    }
-
-    /// Sends the request built by `build` to the route's targets in turn until one answers with a
-    /// success status, a non-retryable error occurs, the attempts run out, or `deadline` passes.
-    /// `on_attempt` learns which target is being tried and how it went (for accounting); the plugins' chain, if
-    /// given, sees each upstream status first (`on-response-headers`) and may name a target to retry on.
-    /// Returns the response and the target that produced it.
-    pub async fn send(
-        &self,
-        route: &ModelRoute,
-        metrics: &Metrics,
-        deadline: Instant,
-        mut on_attempt: impl FnMut(&RouteTarget, AttemptEvent),
-        hooks: Option<(&Chain, &Arc<RequestView>)>,
-        build: impl Fn(&RouteTarget) -> Result<Request<Bytes>, Error>,
-    ) -> Result<(Response<Incoming>, Arc<RouteTarget>), Error> {
-        let attempts = self.retry.max_attempts.max(1) as usize;
-        let mut attempt = 0;
-        let mut next: Option<Arc<RouteTarget>> = None;
-        loop {
-            let target = next.take().unwrap_or_else(|| route.targets[attempt % route.targets.len()].clone());
-            on_attempt(&target, AttemptEvent::Started);
-            let wait = target.upstream.timeouts.first_byte.min(deadline.saturating_duration_since(Instant::now()));
-            let in_flight = InFlight::new(&target.stats.in_flight);
-            let sent_at = Instant::now();
-            let result = target.upstream.send(build(&target)?, wait).await;
-            drop(in_flight);
-            let status = result.as_ref().ok().map(|r| r.status().as_u16());
-            on_attempt(&target, AttemptEvent::Finished { status, latency: sent_at.elapsed() });
-            let error = match result {
-                Ok(response) => {
-                    let status = response.status();
-                    target
-                        .stats
-                        .record(sent_at.elapsed(), status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS);
-                    let retry_on = match hooks {
-                        Some((chain, view)) => chain.on_response_headers(view, status.as_u16()).await?,
-                        None => None,
-                    };
-                    match retry_on.map(|label| (self.targets.get(label.as_str()).cloned(), label)) {
-                        Some((Some(other), _)) => {
-                            next = Some(other);
-                            Error::new(
-                                Kind::UpstreamFailed,
-                                format!("A policy plugin asked to retry after status {status}."),
-                            )
-                            .code("plugin_retry")
-                            .status(status)
-                            .retryable(true)
-                        }
-                        Some((None, label)) => {
-                            tracing::warn!(target = %label, "a plugin asked to retry on an unknown target; ignored");
-                            if status.is_success() {
-                                return Ok((response, target));
-                            }
-                            target.upstream.error_from(response, Duration::from_secs(5).min(wait)).await
-                        }
-                        None if status.is_success() => return Ok((response, target)),
-                        None => target.upstream.error_from(response, Duration::from_secs(5).min(wait)).await,
+        let wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+        let in_flight = InFlight::new(&target.stats);
+        let sent_at = Instant::now();
+        let result = target.upstream.send(exchange.build(&target)?, wait).await;
+        drop(in_flight);
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        exchange.attempted(&target, AttemptEvent::Finished { status, latency: sent_at.elapsed() });
+        let mut named = None;
+        let error = match result {
+            Ok(response) => {
+                let status = response.status();
+                target
+                    .stats
+                    .record(sent_at.elapsed(), status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS);
+                match exchange.on_response_headers(status).await? {
+                    Some(other) => {
+                        named = Some(other);
+                        Error::new(
+                            Kind::UpstreamFailed,
+                            format!("A policy plugin asked to retry after status {status}."),
+                        )
+                        .code("plugin_retry")
+                        .status(status)
+                        .retryable(true)
                     }
+                    None if status.is_success() => return Ok((response, target)),
+                    None => target.upstream.error_from(response, Duration::from_secs(5).min(wait)).await,
                 }
-                Err(e) => {
-                    target.stats.record(sent_at.elapsed(), true);
-                    e
-                }
-            };
-            metrics
-                .upstream_errors
-                .get_or_create(&UpstreamErrorLabels { target: target.label.clone(), class: error_class(&error) })
-                .inc();
-            attempt += 1;
-            let backoff = self.backoff(attempt);
-            if !error.retryable || attempt >= attempts || Instant::now() + backoff >= deadline {
-                return Err(error);
             }
-            let upcoming = next.clone().unwrap_or_else(|| route.targets[attempt % route.targets.len()].clone());
-            tracing::warn!(failed = %target.label, next = %upcoming.label, attempt, error = %error, "retrying on the next target");
-            metrics
-                .retries
-                .get_or_create(&TtftLabels { model: route.label.clone(), target: upcoming.label.clone() })
-                .inc();
-            tokio::time::sleep(backoff).await;
+            Err(e) => {
+                target.stats.record(sent_at.elapsed(), true);
+                e
+            }
+        };
+        metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels { target: target.label.clone(), class: error_class(&error) })
+            .inc();
+        attempt += 1;
+        if attempt >= attempts {
+            return Err(error);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (next, upcoming, pause) = match named {
+            Some(other) => (None, other, backoff(route, attempt)),
+            None => match plan.next(current, Failure::of(&error), left, backoff(route, attempt)) {
+                Some((index, pause)) => (Some(index), route.targets[index].clone(), pause),
+                None => return Err(error),
+            },
+        };
+        if pause >= left {
+            return Err(error);
+        }
+        let how =
+            if upcoming.label == target.label { "retrying the same target" } else { "retrying on the next target" };
+        tracing::warn!(failed = %target.label, next = %upcoming.label, attempt, wait_ms = pause.as_millis() as u64, error = %error, "{how}");
+        metrics
+            .retries
+            .get_or_create(&ModelTargetLabels { model: route.label.clone(), target: upcoming.label.clone() })
+            .inc();
+        tokio::time::sleep(pause).await;
+        current = next;
+        target = upcoming;
+    }
+}
+
+/// What the attempt loop weighs about a target when choosing where to retry.
+#[derive(Debug, Clone, Copy)]
+struct TargetFacts<'a> {
+    /// The model it serves (the label for a pass-through target): a model that refused a request
+    /// as too long would refuse it again anywhere.
+    model: &'a str,
+    context_window: Option<u32>,
+}
+
+impl<'a> TargetFacts<'a> {
+    fn of(target: &'a RouteTarget) -> Self {
+        Self { model: target.model.as_deref().unwrap_or(&target.label), context_window: target.context_window }
+    }
+}
+
+/// How an attempt failed, as far as where to go next is concerned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Failure {
+    /// Throttled, with how long the upstream asked to wait.
+    Wait(Duration),
+    /// Likely to pass if tried again: a 5xx, a connection closed before the answer.
+    Transient,
+    /// Worth another target: throttling without a wait, a connect failure, a plugin's retry.
+    Elsewhere,
+    /// No answer in time: the target is not tried again for this request.
+    TimedOut,
+    /// The request is longer than the model's context window.
+    TooLong,
+    /// Not worth another attempt anywhere.
+    Final,
+}
+
+impl Failure {
+    fn of(error: &Error) -> Self {
+        if error.is_context_exceeded() {
+            return Failure::TooLong;
+        }
+        if !error.retryable {
+            return Failure::Final;
+        }
+        match error.kind {
+            Kind::RateLimited => error.retry_wait().map_or(Failure::Elsewhere, Failure::Wait),
+            Kind::UpstreamTimeout => Failure::TimedOut,
+            Kind::UpstreamFailed if error.code.as_deref() != Some("plugin_retry") => Failure::Transient,
+            _ => Failure::Elsewhere,
+        }
+    }
+}
+
+/// Where the attempt loop goes after each failure: the state it keeps across one request's attempts.
+#[derive(Debug)]
+struct Plan<'a> {
+    targets: &'a [TargetFacts<'a>],
+    retry: Retry,
+    /// Same-target retries spent, per target.
+    same: Vec<u32>,
+    /// Targets not to try again (they timed out).
+    excluded: Vec<bool>,
+    /// Models that refused the request as too long, and the largest window known to have refused it.
+    too_long_for: Vec<&'a str>,
+    largest_refusing_window: Option<u32>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(targets: &'a [TargetFacts<'a>], retry: Retry) -> Self {
+        Self {
+            targets,
+            retry,
+            same: vec![0; targets.len()],
+            excluded: vec![false; targets.len()],
+            too_long_for: Vec::new(),
+            largest_refusing_window: None,
         }
     }
 
-    /// The wait before attempt `n` (1-based count of failures so far): base × 2ⁿ⁻¹, capped, and
-    /// jittered into its upper half so that many clients do not retry in step.
-    fn backoff(&self, n: usize) -> Duration {
-        let exp = self.retry.backoff_base.saturating_mul(1 << (n - 1).min(16));
-        let capped = exp.min(self.retry.backoff_max);
-        let half = capped / 2;
-        half + half.mul_f64(rand::rng().random::<f64>())
+    /// The target to try next after `current` failed (`None`: a target outside the route), and the
+    /// pause before: a `Retry-After` that fits is waited out on the same target; a transient failure
+    /// is retried on the same target `retry.same_target` times; a timed-out target is not tried
+    /// again; a request too long for a model goes only to other models whose window is not known to
+    /// be too small; everything else moves on to the next target, round the route, with `backoff`.
+    /// `None`: give up. `left` is the time to the request's deadline.
+    fn next(
+        &mut self,
+        current: Option<usize>,
+        failure: Failure,
+        left: Duration,
+        backoff: Duration,
+    ) -> Option<(usize, Duration)> {
+        match (failure, current) {
+            (Failure::Final, _) => None,
+            (Failure::Wait(wait), Some(i)) if wait <= self.retry.retry_after_max && wait < left => Some((i, wait)),
+            (Failure::Transient, Some(i)) if self.same[i] < self.retry.same_target => {
+                self.same[i] += 1;
+                Some((i, backoff))
+            }
+            (Failure::TimedOut, Some(i)) => {
+                self.excluded[i] = true;
+                self.elsewhere(current, backoff)
+            }
+            (Failure::TooLong, _) => {
+                if let Some(i) = current {
+                    let refused = self.targets[i];
+                    self.too_long_for.push(refused.model);
+                    self.largest_refusing_window = self.largest_refusing_window.max(refused.context_window);
+                }
+                // Nothing to back off from: the upstream is fine, the request was too long for it.
+                self.elsewhere(current, Duration::ZERO)
+            }
+            _ => self.elsewhere(current, backoff),
+        }
     }
+
+    /// The first target after `current`, round the route (`current` itself last), that may take
+    /// the request.
+    fn elsewhere(&self, current: Option<usize>, pause: Duration) -> Option<(usize, Duration)> {
+        let n = self.targets.len();
+        let order: Box<dyn Iterator<Item = usize>> = match current {
+            Some(i) => Box::new((1..=n).map(move |k| (i + k) % n)),
+            None => Box::new(0..n),
+        };
+        order.into_iter().find(|&i| self.may_take(i)).map(|i| (i, pause))
+    }
+
+    fn may_take(&self, i: usize) -> bool {
+        let t = self.targets[i];
+        if self.excluded[i] || self.too_long_for.contains(&t.model) {
+            return false;
+        }
+        match (t.context_window, self.largest_refusing_window) {
+            (Some(window), Some(refused)) => window > refused,
+            _ => true,
+        }
+    }
+}
+
+/// The wait before attempt `n` (1-based count of failures so far): base × 2ⁿ⁻¹, capped, and
+/// jittered into its upper half so that many clients do not retry in step.
+fn backoff(route: &ModelRoute, n: usize) -> Duration {
+    let exp = route.retry.backoff_base.saturating_mul(1 << (n - 1).min(16));
+    let capped = exp.min(route.retry.backoff_max);
+    let half = capped / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
 }
 
 /// The `class` label of an upstream failure.
@@ -308,6 +295,100 @@ pub fn error_class(error: &Error) -> &'static str {
         Kind::UpstreamAuth => "auth",
         Kind::UpstreamRejected => "status_4xx",
         Kind::UpstreamFailed if error.status.is_some_and(|s| s.is_server_error()) => "status_5xx",
+        Kind::UpstreamFailed if error.code.as_deref() == Some(crate::providers::CONNECTION_CLOSED) => "reset",
+        Kind::UpstreamFailed if error.code.as_deref() == Some(crate::error::STREAM_FAILED) => "stream",
         _ => "protocol",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RETRY: Retry = Retry {
+        max_attempts: 10,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(10),
+        same_target: 1,
+        retry_after_max: Duration::from_secs(5),
+    };
+    const PAUSE: Duration = Duration::from_millis(10);
+    const LEFT: Duration = Duration::from_secs(60);
+
+    fn facts(windows: &[(&'static str, Option<u32>)]) -> Vec<TargetFacts<'static>> {
+        windows.iter().map(|&(model, context_window)| TargetFacts { model, context_window }).collect()
+    }
+
+    #[test]
+    fn a_retry_after_that_fits_is_waited_out_on_the_same_target() {
+        let targets = facts(&[("a", None), ("b", None)]);
+        let mut plan = Plan::new(&targets, RETRY);
+        let wait = Duration::from_secs(2);
+        assert_eq!(plan.next(Some(0), Failure::Wait(wait), LEFT, PAUSE), Some((0, wait)));
+        // Longer than `retry_after_max`, or than what is left of the deadline: the next target now.
+        assert_eq!(plan.next(Some(0), Failure::Wait(Duration::from_secs(6)), LEFT, PAUSE), Some((1, PAUSE)));
+        assert_eq!(plan.next(Some(0), Failure::Wait(wait), Duration::from_secs(1), PAUSE), Some((1, PAUSE)));
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_on_the_same_target_as_often_as_configured() {
+        let targets = facts(&[("a", None), ("b", None)]);
+        let mut plan = Plan::new(&targets, Retry { same_target: 2, ..RETRY });
+        assert_eq!(plan.next(Some(0), Failure::Transient, LEFT, PAUSE), Some((0, PAUSE)));
+        assert_eq!(plan.next(Some(0), Failure::Transient, LEFT, PAUSE), Some((0, PAUSE)));
+        assert_eq!(plan.next(Some(0), Failure::Transient, LEFT, PAUSE), Some((1, PAUSE)));
+        // b's own allowance is untouched; past it the route wraps round to a.
+        assert_eq!(plan.next(Some(1), Failure::Transient, LEFT, PAUSE), Some((1, PAUSE)));
+        assert_eq!(plan.next(Some(1), Failure::Transient, LEFT, PAUSE), Some((1, PAUSE)));
+        assert_eq!(plan.next(Some(1), Failure::Transient, LEFT, PAUSE), Some((0, PAUSE)));
+        let mut plan = Plan::new(&targets, Retry { same_target: 0, ..RETRY });
+        assert_eq!(plan.next(Some(0), Failure::Transient, LEFT, PAUSE), Some((1, PAUSE)));
+    }
+
+    #[test]
+    fn a_target_that_timed_out_is_not_tried_again() {
+        let targets = facts(&[("a", None), ("b", None)]);
+        let mut plan = Plan::new(&targets, RETRY);
+        assert_eq!(plan.next(Some(0), Failure::TimedOut, LEFT, PAUSE), Some((1, PAUSE)));
+        assert_eq!(plan.next(Some(1), Failure::Elsewhere, LEFT, PAUSE), Some((1, PAUSE)), "a is out");
+        assert_eq!(plan.next(Some(1), Failure::TimedOut, LEFT, PAUSE), None);
+        let single = facts(&[("a", None)]);
+        assert_eq!(Plan::new(&single, RETRY).next(Some(0), Failure::TimedOut, LEFT, PAUSE), None);
+        assert_eq!(Plan::new(&single, RETRY).next(Some(0), Failure::Final, LEFT, PAUSE), None);
+    }
+
+    #[test]
+    fn a_request_too_long_goes_only_to_larger_windows_and_never_the_same_model() {
+        let targets = facts(&[
+            ("small", Some(8_000)),
+            ("same-size", Some(8_000)),
+            ("small", Some(8_000)),
+            ("unknown", None),
+            ("large", Some(128_000)),
+        ]);
+        let mut plan = Plan::new(&targets, RETRY);
+        assert_eq!(plan.next(Some(0), Failure::TooLong, LEFT, PAUSE), Some((3, Duration::ZERO)));
+        assert_eq!(plan.next(Some(3), Failure::TooLong, LEFT, PAUSE), Some((4, Duration::ZERO)));
+        assert_eq!(plan.next(Some(4), Failure::TooLong, LEFT, PAUSE), None, "no target can take it");
+        // A 5xx on the large target afterwards never wraps back to the small ones.
+        let mut plan = Plan::new(&targets, Retry { same_target: 0, ..RETRY });
+        assert_eq!(plan.next(Some(0), Failure::TooLong, LEFT, PAUSE), Some((3, Duration::ZERO)));
+        assert_eq!(plan.next(Some(3), Failure::Transient, LEFT, PAUSE), Some((4, PAUSE)));
+        assert_eq!(plan.next(Some(4), Failure::Transient, LEFT, PAUSE), Some((3, PAUSE)));
+    }
+
+    #[test]
+    fn errors_are_read_as_the_failures_they_are() {
+        let wait = Duration::from_millis(1500);
+        let throttled = Error::new(Kind::RateLimited, "slow down").retryable(true);
+        assert_eq!(Failure::of(&throttled), Failure::Elsewhere);
+        assert_eq!(Failure::of(&throttled.retry_after_ms(Some(wait))), Failure::Wait(wait));
+        let closed =
+            Error::new(Kind::UpstreamFailed, "reset").code(crate::providers::CONNECTION_CLOSED).retryable(true);
+        assert_eq!(Failure::of(&closed), Failure::Transient);
+        assert_eq!(Failure::of(&Error::new(Kind::UpstreamTimeout, "slow").retryable(true)), Failure::TimedOut);
+        let too_long = Error::new(Kind::UpstreamRejected, "long").code(crate::error::CONTEXT_LENGTH_EXCEEDED);
+        assert_eq!(Failure::of(&too_long), Failure::TooLong);
+        assert_eq!(Failure::of(&Error::new(Kind::UpstreamRejected, "bad")), Failure::Final);
     }
 }

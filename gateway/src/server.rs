@@ -1,7 +1,12 @@
 //! Stage: accept. Listens (plain TCP or rustls TLS), serves HTTP/1.1 and HTTP/2 on each connection
 //! with hyper, and on shutdown stops accepting, lets in-flight requests and streams finish within the
-//! grace period, then returns.
+//! grace period, then returns. Every connection is in the table of `connections.rs`: one that sends
+//! no request within `server.header_read_timeout`, or none more within `server.idle_timeout`, is
+//! closed, and at `server.max_connections` the longest-idle one makes room for a new one.
 
+mod connections;
+
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -16,12 +21,63 @@ use tokio_rustls::TlsAcceptor;
 use weir_config::Tls;
 
 use crate::{Gateway, pipeline};
+pub use connections::Connections;
+use connections::Tracked;
+
+/// File descriptors kept back from the connection limit for everything else the process opens
+/// (upstream connections are counted apart: each client connection may hold one).
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit, where the system allows it, so that the
+/// connection limit (not the default of 1024 descriptors) decides how many clients may connect.
+/// Returns the soft limit in force afterwards.
+pub fn raise_fd_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?.0;
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(now) if now > before => {
+                tracing::info!(from = before, to = now, "raised the open-file limit");
+                Some(now)
+            }
+            Ok(now) => Some(now),
+            Err(error) => {
+                tracing::warn!(limit = before, %error, "cannot raise the open-file limit");
+                Some(before)
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// The connection limit in force: `server.max_connections`, or fewer when the open-file limit
+/// cannot hold that many client connections and an upstream connection for each.
+fn connection_limit(configured: usize) -> usize {
+    #[cfg(unix)]
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let fits = usize::try_from(soft.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX).max(1);
+        if fits < configured {
+            tracing::warn!(
+                max_connections = configured,
+                open_file_limit = soft,
+                limit = fits,
+                "the open-file limit cannot hold server.max_connections client connections (and one upstream connection each); connections are capped lower"
+            );
+            return fits;
+        }
+    }
+    configured
+}
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains. Listener settings (TLS,
 /// timeouts) come from the configuration at start; a reload changes routing, keys and plugins.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let app = gateway.current();
-    let server = &app.config.server;
+    // Copied out, so that this loop does not keep the first app (and its plugin versions, with
+    // their metric series) alive after a reload.
+    let server = app.config.server.clone();
+    let server = &server;
     let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout).keep_alive(true);
@@ -29,13 +85,20 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let handshake_timeout = server.header_read_timeout;
+    let connections = Connections::new(
+        connection_limit(server.max_connections),
+        server.header_read_timeout,
+        server.idle_timeout,
+        app.metrics.clone(),
+    );
 
     tracing::info!(
         listen = %listener.local_addr()?,
         tls = tls.is_some(),
-        models = app.router.names().count(),
+        models = app.routes.names().count(),
         "weir is serving"
     );
+    drop(app);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -52,17 +115,33 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
                 }
             },
         };
+        // At the limit with every connection busy: closed at once, so that the client learns it
+        // now rather than after the listen backlog's timeout.
+        let Some(registered) = connections.admit() else { continue };
         let _ = tcp.set_nodelay(true);
         let gateway = gateway.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
+        let table = connections.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| pipeline::handle(gateway.clone(), request));
+            let conn = registered.conn.clone();
+            let service = service_fn(move |request| {
+                let in_flight = table.begin(&conn);
+                let gateway = gateway.clone();
+                async move {
+                    let response = pipeline::handle(gateway, request).await?;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+                }
+            });
+            let table = registered.table();
+            let conn = &registered.conn;
             let result = match tls {
-                None => watcher.watch(builder.serve_connection(TokioIo::new(tcp), service)).await,
+                None => table.watch(conn, watcher.watch(builder.serve_connection(TokioIo::new(tcp), service))).await,
                 Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                    Ok(Ok(stream)) => {
+                        table.watch(conn, watcher.watch(builder.serve_connection(TokioIo::new(stream), service))).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
@@ -73,8 +152,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
                     }
                 },
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                Err(why) => tracing::debug!(%peer, ?why, "connection closed by the gateway"),
             }
         });
     }

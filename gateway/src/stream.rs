@@ -1,17 +1,32 @@
 //! Stage: stream. Relays an upstream's SSE stream to the client event by event, byte for byte, while
-//! reading each event just enough to learn usage and time to first token. Providers with their own
-//! stream format (Bedrock's event stream, Gemini's SSE) go through a [`Translator`] first, which
-//! yields OpenAI chunks; from there on every provider's stream is handled alike.
+//! reading each event just enough to learn usage, time to first token and what the client has been
+//! sent. Providers with their own stream format (Bedrock's event stream, Gemini's SSE) go through a
+//! [`Translator`] first, which yields OpenAI chunks; from there on every provider's stream is handled
+//! alike.
 //!
 //! - Usage: the gateway always asks upstreams for the final usage chunk; when the client did not ask
 //!   for it, that chunk (`"choices": []` with `usage`) is removed here.
-//! - Failure: an upstream that breaks, goes silent past the idle timeout, runs past the deadline, or
-//!   ends without `[DONE]` gets an OpenAI error event at the end of the stream, never a clean `[DONE]`.
+//! - Complete: a stream is whole once it sent `[DONE]`, or once every choice sent its
+//!   `finish_reason` (some servers never send `[DONE]`, and a connection cut after the finish
+//!   loses nothing); it then ends with `[DONE]`.
+//! - Before content: events without content (the role chunk) are held back until the first
+//!   content, so that an attempt that fails before it — breaks, stalls, sends nothing within the
+//!   model's `first_token` — is given up unseen and the next target tried, as before the first
+//!   byte (within `retry.max_attempts`).
+//! - After content: with `failover.mid_stream = "continue"` a stream that breaks or stalls is
+//!   continued on the next target after what the client has (`stream/failover.rs`); otherwise,
+//!   or when that fails, it ends with an OpenAI error event, never a clean `[DONE]`.
+//! - Bounded: one event may hold at most [`MAX_EVENT_BYTES`]; past it the stream ends with an
+//!   error event and the upstream is dropped.
 //! - Cancellation: when the client goes away hyper drops this body, which drops the upstream
-//!   response and so closes that connection; the accounting guard records the abort.
+//!   response and so closes that connection; the accounting guard records the abort. Giving an
+//!   attempt up drops its response the same way.
+
+pub mod failover;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -19,137 +34,531 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
 use hyper::body::Incoming;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use tokio::time::Sleep;
+use weir_config::{Failover, MidStream};
 
 use crate::accounting::{Accounting, Outcome};
 use crate::api::Usage;
+pub use crate::api::sse::MAX_EVENT_BYTES;
 use crate::api::sse::{Event, Splitter};
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, STREAM_FAILED};
 use crate::providers::Translator;
+use failover::{Continuation, Peek, Splice, Spliced, Transcript};
+
+/// The most bytes of events without content held back before the first content (a role chunk is
+/// about 200).
+const MAX_HELD_BYTES: usize = 64 * 1024;
 
 /// Settings of one relay.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayOptions {
     /// Forward the usage-only chunk to the client.
     pub client_wants_usage: bool,
-    /// Longest silence between two upstream chunks.
-    pub idle: Duration,
     /// When the whole request must be over.
     pub deadline: Instant,
+    /// The choices the client asked for (`n`).
+    pub choices: usize,
+    /// Upstream attempts in all before content reaches the client (`retry.max_attempts`).
+    pub max_attempts: u32,
+    pub failover: Failover,
+    /// The prompt's tokens as the host estimated them: the usage of an attempt given up unreported.
+    pub prompt_estimate: u64,
 }
 
-/// The response body of a streamed chat completion.
+/// An upstream's streamed answer, ready to relay.
 #[derive(Debug)]
-pub struct SseRelay {
-    upstream: Incoming,
-    splitter: Splitter,
+pub struct Opened {
+    pub body: Incoming,
     /// `None` relays the upstream's own SSE (OpenAI-compatible upstreams).
-    translator: Option<Translator>,
-    translated: Vec<Event>,
+    pub translator: Option<Translator>,
+    /// The upstream's name, for messages and logs.
+    pub upstream: String,
+    /// Longest silence between two chunks.
+    pub idle: Duration,
+    /// By when this attempt must have given the client new content: the model's `first_token`,
+    /// or how long a continuation may keep the client waiting.
+    pub content_by: Option<Instant>,
+    /// A continuation sent with the text so far as a prefill (else it starts the answer over).
+    pub prefilled: bool,
+}
+
+/// What the relay asks of its source when it gives an attempt up.
+#[derive(Debug)]
+pub struct Ask {
+    /// Continue after this; `None` asks again from the start.
+    pub continuation: Option<Continuation>,
+    /// The attempt timed out (or misbehaved): try another target if there is one.
+    pub skip_failed: bool,
+    pub deadline: Instant,
+    pub max_attempts: u32,
+}
+
+/// A source reopening the stream elsewhere; it hands itself back with the outcome (`Err(None)`: no
+/// target was left to try).
+pub type Reopening = Pin<Box<dyn Future<Output = (Box<dyn Upstreams>, Result<Opened, Option<Error>>)> + Send>>;
+
+/// Where a relay's upstreams come from, and the request's accounting: the model call
+/// (`call/resume.rs`), which knows the route and how to build a request for each target.
+pub trait Upstreams: Send {
+    fn accounting(&mut self) -> &mut Accounting;
+
+    /// Upstream attempts made so far for this request.
+    fn attempts(&self) -> u32;
+
+    /// The current attempt's stream failed with `error`: counted against its target.
+    fn failed(&mut self, error: &Error);
+
+    /// Opens the stream again on the route's next target.
+    fn reopen(self: Box<Self>, ask: Ask) -> Reopening;
+}
+
+/// The response body of a streamed chat completion, across every attempt it takes.
+pub struct SseRelay {
+    /// `None` while a reopening holds it, and once the relay is done.
+    source: Option<Box<dyn Upstreams>>,
+    reopening: Option<Reopening>,
+    current: Option<Current>,
     out: VecDeque<Bytes>,
+    /// Events without content waiting for the first content (see the module header).
+    held: Vec<Event>,
+    transcript: Transcript,
+    /// Fits a continuation after what the client has.
+    splice: Option<Splice>,
+    /// The continuation the reopening is for.
+    continuing: Option<Continuation>,
+    /// What ended the attempt that is being continued or retried.
+    broke: Option<Error>,
+    /// The usage of attempts given up after they produced content.
+    spent: Usage,
+    /// Upstream attempts spent on continuations.
+    continuation_attempts: u32,
+    /// The source's attempts when the reopening started.
+    attempts_at_reopen: u32,
     options: RelayOptions,
-    idle: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
-    accounting: Option<Accounting>,
-    saw_done: bool,
-    /// An `error` event came from the upstream itself.
-    upstream_error: bool,
-    upstream_name: String,
+    done: bool,
+}
+
+impl std::fmt::Debug for SseRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseRelay")
+            .field("transcript", &self.transcript)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The attempt being relayed.
+struct Current {
+    body: Incoming,
+    splitter: Splitter,
+    translator: Option<Translator>,
+    upstream: String,
+    idle_for: Duration,
+    idle: Pin<Box<Sleep>>,
+    content_by: Option<Pin<Box<Sleep>>>,
+    prefilled: bool,
+    /// Chunks with content it produced, sent or not: its usage, if it is given up unreported.
+    chunks: u64,
+    usage: Option<Usage>,
+}
+
+/// Why an attempt is being given up.
+enum Broke {
+    /// The connection broke.
+    Cut(hyper::Error),
+    /// It ended before the answer was whole.
+    Short,
+    /// It sent nothing for the idle timeout.
+    Idle,
+    /// No content reached the client in time (first token, or a continuation's delay).
+    Slow,
+    /// An event over the size limit.
+    TooLarge,
+    /// The upstream's own error event (`retryable` by its type), relayed if nothing better comes.
+    Upstream { event: Event, retryable: bool },
+    /// A continuation that began differently from what the client has.
+    Mismatch,
+}
+
+/// What `on_event` leaves for the loop.
+enum Flow {
+    Go,
+    /// The attempt is over (complete, or given up).
+    Stop,
 }
 
 impl SseRelay {
-    pub fn new(
-        upstream: Incoming,
-        translator: Option<Translator>,
-        options: RelayOptions,
-        accounting: Accounting,
-        upstream_name: String,
-    ) -> Self {
-        Self {
-            upstream,
-            splitter: Splitter::default(),
-            translator,
-            translated: Vec::new(),
+    pub fn new(opened: Opened, source: Box<dyn Upstreams>, options: RelayOptions) -> Self {
+        let mut relay = Self {
+            source: Some(source),
+            reopening: None,
+            current: None,
             out: VecDeque::new(),
-            idle: Box::pin(tokio::time::sleep(options.idle)),
+            held: Vec::new(),
+            transcript: Transcript::default(),
+            splice: None,
+            continuing: None,
+            broke: None,
+            spent: Usage::default(),
+            continuation_attempts: 0,
+            attempts_at_reopen: 0,
             deadline: Box::pin(tokio::time::sleep_until(options.deadline.into())),
             options,
-            accounting: Some(accounting),
-            saw_done: false,
-            upstream_error: false,
-            upstream_name,
-        }
+            done: false,
+        };
+        relay.start(opened);
+        relay
     }
 
-    /// Reads one event and queues what the client should receive of it.
-    fn on_event(&mut self, event: Event) {
-        #[derive(Deserialize)]
-        struct Peek {
-            #[serde(default)]
-            choices: Option<Vec<IgnoredAny>>,
-            #[serde(default)]
-            usage: Option<Usage>,
-            #[serde(default)]
-            error: Option<IgnoredAny>,
+    fn start(&mut self, opened: Opened) {
+        if let Some(continuation) = self.continuing.take() {
+            self.splice = Some(Splice::new(&continuation, opened.prefilled, self.spent));
+            // What was spent so far, should the continuation never report its usage.
+            let spent = self.spent;
+            if let Some(acct) = self.accounting() {
+                acct.usage(spent);
+            }
         }
-        // Plugins that read the response see every event in OpenAI's shape, the usage chunk too.
-        if let Some(acct) = &mut self.accounting {
+        self.current = Some(Current {
+            body: opened.body,
+            splitter: Splitter::default(),
+            translator: opened.translator,
+            upstream: opened.upstream,
+            idle_for: opened.idle,
+            idle: Box::pin(tokio::time::sleep(opened.idle)),
+            content_by: opened.content_by.map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
+            prefilled: opened.prefilled,
+            chunks: 0,
+            usage: None,
+        });
+    }
+
+    fn accounting(&mut self) -> Option<&mut Accounting> {
+        self.source.as_mut().map(|s| s.accounting())
+    }
+
+    fn upstream_name(&self) -> &str {
+        self.current.as_ref().map_or("", |c| c.upstream.as_str())
+    }
+
+    /// Sends `event` to the client (and to plugins that read the response).
+    fn send(&mut self, event: Event) {
+        if let Some(acct) = self.accounting() {
             acct.capture(&event.raw);
-        }
-        if event.data.is_empty() {
-            self.out.push_back(event.raw);
-            return;
-        }
-        if &event.data[..] == b"[DONE]" {
-            self.saw_done = true;
-            self.out.push_back(event.raw);
-            return;
-        }
-        let Ok(peek) = serde_json::from_slice::<Peek>(&event.data) else {
-            // Not JSON: not ours to judge; relay it.
-            self.out.push_back(event.raw);
-            return;
-        };
-        let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
-        if let Some(acct) = &mut self.accounting {
-            if has_choices {
-                acct.chunks += 1;
-                if acct.ttft.is_none() {
-                    acct.ttft = Some(acct.started.elapsed());
-                }
-            }
-            if let Some(usage) = peek.usage {
-                acct.usage = Some(usage);
-            }
-        }
-        if peek.error.is_some() {
-            self.upstream_error = true;
-        }
-        let usage_only = peek.usage.is_some() && !has_choices && peek.error.is_none();
-        if usage_only && !self.options.client_wants_usage {
-            return;
         }
         self.out.push_back(event.raw);
     }
 
-    /// Ends the stream with an error event and records the failure.
-    fn fail(&mut self, error: &Error) {
-        tracing::warn!(upstream = %self.upstream_name, error = %error, "stream failed after its first byte");
-        self.out.push_back(error.sse_event());
-        self.finish(Outcome::Error);
+    /// Reads one event of the current attempt.
+    fn on_event(&mut self, event: Event) -> Flow {
+        if event.data.is_empty() {
+            // A comment or keep-alive: no content, nothing to hold back.
+            self.send(event);
+            return Flow::Go;
+        }
+        if &event.data[..] == b"[DONE]" {
+            if self.splice.as_ref().is_some_and(Splice::repeating) {
+                self.give_up(Broke::Mismatch);
+            } else {
+                self.complete();
+            }
+            return Flow::Stop;
+        }
+        let Some(peek) = Peek::parse(&event.data) else {
+            // Not a chunk the gateway knows: not ours to judge; relay it as content.
+            self.flush_held();
+            self.send(event);
+            return Flow::Go;
+        };
+        if peek.error.is_some() {
+            let retryable = peek.error_retryable();
+            self.give_up(Broke::Upstream { event, retryable });
+            return Flow::Stop;
+        }
+        if let Some(current) = &mut self.current {
+            current.chunks += u64::from(peek.has_choice_content());
+            current.usage = peek.usage.or(current.usage);
+        }
+        let (event, peek) = match &mut self.splice {
+            None => (event, peek),
+            Some(splice) => match splice.chunk(&event.data, &peek) {
+                Spliced::Send(spliced) => {
+                    let peek = Peek::parse(&spliced.data).unwrap_or_default();
+                    (spliced, peek)
+                }
+                Spliced::Drop => return Flow::Go,
+                Spliced::Mismatch => {
+                    self.give_up(Broke::Mismatch);
+                    return Flow::Stop;
+                }
+            },
+        };
+        self.deliver(event, &peek);
+        Flow::Go
     }
 
-    fn finish(&mut self, outcome: Outcome) {
-        if let Some(acct) = self.accounting.take() {
-            acct.finish(outcome);
+    /// Passes a chunk on: usage accounted (and stripped if unwanted), content held back until the
+    /// first content, the transcript kept.
+    fn deliver(&mut self, event: Event, peek: &Peek) {
+        let wants_usage = self.options.client_wants_usage;
+        if let Some(usage) = peek.usage
+            && let Some(acct) = self.accounting()
+        {
+            acct.usage(usage);
+        }
+        if peek.usage_only() && !wants_usage {
+            if let Some(acct) = self.accounting() {
+                acct.capture(&event.raw);
+            }
+            return;
+        }
+        if !peek.has_content() {
+            let held: usize = self.held.iter().map(|e| e.raw.len()).sum::<usize>() + event.raw.len();
+            if self.transcript.delivered() || held > MAX_HELD_BYTES {
+                // An upstream that sends nothing but empty chunks does not get them all buffered.
+                self.flush_held();
+                self.send(event);
+            } else {
+                self.held.push(event);
+            }
+            return;
+        }
+        self.flush_held();
+        if peek.has_choice_content()
+            && let Some(acct) = self.accounting()
+        {
+            acct.chunk();
+        }
+        self.transcript.record(peek, &event.data);
+        if let Some(current) = &mut self.current {
+            current.content_by = None;
+        }
+        self.send(event);
+    }
+
+    fn flush_held(&mut self) {
+        for event in std::mem::take(&mut self.held) {
+            self.send(event);
+        }
+    }
+
+    /// The answer is whole: `[DONE]`, accounted as ok.
+    fn complete(&mut self) {
+        self.flush_held();
+        self.send(crate::providers::done_event());
+        if let Some(current) = self.current.take() {
+            drain(current.body);
+        }
+        self.end(Outcome::Ok);
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        if let Some(mut source) = self.source.take() {
+            source.accounting().end(outcome);
+        }
+        self.current = None;
+        self.done = true;
+    }
+
+    /// Ends the stream with `event` (an error event), accounted as an error.
+    fn fail_with(&mut self, event: Event, error: &Error) {
+        tracing::warn!(upstream = %self.upstream_name(), error = %error, "stream failed after its first byte");
+        self.out.push_back(event.raw);
+        self.end(Outcome::Error);
+    }
+
+    /// The current attempt is over without a whole answer: complete it if it was whole after all,
+    /// else try again before content reached the client, continue it after, or end with an error.
+    fn give_up(&mut self, why: Broke) {
+        let name = self.upstream_name().to_owned();
+        if self.transcript.finished(self.options.choices) {
+            // Cut after its finish: the client has the whole answer.
+            self.complete();
+            return;
+        }
+        let error = self.error(&name, &why);
+        let skip_failed = matches!(why, Broke::Idle | Broke::Slow | Broke::TooLarge);
+        let retryable = !matches!(why, Broke::Mismatch | Broke::Upstream { retryable: false, .. });
+        let prefilled = self.current.as_ref().is_some_and(|c| c.prefilled);
+        let attempt = self.current.take();
+        if let Some(source) = &mut self.source {
+            source.failed(&error);
+        }
+        self.held.clear();
+        let now = Instant::now();
+        let attempts = self.source.as_ref().map_or(u32::MAX, |s| s.attempts());
+        if retryable && !self.transcript.delivered() {
+            if attempts < self.options.max_attempts && now < self.options.deadline {
+                tracing::warn!(upstream = %name, error = %error, "stream failed before its first content; retrying");
+                self.reopen(
+                    Ask {
+                        continuation: None,
+                        skip_failed,
+                        deadline: self.options.deadline,
+                        max_attempts: self.options.max_attempts - attempts,
+                    },
+                    error,
+                );
+                return;
+            }
+        } else if retryable && self.options.failover.mid_stream == MidStream::Continue {
+            let budget = self.options.failover.max_attempts.saturating_sub(self.continuation_attempts);
+            match self.transcript.continuation() {
+                Ok(continuation) if budget > 0 && now < self.options.deadline => {
+                    if let Some(attempt) = &attempt {
+                        let estimate = Usage {
+                            prompt_tokens: self.options.prompt_estimate,
+                            completion_tokens: attempt.chunks,
+                            ..Usage::default()
+                        };
+                        self.spent = failover::add(self.spent, attempt.usage.unwrap_or(estimate));
+                    }
+                    tracing::warn!(upstream = %name, error = %error, prefilled, "stream broke mid-answer; continuing it on the next target");
+                    let deadline = self.options.deadline.min(now + self.options.failover.max_delay);
+                    self.continuing = Some(continuation.clone());
+                    self.reopen(
+                        Ask { continuation: Some(continuation), skip_failed, deadline, max_attempts: budget },
+                        error,
+                    );
+                    return;
+                }
+                Ok(_) => tracing::debug!(upstream = %name, "no continuation left for this stream"),
+                Err(why) => tracing::info!(upstream = %name, why, "a stream that broke mid-answer cannot be continued"),
+            }
+        }
+        match why {
+            // The upstream already told the client what went wrong, in its own words.
+            Broke::Upstream { event, .. } => self.fail_with(event, &error),
+            _ => self.fail_with(crate::providers::error_event(&error), &error),
+        }
+    }
+
+    fn reopen(&mut self, ask: Ask, broke: Error) {
+        let Some(source) = self.source.take() else { return };
+        self.broke = Some(broke);
+        self.attempts_at_reopen = source.attempts();
+        self.reopening = Some(source.reopen(ask));
+    }
+
+    /// A reopening came back.
+    fn reopened(&mut self, source: Box<dyn Upstreams>, result: Result<Opened, Option<Error>>) {
+        let continued = self.continuing.is_some();
+        if continued {
+            self.continuation_attempts += source.attempts().saturating_sub(self.attempts_at_reopen);
+        }
+        self.source = Some(source);
+        match result {
+            Ok(opened) => self.start(opened),
+            Err(e) => {
+                let broke = self.broke.take().unwrap_or_else(|| self.stream_error("The stream failed.".into()));
+                self.continuing = None;
+                if let Some(e) = &e {
+                    tracing::warn!(error = %e, "no other target could take the stream over");
+                }
+                let error = match e {
+                    // The client reads our words, not a fallback's refusal of a prefill.
+                    Some(_) | None if continued => Error::new(
+                        Kind::UpstreamFailed,
+                        format!("{} It could not be continued on another target.", broke.message),
+                    )
+                    .code(STREAM_FAILED),
+                    // As for a request that failed before its first byte: the last failure.
+                    Some(e) => e,
+                    None => broke,
+                };
+                self.fail_with(crate::providers::error_event(&error), &error);
+            }
+        }
+    }
+
+    fn error(&self, name: &str, why: &Broke) -> Error {
+        match why {
+            Broke::Cut(e) => self
+                .stream_error(format!("The connection to the upstream '{name}' broke in the middle of the stream."))
+                .source(e.to_string()),
+            Broke::Short => self.stream_error(format!("The upstream '{name}' ended the stream before it was complete.")),
+            Broke::Idle => Error::new(
+                Kind::UpstreamTimeout,
+                format!(
+                    "The upstream '{name}' sent nothing for {:?}.",
+                    self.current.as_ref().map_or(Duration::ZERO, |c| c.idle_for)
+                ),
+            )
+            .code("upstream_idle_timeout"),
+            Broke::Slow => Error::new(Kind::UpstreamTimeout, format!("The upstream '{name}' sent no content in time."))
+                .code("upstream_first_token_timeout"),
+            Broke::TooLarge => crate::providers::event_too_large(name),
+            Broke::Upstream { .. } => self.stream_error(format!("The upstream '{name}' failed in the middle of the stream.")),
+            Broke::Mismatch => Error::new(
+                Kind::UpstreamFailed,
+                format!(
+                    "The upstream '{name}' broke off the stream, and the fallback's answer does not begin with what was already sent, so it cannot be continued."
+                ),
+            )
+            .code(STREAM_FAILED),
         }
     }
 
     fn stream_error(&self, message: String) -> Error {
-        Error::new(Kind::UpstreamFailed, message).code("upstream_stream_error")
+        Error::new(Kind::UpstreamFailed, message).code(STREAM_FAILED)
     }
+
+    /// Feeds bytes of the current attempt; returns whether the attempt goes on.
+    fn feed(&mut self, data: &[u8]) -> Flow {
+        let Some(current) = &mut self.current else { return Flow::Stop };
+        let mut events = Vec::new();
+        if let Some(translator) = &mut current.translator {
+            translator.push(data, &mut events);
+        } else {
+            current.splitter.push(data);
+            while let Some(event) = current.splitter.next_event() {
+                events.push(event);
+            }
+        }
+        let oversized = current.splitter.oversized();
+        for event in events {
+            if let Flow::Stop = self.on_event(event) {
+                return Flow::Stop;
+            }
+        }
+        if oversized {
+            self.give_up(Broke::TooLarge);
+            return Flow::Stop;
+        }
+        Flow::Go
+    }
+
+    /// The current attempt's body ended cleanly.
+    fn ended(&mut self) {
+        let Some(current) = &mut self.current else { return };
+        let mut events = Vec::new();
+        if let Some(translator) = &mut current.translator {
+            translator.finish(&mut events);
+        }
+        for event in events {
+            if let Flow::Stop = self.on_event(event) {
+                return;
+            }
+        }
+        if self.transcript.finished(self.options.choices) {
+            self.complete();
+        } else {
+            self.give_up(Broke::Short);
+        }
+    }
+}
+
+/// Reads what is left of a finished upstream body (after `[DONE]`, its end), off the client's
+/// path, so that its connection goes back to the pool instead of being closed; bounded in time and
+/// bytes.
+fn drain(body: Incoming) {
+    const TAIL: usize = 64 * 1024;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let tail = http_body_util::Limited::new(body, TAIL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::collect(tail)).await;
+    });
 }
 
 impl HttpBody for SseRelay {
@@ -162,69 +571,44 @@ impl HttpBody for SseRelay {
             if let Some(bytes) = this.out.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
-            if this.accounting.is_none() {
+            if this.done {
                 return Poll::Ready(None);
+            }
+            if let Some(reopening) = &mut this.reopening {
+                let (source, result) = ready!(reopening.as_mut().poll(cx));
+                this.reopening = None;
+                this.reopened(source, result);
+                continue;
             }
             if this.deadline.as_mut().poll(cx).is_ready() {
                 let e = Error::new(Kind::UpstreamTimeout, "The request ran past the gateway's total timeout.")
                     .code("upstream_timeout");
-                this.fail(&e);
+                this.fail_with(crate::providers::error_event(&e), &e);
                 continue;
             }
-            match Pin::new(&mut this.upstream).poll_frame(cx) {
+            let Some(current) = &mut this.current else {
+                this.done = true;
+                continue;
+            };
+            if let Some(by) = &mut current.content_by
+                && by.as_mut().poll(cx).is_ready()
+            {
+                this.give_up(Broke::Slow);
+                continue;
+            }
+            match Pin::new(&mut current.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        let next_idle = tokio::time::Instant::now() + this.options.idle;
-                        this.idle.as_mut().reset(next_idle);
-                        if let Some(translator) = &mut this.translator {
-                            translator.push(&data, &mut this.translated);
-                            for event in std::mem::take(&mut this.translated) {
-                                this.on_event(event);
-                            }
-                        } else {
-                            this.splitter.push(&data);
-                            while let Some(event) = this.splitter.next_event() {
-                                this.on_event(event);
-                            }
-                        }
+                        let next_idle = tokio::time::Instant::now() + current.idle_for;
+                        current.idle.as_mut().reset(next_idle);
+                        this.feed(&data);
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    let msg = format!(
-                        "The connection to the upstream '{}' broke in the middle of the stream.",
-                        this.upstream_name
-                    );
-                    let err = this.stream_error(msg).source(e);
-                    this.fail(&err);
-                }
-                Poll::Ready(None) => {
-                    if let Some(translator) = &mut this.translator {
-                        translator.finish(&mut this.translated);
-                        for event in std::mem::take(&mut this.translated) {
-                            this.on_event(event);
-                        }
-                    }
-                    if this.saw_done && this.splitter.pending() == 0 {
-                        let outcome = if this.upstream_error { Outcome::Error } else { Outcome::Ok };
-                        this.finish(outcome);
-                    } else if this.upstream_error {
-                        // The upstream already told the client what went wrong, in its own words.
-                        this.finish(Outcome::Error);
-                    } else {
-                        let msg =
-                            format!("The upstream '{}' ended the stream before it was complete.", this.upstream_name);
-                        let err = this.stream_error(msg);
-                        this.fail(&err);
-                    }
-                }
+                Poll::Ready(Some(Err(e))) => this.give_up(Broke::Cut(e)),
+                Poll::Ready(None) => this.ended(),
                 Poll::Pending => {
-                    ready!(this.idle.as_mut().poll(cx));
-                    let e = Error::new(
-                        Kind::UpstreamTimeout,
-                        format!("The upstream '{}' sent nothing for {:?}.", this.upstream_name, this.options.idle),
-                    )
-                    .code("upstream_idle_timeout");
-                    this.fail(&e);
+                    ready!(current.idle.as_mut().poll(cx));
+                    this.give_up(Broke::Idle);
                 }
             }
         }

@@ -7,21 +7,13 @@ starts the gateway with the cache in front of a mock upstream and sets WEIR_BASE
 """
 
 import os
-import sys
 import time
-import traceback
 
 import openai
+from checks import check, run
 
 client = openai.OpenAI(base_url=os.environ["WEIR_BASE_URL"], api_key=os.environ["WEIR_API_KEY"], max_retries=0, timeout=30)
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]
-
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 def stream(include_usage, **kwargs):
@@ -92,20 +84,5 @@ def cached_stream_without_usage_and_as_a_whole_answer():
     assert whole.usage.model_dump() == usage, (whole.usage, usage)
 
 
-def main():
-    passed = failed = 0
-    for fn in checks:
-        try:
-            fn()
-            passed += 1
-            print(f"ok   {fn.__name__}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {fn.__name__}")
-            traceback.print_exc(file=sys.stdout)
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run()

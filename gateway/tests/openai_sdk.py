@@ -7,32 +7,15 @@ gateway in front of mock upstreams and sets WEIR_BASE_URL and WEIR_API_KEY.
 import base64
 import os
 import struct
-import sys
-import traceback
 
 import openai
+from checks import check, raises, run
 
 BASE_URL = os.environ["WEIR_BASE_URL"]
 KEY = os.environ["WEIR_API_KEY"]
 client = openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0, timeout=30)
 MESSAGES = [{"role": "user", "content": "hello from python"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]
-
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
-
-
-def expect_raises(exc_type, fn):
-    try:
-        fn()
-    except exc_type as e:
-        return e
-    raise AssertionError(f"expected {exc_type.__name__}")
-
 
 @check
 def chat_completion():
@@ -109,21 +92,21 @@ def bad_request_for_malformed_json():
     error = client._make_status_error_from_response(response)
     assert isinstance(error, openai.BadRequestError), error
     assert error.body["code"] == "invalid_json", error.body
-    e = expect_raises(openai.BadRequestError, lambda: client.chat.completions.create(model="gpt-test", messages=[]))
+    e = raises(openai.BadRequestError, lambda: client.chat.completions.create(model="gpt-test", messages=[]))
     assert e.status_code == 400 and e.body["param"] == "messages", e.body
 
 
 @check
 def authentication_error_for_a_wrong_key():
     wrong = openai.OpenAI(base_url=BASE_URL, api_key="sk-not-a-weir-key-000", max_retries=0)
-    e = expect_raises(openai.AuthenticationError, lambda: wrong.chat.completions.create(model="gpt-test", messages=MESSAGES))
+    e = raises(openai.AuthenticationError, lambda: wrong.chat.completions.create(model="gpt-test", messages=MESSAGES))
     assert e.status_code == 401
 
 
 @check
 def not_found_for_an_unknown_model():
     strict = openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0)
-    e = expect_raises(openai.NotFoundError, lambda: strict.embeddings.create(model="no-such-embedder", input="x"))
+    e = raises(openai.NotFoundError, lambda: strict.embeddings.create(model="no-such-embedder", input="x"))
     assert e.body["code"] == "model_not_found", e.body
 
 
@@ -136,25 +119,10 @@ def api_error_raised_mid_stream():
         for chunk in stream:
             received.append(chunk)
 
-    e = expect_raises(openai.APIError, consume)
+    e = raises(openai.APIError, consume)
     assert received, "some chunks arrived before the failure"
     assert "stream" in str(e.message), e.message
 
 
-def main():
-    passed = failed = 0
-    for fn in checks:
-        try:
-            fn()
-            passed += 1
-            print(f"ok   {fn.__name__}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {fn.__name__}")
-            traceback.print_exc(file=sys.stdout)
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run()

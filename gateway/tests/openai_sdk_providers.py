@@ -8,10 +8,9 @@ WEIR_BASE_URL and WEIR_API_KEY and serves the public models bedrock, gemini, ver
 
 import base64
 import os
-import sys
-import traceback
 
 import openai
+from checks import check_each, raises, run
 
 client = openai.OpenAI(base_url=os.environ["WEIR_BASE_URL"], api_key=os.environ["WEIR_API_KEY"], max_retries=0, timeout=30)
 PROVIDERS = ["bedrock", "gemini", "vertex", "azure"]
@@ -22,22 +21,11 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
 
-checks = []
-
-
-def check(providers):
-    def register(fn):
-        for p in providers:
-            checks.append((fn, p))
-        return fn
-    return register
-
-
 def user(text):
     return [{"role": "user", "content": text}]
 
 
-@check(PROVIDERS)
+@check_each(PROVIDERS)
 def text_with_system_prompt(model):
     r = client.chat.completions.create(model=model, messages=[{"role": "system", "content": "be brief"}] + user("hello there"), temperature=0.2, stop=["END"], extra_body={"x_unknown_field": 1})
     assert r.choices[0].message.content == "echo: hello there", r
@@ -45,7 +33,7 @@ def text_with_system_prompt(model):
     assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens >= 3 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
-@check(PROVIDERS)
+@check_each(PROVIDERS)
 def stream_with_and_without_usage(model):
     chunks = list(client.chat.completions.create(model=model, messages=user("one two three"), stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: one two three"
@@ -56,18 +44,16 @@ def stream_with_and_without_usage(model):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: one two three"
 
 
-@check(TRANSLATED)
+@check_each(TRANSLATED)
 def image_from_a_data_url(model):
     r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": [{"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": PNG}}]}])
     assert r.choices[0].message.content == "echo: what is it", r
-    try:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}])
-        raise AssertionError("remote URLs are refused")
-    except openai.BadRequestError as e:
-        assert e.param == "messages[0].content", e
+    # Remote image URLs are refused, not fetched.
+    e = raises(openai.BadRequestError, lambda: client.chat.completions.create(model=model, messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]))
+    assert e.param == "messages[0].content", e
 
 
-@check(PROVIDERS)
+@check_each(PROVIDERS)
 def single_tool_call_and_result(model):
     r = client.chat.completions.create(model=model, messages=user("weather?"), tools=[WEATHER])
     choice = r.choices[0]
@@ -79,7 +65,7 @@ def single_tool_call_and_result(model):
     assert r.choices[0].message.content.startswith("tool said:") and "sunny" in r.choices[0].message.content, r
 
 
-@check(TRANSLATED)
+@check_each(TRANSLATED)
 def parallel_tool_calls_round_trip(model):
     for stream in [False, True]:
         if stream:
@@ -109,7 +95,7 @@ def parallel_tool_calls_round_trip(model):
         assert "result 1" in r.choices[0].message.content, r
 
 
-@check(TRANSLATED)
+@check_each(TRANSLATED)
 def tool_choice_none_required_and_named(model):
     r = client.chat.completions.create(model=model, messages=user("hi"), tools=[WEATHER, TIME], tool_choice="none")
     assert r.choices[0].message.content == "echo: hi" and not r.choices[0].message.tool_calls, r
@@ -119,7 +105,7 @@ def tool_choice_none_required_and_named(model):
     assert [c.function.name for c in r.choices[0].message.tool_calls] == ["get_time"], r
 
 
-@check(TRANSLATED)
+@check_each(TRANSLATED)
 def json_schema(model):
     schema = {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"], "additionalProperties": False}
     r = client.chat.completions.create(model=model, messages=user("where?"), response_format={"type": "json_schema", "json_schema": {"name": "place", "strict": True, "schema": schema}})
@@ -127,7 +113,7 @@ def json_schema(model):
     assert r.choices[0].message.content, r
 
 
-@check(TRANSLATED)
+@check_each(TRANSLATED)
 def max_tokens_is_length(model):
     r = client.chat.completions.create(model=model, messages=user("a b c d e f"), max_tokens=3)
     assert r.choices[0].finish_reason == "length" and r.choices[0].message.content == "echo: a b", r
@@ -135,31 +121,26 @@ def max_tokens_is_length(model):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
 
 
-@check(PROVIDERS)
+@check_each(PROVIDERS)
 def content_filter(model):
     if model == "azure":
-        try:
-            client.chat.completions.create(model=model, messages=user("trigger-content-filter"))
-            raise AssertionError("Azure refuses a filtered prompt")
-        except openai.BadRequestError as e:
-            assert e.code == "content_filter", e
+        # Azure refuses a filtered prompt.
+        e = raises(openai.BadRequestError, lambda: client.chat.completions.create(model=model, messages=user("trigger-content-filter")))
+        assert e.code == "content_filter", e
         return
     r = client.chat.completions.create(model=model, messages=user("trigger-content-filter"))
     assert r.choices[0].finish_reason == "content_filter", r
 
 
-@check(TRANSLATED)
+@check_each(TRANSLATED)
 def a_mid_stream_failure_raises(model):
     stream = client.chat.completions.create(model=model, messages=user("trigger-stream-exception"), stream=True)
-    try:
-        for _ in stream:
-            pass
-        raise AssertionError("the stream must fail, not end cleanly")
-    except openai.APIError as e:
-        assert "stream" in str(e).lower() or "overloaded" in str(e).lower(), e
+    # The stream must fail, not end cleanly.
+    e = raises(openai.APIError, lambda: list(stream))
+    assert "stream" in str(e).lower() or "overloaded" in str(e).lower(), e
 
 
-@check(["bedrock-embed", "gemini-embed", "vertex-embed", "azure-embed"])
+@check_each(["bedrock-embed", "gemini-embed", "vertex-embed", "azure-embed"])
 def embeddings(model):
     inputs = ["a b"] if model == "bedrock-embed" else ["a b", "c"]
     r = client.embeddings.create(model=model, input=inputs)
@@ -167,16 +148,5 @@ def embeddings(model):
     assert all(len(d.embedding) > 0 for d in r.data)
 
 
-passed = failed = 0
-for fn, model in checks:
-    name = f"{fn.__name__}[{model}]"
-    try:
-        fn(model)
-        passed += 1
-        print(f"ok   {name}")
-    except Exception:
-        failed += 1
-        print(f"FAIL {name}")
-        traceback.print_exc(file=sys.stdout)
-print(f"openai SDK across providers: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+if __name__ == "__main__":
+    run("openai SDK across providers")

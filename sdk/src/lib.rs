@@ -41,7 +41,7 @@
 //!
 //! Build it with `cargo build --target wasm32-wasip2 --release` (the crate is a `cdylib`) and point
 //! the gateway's config at `target/wasm32-wasip2/release/<name>.wasm`. `weir plugin new NAME`
-//! scaffolds such a crate. The contract is `sdk/wit/weir.wit` (`weir:plugin@0.1.0`); every type
+//! scaffolds such a crate. The contract is `sdk/wit/weir.wit` (`weir:plugin@0.1.1`); every type
 //! below comes from it.
 
 #[doc(hidden)]

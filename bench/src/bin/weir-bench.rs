@@ -8,7 +8,11 @@ use weir_bench::harness::{self, Options};
 
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
-    let report = harness::run(&options)?.to_string();
+    let report = if options.isolation {
+        harness::isolation::run(&options)?.to_string()
+    } else {
+        harness::run(&options)?.to_string()
+    };
     if let Some(path) = &options.out {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }

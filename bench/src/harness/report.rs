@@ -30,6 +30,9 @@ impl Display for Report {
             if o.builtins {
                 let names: Vec<&str> = crate::harness::weir::BUILTIN_CHAIN.iter().map(|(n, _)| *n).collect();
                 write!(f, "Third target: a second weir whose default chain is the built-in policies {names:?}")?;
+                if let Some(url) = &o.redis {
+                    write!(f, ", their state in Redis ({url})")?;
+                }
             } else {
                 write!(
                     f,

@@ -30,9 +30,22 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 pub enum Chain {
     /// `len` copies of one plugin component, named `p1`..`pN`.
     Copies { plugin: PathBuf, len: usize },
-    /// The built-in policies in the order and with the settings of [`BUILTIN_CHAIN`].
-    Builtins,
+    /// The built-in policies in the order and with the settings of [`BUILTIN_CHAIN`], with their
+    /// state in process or, given a URL, in that Redis.
+    Builtins { redis: Option<String> },
+    /// No default chain; one model `hostile-<name>` per hostile fixture, each with that plugin
+    /// alone (`on_error = "open"`, this `deadline`, quarantine off so that every request pays).
+    Hostile { deadline: Duration },
 }
+
+/// The hostile fixtures of [`Chain::Hostile`], by the model name suffix: a busy loop, a memory
+/// bomb, a trap and a host-import hammer.
+pub const HOSTILE: &[(&str, &str)] = &[
+    ("loop", weir_test_plugins::LOOP),
+    ("bomb", weir_test_plugins::MEMORY_BOMB),
+    ("trap", weir_test_plugins::TRAP),
+    ("hammer", weir_test_plugins::IMPORT_HAMMER),
+];
 
 /// The built-in policies as the embedded default configuration runs them: every request goes
 /// through each one's hooks; the limits and budget are set high enough never to refuse.
@@ -183,7 +196,7 @@ pub fn config_toml(listen: SocketAddr, upstream: &str, chain: Option<&Chain>) ->
                 ));
             }
         }
-        Some(Chain::Builtins) => {
+        Some(Chain::Builtins { redis }) => {
             let names: Vec<String> = BUILTIN_CHAIN.iter().map(|(n, _)| format!("\"{n}\"")).collect();
             top = format!("chain = [{}]\n\n", names.join(", "));
             for (name, config) in BUILTIN_CHAIN {
@@ -192,7 +205,27 @@ pub fn config_toml(listen: SocketAddr, upstream: &str, chain: Option<&Chain>) ->
                 ));
             }
             // The ledger the cost plugin appends to, beside the temporary config.
-            top.push_str("[state]\nledger = \"bench-ledger.jsonl\"\n\n");
+            top.push_str("[state]\nledger = \"bench-ledger.jsonl\"\n");
+            if let Some(url) = redis {
+                // A prefix per run, so a rerun starts from empty buckets.
+                let prefix = format!("weir-bench-{}-{}:", std::process::id(), listen.port());
+                top.push_str(&format!(
+                    "backend = \"redis\"\n\n[state.redis]\nurl = {}\nkey_prefix = \"{prefix}\"\n",
+                    serde_json::to_string(url)?
+                ));
+            }
+            top.push('\n');
+        }
+        Some(Chain::Hostile { deadline }) => {
+            top = "chain = []\n\n".to_owned();
+            for (name, source) in HOSTILE {
+                let source = serde_json::to_string(source)?;
+                tables.push_str(&format!(
+                    "\n[[models]]\nname = \"hostile-{name}\"\ntargets = [{{ upstream = \"mock\", model = \"{model}\" }}]\nplugins = [\"h-{name}\"]\n\n[[plugins]]\nname = \"h-{name}\"\nsource = {source}\non_error = \"open\"\ndeadline = \"{}ms\"\nmemory = \"8MiB\"\nquarantine = {{ faults = 0 }}\n",
+                    deadline.as_millis(),
+                    model = super::DIRECT_MODEL,
+                ));
+            }
         }
         None => {}
     }
@@ -343,12 +376,19 @@ mod tests {
 
     #[test]
     fn builtin_chain_config_loads_every_builtin_in_order() {
-        let config = load(Some(&Chain::Builtins));
+        let config = load(Some(&Chain::Builtins { redis: None }));
         let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
         let expected: Vec<&str> = BUILTIN_CHAIN.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, expected);
         assert!(config.plugins.iter().all(|p| matches!(&p.source, PluginSource::Builtin(b) if *b == p.name)));
         assert_eq!(config.chain.len(), BUILTIN_CHAIN.len());
+        assert_eq!(config.state.backend, weir_config::Backend::Embedded);
+
+        let config = load(Some(&Chain::Builtins { redis: Some("redis://127.0.0.1:6390".into()) }));
+        let weir_config::Backend::Redis(redis) = &config.state.backend else { panic!("not on Redis") };
+        assert_eq!(redis.topology, weir_config::RedisTopology::Standalone { url: "redis://127.0.0.1:6390".into() });
+        assert!(redis.key_prefix.starts_with("weir-bench-"), "{}", redis.key_prefix);
+        assert_eq!(config.plugins.len(), BUILTIN_CHAIN.len());
     }
 
     #[test]

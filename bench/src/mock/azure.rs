@@ -8,9 +8,14 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{ApiError, MockBody, Recorded, Shared, TRIGGER_CONTENT_FILTER, chat_as, embeddings, injected_failure};
+use super::openai::{ApiError, chat_as, embeddings};
+use super::{MockBody, Recorded, Shared, TRIGGER_CONTENT_FILTER, injected_failure};
 
-pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Response<MockBody>, ApiError> {
+pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> http::Response<MockBody> {
+    handle(shared, req, path).unwrap_or_else(ApiError::into_response)
+}
+
+fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Response<MockBody>, ApiError> {
     let not_found = || ApiError {
         status: StatusCode::NOT_FOUND,
         message: "Resource not found".to_owned(),

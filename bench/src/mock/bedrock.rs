@@ -343,8 +343,29 @@ fn converse(
             tools.retain(|t| t == name);
         }
     }
+    let last = messages.last().unwrap_or(&Value::Null);
+    let prefill = (last.get("role").and_then(Value::as_str) == Some("assistant")).then(|| {
+        let blocks = last.get("content").and_then(Value::as_array).cloned().unwrap_or_default();
+        blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect::<String>()
+    });
+    if let Some(prefill) = &prefill {
+        if shared.config.refuse_prefill {
+            return Err(AwsError::validation(
+                "This model does not support assistant message prefill. The conversation must end with a user message.",
+            ));
+        }
+        if prefill.ends_with(char::is_whitespace) {
+            return Err(AwsError::validation("final assistant content cannot end with trailing whitespace"));
+        }
+    }
+    if shared.config.context_window.is_some_and(|window| prompt_tokens > window) {
+        return Err(AwsError::validation("Input is too long for requested model."));
+    }
     let max_tokens = body.pointer("/inferenceConfig/maxTokens").and_then(Value::as_u64);
     let mut script = Script::new(&last_user, tool_result.as_deref(), &tools, max_tokens, prompt_tokens);
+    if let Some(prefill) = &prefill {
+        script.continue_after(prefill);
+    }
     if body.pointer("/toolConfig/toolChoice/tool").is_some() {
         // A forced tool is called alone.
         if let ScriptReply::Calls(calls) = &mut script.reply {
@@ -390,6 +411,15 @@ fn converse(
         ));
     }
     let mut frames = vec![frame("messageStart", &json!({"role": "assistant"}))];
+    if let Some(bytes) = shared.config.giant_event {
+        // The prelude of a frame of `bytes` (total length, headers length, prelude CRC, which a
+        // decoder checks only once the frame is whole); `streamed` sends the filler after it.
+        let total = u32::try_from(bytes.saturating_add(16)).unwrap_or(u32::MAX);
+        let mut prelude = total.to_be_bytes().to_vec();
+        prelude.extend_from_slice(&[0; 8]);
+        frames.push(Bytes::from(prelude));
+        return Ok(streamed(shared, frames, "application/vnd.amazon.eventstream"));
+    }
     match &script.reply {
         ScriptReply::Text(_) => {
             for piece in script.pieces() {

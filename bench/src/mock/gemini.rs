@@ -365,8 +365,26 @@ fn generate(
         }
         _ => {}
     }
+    let last = contents.last().unwrap_or(&Value::Null);
+    let prefill = (last.get("role").and_then(Value::as_str) == Some("model")).then(|| {
+        let parts = last.get("parts").and_then(Value::as_array).cloned().unwrap_or_default();
+        parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<String>()
+    });
+    if prefill.is_some() && shared.config.refuse_prefill {
+        return Err(GoogleError::invalid(
+            "Please ensure that multiturn requests end with a user role or a function response.",
+        ));
+    }
+    if let Some(window) = shared.config.context_window.filter(|w| prompt_tokens > *w) {
+        return Err(GoogleError::invalid(format!(
+            "The input token count ({prompt_tokens}) exceeds the maximum number of tokens allowed ({window})."
+        )));
+    }
     let max_tokens = field(&config, "maxOutputTokens").and_then(Value::as_u64);
-    let script = Script::new(&last_user, tool_result.as_deref(), &tools, max_tokens, prompt_tokens);
+    let mut script = Script::new(&last_user, tool_result.as_deref(), &tools, max_tokens, prompt_tokens);
+    if let Some(prefill) = &prefill {
+        script.continue_after(prefill);
+    }
     let usage = json!({
         "promptTokenCount": script.prompt_tokens,
         "candidatesTokenCount": script.completion_tokens,

@@ -47,6 +47,79 @@ pub enum Role {
     Function,
 }
 
+/// One part of a message's content, as the translating adapters read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part<'a> {
+    Text(&'a str),
+    /// An `image_url` part's URL (a `data:` URL or a remote one).
+    ImageUrl(&'a str),
+}
+
+/// One entry of an assistant message's `tool_calls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolCall<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    /// The arguments as the model wrote them: a JSON text (`{}` when missing).
+    pub arguments: &'a str,
+}
+
+impl Message {
+    /// The `content` as sent: a string, an array of parts, or absent.
+    pub fn content(&self) -> Option<&Value> {
+        self.rest.get("content")
+    }
+
+    /// The text of the content: the string, or the `text` of every part, joined.
+    pub fn text(&self) -> String {
+        match self.content() {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+            _ => String::new(),
+        }
+    }
+
+    /// The content's text and image parts, in order; a string content is one text part, an empty
+    /// string none, and parts of other types are skipped.
+    pub fn parts(&self) -> impl Iterator<Item = Part<'_>> {
+        let (whole, items) = match self.content() {
+            Some(Value::String(s)) if !s.is_empty() => (Some(Part::Text(s)), &[][..]),
+            Some(Value::Array(items)) => (None, items.as_slice()),
+            _ => (None, &[][..]),
+        };
+        whole.into_iter().chain(items.iter().filter_map(|item| {
+            let str_at = |pointer: &str| item.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
+            match item.get("type").and_then(Value::as_str) {
+                Some("text") => Some(Part::Text(str_at("/text"))),
+                Some("image_url") => Some(Part::ImageUrl(str_at("/image_url/url"))),
+                _ => None,
+            }
+        }))
+    }
+
+    /// An assistant message's tool calls, in order.
+    pub fn tool_calls(&self) -> impl Iterator<Item = ToolCall<'_>> {
+        self.rest.get("tool_calls").and_then(Value::as_array).into_iter().flatten().map(|call| {
+            let str_at = |pointer: &str| call.pointer(pointer).and_then(Value::as_str);
+            ToolCall {
+                id: str_at("/id").unwrap_or_default(),
+                name: str_at("/function/name").unwrap_or_default(),
+                arguments: str_at("/function/arguments").unwrap_or("{}"),
+            }
+        })
+    }
+
+    /// A tool message's `tool_call_id` (empty when missing).
+    pub fn tool_call_id(&self) -> &str {
+        self.rest.get("tool_call_id").and_then(Value::as_str).unwrap_or_default()
+    }
+
+    /// The message's `name`, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.rest.get("name").and_then(Value::as_str)
+    }
+}
+
 impl ChatRequest {
     /// Parses and validates a request body.
     pub fn parse(body: &[u8]) -> Result<Self, Error> {
@@ -69,6 +142,12 @@ impl ChatRequest {
     /// Whether the client asked for the usage chunk at the end of a stream.
     pub fn client_wants_usage(&self) -> bool {
         self.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true)
+    }
+
+    /// A request parameter the gateway keeps as sent (`temperature`, `tools`, …), if present and
+    /// not `null`.
+    pub fn param(&self, name: &str) -> Option<&Value> {
+        self.extra.get(name).filter(|v| !v.is_null())
     }
 
     /// What plugins are told about this request.

@@ -52,6 +52,22 @@ impl EmbeddingsRequest {
         Ok(request)
     }
 
+    /// A request parameter kept as sent (`dimensions`, `user`, …), if present and not `null`.
+    pub fn param(&self, name: &str) -> Option<&Value> {
+        self.extra.get(name).filter(|v| !v.is_null())
+    }
+
+    /// The input as texts, or `None` when it is token ids.
+    pub fn texts(&self) -> Option<Vec<&str>> {
+        match &self.input {
+            Value::String(s) => Some(vec![s.as_str()]),
+            Value::Array(items) if items.iter().all(Value::is_string) => {
+                Some(items.iter().filter_map(Value::as_str).collect())
+            }
+            _ => None,
+        }
+    }
+
     /// What plugins are told about this request.
     pub fn facts(&self) -> super::Facts {
         super::Facts::from_extra(&self.extra, super::text_len(&self.input))

@@ -6,6 +6,11 @@
 
 use bytes::{Bytes, BytesMut};
 
+/// The largest event the gateway buffers: an upstream that sends more without an event boundary
+/// has its stream ended (chat chunks are a few hundred bytes; the largest legitimate events, whole
+/// tool-call arguments or images, stay well below this).
+pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
 /// One event: its raw bytes (terminator included) and its `data:` payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -30,6 +35,12 @@ impl Splitter {
     /// Bytes received that do not yet form a whole event.
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Whether the event being received is over [`MAX_EVENT_BYTES`]: once the complete events are
+    /// taken, nothing else should be buffered.
+    pub fn oversized(&self) -> bool {
+        self.buf.len() > MAX_EVENT_BYTES
     }
 
     /// The next complete event, if the buffer holds one.
@@ -104,6 +115,21 @@ mod tests {
             let datas: Vec<&[u8]> = got.iter().map(|e| &e.data[..]).collect();
             assert_eq!(datas, vec![&b"{\"a\":1}"[..], b"", b"one\ntwo", b"[DONE]"], "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn an_event_without_end_is_oversized_past_the_cap() {
+        let mut s = Splitter::default();
+        s.push(b"data: {\"a\":1}\n\n");
+        assert!(s.next_event().is_some() && s.next_event().is_none());
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..MAX_EVENT_BYTES >> 20 {
+            s.push(&chunk);
+            assert!(s.next_event().is_none());
+        }
+        assert!(!s.oversized(), "exactly at the cap is still allowed");
+        s.push(b"x");
+        assert!(s.oversized());
     }
 
     #[test]

@@ -6,7 +6,14 @@ wasmtime::component::bindgen!({
     with: {
         "weir:plugin/request.request": super::host::RequestHandle,
     },
-    imports: { default: trappable },
+    // The state imports are async: with the Redis backend they wait on the network, and they
+    // must not hold a worker thread while they do. The rest answer from memory.
+    imports: {
+        "weir:plugin/kv": async | trappable,
+        "weir:plugin/quota": async | trappable,
+        "weir:plugin/ledger": async | trappable,
+        default: trappable,
+    },
     // Exports are called asynchronously so that WASI (which Rust's standard library imports) runs
     // on the gateway's tokio runtime, and so that a plugin past its first epoch tick yields.
     exports: { default: async },

@@ -2,7 +2,6 @@
 //! [`HostState`]. Every import is bounded (key and value sizes, log rate, metric series) so that a
 //! plugin hammering them costs its own deadline and nothing more.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,14 +13,16 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Services;
 use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
 use super::view::RequestView;
-use crate::metrics::PluginLabel;
+use crate::metrics::{PluginLabel, PluginVersion};
+use crate::state::Unavailable;
 use crate::state::ledger::{Entry, Spender};
+use crate::state::quota::{Ask, Covers};
 
 /// Keys and values a plugin may store; larger ones are refused (a `set` is dropped, a `get` misses).
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1 << 20;
-/// Distinct metric series one plugin may create.
-const MAX_SERIES: usize = 1000;
+/// Reservations one `reserve-all` call may ask for.
+const MAX_ASKS: usize = 256;
 /// Log lines per second one plugin may write (burst: twice that); the rest are counted and dropped.
 const LOG_PER_SEC: f64 = 50.0;
 
@@ -43,7 +44,8 @@ pub struct PluginMeta {
     pub needs_response: bool,
     pub services: Arc<Services>,
     log_budget: Mutex<(f64, Instant)>,
-    series: Mutex<HashSet<u64>>,
+    /// How this version's metric series are booked (see `metrics/plugin_series.rs`).
+    pub metrics_as: PluginVersion,
 }
 
 impl PluginMeta {
@@ -56,7 +58,7 @@ impl PluginMeta {
             needs_response: false,
             services,
             log_budget: Mutex::new((2.0 * LOG_PER_SEC, Instant::now())),
-            series: Mutex::new(HashSet::new()),
+            metrics_as: PluginVersion { name: name.into(), version: id },
         }
     }
 
@@ -72,22 +74,13 @@ impl PluginMeta {
             false
         }
     }
+}
 
-    /// Whether a metric series may be updated: existing ones always, new ones up to the cap.
-    fn may_add_series(&self, labels: &[(String, String)], name: &str) -> bool {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (name, labels).hash(&mut h);
-        let key = h.finish();
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if series.contains(&key) {
-            return true;
-        }
-        if series.len() >= MAX_SERIES {
-            return false;
-        }
-        series.insert(key);
-        true
+impl Drop for PluginMeta {
+    /// The version is gone (swapped out on reload, its last request over, or a probe after
+    /// `init`): the metric series no other version uses go with it.
+    fn drop(&mut self) {
+        self.services.metrics.release_plugin_version(&self.metrics_as.name, self.metrics_as.version);
     }
 }
 
@@ -123,6 +116,8 @@ pub struct HostState {
     pub deadline: std::time::Duration,
     /// Set by the epoch callback when it ends a call for running too long.
     pub deadline_hit: bool,
+    /// Set when a state call trapped because the shared state did not answer.
+    pub state_unavailable: bool,
     /// WASI with nothing granted: no files, sockets, environment or arguments. It is linked only
     /// because Rust's standard library imports it (stderr for panics, random seeds for HashMap).
     wasi: WasiCtx,
@@ -146,6 +141,7 @@ impl HostState {
             call_started: Instant::now(),
             deadline: std::time::Duration::from_millis(10),
             deadline_hit: false,
+            state_unavailable: false,
             wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
         }
     }
@@ -153,6 +149,19 @@ impl HostState {
     pub fn begin_call(&mut self, deadline: std::time::Duration) {
         self.call_started = Instant::now();
         self.deadline = deadline;
+    }
+
+    /// What is left of the current call's deadline: the longest a state call may wait.
+    fn time_left(&self) -> std::time::Duration {
+        self.deadline.saturating_sub(self.call_started.elapsed())
+    }
+
+    /// A state call's answer, or the trap that makes an unavailable backend this plugin's fault.
+    fn state<T>(&mut self, answer: std::result::Result<T, Unavailable>) -> Result<T> {
+        answer.map_err(|unavailable| {
+            self.state_unavailable = true;
+            wasmtime::Error::new(unavailable)
+        })
     }
 
     fn view(&self, req: &Resource<RequestHandle>) -> Result<Arc<RequestView>> {
@@ -200,7 +209,7 @@ impl request::HostRequest for HostState {
     }
 
     fn mirror(&mut self, req: Resource<RequestHandle>, target: String) -> Result<()> {
-        if self.meta.services.router.target(&target).is_some() {
+        if self.meta.services.routes.target(&target).is_some() {
             self.view(&req)?.add_mirror(target);
         } else {
             tracing::debug!(plugin = %self.meta.name, %target, "ignored a mirror to an unknown target");
@@ -238,49 +247,91 @@ impl request::HostRequest for HostState {
     }
 }
 
+// The state imports go to the configured backend. Each waits at most what is left of the plugin's
+// deadline (and `[state.redis] timeout`); a call the backend could not answer under
+// `on_unavailable = "fail"` traps, which makes it a fault of this plugin (`state_unavailable`).
 impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
         if key.len() > MAX_KEY {
             return Ok(None);
         }
-        Ok(self.meta.services.kv.get(&self.meta.name, key))
+        let wait = self.time_left();
+        let answer = self.meta.services.kv.get(&self.meta.name, key, wait).await;
+        self.state(answer)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
         if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
-            self.meta.services.kv.set(&self.meta.name, key, value, ttl_ms);
+            let wait = self.time_left();
+            let answer = self.meta.services.kv.set(&self.meta.name, key, value, ttl_ms, wait).await;
+            self.state(answer)?;
         }
         Ok(())
     }
 
-    fn delete(&mut self, key: String) -> Result<()> {
-        self.meta.services.kv.delete(&self.meta.name, key);
-        Ok(())
+    async fn delete(&mut self, key: String) -> Result<()> {
+        let wait = self.time_left();
+        let answer = self.meta.services.kv.delete(&self.meta.name, key, wait).await;
+        self.state(answer)
     }
 
-    fn add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64> {
+    async fn add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64> {
         if key.len() > MAX_KEY {
             return Ok(0);
         }
-        Ok(self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms))
+        let wait = self.time_left();
+        let answer = self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms, wait).await;
+        self.state(answer)
     }
 }
 
 impl quota::Host for HostState {
-    fn reserve(
+    async fn reserve(
         &mut self,
         key: String,
         amount: u64,
         limit: quota::Limit,
     ) -> Result<Result<quota::Grant, quota::Denial>> {
+        let wait = self.time_left();
         let quota = &self.meta.services.quota;
-        Ok(match quota.reserve(&self.meta.name, key, amount, limit.amount, limit.window_ms) {
+        let answer = quota.reserve(&self.meta.name, key, amount, limit.amount, limit.window_ms, wait).await;
+        Ok(match self.state(answer)? {
             Ok(g) => Ok(quota::Grant { reservation: g.reservation, remaining: g.remaining, reset_ms: g.reset_ms }),
             Err(d) => Err(quota::Denial { retry_after_ms: d.retry_after_ms, remaining: d.remaining }),
         })
     }
 
-    fn settle(&mut self, reservation: u64, actual: u64) -> Result<()> {
+    async fn reserve_all(&mut self, asks: Vec<quota::Ask>) -> Result<Result<Vec<quota::Grant>, quota::Refusal>> {
+        if asks.len() > MAX_ASKS {
+            wasmtime::bail!("reserve-all takes at most {MAX_ASKS} asks, got {}", asks.len());
+        }
+        let asks: Vec<Ask> = asks
+            .into_iter()
+            .map(|a| Ask {
+                key: a.key,
+                amount: a.amount,
+                limit: a.limit.amount,
+                window_ms: a.limit.window_ms,
+                covers: a.covers.map(|c| Covers { who: spender(c.who), name: c.name, since_ms: c.since_ms }),
+            })
+            .collect();
+        let wait = self.time_left();
+        let meta = self.meta.clone();
+        let spent_here = |c: &Covers| meta.services.ledger.spent_here(&meta.name, c.who, &c.name, c.since_ms);
+        let answer = meta.services.quota.reserve_all(&meta.name, asks, &spent_here, wait).await;
+        Ok(match self.state(answer)? {
+            Ok(grants) => Ok(grants
+                .into_iter()
+                .map(|g| quota::Grant { reservation: g.reservation, remaining: g.remaining, reset_ms: g.reset_ms })
+                .collect()),
+            Err((index, d)) => Err(quota::Refusal {
+                index,
+                denial: quota::Denial { retry_after_ms: d.retry_after_ms, remaining: d.remaining },
+            }),
+        })
+    }
+
+    async fn settle(&mut self, reservation: u64, actual: u64) -> Result<()> {
         self.meta.services.quota.settle(reservation, actual);
         Ok(())
     }
@@ -288,29 +339,25 @@ impl quota::Host for HostState {
 
 impl metrics::Host for HostState {
     fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) -> Result<()> {
-        if self.meta.may_add_series(&labels, &name) {
-            self.meta.services.metrics.plugin_counter(&self.meta.name, name, labels).inc_by(delta);
-        }
+        self.meta.services.metrics.plugin_counter_add(&self.meta.metrics_as, name, labels, delta);
         Ok(())
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
-        if self.meta.may_add_series(&labels, &name) {
-            self.meta.services.metrics.plugin_gauge(&self.meta.name, name, labels).set(value);
-        }
+        self.meta.services.metrics.plugin_gauge_set(&self.meta.metrics_as, name, labels, value);
         Ok(())
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
-        if value.is_finite() && self.meta.may_add_series(&labels, &name) {
-            self.meta.services.metrics.plugin_observe(&self.meta.name, name, labels, value);
+        if value.is_finite() {
+            self.meta.services.metrics.plugin_observe(&self.meta.metrics_as, name, labels, value);
         }
         Ok(())
     }
 }
 
 impl ledger::Host for HostState {
-    fn append(&mut self, e: ledger::Entry) -> Result<()> {
+    async fn append(&mut self, e: ledger::Entry) -> Result<()> {
         let entry = Entry {
             ts_ms: now_ms(),
             request_id: e.request_id,
@@ -324,19 +371,19 @@ impl ledger::Host for HostState {
             cost_pico_usd: e.cost_pico_usd,
             plugin: self.meta.name.to_string(),
         };
-        if let Err(error) = self.meta.services.ledger.append(&entry) {
+        let wait = self.time_left();
+        if let Err(error) = self.meta.services.ledger.append(&entry, wait).await {
             // Losing a money record is worth a loud line; the request itself is already done.
             tracing::error!(plugin = %self.meta.name, %error, "could not append to the ledger");
         }
         Ok(())
     }
 
-    fn spent(&mut self, who: ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
-        let who = match who {
-            ledger::Spender::Key => Spender::Key,
-            ledger::Spender::Team => Spender::Team,
-        };
-        Ok(self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms))
+    async fn spent(&mut self, who: ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
+        let who = spender(who);
+        let wait = self.time_left();
+        let answer = self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms, wait).await;
+        self.state(answer)
     }
 }
 
@@ -350,7 +397,7 @@ impl catalog::Host for HostState {
     }
 
     fn target_stats(&mut self, target: String) -> Result<Option<catalog::TargetHealth>> {
-        Ok(self.meta.services.router.target(&target).map(|t| {
+        Ok(self.meta.services.routes.target(&target).map(|t| {
             let s = t.stats.snapshot();
             catalog::TargetHealth {
                 healthy: s.healthy,
@@ -362,7 +409,11 @@ impl catalog::Host for HostState {
     }
 
     fn targets(&mut self, model: String) -> Result<Vec<String>> {
-        Ok(self.meta.services.router.targets_of(&model))
+        Ok(self.meta.services.routes.targets_of(&model))
+    }
+
+    fn check_target(&mut self, name: String) -> Result<Result<(), String>> {
+        Ok(self.meta.services.routes.check_target(&name))
     }
 
     fn now_ms(&mut self) -> Result<u64> {
@@ -394,6 +445,13 @@ impl log::Host for HostState {
             log::Level::Error => tracing::error!(plugin, "{message}"),
         }
         Ok(())
+    }
+}
+
+fn spender(who: ledger::Spender) -> Spender {
+    match who {
+        ledger::Spender::Key => Spender::Key,
+        ledger::Spender::Team => Spender::Team,
     }
 }
 

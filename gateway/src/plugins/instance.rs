@@ -3,8 +3,11 @@
 //! [`Fault`] instead of an error of the gateway.
 //!
 //! Deadlines use epochs: the store's deadline is one tick away, and the epoch callback decides on
-//! each tick whether the call may go on (yielding to the runtime after its first millisecond, so a
-//! looping plugin never holds a worker thread) or is over its deadline (a trap).
+//! each tick whether the call may go on (yielding to the runtime after its first millisecond) or is
+//! over its deadline (a trap). Between ticks, fuel makes guest code yield every [`FUEL_YIELD`]
+//! units, and every call runs through the gate of `gate.rs`, so a looping plugin holds a worker
+//! for microseconds at a time and never all of them. A plugin that keeps faulting is quarantined
+//! (`quarantine.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,20 +21,52 @@ use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
 use super::bindings::{Plugin, PluginPre};
-use super::engine::{MAX_MEMORY, Runtime, TICK};
+use super::gate::{Gate, LONG_AFTER};
 use super::host::{HostState, PluginMeta, RequestHandle};
+use super::quarantine::{Health, Standing};
 use super::view::RequestView;
+use super::wasm::{FUEL_YIELD, MAX_MEMORY, TICK, WasmEngine};
 use super::{Fault, FaultKind, Hook, Services, builtin, missing_builtin};
+use crate::metrics::PluginLabel;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A plugin that could not be loaded, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {plugin}: {problem}")]
+pub struct PluginLoadError {
+    pub plugin: String,
+    pub problem: LoadProblem,
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadProblem {
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: std::path::PathBuf, error: std::io::Error },
+    #[error("{0}")]
+    MissingBuiltin(String),
+    #[error("compilation task failed: {0}")]
+    Task(tokio::task::JoinError),
+    #[error("not a valid WebAssembly component: {0:#}")]
+    Compile(wasmtime::Error),
+    #[error("it imports something the host does not provide: {0:#}")]
+    Imports(wasmtime::Error),
+    #[error("it does not export the weir:plugin world: {0:#}")]
+    World(wasmtime::Error),
+    #[error("instantiation failed: {0:#}")]
+    Instantiate(wasmtime::Error),
+    /// The plugin's `init` refused its config, in its own words.
+    #[error("init rejected its config: {0}")]
+    ConfigRejected(String),
+    #[error("init failed: {0:#}")]
+    Init(wasmtime::Error),
+}
 
 /// Warm instances kept per plugin. The pool is per plugin version rather than per worker thread so
 /// that it is dropped with the version it belongs to on a hot swap; a lock-free queue makes taking
 /// and returning an instance about as cheap as a thread-local would be.
 const POOL_SIZE: usize = 64;
-
-/// How long a call may run before it starts yielding to other tasks at each epoch tick.
-const YIELD_AFTER: Duration = Duration::from_millis(1);
 
 struct Warm {
     store: Store<HostState>,
@@ -48,6 +83,10 @@ pub struct LoadedPlugin {
     memory: usize,
     pre: PluginPre<HostState>,
     pool: ArrayQueue<Warm>,
+    /// Its faults, for the quarantine and the rate limit on fault lines.
+    health: Health,
+    /// The engine's gate, which every call runs through.
+    gate: Arc<Gate>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -57,41 +96,37 @@ impl std::fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// Reads, compiles, pre-instantiates and `init`s a plugin. Any failure is reported as a message
-    /// that names the plugin and what would fix it; nothing is swapped in until this succeeds.
+    /// Reads, compiles, pre-instantiates and `init`s a plugin. Any failure names the plugin and
+    /// what would fix it; nothing is swapped in until this succeeds.
     pub async fn load(
-        runtime: &Arc<Runtime>,
+        wasm: &Arc<WasmEngine>,
         config: &PluginConfig,
         services: Arc<Services>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, PluginLoadError> {
         let name = &config.name;
+        let failed = |problem| PluginLoadError { plugin: name.clone(), problem };
         let bytes = match &config.source {
             PluginSource::File(path) => {
-                std::fs::read(path).map_err(|e| format!("plugin {name}: cannot read {}: {e}", path.display()))?
+                std::fs::read(path).map_err(|error| failed(LoadProblem::Read { path: path.clone(), error }))?
             }
             PluginSource::Builtin(b) => {
-                builtin(b).ok_or_else(|| format!("plugin {name}: {}", missing_builtin(b)))?.to_vec()
+                builtin(b).ok_or_else(|| failed(LoadProblem::MissingBuiltin(missing_builtin(b))))?.to_vec()
             }
         };
         // Compiling is CPU work of up to seconds: keep it off the async workers.
-        let compiler = runtime.clone();
+        let compiler = wasm.clone();
         let component = tokio::task::spawn_blocking(move || compiler.compile(&bytes))
             .await
-            .map_err(|e| format!("plugin {name}: compilation task failed: {e}"))?
-            .map_err(|e| format!("plugin {name}: not a valid WebAssembly component: {e:#}"))?;
-        let pre = runtime
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("plugin {name}: it imports something the host does not provide: {e:#}"))?;
-        let pre = PluginPre::new(pre)
-            .map_err(|e| format!("plugin {name}: it does not export the weir:plugin world: {e:#}"))?;
+            .map_err(|e| failed(LoadProblem::Task(e)))?
+            .map_err(|e| failed(LoadProblem::Compile(e)))?;
+        let pre = wasm.linker.instantiate_pre(&component).map_err(|e| failed(LoadProblem::Imports(e)))?;
+        let pre = PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?;
         let memory = usize::try_from(config.memory).unwrap_or(MAX_MEMORY).min(MAX_MEMORY);
 
         // A first instance runs `init` to learn the plugin's hooks and headers, and proves the
         // config is one the plugin accepts.
-        let probe_meta = Arc::new(PluginMeta::new(name, 0, services.clone()));
-        let (_, info) =
-            instantiate(&pre, probe_meta, memory, config).await.map_err(|e| format!("plugin {name}: {e}"))?;
+        let probe_meta = Arc::new(PluginMeta::new(name, NEXT_ID.fetch_add(1, Ordering::Relaxed), services.clone()));
+        let (_, info) = instantiate(&pre, probe_meta, memory, config).await.map_err(failed)?;
         let mut meta = PluginMeta::new(name, NEXT_ID.fetch_add(1, Ordering::Relaxed), services);
         meta.read_headers = info
             .read_headers
@@ -108,7 +143,30 @@ impl LoadedPlugin {
             memory,
             pre,
             pool: ArrayQueue::new(POOL_SIZE),
+            health: Health::new(config.quarantine),
+            gate: wasm.gate.clone(),
         }))
+    }
+
+    /// Whether the plugin is quarantined now (and its hooks are to be skipped per its
+    /// `on_error`); the fault that skipping a closed plugin's hook turns into.
+    pub fn quarantined(&self, hook: Hook) -> Option<Fault> {
+        let remaining = self.health.quarantined(|| {
+            let metrics = &self.meta.services.metrics;
+            metrics.plugin_quarantined.get_or_create(&PluginLabel { plugin: self.meta.name.clone() }).set(0);
+            tracing::info!(plugin = %self.meta.name, "plugin quarantine over; its hooks run again");
+        })?;
+        self.meta.services.metrics.plugin_skipped(&self.meta.name, hook.label());
+        Some(Fault {
+            plugin: self.meta.name.clone(),
+            hook,
+            kind: FaultKind::Quarantined,
+            detail: format!(
+                "quarantined for another {}",
+                humantime::format_duration(Duration::from_secs(remaining.as_secs().max(1)))
+            ),
+            on_error: self.on_error,
+        })
     }
 
     async fn checkout(&self, hook: Hook) -> Result<Warm, Fault> {
@@ -118,12 +176,16 @@ impl LoadedPlugin {
             None => {
                 instantiate(&self.pre, self.meta.clone(), self.memory, &self.config)
                     .await
-                    .map_err(|detail| self.fault(hook, FaultKind::Instantiate, detail))?
+                    .map_err(|problem| {
+                        self.fault(hook, FaultKind::Instantiate, Some(&wasmtime::Error::msg(problem.to_string())))
+                    })?
                     .0
             }
         };
         warm.store.data_mut().begin_call(self.config.deadline);
         warm.store.set_epoch_deadline(1);
+        // Fuel only paces the yields (see `wasm.rs`): a call never runs out of it.
+        warm.store.set_fuel(u64::MAX).map_err(|e| self.fault(hook, FaultKind::Instantiate, Some(&e)))?;
         Ok(warm)
     }
 
@@ -134,7 +196,7 @@ impl LoadedPlugin {
         started: Instant,
         result: wasmtime::Result<R>,
     ) -> Result<R, Fault> {
-        self.meta.services.metrics.plugin_call(&self.meta.name, hook, started.elapsed());
+        self.meta.services.metrics.plugin_call(&self.meta.name, hook.label(), started.elapsed());
         match result {
             Ok(value) => {
                 warm.calls += 1;
@@ -151,15 +213,29 @@ impl LoadedPlugin {
                     FaultKind::Memory
                 } else if state.deadline_hit {
                     FaultKind::Deadline
+                } else if state.state_unavailable {
+                    FaultKind::StateUnavailable
                 } else {
                     FaultKind::Trap
                 };
-                Err(self.fault(hook, kind, format!("{error:#}")))
+                Err(self.fault(hook, kind, Some(&error)))
             }
         }
     }
 
     pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
+        self.gate.run(self.call_on_request(view)).await
+    }
+
+    pub async fn on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
+        self.gate.run(self.call_on_response_headers(view, status)).await
+    }
+
+    pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
+        self.gate.run(self.call_on_complete(view, completion)).await
+    }
+
+    async fn call_on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnRequest).await?;
         let result = async {
@@ -173,7 +249,7 @@ impl LoadedPlugin {
         self.checkin(warm, Hook::OnRequest, started, result)
     }
 
-    pub async fn on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
+    async fn call_on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnResponseHeaders).await?;
         let result = async {
@@ -187,7 +263,7 @@ impl LoadedPlugin {
         self.checkin(warm, Hook::OnResponseHeaders, started, result)
     }
 
-    pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
+    async fn call_on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnComplete).await?;
         let result = async {
@@ -201,8 +277,44 @@ impl LoadedPlugin {
         self.checkin(warm, Hook::OnComplete, started, result)
     }
 
-    pub fn fault(&self, hook: Hook, kind: FaultKind, detail: String) -> Fault {
-        self.meta.services.metrics.plugin_fault(&self.meta.name, hook, kind);
+    /// A decision the host cannot act on, as a fault.
+    pub fn bad_decision(&self, hook: Hook, detail: String) -> Fault {
+        self.fault(hook, FaultKind::BadDecision, Some(&wasmtime::Error::msg(detail)))
+    }
+
+    /// A fault of this plugin: counted, weighed for the quarantine, and logged as one line with
+    /// the plugin, hook, kind and cause (at most a few a second per plugin; the wasm backtrace at
+    /// debug level only).
+    pub fn fault(&self, hook: Hook, kind: FaultKind, cause: Option<&wasmtime::Error>) -> Fault {
+        let metrics = &self.meta.services.metrics;
+        metrics.plugin_fault(&self.meta.name, hook.label(), kind.label());
+        // The root cause is the trap or our own message; the chain above it is the backtrace.
+        let detail =
+            cause.map(|e| e.root_cause().to_string().lines().next().unwrap_or_default().to_owned()).unwrap_or_default();
+        let plugin = &*self.meta.name;
+        if let Some(suppressed) = self.health.may_log() {
+            tracing::warn!(plugin, hook = hook.label(), kind = kind.label(), on_error = ?self.on_error, cause = %detail, suppressed, "plugin fault");
+            if let Some(cause) = cause.filter(|_| kind != FaultKind::BadDecision) {
+                tracing::debug!(
+                    plugin,
+                    hook = hook.label(),
+                    kind = kind.label(),
+                    "plugin {plugin}: fault backtrace: {cause:?}"
+                );
+            }
+        }
+        if let Standing::Quarantined(cooldown) = self.health.fault() {
+            metrics.plugin_quarantined.get_or_create(&PluginLabel { plugin: self.meta.name.clone() }).set(1);
+            metrics.plugin_quarantines.get_or_create(&PluginLabel { plugin: self.meta.name.clone() }).inc();
+            tracing::warn!(
+                plugin,
+                faults = self.config.quarantine.faults,
+                window = %humantime::format_duration(self.config.quarantine.window),
+                cooldown = %humantime::format_duration(cooldown),
+                on_error = ?self.on_error,
+                "plugin quarantined after repeated faults: its hooks are skipped (on_error = open: as if it said continue; closed: requests fail) until the cooldown ends"
+            );
+        }
         Fault { plugin: self.meta.name.clone(), hook, kind, detail, on_error: self.on_error }
     }
 }
@@ -213,9 +325,11 @@ async fn instantiate(
     meta: Arc<PluginMeta>,
     memory: usize,
     config: &PluginConfig,
-) -> Result<(Warm, PluginInfo), String> {
+) -> Result<(Warm, PluginInfo), LoadProblem> {
     let mut store = Store::new(pre.engine(), HostState::new(meta, memory));
     store.limiter(|s| &mut s.limits);
+    store.set_fuel(u64::MAX).map_err(LoadProblem::Instantiate)?;
+    store.fuel_async_yield_interval(Some(FUEL_YIELD)).map_err(LoadProblem::Instantiate)?;
     store.epoch_deadline_callback(|mut ctx| {
         let state = ctx.data_mut();
         let elapsed = state.call_started.elapsed();
@@ -223,16 +337,17 @@ async fn instantiate(
             state.deadline_hit = true;
             wasmtime::bail!("the plugin ran past its deadline of {:?}", state.deadline);
         }
-        Ok(if elapsed < YIELD_AFTER { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
+        // A long call yields at every tick (and the ticker ticks faster while one runs).
+        Ok(if elapsed < LONG_AFTER { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
     });
     // Instantiation and `init` get the same deadline as a hook.
     store.data_mut().begin_call(config.deadline.max(TICK * 100));
     store.set_epoch_deadline(1);
-    let bindings = pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiation failed: {e:#}"))?;
+    let bindings = pre.instantiate_async(&mut store).await.map_err(LoadProblem::Instantiate)?;
     let info = match bindings.call_init(&mut store, &config.config_json).await {
         Ok(Ok(info)) => info,
-        Ok(Err(message)) => return Err(format!("init rejected its config: {message}")),
-        Err(e) => return Err(format!("init failed: {e:#}")),
+        Ok(Err(message)) => return Err(LoadProblem::ConfigRejected(message)),
+        Err(e) => return Err(LoadProblem::Init(e)),
     };
     Ok((Warm { store, bindings, calls: 0 }, info))
 }

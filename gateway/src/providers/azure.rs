@@ -20,7 +20,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use weir_config::{AzureAuth, Secret, Upstream};
 
-use super::{Detail, HttpClient, Operation, credentials_failed, sensitive, uri};
+use super::{Adapter, Detail, HttpClient, credentials_failed, sensitive, uri};
+use crate::api::{ModelRequest, Operation};
 use crate::error::Error;
 
 /// The scope of Azure OpenAI (Cognitive Services) tokens.
@@ -70,9 +71,12 @@ impl Azure {
         };
         Ok(Self { surface, entra })
     }
+}
 
-    /// The URL for `model`; the body is OpenAI's and goes as it is.
-    pub fn request(&self, operation: Operation, model: &str, body: Vec<u8>) -> Result<(Uri, Vec<u8>), Error> {
+impl Adapter for Azure {
+    /// The URL for `model`; the body is OpenAI's.
+    fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
+        let operation = request.operation();
         let uri = match &self.surface {
             Surface::V1 { chat, embeddings } => match operation {
                 Operation::Chat => chat.clone(),
@@ -84,29 +88,35 @@ impl Azure {
                     Operation::Chat => "chat/completions",
                     Operation::Embeddings => "embeddings",
                 };
-                let deployment: String = url::form_urlencoded::byte_serialize(deployment.as_bytes()).collect();
+                let deployment = super::path_segment(deployment)?;
                 let api_version: String = url::form_urlencoded::byte_serialize(api_version.as_bytes()).collect();
-                format!("{base}/openai/deployments/{deployment}/{path}?api-version={api_version}")
-                    .parse()
-                    .map_err(|e| Error::bad_request("the model name cannot be used as an Azure deployment").source(e))?
+                format!("{base}/openai/deployments/{deployment}/{path}?api-version={api_version}").parse().map_err(
+                    |e| {
+                        Error::bad_request("The model name cannot be used as an Azure deployment.")
+                            .param("model")
+                            .source(e)
+                    },
+                )?
             }
         };
-        Ok((uri, body))
+        Ok((uri, request.upstream_body(model)?))
     }
 
     /// Adds the Entra bearer token, fetching one when there is none or it is about to expire.
-    pub async fn authorize(
-        &self,
-        upstream: &str,
-        http: &HttpClient,
-        request: &mut Request<Bytes>,
-    ) -> Result<(), Error> {
+    async fn authorize(&self, upstream: &str, http: &HttpClient, request: &mut Request<Bytes>) -> Result<(), Error> {
         if let Some(entra) = &self.entra {
             // Boxed so that the token fetch does not grow every request's future.
             let token = Box::pin(entra.token(upstream, http)).await?;
             request.headers_mut().insert(header::AUTHORIZATION, token);
         }
         Ok(())
+    }
+
+    // `response` and `translator` are the trait's relaying defaults: Azure answers and streams in
+    // OpenAI's shape, content-filter results included.
+
+    fn detail(&self, _: &HeaderMap, body: &[u8]) -> Detail {
+        detail(body)
     }
 }
 

@@ -34,9 +34,12 @@ use serde_json::{Map, Value, json};
 use weir_config::{AwsCredentials, Upstream};
 
 use super::{
-    Detail, Operation, completion_id, data_url, done_event, error_event, event, malformed, sensitive, unix_now,
+    Adapter, Detail, HttpClient, Translator, completion_id, content_parts, done_event, error_event, event, malformed,
+    push_turn, sensitive, unix_now,
 };
+use crate::api::chat::{Message as ChatMessage, Role};
 use crate::api::sse::Event;
+use crate::api::{ChatRequest, EmbeddingsRequest, ModelRequest, Operation};
 use crate::error::Error;
 
 /// The name of the tool that carries a `json_schema` answer.
@@ -55,14 +58,14 @@ enum Signing {
     /// A Bedrock API key, already a static bearer header: nothing to sign.
     None,
     Static(aws_credential_types::Credentials),
-    Chain(Box<Chain>),
+    Chain(Box<CredentialChain>),
 }
 
 /// The standard AWS credential chain, built on first use (it may ask an instance metadata or
 /// container endpoint), and the credentials it last gave, reused until five minutes before they
 /// expire. The chain reads the environment and `~/.aws` by design: that is what it is for.
 #[derive(Debug)]
-struct Chain {
+struct CredentialChain {
     profile: Option<String>,
     credentials_file: Option<std::path::PathBuf>,
     provider: tokio::sync::OnceCell<aws_credential_types::provider::SharedCredentialsProvider>,
@@ -88,7 +91,7 @@ impl Bedrock {
                     "weir-config",
                 ))
             }
-            AwsCredentials::Chain { profile, credentials_file } => Signing::Chain(Box::new(Chain {
+            AwsCredentials::Chain { profile, credentials_file } => Signing::Chain(Box::new(CredentialChain {
                 profile: profile.clone(),
                 credentials_file: credentials_file.clone(),
                 provider: tokio::sync::OnceCell::new(),
@@ -97,28 +100,27 @@ impl Bedrock {
         };
         Ok(Self { endpoint: upstream.endpoint.clone(), region: bedrock.region.clone(), signing })
     }
+}
 
-    pub fn request(&self, operation: Operation, model: &str, body: &[u8]) -> Result<(Uri, Vec<u8>), Error> {
-        let openai: Value =
-            serde_json::from_slice(body).map_err(|e| Error::internal("could not re-read the request").source(e))?;
+impl Adapter for Bedrock {
+    fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
         // Model ids may be ARNs (`arn:aws:bedrock:…:inference-profile/…`): one path segment.
-        let id: String = url::form_urlencoded::byte_serialize(model.as_bytes()).collect();
-        let (action, body) = match operation {
-            Operation::Chat => {
-                let stream = openai.get("stream").and_then(Value::as_bool) == Some(true);
-                (if stream { "converse-stream" } else { "converse" }, chat_request(&openai)?)
+        let id = super::path_segment(model)?;
+        let (action, body) = match request {
+            ModelRequest::Chat(chat) => {
+                (if chat.is_stream() { "converse-stream" } else { "converse" }, chat_request(chat)?)
             }
-            Operation::Embeddings => ("invoke", embeddings_request(&openai, model)?),
+            ModelRequest::Embeddings(embeddings) => ("invoke", embeddings_request(embeddings, model)?),
         };
         let uri = format!("{}/model/{id}/{action}", self.endpoint).parse().map_err(|e| {
-            Error::bad_request("the model name cannot be used in a Bedrock URL").param("model").source(e)
+            Error::bad_request("The model name cannot be used in a Bedrock URL.").param("model").source(e)
         })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
     }
 
     /// Signs the request with SigV4 (a Bedrock API key is already among the static headers).
-    pub async fn authorize(&self, upstream: &str, request: &mut Request<Bytes>) -> Result<(), Error> {
+    async fn authorize(&self, upstream: &str, _: &HttpClient, request: &mut Request<Bytes>) -> Result<(), Error> {
         use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
         let credentials = match &self.signing {
             Signing::None => return Ok(()),
@@ -154,9 +156,26 @@ impl Bedrock {
         }
         Ok(())
     }
+
+    fn response(&self, upstream: &str, operation: Operation, model: &str, body: Bytes) -> Result<Bytes, Error> {
+        let answer: Value = serde_json::from_slice(&body).map_err(|_| malformed(upstream, "an answer"))?;
+        let out = match operation {
+            Operation::Chat => chat_response(&answer, model),
+            Operation::Embeddings => embeddings_response(&answer, model),
+        };
+        serde_json::to_vec(&out).map(Bytes::from).map_err(|e| Error::internal("could not encode the answer").source(e))
+    }
+
+    fn translator(&self, upstream: &str, model: &str) -> Option<Translator> {
+        Some(Translator::Bedrock(ChunkStream::new(upstream, model)))
+    }
+
+    fn detail(&self, headers: &HeaderMap, body: &[u8]) -> Detail {
+        detail(headers, body)
+    }
 }
 
-impl Chain {
+impl CredentialChain {
     async fn credentials(&self, upstream: &str, region: &str) -> Result<aws_credential_types::Credentials, Error> {
         use aws_credential_types::provider::ProvideCredentials;
         let mut cached = self.cached.lock().await;
@@ -200,57 +219,53 @@ impl Chain {
 // ---------------------------------------------------------------------------------------------
 // OpenAI → Converse
 
-fn chat_request(req: &Value) -> Result<Value, Error> {
-    let messages = req.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
-    let tools = req.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty());
-    let choice = req.get("tool_choice");
-    let schema = (req.pointer("/response_format/type").and_then(Value::as_str) == Some("json_schema"))
-        .then(|| req.pointer("/response_format/json_schema/schema").cloned().unwrap_or(json!({"type": "object"})));
+fn chat_request(req: &ChatRequest) -> Result<Value, Error> {
+    let tools = req.param("tools").and_then(Value::as_array).filter(|t| !t.is_empty());
+    let choice = req.param("tool_choice");
+    let schema = req
+        .param("response_format")
+        .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
+        .map(|f| f.pointer("/json_schema/schema").cloned().unwrap_or(json!({"type": "object"})));
     let drop_tools = matches!(choice, Some(Value::String(s)) if s == "none");
     let send_tools = (tools.is_some() && !drop_tools) || schema.is_some();
 
     let mut system = Vec::new();
     let mut turns: Vec<Value> = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+    for (i, m) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}].content");
-        match role {
-            "system" | "developer" => {
-                let text = text_of(m.get("content"));
+        match m.role {
+            Role::System | Role::Developer => {
+                let text = m.text();
                 if !text.is_empty() {
                     system.push(json!({"text": text}));
                 }
             }
-            "assistant" => {
-                let mut blocks = blocks_of(m.get("content"), &param)?;
-                for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-                    let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
-                    let name = call.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
-                    let args = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
-                    let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+            Role::Assistant => {
+                let mut blocks = blocks_of(m, &param)?;
+                for call in m.tool_calls() {
+                    let input: Value = serde_json::from_str(call.arguments).unwrap_or_else(|_| json!({}));
                     if send_tools {
-                        blocks.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
+                        blocks.push(json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": input}}));
                     } else {
-                        blocks.push(json!({"text": format!("[called tool {name} with {args}]")}));
+                        blocks.push(json!({"text": format!("[called tool {} with {}]", call.name, call.arguments)}));
                     }
                 }
-                push_turn(&mut turns, "assistant", blocks);
+                push_turn(&mut turns, "assistant", "content", blocks);
             }
-            "tool" | "function" => {
-                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or_default();
-                let text = text_of(m.get("content"));
+            Role::Tool | Role::Function => {
+                let text = m.text();
                 let block = if send_tools {
                     let content = match serde_json::from_str::<Value>(&text) {
                         Ok(Value::Object(o)) => json!([{"json": o}]),
                         _ => json!([{"text": text}]),
                     };
-                    json!({"toolResult": {"toolUseId": id, "content": content}})
+                    json!({"toolResult": {"toolUseId": m.tool_call_id(), "content": content}})
                 } else {
                     json!({"text": format!("[tool result: {text}]")})
                 };
-                push_turn(&mut turns, "user", vec![block]);
+                push_turn(&mut turns, "user", "content", vec![block]);
             }
-            _ => push_turn(&mut turns, "user", blocks_of(m.get("content"), &param)?),
+            Role::User => push_turn(&mut turns, "user", "content", blocks_of(m, &param)?),
         }
     }
     let mut out = json!({"messages": turns});
@@ -258,15 +273,15 @@ fn chat_request(req: &Value) -> Result<Value, Error> {
         out["system"] = Value::Array(system);
     }
     let mut inference = Map::new();
-    if let Some(max) = req.get("max_completion_tokens").or_else(|| req.get("max_tokens")).filter(|v| !v.is_null()) {
+    if let Some(max) = req.param("max_completion_tokens").or_else(|| req.param("max_tokens")) {
         inference.insert("maxTokens".into(), max.clone());
     }
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
-        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+        if let Some(v) = req.param(from) {
             inference.insert(to.into(), v.clone());
         }
     }
-    match req.get("stop") {
+    match req.param("stop") {
         Some(Value::String(s)) => {
             inference.insert("stopSequences".into(), json!([s]));
         }
@@ -319,75 +334,33 @@ fn chat_request(req: &Value) -> Result<Value, Error> {
     Ok(out)
 }
 
-fn push_turn(turns: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = turns.last_mut()
-        && last.get("role").and_then(Value::as_str) == Some(role)
-        && let Some(existing) = last.get_mut("content").and_then(Value::as_array_mut)
-    {
-        existing.extend(blocks);
-        return;
-    }
-    turns.push(json!({"role": role, "content": blocks}));
-}
-
-fn blocks_of(content: Option<&Value>, param: &str) -> Result<Vec<Value>, Error> {
-    match content {
-        Some(Value::String(s)) if !s.is_empty() => Ok(vec![json!({"text": s})]),
-        Some(Value::Array(items)) => {
-            let mut blocks = Vec::new();
-            for item in items {
-                match item.get("type").and_then(Value::as_str) {
-                    Some("text") => blocks.push(json!({"text": item.get("text").cloned().unwrap_or_default()})),
-                    Some("image_url") => {
-                        let url = item.pointer("/image_url/url").and_then(Value::as_str).unwrap_or_default();
-                        let (mime, data) = data_url(url, param)?;
-                        let format = match mime.as_str() {
-                            "image/png" => "png",
-                            "image/jpeg" | "image/jpg" => "jpeg",
-                            "image/gif" => "gif",
-                            "image/webp" => "webp",
-                            other => {
-                                return Err(Error::bad_request(format!(
-                                    "Bedrock accepts png, jpeg, gif and webp images, not {other}."
-                                ))
-                                .param(param)
-                                .code("invalid_image_format"));
-                            }
-                        };
-                        blocks.push(json!({"image": {"format": format, "source": {"bytes": data}}}));
-                    }
-                    _ => {}
-                }
+/// A message's content as Converse blocks.
+fn blocks_of(message: &ChatMessage, param: &str) -> Result<Vec<Value>, Error> {
+    content_parts(message, param, |mime, data| {
+        let format = match mime.as_str() {
+            "image/png" => "png",
+            "image/jpeg" | "image/jpg" => "jpeg",
+            "image/gif" => "gif",
+            "image/webp" => "webp",
+            _ => {
+                // The MIME type is the client's text: named by kind, not repeated.
+                return Err(Error::bad_request(
+                    "Bedrock accepts png, jpeg, gif and webp images; this image's `data:` URL names another type.",
+                )
+                .param(param)
+                .code("invalid_image_format"));
             }
-            Ok(blocks)
-        }
-        _ => Ok(Vec::new()),
-    }
-}
-
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
-        _ => String::new(),
-    }
+        };
+        Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+    })
 }
 
 /// Titan (`amazon.titan-embed-*`, one text per call) or Cohere (`cohere.embed-*`, a batch).
-fn embeddings_request(req: &Value, model: &str) -> Result<Value, Error> {
-    let texts: Vec<&str> = match req.get("input") {
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            items.iter().filter_map(Value::as_str).collect()
-        }
-        _ => {
-            return Err(Error::bad_request("Bedrock embeds text only; token-id inputs are not supported.")
-                .param("input")
-                .code("invalid_value"));
-        }
+fn embeddings_request(req: &EmbeddingsRequest, model: &str) -> Result<Value, Error> {
+    let Some(texts) = req.texts() else {
+        return Err(Error::bad_request("Bedrock embeds text only; token-id inputs are not supported.")
+            .param("input")
+            .code("invalid_value"));
     };
     if model.contains("cohere.") {
         return Ok(json!({"texts": texts, "input_type": "search_document"}));
@@ -398,7 +371,7 @@ fn embeddings_request(req: &Value, model: &str) -> Result<Value, Error> {
             .code("invalid_value"));
     };
     let mut body = json!({"inputText": text});
-    if let Some(d) = req.get("dimensions") {
+    if let Some(d) = req.param("dimensions") {
         body["dimensions"] = d.clone();
     }
     Ok(body)
@@ -435,15 +408,6 @@ fn usage(u: &Value) -> Value {
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": n("cacheWriteInputTokens")},
     })
-}
-
-pub(crate) fn response(upstream: &str, operation: Operation, model: &str, body: &[u8]) -> Result<Vec<u8>, Error> {
-    let answer: Value = serde_json::from_slice(body).map_err(|_| malformed(upstream, "an answer"))?;
-    let out = match operation {
-        Operation::Chat => chat_response(&answer, model),
-        Operation::Embeddings => embeddings_response(&answer, model),
-    };
-    serde_json::to_vec(&out).map_err(|e| Error::internal("could not encode the answer").source(e))
 }
 
 fn chat_response(answer: &Value, model: &str) -> Value {
@@ -534,6 +498,10 @@ fn exception_detail(kind: Option<&str>, payload: &Value) -> Detail {
 // ---------------------------------------------------------------------------------------------
 // Streams
 
+/// The most bytes of one event-stream frame the gateway buffers: the limit of one SSE event
+/// (ConverseStream events are a few KiB; a frame this large is an upstream that is broken or hostile).
+const MAX_FRAME: usize = crate::api::sse::MAX_EVENT_BYTES;
+
 /// ConverseStream's event stream → `chat.completion.chunk`s. Usage arrives in `metadata` after
 /// `messageStop`, so the usage chunk and `[DONE]` wait for it; an exception frame becomes an
 /// OpenAI error event and the stream ends without `[DONE]`.
@@ -572,6 +540,10 @@ impl ChunkStream {
     }
 
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.failed {
+            // The stream already ended with an error event: nothing more is read, or kept.
+            return;
+        }
         self.buf.extend_from_slice(bytes);
         while !self.failed {
             match self.decoder.decode_frame(&mut self.buf) {
@@ -583,6 +555,12 @@ impl ChunkStream {
                     out.push(error_event(&malformed(&self.upstream, "an event-stream frame")));
                 }
             }
+        }
+        // A frame's prelude may declare up to 4 GiB; the decoder would wait for all of it.
+        if !self.failed && self.buf.len() > MAX_FRAME {
+            self.failed = true;
+            self.buf.clear();
+            out.push(error_event(&super::event_too_large(&self.upstream)));
         }
     }
 
@@ -675,733 +653,6 @@ impl ChunkStream {
 }
 
 #[cfg(test)]
-mod tests {
-    //! Golden translations: each case's OpenAI request, Converse answer or ConverseStream frames, and
-    //! what the gateway makes of it. `UPDATE_EXPECT=1 cargo test -p weir providers::bedrock` rewrites them.
-    #![expect(clippy::needless_pass_by_value, reason = "the helpers take each literal case by value")]
-
-    use aws_smithy_eventstream::frame::write_message_to;
-    use aws_smithy_types::event_stream::Header;
-    use expect_test::{Expect, expect};
-    use serde_json::{Value, json};
-
-    use super::*;
-    use crate::providers::golden::{render, stream_text};
-
-    fn request(body: Value, expected: Expect) {
-        expected.assert_eq(&render(&chat_request(&body).unwrap_or_else(|e| json!({"error": e.message}))));
-    }
-
-    fn answer(answer: Value, expected: Expect) {
-        expected.assert_eq(&render(&chat_response(&answer, "anthropic.claude")));
-    }
-
-    fn frame(kind: &str, event: &str, payload: &Value) -> Vec<u8> {
-        let type_header = if kind == "event" { ":event-type" } else { ":exception-type" };
-        let message = Message::new(Bytes::from(payload.to_string()))
-            .add_header(Header::new(type_header, EsHeaderValue::String(event.to_owned().into())))
-            .add_header(Header::new(":content-type", EsHeaderValue::String("application/json".into())))
-            .add_header(Header::new(":message-type", EsHeaderValue::String(kind.to_owned().into())));
-        let mut out = Vec::new();
-        write_message_to(&message, &mut out).unwrap();
-        out
-    }
-
-    /// Feeds the frames one byte at a time, as a slow network would.
-    fn stream(frames: &[(&str, &str, Value)], expected: Expect) {
-        let mut stream = ChunkStream::new("up", "anthropic.claude");
-        let mut out = Vec::new();
-        for (kind, event, payload) in frames {
-            for byte in frame(kind, event, payload) {
-                stream.push(&[byte], &mut out);
-            }
-        }
-        stream.finish(&mut out);
-        expected.assert_eq(&stream_text(&out));
-    }
-
-    fn tools() -> Value {
-        json!([
-            {"type": "function", "function": {"name": "get_weather", "description": "Weather now", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}},
-            {"type": "function", "function": {"name": "get_time"}}
-        ])
-    }
-
-    #[test]
-    fn requests() {
-        request(
-            json!({"model": "m", "messages": [
-                {"role": "system", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "data:image/webp;base64,UklGRg=="}}]},
-                {"role": "developer", "content": "use metric"},
-                {"role": "user", "content": "and quickly"},
-            ], "temperature": 0.2, "top_p": 0.9, "max_completion_tokens": 10, "stop": ["END", "STOP"], "x_unknown": true}),
-            expect![[r#"
-                {
-                  "inferenceConfig": {
-                    "maxTokens": 10,
-                    "stopSequences": [
-                      "END",
-                      "STOP"
-                    ],
-                    "temperature": 0.2,
-                    "topP": 0.9
-                  },
-                  "messages": [
-                    {
-                      "content": [
-                        {
-                          "text": "what is this"
-                        },
-                        {
-                          "image": {
-                            "format": "webp",
-                            "source": {
-                              "bytes": "UklGRg=="
-                            }
-                          }
-                        },
-                        {
-                          "text": "and quickly"
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "system": [
-                    {
-                      "text": "be brief"
-                    },
-                    {
-                      "text": "use metric"
-                    }
-                  ]
-                }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools(), "tool_choice": "required"}),
-            expect![[r#"
-            {
-              "messages": [
-                {
-                  "content": [
-                    {
-                      "text": "x"
-                    }
-                  ],
-                  "role": "user"
-                }
-              ],
-              "toolConfig": {
-                "toolChoice": {
-                  "any": {}
-                },
-                "tools": [
-                  {
-                    "toolSpec": {
-                      "description": "Weather now",
-                      "inputSchema": {
-                        "json": {
-                          "properties": {
-                            "location": {
-                              "type": "string"
-                            }
-                          },
-                          "type": "object"
-                        }
-                      },
-                      "name": "get_weather"
-                    }
-                  },
-                  {
-                    "toolSpec": {
-                      "inputSchema": {
-                        "json": {
-                          "properties": {},
-                          "type": "object"
-                        }
-                      },
-                      "name": "get_time"
-                    }
-                  }
-                ]
-              }
-            }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools(), "tool_choice": "auto"}),
-            expect![[r#"
-            {
-              "messages": [
-                {
-                  "content": [
-                    {
-                      "text": "x"
-                    }
-                  ],
-                  "role": "user"
-                }
-              ],
-              "toolConfig": {
-                "toolChoice": {
-                  "auto": {}
-                },
-                "tools": [
-                  {
-                    "toolSpec": {
-                      "description": "Weather now",
-                      "inputSchema": {
-                        "json": {
-                          "properties": {
-                            "location": {
-                              "type": "string"
-                            }
-                          },
-                          "type": "object"
-                        }
-                      },
-                      "name": "get_weather"
-                    }
-                  },
-                  {
-                    "toolSpec": {
-                      "inputSchema": {
-                        "json": {
-                          "properties": {},
-                          "type": "object"
-                        }
-                      },
-                      "name": "get_time"
-                    }
-                  }
-                ]
-              }
-            }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools(), "tool_choice": {"type": "function", "function": {"name": "get_time"}}}),
-            expect![[r#"
-                {
-                  "messages": [
-                    {
-                      "content": [
-                        {
-                          "text": "x"
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "toolConfig": {
-                    "toolChoice": {
-                      "tool": {
-                        "name": "get_time"
-                      }
-                    },
-                    "tools": [
-                      {
-                        "toolSpec": {
-                          "description": "Weather now",
-                          "inputSchema": {
-                            "json": {
-                              "properties": {
-                                "location": {
-                                  "type": "string"
-                                }
-                              },
-                              "type": "object"
-                            }
-                          },
-                          "name": "get_weather"
-                        }
-                      },
-                      {
-                        "toolSpec": {
-                          "inputSchema": {
-                            "json": {
-                              "properties": {},
-                              "type": "object"
-                            }
-                          },
-                          "name": "get_time"
-                        }
-                      }
-                    ]
-                  }
-                }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}}),
-            expect![[r#"
-                {
-                  "messages": [
-                    {
-                      "content": [
-                        {
-                          "text": "x"
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "toolConfig": {
-                    "toolChoice": {
-                      "tool": {
-                        "name": "json_response"
-                      }
-                    },
-                    "tools": [
-                      {
-                        "toolSpec": {
-                          "description": "Respond with a JSON object that matches this schema.",
-                          "inputSchema": {
-                            "json": {
-                              "properties": {
-                                "a": {
-                                  "type": "integer"
-                                }
-                              },
-                              "type": "object"
-                            }
-                          },
-                          "name": "json_response"
-                        }
-                      }
-                    ]
-                  }
-                }"#]],
-        );
-        let history = json!([
-            {"role": "user", "content": "weather and time"},
-            {"role": "assistant", "content": "Let me look.", "tool_calls": [
-                {"id": "tooluse_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}},
-                {"id": "tooluse_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
-            ]},
-            {"role": "tool", "tool_call_id": "tooluse_1", "content": "{\"temp\":21}"},
-            {"role": "tool", "tool_call_id": "tooluse_2", "content": "noon"},
-        ]);
-        // Results merged into one user turn of toolResults.
-        request(
-            json!({"model": "m", "messages": history, "tools": tools()}),
-            expect![[r#"
-            {
-              "messages": [
-                {
-                  "content": [
-                    {
-                      "text": "weather and time"
-                    }
-                  ],
-                  "role": "user"
-                },
-                {
-                  "content": [
-                    {
-                      "text": "Let me look."
-                    },
-                    {
-                      "toolUse": {
-                        "input": {
-                          "location": "Paris"
-                        },
-                        "name": "get_weather",
-                        "toolUseId": "tooluse_1"
-                      }
-                    },
-                    {
-                      "toolUse": {
-                        "input": {},
-                        "name": "get_time",
-                        "toolUseId": "tooluse_2"
-                      }
-                    }
-                  ],
-                  "role": "assistant"
-                },
-                {
-                  "content": [
-                    {
-                      "toolResult": {
-                        "content": [
-                          {
-                            "json": {
-                              "temp": 21
-                            }
-                          }
-                        ],
-                        "toolUseId": "tooluse_1"
-                      }
-                    },
-                    {
-                      "toolResult": {
-                        "content": [
-                          {
-                            "text": "noon"
-                          }
-                        ],
-                        "toolUseId": "tooluse_2"
-                      }
-                    }
-                  ],
-                  "role": "user"
-                }
-              ],
-              "toolConfig": {
-                "tools": [
-                  {
-                    "toolSpec": {
-                      "description": "Weather now",
-                      "inputSchema": {
-                        "json": {
-                          "properties": {
-                            "location": {
-                              "type": "string"
-                            }
-                          },
-                          "type": "object"
-                        }
-                      },
-                      "name": "get_weather"
-                    }
-                  },
-                  {
-                    "toolSpec": {
-                      "inputSchema": {
-                        "json": {
-                          "properties": {},
-                          "type": "object"
-                        }
-                      },
-                      "name": "get_time"
-                    }
-                  }
-                ]
-              }
-            }"#]],
-        );
-        // The same history with tool_choice none (tools dropped) goes as text.
-        request(
-            json!({"model": "m", "messages": history, "tools": tools(), "tool_choice": "none"}),
-            expect![[r#"
-            {
-              "messages": [
-                {
-                  "content": [
-                    {
-                      "text": "weather and time"
-                    }
-                  ],
-                  "role": "user"
-                },
-                {
-                  "content": [
-                    {
-                      "text": "Let me look."
-                    },
-                    {
-                      "text": "[called tool get_weather with {\"location\":\"Paris\"}]"
-                    },
-                    {
-                      "text": "[called tool get_time with {}]"
-                    }
-                  ],
-                  "role": "assistant"
-                },
-                {
-                  "content": [
-                    {
-                      "text": "[tool result: {\"temp\":21}]"
-                    },
-                    {
-                      "text": "[tool result: noon]"
-                    }
-                  ],
-                  "role": "user"
-                }
-              ]
-            }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]}]}),
-            expect![[r#"
-                {
-                  "error": "Bedrock accepts png, jpeg, gif and webp images, not image/tiff."
-                }"#]],
-        );
-    }
-
-    #[test]
-    fn answers() {
-        answer(
-            json!({"output": {"message": {"role": "assistant", "content": [{"text": "Hello"}, {"text": " there"}]}}, "stopReason": "end_turn",
-                   "usage": {"inputTokens": 5, "outputTokens": 2, "totalTokens": 11, "cacheReadInputTokens": 3, "cacheWriteInputTokens": 1}, "metrics": {"latencyMs": 10}, "x_new": 1}),
-            expect![[r#"
-                {
-                  "choices": [
-                    {
-                      "finish_reason": "stop",
-                      "index": 0,
-                      "logprobs": null,
-                      "message": {
-                        "content": "Hello there",
-                        "refusal": null,
-                        "role": "assistant"
-                      }
-                    }
-                  ],
-                  "created": 0,
-                  "id": "chatcmpl-ID",
-                  "model": "anthropic.claude",
-                  "object": "chat.completion",
-                  "usage": {
-                    "completion_tokens": 2,
-                    "prompt_tokens": 9,
-                    "prompt_tokens_details": {
-                      "cache_write_tokens": 1,
-                      "cached_tokens": 3
-                    },
-                    "total_tokens": 11
-                  }
-                }"#]],
-        );
-        answer(
-            json!({"output": {"message": {"role": "assistant", "content": [
-                {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"location": "Paris"}}},
-                {"toolUse": {"toolUseId": "tooluse_2", "name": "get_time", "input": {}}}
-            ]}}, "stopReason": "tool_use", "usage": {"inputTokens": 5, "outputTokens": 9, "totalTokens": 14}}),
-            expect![[r#"
-                {
-                  "choices": [
-                    {
-                      "finish_reason": "tool_calls",
-                      "index": 0,
-                      "logprobs": null,
-                      "message": {
-                        "content": null,
-                        "refusal": null,
-                        "role": "assistant",
-                        "tool_calls": [
-                          {
-                            "function": {
-                              "arguments": "{\"location\":\"Paris\"}",
-                              "name": "get_weather"
-                            },
-                            "id": "tooluse_1",
-                            "type": "function"
-                          },
-                          {
-                            "function": {
-                              "arguments": "{}",
-                              "name": "get_time"
-                            },
-                            "id": "tooluse_2",
-                            "type": "function"
-                          }
-                        ]
-                      }
-                    }
-                  ],
-                  "created": 0,
-                  "id": "chatcmpl-ID",
-                  "model": "anthropic.claude",
-                  "object": "chat.completion",
-                  "usage": {
-                    "completion_tokens": 9,
-                    "prompt_tokens": 5,
-                    "prompt_tokens_details": {
-                      "cache_write_tokens": 0,
-                      "cached_tokens": 0
-                    },
-                    "total_tokens": 14
-                  }
-                }"#]],
-        );
-        answer(
-            json!({"output": {"message": {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t", "name": "json_response", "input": {"a": 1}}}]}}, "stopReason": "tool_use", "usage": {"inputTokens": 5, "outputTokens": 3}}),
-            expect![[r#"
-                {
-                  "choices": [
-                    {
-                      "finish_reason": "stop",
-                      "index": 0,
-                      "logprobs": null,
-                      "message": {
-                        "content": "{\"a\":1}",
-                        "refusal": null,
-                        "role": "assistant"
-                      }
-                    }
-                  ],
-                  "created": 0,
-                  "id": "chatcmpl-ID",
-                  "model": "anthropic.claude",
-                  "object": "chat.completion",
-                  "usage": {
-                    "completion_tokens": 3,
-                    "prompt_tokens": 5,
-                    "prompt_tokens_details": {
-                      "cache_write_tokens": 0,
-                      "cached_tokens": 0
-                    },
-                    "total_tokens": 8
-                  }
-                }"#]],
-        );
-        let reasons: Vec<(&str, &str)> = [
-            "end_turn",
-            "tool_use",
-            "max_tokens",
-            "stop_sequence",
-            "guardrail_intervened",
-            "content_filtered",
-            "malformed_model_output",
-            "malformed_tool_use",
-            "model_context_window_exceeded",
-        ]
-        .into_iter()
-        .map(|r| (r, finish_reason(r)))
-        .collect();
-        expect![[r#"
-            [
-                (
-                    "end_turn",
-                    "stop",
-                ),
-                (
-                    "tool_use",
-                    "tool_calls",
-                ),
-                (
-                    "max_tokens",
-                    "length",
-                ),
-                (
-                    "stop_sequence",
-                    "stop",
-                ),
-                (
-                    "guardrail_intervened",
-                    "content_filter",
-                ),
-                (
-                    "content_filtered",
-                    "content_filter",
-                ),
-                (
-                    "malformed_model_output",
-                    "stop",
-                ),
-                (
-                    "malformed_tool_use",
-                    "stop",
-                ),
-                (
-                    "model_context_window_exceeded",
-                    "length",
-                ),
-            ]
-        "#]]
-        .assert_debug_eq(&reasons);
-    }
-
-    #[test]
-    fn streams() {
-        let usage =
-            json!({"usage": {"inputTokens": 3, "outputTokens": 2, "totalTokens": 5}, "metrics": {"latencyMs": 1}});
-        stream(
-            &[
-                ("event", "messageStart", json!({"role": "assistant"})),
-                ("event", "contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}, "p": "abc"})),
-                ("event", "contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "lo"}})),
-                ("event", "contentBlockStop", json!({"contentBlockIndex": 0})),
-                ("event", "messageStop", json!({"stopReason": "max_tokens"})),
-                ("event", "metadata", usage.clone()),
-            ],
-            expect![[r#"
-                {"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"content":"Hel"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"content":"lo"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{},"finish_reason":"length","index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk","usage":{"completion_tokens":2,"prompt_tokens":3,"prompt_tokens_details":{"cache_write_tokens":0,"cached_tokens":0},"total_tokens":5}}
-                [DONE]"#]],
-        );
-        stream(
-            &[
-                ("event", "messageStart", json!({"role": "assistant"})),
-                (
-                    "event",
-                    "contentBlockStart",
-                    json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather"}}}),
-                ),
-                (
-                    "event",
-                    "contentBlockDelta",
-                    json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "{\"loc"}}}),
-                ),
-                (
-                    "event",
-                    "contentBlockDelta",
-                    json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "ation\":\"Paris\"}"}}}),
-                ),
-                ("event", "contentBlockStop", json!({"contentBlockIndex": 0})),
-                (
-                    "event",
-                    "contentBlockStart",
-                    json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_2", "name": "get_time"}}}),
-                ),
-                ("event", "contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{}"}}})),
-                ("event", "contentBlockStop", json!({"contentBlockIndex": 1})),
-                ("event", "messageStop", json!({"stopReason": "tool_use"})),
-                ("event", "metadata", usage.clone()),
-            ],
-            expect![[r#"
-                {"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"","name":"get_weather"},"id":"tooluse_1","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"loc"},"index":0}]},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"ation\":\"Paris\"}"},"index":0}]},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"","name":"get_time"},"id":"tooluse_2","index":1,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{}"},"index":1}]},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{},"finish_reason":"tool_calls","index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk","usage":{"completion_tokens":2,"prompt_tokens":3,"prompt_tokens_details":{"cache_write_tokens":0,"cached_tokens":0},"total_tokens":5}}
-                [DONE]"#]],
-        );
-        // messageStop without its metadata: the stream was cut before usage, so no [DONE].
-        stream(
-            &[
-                ("event", "messageStart", json!({"role": "assistant"})),
-                ("event", "messageStop", json!({"stopReason": "end_turn"})),
-            ],
-            expect![[r#"
-                {"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{},"finish_reason":"stop","index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}"#]],
-        );
-        stream(
-            &[
-                ("event", "messageStart", json!({"role": "assistant"})),
-                ("event", "contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}})),
-                ("exception", "throttlingException", json!({"message": "Too many tokens, please wait."})),
-            ],
-            expect![[r#"
-                {"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"content":"Hel"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"anthropic.claude","object":"chat.completion.chunk"}
-                {"error":{"code":"throttling","message":"The upstream 'up' is rate limiting requests: Too many tokens, please wait.","param":null,"type":"rate_limit_error"}}"#]],
-        );
-    }
-
-    #[test]
-    fn errors() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-amzn-errortype",
-            "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/".parse().unwrap(),
-        );
-        let d = detail(&headers, br#"{"message":"Too many requests"}"#);
-        assert_eq!(
-            (d.code.as_deref(), d.throttled, d.message.as_deref()),
-            (Some("throttling"), true, Some("Too many requests"))
-        );
-        let d =
-            detail(&HeaderMap::new(), br#"{"__type":"com.amazon.coral.validate#ValidationException","Message":"bad"}"#);
-        assert_eq!((d.code.as_deref(), d.message.as_deref()), (Some("validation"), Some("bad")));
-    }
-}
+mod properties;
+#[cfg(test)]
+mod tests;

@@ -23,8 +23,13 @@ use http::{HeaderMap, Request, Uri, header};
 use serde_json::{Map, Value, json};
 use weir_config::{Provider, Upstream, UpstreamKind};
 
-use super::{Detail, Operation, completion_id, data_url, done_event, event, malformed, sensitive, unix_now};
+use super::{
+    Adapter, Detail, HttpClient, Translator, completion_id, content_parts, done_event, event, malformed, push_turn,
+    sensitive, unix_now,
+};
+use crate::api::chat::{Message, Role};
 use crate::api::sse::{Event, Splitter};
+use crate::api::{ChatRequest, EmbeddingsRequest, ModelRequest, Operation};
 use crate::error::Error;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -81,28 +86,28 @@ impl Gemini {
             }
         }
     }
+}
 
-    pub fn request(&self, operation: Operation, model: &str, body: &[u8]) -> Result<(Uri, Vec<u8>), Error> {
-        let openai: Value =
-            serde_json::from_slice(body).map_err(|e| Error::internal("could not re-read the request").source(e))?;
+impl Adapter for Gemini {
+    fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
         let model = model.strip_prefix("models/").unwrap_or(model);
-        let (method, body) = match operation {
-            Operation::Chat => {
-                let stream = openai.get("stream").and_then(Value::as_bool) == Some(true);
-                let method = if stream { ":streamGenerateContent?alt=sse" } else { ":generateContent" };
-                (method, chat_request(&openai)?)
+        let (method, body) = match request {
+            ModelRequest::Chat(chat) => {
+                let method = if chat.is_stream() { ":streamGenerateContent?alt=sse" } else { ":generateContent" };
+                (method, chat_request(chat)?)
             }
-            Operation::Embeddings => embeddings_request(&openai, model, self.vertex)?,
+            ModelRequest::Embeddings(embeddings) => embeddings_request(embeddings, model, self.vertex)?,
         };
-        let uri = format!("{}/{model}{method}", self.models_url).parse().map_err(|e| {
-            Error::bad_request("the model name cannot be used in a Gemini URL").param("model").source(e)
+        let segment = super::path_segment(model)?;
+        let uri = format!("{}/{segment}{method}", self.models_url).parse().map_err(|e| {
+            Error::bad_request("The model name cannot be used in a Gemini URL.").param("model").source(e)
         })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
     }
 
     /// Adds Vertex's bearer token (the Gemini API's key is already among the static headers).
-    pub async fn authorize(&self, upstream: &str, request: &mut Request<Bytes>) -> Result<(), Error> {
+    async fn authorize(&self, upstream: &str, _: &HttpClient, request: &mut Request<Bytes>) -> Result<(), Error> {
         let Some(tokens) = &self.tokens else { return Ok(()) };
         // Application-default credentials are looked for on first use (finding them may ask the
         // metadata server); a key file was read when the upstream was built.
@@ -125,55 +130,59 @@ impl Gemini {
         Ok(())
     }
 
-    pub fn response(&self, upstream: &str, operation: Operation, model: &str, body: &[u8]) -> Result<Vec<u8>, Error> {
-        let answer: Value = serde_json::from_slice(body).map_err(|_| malformed(upstream, "an answer"))?;
+    fn response(&self, upstream: &str, operation: Operation, model: &str, body: Bytes) -> Result<Bytes, Error> {
+        let answer: Value = serde_json::from_slice(&body).map_err(|_| malformed(upstream, "an answer"))?;
         let out = match operation {
             Operation::Chat => chat_response(&answer, model),
             Operation::Embeddings => embeddings_response(&answer, model, self.vertex),
         };
-        serde_json::to_vec(&out).map_err(|e| Error::internal("could not encode the answer").source(e))
+        serde_json::to_vec(&out).map(Bytes::from).map_err(|e| Error::internal("could not encode the answer").source(e))
+    }
+
+    fn translator(&self, upstream: &str, model: &str) -> Option<Translator> {
+        Some(Translator::Gemini(ChunkStream::new(upstream, model)))
+    }
+
+    fn detail(&self, _: &HeaderMap, body: &[u8]) -> Detail {
+        detail(body)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // OpenAI → Gemini
 
-fn chat_request(req: &Value) -> Result<Value, Error> {
-    let messages = req.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+fn chat_request(req: &ChatRequest) -> Result<Value, Error> {
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
     // Tool call id → function name, for the results that answer them.
-    let mut call_names: Vec<(String, String)> = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+    let mut call_names: Vec<(&str, &str)> = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}].content");
-        match role {
-            "system" | "developer" => system.extend(parts_of(m.get("content"), &param)?),
-            "assistant" => {
-                let mut parts = parts_of(m.get("content"), &param)?;
-                for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-                    let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
-                    let name = call.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
-                    let args = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
-                    let args: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
-                    call_names.push((id.to_owned(), name.to_owned()));
-                    let mut part = json!({"functionCall": {"name": name, "args": args}});
-                    if let Some((_, signature)) = id.split_once(SIGNATURE_MARK) {
+        match m.role {
+            Role::System | Role::Developer => system.extend(parts_of(m, &param)?),
+            Role::Assistant => {
+                let mut parts = parts_of(m, &param)?;
+                for call in m.tool_calls() {
+                    let args: Value = serde_json::from_str(call.arguments).unwrap_or_else(|_| json!({}));
+                    call_names.push((call.id, call.name));
+                    let mut part = json!({"functionCall": {"name": call.name, "args": args}});
+                    // The last mark: Gemini's own call ids may hold one, base64 signatures never do.
+                    if let Some((_, signature)) = call.id.rsplit_once(SIGNATURE_MARK) {
                         part["thoughtSignature"] = json!(signature);
                     }
                     parts.push(part);
                 }
-                push_turn(&mut contents, "model", parts);
+                push_turn(&mut contents, "model", "parts", parts);
             }
-            "tool" | "function" => {
-                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or_default();
+            Role::Tool | Role::Function => {
+                let id = m.tool_call_id();
                 let name = call_names
                     .iter()
-                    .find(|(call, _)| call == id)
-                    .map(|(_, name)| name.clone())
-                    .or_else(|| m.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .find(|(call, _)| *call == id)
+                    .map(|(_, name)| *name)
+                    .or_else(|| m.name())
                     .unwrap_or_default();
-                let text = text_of(m.get("content"));
+                let text = m.text();
                 let response = match serde_json::from_str::<Value>(&text) {
                     Ok(Value::Object(object)) => Value::Object(object),
                     Ok(other) => json!({"result": other}),
@@ -182,18 +191,19 @@ fn chat_request(req: &Value) -> Result<Value, Error> {
                 push_turn(
                     &mut contents,
                     "user",
+                    "parts",
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );
             }
-            _ => push_turn(&mut contents, "user", parts_of(m.get("content"), &param)?),
+            Role::User => push_turn(&mut contents, "user", "parts", parts_of(m, &param)?),
         }
     }
     let mut out = json!({"contents": contents});
     if !system.is_empty() {
         out["systemInstruction"] = json!({"parts": system});
     }
-    let choice = req.get("tool_choice");
-    let tools = req.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty());
+    let choice = req.param("tool_choice");
+    let tools = req.param("tools").and_then(Value::as_array).filter(|t| !t.is_empty());
     if let Some(tools) = tools {
         let declarations: Vec<Value> = tools
             .iter()
@@ -223,7 +233,7 @@ fn chat_request(req: &Value) -> Result<Value, Error> {
     }
     let mut generation = Map::new();
     let copy = |from: &str, to: &str, generation: &mut Map<String, Value>| {
-        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+        if let Some(v) = req.param(from) {
             generation.insert(to.to_owned(), v.clone());
         }
     };
@@ -235,7 +245,7 @@ fn chat_request(req: &Value) -> Result<Value, Error> {
     copy("frequency_penalty", "frequencyPenalty", &mut generation);
     copy("max_tokens", "maxOutputTokens", &mut generation);
     copy("max_completion_tokens", "maxOutputTokens", &mut generation);
-    match req.get("stop") {
+    match req.param("stop") {
         Some(Value::String(s)) => {
             generation.insert("stopSequences".into(), json!([s]));
         }
@@ -244,19 +254,20 @@ fn chat_request(req: &Value) -> Result<Value, Error> {
         }
         _ => {}
     }
-    match req.pointer("/response_format/type").and_then(Value::as_str) {
+    let format = req.param("response_format");
+    match format.and_then(|f| f.get("type")).and_then(Value::as_str) {
         Some("json_object") => {
             generation.insert("responseMimeType".into(), json!("application/json"));
         }
         Some("json_schema") => {
             generation.insert("responseMimeType".into(), json!("application/json"));
-            if let Some(schema) = req.pointer("/response_format/json_schema/schema") {
+            if let Some(schema) = format.and_then(|f| f.pointer("/json_schema/schema")) {
                 generation.insert("responseSchema".into(), clean_schema(schema));
             }
         }
         _ => {}
     }
-    if let Some(effort) = req.get("reasoning_effort").and_then(Value::as_str) {
+    if let Some(effort) = req.param("reasoning_effort").and_then(Value::as_str) {
         let budget = match effort {
             "minimal" | "none" => 0,
             "low" => 1024,
@@ -271,50 +282,9 @@ fn chat_request(req: &Value) -> Result<Value, Error> {
     Ok(out)
 }
 
-/// Appends parts to the last turn when it has the same role (Gemini wants turns to alternate).
-fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut()
-        && last.get("role").and_then(Value::as_str) == Some(role)
-        && let Some(existing) = last.get_mut("parts").and_then(Value::as_array_mut)
-    {
-        existing.extend(parts);
-        return;
-    }
-    contents.push(json!({"role": role, "parts": parts}));
-}
-
-/// A message `content` (a string or an array of parts) as Gemini parts.
-fn parts_of(content: Option<&Value>, param: &str) -> Result<Vec<Value>, Error> {
-    match content {
-        Some(Value::String(s)) if !s.is_empty() => Ok(vec![json!({"text": s})]),
-        Some(Value::Array(items)) => {
-            let mut parts = Vec::with_capacity(items.len());
-            for item in items {
-                match item.get("type").and_then(Value::as_str) {
-                    Some("text") => parts.push(json!({"text": item.get("text").cloned().unwrap_or_default()})),
-                    Some("image_url") => {
-                        let url = item.pointer("/image_url/url").and_then(Value::as_str).unwrap_or_default();
-                        let (mime, data) = data_url(url, param)?;
-                        parts.push(json!({"inlineData": {"mimeType": mime, "data": data}}));
-                    }
-                    _ => {}
-                }
-            }
-            Ok(parts)
-        }
-        _ => Ok(Vec::new()),
-    }
-}
-
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
-        _ => String::new(),
-    }
+/// A message's content as Gemini parts.
+fn parts_of(message: &Message, param: &str) -> Result<Vec<Value>, Error> {
+    content_parts(message, param, |mime, data| Ok(json!({"inlineData": {"mimeType": mime, "data": data}})))
 }
 
 /// Keeps what Gemini's OpenAPI-subset schemas accept, recursively; `["T", "null"]` types become
@@ -379,21 +349,13 @@ pub(crate) fn clean_schema(schema: &Value) -> Value {
     Value::Object(out)
 }
 
-fn embeddings_request(req: &Value, model: &str, vertex: bool) -> Result<(&'static str, Value), Error> {
-    let inputs: Vec<String> = match req.get("input") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
-        }
-        _ => {
-            return Err(Error::bad_request(
-                "This model's provider embeds text only; token-id inputs are not supported.",
-            )
+fn embeddings_request(req: &EmbeddingsRequest, model: &str, vertex: bool) -> Result<(&'static str, Value), Error> {
+    let Some(inputs) = req.texts() else {
+        return Err(Error::bad_request("This model's provider embeds text only; token-id inputs are not supported.")
             .param("input")
             .code("invalid_value"));
-        }
     };
-    let dimensions = req.get("dimensions").and_then(Value::as_u64);
+    let dimensions = req.param("dimensions").and_then(Value::as_u64);
     if vertex {
         let mut body = json!({"instances": inputs.iter().map(|t| json!({"content": t})).collect::<Vec<_>>()});
         if let Some(d) = dimensions {
@@ -578,8 +540,14 @@ pub struct ChunkStream {
     /// calls it emitted (each gets the next index, so parallel calls stay apart).
     candidates: Vec<(bool, usize)>,
     finished: bool,
+    /// An error event went out (an upstream error, an undecodable or oversized event): the stream is
+    /// over, whatever the upstream sends after it.
+    failed: bool,
     usage: Option<Value>,
 }
+
+/// Candidates a stream may have (OpenAI's `n` goes to 128).
+const MAX_CANDIDATES: usize = 128;
 
 impl ChunkStream {
     pub fn new(upstream: &str, model: &str) -> Self {
@@ -591,13 +559,19 @@ impl ChunkStream {
             splitter: Splitter::default(),
             candidates: Vec::new(),
             finished: false,
+            failed: false,
             usage: None,
         }
     }
 
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.failed {
+            return;
+        }
         self.splitter.push(bytes);
-        while let Some(sse) = self.splitter.next_event() {
+        while !self.failed
+            && let Some(sse) = self.splitter.next_event()
+        {
             if sse.data.is_empty() {
                 continue;
             }
@@ -610,10 +584,18 @@ impl ChunkStream {
                         .unwrap_or(http::StatusCode::BAD_GATEWAY);
                     let error = super::classify(&self.upstream, status, &HeaderMap::new(), detail(&sse.data));
                     out.push(super::error_event(&error));
+                    self.failed = true;
                 }
                 Ok(answer) => self.on_answer(&answer, out),
-                Err(_) => out.push(super::error_event(&malformed(&self.upstream, "a stream event"))),
+                Err(_) => {
+                    out.push(super::error_event(&malformed(&self.upstream, "a stream event")));
+                    self.failed = true;
+                }
             }
+        }
+        if self.splitter.oversized() {
+            self.failed = true;
+            out.push(super::error_event(&super::event_too_large(&self.upstream)));
         }
     }
 
@@ -631,7 +613,14 @@ impl ChunkStream {
             self.finished = true;
         }
         for (i, candidate) in candidates.iter().enumerate() {
-            let index = candidate.get("index").and_then(Value::as_u64).unwrap_or(i as u64) as usize;
+            let index = candidate.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+            // The index sizes a table: one a client could not have asked for (`n` is at most
+            // MAX_CANDIDATES) is a broken answer, not a reason to allocate gigabytes.
+            let Some(index) = usize::try_from(index).ok().filter(|i| *i < MAX_CANDIDATES) else {
+                out.push(super::error_event(&malformed(&self.upstream, "a candidate index")));
+                self.failed = true;
+                return;
+            };
             if self.candidates.len() <= index {
                 self.candidates.resize(index + 1, (false, 0));
             }
@@ -675,7 +664,7 @@ impl ChunkStream {
 
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         // Whatever is left in the splitter is an event cut in half: the stream was not complete.
-        if !self.finished || self.splitter.pending() > 0 {
+        if !self.finished || self.failed || self.splitter.pending() > 0 {
             return;
         }
         let mut usage_chunk = self.chunk(&json!([]));
@@ -686,662 +675,6 @@ impl ChunkStream {
 }
 
 #[cfg(test)]
-mod tests {
-    //! Golden translations: each case's OpenAI request, Gemini answer or Gemini stream, and what the
-    //! gateway makes of it. `UPDATE_EXPECT=1 cargo test -p weir providers::gemini` rewrites them.
-    #![expect(clippy::needless_pass_by_value, reason = "the helpers take each literal case by value")]
-
-    use expect_test::{Expect, expect};
-    use serde_json::{Value, json};
-
-    use super::*;
-    use crate::providers::golden::{render, stream_text};
-
-    fn request(body: Value, expected: Expect) {
-        expected.assert_eq(&render(&chat_request(&body).unwrap_or_else(|e| json!({"error": e.message}))));
-    }
-
-    fn answer(answer: Value, expected: Expect) {
-        expected.assert_eq(&render(&chat_response(&answer, "gemini-2.5-flash")));
-    }
-
-    fn stream(events: &[Value], expected: Expect) {
-        let mut stream = ChunkStream::new("up", "gemini-2.5-flash");
-        let mut out = Vec::new();
-        for e in events {
-            stream.push(format!("data: {e}\r\n\r\n").as_bytes(), &mut out);
-        }
-        stream.finish(&mut out);
-        expected.assert_eq(&stream_text(&out));
-    }
-
-    const TOOLS: &str = r#"[{"type":"function","function":{"name":"get_weather","description":"Weather now","parameters":{"type":"object","properties":{"location":{"type":["string","null"],"default":"Paris"},"unit":{"enum":["c","f"]}},"required":["location"],"additionalProperties":false,"$schema":"x"},"strict":true}},{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{}}}}]"#;
-
-    fn tools() -> Value {
-        serde_json::from_str(TOOLS).unwrap()
-    }
-
-    #[test]
-    fn requests() {
-        request(
-            json!({"model": "m", "messages": [
-                {"role": "system", "content": "be brief"},
-                {"role": "developer", "content": "use metric"},
-                {"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
-            ], "temperature": 0.2, "top_p": 0.9, "max_tokens": 10, "stop": "END", "n": 1, "x_unknown": true}),
-            expect![[r#"
-                {
-                  "contents": [
-                    {
-                      "parts": [
-                        {
-                          "text": "what is this"
-                        },
-                        {
-                          "inlineData": {
-                            "data": "iVBORw0KGgo=",
-                            "mimeType": "image/png"
-                          }
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "generationConfig": {
-                    "candidateCount": 1,
-                    "maxOutputTokens": 10,
-                    "stopSequences": [
-                      "END"
-                    ],
-                    "temperature": 0.2,
-                    "topP": 0.9
-                  },
-                  "systemInstruction": {
-                    "parts": [
-                      {
-                        "text": "be brief"
-                      },
-                      {
-                        "text": "use metric"
-                      }
-                    ]
-                  }
-                }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools(), "tool_choice": "required"}),
-            expect![[r#"
-                {
-                  "contents": [
-                    {
-                      "parts": [
-                        {
-                          "text": "x"
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "toolConfig": {
-                    "functionCallingConfig": {
-                      "mode": "ANY"
-                    }
-                  },
-                  "tools": [
-                    {
-                      "functionDeclarations": [
-                        {
-                          "description": "Weather now",
-                          "name": "get_weather",
-                          "parameters": {
-                            "properties": {
-                              "location": {
-                                "nullable": true,
-                                "type": "string"
-                              },
-                              "unit": {
-                                "enum": [
-                                  "c",
-                                  "f"
-                                ],
-                                "type": "string"
-                              }
-                            },
-                            "required": [
-                              "location"
-                            ],
-                            "type": "object"
-                          }
-                        },
-                        {
-                          "name": "get_time",
-                          "parameters": {
-                            "properties": {},
-                            "type": "object"
-                          }
-                        }
-                      ]
-                    }
-                  ]
-                }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools(), "tool_choice": {"type": "function", "function": {"name": "get_time"}}}),
-            expect![[r#"
-                {
-                  "contents": [
-                    {
-                      "parts": [
-                        {
-                          "text": "x"
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "toolConfig": {
-                    "functionCallingConfig": {
-                      "allowedFunctionNames": [
-                        "get_time"
-                      ],
-                      "mode": "ANY"
-                    }
-                  },
-                  "tools": [
-                    {
-                      "functionDeclarations": [
-                        {
-                          "description": "Weather now",
-                          "name": "get_weather",
-                          "parameters": {
-                            "properties": {
-                              "location": {
-                                "nullable": true,
-                                "type": "string"
-                              },
-                              "unit": {
-                                "enum": [
-                                  "c",
-                                  "f"
-                                ],
-                                "type": "string"
-                              }
-                            },
-                            "required": [
-                              "location"
-                            ],
-                            "type": "object"
-                          }
-                        },
-                        {
-                          "name": "get_time",
-                          "parameters": {
-                            "properties": {},
-                            "type": "object"
-                          }
-                        }
-                      ]
-                    }
-                  ]
-                }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools(), "tool_choice": "none", "max_completion_tokens": 5}),
-            expect![[r#"
-                {
-                  "contents": [
-                    {
-                      "parts": [
-                        {
-                          "text": "x"
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "generationConfig": {
-                    "maxOutputTokens": 5
-                  },
-                  "toolConfig": {
-                    "functionCallingConfig": {
-                      "mode": "NONE"
-                    }
-                  },
-                  "tools": [
-                    {
-                      "functionDeclarations": [
-                        {
-                          "description": "Weather now",
-                          "name": "get_weather",
-                          "parameters": {
-                            "properties": {
-                              "location": {
-                                "nullable": true,
-                                "type": "string"
-                              },
-                              "unit": {
-                                "enum": [
-                                  "c",
-                                  "f"
-                                ],
-                                "type": "string"
-                              }
-                            },
-                            "required": [
-                              "location"
-                            ],
-                            "type": "object"
-                          }
-                        },
-                        {
-                          "name": "get_time",
-                          "parameters": {
-                            "properties": {},
-                            "type": "object"
-                          }
-                        }
-                      ]
-                    }
-                  ]
-                }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "r", "strict": true, "schema": {"type": "object", "properties": {"a": {"type": ["integer", "null"]}}, "additionalProperties": false}}}}),
-            expect![[r#"
-                {
-                  "contents": [
-                    {
-                      "parts": [
-                        {
-                          "text": "x"
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "generationConfig": {
-                    "responseMimeType": "application/json",
-                    "responseSchema": {
-                      "properties": {
-                        "a": {
-                          "nullable": true,
-                          "type": "integer"
-                        }
-                      },
-                      "type": "object"
-                    }
-                  }
-                }"#]],
-        );
-        // A tool-result round trip: the signature rides in the call id; results are one turn.
-        request(
-            json!({"model": "m", "tools": tools(), "messages": [
-                {"role": "user", "content": "weather and time"},
-                {"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "call_a_0~c2lnQQ==", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}},
-                    {"id": "call_a_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
-                ]},
-                {"role": "tool", "tool_call_id": "call_a_0~c2lnQQ==", "content": "{\"temp\":21}"},
-                {"role": "tool", "tool_call_id": "call_a_1", "content": "noon"},
-                {"role": "user", "content": "thanks"},
-                {"role": "user", "content": "and tomorrow?"}
-            ]}),
-            expect![[r#"
-                {
-                  "contents": [
-                    {
-                      "parts": [
-                        {
-                          "text": "weather and time"
-                        }
-                      ],
-                      "role": "user"
-                    },
-                    {
-                      "parts": [
-                        {
-                          "functionCall": {
-                            "args": {
-                              "location": "Paris"
-                            },
-                            "name": "get_weather"
-                          },
-                          "thoughtSignature": "c2lnQQ=="
-                        },
-                        {
-                          "functionCall": {
-                            "args": {},
-                            "name": "get_time"
-                          }
-                        }
-                      ],
-                      "role": "model"
-                    },
-                    {
-                      "parts": [
-                        {
-                          "functionResponse": {
-                            "name": "get_weather",
-                            "response": {
-                              "temp": 21
-                            }
-                          }
-                        },
-                        {
-                          "functionResponse": {
-                            "name": "get_time",
-                            "response": {
-                              "result": "noon"
-                            }
-                          }
-                        },
-                        {
-                          "text": "thanks"
-                        },
-                        {
-                          "text": "and tomorrow?"
-                        }
-                      ],
-                      "role": "user"
-                    }
-                  ],
-                  "toolConfig": {
-                    "functionCallingConfig": {
-                      "mode": "AUTO"
-                    }
-                  },
-                  "tools": [
-                    {
-                      "functionDeclarations": [
-                        {
-                          "description": "Weather now",
-                          "name": "get_weather",
-                          "parameters": {
-                            "properties": {
-                              "location": {
-                                "nullable": true,
-                                "type": "string"
-                              },
-                              "unit": {
-                                "enum": [
-                                  "c",
-                                  "f"
-                                ],
-                                "type": "string"
-                              }
-                            },
-                            "required": [
-                              "location"
-                            ],
-                            "type": "object"
-                          }
-                        },
-                        {
-                          "name": "get_time",
-                          "parameters": {
-                            "properties": {},
-                            "type": "object"
-                          }
-                        }
-                      ]
-                    }
-                  ]
-                }"#]],
-        );
-        request(
-            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
-            expect![[r#"
-                {
-                  "error": "Only base64 `data:` image URLs are supported for this model's provider; the gateway does not fetch remote URLs."
-                }"#]],
-        );
-    }
-
-    #[test]
-    fn answers() {
-        answer(
-            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "hmm", "thought": true}, {"text": "Hello"}, {"text": " there"}]}, "finishReason": "STOP", "index": 0}],
-                   "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 2, "thoughtsTokenCount": 7, "cachedContentTokenCount": 1, "totalTokenCount": 13},
-                   "modelVersion": "gemini-2.5-flash", "responseId": "r1", "x_new_field": {}}),
-            expect![[r#"
-                {
-                  "choices": [
-                    {
-                      "finish_reason": "stop",
-                      "index": 0,
-                      "logprobs": null,
-                      "message": {
-                        "content": "Hello there",
-                        "refusal": null,
-                        "role": "assistant"
-                      }
-                    }
-                  ],
-                  "created": 0,
-                  "id": "chatcmpl-ID",
-                  "model": "gemini-2.5-flash",
-                  "object": "chat.completion",
-                  "usage": {
-                    "completion_tokens": 9,
-                    "completion_tokens_details": {
-                      "reasoning_tokens": 7
-                    },
-                    "prompt_tokens": 4,
-                    "prompt_tokens_details": {
-                      "cached_tokens": 1
-                    },
-                    "total_tokens": 13
-                  }
-                }"#]],
-        );
-        answer(
-            json!({"candidates": [{"content": {"role": "model", "parts": [
-                {"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": "c2lnQQ=="},
-                {"functionCall": {"name": "get_time", "args": {}}}
-            ]}, "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 6, "totalTokenCount": 10}}),
-            expect![[r#"
-                {
-                  "choices": [
-                    {
-                      "finish_reason": "tool_calls",
-                      "index": 0,
-                      "logprobs": null,
-                      "message": {
-                        "content": null,
-                        "refusal": null,
-                        "role": "assistant",
-                        "tool_calls": [
-                          {
-                            "function": {
-                              "arguments": "{\"location\":\"Paris\"}",
-                              "name": "get_weather"
-                            },
-                            "id": "call_ID_0~c2lnQQ==",
-                            "type": "function"
-                          },
-                          {
-                            "function": {
-                              "arguments": "{}",
-                              "name": "get_time"
-                            },
-                            "id": "call_ID_1",
-                            "type": "function"
-                          }
-                        ]
-                      }
-                    }
-                  ],
-                  "created": 0,
-                  "id": "chatcmpl-ID",
-                  "model": "gemini-2.5-flash",
-                  "object": "chat.completion",
-                  "usage": {
-                    "completion_tokens": 6,
-                    "completion_tokens_details": {
-                      "reasoning_tokens": 0
-                    },
-                    "prompt_tokens": 4,
-                    "prompt_tokens_details": {
-                      "cached_tokens": 0
-                    },
-                    "total_tokens": 10
-                  }
-                }"#]],
-        );
-        answer(
-            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "a b"}]}, "finishReason": "MAX_TOKENS"}]}),
-            expect![[r#"
-            {
-              "choices": [
-                {
-                  "finish_reason": "length",
-                  "index": 0,
-                  "logprobs": null,
-                  "message": {
-                    "content": "a b",
-                    "refusal": null,
-                    "role": "assistant"
-                  }
-                }
-              ],
-              "created": 0,
-              "id": "chatcmpl-ID",
-              "model": "gemini-2.5-flash",
-              "object": "chat.completion",
-              "usage": {
-                "completion_tokens": 0,
-                "completion_tokens_details": {
-                  "reasoning_tokens": 0
-                },
-                "prompt_tokens": 0,
-                "prompt_tokens_details": {
-                  "cached_tokens": 0
-                },
-                "total_tokens": 0
-              }
-            }"#]],
-        );
-        answer(
-            json!({"candidates": [{"finishReason": "SAFETY", "safetyRatings": []}]}),
-            expect![[r#"
-            {
-              "choices": [
-                {
-                  "finish_reason": "content_filter",
-                  "index": 0,
-                  "logprobs": null,
-                  "message": {
-                    "content": "",
-                    "refusal": null,
-                    "role": "assistant"
-                  }
-                }
-              ],
-              "created": 0,
-              "id": "chatcmpl-ID",
-              "model": "gemini-2.5-flash",
-              "object": "chat.completion",
-              "usage": {
-                "completion_tokens": 0,
-                "completion_tokens_details": {
-                  "reasoning_tokens": 0
-                },
-                "prompt_tokens": 0,
-                "prompt_tokens_details": {
-                  "cached_tokens": 0
-                },
-                "total_tokens": 0
-              }
-            }"#]],
-        );
-        answer(
-            json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": {"promptTokenCount": 3}}),
-            expect![[r#"
-            {
-              "choices": [
-                {
-                  "finish_reason": "content_filter",
-                  "index": 0,
-                  "logprobs": null,
-                  "message": {
-                    "content": "",
-                    "refusal": null,
-                    "role": "assistant"
-                  }
-                }
-              ],
-              "created": 0,
-              "id": "chatcmpl-ID",
-              "model": "gemini-2.5-flash",
-              "object": "chat.completion",
-              "usage": {
-                "completion_tokens": 0,
-                "completion_tokens_details": {
-                  "reasoning_tokens": 0
-                },
-                "prompt_tokens": 3,
-                "prompt_tokens_details": {
-                  "cached_tokens": 0
-                },
-                "total_tokens": 3
-              }
-            }"#]],
-        );
-    }
-
-    #[test]
-    fn streams() {
-        stream(
-            &[
-                json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}, "index": 0}]}),
-                json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "lo"}]}, "index": 0}]}),
-                json!({"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]}, "finishReason": "STOP", "index": 0}], "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 2, "thoughtsTokenCount": 3}}),
-            ],
-            expect![[r#"
-                {"choices":[{"delta":{"content":"Hel","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"content":"lo"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{},"finish_reason":"stop","index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk"}
-                {"choices":[],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk","usage":{"completion_tokens":5,"completion_tokens_details":{"reasoning_tokens":3},"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":0},"total_tokens":7}}
-                [DONE]"#]],
-        );
-        // Parallel calls in separate events, then STOP: distinct indexes and `tool_calls`.
-        stream(
-            &[
-                json!({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": "c2lnQQ=="}]}}]}),
-                json!({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "get_time", "args": {}}}]}}]}),
-                json!({"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]}, "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 8}}),
-            ],
-            expect![[r#"
-                {"choices":[{"delta":{"content":"","role":"assistant","tool_calls":[{"function":{"arguments":"{\"location\":\"Paris\"}","name":"get_weather"},"id":"call_ID_0~c2lnQQ==","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{}","name":"get_time"},"id":"call_ID_1","index":1,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk"}
-                {"choices":[{"delta":{},"finish_reason":"tool_calls","index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk"}
-                {"choices":[],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk","usage":{"completion_tokens":8,"completion_tokens_details":{"reasoning_tokens":0},"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":0},"total_tokens":10}}
-                [DONE]"#]],
-        );
-        // A stream that stops without a finish reason is incomplete: no usage, no [DONE].
-        stream(
-            &[json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}}]})],
-            expect![[
-                r#"{"choices":[{"delta":{"content":"Hel","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk"}"#
-            ]],
-        );
-        // An error event mid-stream.
-        stream(
-            &[
-                json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}}]}),
-                json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}),
-            ],
-            expect![[r#"
-                {"choices":[{"delta":{"content":"Hel","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"chatcmpl-ID","model":"gemini-2.5-flash","object":"chat.completion.chunk"}
-                {"error":{"code":"upstream_error","message":"The upstream 'up' failed with status 503: The model is overloaded.","param":null,"type":"server_error"}}"#]],
-        );
-    }
-
-    #[test]
-    fn errors() {
-        let d = detail(br#"{"error":{"code":429,"message":"Resource exhausted","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"12.5s"}]}}"#);
-        assert_eq!((d.code.as_deref(), d.retry_after), (Some("rate_limit_exceeded"), Some(13)));
-        let d = detail(br#"[{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}]"#);
-        assert!(d.credentials_rejected);
-    }
-}
+mod properties;
+#[cfg(test)]
+mod tests;

@@ -1,9 +1,18 @@
 //! Helpers for the golden translation tests of the providers: stable renderings of JSON and of
 //! translated streams, with the generated ids and timestamps replaced.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::api::ChatRequest;
 use crate::api::sse::Event;
+use crate::error::Error;
+
+/// Parses `body` as the pipeline does, translates it with `translate`, and renders the result (or
+/// the error's message).
+pub(crate) fn request(body: &Value, translate: impl Fn(&ChatRequest) -> Result<Value, Error>) -> String {
+    let parsed = ChatRequest::parse(&serde_json::to_vec(body).unwrap_or_default()).expect("a valid chat request");
+    render(&translate(&parsed).unwrap_or_else(|e| json!({"error": e.message})))
+}
 
 /// Pretty JSON with `chatcmpl-…` ids, generated tool call ids and `created` made stable.
 pub(crate) fn render(value: &Value) -> String {

@@ -5,7 +5,8 @@ use http::{HeaderMap, Uri, header};
 use serde::Deserialize;
 use weir_config::Upstream;
 
-use super::{Detail, Operation, sensitive, uri};
+use super::{Adapter, Detail, sensitive, uri};
+use crate::api::{ModelRequest, Operation};
 use crate::error::Error;
 
 /// The URLs of an OpenAI-compatible upstream.
@@ -23,12 +24,22 @@ impl OpenAi {
         }
         Ok(Self { chat: uri(upstream, "/chat/completions")?, embeddings: uri(upstream, "/embeddings")? })
     }
+}
 
-    pub fn uri(&self, operation: Operation) -> Uri {
-        match operation {
+impl Adapter for OpenAi {
+    fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
+        let uri = match request.operation() {
             Operation::Chat => self.chat.clone(),
             Operation::Embeddings => self.embeddings.clone(),
-        }
+        };
+        Ok((uri, request.upstream_body(model)?))
+    }
+
+    // `authorize`, `response` and `translator` are the trait's relaying defaults: the bearer key is
+    // a static header, and answers and streams are OpenAI's already.
+
+    fn detail(&self, _: &HeaderMap, body: &[u8]) -> Detail {
+        detail(body)
     }
 }
 
@@ -91,7 +102,7 @@ mod tests {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("2.5"));
         let e = classify("up", StatusCode::TOO_MANY_REQUESTS, &h, detail(&Bytes::new()));
         assert!(e.retryable);
-        assert_eq!((e.http_status(), e.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(3)));
+        assert_eq!((e.http_status(), e.retry_after_ms), (StatusCode::TOO_MANY_REQUESTS, Some(2500)));
         let e = classify_json(503, "overloaded");
         assert!(e.retryable && e.message.contains("overloaded"), "{e}");
         assert_eq!(e.http_status(), StatusCode::BAD_GATEWAY);

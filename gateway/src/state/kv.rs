@@ -1,10 +1,90 @@
-//! The plugins' key-value store: one moka cache for all plugins, keys namespaced by plugin name,
-//! bounded in bytes (least recently used entries go first) with a TTL per entry.
+//! The plugins' key-value store, namespaced by plugin name, with a TTL per entry. Embedded: one
+//! moka cache for all plugins, bounded in bytes (least recently used entries go first). Redis
+//! (`kv/redis.rs`): one Redis key per entry, shared by every replica.
+
+mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
+
+use super::Unavailable;
+use super::redis::Shared;
+
+/// The store plugins see, in one of its two backends.
+#[derive(Debug, Clone)]
+pub enum Kv {
+    Embedded(Local),
+    /// Redis, and the embedded store that serves while Redis does not answer.
+    Redis {
+        shared: Arc<Shared>,
+        fallback: Local,
+    },
+}
+
+impl Kv {
+    pub async fn get(&self, ns: &Arc<str>, key: String, wait: Duration) -> Result<Option<Vec<u8>>, Unavailable> {
+        match self {
+            Kv::Embedded(local) => Ok(local.get(ns, key)),
+            Kv::Redis { shared, fallback } => match redis::get(shared, ns, &key, wait).await {
+                Some(value) => Ok(value),
+                None => shared.degrade("kv.get", || fallback.get(ns, key)),
+            },
+        }
+    }
+
+    /// Sets; with Redis, waits for it, so that the next request on any replica sees the value.
+    pub async fn set(
+        &self,
+        ns: &Arc<str>,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u32,
+        wait: Duration,
+    ) -> Result<(), Unavailable> {
+        match self {
+            Kv::Embedded(local) => {
+                local.set(ns, key, value, ttl_ms);
+                Ok(())
+            }
+            Kv::Redis { shared, fallback } => match redis::set(shared, ns, &key, &value, ttl_ms, wait).await {
+                Some(()) => Ok(()),
+                None => shared.degrade("kv.set", || fallback.set(ns, key, value, ttl_ms)),
+            },
+        }
+    }
+
+    pub async fn delete(&self, ns: &Arc<str>, key: String, wait: Duration) -> Result<(), Unavailable> {
+        match self {
+            Kv::Embedded(local) => {
+                local.delete(ns, key);
+                Ok(())
+            }
+            Kv::Redis { shared, fallback } => match redis::delete(shared, ns, &key, wait).await {
+                Some(()) => Ok(()),
+                None => shared.degrade("kv.delete", || fallback.delete(ns, key)),
+            },
+        }
+    }
+
+    pub async fn add(
+        &self,
+        ns: &Arc<str>,
+        key: String,
+        delta: i64,
+        ttl_ms: u32,
+        wait: Duration,
+    ) -> Result<i64, Unavailable> {
+        match self {
+            Kv::Embedded(local) => Ok(local.add(ns, key, delta, ttl_ms)),
+            Kv::Redis { shared, fallback } => match redis::add(shared, ns, &key, delta, ttl_ms, wait).await {
+                Some(n) => Ok(n),
+                None => shared.degrade("kv.add", || fallback.add(ns, key, delta, ttl_ms)),
+            },
+        }
+    }
+}
 
 #[derive(Clone)]
 struct Entry {
@@ -40,15 +120,15 @@ impl moka::Expiry<(Arc<str>, String), Entry> for PerEntryTtl {
     }
 }
 
-/// The store. Cloning shares it.
+/// The embedded store. Cloning shares it.
 #[derive(Clone)]
-pub struct Kv {
+pub struct Local {
     cache: Cache<(Arc<str>, String), Entry>,
 }
 
-impl std::fmt::Debug for Kv {
+impl std::fmt::Debug for Local {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kv").field("entries", &self.cache.entry_count()).finish()
+        f.debug_struct("Local").field("entries", &self.cache.entry_count()).finish()
     }
 }
 
@@ -56,7 +136,7 @@ fn ttl(ms: u32) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }
 
-impl Kv {
+impl Local {
     /// A store holding at most about `max_bytes` of keys and values.
     pub fn new(max_bytes: u64) -> Self {
         let cache = Cache::builder()
@@ -112,7 +192,7 @@ mod tests {
 
     #[test]
     fn namespaces_keep_plugins_apart_and_counters_add() {
-        let kv = Kv::new(1 << 20);
+        let kv = Local::new(1 << 20);
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         kv.set(&a, "k".into(), b"one".to_vec(), 0);
         assert_eq!(kv.get(&a, "k".into()).as_deref(), Some(&b"one"[..]));
@@ -125,7 +205,7 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let kv = Kv::new(1 << 20);
+        let kv = Local::new(1 << 20);
         let ns: Arc<str> = "p".into();
         kv.set(&ns, "k".into(), b"v".to_vec(), 1);
         std::thread::sleep(Duration::from_millis(20));

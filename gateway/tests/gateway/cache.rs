@@ -329,7 +329,8 @@ async fn a_bad_config_names_the_field() {
         let text = config(&upstream.base_url(), &cache_plugin(settings));
         let loaded = weir_config::load_str(&text, &weir_config::MapEnv::default(), &crate::support::state_dir())
             .expect("config");
-        let error = weir::Gateway::new(loaded, Box::new(weir_config::MapEnv::default())).await.expect_err(settings);
+        let error =
+            weir::Gateway::new(loaded, Box::new(weir_config::MapEnv::default())).await.expect_err(settings).to_string();
         assert!(error.contains(expected), "{settings}: {error}");
     }
 }

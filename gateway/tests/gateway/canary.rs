@@ -269,7 +269,8 @@ async fn a_bad_config_names_the_field() {
     ] {
         let text = config_text(&base, &next, &splits);
         let loaded = weir_config::load_str(&text, &weir_config::MapEnv::default(), &state_dir()).expect("config");
-        let error = weir::Gateway::new(loaded, Box::new(weir_config::MapEnv::default())).await.expect_err(&splits);
+        let error =
+            weir::Gateway::new(loaded, Box::new(weir_config::MapEnv::default())).await.expect_err(&splits).to_string();
         assert!(error.contains(expected), "{splits}: {error}");
     }
 }

@@ -152,12 +152,13 @@ targets = [{{ upstream = "broken", model = "a" }}, {{ upstream = "healthy", mode
     let gw = TestGateway::start(&text).await;
     let (status, _, body) = chat(&gw, CHAT).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((broken.request_count(), healthy.request_count()), (1, 1));
+    // A 5xx is tried once more on the same target (`retry.same_target = 1`), then the next.
+    assert_eq!((broken.request_count(), healthy.request_count()), (2, 1));
     assert_eq!(healthy.requests()[0].json()["model"], "b");
     let metrics = gw.metrics().await;
     assert_eq!(
         metric(&metrics, "weir_upstream_errors_total", &[("target", "broken/a"), ("class", "status_5xx")]),
-        1.0,
+        2.0,
         "{metrics}"
     );
     assert_eq!(metric(&metrics, "weir_upstream_retries_total", &[("model", "gpt-test"), ("target", "healthy/b")]), 1.0);

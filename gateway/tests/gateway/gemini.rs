@@ -8,7 +8,7 @@ use weir_bench::mock::MockUpstream;
 use crate::support::{TestGateway, bare_config, openai_error, post_full, sse_json, state_dir, streamed_text};
 
 /// A service-account key file whose `token_uri` is the mock's token endpoint.
-fn service_account(mock: &MockUpstream) -> std::path::PathBuf {
+pub(crate) fn service_account(mock: &MockUpstream) -> std::path::PathBuf {
     let key = include_str!("../../../bench/fixtures/vertex/test-key.pem");
     let file = state_dir().join(format!("vertex-sa-{}.json", mock.addr().port()));
     std::fs::create_dir_all(state_dir()).expect("state dir");

@@ -445,6 +445,9 @@ async fn built_in_plugins_are_embedded_in_the_binary() {
 
     let unknown = config(&upstream, &[("m", "ghost")], &plugin("ghost", "builtin:no-such-plugin", ""), "");
     let unknown = weir_config::load_str(&unknown, &weir_config::MapEnv::default(), &state_dir()).expect("config");
-    let error = weir::Gateway::new(unknown, Box::new(weir_config::MapEnv::default())).await.expect_err("must not load");
+    let error = weir::Gateway::new(unknown, Box::new(weir_config::MapEnv::default()))
+        .await
+        .expect_err("must not load")
+        .to_string();
     assert!(error.contains("no built-in plugin \"no-such-plugin\"") && error.contains("hello-policy"), "{error}");
 }

@@ -15,12 +15,13 @@ use crate::support::{TestGateway, metric_eventually, openai_error, post, state_d
 const ALICE: &str = "alice-key-0123456789abcdef";
 const BOB: &str = "bob-key-0123456789abcdef";
 
-/// A config with upstreams `a`, `b`, … (one per mock), public model `m` over all of them in order,
+/// A config with upstreams `a`, `b`, … (one per mock), public model `m` over all of them in order
+/// (a failed attempt goes straight to the next target: `same_target = 0`),
 /// keys `alice` (team `red`) and `bob` (team `blue`), and the built-in plugins given as
 /// `(name, config table)` in one chain.
 fn config(mocks: &[&MockUpstream], plugins: &[(&str, &str)], extra: &str) -> String {
     let mut text = format!(
-        "chain = [{}]\n{extra}\n[server]\nlisten = \"127.0.0.1:0\"\n\n[retry]\nmax_attempts = 3\nbackoff_base = \"1ms\"\nbackoff_max = \"2ms\"\n",
+        "chain = [{}]\n{extra}\n[server]\nlisten = \"127.0.0.1:0\"\n\n[retry]\nmax_attempts = 3\nbackoff_base = \"1ms\"\nbackoff_max = \"2ms\"\nsame_target = 0\n",
         plugins.iter().map(|(n, _)| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
     );
     let names = ["a", "b", "c"];
@@ -292,7 +293,7 @@ async fn a_failing_target_is_skipped_cools_down_and_recovers() {
     let a = MockUpstream::builder().fail_first(3, 500).start().await;
     let b = MockUpstream::builder().start().await;
     // The cooldown is long enough for the open phase below on a loaded machine.
-    let (name, table) = router(r#"{ breaker = { failures = 3, cooldown_seconds = 4.0 } }"#);
+    let (name, table) = router(r#"{ breaker = { failures = 3, cooldown_seconds = 4.0, min_cooldown_seconds = 4.0 } }"#);
     let gw = TestGateway::start(&config(&[&a, &b], &[(name, &table)], "")).await;
     let url = format!("{}/chat/completions", gw.base_url());
     for n in 1..=3 {
@@ -325,6 +326,45 @@ async fn a_failing_target_is_skipped_cools_down_and_recovers() {
     }
     assert_eq!(a.request_count(), 7, "after the cooldown a probe succeeded and a took its traffic back");
     assert_eq!(b.request_count(), 6);
+}
+
+#[tokio::test]
+async fn a_target_that_recovers_after_a_failed_probe_is_back_within_seconds() {
+    let a = MockUpstream::builder().start().await;
+    let b = MockUpstream::builder().start().await;
+    a.set_failing(Some(503));
+    // The longest cooldown is a minute; the first is a second (the default), doubling per failed probe.
+    let (name, table) = router(r#"{ breaker = { failures = 1, cooldown_seconds = 60.0 } }"#);
+    let gw = TestGateway::start(&config(&[&a, &b], &[(name, &table)], "")).await;
+    let url = format!("{}/chat/completions", gw.base_url());
+    let mut sent = 0;
+    let mut send = async || {
+        let (status, ..) = post(&url, &chat(""), Some(ALICE)).await;
+        assert_eq!(status, 200, "b answers whenever a does not");
+        sent += 1;
+        completed(&gw, "router", sent).await;
+    };
+    send().await;
+    assert_eq!(a.request_count(), 1, "a failed once: its circuit opened");
+    send().await;
+    assert_eq!(a.request_count(), 1, "skipped while it cools down");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    send().await;
+    assert_eq!(a.request_count(), 2, "after the first cooldown a probe went to a, and failed");
+
+    // a recovers right after its failed probe: it is back in use within seconds, not a minute.
+    a.set_failing(None);
+    let recovered = Instant::now();
+    while a.request_count() == 2 && recovered.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send().await;
+    }
+    assert!(a.request_count() > 2, "a was not probed again within 20 s of recovering");
+    let probed = a.request_count();
+    for _ in 0..3 {
+        send().await;
+    }
+    assert_eq!(a.request_count(), probed + 3, "the circuit closed: a takes its traffic back");
 }
 
 #[tokio::test]

@@ -124,3 +124,59 @@ key = "sk-weir-python-0123456789"
     let gw = TestGateway::start(&config).await;
     run_script(&gw, "openai_sdk_providers.py").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_reads_a_continued_stream_as_one_answer() {
+    // Three events (role, "echo:", " one"), then the connection breaks / the stream stalls.
+    let breaks = MockUpstream::builder().break_stream_after(3).start().await;
+    let stalls = MockUpstream::builder().stall_stream_after(3).start().await;
+    let vllm = MockUpstream::builder().start().await;
+    let no_prefill = MockUpstream::builder().refuse_prefill().start().await;
+    let config = bare_config(&format!(
+        r#"
+[failover]
+mid_stream = "continue"
+
+[[upstreams]]
+name = "breaks"
+endpoint = "{}"
+[[upstreams]]
+name = "stalls"
+endpoint = "{}"
+timeouts = {{ idle = "300ms" }}
+[[upstreams]]
+name = "vllm"
+endpoint = "{}"
+prefill = "continue-final-message"
+[[upstreams]]
+name = "no-prefill"
+endpoint = "{}"
+prefill = "continue-final-message"
+[[upstreams]]
+name = "plain"
+endpoint = "{}"
+
+[[models]]
+name = "continues"
+targets = [{{ upstream = "breaks", model = "mock-model" }}, {{ upstream = "vllm", model = "mock-model" }}]
+[[models]]
+name = "restarts"
+targets = [{{ upstream = "stalls", model = "mock-model" }}, {{ upstream = "no-prefill", model = "mock-model" }}]
+[[models]]
+name = "differs"
+targets = [{{ upstream = "breaks", model = "mock-model" }}, {{ upstream = "plain", model = "fixture:text_a" }}]
+
+[[keys]]
+name = "python-sdk"
+team = "conformance"
+key = "sk-weir-python-0123456789"
+"#,
+        breaks.base_url(),
+        stalls.base_url(),
+        vllm.base_url(),
+        no_prefill.base_url(),
+        vllm.base_url()
+    ));
+    let gw = TestGateway::start(&config).await;
+    run_script(&gw, "openai_sdk_failover.py").await;
+}

@@ -139,7 +139,7 @@ async fn shutdown_drains_in_flight_streams_and_refuses_new_work() {
 }
 
 /// Everything the gateway logs at every level, captured for the whole test binary.
-fn captured_logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+pub(crate) fn captured_logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
     static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
         let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -230,6 +230,7 @@ pub async fn run_python_script(gw: &TestGateway, name: &str, key: &str) -> Strin
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let child = tokio::process::Command::new(&python)
         .arg(script)
+        .env("PYTHONPATH", python_path())
         .env("WEIR_BASE_URL", gw.base_url())
         .env("WEIR_API_KEY", key)
         .stdout(std::process::Stdio::piped())
@@ -246,4 +247,13 @@ pub async fn run_python_script(gw: &TestGateway, name: &str, key: &str) -> Strin
     assert!(output.status.success(), "{name} failed (install the `openai` package with pip):\n{stdout}\n{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
     stdout
+}
+
+/// `PYTHONPATH` for the check scripts: the shared runner `gateway/tests/support/checks.py` first,
+/// then whatever the caller had.
+fn python_path() -> std::ffi::OsString {
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let inherited = std::env::var_os("PYTHONPATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(support).chain(std::env::split_paths(&inherited)))
+        .expect("no path separator in the checkout's path")
 }

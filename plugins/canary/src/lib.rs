@@ -150,6 +150,12 @@ impl Plugin for Canary {
         let mut splits = BTreeMap::new();
         for (i, raw) in config.splits.into_iter().enumerate() {
             let split = validate(&raw).map_err(|e| format!("canary config: splits[{i}].{e}"))?;
+            // A variant the host cannot route to would send every request of its share to the
+            // plugin's fault path: refuse the config now, naming the field. A target
+            // `upstream/model` that no `[[models]]` entry lists becomes routable here.
+            for (field, name) in [("baseline", &split.baseline), ("canary", &split.canary)] {
+                catalog::check_target(name).map_err(|why| format!("canary config: splits[{i}].{field}: {why}"))?;
+            }
             if splits.contains_key(&split.model) {
                 return Err(format!("canary config: splits[{i}].model: {:?} has a split already", split.model));
             }

@@ -8,7 +8,8 @@
 //!   the request reserves its worst-case cost — the prompt estimate at the input price plus
 //!   `max_tokens` (or a default) at the output price, at the most expensive of the model's targets
 //!   — against what is left: spent so far (the ledger's totals, which survive restarts) plus what
-//!   requests in flight have reserved. A request that does not fit is refused with
+//!   requests in flight have reserved, all budgets in one `quota.reserve-all` (the host checks the
+//!   spending in the same atomic step). A request that does not fit is refused with
 //!   `insufficient_quota`; the reservation is released when the request's cost is on the ledger.
 
 mod money;
@@ -138,8 +139,10 @@ impl Plugin for Cost {
         let info = req.info();
         let now = catalog::now_ms();
         let mut worst = None;
-        let mut held: Vec<Hold> = Vec::new();
-        let mut refusal = None;
+        // Every budget that applies, reserved together: one host call (one round trip with shared
+        // state), all or nothing, each checked against what its spender already spent.
+        let mut asks = Vec::new();
+        let mut applying = Vec::new();
         for budget in &self.budgets {
             let name = match budget.who {
                 Who::Key => &info.key_name,
@@ -156,49 +159,49 @@ impl Plugin for Cost {
                 Who::Key => (ledger::Spender::Key, "key"),
                 Who::Team => (ledger::Spender::Team, "team"),
             };
-            let spent = ledger::spent(spender, name, start);
             // In-flight reservations live in a bucket per spender and period, sized to the budget:
             // what it has left after this reservation must still cover what was already spent.
-            let bucket = format!("{label}|{}:{name}|{start}", name.len());
-            let granted =
-                quota::reserve(&bucket, reserve, quota::Limit { amount: budget.limit, window_ms: HOLD_WINDOW_MS });
-            match granted {
-                Ok(grant) if spent <= grant.remaining => held.push(Hold { reservation: grant.reservation }),
-                other => {
-                    if let Ok(grant) = other {
-                        quota::settle(grant.reservation, 0);
-                    }
-                    let retry_after_ms = u32::try_from(end.saturating_sub(now)).unwrap_or(u32::MAX);
-                    refusal = Some(Rejection {
-                        status: 429,
-                        code: "insufficient_quota".into(),
-                        message: format!(
-                            "The {label} {name:?} is over its budget of ${} per {}: ${} spent, and this request may cost up to ${}. The budget resets at the start of the next {} (UTC).",
-                            usd(budget.limit),
-                            budget.period.label(),
-                            usd(spent),
-                            usd(reserve),
-                            budget.period.label(),
-                        ),
-                        retry_after_ms: Some(retry_after_ms),
-                    });
-                    break;
+            asks.push(quota::Ask {
+                key: format!("{label}|{}:{name}|{start}", name.len()),
+                amount: reserve,
+                limit: quota::Limit { amount: budget.limit, window_ms: HOLD_WINDOW_MS },
+                covers: Some(quota::Spending { who: spender, name: name.clone(), since_ms: start }),
+            });
+            applying.push((budget, spender, label, name, start, end));
+        }
+        if asks.is_empty() {
+            return Decision::Continue;
+        }
+        let refusal = match quota::reserve_all(&asks) {
+            Ok(grants) => {
+                let held: Vec<Hold> = grants.iter().map(|g| Hold { reservation: g.reservation }).collect();
+                if let Ok(bytes) = serde_json::to_vec(&held) {
+                    req.set_local(HELD, &bytes);
                 }
+                return Decision::Continue;
             }
-        }
-        if let Some(rejection) = refusal {
-            for hold in &held {
-                quota::settle(hold.reservation, 0);
-            }
-            metrics::counter_add("budget_rejections", &[("model".into(), info.model)], 1);
-            return Decision::Reject(rejection);
-        }
-        if !held.is_empty()
-            && let Ok(bytes) = serde_json::to_vec(&held)
-        {
-            req.set_local(HELD, &bytes);
-        }
-        Decision::Continue
+            Err(refusal) => refusal,
+        };
+        let Some(&(budget, spender, label, name, start, end)) = applying.get(refusal.index as usize) else {
+            return Decision::Continue;
+        };
+        // Off the admitted path: what was spent, for the message.
+        let spent = ledger::spent(spender, name, start);
+        let reserve = worst.unwrap_or(0);
+        metrics::counter_add("budget_rejections", &[("model".into(), info.model.clone())], 1);
+        Decision::Reject(Rejection {
+            status: 429,
+            code: "insufficient_quota".into(),
+            message: format!(
+                "The {label} {name:?} is over its budget of ${} per {}: ${} spent, and this request may cost up to ${}. The budget resets at the start of the next {} (UTC).",
+                usd(budget.limit),
+                budget.period.label(),
+                usd(spent),
+                usd(reserve),
+                budget.period.label(),
+            ),
+            retry_after_ms: Some(u32::try_from(end.saturating_sub(now)).unwrap_or(u32::MAX)),
+        })
     }
 
     fn on_complete(&self, req: &Request, outcome: Completion) {

@@ -3,8 +3,8 @@
 //!
 //! At admission every rule that applies reserves from the host's `quota` buckets: one request, the
 //! worst case of tokens (the prompt estimate plus `max_tokens`, or a configured default), and one
-//! concurrency slot. If any rule refuses, everything reserved so far is given back and the client
-//! gets a 429 with `retry-after`. On completion the token reservation is settled with the tokens
+//! concurrency slot, all in one `quota.reserve-all` (one round trip with shared state). If any
+//! refuses, none is reserved and the client gets a 429 with `retry-after`. On completion the token reservation is settled with the tokens
 //! actually used and the slot is released. Every answer carries OpenAI's `x-ratelimit-*` headers
 //! for the tightest request and token limits that applied.
 //!
@@ -105,59 +105,71 @@ impl Plugin for RateLimit {
                 token_reservation(info.prompt_tokens_estimate, info.max_tokens, self.config.default_max_tokens)
             }
         };
-        let mut held = Held::default();
-        let (mut requests, mut token_limit) = (None, None);
-        let mut refusal = None;
-        'rules: for (i, rule) in self.config.limits.iter().enumerate().filter(|(_, r)| r.applies_to(&subject)) {
+        // Every limit that applies, reserved together: one host call (one round trip with shared
+        // state), all or nothing, so a refused request holds nothing.
+        let mut asks = Vec::new();
+        let mut what = Vec::new();
+        for (i, rule) in self.config.limits.iter().enumerate().filter(|(_, r)| r.applies_to(&subject)) {
             let scope = rule.scope(i, &subject);
             let checks = [
                 ("requests per minute", "rpm", rule.requests_per_minute, 1, MINUTE_MS),
                 ("tokens per minute", "tpm", rule.tokens_per_minute, tokens, MINUTE_MS),
                 ("concurrent requests", "slots", rule.concurrent.map(u64::from), 1, SLOT_WINDOW_MS),
             ];
-            for (what, suffix, limit, asked, window_ms) in checks {
+            for (name, suffix, limit, asked, window_ms) in checks {
                 let Some(limit) = limit else { continue };
-                match quota::reserve(&format!("{scope}|{suffix}"), asked, quota::Limit { amount: limit, window_ms }) {
-                    Ok(grant) => {
-                        let seen = Tightest { limit, remaining: grant.remaining, reset_ms: grant.reset_ms };
-                        match suffix {
-                            "rpm" => {
-                                held.requests.push(grant.reservation);
-                                Tightest::keep(&mut requests, seen);
-                            }
-                            "tpm" => {
-                                held.tokens.push((grant.reservation, asked));
-                                Tightest::keep(&mut token_limit, seen);
-                            }
-                            _ => held.slots.push(grant.reservation),
-                        }
-                    }
-                    Err(denial) => {
-                        let remaining =
-                            Tightest { limit, remaining: denial.remaining, reset_ms: denial.retry_after_ms };
-                        match suffix {
-                            "rpm" => Tightest::keep(&mut requests, remaining),
-                            "tpm" => Tightest::keep(&mut token_limit, remaining),
-                            _ => {}
-                        }
-                        // A concurrency slot frees up when some request ends; a second is a fair wait.
-                        let retry_after_ms = if suffix == "slots" { 1000 } else { denial.retry_after_ms };
-                        refusal = Some(Refusal { what, limit, asked, retry_after_ms, rule: rule.describe(&subject) });
-                        break 'rules;
-                    }
-                }
+                asks.push(quota::Ask {
+                    key: format!("{scope}|{suffix}"),
+                    amount: asked,
+                    limit: quota::Limit { amount: limit, window_ms },
+                    covers: None,
+                });
+                what.push((name, suffix, limit, asked, i));
             }
         }
-        Tightest::headers(requests, "requests", req);
-        Tightest::headers(token_limit, "tokens", req);
-        let Some(r) = refusal else {
-            if let Ok(bytes) = serde_json::to_vec(&held) {
-                req.set_local(HELD, &bytes);
+        if asks.is_empty() {
+            return Decision::Continue;
+        }
+        let (mut requests, mut token_limit) = (None, None);
+        let keep =
+            |suffix: &str, seen: Tightest, requests: &mut Option<Tightest>, tokens: &mut Option<Tightest>| match suffix
+            {
+                "rpm" => Tightest::keep(requests, seen),
+                "tpm" => Tightest::keep(tokens, seen),
+                _ => {}
+            };
+        let refusal = match quota::reserve_all(&asks) {
+            Ok(grants) => {
+                let mut held = Held::default();
+                for (grant, &(_, suffix, limit, asked, _)) in grants.iter().zip(&what) {
+                    let seen = Tightest { limit, remaining: grant.remaining, reset_ms: grant.reset_ms };
+                    keep(suffix, seen, &mut requests, &mut token_limit);
+                    match suffix {
+                        "rpm" => held.requests.push(grant.reservation),
+                        "tpm" => held.tokens.push((grant.reservation, asked)),
+                        _ => held.slots.push(grant.reservation),
+                    }
+                }
+                Tightest::headers(requests, "requests", req);
+                Tightest::headers(token_limit, "tokens", req);
+                if let Ok(bytes) = serde_json::to_vec(&held) {
+                    req.set_local(HELD, &bytes);
+                }
+                return Decision::Continue;
             }
+            Err(refusal) => refusal,
+        };
+        let Some(&(name, suffix, limit, asked, rule)) = what.get(refusal.index as usize) else {
             return Decision::Continue;
         };
-        // Nothing of a refused request stays reserved.
-        held.release(|_| 0);
+        let denial = refusal.denial;
+        let seen = Tightest { limit, remaining: denial.remaining, reset_ms: denial.retry_after_ms };
+        keep(suffix, seen, &mut requests, &mut token_limit);
+        Tightest::headers(requests, "requests", req);
+        Tightest::headers(token_limit, "tokens", req);
+        // A concurrency slot frees up when some request ends; a second is a fair wait.
+        let retry_after_ms = if suffix == "slots" { 1000 } else { denial.retry_after_ms };
+        let r = Refusal { what: name, limit, asked, retry_after_ms, rule: self.config.limits[rule].describe(&subject) };
         let message = if r.asked > r.limit {
             format!(
                 "Request too large: {} ({}) is limited to {} {}, and this request needs {}.",

@@ -2,20 +2,32 @@
 //! (and, with shared state, every replica) sees the same:
 //!
 //! - closed: requests flow; consecutive failures (no response, 429, 5xx) are counted;
-//! - open: after `failures` in a row, for `cooldown` the target is skipped;
-//! - half-open: after the cooldown, one request at a time (a probe) may use it: a success closes
-//!   the circuit, a failure opens it for another cooldown.
+//! - open: after `failures` in a row the target is skipped for a cooldown. The first cooldown is
+//!   short (`min_cooldown`); each time the circuit opens again without a success in between it
+//!   doubles, up to `max_cooldown`: a target that is down for long is left alone for longer,
+//!   one that was down for a moment is back within seconds;
+//! - half-open: after the cooldown one request at a time (the probe) may use it. Its success closes
+//!   the circuit, its failure opens it for the next, doubled, cooldown. A probe that never reached
+//!   the target (another plugin answered, the request was refused) gives the turn to the next one
+//!   at once.
+//!
+//! Any success closes the circuit, the probe's or not: real traffic that gets through (a forced
+//! target, a request already in flight) puts a recovered target back at once. Failures of requests
+//! that are not the probe do not extend an open circuit: they were sent before it opened.
+//!
+//! The logic runs over the [`Store`] trait, so its unit tests run natively on an in-memory store.
 
 use weir_sdk::{kv, log, metrics};
 
-/// How long one probe has the half-open target to itself before another may try.
+/// How long one probe has the half-open target to itself if its request never reports back.
 const PROBE_MS: u32 = 10_000;
 
 /// Breaker settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Breaker {
     pub failures: u32,
-    pub cooldown_ms: u64,
+    pub min_cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
 }
 
 /// Whether a target may be tried now.
@@ -30,6 +42,48 @@ pub enum State {
     Probe,
 }
 
+/// What an attempt changed, for the log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// The circuit opened for this long, after this many consecutive failures (0: a failed probe).
+    Opened {
+        cooldown_ms: u64,
+        failures: i64,
+    },
+    Closed,
+}
+
+/// Where the breaker keeps its state: the host's key-value store in the plugin.
+pub trait Store {
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn set(&self, key: &str, value: &[u8], ttl_ms: u32);
+    /// Adds `delta` and returns the new value; a new key lives `ttl_ms` (0: for ever).
+    fn add(&self, key: &str, delta: i64, ttl_ms: u32) -> i64;
+    fn delete(&self, key: &str);
+}
+
+/// The host's key-value store.
+pub struct Host;
+
+impl Store for Host {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        kv::get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], ttl_ms: u32) {
+        kv::set(key, value, ttl_ms);
+    }
+
+    fn add(&self, key: &str, delta: i64, ttl_ms: u32) -> i64 {
+        kv::add(key, delta, ttl_ms)
+    }
+
+    fn delete(&self, key: &str) {
+        kv::delete(key);
+    }
+}
+
 fn open_key(target: &str) -> String {
     format!("open|{target}")
 }
@@ -42,57 +96,185 @@ fn probe_key(target: &str) -> String {
     format!("probe|{target}")
 }
 
-fn open_until(target: &str) -> Option<u64> {
-    kv::get(&open_key(target)).and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+/// An open circuit: until when, and how many times it opened without a success in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Opening {
+    until: u64,
+    trips: u32,
+}
+
+fn opening(store: &impl Store, target: &str) -> Option<Opening> {
+    let value = store.get(&open_key(target))?;
+    let text = std::str::from_utf8(&value).ok()?;
+    let (until, trips) = text.split_once(',').unwrap_or((text, "0"));
+    Some(Opening { until: until.parse().ok()?, trips: trips.parse().unwrap_or(0) })
 }
 
 impl Breaker {
+    /// The cooldown after the circuit opened `trips` times before without a success in between.
+    pub fn cooldown(&self, trips: u32) -> u64 {
+        self.min_cooldown_ms.saturating_mul(1 << trips.min(32)).min(self.max_cooldown_ms)
+    }
+
     /// The target's state for a new request at `now`. Claims the probe when the cooldown is over.
-    pub fn state(&self, target: &str, now: u64) -> State {
-        match open_until(target) {
+    pub fn state(&self, store: &impl Store, target: &str, now: u64) -> State {
+        match opening(store, target) {
             None => State::Closed,
-            Some(until) if now < until => State::Open { until },
-            Some(until) => {
-                if kv::add(&probe_key(target), 1, PROBE_MS) == 1 {
+            Some(o) if now < o.until => State::Open { until: o.until },
+            Some(o) => {
+                if store.add(&probe_key(target), 1, PROBE_MS) == 1 {
                     State::Probe
                 } else {
                     // Someone else is probing; until it reports, treat the target as cooling down.
-                    State::Open { until: until.max(now + 1000) }
+                    State::Open { until: o.until.max(now + 1000) }
                 }
             }
         }
     }
 
-    /// Records how one attempt at `target` went.
-    pub fn record(&self, target: &str, success: bool, now: u64) {
+    /// Records how one attempt at `target` went; `probe` says it was this request's probe.
+    pub fn record(&self, store: &impl Store, target: &str, success: bool, probe: bool, now: u64) -> Change {
+        let open = opening(store, target);
         if success {
-            if kv::get(&fails_key(target)).is_some() {
-                kv::delete(&fails_key(target));
+            if store.get(&fails_key(target)).is_some() {
+                store.delete(&fails_key(target));
             }
-            if open_until(target).is_some() {
-                kv::delete(&open_key(target));
-                kv::delete(&probe_key(target));
-                log::log(log::Level::Info, &format!("circuit closed: {target} answered again"));
-                metrics::gauge_set("circuit_open", &[("target".into(), target.into())], 0.0);
+            if open.is_some() {
+                store.delete(&open_key(target));
+                store.delete(&probe_key(target));
+                return Change::Closed;
             }
-            return;
+            return Change::None;
         }
-        let failures = kv::add(&fails_key(target), 1, 0);
-        let half_open = open_until(target).is_some_and(|until| now >= until);
-        if failures >= i64::from(self.failures) || half_open {
-            let until = now + self.cooldown_ms;
-            kv::set(&open_key(target), until.to_string().as_bytes(), 0);
-            kv::delete(&probe_key(target));
-            kv::delete(&fails_key(target));
-            log::log(
-                log::Level::Warn,
-                &format!(
-                    "circuit open: {target} failed {failures} time(s) in a row; skipped for {} ms",
-                    self.cooldown_ms
-                ),
-            );
-            metrics::counter_add("circuit_opened", &[("target".into(), target.into())], 1);
-            metrics::gauge_set("circuit_open", &[("target".into(), target.into())], 1.0);
+        let (trips, failures) = match open {
+            // The probe failed: open again, for longer.
+            Some(o) if probe => (o.trips + 1, 0),
+            // Sent before the circuit opened (or forced there): no news about the target now.
+            Some(_) => return Change::None,
+            None => {
+                let failures = store.add(&fails_key(target), 1, 0);
+                if failures < i64::from(self.failures) {
+                    return Change::None;
+                }
+                store.delete(&fails_key(target));
+                (0, failures)
+            }
+        };
+        let cooldown_ms = self.cooldown(trips);
+        store.set(&open_key(target), format!("{},{trips}", now + cooldown_ms).as_bytes(), 0);
+        store.delete(&probe_key(target));
+        Change::Opened { cooldown_ms, failures }
+    }
+
+    /// The probe of `target` never reached it: the next request may probe.
+    pub fn release_probe(&self, store: &impl Store, target: &str) {
+        store.delete(&probe_key(target));
+    }
+}
+
+/// Logs a change and keeps the circuit metrics (`circuit_opened`, `circuit_open`).
+pub fn announce(target: &str, change: Change) {
+    let labels = [("target".to_owned(), target.to_owned())];
+    match change {
+        Change::None => {}
+        Change::Closed => {
+            log::log(log::Level::Info, &format!("circuit closed: {target} answered again"));
+            metrics::gauge_set("circuit_open", &labels, 0.0);
         }
+        Change::Opened { cooldown_ms, failures } => {
+            let why = if failures == 0 {
+                "its probe failed".to_owned()
+            } else {
+                format!("it failed {failures} time(s) in a row")
+            };
+            log::log(log::Level::Warn, &format!("circuit open: {target}: {why}; skipped for {cooldown_ms} ms"));
+            metrics::counter_add("circuit_opened", &labels, 1);
+            metrics::gauge_set("circuit_open", &labels, 1.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// The key-value store without TTLs (no test here runs long enough for one to matter).
+    #[derive(Default)]
+    struct Memory(RefCell<HashMap<String, Vec<u8>>>);
+
+    impl Store for Memory {
+        fn get(&self, key: &str) -> Option<Vec<u8>> {
+            self.0.borrow().get(key).cloned()
+        }
+
+        fn set(&self, key: &str, value: &[u8], _: u32) {
+            self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
+        }
+
+        fn add(&self, key: &str, delta: i64, _: u32) -> i64 {
+            let mut map = self.0.borrow_mut();
+            let old = map.get(key).and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok()).unwrap_or(0);
+            map.insert(key.to_owned(), (old + delta).to_string().into_bytes());
+            old + delta
+        }
+
+        fn delete(&self, key: &str) {
+            self.0.borrow_mut().remove(key);
+        }
+    }
+
+    const B: Breaker = Breaker { failures: 2, min_cooldown_ms: 1_000, max_cooldown_ms: 30_000 };
+    const T: &str = "a/x";
+
+    #[test]
+    fn cooldowns_double_up_to_the_cap() {
+        let got: Vec<u64> = (0..7).map(|trips| B.cooldown(trips)).collect();
+        assert_eq!(got, [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]);
+        assert_eq!(B.cooldown(u32::MAX), 30_000);
+    }
+
+    #[test]
+    fn a_failed_probe_opens_for_the_next_cooldown_not_the_longest() {
+        let s = Memory::default();
+        assert_eq!(B.record(&s, T, false, false, 0), Change::None);
+        assert_eq!(B.record(&s, T, false, false, 0), Change::Opened { cooldown_ms: 1_000, failures: 2 });
+        assert_eq!(B.state(&s, T, 500), State::Open { until: 1_000 });
+        assert_eq!(B.state(&s, T, 1_000), State::Probe);
+        assert_eq!(B.state(&s, T, 1_000), State::Open { until: 2_000 }, "one probe at a time");
+        assert_eq!(B.record(&s, T, false, true, 1_100), Change::Opened { cooldown_ms: 2_000, failures: 0 });
+        assert_eq!(B.state(&s, T, 3_099), State::Open { until: 3_100 });
+        // The target recovered: the next probe, two seconds on, closes the circuit.
+        assert_eq!(B.state(&s, T, 3_100), State::Probe);
+        assert_eq!(B.record(&s, T, true, true, 3_150), Change::Closed);
+        assert_eq!(B.state(&s, T, 3_200), State::Closed);
+        // Closed means the next opening starts short again.
+        B.record(&s, T, false, false, 4_000);
+        assert_eq!(B.record(&s, T, false, false, 4_000), Change::Opened { cooldown_ms: 1_000, failures: 2 });
+    }
+
+    #[test]
+    fn stale_failures_do_not_extend_an_open_circuit_and_any_success_closes_it() {
+        let s = Memory::default();
+        B.record(&s, T, false, false, 0);
+        B.record(&s, T, false, false, 0);
+        // A request sent before the circuit opened fails after its cooldown ended.
+        assert_eq!(B.record(&s, T, false, false, 1_500), Change::None);
+        assert_eq!(B.state(&s, T, 1_500), State::Probe, "still half-open, probing");
+        // A forced request (or one already in flight) gets through: the circuit closes.
+        assert_eq!(B.record(&s, T, true, false, 1_600), Change::Closed);
+        assert_eq!(B.state(&s, T, 1_600), State::Closed);
+    }
+
+    #[test]
+    fn a_probe_that_never_reached_the_target_hands_the_turn_on() {
+        let s = Memory::default();
+        B.record(&s, T, false, false, 0);
+        B.record(&s, T, false, false, 0);
+        assert_eq!(B.state(&s, T, 1_000), State::Probe);
+        B.release_probe(&s, T);
+        assert_eq!(B.state(&s, T, 1_001), State::Probe);
     }
 }

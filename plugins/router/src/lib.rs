@@ -12,7 +12,7 @@ mod order;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use breaker::{Breaker, State};
+use breaker::{Breaker, Host, State};
 use order::{Candidate, Strategy, fit_context, order};
 use serde::Deserialize;
 use weir_sdk::{Completion, Decision, HookSet, Plugin, PluginInfo, Rejection, Request, catalog};
@@ -37,6 +37,9 @@ struct Config {
     override_keys: BTreeSet<String>,
 }
 
+/// The per-request key naming the target this request probes.
+const PROBE: &str = "probe";
+
 fn default_override_header() -> String {
     "x-weir-target".into()
 }
@@ -47,15 +50,26 @@ struct BreakerConfig {
     /// Consecutive failures that open a target's circuit.
     #[serde(default = "default_failures")]
     failures: u32,
-    /// How long an open circuit skips its target.
+    /// The longest an open circuit skips its target.
     #[serde(default = "default_cooldown")]
     cooldown_seconds: f64,
+    /// The first cooldown; it doubles each time the circuit opens again without a success.
+    #[serde(default = "default_min_cooldown")]
+    min_cooldown_seconds: f64,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failures: default_failures(), cooldown_seconds: default_cooldown() }
+        Self {
+            failures: default_failures(),
+            cooldown_seconds: default_cooldown(),
+            min_cooldown_seconds: default_min_cooldown(),
+        }
     }
+}
+
+fn default_min_cooldown() -> f64 {
+    1.0
 }
 
 fn default_failures() -> u32 {
@@ -123,6 +137,12 @@ impl Plugin for Router {
         if !(config.breaker.cooldown_seconds.is_finite() && config.breaker.cooldown_seconds > 0.0) {
             return Err("router config: breaker.cooldown_seconds must be positive".into());
         }
+        let min = config.breaker.min_cooldown_seconds;
+        if !(min.is_finite() && min > 0.0 && min <= config.breaker.cooldown_seconds) {
+            return Err(
+                "router config: breaker.min_cooldown_seconds must be positive and at most cooldown_seconds".into()
+            );
+        }
         for (name, model) in &config.models {
             if let Some(bad) = model.targets.iter().map(TargetConfig::candidate).find(|c| !c.target.contains('/')) {
                 return Err(format!(
@@ -138,7 +158,8 @@ impl Plugin for Router {
         }
         let breaker = Breaker {
             failures: config.breaker.failures,
-            cooldown_ms: (config.breaker.cooldown_seconds * 1000.0) as u64,
+            min_cooldown_ms: (min * 1000.0) as u64,
+            max_cooldown_ms: (config.breaker.cooldown_seconds * 1000.0) as u64,
         };
         let info = PluginInfo::hooks(HookSet::ON_REQUEST | HookSet::ON_COMPLETE)
             .reading_headers([config.override_header.clone()]);
@@ -180,12 +201,17 @@ impl Plugin for Router {
         let mut probe = None;
         let mut available = Vec::with_capacity(candidates.len());
         for mut c in fit_context(candidates, needed) {
-            match self.breaker.state(&c.target, now) {
+            match self.breaker.state(&Host, &c.target, now) {
                 State::Open { until } => {
                     cooling = Some(cooling.map_or(until, |u| u.min(until)));
                     continue;
                 }
-                State::Probe => probe = Some(c.target.clone()),
+                State::Probe => {
+                    // One probe per request: a second claimed target gives its turn back.
+                    if let Some(other) = probe.replace(c.target.clone()) {
+                        self.breaker.release_probe(&Host, &other);
+                    }
+                }
                 State::Closed => {}
             }
             if let Some(stats) = catalog::target_stats(&c.target) {
@@ -215,19 +241,29 @@ impl Plugin for Router {
         {
             let first = ordered.remove(i);
             ordered.insert(0, first);
+            req.set_local(PROBE, probe.as_bytes());
         }
         Decision::RouteChain(ordered)
     }
 
-    fn on_complete(&self, _req: &Request, outcome: Completion) {
+    fn on_complete(&self, req: &Request, outcome: Completion) {
         let now = catalog::now_ms();
+        let probe = req.get_local(PROBE).and_then(|b| String::from_utf8(b).ok());
+        let mut probed = false;
         for attempt in &outcome.attempts {
-            match attempt.status {
-                0 | 429 | 500..=599 => self.breaker.record(&attempt.target, false, now),
-                200..=299 => self.breaker.record(&attempt.target, true, now),
+            let success = match attempt.status {
+                0 | 429 | 500..=599 => false,
+                200..=299 => true,
                 // Other statuses are the request's fault, not the target's.
-                _ => {}
-            }
+                _ => continue,
+            };
+            // The first attempt at the probed target is the probe; retries there are traffic.
+            let is_probe = !probed && probe.as_deref() == Some(attempt.target.as_str());
+            probed |= is_probe;
+            breaker::announce(&attempt.target, self.breaker.record(&Host, &attempt.target, success, is_probe, now));
+        }
+        if let Some(probe) = probe.filter(|_| !probed) {
+            self.breaker.release_probe(&Host, &probe);
         }
     }
 }

@@ -92,6 +92,8 @@ impl Plugin for HelloPolicy {
 
         // Reserve one request of the key's budget before the request goes upstream. The quota key
         // is namespaced per plugin by the host, so "rpm:" cannot collide with another plugin's.
+        // A plugin with several limits reserves them together with `quota::reserve_all` (all or
+        // none, one round trip when the state is shared in Redis).
         let limit = quota::Limit { amount: self.requests_per_minute, window_ms: MINUTE_MS };
         match quota::reserve(&format!("rpm:{}", info.key_name), 1, limit) {
             Ok(grant) => {

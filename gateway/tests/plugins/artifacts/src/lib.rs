@@ -46,6 +46,7 @@ mod tests {
             "import-hammer",
             "loop",
             "memory-bomb",
+            "metric-bomb",
             "noop",
             "reject-header",
             "trap",

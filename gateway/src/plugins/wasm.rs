@@ -13,6 +13,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Plugin;
+use super::gate::Gate;
 use super::host::HostState;
 
 /// The epoch period: deadlines are checked at these ticks, so a call may overrun its deadline by up
@@ -20,28 +21,42 @@ use super::host::HostState;
 /// on a saturated 2-core machine (perf), at 5 ms it is lost in the noise.
 pub const TICK: Duration = Duration::from_millis(5);
 
+/// The epoch period while a long plugin call runs: such a call yields at every tick, so this
+/// bounds how long a plugin that spends its time in host calls holds a thread.
+pub const FAST_TICK: Duration = Duration::from_micros(500);
+
+/// Fuel (about one unit per wasm instruction) a plugin may burn before it yields its thread to
+/// other tasks: tens of microseconds of guest code, so that a busy plugin hands its worker back far
+/// more often than the epoch tick could without waking a thread that often. Fuel paces the yields
+/// only; stores hold `u64::MAX` of it, and deadlines stay the epochs' job. A call shorter than this
+/// never yields.
+pub const FUEL_YIELD: u64 = 20_000;
+
 /// The largest memory cap a plugin may be given (the pooling allocator reserves slots this big).
 pub const MAX_MEMORY: usize = 256 << 20;
 
 /// Engine, linker and compile cache, shared by every version of every plugin.
-pub struct Runtime {
+pub struct WasmEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
+    /// How many threads may run plugin code at once (`gate.rs`).
+    pub gate: Arc<Gate>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
 }
 
-impl std::fmt::Debug for Runtime {
+impl std::fmt::Debug for WasmEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").finish_non_exhaustive()
+        f.debug_struct("WasmEngine").finish_non_exhaustive()
     }
 }
 
-impl Runtime {
+impl WasmEngine {
     /// Builds the engine; `cache_dir` holds compiled components across restarts.
     pub fn new(cache_dir: &Path) -> wasmtime::Result<Arc<Self>> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.consume_fuel(true);
         config.max_wasm_stack(512 << 10);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(512)
@@ -64,16 +79,22 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
-        // The ticker holds only a weak reference, so it stops when the runtime is dropped.
+        // The ticker holds only a weak reference, so it stops when the engine is dropped. It ticks
+        // faster while a long plugin call runs (one past `gate::LONG_AFTER`, which only a busy or
+        // hostile plugin reaches): time spent in host calls burns no fuel, so ticks are what makes
+        // a plugin that hammers host imports yield.
         let weak = engine.weak();
+        let gate = Gate::new(super::gate::permits());
+        let ticker_gate = gate.clone();
         std::thread::Builder::new().name("weir-plugin-epoch".into()).spawn(move || {
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
-                std::thread::sleep(TICK);
+                let busy = ticker_gate.long_call_within(TICK * 2);
+                std::thread::sleep(if busy { FAST_TICK } else { TICK });
             }
         })?;
-        Ok(Arc::new(Self { engine, linker, compiled: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self { engine, linker, gate, compiled: Mutex::new(HashMap::new()) }))
     }
 
     /// Compiles a component, or returns the one already compiled from the same bytes.

@@ -1,0 +1,436 @@
+//! The model request in flight: one value that carries what was asked (the parsed request), who
+//! asked, where it may go (its route), its plugin chain and its accounting guard through the stages
+//! — admit, send, then answer whole or stream — the way pingora's proxy phases share one context.
+//! `pipeline.rs` calls the stages in order; each stage records its own failure in accounting before
+//! it returns the error, so the pipeline only has to pass errors on. A mirrored copy (a plugin's
+//! `request.mirror`) is another `ModelCall` through the same stages. A stream that has to be
+//! opened again on another target (it failed before its first content, or broke off mid-answer)
+//! comes back to its `ModelCall` for it (`call/resume.rs`).
+
+mod resume;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::App;
+use crate::accounting::{Accounting, Outcome};
+use crate::api::{ModelRequest, Operation, Usage};
+use crate::auth::Principal;
+use crate::body::{self, Body};
+use crate::error::{Error, Kind};
+use crate::metrics::UpstreamErrorLabels;
+use crate::plugins::view::RequestView;
+use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
+use crate::route::{self, AttemptEvent, Exchange, ModelRoute, RouteTarget};
+use crate::stream::{RelayOptions, SseRelay};
+use resume::Resumption;
+
+/// The largest non-streamed upstream response the gateway will buffer.
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// Who sent a request and how it arrived: what `ModelCall::new` needs besides the parsed request.
+#[derive(Debug)]
+pub struct Arrival {
+    pub request_id: Arc<str>,
+    pub principal: Arc<Principal>,
+    pub started: Instant,
+    /// The client's headers (plugins see those they declared).
+    pub headers: HeaderMap,
+    /// The body as received (plugins that declare `needs-body` read it; the digest is taken of it).
+    pub body: Bytes,
+}
+
+/// One model request between its arrival and its answer.
+#[derive(Debug)]
+pub struct ModelCall {
+    app: Arc<App>,
+    request: Arc<ModelRequest>,
+    request_id: Arc<str>,
+    principal: Arc<Principal>,
+    route: Arc<ModelRoute>,
+    chain: Arc<Chain>,
+    /// The request as plugins see it; `None` when the chain is empty.
+    view: Option<Arc<RequestView>>,
+    acct: Accounting,
+    /// A shadow copy of a client's request: no `on-request` or `on-response-headers`, and its
+    /// answer is read to the end and thrown away.
+    mirrored: bool,
+    /// Upstream attempts so far, and when and where the last one was sent.
+    attempts: u32,
+    last_sent: Instant,
+    last_target: Option<Arc<str>>,
+    /// While a broken-off stream is being continued: what the targets are asked to continue.
+    resumption: Option<Box<Resumption>>,
+}
+
+/// What admission decided.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Go on to an upstream (boxed: a call is large, and an answer is not).
+    Continue(Box<ModelCall>),
+    /// A plugin answered (a cache hit, say); nothing is sent upstream.
+    Answered(Response<Body>),
+}
+
+/// A model call whose upstream has answered with a success status.
+#[derive(Debug)]
+pub struct Sent {
+    call: ModelCall,
+    upstream: Response<Incoming>,
+    target: Arc<RouteTarget>,
+}
+
+impl ModelCall {
+    /// Resolves the public model to its route and chain, and starts accounting.
+    pub fn new(app: &Arc<App>, request: ModelRequest, arrival: Arrival) -> Result<Self, Error> {
+        let route = app.routes.resolve(request.model())?;
+        let chain = app.plugins.chain_for(request.model()).clone();
+        let view = (!chain.is_empty()).then(|| plugin_view(&request, &arrival, &chain));
+        let mut acct = Accounting::start(
+            app.metrics.clone(),
+            arrival.request_id.clone(),
+            arrival.principal.clone(),
+            request.operation(),
+            route.label.clone(),
+            arrival.started,
+        );
+        if let Some(view) = &view {
+            acct.with_plugins(chain.clone(), view.clone());
+        }
+        Ok(Self {
+            app: app.clone(),
+            request: Arc::new(request),
+            request_id: arrival.request_id,
+            principal: arrival.principal,
+            route,
+            chain,
+            view,
+            acct,
+            mirrored: false,
+            attempts: 0,
+            last_sent: Instant::now(),
+            last_target: None,
+            resumption: None,
+        })
+    }
+
+    /// The view plugins have of this request, for the headers they add to its response.
+    pub fn view(&self) -> Option<Arc<RequestView>> {
+        self.view.clone()
+    }
+
+    /// Stage *admit*: plugins' `on-request`, before routing. They let the request go on (perhaps to
+    /// other targets), answer it themselves, or reject it.
+    pub async fn admit(mut self) -> Result<Admitted, Error> {
+        let Some(view) = self.view.clone().filter(|_| self.chain.wants(HookSet::ON_REQUEST)) else {
+            return Ok(Admitted::Continue(Box::new(self)));
+        };
+        match self.chain.on_request(&view, &self.app.routes).await {
+            Err(error) | Ok(Admission::Reject(error)) => {
+                self.acct.fail(&error);
+                Err(error)
+            }
+            Ok(Admission::Respond(local)) => {
+                self.acct.responded(local.status);
+                self.acct.finish_now(Outcome::Ok).await;
+                Ok(Admitted::Answered(local_response(local, self.request.stream().is_some())))
+            }
+            Ok(Admission::Continue { route: Some(to) }) => match self.app.routes.rerouted(&self.route, &to) {
+                Some(rerouted) => {
+                    self.route = rerouted;
+                    Ok(Admitted::Continue(Box::new(self)))
+                }
+                None => {
+                    let error = Error::internal(format!("plugin route {to:?} vanished"));
+                    self.acct.fail(&error);
+                    Err(error)
+                }
+            },
+            Ok(Admission::Continue { route: None }) => Ok(Admitted::Continue(Box::new(self))),
+        }
+    }
+
+    /// Sends the shadow copies plugins asked for in `on-request`, each in the background through
+    /// the same stages, accounted on its own as `mirrored`.
+    pub fn mirror(&self) {
+        let Some(view) = &self.view else { return };
+        for label in view.take_mirrors() {
+            let Some(target) = self.app.routes.target(&label) else { continue };
+            let mirror_view = Arc::new(view.for_mirror());
+            let mut acct = Accounting::start(
+                self.app.metrics.clone(),
+                self.request_id.clone(),
+                self.principal.clone(),
+                self.request.operation(),
+                self.route.label.clone(),
+                Instant::now(),
+            );
+            acct.mirrored();
+            acct.with_plugins(self.chain.clone(), mirror_view.clone());
+            let copy = ModelCall {
+                app: self.app.clone(),
+                request: self.request.clone(),
+                request_id: self.request_id.clone(),
+                principal: self.principal.clone(),
+                route: Arc::new(ModelRoute::single(self.route.label.clone(), target)),
+                chain: self.chain.clone(),
+                view: Some(mirror_view),
+                acct,
+                mirrored: true,
+                attempts: 0,
+                last_sent: Instant::now(),
+                last_target: None,
+                resumption: None,
+            };
+            tokio::spawn(copy.drain());
+        }
+    }
+
+    /// A mirrored copy's whole life after admission: sent, its answer read and dropped.
+    async fn drain(self) {
+        // Failures are accounted by the stage that met them.
+        let Ok(sent) = self.send().await else { return };
+        if sent.streams() {
+            let _ = sent.stream().into_body().collect().await;
+        } else {
+            let _ = sent.answer_whole().await;
+        }
+    }
+
+    /// Stage *send*: the route's targets in turn (`route.rs`), until one answers.
+    pub async fn send(mut self) -> Result<Sent, Error> {
+        let (route, app) = (self.route.clone(), self.app.clone());
+        let deadline = self.deadline();
+        match route::send(&route, &app.metrics, deadline, &mut self).await {
+            Ok((upstream, target)) => {
+                self.acct.responded(upstream.status().as_u16());
+                Ok(Sent { call: self, upstream, target })
+            }
+            Err(error) => {
+                self.acct.fail(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// When the whole exchange, stream included, must be over.
+    fn deadline(&self) -> Instant {
+        self.acct.started() + self.route.targets[0].upstream.timeouts.total
+    }
+}
+
+impl Exchange for ModelCall {
+    fn build(&self, target: &RouteTarget) -> Result<Request<Bytes>, Error> {
+        let model = target.upstream_model(self.request.model());
+        match self.resumption.as_ref().and_then(|r| r.request_for(&self.request, target)) {
+            Some(continued) => target.upstream.request(&continued, model),
+            None => target.upstream.request(&self.request, model),
+        }
+    }
+
+    fn streams(&self) -> bool {
+        self.request.stream().is_some()
+    }
+
+    fn attempted(&mut self, target: &RouteTarget, event: AttemptEvent) {
+        match event {
+            AttemptEvent::Started => {
+                self.attempts += 1;
+                self.last_sent = Instant::now();
+                self.last_target = Some(target.label.clone());
+                self.acct.attempt_started(&target.label);
+            }
+            AttemptEvent::Finished { status, latency } => self.acct.attempt_finished(status, latency),
+        }
+    }
+
+    async fn on_response_headers(&mut self, status: StatusCode) -> Result<Option<Arc<RouteTarget>>, Error> {
+        let Some(view) =
+            self.view.as_ref().filter(|_| !self.mirrored && self.chain.wants(HookSet::ON_RESPONSE_HEADERS))
+        else {
+            return Ok(None);
+        };
+        let Some(label) = self.chain.on_response_headers(view, status.as_u16()).await? else { return Ok(None) };
+        let target = self.app.routes.target(&label);
+        if target.is_none() {
+            tracing::warn!(target = %label, "a plugin asked to retry on an unknown target; ignored");
+        }
+        Ok(target)
+    }
+}
+
+impl Sent {
+    /// Whether the client asked for a stream.
+    pub fn streams(&self) -> bool {
+        self.call.request.stream().is_some()
+    }
+
+    /// Stage *stream*: the upstream's events relayed as they come (`stream.rs`), translated first
+    /// for providers with their own format; accounting finishes when the stream does. The call
+    /// goes with the relay, which comes back to it for another target if it must.
+    pub fn stream(self) -> Response<Body> {
+        let Sent { call, upstream, target } = self;
+        let options = RelayOptions {
+            client_wants_usage: call.request.stream() == Some(true) && !call.mirrored,
+            deadline: call.deadline(),
+            choices: choices(&call.request),
+            max_attempts: call.route.retry.max_attempts,
+            failover: call.route.failover,
+            prompt_estimate: u64::from(call.request.facts().prompt_tokens_estimate),
+        };
+        let opened = call.opened(upstream, &target, None);
+        let relay = SseRelay::new(opened, Box::new(call), options);
+        let mut response = Response::new(BodyExt::boxed_unsync(relay));
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+
+    /// Stage *answer whole*: the body read within the deadline, turned into OpenAI's shape, its
+    /// usage accounted and plugins' `on-complete` run before it goes out (so a header they add, a
+    /// cost say, still reaches the client).
+    pub async fn answer_whole(self) -> Result<Response<Body>, Error> {
+        let deadline = self.call.deadline();
+        let Sent { call, upstream, target } = self;
+        let ModelCall { app, request, mut acct, .. } = call;
+        let status = upstream.status();
+        let content_type =
+            upstream.headers().get(header::CONTENT_TYPE).cloned().filter(|_| !target.upstream.translates());
+        let model = target.upstream_model(request.model());
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let answer = match read_upstream(upstream.into_body(), wait, &target.upstream.name).await {
+            // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones pass unchanged,
+            // once they are known to be a JSON object at all.
+            Ok(body) => target.upstream.response(request.operation(), model, body).and_then(|body| {
+                let usage = answer_usage(&body).ok_or_else(|| malformed_answer(&target.upstream.name))?;
+                Ok((body, usage))
+            }),
+            Err(error) => Err(error),
+        };
+        let body = match answer {
+            Ok((body, usage)) => {
+                if let Some(usage) = usage {
+                    acct.usage(usage);
+                }
+                body
+            }
+            Err(error) => {
+                // A failure after a success status is the upstream's too, as one before it would be.
+                app.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        target: target.label.clone(),
+                        class: route::error_class(&error),
+                    })
+                    .inc();
+                acct.fail(&error);
+                return Err(error);
+            }
+        };
+        acct.capture(&body);
+        acct.finish_now(Outcome::Ok).await;
+        let mut response = Response::new(body::full(body));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")));
+        Ok(response)
+    }
+}
+
+/// The choices a chat asks for (`n`).
+fn choices(request: &ModelRequest) -> usize {
+    match request {
+        ModelRequest::Chat(chat) => {
+            chat.param("n").and_then(serde_json::Value::as_u64).map_or(1, |n| usize::try_from(n).unwrap_or(1))
+        }
+        ModelRequest::Embeddings(_) => 1,
+    }
+}
+
+/// The view plugins get of a request.
+fn plugin_view(request: &ModelRequest, arrival: &Arrival, chain: &Chain) -> Arc<RequestView> {
+    let facts = request.facts();
+    let info = RequestInfo {
+        request_id: arrival.request_id.to_string(),
+        api: match request.operation() {
+            Operation::Chat => ApiKind::ChatCompletions,
+            Operation::Embeddings => ApiKind::Embeddings,
+        },
+        model: request.model().to_owned(),
+        stream: request.stream().is_some(),
+        max_tokens: facts.max_tokens,
+        temperature: facts.temperature,
+        prompt_tokens_estimate: facts.prompt_tokens_estimate,
+        body_len: u32::try_from(arrival.body.len()).unwrap_or(u32::MAX),
+        key_name: arrival.principal.key_name.clone(),
+        team: arrival.principal.team.clone(),
+        end_user: facts.end_user,
+    };
+    let headers = if chain.needs_headers() { arrival.headers.clone() } else { HeaderMap::new() };
+    Arc::new(RequestView::new(info, headers, arrival.body.clone()))
+}
+
+/// A plugin's own answer (e.g. a cache hit).
+fn local_response(local: LocalResponse, stream: bool) -> Response<Body> {
+    let mut response = Response::new(body::full(local.body));
+    *response.status_mut() = StatusCode::from_u16(local.status).unwrap_or(StatusCode::OK);
+    let default_type = if stream { "text/event-stream" } else { "application/json" };
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(default_type));
+    for (name, value) in local.headers {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+async fn read_upstream(body: Incoming, wait: Duration, upstream: &str) -> Result<Bytes, Error> {
+    match tokio::time::timeout(wait, Limited::new(body, MAX_UPSTREAM_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(Error::new(
+            Kind::UpstreamFailed,
+            format!("The upstream '{upstream}' response could not be read completely."),
+        )
+        .code("upstream_error")
+        .source(e)),
+        Err(_) => Err(Error::new(Kind::UpstreamTimeout, format!("The upstream '{upstream}' did not finish in time."))
+            .code("upstream_timeout")),
+    }
+}
+
+/// What the gateway reads of a whole answer: its usage, kept as JSON so that a usage block the
+/// gateway cannot read costs the usage, not the answer.
+#[derive(Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<serde_json::Value>,
+}
+
+/// The usage of a whole answer, `Some(None)` when it reports none; `None` when the body is not a
+/// JSON object at all (an HTML error page from a proxy, a truncated body), which no client could
+/// read as an OpenAI answer. Guessing no usage for such a body is deliberate: nothing was served.
+fn answer_usage(body: &[u8]) -> Option<Option<Usage>> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let answer: UsageOnly = serde_json::from_slice(body).ok()?;
+    Some(answer.usage.and_then(|usage| serde_json::from_value(usage).ok()))
+}
+
+/// The error for a success status whose body is not an answer.
+fn malformed_answer(upstream: &str) -> Error {
+    Error::new(
+        Kind::UpstreamFailed,
+        format!("The upstream '{upstream}' answered with a success status but a body that is not a JSON answer."),
+    )
+    .code("upstream_error")
+}

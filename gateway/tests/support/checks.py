@@ -1,0 +1,52 @@
+"""The runner the Python check scripts share (gateway/tests/openai_sdk.py, openai_sdk_providers.py,
+cache_sdk.py and bench/tests/mock_sdk_check.py): register checks, run each once, print `ok NAME` or
+`FAIL NAME` with the traceback, then `N passed, M failed`, and exit non-zero when any failed.
+
+The Rust tests that launch the scripts put this folder on PYTHONPATH and read that last line.
+"""
+
+import sys
+import traceback
+
+_checks = []
+
+
+def check(fn):
+    """Registers `fn` as a check, run with no arguments."""
+    _checks.append((fn.__name__, fn))
+    return fn
+
+
+def check_each(params):
+    """Registers a check once per parameter, named `fn[param]` and run as `fn(param)`."""
+    def register(fn):
+        for param in params:
+            _checks.append((f"{fn.__name__}[{param}]", lambda fn=fn, param=param: fn(param)))
+        return fn
+    return register
+
+
+def raises(exc_type, fn):
+    """Calls `fn`, which must raise `exc_type`; returns the exception for further checks."""
+    try:
+        fn()
+    except exc_type as e:
+        return e
+    raise AssertionError(f"expected {exc_type.__name__}")
+
+
+def run(title=None):
+    """Runs every registered check in order and exits: 0 if all passed, 1 otherwise."""
+    passed = failed = 0
+    for name, fn in _checks:
+        try:
+            fn()
+            passed += 1
+            print(f"ok   {name}")
+        except Exception:
+            failed += 1
+            print(f"FAIL {name}")
+            traceback.print_exc(file=sys.stdout)
+    summary = f"{passed} passed, {failed} failed"
+    print(f"{title}: {summary}" if title else summary)
+    sys.exit(1 if failed else 0)
