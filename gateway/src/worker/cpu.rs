@@ -1,7 +1,7 @@
 //! The CPU backend: plain `Vec<f32>` buffers, weights laid out once as `[n, k]`, matrix products in
 //! `cpu/matmul.rs` (the `gemm` crate for many rows, a weight-streaming kernel for the few rows of a
 //! decode step) and the rest in `cpu/kernels.rs` (loops written to vectorise, attention per query and
-//! head; see the defect noted there).
+//! head, compiled for AVX2 / AVX-512 at run time).
 //!
 //! Threads: everything parallel runs on rayon's one global pool, sized to the machine. The model
 //! thread hands each whole forward pass to the pool ([`Backend::compute`]), so the operations inside

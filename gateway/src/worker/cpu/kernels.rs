@@ -1,13 +1,14 @@
 //! The CPU's element-wise, reduction and attention kernels, written as plain loops over fixed-width
-//! lanes so that the compiler can vectorise them, run inside `pulp`'s dispatch, and spread over the
-//! one rayon pool when there is enough work.
+//! lanes so that the compiler vectorises them, compiled for the widest instruction set the CPU has
+//! (chosen at run time through `pulp`), and spread over the one rayon pool when there is enough work.
 //!
-//! Known defect, measured with `perf annotate` on the release build: `pulp` compiles only what is
-//! inlined into its `#[target_feature]` function, and the compiler outlines these closures (they
-//! appear as `FnOnce::call_once`), so the loops run as baseline x86-64 code (SSE, partly scalar),
-//! not AVX2/AVX-512. The fix is to give each kernel its own `#[target_feature]` function chosen at
-//! run time (or a `pulp::WithSimd` impl whose `#[inline(always)]` method holds the loop, as the
-//! `gemm` crate does); see `bench/README.md`.
+//! Each kernel is a struct implementing `pulp::WithSimd`, whose `#[inline(always)]` `with_simd`
+//! holds the loop: `pulp::Arch::dispatch` calls it from inside its `#[target_feature]` (AVX2+FMA or
+//! AVX-512) function, so the loop is compiled there. An earlier version handed `dispatch` closures
+//! instead; a closure called through `FnOnce` goes through a shim that is not inlined, so the loops
+//! were compiled in the shim, for baseline x86-64 (SSE, the accumulators spilled to the stack), as
+//! `perf annotate` showed. Inside the kernels, loops are `for` loops over `as_chunks` rather than
+//! iterator adaptors taking closures, for the same reason.
 //!
 //! `exp`, `erf` and the GELU built on them are polynomial approximations rather than `libm` calls,
 //! because a call per element cannot be vectorised: `exp` is Cephes' `expf` (range reduction by
@@ -15,6 +16,7 @@
 //! for `f32` (clamped to ±4, where it is ±1 in single precision). The tests hold both to the
 //! `libm` functions.
 
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use super::super::backend::Act;
@@ -24,6 +26,12 @@ const LANES: usize = 16;
 /// Elements below which an element-wise pass stays on the calling thread (a rayon hand-off costs
 /// a few microseconds, as much as a few thousand elements' work).
 pub const PARALLEL_ELEMENTS: usize = 1 << 15;
+
+/// Runs `op` compiled for the widest SIMD instruction set this CPU has.
+#[inline(always)]
+pub fn simd<Op: WithSimd>(op: Op) -> Op::Output {
+    pulp::Arch::new().dispatch(op)
+}
 
 /// `e^x`, branch-free so that loops over it vectorise. Inputs are clamped to where `f32` neither
 /// overflows nor turns subnormal.
@@ -92,63 +100,65 @@ pub fn chunked<T: Send>(data: &mut [T], chunk: usize, parallel: bool, f: impl Fn
     }
 }
 
-/// Applies `f` to every element, vectorised, on the pool when `x` is large.
-fn map(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
-    let arch = pulp::Arch::new();
-    let run = |chunk: &mut [f32]| {
-        arch.dispatch(
-            #[inline(always)]
-            || {
-                for v in chunk.iter_mut() {
-                    *v = f(*v);
+/// Applies an activation to every element of `x` (see [`activate`]).
+struct Activate<'a> {
+    x: &'a mut [f32],
+    act: Act,
+}
+
+impl WithSimd for Activate<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        // One loop per activation, each with its activation a constant, so that each loop is
+        // straight-line code the compiler vectorises.
+        macro_rules! each {
+            ($act:expr) => {
+                for v in self.x.iter_mut() {
+                    *v = activation($act, *v);
                 }
-            },
-        );
-    };
-    if x.len() < PARALLEL_ELEMENTS {
-        run(x);
-    } else {
-        x.par_chunks_mut(PARALLEL_ELEMENTS / 4).for_each(run);
+            };
+        }
+        match self.act {
+            Act::GeluErf => each!(Act::GeluErf),
+            Act::GeluTanh => each!(Act::GeluTanh),
+            Act::Relu => each!(Act::Relu),
+            Act::Tanh => each!(Act::Tanh),
+            Act::Sigmoid => each!(Act::Sigmoid),
+        }
     }
 }
 
+/// Applies `act` to every element, vectorised, on the pool when `x` is large.
 pub fn activate(x: &mut [f32], act: Act) {
-    match act {
-        Act::GeluErf => map(
-            x,
-            #[inline(always)]
-            |v| activation(Act::GeluErf, v),
-        ),
-        Act::GeluTanh => map(
-            x,
-            #[inline(always)]
-            |v| activation(Act::GeluTanh, v),
-        ),
-        Act::Relu => map(
-            x,
-            #[inline(always)]
-            |v| activation(Act::Relu, v),
-        ),
-        Act::Tanh => map(
-            x,
-            #[inline(always)]
-            |v| activation(Act::Tanh, v),
-        ),
-        Act::Sigmoid => map(
-            x,
-            #[inline(always)]
-            |v| activation(Act::Sigmoid, v),
-        ),
+    if x.len() < PARALLEL_ELEMENTS {
+        simd(Activate { x, act });
+    } else {
+        x.par_chunks_mut(PARALLEL_ELEMENTS / 4).for_each(|x| simd(Activate { x, act }));
+    }
+}
+
+struct AddAssign<'a> {
+    x: &'a mut [f32],
+    y: &'a [f32],
+}
+
+impl WithSimd for AddAssign<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        for (a, b) in self.x.iter_mut().zip(self.y) {
+            *a += *b;
+        }
     }
 }
 
 /// `x += y`.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len(), "add_assign lengths");
-    pulp::Arch::new().dispatch(
-        #[inline(always)]
-        || x.iter_mut().zip(y).for_each(|(a, b)| *a += b),
-    );
+    simd(AddAssign { x, y });
 }
 
 /// The sum of `x`, in `LANES` independent partial sums (a single running sum cannot be vectorised
@@ -156,8 +166,7 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
 #[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
+    let (chunks, tail) = x.as_chunks::<LANES>();
     for c in chunks {
         for i in 0..LANES {
             acc[i] += c[i];
@@ -170,14 +179,17 @@ pub fn sum(x: &[f32]) -> f32 {
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
+    let (ca, ta) = a[..n].as_chunks::<LANES>();
+    let (cb, tb) = b[..n].as_chunks::<LANES>();
     let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
+    for (x, y) in ca.iter().zip(cb) {
         for i in 0..LANES {
             acc[i] += x[i] * y[i];
         }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ta.iter().zip(tb) {
+        tail += x * y;
     }
     acc.iter().sum::<f32>() + tail
 }
@@ -187,70 +199,103 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 pub fn dot4(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
     let n = x.len();
-    let w = w.map(|w| &w[..n]);
+    let (xs, xt) = x.as_chunks::<LANES>();
+    let [(w0, t0), (w1, t1), (w2, t2), (w3, t3)] = w.map(|w| w[..n].as_chunks::<LANES>());
     let mut acc = [[0f32; LANES]; 4];
-    let full = n / LANES * LANES;
-    for c in (0..full).step_by(LANES) {
-        let xs = &x[c..c + LANES];
-        for (a, w) in acc.iter_mut().zip(&w) {
-            let ws = &w[c..c + LANES];
-            for i in 0..LANES {
-                a[i] += xs[i] * ws[i];
-            }
+    for ((((xc, a), b), c), d) in xs.iter().zip(w0).zip(w1).zip(w2).zip(w3) {
+        for i in 0..LANES {
+            acc[0][i] += xc[i] * a[i];
+            acc[1][i] += xc[i] * b[i];
+            acc[2][i] += xc[i] * c[i];
+            acc[3][i] += xc[i] * d[i];
         }
     }
     let mut out = [0f32; 4];
-    for ((o, a), w) in out.iter_mut().zip(&acc).zip(&w) {
-        *o = a.iter().sum::<f32>() + x[full..].iter().zip(&w[full..]).map(|(x, y)| x * y).sum::<f32>();
+    for ((o, a), t) in out.iter_mut().zip(&acc).zip([t0, t1, t2, t3]) {
+        let mut tail = 0f32;
+        for (x, y) in xt.iter().zip(t) {
+            tail += x * y;
+        }
+        *o = a.iter().sum::<f32>() + tail;
     }
     out
+}
+
+/// Layer norm of every `cols`-wide row of `x` into `out`.
+struct LayerNorm<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+    cols: usize,
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+}
+
+impl WithSimd for LayerNorm<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let cols = self.cols;
+        for (row, o) in self.x.chunks_exact(cols).zip(self.out.chunks_exact_mut(cols)) {
+            // Two passes, as PyTorch does, rather than E[x²] - E[x]², which cancels badly.
+            let mean = sum(row) / cols as f32;
+            let mut acc = [0f32; LANES];
+            let (chunks, tail) = row.as_chunks::<LANES>();
+            for c in chunks {
+                for i in 0..LANES {
+                    acc[i] += (c[i] - mean) * (c[i] - mean);
+                }
+            }
+            let mut tail_sum = 0f32;
+            for v in tail {
+                tail_sum += (v - mean) * (v - mean);
+            }
+            let var = (acc.iter().sum::<f32>() + tail_sum) / cols as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for (((o, v), g), b) in o.iter_mut().zip(row).zip(self.gamma).zip(self.beta) {
+                *o = (v - mean) * inv * g + b;
+            }
+        }
+    }
 }
 
 /// Layer norm of each `cols`-wide row of `x` into `out` (both `rows · cols` long).
 pub fn layer_norm(x: &[f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "layer_norm lengths");
     assert!(gamma.len() == cols && beta.len() == cols, "layer_norm parameters");
-    let arch = pulp::Arch::new();
-    let run = |(row, o): (&[f32], &mut [f32])| {
-        arch.dispatch(
-            #[inline(always)]
-            || {
-                // Two passes, as PyTorch does, rather than E[x²] - E[x]², which cancels badly.
-                let mean = sum(row) / cols as f32;
-                let mut acc = [0f32; LANES];
-                let chunks = row.chunks_exact(LANES);
-                let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
-                for c in chunks {
-                    for i in 0..LANES {
-                        acc[i] += (c[i] - mean) * (c[i] - mean);
-                    }
-                }
-                let var = (acc.iter().sum::<f32>() + tail) / cols as f32;
-                let inv = 1.0 / (var + eps).sqrt();
-                for (((o, v), g), b) in o.iter_mut().zip(row).zip(gamma).zip(beta) {
-                    *o = (v - mean) * inv * g + b;
-                }
-            },
-        );
-    };
     if x.len() < PARALLEL_ELEMENTS {
-        x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)).for_each(run);
+        simd(LayerNorm { x, out, cols, gamma, beta, eps });
     } else {
-        x.par_chunks_exact(cols).zip(out.par_chunks_exact_mut(cols)).with_min_len(8).for_each(run);
+        // Eight rows per task, as before: a row is a few microseconds' work.
+        x.par_chunks(8 * cols)
+            .zip(out.par_chunks_mut(8 * cols))
+            .for_each(|(x, out)| simd(LayerNorm { x, out, cols, gamma, beta, eps }));
+    }
+}
+
+struct L2Normalize<'a> {
+    x: &'a mut [f32],
+    cols: usize,
+}
+
+impl WithSimd for L2Normalize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        for row in self.x.chunks_exact_mut(self.cols) {
+            let norm = dot(row, row).sqrt().max(1e-12);
+            for v in row.iter_mut() {
+                *v /= norm;
+            }
+        }
     }
 }
 
 /// Each row divided by its L2 norm, clamped at 1e-12 as PyTorch's `normalize`.
 pub fn l2_normalize(x: &mut [f32], cols: usize) {
-    pulp::Arch::new().dispatch(
-        #[inline(always)]
-        || {
-            for row in x.chunks_exact_mut(cols) {
-                let norm = dot(row, row).sqrt().max(1e-12);
-                row.iter_mut().for_each(|v| *v /= norm);
-            }
-        },
-    );
+    simd(L2Normalize { x, cols });
 }
 
 /// Where one query's keys and values are: row `j`'s head slice starts at `base + j · stride`.
@@ -267,26 +312,43 @@ pub struct Keys<'a> {
 /// One query of one head: `out = softmax(q · Kᵀ · scale) · V` over the visible keys, the scores
 /// in `scores` (reused between calls, so a decode step allocates nothing once it is warm). Each
 /// (query, head) pair is independent, which is how the callers spread them over the pool.
-#[inline(always)]
-pub fn attend(q: &[f32], keys: Keys<'_>, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let d = q.len();
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for j in 0..keys.visible {
-        let at = keys.base + j * keys.stride;
-        let s = dot(q, &keys.k[at..at + d]) * scale;
-        max = max.max(s);
-        scores.push(s);
-    }
-    for s in scores.iter_mut() {
-        *s = exp(*s - max);
-    }
-    let inv = 1.0 / sum(scores);
-    out.iter_mut().for_each(|o| *o = 0.0);
-    for (j, p) in scores.iter().enumerate() {
-        let at = keys.base + j * keys.stride;
-        let w = p * inv;
-        out.iter_mut().zip(&keys.v[at..at + d]).for_each(|(o, v)| *o += w * v);
+struct Attend<'a> {
+    q: &'a [f32],
+    keys: Keys<'a>,
+    scale: f32,
+    scores: &'a mut Vec<f32>,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Attend<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Self { q, keys, scale, scores, out } = self;
+        let d = q.len();
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..keys.visible {
+            let at = keys.base + j * keys.stride;
+            let s = dot(q, &keys.k[at..at + d]) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        for s in scores.iter_mut() {
+            *s = exp(*s - max);
+        }
+        let inv = 1.0 / sum(scores);
+        for o in out.iter_mut() {
+            *o = 0.0;
+        }
+        for (j, p) in scores.iter().enumerate() {
+            let at = keys.base + j * keys.stride;
+            let w = p * inv;
+            for (o, v) in out.iter_mut().zip(&keys.v[at..at + d]) {
+                *o += w * v;
+            }
+        }
     }
 }
 
@@ -295,8 +357,8 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `attend` for every `head_dim`-wide output slice of `out`, on the pool when there are
-/// enough; `keys(slice_index)` says where that slice's query, keys and values are.
+/// Runs one query's attention for every `head_dim`-wide output slice of `out`, on the pool when
+/// there are enough; `query_and_keys(slice_index)` says where that slice's query, keys and values are.
 pub fn attention_slices<'a>(
     out: &mut [f32],
     head_dim: usize,
@@ -304,15 +366,9 @@ pub fn attention_slices<'a>(
     query_and_keys: impl Fn(usize) -> (&'a [f32], Keys<'a>) + Sync,
 ) {
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let arch = pulp::Arch::new();
-    let run = |(i, o): (usize, &mut [f32])| {
+    let run = |(i, out): (usize, &mut [f32])| {
         let (q, keys) = query_and_keys(i);
-        SCORES.with_borrow_mut(|scores| {
-            arch.dispatch(
-                #[inline(always)]
-                || attend(q, keys, scale, scores, o),
-            )
-        });
+        SCORES.with_borrow_mut(|scores| simd(Attend { q, keys, scale, scores, out }));
     };
     let slices = out.len() / head_dim;
     if slices * work_per_slice < PARALLEL_ELEMENTS {

@@ -7,14 +7,15 @@
 //!   by memory bandwidth, not arithmetic (GPT-2 small reads 0.5 GB of weights per step), and the
 //!   profile of the previous `matrixmultiply` path showed 62% of a decode step spent re-packing the
 //!   weights on every call; no library offers a batched GEMV over pre-transposed weights that
-//!   streams them once, so it is written here. Its loops share the vectorisation defect described
-//!   in `kernels.rs`: as built today they run as SSE code, and measured no faster than `gemm`'s own
-//!   single-row path (see `bench/README.md`).
+//!   streams them once, so it is written here, its loops compiled for AVX2 / AVX-512 through
+//!   `pulp::WithSimd` as the kernels in `kernels.rs` are.
 //! - more rows (an encoder batch, a prompt): the `gemm` crate (faer's GEMM: packed, cache-blocked,
 //!   AVX2 / AVX-512 micro-kernels chosen at run time, threaded on the rayon pool), pure Rust and
 //!   kept up to date; a BLAS was ruled out as a system library every build would need. How it
 //!   compares with `matrixmultiply` on these shapes in isolation was not measured: the machine
 //!   never had the time or quiet for it (see `bench/README.md`).
+
+use pulp::{Simd, WithSimd};
 
 use super::super::backend::{Epilogue, MatShape};
 use super::kernels;
@@ -69,6 +70,12 @@ impl CpuMat {
         };
         Self { k, n, w }
     }
+
+    /// Output `j`'s weights.
+    #[inline(always)]
+    fn row(&self, j: usize) -> &[f32] {
+        &self.w[j * self.k..(j + 1) * self.k]
+    }
 }
 
 thread_local! {
@@ -95,43 +102,119 @@ pub fn matmul_into(x: &[f32], m: usize, w: &CpuMat, bias: Option<&[f32]>, epilog
     }
 }
 
+/// Output `j`'s bias plus `acc`, stored or added as `epilogue` says.
+#[inline(always)]
+fn finish(bias: Option<&[f32]>, epilogue: Epilogue, j: usize, acc: f32, o: &mut f32) {
+    let v = acc + bias.map_or(0.0, |b| b[j]);
+    match epilogue {
+        Epilogue::Store(None) => *o = v,
+        Epilogue::Store(Some(act)) => *o = kernels::activation(act, v),
+        Epilogue::Add => *o += v,
+    }
+}
+
+/// One row: outputs `j0..j0 + block.len()` of `x · w`, finished in place.
+struct OneRow<'a> {
+    x: &'a [f32],
+    w: &'a CpuMat,
+    bias: Option<&'a [f32]>,
+    epilogue: Epilogue,
+    j0: usize,
+    block: &'a mut [f32],
+}
+
+impl WithSimd for OneRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Self { x, w, bias, epilogue, j0, block } = self;
+        let (quads, rest) = block.as_chunks_mut::<4>();
+        let mut j = j0;
+        for q in quads {
+            let acc = kernels::dot4(x, [w.row(j), w.row(j + 1), w.row(j + 2), w.row(j + 3)]);
+            for i in 0..4 {
+                finish(bias, epilogue, j + i, acc[i], &mut q[i]);
+            }
+            j += 4;
+        }
+        for (i, o) in rest.iter_mut().enumerate() {
+            finish(bias, epilogue, j + i, kernels::dot(x, w.row(j + i)), o);
+        }
+    }
+}
+
+/// Several rows: outputs `j0..` of `x · w` for every row, as `[output][row]` in `block`; four
+/// outputs at a time share each load of a row of x, and their weights stay in L1 for all rows.
+struct Rows<'a> {
+    x: &'a [f32],
+    m: usize,
+    w: &'a CpuMat,
+    j0: usize,
+    block: &'a mut [f32],
+}
+
+impl WithSimd for Rows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Self { x, m, w, j0, block } = self;
+        let k = w.k;
+        let outputs = block.len() / m;
+        let mut jj = 0;
+        while jj + 4 <= outputs {
+            let j = j0 + jj;
+            let ws = [w.row(j), w.row(j + 1), w.row(j + 2), w.row(j + 3)];
+            for r in 0..m {
+                let acc = kernels::dot4(&x[r * k..(r + 1) * k], ws);
+                for i in 0..4 {
+                    block[(jj + i) * m + r] = acc[i];
+                }
+            }
+            jj += 4;
+        }
+        for jj in jj..outputs {
+            let wj = w.row(j0 + jj);
+            for r in 0..m {
+                block[jj * m + r] = kernels::dot(&x[r * k..(r + 1) * k], wj);
+            }
+        }
+    }
+}
+
+/// Lays `t` (`[output][row]`) out row-major into `out`, finishing each output.
+struct LayOut<'a> {
+    t: &'a [f32],
+    m: usize,
+    n: usize,
+    bias: Option<&'a [f32]>,
+    epilogue: Epilogue,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for LayOut<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Self { t, m, n, bias, epilogue, out } = self;
+        for (r, row) in out.chunks_exact_mut(n).enumerate() {
+            for (j, o) in row.iter_mut().enumerate() {
+                finish(bias, epilogue, j, t[j * m + r], o);
+            }
+        }
+    }
+}
+
 /// The few-rows kernel. For one row the outputs are written in place; for several they are
 /// computed output-major (each task owns a contiguous block) and then laid out row-major.
 fn stream(x: &[f32], m: usize, w: &CpuMat, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
     let (k, n) = (w.k, w.n);
-    let arch = pulp::Arch::new();
-    // A function, not a closure, so that it is inlined into the dispatched (vectorised) loops.
-    #[inline(always)]
-    fn finish(bias: Option<&[f32]>, epilogue: Epilogue, j: usize, acc: f32, o: &mut f32) {
-        let v = acc + bias.map_or(0.0, |b| b[j]);
-        match epilogue {
-            Epilogue::Store(None) => *o = v,
-            Epilogue::Store(Some(act)) => *o = kernels::activation(act, v),
-            Epilogue::Add => *o += v,
-        }
-    }
     let parallel = m * n * k >= kernels::PARALLEL_ELEMENTS * 4;
     if m == 1 {
         kernels::chunked(out, OUTPUTS_PER_TASK, parallel, |t, block| {
-            arch.dispatch(
-                #[inline(always)]
-                || {
-                    let j0 = t * OUTPUTS_PER_TASK;
-                    let row = |j: usize| &w.w[j * k..(j + 1) * k];
-                    let mut quads = block.chunks_exact_mut(4);
-                    let mut j = j0;
-                    for q in quads.by_ref() {
-                        let acc = kernels::dot4(x, [row(j), row(j + 1), row(j + 2), row(j + 3)]);
-                        for (i, o) in q.iter_mut().enumerate() {
-                            finish(bias, epilogue, j + i, acc[i], o);
-                        }
-                        j += 4;
-                    }
-                    for (i, o) in quads.into_remainder().iter_mut().enumerate() {
-                        finish(bias, epilogue, j + i, kernels::dot(x, row(j + i)), o);
-                    }
-                },
-            );
+            kernels::simd(OneRow { x, w, bias, epilogue, j0: t * OUTPUTS_PER_TASK, block });
         });
         return;
     }
@@ -139,45 +222,9 @@ fn stream(x: &[f32], m: usize, w: &CpuMat, bias: Option<&[f32]>, epilogue: Epilo
         t.clear();
         t.resize(n * m, 0.0);
         kernels::chunked(t, OUTPUTS_PER_TASK * m, parallel, |task, block| {
-            arch.dispatch(
-                #[inline(always)]
-                || {
-                    // `block` holds outputs j0.. as [output][row]; four outputs at a time share each
-                    // load of a row of x.
-                    let j0 = task * OUTPUTS_PER_TASK;
-                    let row = |j: usize| &w.w[j * k..(j + 1) * k];
-                    let outputs = block.len() / m;
-                    let mut jj = 0;
-                    while jj + 4 <= outputs {
-                        let j = j0 + jj;
-                        let ws = [row(j), row(j + 1), row(j + 2), row(j + 3)];
-                        for r in 0..m {
-                            let acc = kernels::dot4(&x[r * k..(r + 1) * k], ws);
-                            for (i, a) in acc.iter().enumerate() {
-                                block[(jj + i) * m + r] = *a;
-                            }
-                        }
-                        jj += 4;
-                    }
-                    for jj in jj..outputs {
-                        let wj = row(j0 + jj);
-                        for r in 0..m {
-                            block[jj * m + r] = kernels::dot(&x[r * k..(r + 1) * k], wj);
-                        }
-                    }
-                },
-            );
+            kernels::simd(Rows { x, m, w, j0: task * OUTPUTS_PER_TASK, block });
         });
-        arch.dispatch(
-            #[inline(always)]
-            || {
-                for (r, row) in out.chunks_exact_mut(n).enumerate() {
-                    for (j, o) in row.iter_mut().enumerate() {
-                        finish(bias, epilogue, j, t[j * m + r], o);
-                    }
-                }
-            },
-        );
+        kernels::simd(LayOut { t, m, n, bias, epilogue, out });
     });
 }
 
