@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 pub use interpolate::{Env, MapEnv, ProcessEnv};
 pub use prices::default_price;
 pub use typed::{
-    ApiKey, AwsCredentials, Azure, AzureAuth, Bedrock, Config, InstanceMode, LocalWorker, LogFormat, Logging, Model,
-    OnError, PluginConfig, PluginSource, Price, Provider, Retry, Secret, Server, State, Target, Timeouts, Tls,
-    Upstream, UpstreamKind, Vertex, WILDCARD_MODEL,
+    Anthropic, ApiKey, AwsCredentials, Azure, AzureAuth, Bedrock, Config, InstanceMode, LocalWorker, LogFormat,
+    Logging, Model, OnError, PluginConfig, PluginSource, Price, Provider, Retry, Secret, Server, State, Target,
+    Timeouts, Tls, Upstream, UpstreamKind, Vertex, WILDCARD_MODEL,
 };
 
 /// Everything that can be wrong with a configuration.

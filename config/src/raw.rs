@@ -63,6 +63,10 @@ pub(crate) struct RawState {
     pub ledger: Option<String>,
     pub plugin_cache: Option<String>,
     pub kv_max_bytes: Option<i64>,
+    /// The stored responses of the Responses API (JSON lines).
+    pub responses: Option<String>,
+    pub responses_max_bytes: Option<String>,
+    pub responses_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +155,10 @@ pub(crate) struct RawUpstream {
     pub token_endpoint: Option<String>,
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
+    /// `openai` and the `/openai/v1` surface of `azure-openai`: relay `/v1/responses` natively.
+    pub native_responses: Option<bool>,
+    /// `anthropic`: the `anthropic-version` sent when the client sent none.
+    pub anthropic_version: Option<String>,
 }
 
 fn default_kind() -> String {

@@ -118,7 +118,7 @@ fn provider_settings(
     base_dir: &Path,
 ) -> Provider {
     let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-    let fields: [(&str, bool, &[UpstreamKind]); 14] = [
+    let fields: [(&str, bool, &[UpstreamKind]); 16] = [
         ("region", present(&u.region), &[UpstreamKind::Bedrock]),
         ("access_key_id", present(&u.access_key_id), &[UpstreamKind::Bedrock]),
         ("secret_access_key", present(&u.secret_access_key), &[UpstreamKind::Bedrock]),
@@ -133,6 +133,8 @@ fn provider_settings(
         ("client_secret", present(&u.client_secret), &[UpstreamKind::AzureOpenAi]),
         ("token_endpoint", present(&u.token_endpoint), &[UpstreamKind::AzureOpenAi]),
         ("deployments", !u.deployments.is_empty(), &[UpstreamKind::AzureOpenAi]),
+        ("native_responses", u.native_responses.is_some(), &[UpstreamKind::OpenAi, UpstreamKind::AzureOpenAi]),
+        ("anthropic_version", present(&u.anthropic_version), &[UpstreamKind::Anthropic]),
     ];
     for (field, set, kinds) in fields {
         if set && !kinds.contains(&kind) {
@@ -146,6 +148,16 @@ fn provider_settings(
         UpstreamKind::Gemini => {
             errs.required(p, "api_key", &u.api_key, "the Gemini API key, sent as x-goog-api-key");
             Provider::Plain
+        }
+        UpstreamKind::Anthropic => {
+            errs.required(p, "api_key", &u.api_key, "the Anthropic API key, sent as x-api-key");
+            Provider::Anthropic(Anthropic {
+                version: u
+                    .anthropic_version
+                    .clone()
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "2023-06-01".to_owned()),
+            })
         }
         UpstreamKind::Vertex => Provider::Vertex(Vertex {
             project: errs.required(p, "project", &u.project, "the Google Cloud project id"),
@@ -250,6 +262,7 @@ fn default_endpoint(kind: UpstreamKind, provider: &Provider) -> Option<String> {
             Some(format!("https://{}-aiplatform.googleapis.com", v.location))
         }
         (UpstreamKind::Gemini, _) => Some("https://generativelanguage.googleapis.com".to_owned()),
+        (UpstreamKind::Anthropic, _) => Some("https://api.anthropic.com".to_owned()),
         _ => None,
     }
 }
@@ -337,6 +350,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             "bedrock" => UpstreamKind::Bedrock,
             "vertex" => UpstreamKind::Vertex,
             "gemini" => UpstreamKind::Gemini,
+            "anthropic" => UpstreamKind::Anthropic,
             other => {
                 errs.push(
                     format!("{p}.kind"),
@@ -409,7 +423,24 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
         }
         let api_key = u.api_key.filter(|k| !k.is_empty()).map(Secret::new);
         let timeouts = errs.timeouts(&format!("{p}.timeouts."), &u.timeouts, timeouts);
-        upstreams.push(Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, local_worker, provider });
+        let native_responses = u.native_responses.unwrap_or(false);
+        if native_responses && matches!(&provider, Provider::Azure(a) if a.api_version.is_some()) {
+            errs.push(
+                format!("{p}.native_responses"),
+                "applies only to the /openai/v1 surface of Azure OpenAI (without api_version)",
+            );
+        }
+        upstreams.push(Upstream {
+            name: u.name,
+            kind,
+            endpoint,
+            api_key,
+            headers,
+            timeouts,
+            local_worker,
+            provider,
+            native_responses,
+        });
     }
 
     // [[models]]
@@ -640,10 +671,29 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<Fi
             0
         }
     };
+    let responses_max_bytes = match raw.state.responses_max_bytes.as_deref().map(parse_bytes) {
+        None => 256 * 1024 * 1024,
+        Some(Ok(n)) if n >= 64 * 1024 => n,
+        Some(Ok(n)) => {
+            errs.push("state.responses_max_bytes", format!("{n} bytes is too small; give at least 64KiB"));
+            256 * 1024 * 1024
+        }
+        Some(Err(e)) => {
+            errs.push("state.responses_max_bytes", e);
+            256 * 1024 * 1024
+        }
+    };
     let state = State {
         ledger: base_dir.join(raw.state.ledger.as_deref().unwrap_or("weir-ledger.jsonl")),
         plugin_cache: base_dir.join(raw.state.plugin_cache.as_deref().unwrap_or(".weir-cache")),
         kv_max_bytes,
+        responses: base_dir.join(raw.state.responses.as_deref().unwrap_or("weir-responses.jsonl")),
+        responses_max_bytes,
+        responses_ttl: errs.duration(
+            "state.responses_ttl",
+            raw.state.responses_ttl.as_deref(),
+            Duration::from_secs(30 * 24 * 3600),
+        ),
     };
     for (i, name) in raw.admin.keys.iter().enumerate() {
         if !keys.iter().any(|k| &k.name == name) {

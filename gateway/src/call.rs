@@ -12,11 +12,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
 
 use crate::App;
 use crate::accounting::{Accounting, Outcome};
-use crate::api::{ModelRequest, Operation, Usage};
+use crate::api::{ClientRequest, Surface};
 use crate::auth::Principal;
 use crate::body::{self, Body};
 use crate::error::{Error, Kind};
@@ -24,6 +23,7 @@ use crate::plugins::view::RequestView;
 use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
 use crate::route::{self, AttemptEvent, Exchange, ModelRoute, RouteTarget};
 use crate::stream::{RelayOptions, SseRelay};
+use crate::surface::{Edge, Sink};
 
 /// The largest non-streamed upstream response the gateway will buffer.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -44,7 +44,7 @@ pub struct Arrival {
 #[derive(Debug)]
 pub struct ModelCall {
     app: Arc<App>,
-    request: Arc<ModelRequest>,
+    request: Arc<ClientRequest>,
     request_id: Arc<str>,
     principal: Arc<Principal>,
     route: Arc<ModelRoute>,
@@ -76,7 +76,7 @@ pub struct Sent {
 
 impl ModelCall {
     /// Resolves the public model to its route and chain, and starts accounting.
-    pub fn new(app: &Arc<App>, request: ModelRequest, arrival: Arrival) -> Result<Self, Error> {
+    pub fn new(app: &Arc<App>, request: ClientRequest, arrival: Arrival) -> Result<Self, Error> {
         let route = app.routes.resolve(request.model())?;
         let chain = app.plugins.chain_for(request.model()).clone();
         let view = (!chain.is_empty()).then(|| plugin_view(&request, &arrival, &chain));
@@ -85,6 +85,7 @@ impl ModelCall {
             arrival.request_id.clone(),
             arrival.principal.clone(),
             request.operation(),
+            request.surface(),
             route.label.clone(),
             arrival.started,
         );
@@ -121,6 +122,8 @@ impl ModelCall {
                 Err(error)
             }
             Ok(Admission::Respond(local)) => {
+                // Plugins answer in the canonical chat form; the client gets its own API's.
+                let local = Edge::new(&self.request, false, self.sink()).local(local);
                 self.acct.responded(local.status);
                 self.acct.finish_now(Outcome::Ok).await;
                 Ok(Admitted::Answered(local_response(local, self.request.stream().is_some())))
@@ -152,6 +155,7 @@ impl ModelCall {
                 self.request_id.clone(),
                 self.principal.clone(),
                 self.request.operation(),
+                self.request.surface(),
                 self.route.label.clone(),
                 Instant::now(),
             );
@@ -203,6 +207,14 @@ impl ModelCall {
     fn deadline(&self) -> Instant {
         self.acct.started() + self.route.targets[0].upstream.timeouts.total
     }
+
+    /// Where a Responses answer is stored: the client's own request only, in its team's scope.
+    fn sink(&self) -> Option<Sink> {
+        if self.mirrored {
+            return None;
+        }
+        Sink::for_request(&self.request, &self.app.responses, &self.principal.team)
+    }
 }
 
 impl Exchange for ModelCall {
@@ -243,17 +255,26 @@ impl Sent {
         self.target.upstream_model(self.call.request.model())
     }
 
+    /// Whether the serving upstream speaks the client's API, so its answer is relayed as it is.
+    fn native(&self) -> bool {
+        self.target.upstream.native(self.call.request.surface(), self.upstream_model())
+    }
+
     /// Stage *stream*: the upstream's events relayed as they come (`stream.rs`), translated first
-    /// for providers with their own format; accounting finishes when the stream does.
+    /// for providers with their own format, and given to the client in its API (`surface.rs`);
+    /// accounting finishes when the stream does.
     pub fn stream(self) -> Response<Body> {
+        let native = self.native();
+        let edge = Edge::new(&self.call.request, native, self.call.sink());
         let options = RelayOptions {
-            client_wants_usage: self.call.request.stream() == Some(true) && !self.call.mirrored,
+            client_wants_usage: (self.call.request.stream() == Some(true) || edge.needs_usage_chunk())
+                && !self.call.mirrored,
             idle: self.target.upstream.timeouts.idle,
             deadline: self.call.deadline(),
         };
-        let translator = self.target.upstream.translator(self.upstream_model());
+        let translator = self.target.upstream.translator(self.upstream_model(), native);
         let name = self.target.upstream.name.clone();
-        let relay = SseRelay::new(self.upstream.into_body(), translator, options, self.call.acct, name);
+        let relay = SseRelay::new(self.upstream.into_body(), translator, edge, options, self.call.acct, name);
         let mut response = Response::new(BodyExt::boxed_unsync(relay));
         let h = response.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -262,37 +283,46 @@ impl Sent {
         response
     }
 
-    /// Stage *answer whole*: the body read within the deadline, turned into OpenAI's shape, its
-    /// usage accounted and plugins' `on-complete` run before it goes out (so a header they add, a
-    /// cost say, still reaches the client).
+    /// Stage *answer whole*: the body read within the deadline, turned into OpenAI's shape and then
+    /// the client's API (or relayed as it is), its usage accounted and plugins' `on-complete` run
+    /// before it goes out (so a header they add, a cost say, still reaches the client).
     pub async fn answer_whole(self) -> Result<Response<Body>, Error> {
         let deadline = self.call.deadline();
+        let native = self.native();
+        let mut edge = Edge::new(&self.call.request, native, self.call.sink());
         let Sent { call, upstream, target } = self;
         let ModelCall { request, mut acct, .. } = call;
         let status = upstream.status();
         let content_type =
-            upstream.headers().get(header::CONTENT_TYPE).cloned().filter(|_| !target.upstream.translates());
+            upstream.headers().get(header::CONTENT_TYPE).cloned().filter(|_| native || !target.upstream.translates());
         let model = target.upstream_model(request.model());
         let wait = deadline.saturating_duration_since(Instant::now());
-        let body = match read_upstream(upstream.into_body(), wait, &target.upstream.name).await {
+        let name = &target.upstream.name;
+        let whole = match read_upstream(upstream.into_body(), wait, name).await {
             // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones pass unchanged.
-            Ok(body) => target.upstream.response(request.operation(), model, body),
+            Ok(body) => target
+                .upstream
+                .response(request.operation(), model, body, native)
+                .and_then(|body| edge.whole(name, body, acct.captures())),
             Err(error) => Err(error),
         };
-        let body = match body {
-            Ok(body) => body,
+        let whole = match whole {
+            Ok(whole) => whole,
             Err(error) => {
                 acct.fail(&error);
                 return Err(error);
             }
         };
-        if let Some(usage) = serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage) {
+        if let Some(usage) = whole.usage {
             acct.usage(usage);
         }
-        acct.capture(&body);
+        if let Some(canonical) = &whole.canonical {
+            acct.capture(canonical);
+        }
         acct.finish_now(Outcome::Ok).await;
-        let mut response = Response::new(body::full(body));
+        let mut response = Response::new(body::full(whole.body));
         *response.status_mut() = status;
+        let content_type = content_type.filter(|_| whole.passed_through);
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")));
@@ -300,14 +330,18 @@ impl Sent {
     }
 }
 
-/// The view plugins get of a request.
-fn plugin_view(request: &ModelRequest, arrival: &Arrival, chain: &Chain) -> Arc<RequestView> {
+/// The view plugins get of a request. The client's API key never reaches a plugin, whichever
+/// header carried it.
+fn plugin_view(request: &ClientRequest, arrival: &Arrival, chain: &Chain) -> Arc<RequestView> {
     let facts = request.facts();
     let info = RequestInfo {
         request_id: arrival.request_id.to_string(),
-        api: match request.operation() {
-            Operation::Chat => ApiKind::ChatCompletions,
-            Operation::Embeddings => ApiKind::Embeddings,
+        api: match request.surface() {
+            Surface::ChatCompletions => ApiKind::ChatCompletions,
+            Surface::Embeddings => ApiKind::Embeddings,
+            Surface::Completions => ApiKind::Completions,
+            Surface::Messages => ApiKind::Messages,
+            Surface::Responses => ApiKind::Responses,
         },
         model: request.model().to_owned(),
         stream: request.stream().is_some(),
@@ -319,7 +353,14 @@ fn plugin_view(request: &ModelRequest, arrival: &Arrival, chain: &Chain) -> Arc<
         team: arrival.principal.team.clone(),
         end_user: facts.end_user,
     };
-    let headers = if chain.needs_headers() { arrival.headers.clone() } else { HeaderMap::new() };
+    let headers = if chain.needs_headers() {
+        let mut headers = arrival.headers.clone();
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(crate::auth::API_KEY);
+        headers
+    } else {
+        HeaderMap::new()
+    };
     Arc::new(RequestView::new(info, headers, arrival.body.clone()))
 }
 
@@ -349,11 +390,4 @@ async fn read_upstream(body: Incoming, wait: Duration, upstream: &str) -> Result
         Err(_) => Err(Error::new(Kind::UpstreamTimeout, format!("The upstream '{upstream}' did not finish in time."))
             .code("upstream_timeout")),
     }
-}
-
-/// The usage of a whole JSON answer.
-#[derive(Deserialize)]
-struct UsageOnly {
-    #[serde(default)]
-    usage: Option<Usage>,
 }

@@ -17,6 +17,7 @@ pub mod server;
 pub mod spend;
 pub mod state;
 pub mod stream;
+pub mod surface;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::route::table::RouteTable;
 use crate::state::kv::Kv;
 use crate::state::ledger::Ledger;
 use crate::state::quota::Quota;
+use crate::state::responses::{FileStore, ResponseStore};
 
 /// The configuration `weir serve` uses without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/examples/default.toml");
@@ -74,6 +76,8 @@ pub struct App {
     pub routes: Arc<RouteTable>,
     pub metrics: Arc<Metrics>,
     pub plugins: Plugins,
+    /// The Responses API's stored responses.
+    pub responses: Arc<ResponseStore>,
 }
 
 impl App {
@@ -102,7 +106,8 @@ impl App {
             let wasm = process.wasm(&config.state.plugin_cache)?;
             Plugins::load(&config, &wasm, &services).await?
         };
-        Ok(Self { auth: Auth::new(&config.keys), routes, metrics: process.metrics.clone(), plugins, config })
+        let responses = process.responses(&config.state).await?;
+        Ok(Self { auth: Auth::new(&config.keys), routes, metrics: process.metrics.clone(), plugins, responses, config })
     }
 }
 
@@ -115,6 +120,8 @@ pub struct Process {
     kv: OnceLock<Kv>,
     wasm: OnceLock<Arc<WasmEngine>>,
     ledgers: Mutex<HashMap<PathBuf, Arc<Ledger>>>,
+    /// Stored responses by file, so a reload keeps them.
+    responses: Mutex<HashMap<PathBuf, Arc<ResponseStore>>>,
     /// Workers started in this process (`kind = "worker"` with a `model`), by model and device, with
     /// their loopback base URL; a reload that keeps a model keeps its worker.
     local_workers: tokio::sync::Mutex<HashMap<weir_config::LocalWorker, String>>,
@@ -153,6 +160,21 @@ impl Process {
 
     fn kv(&self, config: &Config) -> &Kv {
         self.kv.get_or_init(|| Kv::new(config.state.kv_max_bytes))
+    }
+
+    /// The store of Responses API answers at `state.responses`, opened (and replayed) once.
+    async fn responses(&self, state: &weir_config::State) -> Result<Arc<ResponseStore>, LoadError> {
+        if let Some(store) = self.responses.lock().unwrap_or_else(|e| e.into_inner()).get(&state.responses) {
+            return Ok(store.clone());
+        }
+        let (path, max, ttl) = (state.responses.clone(), state.responses_max_bytes, state.responses_ttl);
+        // Replaying the file is disk work: off the async workers.
+        let store = tokio::task::spawn_blocking(move || FileStore::open(&path, max, ttl))
+            .await
+            .map_err(|error| LoadError::Task { what: "reading the stored responses", error })?;
+        let store = Arc::new(ResponseStore::Embedded(store));
+        let mut stores = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(stores.entry(state.responses.clone()).or_insert(store).clone())
     }
 
     fn ledger(&self, path: &Path) -> Arc<Ledger> {

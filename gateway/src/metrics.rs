@@ -17,6 +17,8 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// `chat` or `embeddings`.
     pub operation: &'static str,
+    /// The client API: `chat_completions`, `embeddings`, `completions`, `messages` or `responses`.
+    pub surface: &'static str,
     pub model: Arc<str>,
     pub target: Arc<str>,
     /// The HTTP status sent to the client.
@@ -28,6 +30,7 @@ pub struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub operation: &'static str,
+    pub surface: &'static str,
     pub model: Arc<str>,
     pub target: Arc<str>,
     pub status: u16,
@@ -44,6 +47,7 @@ pub struct ModelTargetLabels {
 pub struct TokenLabels {
     pub model: Arc<str>,
     pub target: Arc<str>,
+    pub surface: &'static str,
     /// `input`, `output`, `cached_input` or `reasoning`.
     pub token_type: &'static str,
 }
@@ -57,7 +61,8 @@ pub struct UpstreamErrorLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// The route: `chat`, `embeddings`, `models`, `health`, `metrics` or `other`.
+    /// The route: `chat`, `embeddings`, `completions`, `messages`, `responses`, `models`, `health`,
+    /// `metrics`, `admin` or `other`.
     pub route: &'static str,
     pub status: u16,
 }

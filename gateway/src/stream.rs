@@ -1,12 +1,16 @@
 //! Stage: stream. Relays an upstream's SSE stream to the client event by event, byte for byte, while
 //! reading each event just enough to learn usage and time to first token. Providers with their own
 //! stream format (Bedrock's event stream, Gemini's SSE) go through a [`Translator`] first, which
-//! yields OpenAI chunks; from there on every provider's stream is handled alike.
+//! yields OpenAI chunks; from there on every provider's stream is handled alike. What the client
+//! receives of each event, and how each is read, is the [`Edge`]'s business (`surface.rs`): OpenAI
+//! chunks relayed or encoded into the client's API, or another API's own events relayed natively —
+//! so the rules below hold for every surface, each in its own API's words.
 //!
 //! - Usage: the gateway always asks upstreams for the final usage chunk; when the client did not ask
 //!   for it, that chunk (`"choices": []` with `usage`) is removed here.
 //! - Failure: an upstream that breaks, goes silent past the idle timeout, runs past the deadline, or
-//!   ends without `[DONE]` gets an OpenAI error event at the end of the stream, never a clean `[DONE]`.
+//!   ends without its API's terminal event (`[DONE]`, `message_stop`, `response.completed`) gets an
+//!   error event at the end of the stream (`Edge::fail`), never a clean end.
 //! - Cancellation: when the client goes away hyper drops this body, which drops the upstream
 //!   response and so closes that connection; the accounting guard records the abort.
 
@@ -19,15 +23,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
 use hyper::body::Incoming;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use tokio::time::Sleep;
 
 use crate::accounting::{Accounting, Outcome};
-use crate::api::Usage;
 use crate::api::sse::{Event, Splitter};
 use crate::error::{Error, Kind};
 use crate::providers::Translator;
+use crate::surface::Edge;
 
 /// Settings of one relay.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +50,8 @@ pub struct SseRelay {
     /// `None` relays the upstream's own SSE (OpenAI-compatible upstreams).
     translator: Option<Translator>,
     translated: Vec<Event>,
+    /// What the client receives of each event, in its API.
+    edge: Edge,
     out: VecDeque<Bytes>,
     options: RelayOptions,
     idle: Pin<Box<Sleep>>,
@@ -63,6 +67,7 @@ impl SseRelay {
     pub fn new(
         upstream: Incoming,
         translator: Option<Translator>,
+        edge: Edge,
         options: RelayOptions,
         accounting: Accounting,
         upstream_name: String,
@@ -72,6 +77,7 @@ impl SseRelay {
             splitter: Splitter::default(),
             translator,
             translated: Vec::new(),
+            edge,
             out: VecDeque::new(),
             idle: Box::pin(tokio::time::sleep(options.idle)),
             deadline: Box::pin(tokio::time::sleep_until(options.deadline.into())),
@@ -85,56 +91,29 @@ impl SseRelay {
 
     /// Reads one event and queues what the client should receive of it.
     fn on_event(&mut self, event: Event) {
-        #[derive(Deserialize)]
-        struct Peek {
-            #[serde(default)]
-            choices: Option<Vec<IgnoredAny>>,
-            #[serde(default)]
-            usage: Option<Usage>,
-            #[serde(default)]
-            error: Option<IgnoredAny>,
-        }
-        // Plugins that read the response see every event in OpenAI's shape, the usage chunk too.
+        let peek = self.edge.peek(&event);
         if let Some(acct) = &mut self.accounting {
-            acct.capture(&event.raw);
-        }
-        if event.data.is_empty() {
-            self.out.push_back(event.raw);
-            return;
-        }
-        if &event.data[..] == b"[DONE]" {
-            self.saw_done = true;
-            self.out.push_back(event.raw);
-            return;
-        }
-        let Ok(peek) = serde_json::from_slice::<Peek>(&event.data) else {
-            // Not JSON: not ours to judge; relay it.
-            self.out.push_back(event.raw);
-            return;
-        };
-        let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
-        if let Some(acct) = &mut self.accounting {
-            if has_choices {
+            // Plugins that read the response see every event in OpenAI's shape, the usage chunk too.
+            self.edge.capture(&event, acct);
+            if peek.content {
                 acct.chunk();
             }
             if let Some(usage) = peek.usage {
                 acct.usage(usage);
             }
         }
-        if peek.error.is_some() {
-            self.upstream_error = true;
-        }
-        let usage_only = peek.usage.is_some() && !has_choices && peek.error.is_none();
-        if usage_only && !self.options.client_wants_usage {
+        self.saw_done |= peek.done;
+        self.upstream_error |= peek.error;
+        if peek.usage_only && !self.options.client_wants_usage {
             return;
         }
-        self.out.push_back(event.raw);
+        self.edge.emit(event, &mut self.out);
     }
 
     /// Ends the stream with an error event and records the failure.
     fn fail(&mut self, error: &Error) {
         tracing::warn!(upstream = %self.upstream_name, error = %error, "stream failed after its first byte");
-        self.out.push_back(error.sse_event());
+        self.edge.fail(error, &mut self.out);
         self.finish(Outcome::Error);
     }
 
