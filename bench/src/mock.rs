@@ -1,6 +1,8 @@
-//! An in-process mock of an OpenAI-compatible upstream that speaks the real wire protocol, and on
-//! the same port the cloud providers' protocols (`mock/azure.rs`, `mock/gemini.rs` for Vertex and the
-//! Gemini API, `mock/bedrock.rs`) and their OAuth token endpoints (`mock/oauth.rs`).
+//! An in-process mock of an OpenAI-compatible upstream that speaks the real wire protocol (chat and
+//! legacy completions, embeddings, and the Responses API in `mock/responses.rs`), and on the same
+//! port the other providers' protocols (`mock/anthropic.rs` for the Anthropic API, `mock/azure.rs`,
+//! `mock/gemini.rs` for Vertex and the Gemini API, `mock/bedrock.rs`) and their OAuth token
+//! endpoints (`mock/oauth.rs`).
 //!
 //! Tests and the load harness start one with [`MockUpstream::builder`]; it binds `127.0.0.1:0`,
 //! serves HTTP/1.1 on the current tokio runtime, records what it receives and stops when dropped.
@@ -29,10 +31,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 
+mod anthropic;
 mod azure;
 mod bedrock;
 mod gemini;
 mod oauth;
+mod responses;
 
 /// A running mock upstream. Dropping it stops the accept loop and closes every open connection.
 #[derive(Debug)]
@@ -307,6 +311,7 @@ impl MockBuilder {
             cancelled_streams: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             tokens: Mutex::default(),
+            responses: Mutex::default(),
         });
         let server = tokio::spawn(accept_loop(listener, Arc::clone(&shared))).abort_handle();
         Ok(MockUpstream { addr, shared, server })
@@ -336,6 +341,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Bearer tokens the OAuth endpoints issued; the provider routes accept these.
     tokens: Mutex<Vec<String>>,
+    /// Stored Responses API responses by id, with the input items they answered.
+    responses: Mutex<std::collections::HashMap<String, (Value, Vec<Value>)>>,
 }
 
 impl Shared {
@@ -410,6 +417,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     Chat,
+    Completions,
     Embeddings,
     Models,
 }
@@ -429,8 +437,15 @@ fn respond(shared: &Arc<Shared>, req: &Recorded) -> Result<Response<MockBody>, A
     if path == "/token" || path.ends_with("/oauth2/v2.0/token") {
         return Ok(oauth::respond(shared, req, path));
     }
+    if path == "/v1/messages" || path == "/v1/messages/count_tokens" {
+        return Ok(anthropic::respond(shared, req, path));
+    }
+    if path == "/v1/responses" || path.starts_with("/v1/responses/") {
+        return responses::respond(shared, req, path);
+    }
     let route = match (req.method.as_str(), path) {
         ("POST", "/v1/chat/completions") => Route::Chat,
+        ("POST", "/v1/completions") => Route::Completions,
         ("POST", "/v1/embeddings") => Route::Embeddings,
         ("GET", "/v1/models") => Route::Models,
         (method, _) => {
@@ -463,6 +478,7 @@ fn respond(shared: &Arc<Shared>, req: &Recorded) -> Result<Response<MockBody>, A
     }
     match route {
         Route::Chat => chat(shared, &body),
+        Route::Completions => completions(shared, &body),
         Route::Embeddings => embeddings(&body),
         Route::Models => Ok(models()),
     }
@@ -772,6 +788,61 @@ fn is_usage_event(event: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Legacy completions
+
+/// `POST /v1/completions`: `echo: <prompt>`, cut at `max_tokens` words (16 by default, as OpenAI's),
+/// the prompt put in front when `echo` is set.
+fn completions(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>, ApiError> {
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid(Some("model"), None, "you must provide a model parameter"))?;
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => items[0].as_str().unwrap_or_default().to_owned(),
+        _ => {
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                Some("invalid_type"),
+                "Invalid 'prompt': this mock takes one text prompt.",
+            ));
+        }
+    };
+    if body.get("messages").is_some() {
+        return Err(ApiError::invalid(Some("messages"), None, "Unrecognized request argument supplied: messages"));
+    }
+    let max = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(16) as usize;
+    let answer = format!("echo: {prompt}");
+    let pieces: Vec<&str> = words(&answer).take(max).collect();
+    let finish = if words(&answer).count() > max { "length" } else { "stop" };
+    let echo = if body.get("echo").and_then(Value::as_bool) == Some(true) { prompt.clone() } else { String::new() };
+    let (prompt_tokens, completion_tokens) = (word_count(&prompt), pieces.len());
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+    let id = format!("cmpl-mock-{}", shared.next_id());
+    let created = unix_now();
+    let choice = |text: String, finish: Option<&str>| json!({"text": text, "index": 0, "logprobs": null, "finish_reason": finish});
+    let chunk = |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
+    if body.get("stream").and_then(Value::as_bool) != Some(true) {
+        let mut whole = chunk(json!([choice(format!("{echo}{}", pieces.concat()), Some(finish))]));
+        whole["usage"] = usage;
+        return Ok(json_response(StatusCode::OK, &whole));
+    }
+    let mut events = Vec::new();
+    if !echo.is_empty() {
+        events.push(event(&chunk(json!([choice(echo, None)]))));
+    }
+    events.extend(pieces.iter().map(|p| event(&chunk(json!([choice((*p).to_owned(), None)])))));
+    events.push(event(&chunk(json!([choice(String::new(), Some(finish))]))));
+    if body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true) {
+        let mut last = chunk(json!([]));
+        last["usage"] = usage;
+        events.push(event(&last));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    Ok(sse(shared, events))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Streaming bodies
 
 fn sse(shared: &Arc<Shared>, events: Vec<Bytes>) -> Response<MockBody> {
@@ -1038,6 +1109,11 @@ fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// A whole body of bytes.
+fn full_body(bytes: Bytes) -> MockBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
 fn event(data: &Value) -> Bytes {
