@@ -799,7 +799,9 @@ fn completions(shared: &Arc<Shared>, body: &Value) -> Result<Response<MockBody>,
         .ok_or_else(|| ApiError::invalid(Some("model"), None, "you must provide a model parameter"))?;
     let prompt = match body.get("prompt") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => items[0].as_str().unwrap_or_default().to_owned(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_owned()
+        }
         _ => {
             return Err(ApiError::invalid(
                 Some("prompt"),

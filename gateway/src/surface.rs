@@ -93,7 +93,11 @@ enum Way {
     Messages(messages::Encoder),
     Responses(Box<(responses::Encoder, Option<Sink>)>),
     /// Relayed from an upstream that speaks the client's API.
-    NativeCompletions,
+    NativeCompletions {
+        /// The canonical form, for plugins that read the response (the echoed prompt removed).
+        capture: completions::Decoder,
+        echo: Option<String>,
+    },
     NativeMessages {
         /// Anthropic's usage fields, from `message_start` and `message_delta`.
         usage: Map<String, Value>,
@@ -137,7 +141,10 @@ impl Edge {
         let way = match (request, native) {
             (ClientRequest::Canonical(_), _) => Way::Canonical,
             (ClientRequest::Completions(s), false) => Way::Completions(completions::Encoder::new(&s.request)),
-            (ClientRequest::Completions(_), true) => Way::NativeCompletions,
+            (ClientRequest::Completions(s), true) => Way::NativeCompletions {
+                capture: completions::Decoder::new(&s.request),
+                echo: (s.request.echo == Some(true)).then(|| s.request.text_prompt().unwrap_or_default().to_owned()),
+            },
             (ClientRequest::Messages(_), false) => Way::Messages(messages::Encoder::default()),
             (ClientRequest::Messages(_), true) => Way::NativeMessages { usage: Map::new(), capture: None },
             (ClientRequest::Responses(s), false) => {
@@ -204,7 +211,7 @@ impl Edge {
             return;
         }
         match &mut self.way {
-            Way::NativeCompletions => acct.capture(&completions::decode_event(event)),
+            Way::NativeCompletions { capture, .. } => acct.capture(&capture.event(event)),
             Way::NativeMessages { capture, .. } => {
                 let decoder = capture.get_or_insert_with(|| messages::Decoder::new("upstream", ""));
                 let mut out = Vec::new();
@@ -233,7 +240,10 @@ impl Edge {
     /// Queues what the client receives of one event.
     pub fn emit(&mut self, event: Event, out: &mut VecDeque<Bytes>) {
         match &mut self.way {
-            Way::Canonical | Way::NativeCompletions | Way::NativeMessages { .. } | Way::NativeResponses { .. } => {
+            Way::Canonical
+            | Way::NativeCompletions { .. }
+            | Way::NativeMessages { .. }
+            | Way::NativeResponses { .. } => {
                 out.push_back(event.raw);
                 return;
             }
@@ -256,7 +266,7 @@ impl Edge {
     /// Anthropic's `error`, or the Responses API's `error` and `response.failed`.
     pub fn fail(&mut self, error: &Error, out: &mut VecDeque<Bytes>) {
         let bytes = match &mut self.way {
-            Way::Canonical | Way::NativeCompletions | Way::Completions(_) => error.sse_event(),
+            Way::Canonical | Way::NativeCompletions { .. } | Way::Completions(_) => error.sse_event(),
             Way::NativeMessages { .. } => error.anthropic_sse_event(),
             Way::Messages(encoder) => {
                 encoder.fail(error, &mut self.buf);
@@ -290,9 +300,11 @@ impl Edge {
             Way::Canonical => {
                 Whole { usage: canonical_usage(&body), canonical: Some(body.clone()), body, passed_through: true }
             }
-            Way::NativeCompletions => Whole {
+            Way::NativeCompletions { echo, .. } => Whole {
                 usage: canonical_usage(&body),
-                canonical: capture.then(|| completions::decode_whole(&body).as_ref().map(to_bytes)).flatten(),
+                canonical: capture
+                    .then(|| completions::decode_whole(&body, echo.as_deref()).as_ref().map(to_bytes))
+                    .flatten(),
                 body,
                 passed_through: true,
             },

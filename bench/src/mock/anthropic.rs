@@ -51,7 +51,8 @@ impl AnthropicError {
     }
 
     pub(crate) fn into_response(self) -> http::Response<MockBody> {
-        let body = json!({"type": "error", "error": {"type": self.kind, "message": self.message}, "request_id": "req_mock"});
+        let body =
+            json!({"type": "error", "error": {"type": self.kind, "message": self.message}, "request_id": "req_mock"});
         let mut response = json_response(self.status, &body);
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -111,7 +112,11 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> http:
 
 fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Response<MockBody>, AnthropicError> {
     if req.method != "POST" {
-        return Err(AnthropicError { status: StatusCode::NOT_FOUND, kind: "not_found_error", message: "Not Found".into() });
+        return Err(AnthropicError {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found_error",
+            message: "Not Found".into(),
+        });
     }
     // The API takes its key in `x-api-key`; the SDKs from 2.x on send it as a bearer token.
     let bearer = req.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
@@ -141,8 +146,12 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Resp
     let model = body.get("model").and_then(Value::as_str).unwrap_or_default();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if let Some(name) = model.strip_prefix("fixture:") {
-        let recorded = fixture(&format!("{name}.{}", if stream { "sse" } else { "json" }))
-            .ok_or_else(|| AnthropicError { status: StatusCode::NOT_FOUND, kind: "not_found_error", message: format!("model: {model}") })?;
+        let recorded =
+            fixture(&format!("{name}.{}", if stream { "sse" } else { "json" })).ok_or_else(|| AnthropicError {
+                status: StatusCode::NOT_FOUND,
+                kind: "not_found_error",
+                message: format!("model: {model}"),
+            })?;
         if stream {
             let events = recorded.split_inclusive("\n\n").map(|e| Bytes::from_static(e.as_bytes())).collect();
             return Ok(streamed(shared, events, "text/event-stream"));
@@ -173,9 +182,17 @@ impl Messages {
     /// Reads and checks a Messages body as the API does; `create` is `POST /v1/messages` (which
     /// requires `max_tokens`), else `count_tokens`.
     pub(crate) fn read(body: &Value, create: bool) -> Result<Self, AnthropicError> {
-        let Some(map) = body.as_object() else { return Err(AnthropicError::invalid("body: Input should be an object")) };
-        let known: &[&str] = if create { KNOWN } else { &["model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"] };
-        if let Some(extra) = map.keys().find(|k| !known.contains(&k.as_str()) && k.as_str() != "anthropic_version" && k.as_str() != "anthropic_beta") {
+        let Some(map) = body.as_object() else {
+            return Err(AnthropicError::invalid("body: Input should be an object"));
+        };
+        let known: &[&str] = if create {
+            KNOWN
+        } else {
+            &["model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"]
+        };
+        if let Some(extra) = map.keys().find(|k| {
+            !known.contains(&k.as_str()) && k.as_str() != "anthropic_version" && k.as_str() != "anthropic_beta"
+        }) {
             return Err(AnthropicError::invalid(format!("{extra}: Extra inputs are not permitted")));
         }
         if map.get("model").and_then(Value::as_str).is_none() && !map.contains_key("anthropic_version") {
@@ -185,13 +202,18 @@ impl Messages {
         if create && max_tokens.is_none() {
             return Err(AnthropicError::invalid("max_tokens: Field required"));
         }
-        let messages = map.get("messages").and_then(Value::as_array).ok_or_else(|| AnthropicError::invalid("messages: Field required"))?;
+        let messages = map
+            .get("messages")
+            .and_then(Value::as_array)
+            .ok_or_else(|| AnthropicError::invalid("messages: Field required"))?;
         if messages.is_empty() {
             return Err(AnthropicError::invalid("messages: at least one message is required"));
         }
         let mut prompt_tokens = match map.get("system") {
             Some(Value::String(s)) => word_count(s),
-            Some(Value::Array(blocks)) => blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).map(word_count).sum(),
+            Some(Value::Array(blocks)) => {
+                blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).map(word_count).sum()
+            }
             _ => 0,
         };
         let (mut last_user, mut tool_result) = (String::new(), None);
@@ -199,7 +221,9 @@ impl Messages {
         for (i, m) in messages.iter().enumerate() {
             let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
             if !["user", "assistant"].contains(&role) {
-                return Err(AnthropicError::invalid(format!("messages.{i}.role: Input should be 'user' or 'assistant'")));
+                return Err(AnthropicError::invalid(format!(
+                    "messages.{i}.role: Input should be 'user' or 'assistant'"
+                )));
             }
             let blocks: Vec<Value> = match m.get("content") {
                 Some(Value::String(s)) => vec![json!({"type": "text", "text": s})],
@@ -220,31 +244,42 @@ impl Messages {
                     Some("image") => {
                         let source = &block["source"];
                         let ok = match source.get("type").and_then(Value::as_str) {
-                            Some("base64") => ["image/png", "image/jpeg", "image/gif", "image/webp"]
-                                .contains(&source.get("media_type").and_then(Value::as_str).unwrap_or_default())
-                                && source.get("data").is_some_and(Value::is_string),
+                            Some("base64") => {
+                                ["image/png", "image/jpeg", "image/gif", "image/webp"]
+                                    .contains(&source.get("media_type").and_then(Value::as_str).unwrap_or_default())
+                                    && source.get("data").is_some_and(Value::is_string)
+                            }
                             Some("url") => source.get("url").is_some_and(Value::is_string),
                             _ => false,
                         };
                         if !ok {
-                            return Err(AnthropicError::invalid(format!("messages.{i}.content.{j}.image.source: Input should be a valid image source")));
+                            return Err(AnthropicError::invalid(format!(
+                                "messages.{i}.content.{j}.image.source: Input should be a valid image source"
+                            )));
                         }
                         prompt_tokens += 1;
                     }
                     Some("document") => prompt_tokens += 1,
-                    Some("tool_use") => pending.push(block.get("id").and_then(Value::as_str).unwrap_or_default().to_owned()),
+                    Some("tool_use") => {
+                        pending.push(block.get("id").and_then(Value::as_str).unwrap_or_default().to_owned())
+                    }
                     Some("tool_result") => {
                         results.push(block.get("tool_use_id").and_then(Value::as_str).unwrap_or_default().to_owned());
                         let text = match block.get("content") {
                             Some(Value::String(s)) => s.clone(),
-                            Some(Value::Array(items)) => items.iter().filter_map(|c| c.get("text").and_then(Value::as_str)).collect(),
+                            Some(Value::Array(items)) => {
+                                items.iter().filter_map(|c| c.get("text").and_then(Value::as_str)).collect()
+                            }
                             _ => String::new(),
                         };
                         tool_result = Some(text);
                     }
                     Some("thinking" | "redacted_thinking") => {}
                     other => {
-                        return Err(AnthropicError::invalid(format!("messages.{i}.content.{j}: Input tag '{}' found using 'type' does not match any of the expected tags", other.unwrap_or_default())));
+                        return Err(AnthropicError::invalid(format!(
+                            "messages.{i}.content.{j}: Input tag '{}' found using 'type' does not match any of the expected tags",
+                            other.unwrap_or_default()
+                        )));
                     }
                 }
             }
@@ -262,12 +297,20 @@ impl Messages {
         }
         let mut tools = Vec::new();
         for (i, tool) in map.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            let name = tool.get("name").and_then(Value::as_str).ok_or_else(|| AnthropicError::invalid(format!("tools.{i}.name: Field required")))?;
+            let name = tool
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| AnthropicError::invalid(format!("tools.{i}.name: Field required")))?;
             if tool.get("type").is_none() && tool.get("input_schema").is_none() {
                 return Err(AnthropicError::invalid(format!("tools.{i}.custom.input_schema: Field required")));
             }
-            if let Some(extra) = tool.as_object().and_then(|t| t.keys().find(|k| !["name", "description", "input_schema", "type", "cache_control"].contains(&k.as_str()))) {
-                return Err(AnthropicError::invalid(format!("tools.{i}.custom.{extra}: Extra inputs are not permitted")));
+            if let Some(extra) = tool.as_object().and_then(|t| {
+                t.keys()
+                    .find(|k| !["name", "description", "input_schema", "type", "cache_control"].contains(&k.as_str()))
+            }) {
+                return Err(AnthropicError::invalid(format!(
+                    "tools.{i}.custom.{extra}: Extra inputs are not permitted"
+                )));
             }
             tools.push(name.to_owned());
         }
@@ -297,7 +340,13 @@ impl Answer {
             Some(name) => vec![name.clone()],
             None => request.tools.clone(),
         };
-        let script = Script::new(&request.last_user, request.tool_result.as_deref(), &tools, request.max_tokens, request.prompt_tokens);
+        let script = Script::new(
+            &request.last_user,
+            request.tool_result.as_deref(),
+            &tools,
+            request.max_tokens,
+            request.prompt_tokens,
+        );
         Self { script, model: model.to_owned(), id, failing: request.last_user.contains(TRIGGER_STREAM_EXCEPTION) }
     }
 
@@ -326,8 +375,10 @@ impl Answer {
             ScriptReply::Calls(calls) => calls
                 .iter()
                 .enumerate()
-                .map(|(n, name)| json!({"type": "tool_use", "id": self.tool_id(n), "name": name,
-                    "input": serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap_or_default()}))
+                .map(|(n, name)| {
+                    json!({"type": "tool_use", "id": self.tool_id(n), "name": name,
+                    "input": serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap_or_default()})
+                })
                 .collect(),
         };
         json!({"id": format!("msg_mock_{}", self.id), "type": "message", "role": "assistant", "model": self.model,
@@ -344,11 +395,15 @@ impl Answer {
         ];
         match &self.script.reply {
             ScriptReply::Text(_) => {
-                events.push(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}));
+                events.push(
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                );
                 events.push(json!({"type": "ping"}));
                 for (n, piece) in self.script.pieces().iter().enumerate() {
                     if self.failing && n == 2 {
-                        events.push(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}));
+                        events.push(
+                            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+                        );
                         return events;
                     }
                     events.push(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}));

@@ -433,8 +433,18 @@ fn converse(
 
 /// Fields of the Claude Messages body that InvokeModel takes.
 const CLAUDE_FIELDS: &[&str] = &[
-    "anthropic_version", "anthropic_beta", "max_tokens", "system", "messages", "temperature", "top_p", "top_k", "tools",
-    "tool_choice", "stop_sequences", "thinking",
+    "anthropic_version",
+    "anthropic_beta",
+    "max_tokens",
+    "system",
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "stop_sequences",
+    "thinking",
 ];
 
 /// InvokeModel(WithResponseStream) for a Claude model: the Messages body, answered as Anthropic's
@@ -442,10 +452,14 @@ const CLAUDE_FIELDS: &[&str] = &[
 fn claude(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Result<http::Response<MockBody>, AwsError> {
     use base64::Engine as _;
     if let Some(extra) = body.as_object().and_then(|m| m.keys().find(|k| !CLAUDE_FIELDS.contains(&k.as_str()))) {
-        return Err(AwsError::validation(format!("Malformed input request: extraneous key [{extra}] is not permitted, please reformat your input and try again.")));
+        return Err(AwsError::validation(format!(
+            "Malformed input request: extraneous key [{extra}] is not permitted, please reformat your input and try again."
+        )));
     }
     if body.get("anthropic_version").and_then(Value::as_str) != Some("bedrock-2023-05-31") {
-        return Err(AwsError::validation("Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again."));
+        return Err(AwsError::validation(
+            "Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again.",
+        ));
     }
     let request = super::anthropic::Messages::read(body, true).map_err(|e| AwsError::validation(e.message))?;
     let answer = super::anthropic::Answer::new(&request, model, shared.next_id());
@@ -455,7 +469,10 @@ fn claude(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Resu
     let mut frames = Vec::new();
     for mut event in answer.events() {
         if event["type"] == "error" {
-            frames.push(exception("modelStreamErrorException", &json!({"message": "The model stream failed (mock).", "originalStatusCode": 529})));
+            frames.push(exception(
+                "modelStreamErrorException",
+                &json!({"message": "The model stream failed (mock).", "originalStatusCode": 529}),
+            ));
             return Ok(streamed(shared, frames, "application/vnd.amazon.eventstream"));
         }
         if event["type"] == "message_stop" {

@@ -34,14 +34,43 @@ fixtures!("text", "text_logprobs", "function_call", "text_then_function_call", "
 
 /// The parameters the Responses API takes.
 const KNOWN: &[&str] = &[
-    "model", "input", "instructions", "tools", "tool_choice", "text", "reasoning", "max_output_tokens", "temperature",
-    "top_p", "metadata", "user", "store", "stream", "previous_response_id", "parallel_tool_calls", "truncation", "include",
-    "service_tier", "prompt_cache_key", "safety_identifier", "top_logprobs", "max_tool_calls", "background", "prompt",
-    "stream_options", "conversation",
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "text",
+    "reasoning",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "metadata",
+    "user",
+    "store",
+    "stream",
+    "previous_response_id",
+    "parallel_tool_calls",
+    "truncation",
+    "include",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "top_logprobs",
+    "max_tool_calls",
+    "background",
+    "prompt",
+    "stream_options",
+    "conversation",
 ];
 
 fn invalid(param: &str, message: String) -> ApiError {
-    ApiError { status: StatusCode::BAD_REQUEST, message, kind: "invalid_request_error", param: Some(leak(param)), code: None }
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message,
+        kind: "invalid_request_error",
+        param: Some(leak(param)),
+        code: None,
+    }
 }
 
 /// Error params are `&'static str` in [`ApiError`]; the mock's few dynamic ones are leaked, which
@@ -65,7 +94,9 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Resul
             "GET" => stored.get(id).map(|(r, _)| json_response(StatusCode::OK, r)).ok_or_else(|| not_found(id)),
             "DELETE" => stored
                 .remove(id)
-                .map(|_| json_response(StatusCode::OK, &json!({"id": id, "object": "response.deleted", "deleted": true})))
+                .map(|_| {
+                    json_response(StatusCode::OK, &json!({"id": id, "object": "response.deleted", "deleted": true}))
+                })
                 .ok_or_else(|| not_found(id)),
             _ => Err(not_found(id)),
         };
@@ -78,11 +109,16 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Resul
     }
     let body: Value = serde_json::from_slice(&req.body)
         .map_err(|_| ApiError::invalid(None, None, "We could not parse the JSON body of your request."))?;
-    let Some(map) = body.as_object() else { return Err(ApiError::invalid(None, None, "The request body must be a JSON object.")) };
+    let Some(map) = body.as_object() else {
+        return Err(ApiError::invalid(None, None, "The request body must be a JSON object."));
+    };
     if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(invalid(unknown, format!("Unknown parameter: '{unknown}'.")));
     }
-    let model = map.get("model").and_then(Value::as_str).ok_or_else(|| invalid("model", "Missing required parameter: 'model'.".into()))?;
+    let model = map
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("model", "Missing required parameter: 'model'.".into()))?;
     let mut conversation: Vec<Value> = Vec::new();
     if let Some(previous) = map.get("previous_response_id").and_then(Value::as_str) {
         let stored = shared.responses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -96,7 +132,12 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Resul
         Some(Value::String(s)) => vec![json!({"type": "message", "role": "user", "content": s})],
         Some(Value::Array(items)) => items.clone(),
         None if !conversation.is_empty() => Vec::new(),
-        _ => return Err(invalid("input", "Invalid type for 'input': expected a string or an array of input items.".into())),
+        _ => {
+            return Err(invalid(
+                "input",
+                "Invalid type for 'input': expected a string or an array of input items.".into(),
+            ));
+        }
     };
     conversation.extend(own.iter().cloned());
     let stream = map.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -111,7 +152,11 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Resul
     let done = answer.response("completed");
     if map.get("store").and_then(Value::as_bool) != Some(false) {
         let input = conversation.clone();
-        shared.responses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(answer.id(), (done.clone(), input));
+        shared
+            .responses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(answer.id(), (done.clone(), input));
     }
     if !stream {
         return Ok(json_response(StatusCode::OK, &done));
@@ -130,12 +175,24 @@ fn read(map: &serde_json::Map<String, Value>, conversation: &[Value]) -> Result<
             "message" => {
                 let role = item.get("role").and_then(Value::as_str).unwrap_or_default();
                 if !["user", "assistant", "system", "developer"].contains(&role) {
-                    return Err(invalid(&format!("input[{i}].role"), format!("Invalid value: '{role}'. Supported values are: 'assistant', 'system', 'developer', and 'user'.")));
+                    return Err(invalid(
+                        &format!("input[{i}].role"),
+                        format!(
+                            "Invalid value: '{role}'. Supported values are: 'assistant', 'system', 'developer', and 'user'."
+                        ),
+                    ));
                 }
                 let text: String = match item.get("content") {
                     Some(Value::String(s)) => s.clone(),
-                    Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
-                    _ => return Err(invalid(&format!("input[{i}].content"), format!("Missing required parameter: 'input[{i}].content'."))),
+                    Some(Value::Array(parts)) => {
+                        parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect()
+                    }
+                    _ => {
+                        return Err(invalid(
+                            &format!("input[{i}].content"),
+                            format!("Missing required parameter: 'input[{i}].content'."),
+                        ));
+                    }
                 };
                 prompt_tokens += word_count(&text);
                 if role == "user" {
@@ -146,13 +203,19 @@ fn read(map: &serde_json::Map<String, Value>, conversation: &[Value]) -> Result<
             "function_call_output" => {
                 let id = item.get("call_id").and_then(Value::as_str).unwrap_or_default();
                 if !calls.iter().any(|c| c == id) {
-                    return Err(invalid("input", format!("No tool call found for function call output with call_id {id}.")));
+                    return Err(invalid(
+                        "input",
+                        format!("No tool call found for function call output with call_id {id}."),
+                    ));
                 }
                 tool_result = Some(item.get("output").and_then(Value::as_str).unwrap_or_default().to_owned());
             }
             "reasoning" => {
                 if item.get("encrypted_content").is_none() {
-                    return Err(invalid(&format!("input[{i}]"), "Reasoning input items need their encrypted_content when not stored.".into()));
+                    return Err(invalid(
+                        &format!("input[{i}]"),
+                        "Reasoning input items need their encrypted_content when not stored.".into(),
+                    ));
                 }
             }
             other => return Err(invalid(&format!("input[{i}].type"), format!("Invalid value: '{other}'."))),
@@ -161,7 +224,10 @@ fn read(map: &serde_json::Map<String, Value>, conversation: &[Value]) -> Result<
     let mut tools = Vec::new();
     for (i, tool) in map.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
         if tool.get("function").is_some() || tool.get("name").and_then(Value::as_str).is_none() {
-            return Err(invalid(&format!("tools[{i}].name"), format!("Missing required parameter: 'tools[{i}].name'.")));
+            return Err(invalid(
+                &format!("tools[{i}].name"),
+                format!("Missing required parameter: 'tools[{i}].name'."),
+            ));
         }
         tools.push(tool["name"].as_str().unwrap_or_default().to_owned());
     }
@@ -194,13 +260,17 @@ impl Answer {
 
     fn items(&self, status: &str) -> Vec<Value> {
         match &self.script.reply {
-            ScriptReply::Text(t) => vec![json!({"id": format!("msg_mock{}", self.n), "type": "message", "status": status, "role": "assistant",
-                "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": t}]})],
+            ScriptReply::Text(t) => vec![
+                json!({"id": format!("msg_mock{}", self.n), "type": "message", "status": status, "role": "assistant",
+                "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": t}]}),
+            ],
             ScriptReply::Calls(calls) => calls
                 .iter()
                 .enumerate()
-                .map(|(k, name)| json!({"id": format!("fc_mock{}_{k}", self.n), "type": "function_call", "status": status,
-                    "arguments": TOOL_ARGUMENTS, "call_id": format!("call_mock{}_{k}", self.n), "name": name}))
+                .map(|(k, name)| {
+                    json!({"id": format!("fc_mock{}_{k}", self.n), "type": "function_call", "status": status,
+                    "arguments": TOOL_ARGUMENTS, "call_id": format!("call_mock{}_{k}", self.n), "name": name})
+                })
                 .collect(),
         }
     }
@@ -246,24 +316,47 @@ impl Answer {
             if item["type"] == "message" {
                 added["content"] = json!([]);
                 emit("response.output_item.added", json!({"output_index": index, "item": added}));
-                emit("response.content_part.added", json!({"item_id": id, "output_index": index, "content_index": 0,
-                    "part": {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}}));
+                emit(
+                    "response.content_part.added",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                    "part": {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}}),
+                );
                 for piece in self.script.pieces() {
-                    emit("response.output_text.delta", json!({"item_id": id, "output_index": index, "content_index": 0, "delta": piece, "logprobs": []}));
+                    emit(
+                        "response.output_text.delta",
+                        json!({"item_id": id, "output_index": index, "content_index": 0, "delta": piece, "logprobs": []}),
+                    );
                 }
-                if self.script.pieces().is_empty() && let ScriptReply::Text(t) = &self.script.reply {
-                    emit("response.output_text.delta", json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t, "logprobs": []}));
+                if self.script.pieces().is_empty()
+                    && let ScriptReply::Text(t) = &self.script.reply
+                {
+                    emit(
+                        "response.output_text.delta",
+                        json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t, "logprobs": []}),
+                    );
                 }
                 let text = item["content"][0]["text"].clone();
-                emit("response.output_text.done", json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
-                emit("response.content_part.done", json!({"item_id": id, "output_index": index, "content_index": 0, "part": item["content"][0]}));
+                emit(
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}),
+                );
+                emit(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": item["content"][0]}),
+                );
             } else {
                 added["arguments"] = json!("");
                 emit("response.output_item.added", json!({"output_index": index, "item": added}));
                 for fragment in argument_fragments(TOOL_ARGUMENTS) {
-                    emit("response.function_call_arguments.delta", json!({"item_id": id, "output_index": index, "delta": fragment}));
+                    emit(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": id, "output_index": index, "delta": fragment}),
+                    );
                 }
-                emit("response.function_call_arguments.done", json!({"item_id": id, "output_index": index, "arguments": TOOL_ARGUMENTS}));
+                emit(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": index, "arguments": TOOL_ARGUMENTS}),
+                );
             }
             emit("response.output_item.done", json!({"output_index": index, "item": item}));
         }

@@ -99,7 +99,7 @@ impl CompletionsRequest {
     }
 
     /// The one text prompt, if the prompt is a string or a list of one string.
-    fn text_prompt(&self) -> Option<&str> {
+    pub fn text_prompt(&self) -> Option<&str> {
         match &self.prompt {
             Value::String(s) => Some(s),
             Value::Array(items) if items.len() == 1 => items[0].as_str(),
@@ -306,17 +306,20 @@ fn data_event(value: &Value, out: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------------------------
 // Completions answers → canonical (what plugins read of a natively relayed answer)
 
-/// A whole `text_completion` → a `chat.completion`.
-pub fn decode_whole(body: &[u8]) -> Option<Value> {
+/// A whole `text_completion` → a `chat.completion`, without the prompt an `echo` put in front
+/// (the canonical answer is what the model wrote).
+pub fn decode_whole(body: &[u8], echo: Option<&str>) -> Option<Value> {
     let answer: Value = serde_json::from_slice(body).ok()?;
     let choices: Vec<Value> = answer
         .get("choices")?
         .as_array()?
         .iter()
         .map(|c| {
+            let text = c.get("text").and_then(Value::as_str).unwrap_or_default();
+            let text = echo.and_then(|e| text.strip_prefix(e)).unwrap_or(text);
             json!({
                 "index": c.get("index").cloned().unwrap_or(json!(0)),
-                "message": {"role": "assistant", "content": c.get("text").cloned().unwrap_or(json!(""))},
+                "message": {"role": "assistant", "content": text},
                 "logprobs": null,
                 "finish_reason": c.get("finish_reason").cloned().unwrap_or(Value::Null),
             })
@@ -332,21 +335,47 @@ pub fn decode_whole(body: &[u8]) -> Option<Value> {
     Some(out)
 }
 
-/// One completions stream event → the canonical event plugins see (the usage chunk, `[DONE]` and
-/// errors unchanged).
-pub fn decode_event(event: &Event) -> Bytes {
-    let Ok(mut chunk) = serde_json::from_slice::<Value>(&event.data) else { return event.raw.clone() };
-    let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else { return event.raw.clone() };
-    for choice in choices.iter_mut() {
-        let text = choice.get("text").cloned().unwrap_or(json!(""));
-        let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
-        let index = choice.get("index").cloned().unwrap_or(json!(0));
-        *choice = json!({"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": finish});
+/// Completions stream events → the canonical events plugins see (the usage chunk, `[DONE]` and
+/// errors unchanged), without the prompt an `echo` put in front.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// What is left to remove of the echoed prompt, for choice 0.
+    echo: String,
+}
+
+impl Decoder {
+    pub fn new(request: &CompletionsRequest) -> Self {
+        let echo = if request.echo == Some(true) {
+            request.text_prompt().unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        };
+        Self { echo }
     }
-    chunk["object"] = json!("chat.completion.chunk");
-    let mut out = Vec::with_capacity(event.raw.len() + 16);
-    data_event(&chunk, &mut out);
-    Bytes::from(out)
+
+    pub fn event(&mut self, event: &Event) -> Bytes {
+        let Ok(mut chunk) = serde_json::from_slice::<Value>(&event.data) else { return event.raw.clone() };
+        let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else { return event.raw.clone() };
+        for choice in choices.iter_mut() {
+            let mut text = choice.get("text").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let index = choice.get("index").cloned().unwrap_or(json!(0));
+            if index == json!(0) && !self.echo.is_empty() {
+                let common = text.len().min(self.echo.len());
+                if self.echo.as_bytes()[..common] == text.as_bytes()[..common] && self.echo.is_char_boundary(common) {
+                    self.echo.drain(..common);
+                    text.drain(..common);
+                } else {
+                    self.echo.clear();
+                }
+            }
+            let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
+            *choice = json!({"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": finish});
+        }
+        chunk["object"] = json!("chat.completion.chunk");
+        let mut out = Vec::with_capacity(event.raw.len() + 16);
+        data_event(&chunk, &mut out);
+        Bytes::from(out)
+    }
 }
 
 #[cfg(test)]

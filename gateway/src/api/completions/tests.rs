@@ -184,7 +184,7 @@ fn without_include_usage_the_usage_chunk_is_not_sent() {
 }
 
 #[test]
-fn native_completions_read_as_chat_for_plugins() {
+fn native_completions_read_as_chat_for_plugins_without_the_echo() {
     let stream = "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"w\",\"choices\":[{\"index\":0,\"text\":\"Hel\",\"logprobs\":null,\"finish_reason\":null}]}\n\ndata: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"w\",\"choices\":[{\"index\":0,\"text\":\"lo\",\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\ndata: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"w\",\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":2,\"total_tokens\":4}}\n\ndata: [DONE]\n\n";
     let mut splitter = Splitter::default();
     let split = byte_by_byte(stream.as_bytes(), |b, out| {
@@ -192,15 +192,20 @@ fn native_completions_read_as_chat_for_plugins() {
         out.extend(std::iter::from_fn(|| splitter.next_event()));
     });
     assert_eq!(raw(&split), stream.as_bytes(), "split without changing a byte");
-    let decoded: Vec<u8> = split.iter().flat_map(|e| decode_event(e).to_vec()).collect();
+    let mut decoder = Decoder::new(&parse(json!({"model": "m", "prompt": "He", "echo": true})));
+    let decoded: Vec<u8> = split.iter().flat_map(|e| decoder.event(e).to_vec()).collect();
     assert_eq!(events(&decoded).len(), 4);
     expect![[r#"
-        {"choices":[{"delta":{"content":"Hel"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"cmpl-1","model":"w","object":"chat.completion.chunk"}
+        {"choices":[{"delta":{"content":"l"},"finish_reason":null,"index":0,"logprobs":null}],"created":0,"id":"cmpl-1","model":"w","object":"chat.completion.chunk"}
         {"choices":[{"delta":{"content":"lo"},"finish_reason":"stop","index":0,"logprobs":null}],"created":0,"id":"cmpl-1","model":"w","object":"chat.completion.chunk"}
         {"choices":[],"created":0,"id":"cmpl-1","model":"w","object":"chat.completion.chunk","usage":{"completion_tokens":2,"prompt_tokens":2,"total_tokens":4}}
         [DONE]"#]]
     .assert_eq(&stream_text(&decoded));
-    let whole = decode_whole(br#"{"id":"cmpl-2","object":"text_completion","created":1,"model":"w","choices":[{"index":0,"text":"Hello","logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#).unwrap();
-    assert_eq!(whole.pointer("/choices/0/message/content"), Some(&json!("Hello")));
+    let whole = decode_whole(br#"{"id":"cmpl-2","object":"text_completion","created":1,"model":"w","choices":[{"index":0,"text":"Hello","logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#, Some("He")).unwrap();
+    assert_eq!(
+        whole.pointer("/choices/0/message/content"),
+        Some(&json!("llo")),
+        "the echoed prompt is not the model's answer"
+    );
     assert_eq!(whole["usage"]["total_tokens"], 2);
 }
