@@ -59,6 +59,7 @@ pub struct ModelCall {
 
 /// What admission decided.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "made once per request and taken apart at once")]
 pub enum Admitted {
     /// Go on to an upstream.
     Continue(ModelCall),

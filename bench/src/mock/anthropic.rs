@@ -164,7 +164,7 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Resp
     if !stream {
         return Ok(json_response(StatusCode::OK, &answer.message()));
     }
-    let events = answer.events().iter().map(|e| sse(e)).collect();
+    let events = answer.events().iter().map(sse).collect();
     Ok(streamed(shared, events, "text/event-stream"))
 }
 

@@ -587,7 +587,7 @@ pub fn from_chat(req: &ChatRequest, model: &str) -> Result<Value, Error> {
         tools.push(json!({"name": JSON_TOOL, "description": "Respond with a JSON object that matches this schema.", "input_schema": schema}));
         tool_choice = Some(json!({"type": "tool", "name": JSON_TOOL}));
     }
-    if !tools.is_empty() && !(drop_tools && tool_choice.as_ref().is_some_and(|c| c["type"] == "none")) {
+    if !(tools.is_empty() || drop_tools && tool_choice.as_ref().is_some_and(|c| c["type"] == "none")) {
         out["tools"] = Value::Array(tools);
         if req.param("parallel_tool_calls") == Some(&Value::Bool(false)) {
             let choice = tool_choice.get_or_insert_with(|| json!({"type": "auto"}));

@@ -107,7 +107,7 @@ impl ResponsesRequest {
             }
         }
         if let Some(max) = request.param("max_output_tokens")
-            && !max.as_u64().is_some_and(|n| n >= 16)
+            && max.as_u64().is_none_or(|n| n < 16)
         {
             return Err(bad("max_output_tokens", "'max_output_tokens' must be an integer of at least 16."));
         }
@@ -1075,7 +1075,7 @@ impl Decoder {
         Self { id: super::completion_id(), ..Self::default() }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
+    fn chunk(&self, delta: &Value, finish: Option<&str>) -> Event {
         super::sse::data_event(&json!({
             "id": self.id, "object": "chat.completion.chunk", "created": 0, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
@@ -1089,13 +1089,13 @@ impl Decoder {
         match str_at("type") {
             "response.created" => {
                 self.model = payload.pointer("/response/model").and_then(Value::as_str).unwrap_or_default().to_owned();
-                out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+                out.push(self.chunk(&json!({"role": "assistant", "content": ""}), None));
             }
             "response.output_text.delta" | "response.refusal.delta" => {
-                out.push(self.chunk(json!({"content": str_at("delta")}), None))
+                out.push(self.chunk(&json!({"content": str_at("delta")}), None))
             }
             "response.reasoning_summary_text.delta" => {
-                out.push(self.chunk(json!({"reasoning_content": str_at("delta")}), None))
+                out.push(self.chunk(&json!({"reasoning_content": str_at("delta")}), None))
             }
             "response.output_item.added"
                 if payload.pointer("/item/type").and_then(Value::as_str) == Some("function_call") =>
@@ -1104,14 +1104,14 @@ impl Decoder {
                 let n = self.calls.len();
                 self.calls.push(item.get("id").and_then(Value::as_str).unwrap_or_default().to_owned());
                 out.push(self.chunk(
-                    json!({"tool_calls": [{"index": n, "id": item.get("call_id"), "type": "function", "function": {"name": item.get("name"), "arguments": ""}}]}),
+                    &json!({"tool_calls": [{"index": n, "id": item.get("call_id"), "type": "function", "function": {"name": item.get("name"), "arguments": ""}}]}),
                     None,
                 ));
             }
             "response.function_call_arguments.delta" => {
                 if let Some(n) = self.calls.iter().position(|id| id == str_at("item_id")) {
                     out.push(self.chunk(
-                        json!({"tool_calls": [{"index": n, "function": {"arguments": str_at("delta")}}]}),
+                        &json!({"tool_calls": [{"index": n, "function": {"arguments": str_at("delta")}}]}),
                         None,
                     ));
                 }
@@ -1121,7 +1121,7 @@ impl Decoder {
                 let decoded = decode_whole(response);
                 let finish =
                     decoded.pointer("/choices/0/finish_reason").and_then(Value::as_str).unwrap_or("stop").to_owned();
-                out.push(self.chunk(json!({}), Some(&finish)));
+                out.push(self.chunk(&json!({}), Some(&finish)));
                 if let Some(usage) = decoded.get("usage") {
                     out.push(super::sse::data_event(&json!({"id": self.id, "object": "chat.completion.chunk", "created": 0, "model": self.model, "choices": [], "usage": usage})));
                 }

@@ -1,5 +1,6 @@
 //! Golden translations of the Completions API, both directions, streams fed byte by byte.
 //! `UPDATE_EXPECT=1 cargo test -p weir api::completions` rewrites them.
+#![expect(clippy::needless_pass_by_value, reason = "the helpers take each literal case by value")]
 
 use expect_test::{Expect, expect};
 use serde_json::{Value, json};

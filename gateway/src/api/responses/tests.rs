@@ -1,5 +1,6 @@
 //! Golden translations of the Responses API, both directions, streams fed byte by byte.
 //! `UPDATE_EXPECT=1 cargo test -p weir api::responses` rewrites them.
+#![expect(clippy::needless_pass_by_value, reason = "the helpers take each literal case by value")]
 
 use expect_test::{Expect, expect};
 use serde_json::{Value, json};
