@@ -286,6 +286,10 @@ pub struct Usage {
 pub struct PromptDetails {
     #[serde(default)]
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the provider's cache (Anthropic's and Bedrock's cache writes), which
+    /// `prompt_tokens` includes.
+    #[serde(default)]
+    pub cache_write_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -297,6 +301,10 @@ pub struct CompletionDetails {
 impl Usage {
     pub fn cached_tokens(&self) -> u64 {
         self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0)
+    }
+
+    pub fn cache_write_tokens(&self) -> u64 {
+        self.prompt_tokens_details.and_then(|d| d.cache_write_tokens).unwrap_or(0)
     }
 
     pub fn reasoning_tokens(&self) -> u64 {

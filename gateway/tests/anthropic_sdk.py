@@ -10,10 +10,10 @@ overloaded) and T-break (its streams break after a few events).
 
 import base64
 import os
-import sys
-import traceback
 
 import anthropic
+
+from sdk_checks import check, expect_raises, run
 
 BASE_URL = os.environ["WEIR_BASE_URL"].removesuffix("/v1")
 KEY = os.environ["WEIR_API_KEY"]
@@ -21,21 +21,6 @@ TARGETS = os.environ["WEIR_TARGETS"].split(",")
 client = anthropic.Anthropic(base_url=BASE_URL, api_key=KEY, max_retries=0, timeout=30)
 TOOLS = [{"name": "get_weather", "description": "Weather now", "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}]
 PNG = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")).decode()
-
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
-
-
-def expect_raises(exc_type, fn):
-    try:
-        fn()
-    except exc_type as e:
-        return e
-    raise AssertionError(f"expected {exc_type.__name__}")
 
 
 @check
@@ -123,16 +108,4 @@ def mid_stream_failure_raises(t):
     assert "error" in str(e), e
 
 
-passed = failed = 0
-for target in TARGETS:
-    for fn in checks:
-        try:
-            fn(target)
-            passed += 1
-            print(f"ok   {target:10} {fn.__name__}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {target:10} {fn.__name__}")
-            traceback.print_exc(file=sys.stdout)
-print(f"anthropic SDK checks: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run("anthropic SDK checks", TARGETS)

@@ -5,18 +5,12 @@ Run by the Rust test `completions::the_default_configs_local_worker_answers_lega
 """
 
 import os
-import sys
-import traceback
 
 import openai
 
+from sdk_checks import check, expect_raises, run
+
 client = openai.OpenAI(base_url=os.environ["WEIR_BASE_URL"], api_key=os.environ["WEIR_API_KEY"], max_retries=0, timeout=120)
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 @check
@@ -40,22 +34,8 @@ def echo_and_streaming_agree():
 
 @check
 def what_the_worker_cannot_do_is_refused_by_name():
-    try:
-        client.completions.create(model="weir-tiny-chat", prompt="a", suffix="b", max_tokens=3)
-        raise AssertionError("must fail")
-    except openai.BadRequestError as e:
-        assert e.param == "suffix", e
+    e = expect_raises(openai.BadRequestError, lambda: client.completions.create(model="weir-tiny-chat", prompt="a", suffix="b", max_tokens=3))
+    assert e.param == "suffix", e
 
 
-passed = failed = 0
-for fn in checks:
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {fn.__name__}")
-    except Exception:
-        failed += 1
-        print(f"FAIL {fn.__name__}")
-        traceback.print_exc(file=sys.stdout)
-print(f"completions SDK checks: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run("completions SDK checks")

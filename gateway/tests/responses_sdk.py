@@ -10,10 +10,10 @@ streams break after a few events).
 
 import json
 import os
-import sys
-import traceback
 
 import openai
+
+from sdk_checks import check, expect_raises, run
 
 BASE_URL = os.environ["WEIR_BASE_URL"]
 TARGETS = os.environ["WEIR_TARGETS"].split(",")
@@ -22,21 +22,6 @@ other_team = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["WEIR_OTHER_KEY
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather now", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}]
 PLACE = {"format": {"type": "json_schema", "name": "place", "strict": True,
                     "schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"], "additionalProperties": False}}}
-
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
-
-
-def expect_raises(exc_type, fn):
-    try:
-        fn()
-    except exc_type as e:
-        return e
-    raise AssertionError(f"expected {exc_type.__name__}")
 
 
 @check
@@ -115,16 +100,4 @@ def a_broken_stream_raises(t):
     expect_raises(openai.APIError, read)
 
 
-passed = failed = 0
-for target in TARGETS:
-    for fn in checks:
-        try:
-            fn(target)
-            passed += 1
-            print(f"ok   {target:10} {fn.__name__}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {target:10} {fn.__name__}")
-            traceback.print_exc(file=sys.stdout)
-print(f"responses SDK checks: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run("responses SDK checks", TARGETS)

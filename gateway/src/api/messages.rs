@@ -24,8 +24,8 @@
 //! - Answers: text → `text` blocks, `reasoning_content` → a `thinking` block (unsigned), tool calls
 //!   → `tool_use` blocks (arguments parsed; `{}` if they are not JSON). `finish_reason` → `stop_reason`:
 //!   `stop` → `end_turn`, `length` → `max_tokens`, `tool_calls` → `tool_use`, `content_filter` →
-//!   `refusal`. Usage: `input_tokens` excludes cache reads (Anthropic's convention), which go to
-//!   `cache_read_input_tokens`.
+//!   `refusal`. Usage: `input_tokens` excludes cache reads and writes (Anthropic's convention), which
+//!   go to `cache_read_input_tokens` and `cache_creation_input_tokens`.
 //! - Streams follow Anthropic's sequence: `message_start`, `ping`, per block `content_block_start`
 //!   / `_delta` (`text_delta`, `input_json_delta`, `thinking_delta`) / `_stop`, then `message_delta`
 //!   with `stop_reason` and the whole usage, and `message_stop` — only once the upstream finished;
@@ -929,11 +929,11 @@ fn stop_reason(finish_reason: Option<&str>) -> &'static str {
 
 fn usage_json(usage: Option<&Usage>) -> Value {
     let u = usage.copied().unwrap_or_default();
-    let cached = u.cached_tokens();
+    let (read, written) = (u.cached_tokens(), u.cache_write_tokens());
     json!({
-        "input_tokens": u.prompt_tokens.saturating_sub(cached),
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
+        "input_tokens": u.prompt_tokens.saturating_sub(read + written),
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
         "output_tokens": u.completion_tokens,
     })
 }

@@ -979,7 +979,10 @@ pub fn native_usage(u: &Value) -> Option<Usage> {
     Some(Usage {
         prompt_tokens: n("/input_tokens")?,
         completion_tokens: n("/output_tokens").unwrap_or(0),
-        prompt_tokens_details: Some(super::PromptDetails { cached_tokens: n("/input_tokens_details/cached_tokens") }),
+        prompt_tokens_details: Some(super::PromptDetails {
+            cached_tokens: n("/input_tokens_details/cached_tokens"),
+            cache_write_tokens: None,
+        }),
         completion_tokens_details: Some(super::CompletionDetails {
             reasoning_tokens: n("/output_tokens_details/reasoning_tokens"),
         }),

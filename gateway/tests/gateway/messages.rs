@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, bare_config, metric_eventually, sse_data};
+use crate::support::{TestGateway, bare_config, metric_eventually, run_python_checks, sse_data};
 
 const KEY: &str = "sk-weir-anthropic-0123456789";
 const BEDROCK_CLAUDE: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
@@ -78,26 +78,9 @@ async fn the_anthropic_sdk_works_against_every_kind_of_target() {
         upstreams("break", &breaks)
     ));
     let gw = TestGateway::start(&config).await;
-    // SAFETY of the environment: the variable is read by the child process only.
-    let script = format!("{}/tests/anthropic_sdk.py", env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .env("WEIR_BASE_URL", gw.base_url())
-        .env("WEIR_API_KEY", KEY)
-        .env("WEIR_TARGETS", "anthropic,bedrock,openai")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = run_python_checks(&gw, "anthropic_sdk.py", KEY, &[("WEIR_TARGETS", "anthropic,bedrock,openai")]).await;
     eprintln!("{stdout}");
-    assert!(
-        output.status.success(),
-        "install the `anthropic` package with pip:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains(" passed, 0 failed") && stdout.contains("24 passed"), "{stdout}");
+    assert!(stdout.contains("24 passed, 0 failed"), "{stdout}");
     // Each kind was reached the way it should be: natively, or through chat completions.
     let paths: Vec<String> = ok.requests().iter().map(|r| r.path.clone()).collect();
     assert!(paths.iter().any(|p| p == "/v1/messages"), "{paths:?}");

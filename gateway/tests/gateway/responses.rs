@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, bare_config, metric_eventually, post, sse_data, state_dir};
+use crate::support::{TestGateway, bare_config, metric_eventually, post, post_raw_as, run_python_checks, sse_data, state_dir};
 
 const KEY: &str = "sk-weir-responses-0123456789";
 const OTHER: &str = "sk-weir-responses-other-team";
@@ -77,25 +77,9 @@ async fn the_openai_sdk_responses_api_works_natively_and_translated() {
     let breaks = mock().break_stream_after(4).start().await;
     let text = format!("{}{}", upstreams("ok", &ok), upstreams("break", &breaks));
     let gw = TestGateway::start(&config(&text, &store_path("sdk"))).await;
-    let script = format!("{}/tests/responses_sdk.py", env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .env("WEIR_BASE_URL", gw.base_url())
-        .env("WEIR_API_KEY", KEY)
-        .env("WEIR_OTHER_KEY", OTHER)
-        .env("WEIR_TARGETS", "native,bedrock")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let env = [("WEIR_OTHER_KEY", OTHER), ("WEIR_TARGETS", "native,bedrock")];
+    let stdout = run_python_checks(&gw, "responses_sdk.py", KEY, &env).await;
     eprintln!("{stdout}");
-    assert!(
-        output.status.success(),
-        "install the `openai` package with pip:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert!(stdout.contains("16 passed, 0 failed"), "{stdout}");
     // The native upstream never saw a previous_response_id: the gateway sent the conversation.
     let native: Vec<Value> = ok.requests().iter().filter(|r| r.path == "/v1/responses").map(|r| r.json()).collect();
@@ -177,8 +161,8 @@ async fn stored_responses_survive_a_restart() {
     let gw = TestGateway::start(&text).await;
     let (_, whole) = create(&gw, KEY, &json!({"model": "bedrock", "input": "remember this"})).await;
     let url = format!("{}/responses", gw.base_url());
-    let (_, _, streamed) =
-        post_raw_auth(&url, &json!({"model": "native", "input": "and this", "stream": true}).to_string()).await;
+    let (_, streamed) =
+        post_raw_as(&url, &json!({"model": "native", "input": "and this", "stream": true}).to_string(), Some(KEY)).await;
     let completed: Value = serde_json::from_str(&sse_data(&streamed).pop().unwrap()).unwrap();
     let streamed_id = completed["response"]["id"].as_str().unwrap().to_owned();
     drop(gw);
@@ -215,18 +199,18 @@ targets = [{{ upstream = "native-ok", model = "fixture:error_mid_stream" }}]
     let gw = TestGateway::start(&config(&extra, &store_path("native"))).await;
     let url = format!("{}/responses", gw.base_url());
     let ask = |model: &str| json!({"model": model, "input": "hi", "stream": true}).to_string();
-    let (status, _, streamed) = post_raw_auth(&url, &ask("recorded")).await;
+    let (status, streamed) = post_raw_as(&url, &ask("recorded"), Some(KEY)).await;
     assert_eq!(status, 200);
     assert_eq!(streamed, include_bytes!("../../../bench/fixtures/openai-responses/text.sse").to_vec());
     let tokens =
         metric_eventually(&gw, "weir_tokens_total", &[("surface", "responses"), ("token_type", "input")], 20.0).await;
     assert!(tokens >= 20.0, "usage learnt from response.completed: {tokens}");
     // The upstream's own failure passes as it came; a broken connection gets error + response.failed.
-    let (_, _, failed) = post_raw_auth(&url, &ask("recorded-failure")).await;
+    let (_, failed) = post_raw_as(&url, &ask("recorded-failure"), Some(KEY)).await;
     assert_eq!(failed, include_bytes!("../../../bench/fixtures/openai-responses/error_mid_stream.sse").to_vec());
     for model in ["native-break", "bedrock-break"] {
-        let (_, _, broken) =
-            post_raw_auth(&url, &json!({"model": model, "input": "a b c d e f g h", "stream": true}).to_string()).await;
+        let body = json!({"model": model, "input": "a b c d e f g h", "stream": true}).to_string();
+        let (_, broken) = post_raw_as(&url, &body, Some(KEY)).await;
         let events: Vec<Value> = sse_data(&broken).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
         let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(kinds[kinds.len() - 2..], ["error", "response.failed"], "{model}: {kinds:?}");
@@ -234,20 +218,6 @@ targets = [{{ upstream = "native-ok", model = "fixture:error_mid_stream" }}]
         let numbers: Vec<u64> = events.iter().map(|e| e["sequence_number"].as_u64().unwrap()).collect();
         assert_eq!(numbers, (0..numbers.len() as u64).collect::<Vec<_>>(), "{model}: numbered without gaps");
     }
-}
-
-async fn post_raw_auth(url: &str, body: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let response = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(KEY)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("send");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    (status, headers, response.bytes().await.expect("body").to_vec())
 }
 
 #[tokio::test]
