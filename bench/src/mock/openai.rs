@@ -12,8 +12,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use http_body_util::{BodyExt, Full};
 use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use super::{

@@ -77,7 +77,7 @@ impl ModelCall {
     }
 
     fn last_route_target(&self) -> Option<Arc<RouteTarget>> {
-        self.last_target.as_ref().and_then(|label| self.app.routes.target(label).cloned())
+        self.last_target.as_ref().and_then(|label| self.app.routes.target(label))
     }
 
     /// Opens the stream on the route's next target, as `ask` says; `Err(None)` when there is no

@@ -276,6 +276,8 @@ impl RouteTable {
                 upstream: upstream.clone(),
                 model: Some(model.to_owned()),
                 label,
+                // A target outside the config has no known window: it is never left out as too small.
+                context_window: None,
                 stats: TargetStats::default(),
             })
         });
