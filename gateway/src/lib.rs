@@ -211,9 +211,6 @@ impl Process {
         self.stores.get()?.shared.as_ref()
     }
 
-    fn ledger(&self, config: &Config, stores: &Stores) -> Result<Arc<Ledger>, LoadError> {
-        let path = &config.state.ledger;
-
     /// The store of Responses API answers at `state.responses`, opened (and replayed) once.
     async fn responses(&self, state: &weir_config::State) -> Result<Arc<ResponseStore>, LoadError> {
         if let Some(store) = self.responses.lock().unwrap_or_else(|e| e.into_inner()).get(&state.responses) {

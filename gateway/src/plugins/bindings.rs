@@ -29,7 +29,13 @@ pub mod v0_1 {
         with: {
             "weir:plugin/request.request": crate::plugins::host::RequestHandle,
         },
-        imports: { default: trappable },
+        // As above: its state imports delegate to the current, async ones.
+        imports: {
+            "weir:plugin/kv": async | trappable,
+            "weir:plugin/quota": async | trappable,
+            "weir:plugin/ledger": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
     });
 }

@@ -208,39 +208,39 @@ impl old::request::HostRequest for HostState {
 }
 
 impl old::kv::Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
-        new::kv::Host::get(self, key)
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        new::kv::Host::get(self, key).await
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
-        new::kv::Host::set(self, key, value, ttl_ms)
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
+        new::kv::Host::set(self, key, value, ttl_ms).await
     }
 
-    fn delete(&mut self, key: String) -> Result<()> {
-        new::kv::Host::delete(self, key)
+    async fn delete(&mut self, key: String) -> Result<()> {
+        new::kv::Host::delete(self, key).await
     }
 
-    fn add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64> {
-        new::kv::Host::add(self, key, delta, ttl_ms)
+    async fn add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64> {
+        new::kv::Host::add(self, key, delta, ttl_ms).await
     }
 }
 
 impl old::quota::Host for HostState {
-    fn reserve(
+    async fn reserve(
         &mut self,
         key: String,
         amount: u64,
         limit: old::quota::Limit,
     ) -> Result<Result<old::quota::Grant, old::quota::Denial>> {
         let limit = new::quota::Limit { amount: limit.amount, window_ms: limit.window_ms };
-        Ok(match new::quota::Host::reserve(self, key, amount, limit)? {
+        Ok(match new::quota::Host::reserve(self, key, amount, limit).await? {
             Ok(g) => Ok(old::quota::Grant { reservation: g.reservation, remaining: g.remaining, reset_ms: g.reset_ms }),
             Err(d) => Err(old::quota::Denial { retry_after_ms: d.retry_after_ms, remaining: d.remaining }),
         })
     }
 
-    fn settle(&mut self, reservation: u64, actual: u64) -> Result<()> {
-        new::quota::Host::settle(self, reservation, actual)
+    async fn settle(&mut self, reservation: u64, actual: u64) -> Result<()> {
+        new::quota::Host::settle(self, reservation, actual).await
     }
 }
 
@@ -259,7 +259,7 @@ impl old::metrics::Host for HostState {
 }
 
 impl old::ledger::Host for HostState {
-    fn append(&mut self, e: old::ledger::Entry) -> Result<()> {
+    async fn append(&mut self, e: old::ledger::Entry) -> Result<()> {
         let entry = new::ledger::Entry {
             request_id: e.request_id,
             key_name: e.key_name,
@@ -271,15 +271,15 @@ impl old::ledger::Host for HostState {
             cached_tokens: e.cached_tokens,
             cost_pico_usd: e.cost_pico_usd,
         };
-        new::ledger::Host::append(self, entry)
+        new::ledger::Host::append(self, entry).await
     }
 
-    fn spent(&mut self, who: old::ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
+    async fn spent(&mut self, who: old::ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
         let who = match who {
             old::ledger::Spender::Key => new::ledger::Spender::Key,
             old::ledger::Spender::Team => new::ledger::Spender::Team,
         };
-        new::ledger::Host::spent(self, who, name, since_ms)
+        new::ledger::Host::spent(self, who, name, since_ms).await
     }
 }
 
