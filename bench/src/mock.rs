@@ -33,9 +33,9 @@ use tokio::task::{AbortHandle, JoinSet};
 mod anthropic;
 mod azure;
 mod bedrock;
+mod completions;
 mod gemini;
 mod oauth;
-mod completions;
 mod openai;
 mod responses;
 

@@ -613,7 +613,8 @@ fn upstream(errs: &mut Errors, p: &str, u: RawUpstream, timeouts: Timeouts, base
         None if matches!(
             kind,
             UpstreamKind::Bedrock | UpstreamKind::Vertex | UpstreamKind::Gemini | UpstreamKind::Anthropic
-        ) => {
+        ) =>
+        {
             Prefill::Assistant
         }
         None | Some("none") => Prefill::None,
@@ -1047,7 +1048,11 @@ fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env, long
         ),
         responses: base_dir.join(raw.responses.as_deref().unwrap_or("weir-responses.jsonl")),
         responses_max_bytes,
-        responses_ttl: errs.duration("state.responses_ttl", raw.responses_ttl.as_deref(), Duration::from_secs(30 * 24 * 3600)),
+        responses_ttl: errs.duration(
+            "state.responses_ttl",
+            raw.responses_ttl.as_deref(),
+            Duration::from_secs(30 * 24 * 3600),
+        ),
     }
 }
 

@@ -24,8 +24,8 @@ use http::HeaderMap;
 use serde_json::json;
 use weir::api::sse::{Event, Splitter};
 use weir::api::{
-    ChatRequest, ClientRequest, CompletionsRequest, MessagesRequest, ModelRequest, ResponsesRequest, Surfaced,
-    SurfaceRequest as _, messages, responses,
+    ChatRequest, ClientRequest, CompletionsRequest, MessagesRequest, ModelRequest, ResponsesRequest,
+    SurfaceRequest as _, Surfaced, messages, responses,
 };
 use weir::stream::failover::Peek;
 use weir::surface::Edge;
@@ -83,8 +83,12 @@ fn chat_answer() -> Bytes {
 fn request(kind: &str, stream: bool) -> ClientRequest {
     match kind {
         "chat" => ClientRequest::Canonical(ModelRequest::Chat(ChatRequest::parse(&chat_body()).unwrap())),
-        "completions" => ClientRequest::Completions(Surfaced::new(CompletionsRequest::parse(&completions_body()).unwrap())),
-        "messages" => ClientRequest::Messages(Surfaced::new(MessagesRequest::parse(&messages_body(stream), &HeaderMap::new()).unwrap())),
+        "completions" => {
+            ClientRequest::Completions(Surfaced::new(CompletionsRequest::parse(&completions_body()).unwrap()))
+        }
+        "messages" => ClientRequest::Messages(Surfaced::new(
+            MessagesRequest::parse(&messages_body(stream), &HeaderMap::new()).unwrap(),
+        )),
         _ => ClientRequest::Responses(Surfaced::new(ResponsesRequest::parse(&responses_body(stream)).unwrap())),
     }
 }
@@ -210,7 +214,9 @@ fn table() {
         let t = median(15, 2_000, || whole(kind));
         println!("| {kind} | {:.2} µs | {:+.2} µs |", us(t), us(t) - us(base));
     }
-    println!("\n| per streamed event (read + emit) | events | median per event | vs chat relay |\n|---|---:|---:|---:|");
+    println!(
+        "\n| per streamed event (read + emit) | events | median per event | vs chat relay |\n|---|---:|---:|---:|"
+    );
     let cases = stream_cases();
     let per_event = |(_, request, native, events): &(String, ClientRequest, bool, Vec<Event>)| {
         median(15, 200, || relay(request, *native, events)) / events.len() as u32
@@ -222,10 +228,18 @@ fn table() {
     }
     let messages = events(MESSAGES_STREAM);
     let t = median(15, 200, || decode_messages(&messages)) / messages.len() as u32;
-    println!("| native messages, decoded for plugins (extra, when one reads responses) | {} | {:.2} µs | |", messages.len(), us(t));
+    println!(
+        "| native messages, decoded for plugins (extra, when one reads responses) | {} | {:.2} µs | |",
+        messages.len(),
+        us(t)
+    );
     let responses = events(RESPONSES_STREAM);
     let t = median(15, 50, || decode_responses(&responses)) / responses.len() as u32;
-    println!("| native responses, decoded for plugins (extra, when one reads responses) | {} | {:.2} µs | |", responses.len(), us(t));
+    println!(
+        "| native responses, decoded for plugins (extra, when one reads responses) | {} | {:.2} µs | |",
+        responses.len(),
+        us(t)
+    );
 }
 
 fn us(d: Duration) -> f64 {

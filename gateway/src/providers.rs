@@ -185,7 +185,13 @@ impl UpstreamClient {
     }
 
     /// An upstream request to `uri` with `body`, the upstream's headers and the request's own.
-    fn finish_request(&self, request: &ClientRequest, native: bool, uri: Uri, body: Vec<u8>) -> Result<Request<Bytes>, Error> {
+    fn finish_request(
+        &self,
+        request: &ClientRequest,
+        native: bool,
+        uri: Uri,
+        body: Vec<u8>,
+    ) -> Result<Request<Bytes>, Error> {
         let mut upstream = Request::post(uri)
             .body(Bytes::from(body))
             .map_err(|e| Error::internal("could not build the upstream request").source(e))?;
@@ -511,7 +517,6 @@ pub(crate) fn malformed(upstream: &str, what: &str) -> Error {
     Error::new(Kind::UpstreamFailed, format!("The upstream '{upstream}' sent {what} the gateway could not read."))
         .code("upstream_error")
 }
-
 
 /// The error for credentials the gateway could not obtain (a token endpoint that refused or failed).
 pub(crate) fn credentials_failed(upstream: &str, why: impl std::fmt::Display, retryable: bool) -> Error {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::{
     Finish, MockBody, Recorded, Script, ScriptReply, Shared, TOOL_ARGUMENTS, TRIGGER_STREAM_EXCEPTION,
-    argument_fragments, injected_failure, json_response, with_retry_after, streamed, word_count,
+    argument_fragments, injected_failure, json_response, streamed, with_retry_after, word_count,
 };
 
 /// An Anthropic error: `{"type":"error","error":{"type","message"}}` with its status.

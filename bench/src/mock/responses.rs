@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{
     ApiError, Finish, MockBody, Recorded, Script, ScriptReply, Shared, TOOL_ARGUMENTS, argument_fragments,
-    check_api_key, injected_failure, json_response, with_retry_after, streamed, unix_now, word_count,
+    check_api_key, injected_failure, json_response, streamed, unix_now, with_retry_after, word_count,
 };
 
 macro_rules! fixtures {

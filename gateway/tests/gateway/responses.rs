@@ -5,7 +5,9 @@
 use serde_json::{Value, json};
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, bare_config, metric_eventually, post, post_raw_as, run_python_checks, sse_data, state_dir};
+use crate::support::{
+    TestGateway, bare_config, metric_eventually, post, post_raw_as, run_python_checks, sse_data, state_dir,
+};
 
 const KEY: &str = "sk-weir-responses-0123456789";
 const OTHER: &str = "sk-weir-responses-other-team";
@@ -162,7 +164,8 @@ async fn stored_responses_survive_a_restart() {
     let (_, whole) = create(&gw, KEY, &json!({"model": "bedrock", "input": "remember this"})).await;
     let url = format!("{}/responses", gw.base_url());
     let (_, streamed) =
-        post_raw_as(&url, &json!({"model": "native", "input": "and this", "stream": true}).to_string(), Some(KEY)).await;
+        post_raw_as(&url, &json!({"model": "native", "input": "and this", "stream": true}).to_string(), Some(KEY))
+            .await;
     let completed: Value = serde_json::from_str(&sse_data(&streamed).pop().unwrap()).unwrap();
     let streamed_id = completed["response"]["id"].as_str().unwrap().to_owned();
     drop(gw);
