@@ -20,7 +20,9 @@
 //!   are held back until the first content, so that an attempt that fails before it — breaks,
 //!   stalls, sends nothing within the model's `first_token`, reports an error — is given up unseen
 //!   and the next target tried, as before the first byte (within `retry.max_attempts`). The next
-//!   target gets an edge of its own: it may speak the client's API where the last did not.
+//!   target gets an edge of its own: it may speak the client's API where the last did not. When no
+//!   target is left, a native stream's held events go out before its failure (that API's clients
+//!   expect its opening, and its numbering); held canonical chunks are dropped.
 //! - After content: with `failover.mid_stream = "continue"` a stream that breaks or stalls is
 //!   continued on the next target after what the client has (`stream/failover.rs`), asked in the
 //!   canonical form and spliced as canonical chunks into the same edge, so a Messages or Responses
@@ -269,8 +271,9 @@ impl SseRelay {
         } else {
             // A retry before any content: the client has had nothing but comments of the attempt
             // given up, so this one's edge takes over (it may relay natively where that one
-            // translated, or the other way round).
+            // translated, or the other way round), and what that one held back is dropped.
             self.edge = edge;
+            self.held.clear();
         }
         self.current = Some(current);
     }
@@ -472,9 +475,22 @@ impl SseRelay {
         self.done = true;
     }
 
+    /// Before a failure ends the stream: events held back that are the client's API's own (a
+    /// native stream's `message_start`, `response.created`) go out first, so that the failure follows
+    /// the opening that API's clients expect, numbered after it; canonical ones (a role chunk) are
+    /// dropped.
+    fn release_held(&mut self) {
+        if self.edge.is_native() {
+            self.flush_held();
+        } else {
+            self.held.clear();
+        }
+    }
+
     /// Ends the stream with an error event for `error` in the client's API, accounted as an error.
     fn fail(&mut self, error: &Error) {
         tracing::warn!(upstream = %self.upstream_name(), error = %error, "stream failed after its first byte");
+        self.release_held();
         self.edge.fail(error, &mut self.out);
         self.end(Outcome::Error);
     }
@@ -483,6 +499,7 @@ impl SseRelay {
     /// accounted as an error.
     fn fail_upstream(&mut self, events: Vec<Event>, error: &Error) {
         tracing::warn!(upstream = %self.upstream_name(), error = %error, "stream failed after its first byte");
+        self.release_held();
         for event in events {
             self.edge.emit(event, &mut self.out);
         }
@@ -515,7 +532,6 @@ impl SseRelay {
         if let Some(source) = &mut self.source {
             source.failed(&error);
         }
-        self.held.clear();
         let now = Instant::now();
         let attempts = self.source.as_ref().map_or(u32::MAX, |s| s.attempts());
         if retryable && !self.transcript.delivered() {

@@ -162,6 +162,11 @@ impl Edge {
         Self { way, buf: Vec::new() }
     }
 
+    /// Whether the upstream's events are the client's API's own, relayed as they are.
+    pub fn is_native(&self) -> bool {
+        matches!(self.way, Way::NativeCompletions { .. } | Way::NativeMessages { .. } | Way::NativeResponses { .. })
+    }
+
     /// Whether the relay must hand the canonical usage chunk to the edge whatever the client asked
     /// (an encoder reports usage in its own events).
     pub fn needs_usage_chunk(&self) -> bool {
@@ -172,7 +177,7 @@ impl Edge {
     /// where the upstream's events are canonical chunks, which the relay reads itself
     /// (`stream/failover.rs`), whatever the edge turns them into.
     pub fn peek(&mut self, event: &Event) -> Option<Peek> {
-        if matches!(self.way, Way::Canonical | Way::Completions(_) | Way::Messages(_) | Way::Responses(_)) {
+        if !self.is_native() {
             return None;
         }
         if event.data.is_empty() {
