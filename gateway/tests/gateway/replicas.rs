@@ -68,6 +68,9 @@ level = "warn"
 max_attempts = 3
 backoff_base = "1ms"
 backoff_max = "2ms"
+# One attempt per target and request, so that each request through `flaky` is one failure that its
+# circuit counts.
+same_target = 0
 
 [state]
 backend = "redis"
