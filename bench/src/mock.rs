@@ -323,8 +323,8 @@ impl MockBuilder {
     }
 
     /// A conversation that ends with an assistant message (a prefill) is refused with the
-    /// provider's 400, as models without prefill support do. Without this, Bedrock and Gemini
-    /// continue a final assistant turn, and the OpenAI route continues one marked as vLLM
+    /// provider's 400, as models without prefill support do. Without this, Bedrock, Gemini and
+    /// Anthropic continue a final assistant turn, and the OpenAI route continues one marked as vLLM
     /// (`continue_final_message`) or DeepSeek (`"prefix": true`) mark it; unmarked, it answers anew
     /// as OpenAI does.
     pub fn refuse_prefill(mut self) -> Self {
@@ -334,7 +334,7 @@ impl MockBuilder {
 
     /// Chats whose messages hold more than `words` words are refused as too long for the model's
     /// context window, in the provider's words (OpenAI's `context_length_exceeded`, Bedrock's
-    /// `ValidationException`, Gemini's `INVALID_ARGUMENT`).
+    /// `ValidationException`, Gemini's `INVALID_ARGUMENT`, Anthropic's "prompt is too long").
     pub fn context_window(mut self, words: usize) -> Self {
         self.context_window = Some(words);
         self

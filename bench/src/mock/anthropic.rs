@@ -7,9 +7,12 @@
 //! Like the API it requires the key (when the mock has one: `x-api-key`, or a bearer token as the
 //! Anthropic SDKs from 2.x on send it) and `anthropic-version`, refuses
 //! unknown top-level fields, `tool_use` blocks not answered by `tool_result`s in the next turn,
-//! images that are not base64 PNG, JPEG, GIF or WebP, and requests without `max_tokens`. The same
-//! answers serve Bedrock's InvokeModel for Claude (`mock/bedrock.rs`), which wraps these events in
-//! its own frames.
+//! images that are not base64 PNG, JPEG, GIF or WebP, and requests without `max_tokens`. A
+//! conversation ending with an assistant turn is continued after it (Anthropic's prefill; refused
+//! when it ends with whitespace, as the API does, or with the `refuse_prefill` knob), and
+//! `context_window` refuses prompts longer than it in the API's words. The same answers serve
+//! Bedrock's InvokeModel for Claude (`mock/bedrock.rs`), which wraps these events in its own
+//! frames.
 
 use std::sync::Arc;
 
@@ -143,6 +146,22 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Resp
         return Ok(with_retry_after(shared, status, AnthropicError::injected(status).into_response()));
     }
     let request = Messages::read(&body, true)?;
+    if let Some(prefill) = &request.prefill {
+        if shared.config.refuse_prefill {
+            return Err(AnthropicError::invalid(
+                "This model does not support assistant message prefill. The conversation must end with a user message.",
+            ));
+        }
+        if prefill.ends_with(char::is_whitespace) {
+            return Err(AnthropicError::invalid("final assistant content cannot end with trailing whitespace"));
+        }
+    }
+    if let Some(window) = shared.config.context_window.filter(|w| request.prompt_tokens > *w) {
+        return Err(AnthropicError::invalid(format!(
+            "prompt is too long: {} tokens > {window} maximum",
+            request.prompt_tokens
+        )));
+    }
     let model = body.get("model").and_then(Value::as_str).unwrap_or_default();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if let Some(name) = model.strip_prefix("fixture:") {
@@ -176,6 +195,8 @@ pub(crate) struct Messages {
     pub max_tokens: Option<u64>,
     pub prompt_tokens: usize,
     pub forced_tool: Option<String>,
+    /// The text of a final assistant turn, which the answer continues.
+    pub prefill: Option<String>,
 }
 
 impl Messages {
@@ -216,7 +237,7 @@ impl Messages {
             }
             _ => 0,
         };
-        let (mut last_user, mut tool_result) = (String::new(), None);
+        let (mut last_user, mut tool_result, mut prefill) = (String::new(), None, None);
         let mut pending: Vec<String> = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
@@ -232,6 +253,7 @@ impl Messages {
             };
             let mut results = Vec::new();
             tool_result = None;
+            prefill = (role == "assistant").then(String::new);
             for (j, block) in blocks.iter().enumerate() {
                 match block.get("type").and_then(Value::as_str) {
                     Some("text") => {
@@ -239,6 +261,8 @@ impl Messages {
                         prompt_tokens += word_count(text);
                         if role == "user" {
                             last_user = text.to_owned();
+                        } else if let Some(prefill) = &mut prefill {
+                            prefill.push_str(text);
                         }
                     }
                     Some("image") => {
@@ -322,7 +346,7 @@ impl Messages {
         if map.get("tool_choice").is_some_and(|c| c.get("type").and_then(Value::as_str) == Some("none")) {
             tools.clear();
         }
-        Ok(Self { last_user, tool_result, tools, max_tokens, prompt_tokens, forced_tool })
+        Ok(Self { last_user, tool_result, tools, max_tokens, prompt_tokens, forced_tool, prefill })
     }
 }
 
@@ -340,13 +364,16 @@ impl Answer {
             Some(name) => vec![name.clone()],
             None => request.tools.clone(),
         };
-        let script = Script::new(
+        let mut script = Script::new(
             &request.last_user,
             request.tool_result.as_deref(),
             &tools,
             request.max_tokens,
             request.prompt_tokens,
         );
+        if let Some(prefill) = &request.prefill {
+            script.continue_after(prefill);
+        }
         Self { script, model: model.to_owned(), id, failing: request.last_user.contains(TRIGGER_STREAM_EXCEPTION) }
     }
 

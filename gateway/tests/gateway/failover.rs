@@ -604,3 +604,45 @@ async fn a_native_stream_that_fails_before_content_is_retried_on_a_target_that_t
     assert_eq!(kinds.last().map(String::as_str), Some("message_stop"), "{kinds:?}");
     assert!(b.requests()[0].path.ends_with("/chat/completions"), "asked b in chat");
 }
+
+#[tokio::test]
+async fn a_chat_stream_is_continued_on_an_anthropic_fallback_with_its_prefill() {
+    let a = MockUpstream::builder().break_stream_after(3).start().await;
+    let claude = MockUpstream::builder().api_key("mock-key").start().await;
+    let gw = TestGateway::start(&bare_config(&format!(
+        r#"
+[[upstreams]]
+name = "a"
+endpoint = "{}"
+
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+endpoint = "http://{}"
+api_key = "mock-key"
+
+[[models]]
+name = "m"
+targets = [{{ upstream = "a", model = "mock-model" }}, {{ upstream = "claude", model = "claude-x" }}]
+{CONTINUE}
+"#,
+        a.base_url(),
+        claude.addr()
+    )))
+    .await;
+    let (text, events, done) = stream(&gw, &chat(true)).await;
+    assert_eq!(text, ANSWER, "one answer, nothing repeated");
+    assert_one_answer(&events, done);
+    let sent = claude.requests()[0].json();
+    let last = sent["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last,
+        json!({"role": "assistant", "content": [{"type": "text", "text": "echo: one"}]}),
+        "Anthropic's prefill, without trailing whitespace: {sent}"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "weir_stream_continuations_total", &[("target", "claude/claude-x"), ("how", "prefill")]),
+        1.0
+    );
+}
