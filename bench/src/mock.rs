@@ -1,6 +1,8 @@
 //! An in-process mock upstream that speaks the real wire protocols, all on one port: OpenAI's
-//! (`mock/openai.rs`), Azure OpenAI's (`mock/azure.rs`), Gemini's for Vertex and the Gemini API
-//! (`mock/gemini.rs`), Bedrock's (`mock/bedrock.rs`) and the OAuth token endpoints
+//! (`mock/openai.rs` for chat and embeddings, `mock/completions.rs` for legacy completions,
+//! `mock/responses.rs` for the Responses API), Anthropic's (`mock/anthropic.rs`), Azure OpenAI's
+//! (`mock/azure.rs`), Gemini's for Vertex and the Gemini API (`mock/gemini.rs`), Bedrock's
+//! (`mock/bedrock.rs`, Claude's InvokeModel included) and the OAuth token endpoints
 //! (`mock/oauth.rs`). Each protocol's file has the same entry point, `respond(shared, req, path)`.
 //!
 //! This file holds what they share: the server (tests and the load harness start one with
@@ -28,15 +30,18 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 
+mod anthropic;
 mod azure;
 mod bedrock;
+mod completions;
 mod gemini;
 mod oauth;
 mod openai;
+mod responses;
 
 pub use openai::{FIXTURES, MODELS, fixture};
 
-use openai::ApiError;
+use openai::{ApiError, check_api_key, model_not_found};
 
 /// A running mock upstream. Dropping it stops the accept loop and closes every open connection.
 #[derive(Debug)]
@@ -318,8 +323,8 @@ impl MockBuilder {
     }
 
     /// A conversation that ends with an assistant message (a prefill) is refused with the
-    /// provider's 400, as models without prefill support do. Without this, Bedrock and Gemini
-    /// continue a final assistant turn, and the OpenAI route continues one marked as vLLM
+    /// provider's 400, as models without prefill support do. Without this, Bedrock, Gemini and
+    /// Anthropic continue a final assistant turn, and the OpenAI route continues one marked as vLLM
     /// (`continue_final_message`) or DeepSeek (`"prefix": true`) mark it; unmarked, it answers anew
     /// as OpenAI does.
     pub fn refuse_prefill(mut self) -> Self {
@@ -329,7 +334,7 @@ impl MockBuilder {
 
     /// Chats whose messages hold more than `words` words are refused as too long for the model's
     /// context window, in the provider's words (OpenAI's `context_length_exceeded`, Bedrock's
-    /// `ValidationException`, Gemini's `INVALID_ARGUMENT`).
+    /// `ValidationException`, Gemini's `INVALID_ARGUMENT`, Anthropic's "prompt is too long").
     pub fn context_window(mut self, words: usize) -> Self {
         self.context_window = Some(words);
         self
@@ -402,6 +407,7 @@ impl MockBuilder {
             cancelled_streams: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             tokens: Mutex::default(),
+            responses: Mutex::default(),
         });
         let server = tokio::spawn(accept_loop(listener, Arc::clone(&shared))).abort_handle();
         Ok(MockUpstream { addr, shared, server })
@@ -437,6 +443,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Bearer tokens the OAuth endpoints issued; the provider routes accept these.
     tokens: Mutex<Vec<String>>,
+    /// Stored Responses API responses by id, with the input items they answered.
+    responses: Mutex<std::collections::HashMap<String, (Value, Vec<Value>)>>,
 }
 
 impl Shared {
@@ -520,8 +528,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 /// Whether `req` is a model request to reset (`reset_first`, `reset_one_in`).
 fn resets(shared: &Shared, req: &Recorded) -> bool {
     let path = req.path.split('?').next().unwrap_or_default();
-    let model_route = path.ends_with("/chat/completions")
+    let model_route = path.ends_with("/completions")
         || path.ends_with("/embeddings")
+        || path == "/v1/messages"
+        || path == "/v1/responses"
         || path.starts_with("/model/")
         || path.contains(":generateContent")
         || path.contains(":streamGenerateContent");
@@ -549,6 +559,12 @@ fn respond(shared: &Arc<Shared>, req: &Recorded) -> Response<MockBody> {
     if path == "/token" || path.ends_with("/oauth2/v2.0/token") {
         return oauth::respond(shared, req, path);
     }
+    if path == "/v1/messages" || path == "/v1/messages/count_tokens" {
+        return anthropic::respond(shared, req, path);
+    }
+    if path == "/v1/responses" || path.starts_with("/v1/responses/") {
+        return responses::respond(shared, req, path);
+    }
     openai::respond(shared, req, path)
 }
 
@@ -568,6 +584,16 @@ fn injected_failure(shared: &Shared) -> Option<StatusCode> {
     }
     let (n, status) = shared.config.fail_first?;
     (seen < n).then_some(status)
+}
+
+/// An injected failure's response with the `retry_after` knob's header, on a 429.
+fn with_retry_after(shared: &Shared, status: StatusCode, mut response: Response<MockBody>) -> Response<MockBody> {
+    if let Some(value) = shared.config.retry_after.as_deref().filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
+        && let Ok(value) = HeaderValue::from_str(value)
+    {
+        response.headers_mut().insert(http::header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn word_count(text: &str) -> usize {
@@ -726,6 +752,11 @@ fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// A whole body of bytes.
+fn full_body(bytes: Bytes) -> MockBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
 fn event(data: &Value) -> Bytes {

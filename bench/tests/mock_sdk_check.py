@@ -1,7 +1,8 @@
 """The mock upstreams checked by each provider's own SDK, so that they cannot drift from the real
-protocols: boto3 for Bedrock (SigV4, event-stream frames, exceptions), google-genai for the Gemini
-API and Vertex AI (with google-auth's service-account flow against the mock's token endpoint), and
-the `openai` package's AzureOpenAI for Azure OpenAI.
+protocols: boto3 for Bedrock (SigV4, event-stream frames, exceptions, InvokeModel for Claude),
+google-genai for the Gemini API and Vertex AI (with google-auth's service-account flow against the
+mock's token endpoint), the `openai` package's AzureOpenAI for Azure OpenAI and its Responses and
+legacy Completions clients, and the `anthropic` package for the Anthropic API.
 
 Run by the Rust test `bench/tests/sdk.rs`, which starts the mock and sets MOCK_URL, MOCK_KEY,
 MOCK_AWS_KEY_ID and MOCK_SA_KEY (a PEM file).
@@ -235,6 +236,136 @@ def azure_entra_and_v1():
     v1 = openai.OpenAI(base_url=URL + "/openai/v1/", api_key=KEY, max_retries=0)
     assert v1.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == "echo: hi"
     raises(openai.AuthenticationError, lambda: openai.AzureOpenAI(azure_endpoint=URL, api_key="wrong", api_version="2024-10-21", max_retries=0).chat.completions.create(model="prod-4o", messages=[{"role": "user", "content": "hi"}]))
+
+
+@check
+def bedrock_invoke_model_claude_messages():
+    body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50, "messages": [{"role": "user", "content": "one two"}]}
+    r = bedrock().invoke_model(modelId=CLAUDE, body=json.dumps(body))
+    message = json.loads(r["body"].read())
+    assert message["type"] == "message" and message["content"] == [{"type": "text", "text": "echo: one two"}], message
+    stream = bedrock().invoke_model_with_response_stream(modelId=CLAUDE, body=json.dumps(body))
+    events = [json.loads(e["chunk"]["bytes"]) for e in stream["body"]]
+    assert [e["type"] for e in events][:2] == ["message_start", "content_block_start"] and events[-1]["type"] == "message_stop", events
+    assert "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta") == "echo: one two"
+    e = raises(botocore.exceptions.ClientError, lambda: bedrock().invoke_model(modelId=CLAUDE, body=json.dumps({**body, "model": "claude"})))
+    assert e.response["Error"]["Code"] == "ValidationException", e.response
+
+
+# ---------------------------------------------------------------------------------------------
+# The Anthropic API, with the anthropic SDK
+
+import anthropic
+
+CLAUDE_API = anthropic.Anthropic(base_url=URL, api_key=KEY, max_retries=0)
+CLAUDE_TOOLS = [{"name": "get_weather", "description": "Weather now", "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}]
+
+
+@check
+def anthropic_messages_whole_and_streamed():
+    m = CLAUDE_API.messages.create(model="claude-x", max_tokens=50, system="be brief", messages=[{"role": "user", "content": "hello there"}])
+    assert m.content[0].text == "echo: hello there" and m.stop_reason == "end_turn", m
+    assert m.usage.input_tokens == 4 and m.usage.output_tokens == 3, m.usage
+    with CLAUDE_API.messages.stream(model="claude-x", max_tokens=50, messages=[{"role": "user", "content": "a b c"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "echo: a b c" and final.usage.output_tokens == 4, final
+
+
+@check
+def anthropic_tool_use_round_trip():
+    first = CLAUDE_API.messages.create(model="claude-x", max_tokens=50, tools=CLAUDE_TOOLS, messages=[{"role": "user", "content": "weather?"}])
+    use = first.content[0]
+    assert first.stop_reason == "tool_use" and use.type == "tool_use" and use.input == {"location": "Paris"}, first
+    second = CLAUDE_API.messages.create(model="claude-x", max_tokens=50, tools=CLAUDE_TOOLS, messages=[
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "21C"}]},
+    ])
+    assert second.content[0].text == "tool said: 21C", second
+
+
+@check
+def anthropic_recorded_streams_replay():
+    with CLAUDE_API.messages.stream(model="fixture:thinking", max_tokens=50, messages=[{"role": "user", "content": "x"}]) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"] and final.content[0].signature, final
+
+
+@check
+def anthropic_count_tokens_and_errors():
+    assert CLAUDE_API.messages.count_tokens(model="claude-x", messages=[{"role": "user", "content": "one two three"}]).input_tokens == 3
+    for call, error in [
+        (lambda: anthropic.Anthropic(base_url=URL, api_key="wrong", max_retries=0).messages.create(model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}]), anthropic.AuthenticationError),
+        (lambda: CLAUDE_API.messages.create(model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}], extra_body={"x_unknown": 1}), anthropic.BadRequestError),
+        (lambda: CLAUDE_API.messages.create(model="c", max_tokens=5, messages=[{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}, {"role": "user", "content": "no result"}]), anthropic.BadRequestError),
+    ]:
+        raises(error, call)
+
+
+@check
+def anthropic_mid_stream_error_raises():
+    def read():
+        with CLAUDE_API.messages.stream(model="c", max_tokens=50, messages=[{"role": "user", "content": "trigger-stream-exception a b c"}]) as stream:
+            for _ in stream:
+                pass
+    e = raises(anthropic.APIStatusError, read)
+    assert "overloaded_error" in str(e), e
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI's Responses API and legacy Completions, with the openai SDK
+
+OPENAI = openai.OpenAI(base_url=URL + "/v1", api_key=KEY, max_retries=0)
+FUNCTIONS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}]
+
+
+@check
+def responses_create_stream_retrieve_delete():
+    r = OPENAI.responses.create(model="gpt-5", input="hello there")
+    assert r.output_text == "echo: hello there" and r.status == "completed", r
+    assert OPENAI.responses.retrieve(r.id).output_text == "echo: hello there"
+    with OPENAI.responses.stream(model="gpt-5", input="a b") as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed" and final.output_text == "echo: a b", kinds
+    assert OPENAI.responses.delete(r.id) is None
+    raises(openai.NotFoundError, lambda: OPENAI.responses.retrieve(r.id))
+
+
+@check
+def responses_function_calls_across_turns():
+    first = OPENAI.responses.create(model="gpt-5", input="weather?", tools=FUNCTIONS)
+    call = first.output[0]
+    assert call.type == "function_call" and call.arguments == '{"location":"Paris"}', first
+    second = OPENAI.responses.create(model="gpt-5", previous_response_id=first.id, tools=FUNCTIONS,
+                                     input=[{"type": "function_call_output", "call_id": call.call_id, "output": "21C"}])
+    assert second.output_text == "tool said: 21C", second
+    e = raises(openai.BadRequestError, lambda: OPENAI.responses.create(model="gpt-5", previous_response_id="resp_unknown", input="x"))
+    assert e.param == "previous_response_id", e
+
+
+@check
+def responses_recorded_streams_replay_and_errors_raise():
+    with OPENAI.responses.stream(model="fixture:function_call", input="x") as stream:
+        final = stream.get_final_response()
+    assert final.output[-1].type == "function_call", final
+    def read():
+        with OPENAI.responses.stream(model="fixture:error_mid_stream", input="x") as stream:
+            for _ in stream:
+                pass
+    e = raises(openai.APIError, read)
+    assert "quota" in str(e), e
+    raises(openai.BadRequestError, lambda: OPENAI.responses.create(model="gpt-5", input="x", extra_body={"messages": []}))
+
+
+@check
+def completions_whole_and_streamed():
+    c = OPENAI.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say", echo=True, max_tokens=5)
+    assert c.choices[0].text == "Sayecho: Say" and c.usage.completion_tokens == 2, c
+    chunks = list(OPENAI.completions.create(model="gpt-3.5-turbo-instruct", prompt="a b", stream=True, stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "echo: a b"
+    assert chunks[-1].usage.total_tokens == 5, chunks[-1]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-//! The mock upstreams checked by each provider's own SDK (boto3, google-genai, openai's AzureOpenAI)
-//! through `mock_sdk_check.py`, so the mocks the gateway is tested against speak the real protocols.
+//! The mock upstreams checked by each provider's own SDK (boto3, google-genai, openai's AzureOpenAI,
+//! Responses and Completions clients, anthropic) through `mock_sdk_check.py`, so the mocks the gateway is tested against speak the real protocols.
 //! `.ci/test` installs the packages; without them this test fails and says how.
 
 use std::ffi::OsString;
@@ -41,7 +41,7 @@ async fn each_providers_sdk_accepts_the_mock() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "mock SDK checks failed (install the SDKs with `pip install boto3 google-genai openai`):\n{stdout}\n{stderr}"
+        "mock SDK checks failed (install the SDKs with `pip install boto3 google-genai openai anthropic`):\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub use interpolate::{Env, MapEnv, ProcessEnv};
 pub use prices::default_price;
 pub use typed::{
-    ApiKey, AwsCredentials, Azure, AzureAuth, Backend, Bedrock, Config, Failover, InstanceMode, LedgerFsync,
+    Anthropic, ApiKey, AwsCredentials, Azure, AzureAuth, Backend, Bedrock, Config, Failover, InstanceMode, LedgerFsync,
     LocalWorker, LogFormat, Logging, MidStream, Model, OnError, OnUnavailable, PluginConfig, PluginSource, Prefill,
     Price, Provider, Quarantine, Redis, RedisTopology, Retry, Secret, Server, State, Target, Timeouts, Tls, Upstream,
     UpstreamKind, Vertex, WILDCARD_MODEL,

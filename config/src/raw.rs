@@ -80,6 +80,10 @@ pub(crate) struct RawState {
     pub plugin_cache: Option<String>,
     pub kv_max_bytes: Option<i64>,
     pub plugin_metrics_grace: Option<String>,
+    /// The stored responses of the Responses API (JSON lines).
+    pub responses: Option<String>,
+    pub responses_max_bytes: Option<String>,
+    pub responses_ttl: Option<String>,
     pub redis: Option<RawRedis>,
 }
 
@@ -217,6 +221,10 @@ pub(crate) struct RawUpstream {
     pub token_endpoint: Option<String>,
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
+    /// `openai` and the `/openai/v1` surface of `azure-openai`: relay `/v1/responses` natively.
+    pub native_responses: Option<bool>,
+    /// `anthropic`: the `anthropic-version` sent when the client sent none.
+    pub anthropic_version: Option<String>,
 }
 
 fn default_kind() -> String {

@@ -123,6 +123,12 @@ pub struct State {
     /// How long the metric series of a plugin version swapped out on reload stay in `/metrics`
     /// (so that scrapes still see their last values) before they are removed.
     pub plugin_metrics_grace: Duration,
+    /// The stored responses of the Responses API (an append-only JSON-lines file).
+    pub responses: PathBuf,
+    /// The most bytes of stored responses kept (the oldest are evicted first).
+    pub responses_max_bytes: u64,
+    /// How long a stored response lives.
+    pub responses_ttl: Duration,
 }
 
 /// The host state's backend.
@@ -325,6 +331,9 @@ pub struct Upstream {
     pub local_worker: Option<LocalWorker>,
     /// What only this kind of upstream needs (region, project, deployments, credentials).
     pub provider: Provider,
+    /// Relay the Responses API to this upstream as it is (`openai`, and `azure-openai`'s
+    /// `/openai/v1` surface); otherwise it is translated to chat completions.
+    pub native_responses: bool,
 }
 
 /// A model served by a `weir worker` inside the gateway's own process.
@@ -352,11 +361,13 @@ pub enum UpstreamKind {
     Vertex,
     /// The Gemini API (`x-goog-api-key`).
     Gemini,
+    /// The Anthropic API (`x-api-key`, `anthropic-version`): Messages relayed natively.
+    Anthropic,
 }
 
 impl UpstreamKind {
     /// The names accepted in `kind = "…"`.
-    pub const NAMES: &[&str] = &["openai", "worker", "azure-openai", "bedrock", "vertex", "gemini"];
+    pub const NAMES: &[&str] = &["openai", "worker", "azure-openai", "bedrock", "vertex", "gemini", "anthropic"];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -366,6 +377,7 @@ impl UpstreamKind {
             UpstreamKind::Bedrock => "bedrock",
             UpstreamKind::Vertex => "vertex",
             UpstreamKind::Gemini => "gemini",
+            UpstreamKind::Anthropic => "anthropic",
         }
     }
 }
@@ -373,11 +385,19 @@ impl UpstreamKind {
 /// The settings only one kind of upstream has.
 #[derive(Debug, Clone)]
 pub enum Provider {
-    /// `openai` and `gemini` need nothing beyond `endpoint` and `api_key`.
+    /// `openai`, `worker` and `gemini` need nothing beyond `endpoint` and `api_key`.
     Plain,
     Azure(Azure),
     Bedrock(Bedrock),
     Vertex(Vertex),
+    Anthropic(Anthropic),
+}
+
+/// `kind = "anthropic"`.
+#[derive(Debug, Clone)]
+pub struct Anthropic {
+    /// The `anthropic-version` sent when the client sent none.
+    pub version: String,
 }
 
 /// `kind = "azure-openai"`.

@@ -202,7 +202,7 @@ impl Errors {
 /// The provider-specific fields of an upstream: each allowed only for its kind, each required one named.
 fn provider_settings(errs: &mut Errors, p: &str, kind: UpstreamKind, u: &RawUpstream, base_dir: &Path) -> Provider {
     let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-    let fields: [(&str, bool, &[UpstreamKind]); 14] = [
+    let fields: [(&str, bool, &[UpstreamKind]); 16] = [
         ("region", present(&u.region), &[UpstreamKind::Bedrock]),
         ("access_key_id", present(&u.access_key_id), &[UpstreamKind::Bedrock]),
         ("secret_access_key", present(&u.secret_access_key), &[UpstreamKind::Bedrock]),
@@ -217,6 +217,8 @@ fn provider_settings(errs: &mut Errors, p: &str, kind: UpstreamKind, u: &RawUpst
         ("client_secret", present(&u.client_secret), &[UpstreamKind::AzureOpenAi]),
         ("token_endpoint", present(&u.token_endpoint), &[UpstreamKind::AzureOpenAi]),
         ("deployments", !u.deployments.is_empty(), &[UpstreamKind::AzureOpenAi]),
+        ("native_responses", u.native_responses.is_some(), &[UpstreamKind::OpenAi, UpstreamKind::AzureOpenAi]),
+        ("anthropic_version", present(&u.anthropic_version), &[UpstreamKind::Anthropic]),
     ];
     for (field, set, kinds) in fields {
         if set && !kinds.contains(&kind) {
@@ -230,6 +232,16 @@ fn provider_settings(errs: &mut Errors, p: &str, kind: UpstreamKind, u: &RawUpst
         UpstreamKind::Gemini => {
             errs.required(p, "api_key", &u.api_key, "the Gemini API key, sent as x-goog-api-key");
             Provider::Plain
+        }
+        UpstreamKind::Anthropic => {
+            errs.required(p, "api_key", &u.api_key, "the Anthropic API key, sent as x-api-key");
+            Provider::Anthropic(Anthropic {
+                version: u
+                    .anthropic_version
+                    .clone()
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "2023-06-01".to_owned()),
+            })
         }
         UpstreamKind::Vertex => Provider::Vertex(Vertex {
             project: errs.required(p, "project", &u.project, "the Google Cloud project id"),
@@ -334,6 +346,7 @@ fn default_endpoint(kind: UpstreamKind, provider: &Provider) -> Option<String> {
             Some(format!("https://{}-aiplatform.googleapis.com", v.location))
         }
         (UpstreamKind::Gemini, _) => Some("https://generativelanguage.googleapis.com".to_owned()),
+        (UpstreamKind::Anthropic, _) => Some("https://api.anthropic.com".to_owned()),
         _ => None,
     }
 }
@@ -562,6 +575,7 @@ fn upstream(errs: &mut Errors, p: &str, u: RawUpstream, timeouts: Timeouts, base
         "bedrock" => UpstreamKind::Bedrock,
         "vertex" => UpstreamKind::Vertex,
         "gemini" => UpstreamKind::Gemini,
+        "anthropic" => UpstreamKind::Anthropic,
         other => {
             errs.push(
                 format!("{p}.kind"),
@@ -596,7 +610,11 @@ fn upstream(errs: &mut Errors, p: &str, u: RawUpstream, timeouts: Timeouts, base
     let api_key = u.api_key.filter(|k| !k.is_empty()).map(Secret::new);
     let timeouts = errs.timeouts(&format!("{p}.timeouts."), &u.timeouts, timeouts);
     let prefill = match u.prefill.as_deref() {
-        None if matches!(kind, UpstreamKind::Bedrock | UpstreamKind::Vertex | UpstreamKind::Gemini) => {
+        None if matches!(
+            kind,
+            UpstreamKind::Bedrock | UpstreamKind::Vertex | UpstreamKind::Gemini | UpstreamKind::Anthropic
+        ) =>
+        {
             Prefill::Assistant
         }
         None | Some("none") => Prefill::None,
@@ -608,7 +626,25 @@ fn upstream(errs: &mut Errors, p: &str, u: RawUpstream, timeouts: Timeouts, base
             Prefill::None
         }
     };
-    Upstream { name: u.name, kind, endpoint, api_key, headers, timeouts, prefill, local_worker, provider }
+    let native_responses = u.native_responses.unwrap_or(false);
+    if native_responses && matches!(&provider, Provider::Azure(a) if a.api_version.is_some()) {
+        errs.push(
+            format!("{p}.native_responses"),
+            "applies only to the /openai/v1 surface of Azure OpenAI (without api_version)",
+        );
+    }
+    Upstream {
+        name: u.name,
+        kind,
+        endpoint,
+        api_key,
+        headers,
+        timeouts,
+        prefill,
+        local_worker,
+        provider,
+        native_responses,
+    }
 }
 
 /// The worker the gateway starts itself for a `kind = "worker"` upstream that names a `model`.
@@ -981,6 +1017,18 @@ fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env, long
         }
     };
     let backend = backend(errs, raw, base_dir, longest_request);
+    let responses_max_bytes = match raw.responses_max_bytes.as_deref().map(parse_bytes) {
+        None => 256 * 1024 * 1024,
+        Some(Ok(n)) if n >= 64 * 1024 => n,
+        Some(Ok(n)) => {
+            errs.push("state.responses_max_bytes", format!("{n} bytes is too small; give at least 64KiB"));
+            256 * 1024 * 1024
+        }
+        Some(Err(e)) => {
+            errs.push("state.responses_max_bytes", e);
+            256 * 1024 * 1024
+        }
+    };
     let ledger_fsync = match raw.ledger_fsync.as_deref() {
         Some("always") => LedgerFsync::Always,
         other => LedgerFsync::Every(errs.duration("state.ledger_fsync", other, Duration::from_secs(1))),
@@ -997,6 +1045,13 @@ fn state(errs: &mut Errors, raw: &RawState, base_dir: &Path, env: &dyn Env, long
             "state.plugin_metrics_grace",
             raw.plugin_metrics_grace.as_deref(),
             Duration::from_secs(120),
+        ),
+        responses: base_dir.join(raw.responses.as_deref().unwrap_or("weir-responses.jsonl")),
+        responses_max_bytes,
+        responses_ttl: errs.duration(
+            "state.responses_ttl",
+            raw.responses_ttl.as_deref(),
+            Duration::from_secs(30 * 24 * 3600),
         ),
     }
 }

@@ -543,3 +543,66 @@ fn the_redis_backend_is_checked_and_takes_its_secrets_from_the_environment() {
         assert!(errs.iter().any(|e| e.contains(expected)), "{state}: {errs:?}");
     }
 }
+
+#[test]
+fn the_apis_settings_are_checked_with_their_paths() {
+    let errs = errors(
+        r#"
+        [[upstreams]]
+        name = "claude"
+        kind = "anthropic"
+        native_responses = true
+        [[upstreams]]
+        name = "deployments"
+        kind = "azure-openai"
+        endpoint = "https://r.openai.azure.com"
+        api_version = "2024-10-21"
+        api_key = "k"
+        native_responses = true
+        [[upstreams]]
+        name = "bedrock"
+        kind = "bedrock"
+        region = "us-east-1"
+        anthropic_version = "2023-06-01"
+        [state]
+        responses_max_bytes = "1KiB"
+        responses_ttl = "forever"
+        "#,
+    );
+    let expected = [
+        "upstreams[0].native_responses: applies only to kind = \"openai | azure-openai\"",
+        "upstreams[0].api_key: is required: the Anthropic API key",
+        "upstreams[1].native_responses: applies only to the /openai/v1 surface",
+        "upstreams[2].anthropic_version: applies only to kind = \"anthropic\"",
+        "state.responses_max_bytes: 1024 bytes is too small",
+        "state.responses_ttl: \"forever\" is not a duration",
+    ];
+    for want in expected {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}
+
+#[test]
+fn the_apis_settings_have_their_defaults() {
+    let config = load_str(
+        r#"
+        [[upstreams]]
+        name = "claude"
+        kind = "anthropic"
+        api_key = "sk-ant"
+        [[upstreams]]
+        name = "openai"
+        endpoint = "https://api.openai.com/v1"
+        "#,
+        &MapEnv::default(),
+        Path::new("/etc/weir"),
+    )
+    .unwrap();
+    assert_eq!(config.upstreams[0].endpoint, "https://api.anthropic.com");
+    assert!(matches!(&config.upstreams[0].provider, weir_config::Provider::Anthropic(a) if a.version == "2023-06-01"));
+    assert!(!config.upstreams[1].native_responses, "Responses are translated unless an upstream says it speaks them");
+    assert_eq!(config.state.responses, Path::new("/etc/weir/weir-responses.jsonl"));
+    assert_eq!(config.state.responses_max_bytes, 256 << 20);
+    assert_eq!(config.state.responses_ttl, std::time::Duration::from_secs(30 * 86_400));
+}

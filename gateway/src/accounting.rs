@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::api::{Operation, Usage};
+use crate::api::{Operation, Surface, Usage};
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::metrics::{LatencyLabels, Metrics, ModelTargetLabels, RequestLabels, TokenLabels};
@@ -47,6 +47,8 @@ pub struct Accounting {
     request_id: Arc<str>,
     principal: Arc<Principal>,
     operation: &'static str,
+    /// The client API (`chat_completions`, `messages`, …).
+    surface: &'static str,
     /// The public model label (`*` for a wildcard request).
     model: Arc<str>,
     /// The target that served (or last failed) the request, `upstream/model`.
@@ -85,6 +87,7 @@ impl Accounting {
         request_id: Arc<str>,
         principal: Arc<Principal>,
         operation: Operation,
+        surface: Surface,
         model: Arc<str>,
         started: Instant,
     ) -> Self {
@@ -94,6 +97,7 @@ impl Accounting {
             request_id,
             principal,
             operation: operation.label(),
+            surface: surface.label(),
             model,
             target: Arc::from(""),
             started,
@@ -171,6 +175,11 @@ impl Accounting {
         }
     }
 
+    /// Whether a plugin reads the response, so that it is worth keeping a copy.
+    pub fn captures(&self) -> bool {
+        self.capture.is_some()
+    }
+
     /// Keeps a copy of response bytes for plugins that read the response, up to [`MAX_CAPTURE`].
     pub fn capture(&mut self, bytes: &[u8]) {
         if let Some(buffer) = &mut self.capture {
@@ -214,6 +223,7 @@ impl Accounting {
         m.requests
             .get_or_create(&RequestLabels {
                 operation: self.operation,
+                surface: self.surface,
                 model: self.model.clone(),
                 target: self.target.clone(),
                 status: self.status,
@@ -223,6 +233,7 @@ impl Accounting {
         m.duration
             .get_or_create(&LatencyLabels {
                 operation: self.operation,
+                surface: self.surface,
                 model: self.model.clone(),
                 target: self.target.clone(),
                 status: self.status,
@@ -242,7 +253,12 @@ impl Accounting {
         ] {
             if n > 0 {
                 m.tokens
-                    .get_or_create(&TokenLabels { model: self.model.clone(), target: self.target.clone(), token_type })
+                    .get_or_create(&TokenLabels {
+                        model: self.model.clone(),
+                        target: self.target.clone(),
+                        surface: self.surface,
+                        token_type,
+                    })
                     .inc_by(n);
             }
         }
@@ -251,6 +267,7 @@ impl Accounting {
             key = %self.principal.key_name,
             team = %self.principal.team,
             operation = self.operation,
+            surface = self.surface,
             model = %self.model,
             target = %self.target,
             status = self.status,

@@ -1,9 +1,19 @@
-//! Stage: parse. The OpenAI-compatible request surface: read a body within its limits, parse it into
-//! typed structs that keep every field they do not understand, and validate what the gateway relies on.
+//! Stage: parse. The client APIs the gateway speaks — OpenAI's Chat Completions, Embeddings, legacy
+//! Completions and Responses, and Anthropic's Messages: read a body within its limits, parse it into
+//! typed structs that keep every field they do not understand, and validate what the gateway relies
+//! on. Each surface other than Chat Completions and Embeddings also turns its request into the
+//! canonical chat form ([`ModelRequest`]) that every provider adapter translates from, and turns a
+//! canonical answer (whole or streamed) back into its own shape (`completions.rs`, `messages.rs`,
+//! `responses.rs`): N surfaces and M upstream kinds meet in the middle.
 
 pub mod chat;
+pub mod completions;
 pub mod embeddings;
+#[cfg(test)]
+mod golden;
+pub mod messages;
 pub mod models;
+pub mod responses;
 pub mod sse;
 
 #[cfg(test)]
@@ -21,7 +31,180 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Kind};
 
 pub use chat::ChatRequest;
+pub use completions::CompletionsRequest;
 pub use embeddings::EmbeddingsRequest;
+pub use messages::MessagesRequest;
+pub use responses::ResponsesRequest;
+
+/// The client API a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `POST /v1/chat/completions`: the canonical form itself.
+    ChatCompletions,
+    /// `POST /v1/embeddings`
+    Embeddings,
+    /// `POST /v1/completions`, OpenAI's legacy text completions.
+    Completions,
+    /// `POST /v1/messages`, Anthropic's Messages API.
+    Messages,
+    /// `POST /v1/responses`, OpenAI's Responses API.
+    Responses,
+}
+
+impl Surface {
+    /// The `surface` label of metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Surface::ChatCompletions => "chat_completions",
+            Surface::Embeddings => "embeddings",
+            Surface::Completions => "completions",
+            Surface::Messages => "messages",
+            Surface::Responses => "responses",
+        }
+    }
+
+    /// The error format of this API.
+    pub fn error_shape(self) -> crate::error::Shape {
+        match self {
+            Surface::Messages => crate::error::Shape::Anthropic,
+            _ => crate::error::Shape::OpenAi,
+        }
+    }
+}
+
+/// A model request as the client sent it: the canonical request itself (Chat Completions,
+/// Embeddings), or another surface's parsed request, whose canonical form is built the first time a
+/// target that must translate it asks — a request relayed natively (Messages to Anthropic, say)
+/// never pays for it.
+#[derive(Debug)]
+pub enum ClientRequest {
+    Canonical(ModelRequest),
+    Completions(Surfaced<CompletionsRequest>),
+    Messages(Surfaced<MessagesRequest>),
+    Responses(Surfaced<ResponsesRequest>),
+}
+
+/// What each non-canonical surface's request can say about itself.
+pub trait SurfaceRequest {
+    /// The public model name.
+    fn model(&self) -> &str;
+    /// Whether the client asked for a stream.
+    fn is_stream(&self) -> bool;
+    /// What plugins are told.
+    fn facts(&self) -> Facts;
+    /// The canonical chat request, or why this request cannot be translated (a field that only its
+    /// own API's upstreams understand, named in the error).
+    fn to_chat(&self) -> Result<ChatRequest, Error>;
+}
+
+/// A surface's request and, once built, its canonical form.
+#[derive(Debug)]
+pub struct Surfaced<T> {
+    pub request: T,
+    canonical: std::sync::OnceLock<Result<ModelRequest, Refusal>>,
+}
+
+impl<T> Surfaced<T> {
+    pub fn new(request: T) -> Self {
+        Self { request, canonical: std::sync::OnceLock::new() }
+    }
+}
+
+/// Why a request cannot be translated, kept so that every attempt reports it the same way.
+#[derive(Debug, Clone)]
+struct Refusal {
+    message: String,
+    param: Option<String>,
+    code: Option<String>,
+}
+
+impl Refusal {
+    fn of(error: &Error) -> Self {
+        Self {
+            message: error.message.to_string(),
+            param: error.param.as_deref().map(str::to_owned),
+            code: error.code.as_deref().map(str::to_owned),
+        }
+    }
+
+    fn error(&self) -> Error {
+        let mut e = Error::bad_request(self.message.clone());
+        e.param = self.param.as_deref().map(Into::into);
+        e.code = Some(self.code.clone().unwrap_or_else(|| "unsupported_parameter".to_owned()).into());
+        e
+    }
+}
+
+impl ClientRequest {
+    pub fn surface(&self) -> Surface {
+        match self {
+            ClientRequest::Canonical(ModelRequest::Chat(_)) => Surface::ChatCompletions,
+            ClientRequest::Canonical(ModelRequest::Embeddings(_)) => Surface::Embeddings,
+            ClientRequest::Completions(_) => Surface::Completions,
+            ClientRequest::Messages(_) => Surface::Messages,
+            ClientRequest::Responses(_) => Surface::Responses,
+        }
+    }
+
+    fn surfaced(&self) -> Option<&dyn SurfaceRequest> {
+        match self {
+            ClientRequest::Canonical(_) => None,
+            ClientRequest::Completions(s) => Some(&s.request),
+            ClientRequest::Messages(s) => Some(&s.request),
+            ClientRequest::Responses(s) => Some(&s.request),
+        }
+    }
+
+    pub fn operation(&self) -> Operation {
+        match self {
+            ClientRequest::Canonical(request) => request.operation(),
+            _ => Operation::Chat,
+        }
+    }
+
+    /// The public model name the client asked for.
+    pub fn model(&self) -> &str {
+        match (self, self.surfaced()) {
+            (ClientRequest::Canonical(request), _) => request.model(),
+            (_, Some(s)) => s.model(),
+            (_, None) => "",
+        }
+    }
+
+    /// `Some(whether the client wants the canonical usage chunk)` for a streamed request, `None`
+    /// otherwise. Only Chat Completions and Completions have such a chunk; the other surfaces
+    /// report usage in their own final events.
+    pub fn stream(&self) -> Option<bool> {
+        match self {
+            ClientRequest::Canonical(request) => request.stream(),
+            ClientRequest::Completions(s) => s.request.is_stream().then(|| s.request.client_wants_usage()),
+            ClientRequest::Messages(s) => s.request.is_stream().then_some(false),
+            ClientRequest::Responses(s) => s.request.is_stream().then_some(false),
+        }
+    }
+
+    /// What plugins are told about this request.
+    pub fn facts(&self) -> Facts {
+        match (self, self.surfaced()) {
+            (ClientRequest::Canonical(request), _) => request.facts(),
+            (_, Some(s)) => s.facts(),
+            (_, None) => Facts::default(),
+        }
+    }
+
+    /// The canonical request, for a target that translates: built once, on first use.
+    pub fn canonical(&self) -> Result<&ModelRequest, Error> {
+        let (cell, surface) = match self {
+            ClientRequest::Canonical(request) => return Ok(request),
+            ClientRequest::Completions(s) => (&s.canonical, &s.request as &dyn SurfaceRequest),
+            ClientRequest::Messages(s) => (&s.canonical, &s.request as &dyn SurfaceRequest),
+            ClientRequest::Responses(s) => (&s.canonical, &s.request as &dyn SurfaceRequest),
+        };
+        cell.get_or_init(|| surface.to_chat().map(ModelRequest::Chat).map_err(|e| Refusal::of(&e)))
+            .as_ref()
+            .map_err(Refusal::error)
+    }
+}
 
 /// What a model request asks of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +289,10 @@ pub struct Usage {
 pub struct PromptDetails {
     #[serde(default)]
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the provider's cache (Anthropic's and Bedrock's cache writes), which
+    /// `prompt_tokens` includes.
+    #[serde(default)]
+    pub cache_write_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -117,6 +304,10 @@ pub struct CompletionDetails {
 impl Usage {
     pub fn cached_tokens(&self) -> u64 {
         self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0)
+    }
+
+    pub fn cache_write_tokens(&self) -> u64 {
+        self.prompt_tokens_details.and_then(|d| d.cache_write_tokens).unwrap_or(0)
     }
 
     pub fn reasoning_tokens(&self) -> u64 {
@@ -145,6 +336,16 @@ impl Facts {
             prompt_tokens_estimate: u32::try_from(text_bytes.div_ceil(4)).unwrap_or(u32::MAX),
         }
     }
+}
+
+/// A fresh `chatcmpl-…` id for a translated answer.
+pub fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Bytes of text in a message `content` (a string, or an array of parts with `text`).

@@ -1,4 +1,5 @@
-//! Stage: authenticate. `Authorization: Bearer <key>` → the principal (key name, team).
+//! Stage: authenticate. `Authorization: Bearer <key>` or `x-api-key: <key>` (what the Anthropic SDKs
+//! and Claude Code send), on every route → the principal (key name, team).
 //!
 //! Keys are held only as SHA-256 digests, so the lookup is a hash-map probe on the digest: a timing
 //! difference can reveal nothing about a key the attacker does not already know.
@@ -11,6 +12,9 @@ use sha2::{Digest, Sha256};
 use weir_config::ApiKey;
 
 use crate::error::{Error, Kind};
+
+/// The header the Anthropic API takes its key in.
+pub const API_KEY: &str = "x-api-key";
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,22 +49,28 @@ impl Auth {
         if self.is_open() {
             return Ok(self.anonymous.clone());
         }
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(Error::new(
-                Kind::Unauthorized,
-                "You didn't provide an API key. Send it in the Authorization header as `Bearer <key>`.",
-            )
-            .code("missing_api_key"));
-        };
-        let key = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|k| !k.is_empty());
-        let Some(key) = key else {
-            return Err(Error::new(Kind::Unauthorized, "The Authorization header must be `Bearer <key>`.")
-                .code("invalid_api_key"));
+        let key = match (headers.get(header::AUTHORIZATION), headers.get(API_KEY)) {
+            (Some(value), _) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| {
+                    Error::new(Kind::Unauthorized, "The Authorization header must be `Bearer <key>`.")
+                        .code("invalid_api_key")
+                })?,
+            (None, Some(value)) => value.to_str().ok().map(str::trim).filter(|k| !k.is_empty()).ok_or_else(|| {
+                Error::new(Kind::Unauthorized, "The x-api-key header is empty or not valid text.")
+                    .code("invalid_api_key")
+            })?,
+            (None, None) => {
+                return Err(Error::new(
+                    Kind::Unauthorized,
+                    "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or in the x-api-key header.",
+                )
+                .code("missing_api_key"));
+            }
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         self.keys
@@ -98,6 +108,18 @@ mod tests {
         }
         let e = auth().authenticate(&HeaderMap::new()).unwrap_err();
         assert_eq!(e.code.as_deref(), Some("missing_api_key"));
+    }
+
+    #[test]
+    fn accepts_the_anthropic_header_too() {
+        let mut h = HeaderMap::new();
+        h.insert(API_KEY, "sk-good-0123456789".parse().unwrap());
+        assert_eq!(auth().authenticate(&h).unwrap().key_name, "svc");
+        h.insert(API_KEY, "sk-wrong-0123456789".parse().unwrap());
+        assert_eq!(auth().authenticate(&h).unwrap_err().code.as_deref(), Some("invalid_api_key"));
+        // `Authorization` wins when both are sent.
+        h.insert(header::AUTHORIZATION, "Bearer sk-good-0123456789".parse().unwrap());
+        assert_eq!(auth().authenticate(&h).unwrap().team, "search");
     }
 
     #[test]

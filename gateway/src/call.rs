@@ -16,11 +16,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::App;
 use crate::accounting::{Accounting, Outcome};
-use crate::api::{ModelRequest, Operation, Usage};
+use crate::api::{ClientRequest, ModelRequest, Surface};
 use crate::auth::Principal;
 use crate::body::{self, Body};
 use crate::error::{Error, Kind};
@@ -29,6 +29,7 @@ use crate::plugins::view::RequestView;
 use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
 use crate::route::{self, AttemptEvent, Exchange, ModelRoute, RouteTarget};
 use crate::stream::{RelayOptions, SseRelay};
+use crate::surface::{Edge, Sink};
 use resume::Resumption;
 
 /// The largest non-streamed upstream response the gateway will buffer.
@@ -50,7 +51,7 @@ pub struct Arrival {
 #[derive(Debug)]
 pub struct ModelCall {
     app: Arc<App>,
-    request: Arc<ModelRequest>,
+    request: Arc<ClientRequest>,
     request_id: Arc<str>,
     principal: Arc<Principal>,
     route: Arc<ModelRoute>,
@@ -88,7 +89,7 @@ pub struct Sent {
 
 impl ModelCall {
     /// Resolves the public model to its route and chain, and starts accounting.
-    pub fn new(app: &Arc<App>, request: ModelRequest, arrival: Arrival) -> Result<Self, Error> {
+    pub fn new(app: &Arc<App>, request: ClientRequest, arrival: Arrival) -> Result<Self, Error> {
         let route = app.routes.resolve(request.model())?;
         let chain = app.plugins.chain_for(request.model()).clone();
         let view = (!chain.is_empty()).then(|| plugin_view(&request, &arrival, &chain));
@@ -97,6 +98,7 @@ impl ModelCall {
             arrival.request_id.clone(),
             arrival.principal.clone(),
             request.operation(),
+            request.surface(),
             route.label.clone(),
             arrival.started,
         );
@@ -137,6 +139,8 @@ impl ModelCall {
                 Err(error)
             }
             Ok(Admission::Respond(local)) => {
+                // Plugins answer in the canonical chat form; the client gets its own API's.
+                let local = Edge::new(&self.request, false, self.sink()).local(local);
                 self.acct.responded(local.status);
                 self.acct.finish_now(Outcome::Ok).await;
                 Ok(Admitted::Answered(local_response(local, self.request.stream().is_some())))
@@ -168,6 +172,7 @@ impl ModelCall {
                 self.request_id.clone(),
                 self.principal.clone(),
                 self.request.operation(),
+                self.request.surface(),
                 self.route.label.clone(),
                 Instant::now(),
             );
@@ -223,13 +228,26 @@ impl ModelCall {
     fn deadline(&self) -> Instant {
         self.acct.started() + self.route.targets[0].upstream.timeouts.total
     }
+
+    /// Where a Responses answer is stored: the client's own request only, in its team's scope.
+    fn sink(&self) -> Option<Sink> {
+        if self.mirrored {
+            return None;
+        }
+        Sink::for_request(&self.request, &self.app.responses, &self.principal.team)
+    }
 }
 
 impl Exchange for ModelCall {
     fn build(&self, target: &RouteTarget) -> Result<Request<Bytes>, Error> {
         let model = target.upstream_model(self.request.model());
-        match self.resumption.as_ref().and_then(|r| r.request_for(&self.request, target)) {
-            Some(continued) => target.upstream.request(&continued, model),
+        match &self.resumption {
+            // A continuation is spliced as canonical chunks after what the client has, so every
+            // target is asked in the canonical form, whichever API it speaks.
+            Some(resumption) => {
+                let continued = resumption.request_for(&self.request, target)?;
+                target.upstream.request_from(&self.request, &continued, model)
+            }
             None => target.upstream.request(&self.request, model),
         }
     }
@@ -271,9 +289,15 @@ impl Sent {
         self.call.request.stream().is_some()
     }
 
+    /// Whether the serving upstream speaks the client's API, so its answer is relayed as it is.
+    fn native(&self) -> bool {
+        self.target.upstream.native(self.call.request.surface(), self.target.upstream_model(self.call.request.model()))
+    }
+
     /// Stage *stream*: the upstream's events relayed as they come (`stream.rs`), translated first
-    /// for providers with their own format; accounting finishes when the stream does. The call
-    /// goes with the relay, which comes back to it for another target if it must.
+    /// for providers with their own format, and given to the client in its API (`surface.rs`);
+    /// accounting finishes when the stream does. The call goes with the relay, which comes back to
+    /// it for another target if it must.
     pub fn stream(self) -> Response<Body> {
         let Sent { call, upstream, target } = self;
         let options = RelayOptions {
@@ -294,34 +318,35 @@ impl Sent {
         response
     }
 
-    /// Stage *answer whole*: the body read within the deadline, turned into OpenAI's shape, its
-    /// usage accounted and plugins' `on-complete` run before it goes out (so a header they add, a
-    /// cost say, still reaches the client).
+    /// Stage *answer whole*: the body read within the deadline, turned into OpenAI's shape and then
+    /// the client's API (or relayed as it is), its usage accounted and plugins' `on-complete` run
+    /// before it goes out (so a header they add, a cost say, still reaches the client).
     pub async fn answer_whole(self) -> Result<Response<Body>, Error> {
         let deadline = self.call.deadline();
+        let native = self.native();
+        let mut edge = Edge::new(&self.call.request, native, self.call.sink());
         let Sent { call, upstream, target } = self;
         let ModelCall { app, request, mut acct, .. } = call;
         let status = upstream.status();
         let content_type =
-            upstream.headers().get(header::CONTENT_TYPE).cloned().filter(|_| !target.upstream.translates());
+            upstream.headers().get(header::CONTENT_TYPE).cloned().filter(|_| native || !target.upstream.translates());
         let model = target.upstream_model(request.model());
         let wait = deadline.saturating_duration_since(Instant::now());
-        let answer = match read_upstream(upstream.into_body(), wait, &target.upstream.name).await {
-            // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones pass unchanged,
-            // once they are known to be a JSON object at all.
-            Ok(body) => target.upstream.response(request.operation(), model, body).and_then(|body| {
-                let usage = answer_usage(&body).ok_or_else(|| malformed_answer(&target.upstream.name))?;
-                Ok((body, usage))
+        let name = &target.upstream.name;
+        let whole = match read_upstream(upstream.into_body(), wait, name).await {
+            // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones and native
+            // ones pass unchanged, once they are known to be a JSON object at all; then the edge
+            // gives the client its API's answer.
+            Ok(body) => target.upstream.response(request.operation(), model, body, native).and_then(|body| {
+                if !is_json_object(&body) {
+                    return Err(malformed_answer(name));
+                }
+                edge.whole(name, body, acct.captures())
             }),
             Err(error) => Err(error),
         };
-        let body = match answer {
-            Ok((body, usage)) => {
-                if let Some(usage) = usage {
-                    acct.usage(usage);
-                }
-                body
-            }
+        let whole = match whole {
+            Ok(whole) => whole,
             Err(error) => {
                 // A failure after a success status is the upstream's too, as one before it would be.
                 app.metrics
@@ -335,10 +360,16 @@ impl Sent {
                 return Err(error);
             }
         };
-        acct.capture(&body);
+        if let Some(usage) = whole.usage {
+            acct.usage(usage);
+        }
+        if let Some(canonical) = &whole.canonical {
+            acct.capture(canonical);
+        }
         acct.finish_now(Outcome::Ok).await;
-        let mut response = Response::new(body::full(body));
+        let mut response = Response::new(body::full(whole.body));
         *response.status_mut() = status;
+        let content_type = content_type.filter(|_| whole.passed_through);
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")));
@@ -346,24 +377,29 @@ impl Sent {
     }
 }
 
-/// The choices a chat asks for (`n`).
-fn choices(request: &ModelRequest) -> usize {
-    match request {
-        ModelRequest::Chat(chat) => {
-            chat.param("n").and_then(serde_json::Value::as_u64).map_or(1, |n| usize::try_from(n).unwrap_or(1))
-        }
-        ModelRequest::Embeddings(_) => 1,
-    }
+/// The choices a request asks for (`n` of a chat or a legacy completion; Messages and Responses
+/// have one answer per request).
+fn choices(request: &ClientRequest) -> usize {
+    let n = match request {
+        ClientRequest::Canonical(ModelRequest::Chat(chat)) => chat.param("n"),
+        ClientRequest::Completions(s) => s.request.param("n"),
+        _ => None,
+    };
+    n.and_then(serde_json::Value::as_u64).map_or(1, |n| usize::try_from(n).unwrap_or(1))
 }
 
-/// The view plugins get of a request.
-fn plugin_view(request: &ModelRequest, arrival: &Arrival, chain: &Chain) -> Arc<RequestView> {
+/// The view plugins get of a request. The client's API key never reaches a plugin, whichever
+/// header carried it.
+fn plugin_view(request: &ClientRequest, arrival: &Arrival, chain: &Chain) -> Arc<RequestView> {
     let facts = request.facts();
     let info = RequestInfo {
         request_id: arrival.request_id.to_string(),
-        api: match request.operation() {
-            Operation::Chat => ApiKind::ChatCompletions,
-            Operation::Embeddings => ApiKind::Embeddings,
+        api: match request.surface() {
+            Surface::ChatCompletions => ApiKind::ChatCompletions,
+            Surface::Embeddings => ApiKind::Embeddings,
+            Surface::Completions => ApiKind::Completions,
+            Surface::Messages => ApiKind::Messages,
+            Surface::Responses => ApiKind::Responses,
         },
         model: request.model().to_owned(),
         stream: request.stream().is_some(),
@@ -375,7 +411,14 @@ fn plugin_view(request: &ModelRequest, arrival: &Arrival, chain: &Chain) -> Arc<
         team: arrival.principal.team.clone(),
         end_user: facts.end_user,
     };
-    let headers = if chain.needs_headers() { arrival.headers.clone() } else { HeaderMap::new() };
+    let headers = if chain.needs_headers() {
+        let mut headers = arrival.headers.clone();
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(crate::auth::API_KEY);
+        headers
+    } else {
+        HeaderMap::new()
+    };
     Arc::new(RequestView::new(info, headers, arrival.body.clone()))
 }
 
@@ -407,23 +450,12 @@ async fn read_upstream(body: Incoming, wait: Duration, upstream: &str) -> Result
     }
 }
 
-/// What the gateway reads of a whole answer: its usage, kept as JSON so that a usage block the
-/// gateway cannot read costs the usage, not the answer.
-#[derive(Deserialize)]
-struct UsageOnly {
-    #[serde(default)]
-    usage: Option<serde_json::Value>,
-}
-
-/// The usage of a whole answer, `Some(None)` when it reports none; `None` when the body is not a
-/// JSON object at all (an HTML error page from a proxy, a truncated body), which no client could
-/// read as an OpenAI answer. Guessing no usage for such a body is deliberate: nothing was served.
-fn answer_usage(body: &[u8]) -> Option<Option<Usage>> {
-    if body.trim_ascii_start().first() != Some(&b'{') {
-        return None;
-    }
-    let answer: UsageOnly = serde_json::from_slice(body).ok()?;
-    Some(answer.usage.and_then(|usage| serde_json::from_value(usage).ok()))
+/// Whether a whole answer is a JSON object at all: an HTML error page from a proxy or a truncated
+/// body is not, and no client could read it as an answer in any API. Its usage is read by the edge
+/// (`surface.rs`), in the answer's own API; a body that is not an answer guesses none, deliberately:
+/// nothing was served.
+fn is_json_object(body: &[u8]) -> bool {
+    body.trim_ascii_start().first() == Some(&b'{') && serde_json::from_slice::<IgnoredAny>(body).is_ok()
 }
 
 /// The error for a success status whose body is not an answer.

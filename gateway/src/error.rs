@@ -1,5 +1,13 @@
 //! The one error type of the proxy, and the only place that turns an error into an HTTP response or a
-//! streamed error event (OpenAI's shape: `{"error":{"message","type","param","code"}}`).
+//! streamed error event, in the shape of the client's API: OpenAI's
+//! (`{"error":{"message","type","param","code"}}`, for Chat Completions, Embeddings, Completions and
+//! Responses) or Anthropic's (`{"type":"error","error":{"type","message"}}`, for Messages).
+//!
+//! Anthropic's statuses and types: 400 `invalid_request_error`, 401 `authentication_error`, 403
+//! `permission_error`, 404 `not_found_error`, 413 `request_too_large`, 429 `rate_limit_error`, 500
+//! and other failures `api_error`, and 529 `overloaded_error` — which the gateway sends when an
+//! upstream said it was overloaded (a 503 or 529) and no other target could take the request.
+//! Anthropic's errors have no `param`, so the field at fault is named in the message.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -117,6 +125,15 @@ impl Kind {
             Kind::Internal => "internal",
         }
     }
+}
+
+/// The error format of a client's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"error":{"message","type","param","code"}}`
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`
+    Anthropic,
 }
 
 /// Who is at fault.
@@ -275,10 +292,57 @@ impl Error {
         })
     }
 
-    /// The response for this error. The only function that builds error responses.
+    /// Whether an upstream said it was overloaded (a 503 or Anthropic's 529).
+    fn overloaded(&self) -> bool {
+        self.kind == Kind::UpstreamFailed && self.status.is_some_and(|s| matches!(s.as_u16(), 503 | 529))
+    }
+
+    /// The status an Anthropic client gets: the same as OpenAI's but 529 for an overloaded upstream.
+    fn anthropic_status(&self) -> StatusCode {
+        if self.overloaded() {
+            return StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        self.http_status()
+    }
+
+    /// Anthropic's error `type` for this error.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.anthropic_status().as_u16() {
+            400 | 405 | 408 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            s if s < 500 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    fn body_anthropic(&self) -> Vec<u8> {
+        // No `param` in Anthropic's shape: the field goes into the message, unless it says so already.
+        let message = match self.param.as_deref() {
+            Some(param) if !self.message.contains(param) => format!("{param}: {}", self.message),
+            _ => self.message.to_string(),
+        };
+        let body = serde_json::json!({"type": "error", "error": {"type": self.anthropic_type(), "message": message}});
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The response for this error in OpenAI's shape.
     pub fn into_response(self) -> http::Response<Body> {
-        let mut response = http::Response::new(body::full(self.body_json()));
-        *response.status_mut() = self.http_status();
+        self.into_response_as(Shape::OpenAi)
+    }
+
+    /// The response for this error in `shape`. The only function that builds error responses.
+    pub fn into_response_as(self, shape: Shape) -> http::Response<Body> {
+        let (status, body) = match shape {
+            Shape::OpenAi => (self.http_status(), self.body_json()),
+            Shape::Anthropic => (self.anthropic_status(), self.body_anthropic()),
+        };
+        let mut response = http::Response::new(body::full(body));
+        *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(ms) = self.retry_after_ms {
@@ -296,6 +360,37 @@ impl Error {
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&self.body_json());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    /// Anthropic's stream error: `event: error` with the error object, which the Anthropic SDKs raise.
+    pub fn anthropic_sse_event(&self) -> Bytes {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"event: error\ndata: ");
+        out.extend_from_slice(&self.body_anthropic());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    /// The `error` object of a failed Responses API response: `{"code", "message"}`.
+    pub fn responses_error(&self) -> serde_json::Value {
+        let code = self.code.as_deref().unwrap_or_else(|| self.kind.openai_type());
+        serde_json::json!({"code": code, "message": self.message})
+    }
+
+    /// The Responses API's stream `error` event (numbered `sequence_number`), shaped as OpenAI sends
+    /// it, with the error object nested so that the `openai` SDKs raise it.
+    pub fn responses_error_event(&self, sequence_number: u64) -> Bytes {
+        let r#type = self.kind.openai_type();
+        let code = self.code.as_deref().unwrap_or(r#type);
+        let event = serde_json::json!({
+            "type": "error", "sequence_number": sequence_number,
+            "error": {"type": r#type, "code": code, "message": self.message, "param": self.param.as_deref()},
+        });
+        let mut out = Vec::with_capacity(200);
+        out.extend_from_slice(b"event: error\ndata: ");
+        out.extend_from_slice(&serde_json::to_vec(&event).unwrap_or_default());
         out.extend_from_slice(b"\n\n");
         Bytes::from(out)
     }

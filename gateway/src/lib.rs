@@ -17,6 +17,7 @@ pub mod server;
 pub mod spend;
 pub mod state;
 pub mod stream;
+pub mod surface;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use crate::state::kv::{self, Kv};
 use crate::state::ledger::Ledger;
 use crate::state::quota::{self, Quota};
 use crate::state::redis::Shared;
+use crate::state::responses::{FileStore, ResponseStore};
 
 /// The configuration `weir serve` uses without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/examples/default.toml");
@@ -81,6 +83,8 @@ pub struct App {
     pub routes: Arc<RouteTable>,
     pub metrics: Arc<Metrics>,
     pub plugins: Plugins,
+    /// The Responses API's stored responses.
+    pub responses: Arc<ResponseStore>,
 }
 
 impl App {
@@ -111,7 +115,8 @@ impl App {
             let wasm = process.wasm(&config.state.plugin_cache)?;
             Plugins::load(&config, &wasm, &services).await?
         };
-        Ok(Self { auth: Auth::new(&config.keys), routes, metrics: process.metrics.clone(), plugins, config })
+        let responses = process.responses(&config.state).await?;
+        Ok(Self { auth: Auth::new(&config.keys), routes, metrics: process.metrics.clone(), plugins, responses, config })
     }
 }
 
@@ -124,6 +129,8 @@ pub struct Process {
     stores: OnceLock<Stores>,
     wasm: OnceLock<Arc<WasmEngine>>,
     ledgers: Mutex<HashMap<PathBuf, Arc<Ledger>>>,
+    /// Stored responses by file, so a reload keeps them.
+    responses: Mutex<HashMap<PathBuf, Arc<ResponseStore>>>,
     /// Workers started in this process (`kind = "worker"` with a `model`), by model and device, with
     /// their loopback base URL; a reload that keeps a model keeps its worker.
     local_workers: tokio::sync::Mutex<HashMap<weir_config::LocalWorker, String>>,
@@ -202,6 +209,21 @@ impl Process {
     /// The shared state's link, when the backend is Redis (for `/readyz`).
     pub fn shared(&self) -> Option<&Arc<Shared>> {
         self.stores.get()?.shared.as_ref()
+    }
+
+    /// The store of Responses API answers at `state.responses`, opened (and replayed) once.
+    async fn responses(&self, state: &weir_config::State) -> Result<Arc<ResponseStore>, LoadError> {
+        if let Some(store) = self.responses.lock().unwrap_or_else(|e| e.into_inner()).get(&state.responses) {
+            return Ok(store.clone());
+        }
+        let (path, max, ttl) = (state.responses.clone(), state.responses_max_bytes, state.responses_ttl);
+        // Replaying the file is disk work: off the async workers.
+        let store = tokio::task::spawn_blocking(move || FileStore::open(&path, max, ttl))
+            .await
+            .map_err(|error| LoadError::Task { what: "reading the stored responses", error })?;
+        let store = Arc::new(ResponseStore::Embedded(store));
+        let mut stores = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(stores.entry(state.responses.clone()).or_insert(store).clone())
     }
 
     fn ledger(&self, config: &Config, stores: &Stores) -> Result<Arc<Ledger>, LoadError> {

@@ -23,6 +23,8 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// `chat` or `embeddings`.
     pub operation: &'static str,
+    /// The client API: `chat_completions`, `embeddings`, `completions`, `messages` or `responses`.
+    pub surface: &'static str,
     pub model: Arc<str>,
     pub target: Arc<str>,
     /// The HTTP status sent to the client.
@@ -34,6 +36,7 @@ pub struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub operation: &'static str,
+    pub surface: &'static str,
     pub model: Arc<str>,
     pub target: Arc<str>,
     pub status: u16,
@@ -50,6 +53,7 @@ pub struct ModelTargetLabels {
 pub struct TokenLabels {
     pub model: Arc<str>,
     pub target: Arc<str>,
+    pub surface: &'static str,
     /// `input`, `output`, `cached_input` or `reasoning`.
     pub token_type: &'static str,
 }
@@ -75,7 +79,8 @@ pub struct ContinuationLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// The route: `chat`, `embeddings`, `models`, `health`, `metrics` or `other`.
+    /// The route: `chat`, `embeddings`, `completions`, `messages`, `responses`, `models`, `health`,
+    /// `metrics`, `admin` or `other`.
     pub route: &'static str,
     pub status: u16,
 }

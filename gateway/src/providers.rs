@@ -4,7 +4,14 @@
 //! response into an [`Error`] (whose fault, whether another target may succeed). [`UpstreamClient`] is
 //! the pooled HTTP client every adapter sends through, so timeouts, retries, cancellation and
 //! accounting work the same for every provider.
+//!
+//! A client API other than Chat Completions reaches an upstream one of two ways, decided per target
+//! by [`UpstreamClient::native`]: relayed as it is where the upstream speaks it (Completions to
+//! OpenAI-compatible servers, Messages to Anthropic and to Bedrock's Claude models, Responses to
+//! upstreams configured with `native_responses`) through the adapter's `native` request; otherwise
+//! through its canonical form like a chat request.
 
+pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod gemini;
@@ -27,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use weir_config::{Prefill, Provider, Timeouts, Upstream, UpstreamKind};
 
 use crate::api::sse::Event;
-use crate::api::{ModelRequest, Operation};
+use crate::api::{ClientRequest, ModelRequest, Operation, Surface};
 use crate::error::{Error, Kind};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -42,6 +49,8 @@ pub struct UpstreamClient {
     pub timeouts: Timeouts,
     /// How it continues a partial answer (mid-stream failover).
     pub prefill: Prefill,
+    /// Whether the Responses API is relayed to this upstream as it is.
+    native_responses: bool,
     /// Headers sent on every request, static credentials included (marked sensitive).
     headers: HeaderMap,
     adapter: AnyAdapter,
@@ -56,6 +65,7 @@ macro_rules! dispatch {
             AnyAdapter::Azure($a) => $call,
             AnyAdapter::Bedrock($a) => $call,
             AnyAdapter::Gemini($a) => $call,
+            AnyAdapter::Anthropic($a) => $call,
         }
     };
 }
@@ -67,6 +77,7 @@ enum AnyAdapter {
     Azure(azure::Azure),
     Bedrock(bedrock::Bedrock),
     Gemini(gemini::Gemini),
+    Anthropic(anthropic::Anthropic),
 }
 
 impl UpstreamClient {
@@ -117,6 +128,9 @@ impl UpstreamClient {
             (UpstreamKind::Vertex | UpstreamKind::Gemini, provider) => {
                 AnyAdapter::Gemini(gemini::Gemini::new(upstream, provider, &mut headers)?)
             }
+            (UpstreamKind::Anthropic, Provider::Anthropic(anthropic)) => {
+                AnyAdapter::Anthropic(anthropic::Anthropic::new(upstream, anthropic, &mut headers)?)
+            }
             (kind, _) => {
                 return Err(Error::internal(format!("upstream {}: no settings for kind {kind:?}", upstream.name)));
             }
@@ -126,21 +140,82 @@ impl UpstreamClient {
             kind: upstream.kind,
             timeouts: upstream.timeouts,
             prefill: upstream.prefill,
+            native_responses: upstream.native_responses,
             headers,
             adapter,
             http,
         })
     }
 
-    /// Builds the upstream request for `request` (the parsed, canonical one) with `model` the
-    /// target's model name; streams ask for the usage chunk.
-    pub fn request(&self, request: &ModelRequest, model: &str) -> Result<Request<Bytes>, Error> {
-        let (uri, body) = dispatch!(&self.adapter, a => a.request(request, model))?;
-        let mut request = Request::post(uri)
+    /// Whether this upstream speaks `surface` itself for `model`, so that such a request is relayed
+    /// as it is rather than through its canonical form.
+    pub fn native(&self, surface: Surface, model: &str) -> bool {
+        match (surface, &self.adapter) {
+            (Surface::Completions, AnyAdapter::OpenAi(_) | AnyAdapter::Azure(_)) => true,
+            (Surface::Messages, AnyAdapter::Anthropic(_)) => true,
+            (Surface::Messages, AnyAdapter::Bedrock(_)) => bedrock::is_claude(model),
+            (Surface::Responses, AnyAdapter::OpenAi(_) | AnyAdapter::Azure(_)) => self.native_responses,
+            _ => false,
+        }
+    }
+
+    /// Builds the upstream request for `request` with `model` the target's model name: relayed as
+    /// the client sent it where the upstream speaks its API, else from its canonical form; streams
+    /// ask for the usage chunk.
+    pub fn request(&self, request: &ClientRequest, model: &str) -> Result<Request<Bytes>, Error> {
+        if self.native(request.surface(), model) {
+            let (uri, body) = dispatch!(&self.adapter, a => a.native(request, model))?;
+            self.finish_request(request, true, uri, body)
+        } else {
+            self.request_from(request, request.canonical()?, model)
+        }
+    }
+
+    /// Builds the upstream request for `request` from `canonical`, its canonical form or one made
+    /// from it (a continuation's prefilled conversation), whether or not this upstream speaks the
+    /// client's API; the headers of that API (Anthropic's version and betas) still go with it.
+    pub fn request_from(
+        &self,
+        request: &ClientRequest,
+        canonical: &ModelRequest,
+        model: &str,
+    ) -> Result<Request<Bytes>, Error> {
+        let (uri, body) = dispatch!(&self.adapter, a => a.request(canonical, model))?;
+        self.finish_request(request, false, uri, body)
+    }
+
+    /// An upstream request to `uri` with `body`, the upstream's headers and the request's own.
+    fn finish_request(
+        &self,
+        request: &ClientRequest,
+        native: bool,
+        uri: Uri,
+        body: Vec<u8>,
+    ) -> Result<Request<Bytes>, Error> {
+        let mut upstream = Request::post(uri)
             .body(Bytes::from(body))
             .map_err(|e| Error::internal("could not build the upstream request").source(e))?;
-        *request.headers_mut() = self.headers.clone();
-        Ok(request)
+        *upstream.headers_mut() = self.headers.clone();
+        dispatch!(&self.adapter, a => a.headers(request, native, upstream.headers_mut()));
+        Ok(upstream)
+    }
+
+    /// A Messages `count_tokens` request for `model`, where this upstream counts tokens itself
+    /// (Anthropic); `None` elsewhere.
+    pub fn count_tokens_request(&self, request: &ClientRequest, model: &str) -> Option<Result<Request<Bytes>, Error>> {
+        let (AnyAdapter::Anthropic(adapter), ClientRequest::Messages(s)) = (&self.adapter, request) else {
+            return None;
+        };
+        let build = || {
+            let body = s.request.upstream_body(Some(model), false)?;
+            let mut upstream = Request::post(adapter.count_tokens_uri())
+                .body(Bytes::from(body))
+                .map_err(|e| Error::internal("could not build the upstream request").source(e))?;
+            *upstream.headers_mut() = self.headers.clone();
+            adapter.headers(request, true, upstream.headers_mut());
+            Ok(upstream)
+        };
+        Some(build())
     }
 
     /// Authorizes and sends a request, and waits at most `wait` for the response headers (getting a
@@ -193,16 +268,24 @@ impl UpstreamClient {
 
     /// Whether answers must be translated into OpenAI's shapes (the relayed kinds pass through).
     pub fn translates(&self) -> bool {
-        matches!(self.adapter, AnyAdapter::Bedrock(_) | AnyAdapter::Gemini(_))
+        matches!(self.adapter, AnyAdapter::Bedrock(_) | AnyAdapter::Gemini(_) | AnyAdapter::Anthropic(_))
     }
 
-    /// A whole (non-streamed) answer in OpenAI's shape.
-    pub fn response(&self, operation: Operation, model: &str, body: Bytes) -> Result<Bytes, Error> {
+    /// A whole (non-streamed) answer in OpenAI's shape, or as it came when `native`.
+    pub fn response(&self, operation: Operation, model: &str, body: Bytes, native: bool) -> Result<Bytes, Error> {
+        if native {
+            return Ok(body);
+        }
         dispatch!(&self.adapter, a => a.response(&self.name, operation, model, body))
     }
 
-    /// What turns this upstream's streamed body into OpenAI `chat.completion.chunk` events.
-    pub fn translator(&self, model: &str) -> Option<Translator> {
+    /// What turns this upstream's streamed body into OpenAI `chat.completion.chunk` events — or,
+    /// when `native`, into the client's API's own SSE events (Bedrock's frames); `None` relays the
+    /// upstream's SSE as it is.
+    pub fn translator(&self, model: &str, native: bool) -> Option<Translator> {
+        if native {
+            return dispatch!(&self.adapter, a => a.native_translator(&self.name));
+        }
         dispatch!(&self.adapter, a => a.translator(&self.name, model))
     }
 }
@@ -212,6 +295,24 @@ impl UpstreamClient {
 trait Adapter {
     /// The upstream URL and body for `request`, `model` being the target's model name.
     fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error>;
+
+    /// The request for an upstream that speaks the client's API (see [`UpstreamClient::native`]).
+    fn native(&self, request: &ClientRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
+        let _ = model;
+        Err(Error::internal(format!("no native {} request for this upstream kind", request.surface().label())))
+    }
+
+    /// Headers a request needs beyond the upstream's static ones (Anthropic's version and betas).
+    fn headers(&self, request: &ClientRequest, native: bool, headers: &mut HeaderMap) {
+        let _ = (request, native, headers);
+    }
+
+    /// What turns a natively relayed stream into its API's SSE events, when the upstream frames
+    /// them otherwise (Bedrock's event stream); `None` relays SSE as it is.
+    fn native_translator(&self, upstream: &str) -> Option<Translator> {
+        let _ = upstream;
+        None
+    }
 
     /// Adds what must be computed per request (an OAuth token, a SigV4 signature) just before
     /// sending; static credentials are already among the upstream's headers, so by default nothing.
@@ -249,6 +350,9 @@ trait Adapter {
 pub enum Translator {
     Bedrock(bedrock::ChunkStream),
     Gemini(gemini::ChunkStream),
+    Anthropic(crate::api::messages::Decoder),
+    /// Not into OpenAI chunks: Bedrock's InvokeModel stream into Messages SSE events.
+    BedrockMessages(bedrock::InvokeStream),
 }
 
 impl Translator {
@@ -257,6 +361,8 @@ impl Translator {
         match self {
             Translator::Bedrock(t) => t.push(bytes, out),
             Translator::Gemini(t) => t.push(bytes, out),
+            Translator::Anthropic(t) => t.push(bytes, out),
+            Translator::BedrockMessages(t) => t.push(bytes, out),
         }
     }
 
@@ -266,6 +372,8 @@ impl Translator {
         match self {
             Translator::Bedrock(t) => t.finish(out),
             Translator::Gemini(t) => t.finish(out),
+            Translator::Anthropic(t) => t.finish(out),
+            Translator::BedrockMessages(t) => t.finish(out),
         }
     }
 }
@@ -410,18 +518,6 @@ pub(crate) fn malformed(upstream: &str, what: &str) -> Error {
         .code("upstream_error")
 }
 
-/// The error for a stream event over [`crate::api::sse::MAX_EVENT_BYTES`]: the stream is ended there.
-pub(crate) fn event_too_large(upstream: &str) -> Error {
-    Error::new(
-        Kind::UpstreamFailed,
-        format!(
-            "The upstream '{upstream}' sent a stream event larger than {} MiB; the gateway stopped reading it.",
-            crate::api::sse::MAX_EVENT_BYTES >> 20
-        ),
-    )
-    .code("upstream_event_too_large")
-}
-
 /// The error for credentials the gateway could not obtain (a token endpoint that refused or failed).
 pub(crate) fn credentials_failed(upstream: &str, why: impl std::fmt::Display, retryable: bool) -> Error {
     Error::new(
@@ -464,35 +560,9 @@ fn uri(upstream: &Upstream, path: &str) -> Result<Uri, Error> {
 }
 
 /// An OpenAI `chat.completion.chunk` (or usage chunk) as one SSE event.
-pub(crate) fn event(value: &serde_json::Value) -> Event {
-    let data = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
-    let mut raw = Vec::with_capacity(data.len() + 8);
-    raw.extend_from_slice(b"data: ");
-    raw.extend_from_slice(&data);
-    raw.extend_from_slice(b"\n\n");
-    Event { raw: Bytes::from(raw), data }
-}
-
-/// `data: [DONE]`.
-pub(crate) fn done_event() -> Event {
-    Event { raw: Bytes::from_static(b"data: [DONE]\n\n"), data: Bytes::from_static(b"[DONE]") }
-}
-
-/// An error event that ends a translated stream (built by `error.rs`, like every error body).
-pub(crate) fn error_event(error: &Error) -> Event {
-    let raw = error.sse_event();
-    let data = raw.strip_prefix(b"data: ").unwrap_or(&raw).trim_ascii_end().to_vec();
-    Event { raw, data: Bytes::from(data) }
-}
-
-/// A fresh `chatcmpl-…` id for a translated answer.
-pub(crate) fn completion_id() -> String {
-    format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
-}
-
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub(crate) use crate::api::sse::data_event as event;
+pub(crate) use crate::api::sse::{done_event, error_event, event_too_large};
+pub(crate) use crate::api::{completion_id, unix_now};
 
 /// Appends `items` to the last turn when it has the same role, else starts a turn
 /// `{"role": role, field: items}`: Converse and Gemini both want roles to alternate.

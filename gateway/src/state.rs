@@ -1,8 +1,10 @@
 //! Host state that policies need, so that plugins stay stateless and poolable: a key-value store,
-//! quota reservations and the usage ledger. Each has two backends side by side, chosen by
-//! `[state] backend`: *embedded* (moka, in-process token buckets, a local ledger file), and
-//! *redis* (`state/redis.rs`: one shared Redis for every replica, with the embedded state kept as
-//! the fallback that `on_unavailable = "embedded"` serves from while Redis cannot answer).
+//! quota reservations and the usage ledger — and the Responses API's stored responses. The first
+//! three have two backends side by side, chosen by `[state] backend`: *embedded* (moka, in-process
+//! token buckets, a local ledger file), and *redis* (`state/redis.rs`: one shared Redis for every
+//! replica, with the embedded state kept as the fallback that `on_unavailable = "embedded"` serves
+//! from while Redis cannot answer). The stored responses are embedded only (`state/responses.rs`,
+//! an append-only file per replica).
 //!
 //! Every call that may go to Redis takes `wait`, the longest it may take: the host passes the
 //! smaller of `[state.redis] timeout` and what is left of the calling plugin's deadline, so no
@@ -12,6 +14,7 @@ pub mod kv;
 pub mod ledger;
 pub mod quota;
 pub mod redis;
+pub mod responses;
 
 /// A call that Redis could not answer in time, under `on_unavailable = "fail"`: the host turns
 /// it into a fault of the calling plugin, whose `on_error` then decides the request.

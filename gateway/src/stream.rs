@@ -1,21 +1,37 @@
 //! Stage: stream. Relays an upstream's SSE stream to the client event by event, byte for byte, while
 //! reading each event just enough to learn usage, time to first token and what the client has been
-//! sent. Providers with their own stream format (Bedrock's event stream, Gemini's SSE) go through a
-//! [`Translator`] first, which yields OpenAI chunks; from there on every provider's stream is handled
-//! alike.
+//! sent. Providers with their own stream format (Bedrock's event stream, Gemini's SSE, Anthropic's
+//! events toward a chat client) go through a [`Translator`] first, which yields OpenAI chunks; from
+//! there on every provider's stream is handled alike. What the client receives of each event is the
+//! [`Edge`]'s business (`surface.rs`): OpenAI chunks relayed or encoded into the client's API, or
+//! another API's own events relayed natively (Messages to Anthropic, Responses to an upstream that
+//! speaks it, legacy Completions to an OpenAI-compatible one), which the edge reads in their own
+//! dialect. So the rules below hold for every surface, each in its own API's words.
 //!
 //! - Usage: the gateway always asks upstreams for the final usage chunk; when the client did not ask
-//!   for it, that chunk (`"choices": []` with `usage`) is removed here.
+//!   for it, that chunk (`"choices": []` with `usage`) is removed here (an edge that encodes another
+//!   API takes it whatever the client asked: that API reports usage in its own final events).
 //! - Complete: a stream is whole once it sent `[DONE]`, or once every choice sent its
 //!   `finish_reason` (some servers never send `[DONE]`, and a connection cut after the finish
-//!   loses nothing); it then ends with `[DONE]`.
-//! - Before content: events without content (the role chunk) are held back until the first
-//!   content, so that an attempt that fails before it — breaks, stalls, sends nothing within the
-//!   model's `first_token` — is given up unseen and the next target tried, as before the first
-//!   byte (within `retry.max_attempts`).
+//!   loses nothing); it then ends with `[DONE]`, or the client's API's terminal events. A native
+//!   stream is whole once its API's terminal event came (`[DONE]`, `message_stop`,
+//!   `response.completed` / `response.incomplete`), which is relayed as it is.
+//! - Before content: events without content (the role chunk, `message_start`, `response.created`)
+//!   are held back until the first content, so that an attempt that fails before it — breaks,
+//!   stalls, sends nothing within the model's `first_token`, reports an error — is given up unseen
+//!   and the next target tried, as before the first byte (within `retry.max_attempts`). The next
+//!   target gets an edge of its own: it may speak the client's API where the last did not. When no
+//!   target is left, a native stream's held events go out before its failure (that API's clients
+//!   expect its opening, and its numbering); held canonical chunks are dropped.
 //! - After content: with `failover.mid_stream = "continue"` a stream that breaks or stalls is
-//!   continued on the next target after what the client has (`stream/failover.rs`); otherwise,
-//!   or when that fails, it ends with an OpenAI error event, never a clean `[DONE]`.
+//!   continued on the next target after what the client has (`stream/failover.rs`), asked in the
+//!   canonical form and spliced as canonical chunks into the same edge, so a Messages or Responses
+//!   client reads one answer too. A stream relayed natively in another API's events (Anthropic's,
+//!   the Responses API's, legacy completions) cannot be continued: the gateway does not know what
+//!   the client has in canonical terms, and could not append a canonical continuation to those
+//!   events. Such a stream, and one that cannot be continued or whose continuation fails, ends with
+//!   an error event in the client's API (`Edge::fail`, or the upstream's own error events), never a
+//!   clean end.
 //! - Bounded: one event may hold at most [`MAX_EVENT_BYTES`]; past it the stream ends with an
 //!   error event and the upstream is dropped.
 //! - Cancellation: when the client goes away hyper drops this body, which drops the upstream
@@ -43,6 +59,7 @@ pub use crate::api::sse::MAX_EVENT_BYTES;
 use crate::api::sse::{Event, Splitter};
 use crate::error::{Error, Kind, STREAM_FAILED};
 use crate::providers::Translator;
+use crate::surface::{self, Edge};
 use failover::{Continuation, Peek, Splice, Spliced, Transcript};
 
 /// The most bytes of events without content held back before the first content (a role chunk is
@@ -80,6 +97,9 @@ pub struct Opened {
     pub content_by: Option<Instant>,
     /// A continuation sent with the text so far as a prefill (else it starts the answer over).
     pub prefilled: bool,
+    /// What the client gets of this attempt's events, in its API (a continuation keeps the edge
+    /// of the attempt it continues).
+    pub edge: Edge,
 }
 
 /// What the relay asks of its source when it gives an attempt up.
@@ -118,6 +138,8 @@ pub struct SseRelay {
     source: Option<Box<dyn Upstreams>>,
     reopening: Option<Reopening>,
     current: Option<Current>,
+    /// What the client gets of each event, in its API.
+    edge: Edge,
     out: VecDeque<Bytes>,
     /// Events without content waiting for the first content (see the module header).
     held: Vec<Event>,
@@ -161,6 +183,29 @@ struct Current {
     /// Chunks with content it produced, sent or not: its usage, if it is given up unreported.
     chunks: u64,
     usage: Option<Usage>,
+    /// A native stream's error events, kept until its API's terminal event (the Responses API
+    /// sends `error`, then `response.failed`).
+    errors: Vec<Event>,
+}
+
+impl Current {
+    fn open(opened: Opened) -> (Self, Edge) {
+        let Opened { body, translator, upstream, idle, content_by, prefilled, edge } = opened;
+        let current = Current {
+            body,
+            splitter: Splitter::default(),
+            translator,
+            upstream,
+            idle_for: idle,
+            idle: Box::pin(tokio::time::sleep(idle)),
+            content_by: content_by.map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
+            prefilled,
+            chunks: 0,
+            usage: None,
+            errors: Vec::new(),
+        };
+        (current, edge)
+    }
 }
 
 /// Why an attempt is being given up.
@@ -175,8 +220,9 @@ enum Broke {
     Slow,
     /// An event over the size limit.
     TooLarge,
-    /// The upstream's own error event (`retryable` by its type), relayed if nothing better comes.
-    Upstream { event: Event, retryable: bool },
+    /// The upstream's own error events (`retryable` by their type), relayed if nothing better
+    /// comes.
+    Upstream { events: Vec<Event>, retryable: bool },
     /// A continuation that began differently from what the client has.
     Mismatch,
 }
@@ -190,10 +236,12 @@ enum Flow {
 
 impl SseRelay {
     pub fn new(opened: Opened, source: Box<dyn Upstreams>, options: RelayOptions) -> Self {
-        let mut relay = Self {
+        let (current, edge) = Current::open(opened);
+        Self {
             source: Some(source),
             reopening: None,
-            current: None,
+            current: Some(current),
+            edge,
             out: VecDeque::new(),
             held: Vec::new(),
             transcript: Transcript::default(),
@@ -206,32 +254,28 @@ impl SseRelay {
             deadline: Box::pin(tokio::time::sleep_until(options.deadline.into())),
             options,
             done: false,
-        };
-        relay.start(opened);
-        relay
+        }
     }
 
     fn start(&mut self, opened: Opened) {
+        let (current, edge) = Current::open(opened);
         if let Some(continuation) = self.continuing.take() {
-            self.splice = Some(Splice::new(&continuation, opened.prefilled, self.spent));
+            // The client reads the first attempt's edge; the continuation's canonical chunks are
+            // spliced into it.
+            self.splice = Some(Splice::new(&continuation, current.prefilled, self.spent));
             // What was spent so far, should the continuation never report its usage.
             let spent = self.spent;
             if let Some(acct) = self.accounting() {
                 acct.usage(spent);
             }
+        } else {
+            // A retry before any content: the client has had nothing but comments of the attempt
+            // given up, so this one's edge takes over (it may relay natively where that one
+            // translated, or the other way round), and what that one held back is dropped.
+            self.edge = edge;
+            self.held.clear();
         }
-        self.current = Some(Current {
-            body: opened.body,
-            splitter: Splitter::default(),
-            translator: opened.translator,
-            upstream: opened.upstream,
-            idle_for: opened.idle,
-            idle: Box::pin(tokio::time::sleep(opened.idle)),
-            content_by: opened.content_by.map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
-            prefilled: opened.prefilled,
-            chunks: 0,
-            usage: None,
-        });
+        self.current = Some(current);
     }
 
     fn accounting(&mut self) -> Option<&mut Accounting> {
@@ -242,12 +286,22 @@ impl SseRelay {
         self.current.as_ref().map_or("", |c| c.upstream.as_str())
     }
 
-    /// Sends `event` to the client (and to plugins that read the response).
-    fn send(&mut self, event: Event) {
-        if let Some(acct) = self.accounting() {
-            acct.capture(&event.raw);
+    /// Keeps `event`'s canonical form for plugins that read the response.
+    fn capture(&mut self, event: &Event) {
+        if let Some(source) = &mut self.source {
+            self.edge.capture(event, source.accounting());
         }
-        self.out.push_back(event.raw);
+    }
+
+    /// Sends `event` to the client in its API (and to plugins that read the response).
+    fn send(&mut self, event: Event) {
+        self.capture(&event);
+        self.edge.emit(event, &mut self.out);
+    }
+
+    /// Whether the canonical usage chunk goes on to the edge.
+    fn wants_usage(&self) -> bool {
+        self.options.client_wants_usage || self.edge.needs_usage_chunk()
     }
 
     /// Reads one event of the current attempt.
@@ -257,11 +311,19 @@ impl SseRelay {
             self.send(event);
             return Flow::Go;
         }
+        match self.edge.peek(&event) {
+            Some(peek) => self.on_native(event, peek),
+            None => self.on_chunk(event),
+        }
+    }
+
+    /// Reads one canonical chunk (or `[DONE]`).
+    fn on_chunk(&mut self, event: Event) -> Flow {
         if &event.data[..] == b"[DONE]" {
             if self.splice.as_ref().is_some_and(Splice::repeating) {
                 self.give_up(Broke::Mismatch);
             } else {
-                self.complete();
+                self.complete(crate::providers::done_event());
             }
             return Flow::Stop;
         }
@@ -273,7 +335,7 @@ impl SseRelay {
         };
         if peek.error.is_some() {
             let retryable = peek.error_retryable();
-            self.give_up(Broke::Upstream { event, retryable });
+            self.give_up(Broke::Upstream { events: vec![event], retryable });
             return Flow::Stop;
         }
         if let Some(current) = &mut self.current {
@@ -301,27 +363,17 @@ impl SseRelay {
     /// Passes a chunk on: usage accounted (and stripped if unwanted), content held back until the
     /// first content, the transcript kept.
     fn deliver(&mut self, event: Event, peek: &Peek) {
-        let wants_usage = self.options.client_wants_usage;
         if let Some(usage) = peek.usage
             && let Some(acct) = self.accounting()
         {
             acct.usage(usage);
         }
-        if peek.usage_only() && !wants_usage {
-            if let Some(acct) = self.accounting() {
-                acct.capture(&event.raw);
-            }
+        if peek.usage_only() && !self.wants_usage() {
+            self.capture(&event);
             return;
         }
         if !peek.has_content() {
-            let held: usize = self.held.iter().map(|e| e.raw.len()).sum::<usize>() + event.raw.len();
-            if self.transcript.delivered() || held > MAX_HELD_BYTES {
-                // An upstream that sends nothing but empty chunks does not get them all buffered.
-                self.flush_held();
-                self.send(event);
-            } else {
-                self.held.push(event);
-            }
+            self.hold(event);
             return;
         }
         self.flush_held();
@@ -337,16 +389,78 @@ impl SseRelay {
         self.send(event);
     }
 
+    /// Reads one event of a stream relayed in the client's API (the edge's reading of it): the
+    /// same rules as for chunks, in that API's terms, but no continuation (see the module header).
+    fn on_native(&mut self, event: Event, peek: surface::Peek) -> Flow {
+        let Some(current) = &mut self.current else { return Flow::Stop };
+        if peek.error || !current.errors.is_empty() {
+            // An error, and what follows it up to the API's terminal event, ends the attempt.
+            let ends = peek.done || !peek.error;
+            if peek.error || peek.done {
+                current.errors.push(event);
+            }
+            if ends {
+                let events = std::mem::take(&mut current.errors);
+                let retryable = events.first().is_some_and(|e| native_error_retryable(&e.data));
+                self.give_up(Broke::Upstream { events, retryable });
+                return Flow::Stop;
+            }
+            return Flow::Go;
+        }
+        current.chunks += u64::from(peek.content);
+        current.usage = peek.usage.or(current.usage);
+        if let Some(usage) = peek.usage
+            && let Some(acct) = self.accounting()
+        {
+            acct.usage(usage);
+        }
+        if peek.done {
+            self.complete(event);
+            return Flow::Stop;
+        }
+        if peek.usage_only && !self.wants_usage() {
+            self.capture(&event);
+            return Flow::Go;
+        }
+        if !peek.content {
+            self.hold(event);
+            return Flow::Go;
+        }
+        self.flush_held();
+        if let Some(acct) = self.accounting() {
+            acct.chunk();
+        }
+        self.transcript.record_native();
+        if let Some(current) = &mut self.current {
+            current.content_by = None;
+        }
+        self.send(event);
+        Flow::Go
+    }
+
+    /// An event without content: held back until the first content, sent once there was some.
+    fn hold(&mut self, event: Event) {
+        let held: usize = self.held.iter().map(|e| e.raw.len()).sum::<usize>() + event.raw.len();
+        if self.transcript.delivered() || held > MAX_HELD_BYTES {
+            // An upstream that sends nothing but empty chunks does not get them all buffered.
+            self.flush_held();
+            self.send(event);
+        } else {
+            self.held.push(event);
+        }
+    }
+
     fn flush_held(&mut self) {
         for event in std::mem::take(&mut self.held) {
             self.send(event);
         }
     }
 
-    /// The answer is whole: `[DONE]`, accounted as ok.
-    fn complete(&mut self) {
+    /// The answer is whole: `terminal` (`[DONE]`, which the edge turns into the client's API's
+    /// terminal events, or a native stream's own terminal event) sent, accounted as ok.
+    fn complete(&mut self, terminal: Event) {
         self.flush_held();
-        self.send(crate::providers::done_event());
+        self.send(terminal);
         if let Some(current) = self.current.take() {
             drain(current.body);
         }
@@ -361,10 +475,34 @@ impl SseRelay {
         self.done = true;
     }
 
-    /// Ends the stream with `event` (an error event), accounted as an error.
-    fn fail_with(&mut self, event: Event, error: &Error) {
+    /// Before a failure ends the stream: events held back that are the client's API's own (a
+    /// native stream's `message_start`, `response.created`) go out first, so that the failure follows
+    /// the opening that API's clients expect, numbered after it; canonical ones (a role chunk) are
+    /// dropped.
+    fn release_held(&mut self) {
+        if self.edge.is_native() {
+            self.flush_held();
+        } else {
+            self.held.clear();
+        }
+    }
+
+    /// Ends the stream with an error event for `error` in the client's API, accounted as an error.
+    fn fail(&mut self, error: &Error) {
         tracing::warn!(upstream = %self.upstream_name(), error = %error, "stream failed after its first byte");
-        self.out.push_back(event.raw);
+        self.release_held();
+        self.edge.fail(error, &mut self.out);
+        self.end(Outcome::Error);
+    }
+
+    /// Ends the stream with the upstream's own error `events` (in the client's API, by the edge),
+    /// accounted as an error.
+    fn fail_upstream(&mut self, events: Vec<Event>, error: &Error) {
+        tracing::warn!(upstream = %self.upstream_name(), error = %error, "stream failed after its first byte");
+        self.release_held();
+        for event in events {
+            self.edge.emit(event, &mut self.out);
+        }
         self.end(Outcome::Error);
     }
 
@@ -374,9 +512,18 @@ impl SseRelay {
         let name = self.upstream_name().to_owned();
         if self.transcript.finished(self.options.choices) {
             // Cut after its finish: the client has the whole answer.
-            self.complete();
+            self.complete(crate::providers::done_event());
             return;
         }
+        // A native stream that reported an error and then broke off or stalled before its
+        // terminal event: its error is what the client should read.
+        let why = match self.current.as_mut().map(|c| std::mem::take(&mut c.errors)) {
+            Some(events) if !events.is_empty() && !matches!(why, Broke::Upstream { .. }) => {
+                let retryable = native_error_retryable(&events[0].data);
+                Broke::Upstream { events, retryable }
+            }
+            _ => why,
+        };
         let error = self.error(&name, &why);
         let skip_failed = matches!(why, Broke::Idle | Broke::Slow | Broke::TooLarge);
         let retryable = !matches!(why, Broke::Mismatch | Broke::Upstream { retryable: false, .. });
@@ -385,7 +532,6 @@ impl SseRelay {
         if let Some(source) = &mut self.source {
             source.failed(&error);
         }
-        self.held.clear();
         let now = Instant::now();
         let attempts = self.source.as_ref().map_or(u32::MAX, |s| s.attempts());
         if retryable && !self.transcript.delivered() {
@@ -429,8 +575,8 @@ impl SseRelay {
         }
         match why {
             // The upstream already told the client what went wrong, in its own words.
-            Broke::Upstream { event, .. } => self.fail_with(event, &error),
-            _ => self.fail_with(crate::providers::error_event(&error), &error),
+            Broke::Upstream { events, .. } => self.fail_upstream(events, &error),
+            _ => self.fail(&error),
         }
     }
 
@@ -467,7 +613,7 @@ impl SseRelay {
                     Some(e) => e,
                     None => broke,
                 };
-                self.fail_with(crate::providers::error_event(&error), &error);
+                self.fail(&error);
             }
         }
     }
@@ -542,11 +688,17 @@ impl SseRelay {
             }
         }
         if self.transcript.finished(self.options.choices) {
-            self.complete();
+            self.complete(crate::providers::done_event());
         } else {
             self.give_up(Broke::Short);
         }
     }
+}
+
+/// Whether a native stream's error event is worth another attempt: anything but a rejected request
+/// (Anthropic's and the Responses API's `error` events carry an `error.type` as OpenAI's do).
+fn native_error_retryable(data: &[u8]) -> bool {
+    Peek::parse(data).is_none_or(|p| p.error.is_none() || p.error_retryable())
 }
 
 /// Reads what is left of a finished upstream body (after `[DONE]`, its end), off the client's
@@ -583,7 +735,7 @@ impl HttpBody for SseRelay {
             if this.deadline.as_mut().poll(cx).is_ready() {
                 let e = Error::new(Kind::UpstreamTimeout, "The request ran past the gateway's total timeout.")
                     .code("upstream_timeout");
-                this.fail_with(crate::providers::error_event(&e), &e);
+                this.fail(&e);
                 continue;
             }
             let Some(current) = &mut this.current else {

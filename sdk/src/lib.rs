@@ -41,8 +41,8 @@
 //!
 //! Build it with `cargo build --target wasm32-wasip2 --release` (the crate is a `cdylib`) and point
 //! the gateway's config at `target/wasm32-wasip2/release/<name>.wasm`. `weir plugin new NAME`
-//! scaffolds such a crate. The contract is `sdk/wit/weir.wit` (`weir:plugin@0.1.1`); every type
-//! below comes from it.
+//! scaffolds such a crate. The contract is `sdk/wit/weir.wit` (`weir:plugin@0.2.0`); every type
+//! below comes from it. Components built against the earlier 0.1.0 keep loading: the host serves both.
 
 #[doc(hidden)]
 pub mod bindings {

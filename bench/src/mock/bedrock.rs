@@ -1,6 +1,9 @@
 //! The Bedrock routes of the mock: `POST /model/{id}/converse`, `/converse-stream` (real
 //! `application/vnd.amazon.eventstream` frames written with the AWS SDK's own codec, exceptions
-//! mid-stream included) and `/invoke` for Titan and Cohere embeddings.
+//! mid-stream included), `/invoke` for Titan and Cohere embeddings, and for Claude models `/invoke`
+//! and `/invoke-with-response-stream` with Anthropic's Messages body (`anthropic_version:
+//! "bedrock-2023-05-31"`, no `model` or `stream`, nothing the Bedrock docs do not list), answered
+//! as the Anthropic mock answers and streamed as `chunk` frames carrying each event in base64.
 //!
 //! Requests must carry a SigV4 `Authorization` header for the `bedrock` service (its shape is
 //! checked, and with `aws_credentials` the signature itself, recomputed with the SDK's signer) or a
@@ -196,6 +199,8 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Resp
     match action {
         "converse" => converse(shared, &body, &model, false),
         "converse-stream" => converse(shared, &body, &model, true),
+        "invoke" if model.contains("anthropic.claude") => claude(shared, &body, &model, false),
+        "invoke-with-response-stream" if model.contains("anthropic.claude") => claude(shared, &body, &model, true),
         "invoke" => invoke(&body, &model),
         _ => Err(AwsError { status: StatusCode::NOT_FOUND, kind: "UnknownOperationException", message: String::new() }),
     }
@@ -453,6 +458,59 @@ fn converse(
     }
     frames.push(frame("messageStop", &json!({"stopReason": stop_reason})));
     frames.push(frame("metadata", &json!({"usage": usage, "metrics": {"latencyMs": 1}})));
+    Ok(streamed(shared, frames, "application/vnd.amazon.eventstream"))
+}
+
+/// Fields of the Claude Messages body that InvokeModel takes.
+const CLAUDE_FIELDS: &[&str] = &[
+    "anthropic_version",
+    "anthropic_beta",
+    "max_tokens",
+    "system",
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "stop_sequences",
+    "thinking",
+];
+
+/// InvokeModel(WithResponseStream) for a Claude model: the Messages body, answered as Anthropic's
+/// API answers.
+fn claude(shared: &Arc<Shared>, body: &Value, model: &str, stream: bool) -> Result<http::Response<MockBody>, AwsError> {
+    use base64::Engine as _;
+    if let Some(extra) = body.as_object().and_then(|m| m.keys().find(|k| !CLAUDE_FIELDS.contains(&k.as_str()))) {
+        return Err(AwsError::validation(format!(
+            "Malformed input request: extraneous key [{extra}] is not permitted, please reformat your input and try again."
+        )));
+    }
+    if body.get("anthropic_version").and_then(Value::as_str) != Some("bedrock-2023-05-31") {
+        return Err(AwsError::validation(
+            "Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again.",
+        ));
+    }
+    let request = super::anthropic::Messages::read(body, true).map_err(|e| AwsError::validation(e.message))?;
+    let answer = super::anthropic::Answer::new(&request, model, shared.next_id());
+    if !stream {
+        return Ok(json_response(StatusCode::OK, &answer.message()));
+    }
+    let mut frames = Vec::new();
+    for mut event in answer.events() {
+        if event["type"] == "error" {
+            frames.push(exception(
+                "modelStreamErrorException",
+                &json!({"message": "The model stream failed (mock).", "originalStatusCode": 529}),
+            ));
+            return Ok(streamed(shared, frames, "application/vnd.amazon.eventstream"));
+        }
+        if event["type"] == "message_stop" {
+            event["amazon-bedrock-invocationMetrics"] = json!({"inputTokenCount": request.prompt_tokens, "outputTokenCount": 1, "invocationLatency": 1, "firstByteLatency": 1});
+        }
+        let bytes = base64::engine::general_purpose::STANDARD.encode(event.to_string());
+        frames.push(frame("chunk", &json!({"bytes": bytes})));
+    }
     Ok(streamed(shared, frames, "application/vnd.amazon.eventstream"))
 }
 

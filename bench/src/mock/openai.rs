@@ -1,8 +1,9 @@
 //! The OpenAI routes of the mock, the protocol every other one is measured against:
 //! `POST /v1/chat/completions` (whole answers, streams synthesized from the same answer, and the
 //! recorded streams of `bench/fixtures/openai/` replayed byte for byte for `model: "fixture:<name>"`),
-//! `POST /v1/embeddings` (vectors tests can predict, float or base64) and `GET /v1/models`, with
-//! OpenAI's error bodies and its validation messages where clients depend on them.
+//! `POST /v1/embeddings` (vectors tests can predict, float or base64), `POST /v1/completions`
+//! (`mock/completions.rs`) and `GET /v1/models`, with OpenAI's error bodies and its validation
+//! messages where clients depend on them.
 //!
 //! Any path no other protocol claims lands here, so an unknown route gets OpenAI's 404.
 
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{
     MockBody, MockBuilder, Recorded, Shared, TOOL_ARGUMENTS, argument_fragments, azure, embedding_vector, event,
-    injected_failure, json_response, sse, unix_now, word_count, words,
+    injected_failure, json_response, sse, unix_now, with_retry_after, word_count, words,
 };
 
 macro_rules! fixtures {
@@ -60,6 +61,7 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Respo
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     Chat,
+    Completions,
     Embeddings,
     Models,
 }
@@ -67,6 +69,7 @@ enum Route {
 fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<Response<MockBody>, ApiError> {
     let route = match (req.method.as_str(), path) {
         ("POST", "/v1/chat/completions") => Route::Chat,
+        ("POST", "/v1/completions") => Route::Completions,
         ("POST", "/v1/embeddings") => Route::Embeddings,
         ("GET", "/v1/models") => Route::Models,
         (method, _) => {
@@ -84,13 +87,7 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<Response<M
         return Ok(models());
     }
     if let Some(status) = injected_failure(shared) {
-        let mut response = ApiError::injected(status).into_response();
-        if let Some(value) = shared.config.retry_after.as_deref().filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
-            && let Ok(value) = HeaderValue::from_str(value)
-        {
-            response.headers_mut().insert(RETRY_AFTER, value);
-        }
-        return Ok(response);
+        return Ok(with_retry_after(shared, status, ApiError::injected(status).into_response()));
     }
     let body: Value = serde_json::from_slice(&req.body).map_err(|_| {
         ApiError::invalid(
@@ -113,12 +110,13 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<Response<M
     }
     match route {
         Route::Chat => chat(shared, &body),
+        Route::Completions => super::completions::respond(shared, &body),
         Route::Embeddings => embeddings(&body),
         Route::Models => Ok(models()),
     }
 }
 
-fn check_api_key(config: &MockBuilder, req: &Recorded) -> Result<(), ApiError> {
+pub(super) fn check_api_key(config: &MockBuilder, req: &Recorded) -> Result<(), ApiError> {
     let Some(key) = &config.api_key else {
         return Ok(());
     };
@@ -588,7 +586,7 @@ impl ApiError {
     }
 }
 
-fn model_not_found(model: &str) -> ApiError {
+pub(super) fn model_not_found(model: &str) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!("The model `{model}` does not exist or you do not have access to it."),

@@ -74,9 +74,28 @@ pub fn rerun_if_changed(workspace: &Path, dirs: &[&Path], crates: &[PluginCrate]
         paths.push(krate.dir.join("Cargo.toml"));
         paths.push(krate.dir.join("src"));
     }
+    // Relative to the package, which cargo resolves against the package's directory when it checks
+    // them: cargo shares one build script run between checkouts of the same workspace in one target
+    // directory (its hash leaves out where the workspace is), so absolute paths would make a fresh
+    // clone's build trust another checkout's files, and embed that checkout's plugins.
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
     for path in paths {
-        println!("cargo::rerun-if-changed={}", path.display());
+        let shown = manifest_dir.as_deref().map_or_else(|| path.clone(), |dir| relative_to(dir, &path));
+        println!("cargo::rerun-if-changed={}", shown.display());
     }
+}
+
+/// `path` as seen from `base` (both absolute): `..` up to their common ancestor, then down.
+fn relative_to(base: &Path, path: &Path) -> PathBuf {
+    let common = base.components().zip(path.components()).take_while(|(a, b)| a == b).count();
+    let mut relative = PathBuf::new();
+    for _ in base.components().skip(common) {
+        relative.push("..");
+    }
+    for part in path.components().skip(common) {
+        relative.push(part);
+    }
+    relative
 }
 
 /// Runs the nested `cargo build --release --target wasm32-wasip2 -p …` into `target_dir`.
@@ -132,4 +151,23 @@ pub fn build(workspace: &Path, target_dir: &Path, crates: &[PluginCrate]) -> Res
 /// Where [`build`] leaves the component of `krate`.
 pub fn wasm_path(target_dir: &Path, krate: &PluginCrate) -> PathBuf {
     target_dir.join(TARGET).join("release").join(format!("{}.wasm", krate.package.replace('-', "_")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_made_relative_to_the_package() {
+        let package = Path::new("/src/weir/gateway/tests/plugins/artifacts");
+        assert_eq!(relative_to(package, Path::new("/src/weir/Cargo.toml")), Path::new("../../../../Cargo.toml"));
+        assert_eq!(
+            relative_to(package, Path::new("/src/weir/gateway/tests/plugins/noop/src")),
+            Path::new("../noop/src")
+        );
+        assert_eq!(
+            relative_to(Path::new("/src/weir/gateway"), Path::new("/src/weir/gateway/build.rs")),
+            Path::new("build.rs")
+        );
+    }
 }

@@ -183,6 +183,128 @@ impl ChatRequest {
     }
 }
 
+/// A whole `chat.completion` answer, as the surface encoders read it (unknown fields ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Completion {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub created: Option<u64>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub choices: Vec<CompletionChoice>,
+    #[serde(default)]
+    pub usage: Option<super::Usage>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CompletionChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub message: AnswerMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// The assistant message of an answer: text, reasoning (`reasoning_content`, as vLLM, DeepSeek and
+/// the gateway's Anthropic translation write it), a refusal, tool calls.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AnswerMessage {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    #[serde(default)]
+    pub refusal: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tool_calls: Vec<AnswerToolCall>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AnswerToolCall {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub function: AnswerFunction,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AnswerFunction {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// One `chat.completion.chunk` (or the usage chunk, or an error event), as the surface encoders
+/// read it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Chunk {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub created: Option<u64>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    pub usage: Option<super::Usage>,
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub delta: Delta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Delta {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    #[serde(default)]
+    pub refusal: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tool_calls: Vec<ToolCallDelta>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ToolCallDelta {
+    #[serde(default)]
+    pub index: usize,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub function: Option<FunctionDelta>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FunctionDelta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+}
+
+/// `null` read as the type's default, as some OpenAI-compatible servers write absent lists.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

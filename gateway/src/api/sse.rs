@@ -68,6 +68,40 @@ impl Splitter {
     }
 }
 
+/// A JSON value as one `data: …` event (a canonical chunk, say).
+pub fn data_event(value: &serde_json::Value) -> Event {
+    let data = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+    let mut raw = Vec::with_capacity(data.len() + 8);
+    raw.extend_from_slice(b"data: ");
+    raw.extend_from_slice(&data);
+    raw.extend_from_slice(b"\n\n");
+    Event { raw: Bytes::from(raw), data }
+}
+
+/// `data: [DONE]`.
+pub fn done_event() -> Event {
+    Event { raw: Bytes::from_static(b"data: [DONE]\n\n"), data: Bytes::from_static(b"[DONE]") }
+}
+
+/// An OpenAI error event that ends a stream (built by `error.rs`, like every error body).
+pub fn error_event(error: &crate::error::Error) -> Event {
+    let raw = error.sse_event();
+    let data = raw.strip_prefix(b"data: ").unwrap_or(&raw).trim_ascii_end().to_vec();
+    Event { raw, data: Bytes::from(data) }
+}
+
+/// The error for a stream event over [`MAX_EVENT_BYTES`]: the stream is ended there.
+pub fn event_too_large(upstream: &str) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::Kind::UpstreamFailed,
+        format!(
+            "The upstream '{upstream}' sent a stream event larger than {} MiB; the gateway stopped reading it.",
+            MAX_EVENT_BYTES >> 20
+        ),
+    )
+    .code("upstream_event_too_large")
+}
+
 fn data_of(raw: &Bytes) -> Bytes {
     let mut lines = raw.split(|&c| c == b'\n' || c == b'\r').filter_map(|line| {
         let value = line.strip_prefix(b"data:")?;

@@ -4,6 +4,11 @@
 //! with the text so far as an assistant prefill in the way its upstream continues one (`prefill`),
 //! and a target that refuses the prefill is asked once more without it (the relay then uses its
 //! answer only if it repeats what the client has). The attempt loop is the same `route::send`.
+//!
+//! Whatever API the client speaks, a continuation is asked of every target in the canonical chat
+//! form and its answer read as canonical chunks, which the relay splices and the client's edge
+//! (`surface.rs`) encodes as it did the first attempt's. A plain retry is sent as the first attempt
+//! was: natively where the target speaks the client's API, with an edge of its own.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,12 +19,13 @@ use weir_config::Prefill;
 
 use super::ModelCall;
 use crate::accounting::Accounting;
-use crate::api::ModelRequest;
+use crate::api::{ClientRequest, ModelRequest};
 use crate::error::{Error, Kind};
 use crate::metrics::{ContinuationLabels, ModelTargetLabels, UpstreamErrorLabels};
 use crate::route::{self, ModelRoute, RouteTarget};
 use crate::stream::failover::{self, Continuation};
 use crate::stream::{Ask, Opened, Reopening, Upstreams};
+use crate::surface::Edge;
 
 /// What the targets are asked while a stream is being continued.
 #[derive(Debug)]
@@ -37,25 +43,32 @@ impl Resumption {
         (how != Prefill::None && !refused && !self.continuation.prefill.is_empty()).then_some(how)
     }
 
-    /// The request `target` is sent instead of the client's: the prefilled conversation.
-    pub(super) fn request_for(&self, request: &ModelRequest, target: &RouteTarget) -> Option<ModelRequest> {
-        let ModelRequest::Chat(chat) = request else { return None };
-        let how = self.prefill(target)?;
-        Some(ModelRequest::Chat(failover::prefilled(chat, &self.continuation, how)))
+    /// The request `target` is sent instead of the client's: the conversation in its canonical
+    /// form, prefilled with the text so far where the target takes a prefill.
+    pub(super) fn request_for(&self, request: &ClientRequest, target: &RouteTarget) -> Result<ModelRequest, Error> {
+        let ModelRequest::Chat(chat) = request.canonical()? else {
+            return Err(Error::internal("only chat answers are continued"));
+        };
+        let how = self.prefill(target).unwrap_or(Prefill::None);
+        Ok(ModelRequest::Chat(failover::prefilled(chat, &self.continuation, how)))
     }
 }
 
 impl ModelCall {
-    /// The relay's view of an upstream that answered: its body, translator and timers.
+    /// The relay's view of an upstream that answered: its body, translator, edge and timers.
     pub(super) fn opened(&self, upstream: Response<Incoming>, target: &RouteTarget, by: Option<Instant>) -> Opened {
         let first_token = self.route.first_token(target).map(|limit| self.last_sent + limit);
         let content_by = match (first_token, by) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let model = target.upstream_model(self.request.model());
+        // A continuation was asked in the canonical form (see the module header).
+        let native = self.resumption.is_none() && target.upstream.native(self.request.surface(), model);
         Opened {
             body: upstream.into_body(),
-            translator: target.upstream.translator(target.upstream_model(self.request.model())),
+            translator: target.upstream.translator(model, native),
+            edge: Edge::new(&self.request, native, self.sink()),
             upstream: target.upstream.name.clone(),
             idle: target.upstream.timeouts.idle,
             content_by,

@@ -20,7 +20,8 @@ use wasmtime::{Store, UpdateDeadline};
 use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
-use super::bindings::{Plugin, PluginPre};
+use super::bindings::{Plugin, PluginPre, v0_1};
+use super::compat::{self, Contract};
 use super::gate::{Gate, LONG_AFTER};
 use super::host::{HostState, PluginMeta, RequestHandle};
 use super::quarantine::{Health, Standing};
@@ -54,6 +55,9 @@ pub enum LoadProblem {
     Imports(wasmtime::Error),
     #[error("it does not export the weir:plugin world: {0:#}")]
     World(wasmtime::Error),
+    /// It was built against a contract version this host does not serve.
+    #[error("{0}")]
+    Contract(String),
     #[error("instantiation failed: {0:#}")]
     Instantiate(wasmtime::Error),
     /// The plugin's `init` refused its config, in its own words.
@@ -70,8 +74,81 @@ const POOL_SIZE: usize = 64;
 
 struct Warm {
     store: Store<HostState>,
-    bindings: Plugin,
+    bindings: Bindings,
     calls: u64,
+}
+
+/// A component pre-instantiated against the contract it was built for.
+enum Pre {
+    V0_1(v0_1::PluginPre<HostState>),
+    V0_2(PluginPre<HostState>),
+}
+
+/// One instance's exports, of the contract it was built for; older ones' values are converted
+/// (`compat.rs`), so the rest of the host sees the current types only.
+enum Bindings {
+    V0_1(v0_1::Plugin),
+    V0_2(Plugin),
+}
+
+impl Pre {
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Pre::V0_1(pre) => pre.engine(),
+            Pre::V0_2(pre) => pre.engine(),
+        }
+    }
+
+    async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate_async(store).await?),
+            Pre::V0_2(pre) => Bindings::V0_2(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+impl Bindings {
+    async fn init(&self, store: &mut Store<HostState>, config: &str) -> wasmtime::Result<Result<PluginInfo, String>> {
+        Ok(match self {
+            Bindings::V0_1(b) => b.call_init(store, config).await?.map(compat::plugin_info),
+            Bindings::V0_2(b) => b.call_init(store, config).await?,
+        })
+    }
+
+    async fn on_request(
+        &self,
+        store: &mut Store<HostState>,
+        req: Resource<RequestHandle>,
+    ) -> wasmtime::Result<Decision> {
+        Ok(match self {
+            Bindings::V0_1(b) => compat::decision(b.call_on_request(store, req).await?),
+            Bindings::V0_2(b) => b.call_on_request(store, req).await?,
+        })
+    }
+
+    async fn on_response_headers(
+        &self,
+        store: &mut Store<HostState>,
+        req: Resource<RequestHandle>,
+        status: u16,
+    ) -> wasmtime::Result<ResponseAction> {
+        Ok(match self {
+            Bindings::V0_1(b) => compat::response_action(b.call_on_response_headers(store, req, status).await?),
+            Bindings::V0_2(b) => b.call_on_response_headers(store, req, status).await?,
+        })
+    }
+
+    async fn on_complete(
+        &self,
+        store: &mut Store<HostState>,
+        req: Resource<RequestHandle>,
+        completion: &Completion,
+    ) -> wasmtime::Result<()> {
+        match self {
+            Bindings::V0_1(b) => b.call_on_complete(store, req, &compat::completion(completion)).await,
+            Bindings::V0_2(b) => b.call_on_complete(store, req, completion).await,
+        }
+    }
 }
 
 /// A plugin ready to be called.
@@ -81,7 +158,7 @@ pub struct LoadedPlugin {
     pub on_error: OnError,
     config: PluginConfig,
     memory: usize,
-    pre: PluginPre<HostState>,
+    pre: Pre,
     pool: ArrayQueue<Warm>,
     /// Its faults, for the quarantine and the rate limit on fault lines.
     health: Health,
@@ -119,8 +196,12 @@ impl LoadedPlugin {
             .await
             .map_err(|e| failed(LoadProblem::Task(e)))?
             .map_err(|e| failed(LoadProblem::Compile(e)))?;
+        let contract = Contract::of(&component, &wasm.engine).map_err(|e| failed(LoadProblem::Contract(e)))?;
         let pre = wasm.linker.instantiate_pre(&component).map_err(|e| failed(LoadProblem::Imports(e)))?;
-        let pre = PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?;
+        let pre = match contract {
+            Contract::V0_1 => Pre::V0_1(v0_1::PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?),
+            Contract::V0_2 => Pre::V0_2(PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?),
+        };
         let memory = usize::try_from(config.memory).unwrap_or(MAX_MEMORY).min(MAX_MEMORY);
 
         // A first instance runs `init` to learn the plugin's hooks and headers, and proves the
@@ -135,6 +216,7 @@ impl LoadedPlugin {
             .collect();
         meta.needs_body = info.needs_body;
         meta.needs_response = info.needs_response;
+        tracing::debug!(plugin = %name, contract = contract.label(), "plugin loaded");
         Ok(Arc::new(Self {
             meta: Arc::new(meta),
             hooks: info.hooks,
@@ -241,7 +323,7 @@ impl LoadedPlugin {
         let result = async {
             let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
-            let decision = warm.bindings.call_on_request(&mut warm.store, borrowed).await;
+            let decision = warm.bindings.on_request(&mut warm.store, borrowed).await;
             warm.store.data_mut().table.delete(handle)?;
             decision
         }
@@ -255,7 +337,7 @@ impl LoadedPlugin {
         let result = async {
             let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
-            let action = warm.bindings.call_on_response_headers(&mut warm.store, borrowed, status).await;
+            let action = warm.bindings.on_response_headers(&mut warm.store, borrowed, status).await;
             warm.store.data_mut().table.delete(handle)?;
             action
         }
@@ -269,7 +351,7 @@ impl LoadedPlugin {
         let result = async {
             let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
-            let done = warm.bindings.call_on_complete(&mut warm.store, borrowed, completion).await;
+            let done = warm.bindings.on_complete(&mut warm.store, borrowed, completion).await;
             warm.store.data_mut().table.delete(handle)?;
             done
         }
@@ -321,7 +403,7 @@ impl LoadedPlugin {
 
 /// A new instance, `init`-ed with the plugin's config.
 async fn instantiate(
-    pre: &PluginPre<HostState>,
+    pre: &Pre,
     meta: Arc<PluginMeta>,
     memory: usize,
     config: &PluginConfig,
@@ -343,8 +425,8 @@ async fn instantiate(
     // Instantiation and `init` get the same deadline as a hook.
     store.data_mut().begin_call(config.deadline.max(TICK * 100));
     store.set_epoch_deadline(1);
-    let bindings = pre.instantiate_async(&mut store).await.map_err(LoadProblem::Instantiate)?;
-    let info = match bindings.call_init(&mut store, &config.config_json).await {
+    let bindings = pre.instantiate(&mut store).await.map_err(LoadProblem::Instantiate)?;
+    let info = match bindings.init(&mut store, &config.config_json).await {
         Ok(Ok(info)) => info,
         Ok(Err(message)) => return Err(LoadProblem::ConfigRejected(message)),
         Err(e) => return Err(LoadProblem::Init(e)),

@@ -87,6 +87,9 @@ impl RequestView {
             hasher.update(match self.info.api {
                 ApiKind::ChatCompletions => b"chat\0".as_slice(),
                 ApiKind::Embeddings => b"embeddings\0".as_slice(),
+                ApiKind::Completions => b"completions\0".as_slice(),
+                ApiKind::Messages => b"messages\0".as_slice(),
+                ApiKind::Responses => b"responses\0".as_slice(),
             });
             canonical(&value, &mut hasher);
             hex::encode(hasher.finalize())

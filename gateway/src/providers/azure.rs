@@ -6,6 +6,9 @@
 //!   deployment being the target's model (or its entry in `deployments`);
 //! - without: the `/openai/v1` surface, where the model travels in the body.
 //!
+//! Legacy completions go to the deployment's `completions` (or `/openai/v1/completions`), and the
+//! Responses API, with `native_responses`, to `/openai/v1/responses`.
+//!
 //! Credentials are the resource's `api-key`, or a Microsoft Entra ID token from the client-credentials
 //! flow. That flow is one form POST and a cached answer, so it is written here on the gateway's own
 //! HTTP client: the Azure identity crates bring a second HTTP stack and an async runtime abstraction
@@ -21,7 +24,7 @@ use tokio::sync::Mutex;
 use weir_config::{AzureAuth, Secret, Upstream};
 
 use super::{Adapter, Detail, HttpClient, credentials_failed, sensitive, uri};
-use crate::api::{ModelRequest, Operation};
+use crate::api::{ClientRequest, ModelRequest, Operation};
 use crate::error::Error;
 
 /// The scope of Azure OpenAI (Cognitive Services) tokens.
@@ -37,9 +40,10 @@ pub struct Azure {
 }
 
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "one per configured upstream, built once")]
 enum Surface {
     Deployments { base: String, api_version: String, deployments: Vec<(String, String)> },
-    V1 { chat: Uri, embeddings: Uri },
+    V1 { chat: Uri, embeddings: Uri, completions: Uri, responses: Uri },
 }
 
 impl Azure {
@@ -67,6 +71,8 @@ impl Azure {
             None => Surface::V1 {
                 chat: uri(upstream, "/openai/v1/chat/completions")?,
                 embeddings: uri(upstream, "/openai/v1/embeddings")?,
+                completions: uri(upstream, "/openai/v1/completions")?,
+                responses: uri(upstream, "/openai/v1/responses")?,
             },
         };
         Ok(Self { surface, entra })
@@ -78,7 +84,7 @@ impl Adapter for Azure {
     fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
         let operation = request.operation();
         let uri = match &self.surface {
-            Surface::V1 { chat, embeddings } => match operation {
+            Surface::V1 { chat, embeddings, .. } => match operation {
                 Operation::Chat => chat.clone(),
                 Operation::Embeddings => embeddings.clone(),
             },
@@ -100,6 +106,26 @@ impl Adapter for Azure {
             }
         };
         Ok((uri, request.upstream_body(model)?))
+    }
+
+    fn native(&self, request: &ClientRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
+        let (is_responses, body) = super::openai::native_body(request, model)?;
+        let uri = match (&self.surface, is_responses) {
+            (Surface::V1 { responses, .. }, true) => responses.clone(),
+            (Surface::V1 { completions, .. }, false) => completions.clone(),
+            (Surface::Deployments { .. }, true) => {
+                return Err(Error::internal("the Responses API is relayed to Azure's /openai/v1 surface only"));
+            }
+            (Surface::Deployments { base, api_version, deployments }, false) => {
+                let deployment = deployments.iter().find(|(m, _)| m == model).map(|(_, d)| d.as_str()).unwrap_or(model);
+                let deployment = super::path_segment(deployment)?;
+                let api_version: String = url::form_urlencoded::byte_serialize(api_version.as_bytes()).collect();
+                format!("{base}/openai/deployments/{deployment}/completions?api-version={api_version}")
+                    .parse()
+                    .map_err(|e| Error::bad_request("the model name cannot be used as an Azure deployment").source(e))?
+            }
+        };
+        Ok((uri, body))
     }
 
     /// Adds the Entra bearer token, fetching one when there is none or it is about to expire.

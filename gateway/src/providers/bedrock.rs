@@ -1,5 +1,10 @@
 //! Adapter for Amazon Bedrock: Converse and ConverseStream for chat, InvokeModel for embeddings
-//! (Titan and Cohere), translated both ways here.
+//! (Titan and Cohere), translated both ways here — and, for a Messages client asking a Claude
+//! model, InvokeModel / InvokeModelWithResponseStream with the Messages body itself, so that
+//! Claude's features survive: the body is the client's less `model` and `stream`, with
+//! `anthropic_version: "bedrock-2023-05-31"` and the client's `anthropic-beta` values as
+//! `anthropic_beta`; the answer is Anthropic's Message, and the stream's `chunk` frames carry
+//! Anthropic's events, which [`InvokeStream`] writes out as Messages SSE.
 //!
 //! The requests go through the gateway's own HTTP client like every other provider's, signed with
 //! the AWS SDK's own SigV4 signer (`aws-sigv4`) from static keys or the SDK's standard credential
@@ -39,7 +44,7 @@ use super::{
 };
 use crate::api::chat::{Message as ChatMessage, Role};
 use crate::api::sse::Event;
-use crate::api::{ChatRequest, EmbeddingsRequest, ModelRequest, Operation};
+use crate::api::{ChatRequest, ClientRequest, EmbeddingsRequest, ModelRequest, Operation};
 use crate::error::Error;
 
 /// The name of the tool that carries a `json_schema` answer.
@@ -102,7 +107,30 @@ impl Bedrock {
     }
 }
 
+/// Whether `model` is one of Anthropic's Claude models on Bedrock (a foundation model id or a
+/// cross-region inference profile such as `us.anthropic.claude-…`), which take the Messages body.
+pub fn is_claude(model: &str) -> bool {
+    model.contains("anthropic.claude")
+}
+
 impl Adapter for Bedrock {
+    fn native(&self, request: &ClientRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
+        let ClientRequest::Messages(s) = request else {
+            return Err(Error::internal("only Messages requests are relayed to Bedrock"));
+        };
+        // One path segment, refused unless a plausible name, as for Converse.
+        let id = super::path_segment(model)?;
+        let action = if s.request.stream == Some(true) { "invoke-with-response-stream" } else { "invoke" };
+        let uri = format!("{}/model/{id}/{action}", self.endpoint).parse().map_err(|e| {
+            Error::bad_request("the model name cannot be used in a Bedrock URL").param("model").source(e)
+        })?;
+        Ok((uri, s.request.upstream_body(None, true)?))
+    }
+
+    fn native_translator(&self, upstream: &str) -> Option<Translator> {
+        Some(Translator::BedrockMessages(InvokeStream::new(upstream)))
+    }
+
     fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
         // Model ids may be ARNs (`arn:aws:bedrock:…:inference-profile/…`): one path segment.
         let id = super::path_segment(model)?;
@@ -650,6 +678,91 @@ impl ChunkStream {
             out.push(done_event());
         }
     }
+}
+
+/// InvokeModelWithResponseStream's event stream → Messages SSE events: each `chunk` frame's
+/// base64 `bytes` is one Anthropic event, written out with its `event:` line; an exception frame
+/// becomes Anthropic's `error` event.
+#[derive(Debug)]
+pub struct InvokeStream {
+    upstream: String,
+    buf: BytesMut,
+    decoder: MessageFrameDecoder,
+    failed: bool,
+}
+
+impl InvokeStream {
+    pub fn new(upstream: &str) -> Self {
+        Self { upstream: upstream.to_owned(), buf: BytesMut::new(), decoder: MessageFrameDecoder::new(), failed: false }
+    }
+
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        use base64::Engine as _;
+        if self.failed {
+            // The stream already ended with an error event: nothing more is read, or kept.
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        while !self.failed {
+            let message = match self.decoder.decode_frame(&mut self.buf) {
+                Ok(DecodedFrame::Complete(message)) => message,
+                Ok(DecodedFrame::Incomplete) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "undecodable event-stream frame");
+                    self.fail(&malformed(&self.upstream, "an event-stream frame"), out);
+                    break;
+                }
+            };
+            let header = |name: &str| {
+                message.headers().iter().find(|h| h.name().as_str() == name).and_then(|h| match h.value() {
+                    EsHeaderValue::String(s) => Some(s.as_str().to_owned()),
+                    _ => None,
+                })
+            };
+            let payload: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
+            if header(":message-type").as_deref() != Some("event") {
+                let kind = header(":exception-type").or_else(|| header(":error-code"));
+                let mut detail = exception_detail(kind.as_deref(), &payload);
+                if detail.message.is_none() {
+                    detail.message = header(":error-message");
+                }
+                let status = match kind.as_deref() {
+                    Some("validationException") => StatusCode::BAD_REQUEST,
+                    Some("serviceUnavailableException") => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                self.fail(&super::classify(&self.upstream, status, &HeaderMap::new(), detail), out);
+                break;
+            }
+            if header(":event-type").as_deref() != Some("chunk") {
+                continue;
+            }
+            let Some(Ok(event)) = payload
+                .get("bytes")
+                .and_then(Value::as_str)
+                .map(|b| base64::engine::general_purpose::STANDARD.decode(b))
+            else {
+                self.fail(&malformed(&self.upstream, "a stream chunk"), out);
+                break;
+            };
+            out.push(crate::api::messages::sse_event(&event));
+        }
+        // As for ConverseStream: a frame's prelude may declare up to 4 GiB.
+        if !self.failed && self.buf.len() > MAX_FRAME {
+            self.buf.clear();
+            self.fail(&super::event_too_large(&self.upstream), out);
+        }
+    }
+
+    fn fail(&mut self, error: &Error, out: &mut Vec<Event>) {
+        self.failed = true;
+        let raw = error.anthropic_sse_event();
+        let data = raw.strip_prefix(b"event: error\ndata: ").unwrap_or(&raw).trim_ascii_end().to_vec();
+        out.push(Event { raw, data: Bytes::from(data) });
+    }
+
+    /// Nothing is added at the end: `message_stop` is Anthropic's own event, relayed when it came.
+    pub fn finish(&mut self, _out: &mut Vec<Event>) {}
 }
 
 #[cfg(test)]

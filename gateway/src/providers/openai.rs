@@ -1,12 +1,14 @@
 //! Adapter for OpenAI and every OpenAI-compatible server (vLLM, Ollama, LM Studio, llama.cpp, …):
 //! the request is relayed as it is with the model renamed, and errors are read from OpenAI's error shape.
+//! Legacy completions are relayed to `/completions` too, and the Responses API to `/responses` when
+//! the upstream sets `native_responses` (the conversation sent in full: see `api::responses`).
 
 use http::{HeaderMap, Uri, header};
 use serde::Deserialize;
 use weir_config::Upstream;
 
 use super::{Adapter, Detail, sensitive, uri};
-use crate::api::{ModelRequest, Operation};
+use crate::api::{ClientRequest, ModelRequest, Operation};
 use crate::error::Error;
 
 /// The URLs of an OpenAI-compatible upstream.
@@ -14,6 +16,8 @@ use crate::error::Error;
 pub struct OpenAi {
     chat: Uri,
     embeddings: Uri,
+    completions: Uri,
+    responses: Uri,
 }
 
 impl OpenAi {
@@ -22,7 +26,12 @@ impl OpenAi {
         if let Some(key) = &upstream.api_key {
             headers.insert(header::AUTHORIZATION, sensitive(&format!("Bearer {}", key.expose()))?);
         }
-        Ok(Self { chat: uri(upstream, "/chat/completions")?, embeddings: uri(upstream, "/embeddings")? })
+        Ok(Self {
+            chat: uri(upstream, "/chat/completions")?,
+            embeddings: uri(upstream, "/embeddings")?,
+            completions: uri(upstream, "/completions")?,
+            responses: uri(upstream, "/responses")?,
+        })
     }
 }
 
@@ -35,11 +44,25 @@ impl Adapter for OpenAi {
         Ok((uri, request.upstream_body(model)?))
     }
 
+    fn native(&self, request: &ClientRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
+        native_body(request, model)
+            .map(|(responses, body)| (if responses { self.responses.clone() } else { self.completions.clone() }, body))
+    }
+
     // `authorize`, `response` and `translator` are the trait's relaying defaults: the bearer key is
     // a static header, and answers and streams are OpenAI's already.
 
     fn detail(&self, _: &HeaderMap, body: &[u8]) -> Detail {
         detail(body)
+    }
+}
+
+/// The body of a natively relayed Completions or Responses request, and whether it is Responses.
+pub(super) fn native_body(request: &ClientRequest, model: &str) -> Result<(bool, Vec<u8>), Error> {
+    match request {
+        ClientRequest::Completions(s) => Ok((false, s.request.upstream_body(model)?)),
+        ClientRequest::Responses(s) => Ok((true, s.request.upstream_body(model)?)),
+        _ => Err(Error::internal("only Completions and Responses requests are relayed natively here")),
     }
 }
 

@@ -5,9 +5,10 @@
 //! it reads one answer: one identity (`id`, `created`, `model`), one `finish_reason`, one usage
 //! block that counts every attempt.
 //!
-//! A continuation is only attempted at a safe boundary: one choice, plain text so far. A tool
-//! call, a refusal or reasoning already under way cannot be prefilled, so such a stream ends with an
-//! error event instead. Where the next target takes no prefill, it answers anew, and its answer is
+//! A continuation is only attempted at a safe boundary: one choice, plain text so far, read as
+//! canonical chunks (whatever the client's API encodes them into). A tool call, a refusal or
+//! reasoning already under way cannot be prefilled, nor can a stream relayed in another API's own
+//! events be read, so such a stream ends with an error event instead. Where the next target takes no prefill, it answers anew, and its answer is
 //! used only if it begins with exactly the text the client has (which is then skipped): never a
 //! silent duplicate.
 
@@ -233,6 +234,15 @@ impl Transcript {
             self.blocked.get_or_insert("it is too long");
             self.text = String::new();
         }
+    }
+
+    /// Notes content of a stream relayed in another API's own events (a native Messages,
+    /// Responses or legacy Completions stream): the client has content, and since the gateway does
+    /// not read it as canonical chunks, the answer cannot be continued.
+    pub fn record_native(&mut self) {
+        self.delivered = true;
+        self.chunks += 1;
+        self.blocked.get_or_insert("it is relayed in its own API's events, not as canonical chunks");
     }
 
     /// How to continue from here, or why it cannot be.

@@ -235,6 +235,8 @@ struct GenRequest {
     stops: Vec<String>,
     stream: bool,
     include_usage: bool,
+    /// Completions' `echo`: the prompt, sent before the generated text.
+    echo: Option<String>,
 }
 
 fn gen_request(
@@ -315,6 +317,7 @@ fn gen_request(
         stops,
         stream,
         include_usage,
+        echo: None,
     })
 }
 
@@ -364,7 +367,25 @@ async fn completions(worker: &Worker, body: &[u8]) -> Result<Response<Body>, Err
     };
     let include_usage =
         request.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true);
-    let g = gen_request(worker, &prompt, &request, stream, include_usage, Vec::new())?;
+    // What the legacy API offers beyond a prompt: `echo` is done here; insertion and token
+    // log-probabilities this worker cannot give, and says so rather than ignoring them.
+    if request.get("suffix").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        return Err(Error::bad_request("This worker does not support 'suffix' (insertion); send the prompt alone.")
+            .param("suffix")
+            .code("unsupported_parameter"));
+    }
+    if request.get("logprobs").is_some_and(|v| !v.is_null()) {
+        return Err(Error::bad_request("This worker does not return 'logprobs'.")
+            .param("logprobs")
+            .code("unsupported_parameter"));
+    }
+    let echo = match request.get("echo") {
+        None | Some(Value::Null | Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(prompt.clone()),
+        Some(_) => return Err(Error::bad_request("'echo' must be a boolean.").param("echo").code("invalid_value")),
+    };
+    let mut g = gen_request(worker, &prompt, &request, stream, include_usage, Vec::new())?;
+    g.echo = echo;
     run_generation(worker, g, Shape::Completion).await
 }
 
@@ -408,7 +429,8 @@ async fn run_generation(worker: &Worker, g: GenRequest, shape: Shape) -> Result<
                             json!({"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": finish_reason})
                         }
                         Shape::Completion => {
-                            json!({"index": 0, "text": content, "logprobs": null, "finish_reason": finish_reason})
+                            let text = format!("{}{content}", g.echo.as_deref().unwrap_or_default());
+                            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason})
                         }
                     };
                     return Ok(json_response(&json!({
@@ -435,7 +457,13 @@ async fn run_generation(worker: &Worker, g: GenRequest, shape: Shape) -> Result<
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let include_usage = g.include_usage;
+    let echo = g.echo;
     tokio::spawn(async move {
+        if let Some(echo) = echo
+            && tx.send(chunk(delta(shape, &echo, None), None)).await.is_err()
+        {
+            return;
+        }
         if shape == Shape::Chat {
             let first = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
             if tx.send(chunk(first, None)).await.is_err() {

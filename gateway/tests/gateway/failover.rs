@@ -2,7 +2,10 @@
 //! `Retry-After`, one 5xx, a reset before the first byte, a slow first byte or first token, a
 //! context window too small, a stream without `[DONE]`, a stream cut or stalled mid-answer, a
 //! fallback that refuses prefill), each turned into a whole answer the client cannot tell apart
-//! from a clean one — or, where that is impossible, an honest error.
+//! from a clean one — or, where that is impossible, an honest error. The same holds for every
+//! client API: a Messages or Responses stream encoded from chat is continued as one answer in that
+//! API; one relayed natively is retried before its content (perhaps on a target that translates)
+//! but not continued after it.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +13,8 @@ use serde_json::{Value, json};
 use weir_bench::mock::MockUpstream;
 
 use crate::support::{
-    TestGateway, bare_config, metric, metric_eventually, openai_error, post, post_full, sse_json, streamed_text,
+    TestGateway, bare_config, metric, metric_eventually, openai_error, post, post_full, sse_data, sse_json,
+    streamed_text,
 };
 
 const WORDS: &str = "one two three four five six seven eight";
@@ -465,4 +469,180 @@ targets = [{{ upstream = "bedrock", model = "anthropic.claude-3-haiku-20240307-v
     );
     // Gemini's 64 MiB are generated as they go, Bedrock's one frame is 64 MiB: both cut off too.
     assert!(cloud.wait_cancelled_streams(2, Duration::from_secs(10)).await);
+}
+
+/// The JSON events of a Messages or Responses stream, and their `type`s.
+fn typed_events(raw: &[u8]) -> (Vec<Value>, Vec<String>) {
+    let events: Vec<Value> = sse_data(raw).iter().map(|d| serde_json::from_str(d).expect("JSON event")).collect();
+    let kinds = events.iter().map(|e| e["type"].as_str().unwrap_or_default().to_owned()).collect();
+    (events, kinds)
+}
+
+fn count(kinds: &[String], kind: &str) -> usize {
+    kinds.iter().filter(|k| *k == kind).count()
+}
+
+#[tokio::test]
+async fn messages_and_responses_streams_encoded_from_chat_are_continued_as_one_answer() {
+    for surface in ["messages", "responses"] {
+        // Three chat events reach the gateway (role, "echo:", " one"), then the connection breaks.
+        let a = MockUpstream::builder().break_stream_after(3).start().await;
+        let b = MockUpstream::builder().start().await;
+        let gw = TestGateway::start(&config((&a, ""), (&b, VLLM), CONTINUE, "")).await;
+        let body = if surface == "messages" {
+            json!({"model": "m", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": WORDS}]})
+        } else {
+            json!({"model": "m", "stream": true, "store": false, "input": WORDS})
+        };
+        let (status, _, raw) = post_full(&format!("{}/{surface}", gw.base_url()), &body).await;
+        assert_eq!(status, 200, "{surface}: {}", String::from_utf8_lossy(&raw));
+        let (events, kinds) = typed_events(&raw);
+        let last = b.requests()[0].json();
+        let prefill = last["messages"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(prefill, json!({"role": "assistant", "content": "echo: one"}), "{surface}: asked as chat");
+        if surface == "messages" {
+            let text: String = events
+                .iter()
+                .filter(|e| e["type"] == "content_block_delta")
+                .filter_map(|e| e.pointer("/delta/text").and_then(Value::as_str))
+                .collect();
+            assert_eq!(text, ANSWER, "one answer, nothing repeated: {kinds:?}");
+            assert_eq!((count(&kinds, "message_start"), count(&kinds, "message_delta")), (1, 1), "{kinds:?}");
+            assert_eq!(kinds.last().map(String::as_str), Some("message_stop"), "{kinds:?}");
+            assert_eq!(count(&kinds, "error"), 0, "{kinds:?}");
+            let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+            // Both attempts' tokens: the broken one's two chunks (estimated) and the seven words after.
+            assert_eq!(delta["usage"]["output_tokens"], 9, "{delta}");
+        } else {
+            let text: String = events
+                .iter()
+                .filter(|e| e["type"] == "response.output_text.delta")
+                .filter_map(|e| e["delta"].as_str())
+                .collect();
+            assert_eq!(text, ANSWER, "one answer, nothing repeated: {kinds:?}");
+            assert_eq!(count(&kinds, "response.created"), 1, "{kinds:?}");
+            assert_eq!(kinds.last().map(String::as_str), Some("response.completed"), "{kinds:?}");
+            assert_eq!(count(&kinds, "error") + count(&kinds, "response.failed"), 0, "{kinds:?}");
+            let numbers: Vec<u64> = events.iter().map(|e| e["sequence_number"].as_u64().unwrap()).collect();
+            assert_eq!(numbers, (0..numbers.len() as u64).collect::<Vec<_>>(), "numbered without gaps");
+            assert_eq!(events.last().unwrap()["response"]["usage"]["output_tokens"], 9);
+        }
+        let metrics = gw.metrics().await;
+        assert_eq!(
+            metric(&metrics, "weir_stream_continuations_total", &[("target", "b/mock-model"), ("how", "prefill")]),
+            1.0,
+            "{surface}"
+        );
+    }
+}
+
+/// Model `m` over an `anthropic` upstream on `a` (relayed natively to a Messages client), then an
+/// OpenAI-compatible one on `b` (translated), with `model` lines added.
+fn native_then_translated(a: &MockUpstream, b: &MockUpstream, model: &str) -> String {
+    bare_config(&format!(
+        r#"
+[[upstreams]]
+name = "a"
+kind = "anthropic"
+endpoint = "http://{}"
+api_key = "mock-key"
+
+[[upstreams]]
+name = "b"
+endpoint = "{}"
+{VLLM}
+
+[[models]]
+name = "m"
+targets = [{{ upstream = "a", model = "claude-x" }}, {{ upstream = "b", model = "mock-model" }}]
+{model}
+"#,
+        a.addr(),
+        b.base_url()
+    ))
+}
+
+fn messages_stream() -> Value {
+    json!({"model": "m", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": WORDS}]})
+}
+
+#[tokio::test]
+async fn a_native_stream_cut_after_content_ends_with_its_apis_error_and_is_not_continued() {
+    // message_start, content_block_start, ping, "echo:", " one" reach the client, then the break.
+    let a = MockUpstream::builder().break_stream_after(5).start().await;
+    let b = MockUpstream::builder().start().await;
+    let gw = TestGateway::start(&native_then_translated(&a, &b, CONTINUE)).await;
+    let (status, _, raw) = post_full(&format!("{}/messages", gw.base_url()), &messages_stream()).await;
+    assert_eq!(status, 200);
+    let (events, kinds) = typed_events(&raw);
+    assert_eq!(
+        kinds,
+        ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta", "error"]
+    );
+    assert_eq!(events[0]["message"]["id"], "msg_mock_1", "Anthropic's own events, relayed");
+    assert_eq!(events.last().unwrap()["error"]["type"], "api_error", "{:?}", events.last());
+    assert_eq!(b.request_count(), 0, "a natively relayed stream is not continued");
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, "weir_requests_total", &[("model", "m"), ("outcome", "error")]), 1.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_native_stream_that_fails_before_content_is_retried_on_a_target_that_translates() {
+    // message_start and content_block_start, then the break: nothing the client reads as content.
+    let a = MockUpstream::builder().break_stream_after(2).start().await;
+    let b = MockUpstream::builder().start().await;
+    let gw = TestGateway::start(&native_then_translated(&a, &b, "retry = { same_target = 0 }")).await;
+    let (status, _, raw) = post_full(&format!("{}/messages", gw.base_url()), &messages_stream()).await;
+    assert_eq!(status, 200);
+    let (events, kinds) = typed_events(&raw);
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+    assert_eq!(count(&kinds, "message_start"), 1, "the first attempt's held events never went out: {kinds:?}");
+    let id = events[0]["message"]["id"].as_str().unwrap();
+    assert!(id.starts_with("msg_") && id != "msg_mock_1", "the encoder's message, not the broken one's: {id}");
+    let text: String = events.iter().filter_map(|e| e.pointer("/delta/text").and_then(Value::as_str)).collect();
+    assert_eq!(text, ANSWER);
+    assert_eq!(kinds.last().map(String::as_str), Some("message_stop"), "{kinds:?}");
+    assert!(b.requests()[0].path.ends_with("/chat/completions"), "asked b in chat");
+}
+
+#[tokio::test]
+async fn a_chat_stream_is_continued_on_an_anthropic_fallback_with_its_prefill() {
+    let a = MockUpstream::builder().break_stream_after(3).start().await;
+    let claude = MockUpstream::builder().api_key("mock-key").start().await;
+    let gw = TestGateway::start(&bare_config(&format!(
+        r#"
+[[upstreams]]
+name = "a"
+endpoint = "{}"
+
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+endpoint = "http://{}"
+api_key = "mock-key"
+
+[[models]]
+name = "m"
+targets = [{{ upstream = "a", model = "mock-model" }}, {{ upstream = "claude", model = "claude-x" }}]
+{CONTINUE}
+"#,
+        a.base_url(),
+        claude.addr()
+    )))
+    .await;
+    let (text, events, done) = stream(&gw, &chat(true)).await;
+    assert_eq!(text, ANSWER, "one answer, nothing repeated");
+    assert_one_answer(&events, done);
+    let sent = claude.requests()[0].json();
+    let last = sent["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last,
+        json!({"role": "assistant", "content": [{"type": "text", "text": "echo: one"}]}),
+        "Anthropic's prefill, without trailing whitespace: {sent}"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "weir_stream_continuations_total", &[("target", "claude/claude-x"), ("how", "prefill")]),
+        1.0
+    );
 }

@@ -44,7 +44,7 @@ async fn health_readiness_and_metrics() {
     let text = response.text().await.expect("text");
     for needle in [
         "# TYPE gen_ai_server_request_duration_seconds histogram",
-        r#"gen_ai_server_request_duration_seconds_bucket{le="+Inf",operation="chat",model="gpt-test",target="mock/mock-model",status="200"} 1"#,
+        r#"gen_ai_server_request_duration_seconds_bucket{le="+Inf",operation="chat",surface="chat_completions",model="gpt-test",target="mock/mock-model",status="200"} 1"#,
         r#"weir_http_requests_total{route="chat",status="200"} 1"#,
         "# EOF",
     ] {

@@ -132,13 +132,16 @@ pub async fn post(url: &str, body: &str, key: Option<&str>) -> (u16, reqwest::he
 
 /// Posts a streaming request and returns the status and the raw body bytes.
 pub async fn post_raw(url: &str, body: &str) -> (u16, Vec<u8>) {
-    let response = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("send");
+    post_raw_as(url, body, None).await
+}
+
+/// [`post_raw`] with an API key.
+pub async fn post_raw_as(url: &str, body: &str, key: Option<&str>) -> (u16, Vec<u8>) {
+    let mut request = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_owned());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("send");
     let status = response.status().as_u16();
     (status, response.bytes().await.expect("body").to_vec())
 }
@@ -226,6 +229,11 @@ pub fn streamed_text(events: &[Value]) -> String {
 /// Runs a Python check script from `gateway/tests/` against the gateway with `key`; it must exit 0
 /// and report `N passed, 0 failed`. Returns its output.
 pub async fn run_python_script(gw: &TestGateway, name: &str, key: &str) -> String {
+    run_python_checks(gw, name, key, &[]).await
+}
+
+/// [`run_python_script`] with more environment variables for the script.
+pub async fn run_python_checks(gw: &TestGateway, name: &str, key: &str, env: &[(&str, &str)]) -> String {
     let script = format!("{}/tests/{name}", env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let child = tokio::process::Command::new(&python)
@@ -233,6 +241,7 @@ pub async fn run_python_script(gw: &TestGateway, name: &str, key: &str) -> Strin
         .env("PYTHONPATH", python_path())
         .env("WEIR_BASE_URL", gw.base_url())
         .env("WEIR_API_KEY", key)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -244,7 +253,7 @@ pub async fn run_python_script(gw: &TestGateway, name: &str, key: &str) -> Strin
         .expect("output");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{name} failed (install the `openai` package with pip):\n{stdout}\n{stderr}");
+    assert!(output.status.success(), "{name} failed (`.ci/test` installs the SDKs it needs):\n{stdout}\n{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
     stdout
 }

@@ -1,6 +1,8 @@
 """The runner the Python check scripts share (gateway/tests/openai_sdk.py, openai_sdk_providers.py,
-cache_sdk.py and bench/tests/mock_sdk_check.py): register checks, run each once, print `ok NAME` or
-`FAIL NAME` with the traceback, then `N passed, M failed`, and exit non-zero when any failed.
+cache_sdk.py, anthropic_sdk.py, responses_sdk.py, completions_sdk.py and
+bench/tests/mock_sdk_check.py): register checks, run each once (or once per target), print
+`ok NAME` or `FAIL NAME` with the traceback, then `N passed, M failed`, and exit non-zero when any
+failed.
 
 The Rust tests that launch the scripts put this folder on PYTHONPATH and read that last line.
 """
@@ -12,8 +14,8 @@ _checks = []
 
 
 def check(fn):
-    """Registers `fn` as a check, run with no arguments."""
-    _checks.append((fn.__name__, fn))
+    """Registers `fn` as a check, run with no arguments (or with each target, see `run`)."""
+    _checks.append((fn.__name__, fn, True))
     return fn
 
 
@@ -21,7 +23,7 @@ def check_each(params):
     """Registers a check once per parameter, named `fn[param]` and run as `fn(param)`."""
     def register(fn):
         for param in params:
-            _checks.append((f"{fn.__name__}[{param}]", lambda fn=fn, param=param: fn(param)))
+            _checks.append((f"{fn.__name__}[{param}]", lambda fn=fn, param=param: fn(param), False))
         return fn
     return register
 
@@ -35,10 +37,21 @@ def raises(exc_type, fn):
     raise AssertionError(f"expected {exc_type.__name__}")
 
 
-def run(title=None):
-    """Runs every registered check in order and exits: 0 if all passed, 1 otherwise."""
+def run(title=None, targets=None):
+    """Runs every registered check in order and exits: 0 if all passed, 1 otherwise. With
+    `targets`, each `@check` runs once per target, target by target, as `fn(target)` named
+    `fn[target]` (a `check_each` check still runs once per its own parameter)."""
+    runs = []
+    for target in targets or [None]:
+        for name, fn, per_target in _checks:
+            if target is None:
+                runs.append((name, fn))
+            elif per_target:
+                runs.append((f"{name}[{target}]", lambda fn=fn, target=target: fn(target)))
+    if targets:
+        runs += [(name, fn) for name, fn, per_target in _checks if not per_target]
     passed = failed = 0
-    for name, fn in _checks:
+    for name, fn in runs:
         try:
             fn()
             passed += 1

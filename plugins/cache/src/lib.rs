@@ -11,7 +11,10 @@
 //! The cache holds one `chat.completion` (or embeddings) JSON object per entry, whichever way it was
 //! filled: a streamed miss is assembled from the upstream's events (text, tool calls, logprobs,
 //! finish reasons, usage), and a streamed hit is replayed from the object as SSE events (with the
-//! usage chunk only when the client asked for it, and `[DONE]`). Only complete 200 answers are
+//! usage chunk only when the client asked for it, and `[DONE]`). Every client API is cached this
+//! way — the host gives plugins answers in the canonical chat form and turns the cache's answer into
+//! the client's API (a Messages stream replays as Messages events) — and per API, since the host's
+//! digest starts with the API: a Messages request never gets a Responses client's answer. Only complete 200 answers are
 //! stored. Every answer carries `x-weir-cache: hit | miss | bypass`; hits, misses, bypasses and
 //! stores are counted per model.
 //!
@@ -217,7 +220,10 @@ fn answer(req: &Request, stream: bool, stored: Vec<u8>) -> Option<LocalResponse>
         return Some(LocalResponse { status: 200, headers, body: stored });
     }
     let completion: serde_json::Value = serde_json::from_slice(&stored).ok()?;
-    let body = convert::replay(&completion, policy::wants_usage(&req.body()));
+    // Only a Chat Completions client asks for the usage chunk itself; for every other API the host
+    // turns the replay into that API's events, which carry usage in their own way.
+    let usage = req.info().api != ApiKind::ChatCompletions || policy::wants_usage(&req.body());
+    let body = convert::replay(&completion, usage);
     let headers = vec![
         ("content-type".to_owned(), "text/event-stream".to_owned()),
         ("cache-control".to_owned(), "no-cache".to_owned()),

@@ -97,9 +97,10 @@ impl Cost {
     /// The most a request can cost: its prompt estimate and completion budget at the highest
     /// price among the model's targets (the router may pick any of them).
     fn worst_case(&self, model: &str, prompt_estimate: u32, max_tokens: Option<u32>, api: ApiKind) -> u64 {
+        // Every API but embeddings generates text: chat, completions, Messages, Responses.
         let completion = match api {
             ApiKind::Embeddings => 0,
-            ApiKind::ChatCompletions => u64::from(max_tokens.unwrap_or(self.default_max_tokens)),
+            _ => u64::from(max_tokens.unwrap_or(self.default_max_tokens)),
         };
         let tokens = Tokens { prompt: u64::from(prompt_estimate), completion, cached: 0 };
         std::iter::once(model.to_owned())

@@ -99,11 +99,10 @@ impl Plugin for RateLimit {
         let info = req.info();
         let subject =
             Subject { key: &info.key_name, team: &info.team, model: &info.model, user: info.end_user.as_deref() };
+        // Every API but embeddings generates text: chat, completions, Messages, Responses.
         let tokens = match info.api {
             ApiKind::Embeddings => u64::from(info.prompt_tokens_estimate),
-            ApiKind::ChatCompletions => {
-                token_reservation(info.prompt_tokens_estimate, info.max_tokens, self.config.default_max_tokens)
-            }
+            _ => token_reservation(info.prompt_tokens_estimate, info.max_tokens, self.config.default_max_tokens),
         };
         // Every limit that applies, reserved together: one host call (one round trip with shared
         // state), all or nothing, so a refused request holds nothing.
