@@ -46,7 +46,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -61,7 +61,7 @@ pub fn erf(x: f32) -> f32 {
     let p = x2 * p + -2.101_024_1e-6;
     let p = x2 * p + -5.692_506_4e-5;
     let p = x2 * p + -7.349_906_3e-4;
-    let p = x2 * p + -2.954_599_8e-3;
+    let p = x2 * p + -2.954_6e-3;
     let p = x2 * p + -1.609_603_3e-2;
     let q = -1.456_607_2e-5;
     let q = x2 * q + -2.133_740_6e-4;
