@@ -239,12 +239,15 @@ async fn shadow_mode_answers_from_the_baseline_and_mirrors_the_share_to_the_cana
         assert_eq!((status, body["model"].as_str()), (200, Some("base-model")), "every client gets the baseline");
     }
     assert_eq!(base.request_count(), 200);
-    // The mirrored copies arrive in the background; wait (bounded) until each one was accounted.
+    // The mirrored copies run in the background, each counted in flight from before its client's
+    // answer went out: wait (bounded) until none is left and the canary's hook counted each one.
     let labels = [("variant", "canary"), ("traffic", "shadow")];
     let mut mirrored = 0.0;
-    for _ in 0..100 {
-        mirrored = counter(&gw.metrics().await, "requests", &labels);
-        if mirrored > 0.0 && mirrored == next.request_count() as f64 {
+    for _ in 0..200 {
+        let metrics = gw.metrics().await;
+        mirrored = counter(&metrics, "requests", &labels);
+        let in_flight = metric(&metrics, "weir_in_flight_requests", &[]);
+        if in_flight == 0.0 && mirrored > 0.0 && mirrored == next.request_count() as f64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
