@@ -95,6 +95,14 @@ fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric(metrics, "weir_plugin_counter_total", &all)
 }
 
+/// [`counter`] once it has reached `expected` (bounded wait): the plugin counts a request in its
+/// completion hook, which runs after the answer has gone out to the client.
+async fn counted(gw: &TestGateway, name: &str, labels: &[(&str, &str)], expected: f64) -> f64 {
+    let mut all = vec![("plugin", "canary"), ("metric", name)];
+    all.extend_from_slice(labels);
+    metric_eventually(gw, "weir_plugin_counter_total", &all, expected).await
+}
+
 fn weight_gauge(metrics: &str) -> f64 {
     metric(metrics, "weir_plugin_gauge", &[("plugin", "canary"), ("metric", "weight"), ("model", "chat")])
 }
@@ -133,16 +141,11 @@ async fn two_thousand_requests_split_ninety_ten_and_every_user_stays_on_one_side
     assert!(base_users.is_disjoint(&next_users));
     assert!(next.requests().iter().all(|r| r.json()["model"] == "next-model"));
 
-    let canary_requests = metric_eventually(
-        &gw,
-        "weir_plugin_counter_total",
-        &[("plugin", "canary"), ("metric", "requests"), ("variant", "canary")],
-        next.request_count() as f64,
-    )
-    .await;
+    let canary_requests = counted(&gw, "requests", &[("variant", "canary")], next.request_count() as f64).await;
     assert_eq!(canary_requests, next.request_count() as f64);
+    let baseline_requests = base.request_count() as f64;
+    assert_eq!(counted(&gw, "requests", &[("variant", "baseline")], baseline_requests).await, baseline_requests);
     let metrics = gw.metrics().await;
-    assert_eq!(counter(&metrics, "requests", &[("variant", "baseline")]), base.request_count() as f64);
     assert_eq!(counter(&metrics, "errors", &[]), 0.0);
     assert_eq!(weight_gauge(&metrics), 10.0);
     let latency = metric(
@@ -236,12 +239,15 @@ async fn shadow_mode_answers_from_the_baseline_and_mirrors_the_share_to_the_cana
         assert_eq!((status, body["model"].as_str()), (200, Some("base-model")), "every client gets the baseline");
     }
     assert_eq!(base.request_count(), 200);
-    // The mirrored copies arrive in the background; wait (bounded) until each one was accounted.
+    // The mirrored copies run in the background, each counted in flight from before its client's
+    // answer went out: wait (bounded) until none is left and the canary's hook counted each one.
     let labels = [("variant", "canary"), ("traffic", "shadow")];
     let mut mirrored = 0.0;
-    for _ in 0..100 {
-        mirrored = counter(&gw.metrics().await, "requests", &labels);
-        if mirrored > 0.0 && mirrored == next.request_count() as f64 {
+    for _ in 0..200 {
+        let metrics = gw.metrics().await;
+        mirrored = counter(&metrics, "requests", &labels);
+        let in_flight = metric(&metrics, "weir_in_flight_requests", &[]);
+        if in_flight == 0.0 && mirrored > 0.0 && mirrored == next.request_count() as f64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -253,7 +259,7 @@ async fn shadow_mode_answers_from_the_baseline_and_mirrors_the_share_to_the_cana
     assert!(next.requests().iter().all(|r| r.json()["model"] == "next-model"));
     let metrics = gw.metrics().await;
     assert_eq!(counter(&metrics, "requests", &[("variant", "canary"), ("traffic", "live")]), 0.0);
-    assert_eq!(counter(&metrics, "requests", &[("variant", "baseline")]), 200.0);
+    assert_eq!(counted(&gw, "requests", &[("variant", "baseline")], 200.0).await, 200.0);
 }
 
 #[tokio::test]
@@ -380,7 +386,8 @@ async fn each_variant_gets_its_time_to_first_token_and_its_cost() {
     );
     assert_eq!(base_ttft, 0.0, "whole answers have no TTFT");
     assert_eq!(counter(&metrics, "cost_pico_usd", &[("variant", "canary")]), canary_cost as f64, "{metrics}");
-    assert_eq!(counter(&metrics, "cost_pico_usd", &[("variant", "baseline")]), baseline_cost as f64, "{metrics}");
+    let baseline_counted = counted(&gw, "cost_pico_usd", &[("variant", "baseline")], baseline_cost as f64).await;
+    assert_eq!(baseline_counted, baseline_cost as f64, "{metrics}");
 }
 
 /// All five built-in policies in one chain, in the order their READMEs give: limits and budgets see
