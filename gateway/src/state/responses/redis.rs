@@ -12,13 +12,17 @@
 //! `put` does not block: it sends the `SET` off the caller's task (within `connect_timeout`) and
 //! keeps the response in memory until Redis acknowledged it, so this replica reads its own write at
 //! once; the answer's last bytes wait for the acknowledgement up to `[state.redis] timeout`, so a
-//! client that reads the whole answer and continues through another replica finds it there. A `SET` Redis does not take (down, refused, too slow) is not lost, whatever
-//! `on_unavailable` says: the response goes into this replica's `FileStore`, the spool, and is
+//! client that reads the whole answer and continues through another replica finds it there. A
+//! `SET` Redis does not take (down, refused, too slow) is not lost, whatever `on_unavailable`
+//! says: the response goes into this replica's `FileStore`, the spool, and is
 //! carried into Redis when Redis answers again (also after a restart: the file is replayed). Reads
 //! go through both: Redis first, then the spool (responses not carried over yet, or too large).
 //! While Redis is down, `get` and `delete` answer from the spool what it holds; for anything else
 //! they answer as `on_unavailable` says: "embedded", this replica's answer (not found); "fail",
 //! [`Unavailable`] (a 503 the client may retry), since the response may well exist in Redis.
+//! One case is left to the TTL: a `SET` that Redis applied after it was given up on (too slow) is
+//! in Redis and in the spool; deleted during the same outage, the spool's copy goes and Redis's
+//! stays until it expires.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
