@@ -345,6 +345,10 @@ impl Sent {
             }),
             Err(error) => Err(error),
         };
+        // A stored answer goes out once the store has it (at most `[state.redis] timeout`).
+        if let Some(stored) = edge.take_stored() {
+            stored.await;
+        }
         let whole = match whole {
             Ok(whole) => whole,
             Err(error) => {

@@ -55,6 +55,8 @@ pub enum Kind {
     UpstreamTimeout,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// The shared state (Redis) did not answer, under `on_unavailable = "fail"`.
+    StateUnavailable,
     /// A policy plugin refused the request; its status, code and message are passed on.
     Policy,
     /// A policy plugin configured to fail closed faulted (trap, deadline, memory cap).
@@ -75,7 +77,7 @@ impl Kind {
             Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Kind::UpstreamRejected => StatusCode::BAD_REQUEST,
             Kind::UpstreamAuth | Kind::UpstreamFailed => StatusCode::BAD_GATEWAY,
-            Kind::UpstreamUnavailable | Kind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::UpstreamUnavailable | Kind::ShuttingDown | Kind::StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Internal | Kind::PluginFault => StatusCode::INTERNAL_SERVER_ERROR,
             Kind::Policy => StatusCode::FORBIDDEN,
@@ -99,6 +101,7 @@ impl Kind {
             | Kind::UpstreamUnavailable
             | Kind::UpstreamTimeout
             | Kind::ShuttingDown
+            | Kind::StateUnavailable
             | Kind::PluginFault
             | Kind::Internal => "server_error",
         }
@@ -120,6 +123,7 @@ impl Kind {
             Kind::UpstreamUnavailable => "upstream_unavailable",
             Kind::UpstreamTimeout => "upstream_timeout",
             Kind::ShuttingDown => "shutting_down",
+            Kind::StateUnavailable => "state_unavailable",
             Kind::Policy => "policy",
             Kind::PluginFault => "plugin_fault",
             Kind::Internal => "internal",
@@ -185,7 +189,7 @@ impl Error {
             Kind::UpstreamAuth | Kind::UpstreamFailed | Kind::UpstreamUnavailable | Kind::UpstreamTimeout => {
                 Side::Upstream
             }
-            Kind::ShuttingDown | Kind::Internal => Side::Internal,
+            Kind::ShuttingDown | Kind::StateUnavailable | Kind::Internal => Side::Internal,
         };
         Self {
             kind,

@@ -115,7 +115,7 @@ impl App {
             let wasm = process.wasm(&config.state.plugin_cache)?;
             Plugins::load(&config, &wasm, &services).await?
         };
-        let responses = process.responses(&config.state).await?;
+        let responses = process.responses(&config).await?;
         Ok(Self { auth: Auth::new(&config.keys), routes, metrics: process.metrics.clone(), plugins, responses, config })
     }
 }
@@ -211,17 +211,22 @@ impl Process {
         self.stores.get()?.shared.as_ref()
     }
 
-    /// The store of Responses API answers at `state.responses`, opened (and replayed) once.
-    async fn responses(&self, state: &weir_config::State) -> Result<Arc<ResponseStore>, LoadError> {
+    /// The store of Responses API answers at `state.responses`, opened (and replayed) once: that
+    /// file, or Redis with that file as its spool when the backend is Redis.
+    async fn responses(&self, config: &Config) -> Result<Arc<ResponseStore>, LoadError> {
+        let state = &config.state;
         if let Some(store) = self.responses.lock().unwrap_or_else(|e| e.into_inner()).get(&state.responses) {
             return Ok(store.clone());
         }
         let (path, max, ttl) = (state.responses.clone(), state.responses_max_bytes, state.responses_ttl);
         // Replaying the file is disk work: off the async workers.
-        let store = tokio::task::spawn_blocking(move || FileStore::open(&path, max, ttl))
+        let file = tokio::task::spawn_blocking(move || FileStore::open(&path, max, ttl))
             .await
             .map_err(|error| LoadError::Task { what: "reading the stored responses", error })?;
-        let store = Arc::new(ResponseStore::Embedded(store));
+        let store = Arc::new(match &self.stores(config)?.shared {
+            Some(shared) => ResponseStore::redis(shared.clone(), file),
+            None => ResponseStore::Embedded(file),
+        });
         let mut stores = self.responses.lock().unwrap_or_else(|e| e.into_inner());
         Ok(stores.entry(state.responses.clone()).or_insert(store).clone())
     }

@@ -298,7 +298,7 @@ impl Metrics {
         shared.register("redis_up", "Whether the shared state (Redis) answers: 1 yes, 0 no", state_up.clone());
         shared.register(
             "unavailable",
-            "Host calls Redis did not answer in time, by call and outcome (embedded: served by this replica's own state; failed: the plugin faulted)",
+            "State calls Redis did not answer in time, by call and outcome (embedded: served by this replica's own state; failed: the call failed; spooled: kept on this replica's disk until Redis answers)",
             state_unavailable.clone(),
         );
         shared.register(

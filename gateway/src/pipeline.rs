@@ -178,7 +178,8 @@ async fn dispatch(
                     let mut responses = ResponsesRequest::parse(&body)?;
                     // The conversation this one continues, from the team's stored responses.
                     if let Some(id) = &responses.previous_response_id {
-                        let Some(previous) = app.responses.get(&principal.team, id).await else {
+                        let Some(previous) = app.responses.get(&principal.team, id).await.map_err(state_unavailable)?
+                        else {
                             return Err(previous_not_found(id));
                         };
                         responses.history = previous.conversation();
@@ -332,6 +333,15 @@ fn previous_not_found(id: &str) -> Error {
         .code("previous_response_not_found")
 }
 
+/// Redis did not answer for a stored response, under `on_unavailable = "fail"`: the response may
+/// exist, so not a 404 but a 503 to retry.
+fn state_unavailable(unavailable: crate::state::Unavailable) -> Error {
+    Error::new(Kind::StateUnavailable, "The gateway's stored responses are unavailable for a moment; retry shortly.")
+        .code("state_unavailable")
+        .retry_after(Some(1))
+        .source(unavailable)
+}
+
 /// `GET` / `DELETE /v1/responses/{id}`, `GET …/input_items`, `POST …/cancel`: the team's own
 /// stored responses; any other id (another team's included) is a 404.
 async fn stored_response(
@@ -346,13 +356,13 @@ async fn stored_response(
         Error::new(Kind::NotFound, format!("No response found with id '{id}'.")).param("response_id").code("not_found")
     };
     if endpoint == Endpoint::StoredResponse && request.method() == Method::DELETE {
-        if !app.responses.delete(team, id).await {
+        if !app.responses.delete(team, id).await.map_err(state_unavailable)? {
             return Err(not_found());
         }
         let body = serde_json::json!({"id": id, "object": "response.deleted", "deleted": true});
         return Ok(json(StatusCode::OK, body.to_string().into_bytes()));
     }
-    let stored = app.responses.get(team, id).await.ok_or_else(not_found)?;
+    let stored = app.responses.get(team, id).await.map_err(state_unavailable)?.ok_or_else(not_found)?;
     match endpoint {
         Endpoint::CancelResponse => Err(Error::bad_request(
             "Only background responses can be cancelled, and this gateway runs none in the background.",

@@ -59,6 +59,7 @@ pub use crate::api::sse::MAX_EVENT_BYTES;
 use crate::api::sse::{Event, Splitter};
 use crate::error::{Error, Kind, STREAM_FAILED};
 use crate::providers::Translator;
+use crate::state::responses::Stored;
 use crate::surface::{self, Edge};
 use failover::{Continuation, Peek, Splice, Spliced, Transcript};
 
@@ -159,6 +160,8 @@ pub struct SseRelay {
     options: RelayOptions,
     deadline: Pin<Box<Sleep>>,
     done: bool,
+    /// A finished Responses answer's write to the store: the bytes that follow wait for it.
+    stored: Option<Stored>,
 }
 
 impl std::fmt::Debug for SseRelay {
@@ -254,6 +257,7 @@ impl SseRelay {
             deadline: Box::pin(tokio::time::sleep_until(options.deadline.into())),
             options,
             done: false,
+            stored: None,
         }
     }
 
@@ -720,6 +724,13 @@ impl HttpBody for SseRelay {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         loop {
+            if let Some(stored) = this.edge.take_stored() {
+                this.stored = Some(stored);
+            }
+            if let Some(stored) = &mut this.stored {
+                ready!(Pin::new(stored).poll(cx));
+                this.stored = None;
+            }
             if let Some(bytes) = this.out.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }

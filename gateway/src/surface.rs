@@ -30,7 +30,7 @@ use crate::api::sse::{Event, Splitter};
 use crate::api::{ClientRequest, Usage, completions, messages, responses};
 use crate::error::{Error, Kind};
 use crate::plugins::LocalResponse;
-use crate::state::responses::{ResponseStore, StoredResponse};
+use crate::state::responses::{ResponseStore, Stored, StoredResponse};
 
 /// What the relay learns from one event.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +68,12 @@ impl Sink {
         })
     }
 
-    fn put(&self, response: &Value) {
-        let Some(id) = response.get("id").and_then(Value::as_str) else { return };
+    /// Stores a finished answer; what the answer's last bytes wait for, if anything.
+    fn put(&self, response: &Value) -> Option<Stored> {
+        let id = response.get("id").and_then(Value::as_str)?;
         // Only answers that came to an end are worth continuing.
         if !matches!(response.get("status").and_then(Value::as_str), Some("completed" | "incomplete")) {
-            return;
+            return None;
         }
         let output = response.get("output").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
         self.store.put(StoredResponse {
@@ -82,7 +83,7 @@ impl Sink {
             input: self.input.clone(),
             own_from: self.own_from,
             next_input: responses::next_input(output),
-        });
+        })
     }
 }
 
@@ -121,6 +122,8 @@ pub struct Edge {
     way: Way,
     /// A scratch buffer for encoded events.
     buf: Vec<u8>,
+    /// The store's write of a finished Responses answer, which its last bytes wait for.
+    stored: Option<Stored>,
 }
 
 /// A whole answer at the edge.
@@ -159,7 +162,14 @@ impl Edge {
                 previous_response_id: s.request.previous_response_id.clone(),
             },
         };
-        Self { way, buf: Vec::new() }
+        Self { way, buf: Vec::new(), stored: None }
+    }
+
+    /// The store's write of the finished answer, for its last bytes to wait for (at most
+    /// `[state.redis] timeout`): a client that continues the conversation as soon as it has the
+    /// answer then finds it on every replica.
+    pub fn take_stored(&mut self) -> Option<Stored> {
+        self.stored.take()
     }
 
     /// Whether the upstream's events are the client's API's own, relayed as they are.
@@ -202,7 +212,7 @@ impl Edge {
                         && let Some(sink) = sink
                     {
                         restore_previous(&mut response, previous_response_id.as_deref());
-                        sink.put(&response);
+                        self.stored = sink.put(&response);
                     }
                     *last = Some(response);
                 }
@@ -266,7 +276,7 @@ impl Edge {
                 let (encoder, sink) = &mut **boxed;
                 encoder.event(&event, &mut self.buf);
                 if let (Some(finished), Some(sink)) = (encoder.finished.take(), sink.as_ref()) {
-                    sink.put(&finished);
+                    self.stored = sink.put(&finished);
                 }
             }
         }
@@ -337,7 +347,7 @@ impl Edge {
                 let canonical = capture.then(|| to_bytes(&responses::decode_whole(&response)));
                 let changed = restore_previous(&mut response, previous_response_id.as_deref());
                 if let Some(sink) = sink {
-                    sink.put(&response);
+                    self.stored = sink.put(&response);
                 }
                 let body = if changed { to_bytes(&response) } else { body };
                 Whole { body, usage, canonical, passed_through: !changed }
@@ -364,7 +374,7 @@ impl Edge {
                 let completion = encode(&body)?;
                 let response = responses::encode_whole(boxed.0.echo(), &completion);
                 if let Some(sink) = &boxed.1 {
-                    sink.put(&response);
+                    self.stored = sink.put(&response);
                 }
                 Whole {
                     usage: completion.usage,

@@ -221,17 +221,46 @@ impl Shared {
             let _ = self.degrade(op, || ());
             return;
         }
-        let Some(conn) = self.conn.load_full() else { return };
+        self.spawn(call, |_| ());
+    }
+
+    /// Runs `call` off the caller's task, within `connect_timeout` (nobody waits for its answer),
+    /// then hands `then` its answer: `None` when Redis is down, failed or did not answer in time.
+    pub fn spawn<T, F>(
+        self: &Arc<Self>,
+        call: impl FnOnce(Conn) -> F + Send + 'static,
+        then: impl FnOnce(Option<T>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        F: Future<Output = RedisResult<T>> + Send + 'static,
+    {
+        let conn = match self.conn.load_full() {
+            Some(conn) if self.is_up() => conn,
+            _ => return then(None),
+        };
         let shared = self.clone();
         // The multiplexed connection pipelines these with everything else in flight.
         tokio::spawn(async move {
             let timeout = shared.config.connect_timeout;
-            match tokio::time::timeout(timeout, call(Conn::clone(&conn))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => shared.failed_with(&error),
-                Err(_) => shared.mark_down(&format!("no answer within {timeout:?}")),
-            }
+            let answer = match tokio::time::timeout(timeout, call(Conn::clone(&conn))).await {
+                Ok(Ok(value)) => Some(value),
+                Ok(Err(error)) => {
+                    shared.failed_with(&error);
+                    None
+                }
+                Err(_) => {
+                    shared.mark_down(&format!("no answer within {timeout:?}"));
+                    None
+                }
+            };
+            then(answer);
         });
+    }
+
+    /// Counts a write Redis did not take that this replica keeps on its disk and sends again when
+    /// Redis answers: under either `on_unavailable`, since nothing is served from it in its stead.
+    pub fn spooled(&self, op: &'static str) {
+        self.metrics.state_unavailable.get_or_create(&StateLabels { op, outcome: "spooled" }).inc();
     }
 
     /// A connection problem marks Redis down; an error Redis answered with (a script's) is this

@@ -9,18 +9,28 @@
 //! response is written once and read whole: one sequential `write` per response (in the operating
 //! system's hands when `put` returns, so a crash of the gateway loses nothing; `fsync` once a
 //! second for a crash of the machine), a torn last line skipped on replay, no page layout to tune —
-//! and the bound in bytes is the bound on the memory it takes. A Redis backend (shared across
-//! replicas) is another variant of the enum with the same calls.
+//! and the bound in bytes is the bound on the memory it takes.
+//!
+//! With `[state] backend = "redis"` the responses live in Redis (`responses/redis.rs`), shared by
+//! every replica, and this replica's `FileStore` is their spool: what Redis did not take is kept
+//! there and carried into Redis when it answers again.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::Unavailable;
+use super::redis::Shared;
+
+mod redis;
 
 /// One stored response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,33 +57,69 @@ impl StoredResponse {
     }
 }
 
+/// Resolves when Redis has a response [`ResponseStore::put`] sent it, or this replica's file does,
+/// or `[state.redis] timeout` has passed.
+pub struct Stored(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stored")
+    }
+}
+
+impl Future for Stored {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
 /// Where stored responses live.
 #[derive(Debug)]
 pub enum ResponseStore {
     /// In this process, persisted to a file in the state folder.
     Embedded(Arc<FileStore>),
+    /// In Redis, shared by every replica; this replica's file is the spool for what Redis did not
+    /// take.
+    Redis(Arc<redis::RedisStore>),
 }
 
 impl ResponseStore {
-    /// The response `id` if `team` stored it and it has not expired.
-    pub async fn get(&self, team: &str, id: &str) -> Option<Arc<StoredResponse>> {
+    /// The Redis backend on `shared`, with `spool` (this replica's file) beside it.
+    pub fn redis(shared: Arc<Shared>, spool: Arc<FileStore>) -> Self {
+        ResponseStore::Redis(redis::RedisStore::start(shared, spool))
+    }
+
+    /// The response `id` if `team` stored it and it has not expired. [`Unavailable`]: Redis did not
+    /// answer, this replica does not hold it, and `on_unavailable = "fail"`.
+    pub async fn get(&self, team: &str, id: &str) -> Result<Option<Arc<StoredResponse>>, Unavailable> {
         match self {
-            ResponseStore::Embedded(store) => store.get(team, id),
+            ResponseStore::Embedded(store) => Ok(store.get(team, id)),
+            ResponseStore::Redis(store) => store.get(team, id).await,
         }
     }
 
     /// Stores a response (replacing one with the same id and team). Returns at once: an embedded
-    /// store has written it when this returns; a shared one may still be writing.
-    pub fn put(&self, response: StoredResponse) {
+    /// store has written it when this returns; Redis may still be writing, and the answer's last
+    /// bytes should wait for [`Stored`] (at most `[state.redis] timeout`), so that a client's next
+    /// request finds it on any replica. Meanwhile this replica reads it from memory, and keeps it in
+    /// its file if Redis does not take it.
+    pub fn put(&self, response: StoredResponse) -> Option<Stored> {
         match self {
-            ResponseStore::Embedded(store) => store.put(response),
+            ResponseStore::Embedded(store) => {
+                store.put(response);
+                None
+            }
+            ResponseStore::Redis(store) => Some(store.put(response)),
         }
     }
 
-    /// Deletes `id` if `team` stored it; whether there was one.
-    pub async fn delete(&self, team: &str, id: &str) -> bool {
+    /// Deletes `id` if `team` stored it; whether there was one. [`Unavailable`] as for `get`.
+    pub async fn delete(&self, team: &str, id: &str) -> Result<bool, Unavailable> {
         match self {
-            ResponseStore::Embedded(store) => store.delete(team, id),
+            ResponseStore::Embedded(store) => Ok(store.delete(team, id)),
+            ResponseStore::Redis(store) => store.delete(team, id).await,
         }
     }
 }
@@ -181,6 +227,22 @@ impl FileStore {
         if let Err(e) = self.compact(&mut inner) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not compact the stored responses");
         }
+    }
+
+    fn contains(&self, team: &str, id: &str) -> bool {
+        self.get(team, id).is_some()
+    }
+
+    /// The live entries whose lines are at most `max_line` bytes, with their expiry.
+    fn live(&self, max_line: usize) -> Vec<(Arc<StoredResponse>, u64)> {
+        let now = now_ms();
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .filter(|e| e.expires_ms > now && e.bytes <= max_line)
+            .map(|e| (e.record.clone(), e.expires_ms))
+            .collect()
     }
 
     fn get(&self, team: &str, id: &str) -> Option<Arc<StoredResponse>> {
@@ -358,6 +420,20 @@ mod tests {
         let expired = FileStore::open(&dir("ttl"), 1 << 20, Duration::from_millis(0));
         expired.put(record("resp_x", "t", "x"));
         assert!(expired.get("t", "resp_x").is_none());
+    }
+
+    #[test]
+    fn the_spool_lists_each_live_entry_once_within_the_size_asked() {
+        let store = FileStore::open(&dir("live"), 1 << 20, Duration::from_secs(60));
+        store.put(record("resp_1", "a", "one"));
+        store.put(record("resp_1", "a", "one again"));
+        store.put(record("resp_2", "a", &"x".repeat(1000)));
+        store.put(record("resp_3", "b", "three"));
+        assert!(store.delete("b", "resp_3"));
+        let small: Vec<_> = store.live(500).iter().map(|(r, _)| r.response["output_text"].clone()).collect();
+        assert_eq!(small, ["one again"], "replaced once, the large one and the deleted one left out");
+        assert_eq!(store.live(1 << 20).len(), 2);
+        assert!(store.contains("a", "resp_2") && !store.contains("b", "resp_2"));
     }
 
     #[test]

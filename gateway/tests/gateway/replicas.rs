@@ -5,7 +5,9 @@
 //! stopping Redis mid-run degrades to per-replica state as configured and recovers when it
 //! returns, with every ledger record in Redis's totals in the end; under `on_unavailable = "fail"`
 //! each plugin's `on_error` decides; and the concurrency slots of a replica killed mid-request come
-//! back after the hold TTL.
+//! back after the hold TTL. The Responses API's stored responses are read, continued and deleted
+//! through any replica, scoped to their team on every one; those stored while Redis is down stay
+//! on their replica and are shared once it returns.
 //!
 //! Each assertion would fail with per-replica state: three replicas of a limit of 30 admit 90.
 
@@ -19,7 +21,7 @@ use weir::state::ledger::Ledger;
 use weir_bench::mock::MockUpstream;
 
 use crate::processes::{RedisServer, WeirProcess, free_port, temp_dir};
-use crate::support::{metric, state_dir};
+use crate::support::{metric, post_raw_as, sse_data, state_dir};
 
 const ALICE: &str = "alice-key-0123456789abcdef";
 const BOB: &str = "bob-key-0123456789abcdef";
@@ -76,6 +78,7 @@ same_target = 0
 backend = "redis"
 ledger = "{ledger}"
 plugin_cache = "{cache}"
+responses = "{responses}"
 
 [state.redis]
 url = "{redis}"
@@ -153,6 +156,11 @@ name = "routed"
 targets = [{{ upstream = "flaky", model = "x" }}, {{ upstream = "fast", model = "x" }}]
 plugins = ["router"]
 
+# The Responses API, translated to chat; no policy, so only the stored responses touch Redis.
+[[models]]
+name = "conversation"
+targets = [{{ upstream = "fast", model = "x" }}]
+
 [[keys]]
 name = "alice"
 team = "red"
@@ -219,6 +227,8 @@ config = {{ splits = [
 ] }}
 "#,
         ledger = ledger.display(),
+        // Each replica its own file: the spool of what Redis did not take.
+        responses = ledger.with_extension("responses.jsonl").display(),
         cache = cache.display(),
         slow = m.slow.base_url(),
         fast = m.fast.base_url(),
@@ -535,6 +545,176 @@ async fn without_redis_the_replicas_fall_back_to_their_own_state_and_recover_wit
     }
 }
 
+/// A Responses API request for `input`, continuing `previous` if given.
+fn respond(input: &str, previous: Option<&str>, extra: &str) -> String {
+    let previous = previous.map(|id| format!(r#","previous_response_id":"{id}""#)).unwrap_or_default();
+    format!(r#"{{"model":"conversation","input":"{input}"{previous}{extra}}}"#)
+}
+
+/// A `GET` or `DELETE` of a stored response's path.
+async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, key: &str) -> (u16, Value) {
+    let response = client.request(method, url).bearer_auth(key).send().await.expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The conversation the upstream received last, as `role: text` lines.
+fn last_conversation(mock: &MockUpstream) -> Vec<String> {
+    let requests = mock.requests();
+    let sent = requests.iter().rev().find(|r| r.path.ends_with("/chat/completions")).expect("a chat request").json();
+    let text = |content: &Value| match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        other => other.to_string(),
+    };
+    let messages = sent["messages"].as_array().expect("messages");
+    messages.iter().map(|m| format!("{}: {}", m["role"].as_str().unwrap_or_default(), text(&m["content"]))).collect()
+}
+
+/// The id of a streamed Responses answer, from its last event.
+fn streamed_id(body: &[u8]) -> String {
+    let last: Value = serde_json::from_str(&sse_data(body).pop().expect("events")).expect("json");
+    assert_eq!(last["type"], "response.completed", "{last}");
+    last["response"]["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_responses_are_read_continued_and_deleted_through_any_replica() {
+    use reqwest::Method;
+    let mocks = Mocks::start().await;
+    let cluster = Cluster::start(&mocks, "embedded").await;
+    let client = reqwest::Client::new();
+    let url = |n: usize, path: &str| cluster.replicas[n].url(path);
+
+    // Stored through replica 0, read through 1, its input listed through 2.
+    let (status, _, first) =
+        send(&client, &url(0, "/v1/responses"), &respond("Weather in Paris?", None, ""), ALICE).await;
+    assert_eq!(status, 200, "{first}");
+    let id = first["id"].as_str().expect("id").to_owned();
+    let (status, fetched) = call(&client, Method::GET, &url(1, &format!("/v1/responses/{id}")), ALICE).await;
+    assert_eq!((status, &fetched), (200, &first), "the same object through another replica");
+    let (status, items) = call(&client, Method::GET, &url(2, &format!("/v1/responses/{id}/input_items")), ALICE).await;
+    assert_eq!((status, items["data"][0]["content"][0]["text"].as_str()), (200, Some("Weather in Paris?")), "{items}");
+
+    // Another team's key finds nothing on any replica, and reaches no upstream trying.
+    let upstream = mocks.fast.request_count();
+    for n in 0..3 {
+        for path in [format!("/v1/responses/{id}"), format!("/v1/responses/{id}/input_items")] {
+            assert_eq!(call(&client, Method::GET, &url(n, &path), BOB).await.0, 404, "replica {n}: {path}");
+        }
+        let (status, _) = call(&client, Method::DELETE, &url(n, &format!("/v1/responses/{id}")), BOB).await;
+        assert_eq!(status, 404, "replica {n}: another team cannot delete it");
+        let (status, _, error) = send(&client, &url(n, "/v1/responses"), &respond("and?", Some(&id), ""), BOB).await;
+        assert_eq!((status, error["error"]["param"].as_str()), (404, Some("previous_response_id")), "{error}");
+    }
+    assert_eq!(mocks.fast.request_count(), upstream, "refused before any upstream is asked");
+
+    // Continued through replica 2: the upstream gets the earlier turns, from Redis.
+    let (status, _, second) =
+        send(&client, &url(2, "/v1/responses"), &respond("And tomorrow?", Some(&id), ""), ALICE).await;
+    assert_eq!((status, second["previous_response_id"].as_str()), (200, Some(id.as_str())), "{second}");
+    let turns = ["user: Weather in Paris?", "assistant: echo: Weather in Paris?", "user: And tomorrow?"];
+    assert_eq!(last_conversation(&mocks.fast), turns);
+
+    // A streamed answer stored through replica 1 is continued through replica 0.
+    let body = respond("Count to three", None, r#","stream":true"#);
+    let (status, streamed) = post_raw_as(&url(1, "/v1/responses"), &body, Some(ALICE)).await;
+    assert_eq!(status, 200);
+    let streamed = streamed_id(&streamed);
+    let (status, _, next) =
+        send(&client, &url(0, "/v1/responses"), &respond("Again", Some(&streamed), ""), ALICE).await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(
+        last_conversation(&mocks.fast),
+        ["user: Count to three", "assistant: echo: Count to three", "user: Again"]
+    );
+
+    // In Redis under the team's key, with `responses_ttl` (30 days by default) to live.
+    let mut conn = cluster.redis.connection().await.expect("redis");
+    let key = format!("replicas-test:responses:3:red:{}", second["id"].as_str().expect("id"));
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("pttl");
+    let thirty_days = 30 * 86_400_000;
+    assert!(ttl_ms > thirty_days - 600_000 && ttl_ms <= thirty_days, "{key}: {ttl_ms} ms");
+
+    // Deleted through replica 1: gone on every replica.
+    let (status, deleted) = call(&client, Method::DELETE, &url(1, &format!("/v1/responses/{id}")), ALICE).await;
+    assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)), "{deleted}");
+    for n in 0..3 {
+        let (status, _) = call(&client, Method::GET, &url(n, &format!("/v1/responses/{id}")), ALICE).await;
+        assert_eq!(status, 404, "replica {n} after the delete");
+    }
+    let (status, _) = call(&client, Method::DELETE, &url(2, &format!("/v1/responses/{id}")), ALICE).await;
+    assert_eq!(status, 404, "deleted once");
+    let (status, _, _) = send(&client, &url(0, "/v1/responses"), &respond("more", Some(&id), ""), ALICE).await;
+    assert_eq!(status, 404, "a deleted response cannot be continued");
+    no_degradation(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_stored_while_redis_is_down_stay_on_their_replica_and_are_shared_when_it_returns() {
+    use reqwest::Method;
+    let mocks = Mocks::start().await;
+    let mut cluster = Cluster::start(&mocks, "embedded").await;
+    let client = reqwest::Client::new();
+    let url = |cluster: &Cluster, n: usize, path: &str| cluster.replicas[n].url(path);
+    let (_, _, before) = send(&client, &url(&cluster, 0, "/v1/responses"), &respond("before", None, ""), ALICE).await;
+    let before = before["id"].as_str().expect("id").to_owned();
+
+    // Redis goes away. Answers are still stored, in the replica's own file; that replica reads
+    // and continues them, the others (and the replica for what is in Redis) do not find them.
+    cluster.redis.stop();
+    let (status, _, during) =
+        send(&client, &url(&cluster, 2, "/v1/responses"), &respond("during", None, ""), ALICE).await;
+    assert_eq!(status, 200, "{during}");
+    let during = during["id"].as_str().expect("id").to_owned();
+    let (status, fetched) =
+        call(&client, Method::GET, &url(&cluster, 2, &format!("/v1/responses/{during}")), ALICE).await;
+    assert_eq!((status, fetched["id"].as_str()), (200, Some(during.as_str())), "{fetched}");
+    let (status, _, next) =
+        send(&client, &url(&cluster, 2, "/v1/responses"), &respond("still down", Some(&during), ""), ALICE).await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(last_conversation(&mocks.fast), ["user: during", "assistant: echo: during", "user: still down"]);
+    let next = next["id"].as_str().expect("id").to_owned();
+    for (n, id) in [(0, &during), (1, &next), (2, &before)] {
+        let (status, _) = call(&client, Method::GET, &url(&cluster, n, &format!("/v1/responses/{id}")), ALICE).await;
+        assert_eq!(status, 404, "replica {n} serves its own state only while Redis is down: {id}");
+    }
+    let (status, _) = call(&client, Method::GET, &url(&cluster, 2, &format!("/v1/responses/{during}")), BOB).await;
+    assert_eq!(status, 404, "still scoped to the team");
+    let replica = cluster.replicas[2].metrics().await;
+    let spooled = metric(&replica, "weir_state_unavailable_total", &[("op", "responses.put"), ("outcome", "spooled")]);
+    assert_eq!(spooled, 2.0, "both answers were kept on disk");
+
+    // Redis returns (empty: no persistence in this test): replica 2 carries what it kept into it,
+    // and every replica reads, continues and deletes it.
+    cluster.redis.restart().await;
+    for replica in &cluster.replicas {
+        wait_ready(replica).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in [&during, &next] {
+        loop {
+            let (status, _) =
+                call(&client, Method::GET, &url(&cluster, 0, &format!("/v1/responses/{id}")), ALICE).await;
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} never reached Redis: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (status, _, after) =
+        send(&client, &url(&cluster, 1, "/v1/responses"), &respond("back", Some(&next), ""), ALICE).await;
+    assert_eq!(status, 200, "{after}");
+    let turns =
+        ["user: during", "assistant: echo: during", "user: still down", "assistant: echo: still down", "user: back"];
+    assert_eq!(last_conversation(&mocks.fast), turns);
+    let (status, _) = call(&client, Method::DELETE, &url(&cluster, 0, &format!("/v1/responses/{during}")), ALICE).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&client, Method::GET, &url(&cluster, 2, &format!("/v1/responses/{during}")), ALICE).await;
+    assert_eq!(status, 404, "deleted through another replica, so gone from the replica that kept it too");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_fail_each_plugins_on_error_decides_and_readiness_can_require_redis() {
     let mut redis = RedisServer::start().await;
@@ -549,6 +729,7 @@ listen = "127.0.0.1:0"
 
 [state]
 backend = "redis"
+responses = "{responses}"
 
 [state.redis]
 url = "{redis}"
@@ -571,6 +752,10 @@ name = "lenient"
 targets = [{{ upstream = "mock", model = "x" }}]
 plugins = ["lenient-limits"]
 
+[[models]]
+name = "conversation"
+targets = [{{ upstream = "mock", model = "x" }}]
+
 [[keys]]
 name = "alice"
 team = "red"
@@ -592,6 +777,7 @@ config = {limits}
 "#,
         redis = redis.url(),
         mock = mock.base_url(),
+        responses = temp_dir("fail-responses").join("responses.jsonl").display(),
     );
     let gw = crate::support::TestGateway::start(&text).await;
     let client = reqwest::Client::new();
@@ -605,6 +791,10 @@ config = {limits}
     for model in ["strict", "lenient"] {
         assert_eq!(send(&client, &url, &chat(model, ""), ALICE).await.0, 200, "{model} with Redis up");
     }
+    let responses = gw.url("/v1/responses");
+    let (status, _, stored) = send(&client, &responses, &respond("kept in Redis", None, ""), ALICE).await;
+    assert_eq!(status, 200, "{stored}");
+    let stored = gw.url(&format!("/v1/responses/{}", stored["id"].as_str().expect("id")));
 
     redis.stop();
     let (status, _, body) = send(&client, &url, &chat("strict", ""), ALICE).await;
@@ -613,6 +803,18 @@ config = {limits}
     let (status, ..) = send(&client, &url, &chat("lenient", ""), ALICE).await;
     assert_eq!(status, 200, "an open one lets it through without its limit");
     assert_eq!(ready().await, 503, "ready_requires_redis takes the replica out of the load balancer");
+    // A stored response Redis has cannot be read now: not a 404 (it exists), a 503 to retry.
+    let (status, error) = call(&client, reqwest::Method::GET, &stored, ALICE).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (503, Some("state_unavailable")), "{error}");
+    let (status, _) = call(&client, reqwest::Method::DELETE, &stored, ALICE).await;
+    assert_eq!(status, 503, "nor deleted");
+    // An answer stored meanwhile is kept on this replica's disk, read from there, and sent to
+    // Redis when it returns.
+    let (status, _, during) = send(&client, &responses, &respond("kept on disk", None, ""), ALICE).await;
+    assert_eq!(status, 200, "answers need no Redis: {during}");
+    let during_id = during["id"].as_str().expect("id").to_owned();
+    let during = gw.url(&format!("/v1/responses/{during_id}"));
+    assert_eq!(call(&client, reqwest::Method::GET, &during, ALICE).await.0, 200, "read from this replica's spool");
     let metrics = gw.metrics().await;
     assert!(metric(&metrics, "weir_plugin_faults_total", &[("kind", "state_unavailable")]) >= 2.0, "{metrics}");
     assert!(metric(&metrics, "weir_state_unavailable_total", &[("outcome", "failed")]) >= 2.0, "{metrics}");
@@ -624,6 +826,14 @@ config = {limits}
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(send(&client, &url, &chat("strict", ""), ALICE).await.0, 200, "recovered by itself");
+    let mut conn = redis.connection().await.expect("redis");
+    let key = format!("fail-test:responses:3:red:{during_id}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !redis::cmd("EXISTS").arg(&key).query_async::<bool>(&mut conn).await.expect("exists") {
+        assert!(Instant::now() < deadline, "the kept response never reached Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(call(&client, reqwest::Method::GET, &during, ALICE).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
