@@ -5,7 +5,9 @@
 use serde_json::{Value, json};
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, bare_config, config, post, post_raw, run_python_script, sse_json, state_dir};
+use crate::support::{
+    TestGateway, bare_config, config, default_config, post, post_raw, run_python_script, sse_json, state_dir,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_configs_local_worker_answers_legacy_completions() {
@@ -17,13 +19,7 @@ async fn the_default_configs_local_worker_answers_legacy_completions() {
         ("WEIR_DEVICE", "cpu"),
         ("WEIR_LEDGER", ledger.to_str().expect("utf-8")),
     ]);
-    let mut config = weir_config::load_str(weir::DEFAULT_CONFIG, &env, &state_dir()).expect("the default config");
-    // The built-ins' 10 ms deadlines are for a machine that is not also compiling; what is tested
-    // here is the worker, through the whole chain.
-    for plugin in &mut config.plugins {
-        plugin.deadline = std::time::Duration::from_secs(2);
-    }
-    let gw = TestGateway::start_with(config).await;
+    let gw = TestGateway::start_with(default_config(&env)).await;
     let stdout = run_python_script(&gw, "completions_sdk.py", "anonymous").await;
     eprintln!("{stdout}");
     assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");

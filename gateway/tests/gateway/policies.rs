@@ -10,7 +10,7 @@ use serde_json::Value;
 use weir::state::ledger::Ledger;
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, metric_eventually, openai_error, post, state_dir};
+use crate::support::{TestGateway, default_config, metric_eventually, openai_error, post, state_dir};
 
 const ALICE: &str = "alice-key-0123456789abcdef";
 const BOB: &str = "bob-key-0123456789abcdef";
@@ -417,12 +417,7 @@ async fn the_default_configuration_runs_all_five_built_ins_in_one_chain() {
         ("WEIR_UPSTREAM", upstream.as_str()),
         ("WEIR_LEDGER", ledger.to_str().expect("utf-8")),
     ]);
-    let mut config = weir_config::load_str(weir::DEFAULT_CONFIG, &env, &state_dir()).expect("the default config");
-    // The default chain's 10 ms plugin deadlines are for a release build with its cores to itself;
-    // a debug build beside other tests can be descheduled for longer. This checks the chain, not its speed.
-    for plugin in &mut config.plugins {
-        plugin.deadline = std::time::Duration::from_secs(2);
-    }
+    let config = default_config(&env);
     let names: Vec<&str> = config.chain.iter().map(|&i| config.plugins[i].name.as_str()).collect();
     assert_eq!(names, ["ratelimit", "cost", "cache", "router", "canary"]);
     let gw = TestGateway::start_with(config).await;

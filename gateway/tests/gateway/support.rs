@@ -173,6 +173,17 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The embedded default configuration (`weir::DEFAULT_CONFIG`) read with `env`, its plugins given
+/// 2 s deadlines: its built-ins' 10 ms are for a release build with the cores to itself, and a
+/// debug build beside other tests can be descheduled for longer. Tests of the chain, not its speed.
+pub fn default_config(env: &MapEnv) -> weir_config::Config {
+    let mut config = weir_config::load_str(weir::DEFAULT_CONFIG, env, &state_dir()).expect("the default config");
+    for plugin in &mut config.plugins {
+        plugin.deadline = std::time::Duration::from_secs(2);
+    }
+    config
+}
+
 /// Polls `/metrics` until the metric reaches `expected` (work finished after the response, such as
 /// plugins' `on-complete`, lands a moment later), or gives up after five seconds.
 pub async fn metric_eventually(gw: &TestGateway, name: &str, labels: &[(&str, &str)], expected: f64) -> f64 {
