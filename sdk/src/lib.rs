@@ -63,6 +63,10 @@ pub use bindings::weir::plugin::request::Request;
 pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage};
 pub use bindings::weir::plugin::{catalog, kv, ledger, log, metrics, quota};
 
+/// The most keys one `kv::get_many` or `kv::add_many` may name, and the most asks one
+/// `quota::reserve_all` may make; more is a fault of the plugin.
+pub const MAX_MANY: usize = 256;
+
 /// A policy plugin. Only `init` is required; the hooks the plugin implements must be named in
 /// [`PluginInfo::hooks`], and the host calls only those.
 pub trait Plugin: Sized + 'static {

@@ -21,7 +21,7 @@ use crate::state::quota::{Ask, Covers};
 /// Keys and values a plugin may store; larger ones are refused (a `set` is dropped, a `get` misses).
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1 << 20;
-/// Reservations one `reserve-all` call may ask for.
+/// Reservations one `reserve-all` call may ask for, and keys one `get-many` or `add-many` may name.
 const MAX_ASKS: usize = 256;
 /// Log lines per second one plugin may write (burst: twice that); the rest are counted and dropped.
 const LOG_PER_SEC: f64 = 50.0;
@@ -282,6 +282,31 @@ impl kv::Host for HostState {
         let wait = self.time_left();
         let answer = self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms, wait).await;
         self.state(answer)
+    }
+
+    async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.len() > MAX_ASKS {
+            wasmtime::bail!("get-many takes at most {MAX_ASKS} keys, got {}", keys.len());
+        }
+        // Keys over the bound miss, as a `get` of one would; the rest are read in one call.
+        let valid: Vec<bool> = keys.iter().map(|k| k.len() <= MAX_KEY).collect();
+        let asked: Vec<String> = keys.into_iter().filter(|k| k.len() <= MAX_KEY).collect();
+        let wait = self.time_left();
+        let answer = self.meta.services.kv.get_many(&self.meta.name, asked, wait).await;
+        let mut values = self.state(answer)?.into_iter();
+        Ok(valid.into_iter().map(|ok| if ok { values.next().flatten() } else { None }).collect())
+    }
+
+    async fn add_many(&mut self, adds: Vec<(String, i64, u32)>) -> Result<Vec<i64>> {
+        if adds.len() > MAX_ASKS {
+            wasmtime::bail!("add-many takes at most {MAX_ASKS} adds, got {}", adds.len());
+        }
+        let valid: Vec<bool> = adds.iter().map(|(k, _, _)| k.len() <= MAX_KEY).collect();
+        let asked: Vec<(String, i64, u32)> = adds.into_iter().filter(|(k, _, _)| k.len() <= MAX_KEY).collect();
+        let wait = self.time_left();
+        let answer = self.meta.services.kv.add_many(&self.meta.name, asked, wait).await;
+        let mut values = self.state(answer)?.into_iter();
+        Ok(valid.into_iter().map(|ok| if ok { values.next().unwrap_or(0) } else { 0 }).collect())
     }
 }
 

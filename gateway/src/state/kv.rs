@@ -84,6 +84,45 @@ impl Kv {
             },
         }
     }
+
+    /// [`Kv::get`] of every key, in order; with Redis, one round trip for them all. If Redis does
+    /// not answer for every key, all of them come from the fallback, so one call never mixes the
+    /// two stores.
+    pub async fn get_many(
+        &self,
+        ns: &Arc<str>,
+        keys: Vec<String>,
+        wait: Duration,
+    ) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
+        match self {
+            Kv::Embedded(local) => Ok(keys.into_iter().map(|key| local.get(ns, key)).collect()),
+            Kv::Redis { shared, fallback } => match redis::get_many(shared, ns, &keys, wait).await {
+                Some(values) => Ok(values),
+                None => shared.degrade("kv.get-many", || keys.into_iter().map(|key| fallback.get(ns, key)).collect()),
+            },
+        }
+    }
+
+    /// [`Kv::add`] of every `(key, delta, ttl_ms)`, in order; with Redis, one round trip for them
+    /// all. Not a transaction: on Redis each add is atomic on its own, and a call that Redis did
+    /// not answer may have applied some of them there before the fallback applies them all.
+    pub async fn add_many(
+        &self,
+        ns: &Arc<str>,
+        adds: Vec<(String, i64, u32)>,
+        wait: Duration,
+    ) -> Result<Vec<i64>, Unavailable> {
+        let local_adds = |local: &Local, adds: Vec<(String, i64, u32)>| -> Vec<i64> {
+            adds.into_iter().map(|(key, delta, ttl_ms)| local.add(ns, key, delta, ttl_ms)).collect()
+        };
+        match self {
+            Kv::Embedded(local) => Ok(local_adds(local, adds)),
+            Kv::Redis { shared, fallback } => match redis::add_many(shared, ns, &adds, wait).await {
+                Some(values) => Ok(values),
+                None => shared.degrade("kv.add-many", || local_adds(fallback, adds)),
+            },
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -201,6 +240,20 @@ mod tests {
         assert_eq!(kv.add(&b, "n".into(), -5, 0), -3);
         kv.delete(&a, "k".into());
         assert_eq!(kv.get(&a, "k".into()), None);
+    }
+
+    #[tokio::test]
+    async fn many_at_once_answer_in_order_as_one_at_a_time_would() {
+        let kv = Kv::Embedded(Local::new(1 << 20));
+        let ns: Arc<str> = "p".into();
+        let wait = Duration::from_secs(1);
+        kv.set(&ns, "b".into(), b"bee".to_vec(), 0, wait).await.expect("set");
+        let added = kv.add_many(&ns, vec![("n".into(), 2, 0), ("m".into(), 5, 0), ("n".into(), 3, 0)], wait).await;
+        assert_eq!(added.expect("add-many"), [2, 5, 5], "in order, the repeated key twice");
+        let keys = ["a", "b", "n", "m"].map(str::to_owned).to_vec();
+        let got = kv.get_many(&ns, keys, wait).await.expect("get-many");
+        assert_eq!(got, [None, Some(b"bee".to_vec()), Some(b"5".to_vec()), Some(b"5".to_vec())]);
+        assert_eq!(kv.get_many(&ns, Vec::new(), wait).await.expect("none"), Vec::<Option<Vec<u8>>>::new());
     }
 
     #[test]

@@ -26,7 +26,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use weir_sdk::{Completion, Decision, HookSet, Plugin, PluginInfo, Request, Usage, catalog, kv, log, metrics};
+use weir_sdk::{
+    Completion, Decision, HookSet, MAX_MANY, Plugin, PluginInfo, Request, Usage, catalog, kv, log, metrics,
+};
 
 use guard::{Thresholds, Window};
 use split::Variant;
@@ -251,9 +253,12 @@ impl Plugin for Canary {
         }
 
         let Some(guard) = &split.guard else { return };
-        record(split, guard, variant, now, error, outcome.total_ms);
-        if variant == Variant::Canary && !rolled_back && !self::rolled_back(split) {
-            judge(split, guard, now);
+        // Two state calls at most (each one round trip on Redis): the outcome's counters, then
+        // everything the judgement reads.
+        let judging = variant == Variant::Canary && !rolled_back;
+        let latency = record(split, guard, variant, now, error, outcome.total_ms, judging);
+        if judging {
+            judge(split, guard, now, latency);
         }
     }
 }
@@ -368,48 +373,85 @@ fn stat_key(split: &Split, variant: Variant, bucket: u64, stat: &str) -> String 
     format!("{}:{}:{bucket}:{stat}", split.id, variant.label())
 }
 
-/// Adds one outcome to the current time bucket.
-fn record(split: &Split, guard: &Guard, variant: Variant, now: u64, error: bool, total_ms: u32) {
+/// Adds one outcome to the current time bucket, in one call. When `judging`, the same call claims
+/// the latency check of this second: whether this outcome is the first to, which then also reads
+/// the latency histograms.
+fn record(split: &Split, guard: &Guard, variant: Variant, now: u64, error: bool, total_ms: u32, judging: bool) -> bool {
     let bucket = now / guard.bucket_ms;
     // A bucket is needed until it leaves the window.
     let ttl = u32::try_from(guard.bucket_ms * (guard.buckets + 1)).unwrap_or(u32::MAX);
-    kv::add(&stat_key(split, variant, bucket, "n"), 1, ttl);
-    if error {
-        kv::add(&stat_key(split, variant, bucket, "e"), 1, ttl);
-    } else {
-        kv::add(&stat_key(split, variant, bucket, &format!("l{}", guard::latency_bin(total_ms))), 1, ttl);
+    let stat = if error { "e".to_owned() } else { format!("l{}", guard::latency_bin(total_ms)) };
+    let mut adds =
+        vec![(stat_key(split, variant, bucket, "n"), 1, ttl), (stat_key(split, variant, bucket, &stat), 1, ttl)];
+    if judging {
+        let second = now / LATENCY_CHECK_EVERY_MS;
+        adds.push((format!("{}:latency-check:{second}", split.id), 1, 2 * LATENCY_CHECK_EVERY_MS as u32));
     }
+    let added = kv::add_many(&adds);
+    judging && added.get(2) == Some(&1)
 }
 
-/// Sums a variant's buckets over the window (the current bucket and the `buckets - 1` before it).
-fn window(split: &Split, guard: &Guard, variant: Variant, now: u64, latency: bool) -> Window {
-    let read = |key: String| -> u64 {
-        kv::get(&key).and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
-    };
-    let current = now / guard.bucket_ms;
-    let mut w = Window::default();
-    for bucket in current.saturating_sub(guard.buckets - 1)..=current {
-        w.requests += read(stat_key(split, variant, bucket, "n"));
-        w.errors += read(stat_key(split, variant, bucket, "e"));
+/// The keys a variant's window is summed from: for the current bucket and the `buckets - 1`
+/// before it, the requests, the errors and, with `latency`, every latency bin.
+fn window_keys(split: &Split, guard: &Guard, variant: Variant, now: u64, latency: bool) -> Vec<String> {
+    let mut keys = Vec::new();
+    for bucket in window_buckets(guard, now) {
+        keys.push(stat_key(split, variant, bucket, "n"));
+        keys.push(stat_key(split, variant, bucket, "e"));
         if latency {
-            for (bin, n) in w.latency.iter_mut().enumerate() {
-                *n += read(stat_key(split, variant, bucket, &format!("l{bin}")));
+            keys.extend((0..guard::BINS).map(|bin| stat_key(split, variant, bucket, &format!("l{bin}"))));
+        }
+    }
+    keys
+}
+
+/// The buckets of the window ending at `now`.
+fn window_buckets(guard: &Guard, now: u64) -> std::ops::RangeInclusive<u64> {
+    let current = now / guard.bucket_ms;
+    current.saturating_sub(guard.buckets - 1)..=current
+}
+
+/// Sums the values read for [`window_keys`], consumed in the same order.
+fn window_from(values: &mut impl Iterator<Item = u64>, guard: &Guard, now: u64, latency: bool) -> Window {
+    let mut w = Window::default();
+    for _ in window_buckets(guard, now) {
+        w.requests += values.next().unwrap_or(0);
+        w.errors += values.next().unwrap_or(0);
+        if latency {
+            for n in &mut w.latency {
+                *n += values.next().unwrap_or(0);
             }
         }
     }
     w
 }
 
-/// Judges the canary and rolls it back when it fails the guard.
-fn judge(split: &Split, guard: &Guard, now: u64) {
-    // Only the first canary outcome of each second also reads the latency histograms.
-    let second = now / LATENCY_CHECK_EVERY_MS;
-    let latency = kv::add(&format!("{}:latency-check:{second}", split.id), 1, 2 * LATENCY_CHECK_EVERY_MS as u32) == 1;
-    let canary = window(split, guard, Variant::Canary, now, latency);
+/// A counter's value as `kv` holds it (decimal digits), 0 when missing.
+fn count(value: Option<Vec<u8>>) -> u64 {
+    value.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// `kv::get_many` over any number of keys, [`MAX_MANY`] to a call (one call but on the latency
+/// check, which reads every bin of both windows).
+fn get_all(keys: &[String]) -> Vec<Option<Vec<u8>>> {
+    keys.chunks(MAX_MANY).flat_map(kv::get_many).collect()
+}
+
+/// Judges the canary and rolls it back when it fails the guard: the rollback flag and both
+/// variants' windows in one read.
+fn judge(split: &Split, guard: &Guard, now: u64, latency: bool) {
+    let mut keys = vec![rollback_key(split)];
+    keys.extend(window_keys(split, guard, Variant::Canary, now, latency));
+    keys.extend(window_keys(split, guard, Variant::Baseline, now, latency));
+    let mut values = get_all(&keys).into_iter().map(count);
+    if values.next().unwrap_or(0) > 0 {
+        return;
+    }
+    let canary = window_from(&mut values, guard, now, latency);
     if canary.requests < guard.thresholds.min_requests {
         return;
     }
-    let baseline = window(split, guard, Variant::Baseline, now, latency);
+    let baseline = window_from(&mut values, guard, now, latency);
     let Some(trip) = guard::check(&canary, &baseline, &guard.thresholds, latency) else { return };
     // `add` is atomic: exactly one instance sees 1 and reports the rollback.
     if kv::add(&rollback_key(split), 1, 0) == 1 {
@@ -466,6 +508,34 @@ mod tests {
             weight,
             shadow: false,
             guard: GuardConfig::default(),
+        }
+    }
+
+    #[test]
+    fn a_window_is_summed_from_its_keys_in_the_order_they_were_read() {
+        let split = validate(&raw(10.0)).expect("valid");
+        let guard = split.guard.as_ref().expect("on by default");
+        let now = 1_000_000_000;
+        // The counters as `kv` would hold them: two buckets of the window, one from before it.
+        let current = now / guard.bucket_ms;
+        let store: BTreeMap<String, u64> = [
+            (stat_key(&split, Variant::Canary, current, "n"), 7),
+            (stat_key(&split, Variant::Canary, current, "e"), 2),
+            (stat_key(&split, Variant::Canary, current, &format!("l{}", guard::latency_bin(40))), 5),
+            (stat_key(&split, Variant::Canary, current - 5, "n"), 3),
+            (stat_key(&split, Variant::Canary, current - 6, "n"), 100),
+            (stat_key(&split, Variant::Baseline, current, "n"), 11),
+        ]
+        .into_iter()
+        .collect();
+        for latency in [false, true] {
+            let keys = window_keys(&split, guard, Variant::Canary, now, latency);
+            assert_eq!(keys.len(), 6 * if latency { 2 + guard::BINS } else { 2 });
+            let mut values = keys.iter().map(|k| store.get(k).copied().unwrap_or(0));
+            let w = window_from(&mut values, guard, now, latency);
+            assert_eq!(values.next(), None, "every value read is used");
+            assert_eq!((w.requests, w.errors), (10, 2), "the bucket before the window is left out");
+            assert_eq!(w.latency.iter().sum::<u64>(), if latency { 5 } else { 0 });
         }
     }
 

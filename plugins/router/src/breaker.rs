@@ -16,8 +16,11 @@
 //! that are not the probe do not extend an open circuit: they were sent before it opened.
 //!
 //! The logic runs over the [`Store`] trait, so its unit tests run natively on an in-memory store.
+//! Each step reads what it needs in one call (on Redis, one round trip): the circuits of all of a
+//! request's candidates at once, and a finished attempt's circuit and failure count together;
+//! writes happen only when something changes.
 
-use weir_sdk::{kv, log, metrics};
+use weir_sdk::{MAX_MANY, kv, log, metrics};
 
 /// How long one probe has the half-open target to itself if its request never reports back.
 const PROBE_MS: u32 = 10_000;
@@ -57,6 +60,8 @@ pub enum Change {
 /// Where the breaker keeps its state: the host's key-value store in the plugin.
 pub trait Store {
     fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// [`Store::get`] of every key, in order, in one call.
+    fn get_many(&self, keys: &[String]) -> Vec<Option<Vec<u8>>>;
     fn set(&self, key: &str, value: &[u8], ttl_ms: u32);
     /// Adds `delta` and returns the new value; a new key lives `ttl_ms` (0: for ever).
     fn add(&self, key: &str, delta: i64, ttl_ms: u32) -> i64;
@@ -69,6 +74,10 @@ pub struct Host;
 impl Store for Host {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
         kv::get(key)
+    }
+
+    fn get_many(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+        keys.chunks(MAX_MANY).flat_map(kv::get_many).collect()
     }
 
     fn set(&self, key: &str, value: &[u8], ttl_ms: u32) {
@@ -103,8 +112,9 @@ struct Opening {
     trips: u32,
 }
 
-fn opening(store: &impl Store, target: &str) -> Option<Opening> {
-    let value = store.get(&open_key(target))?;
+/// The opening an `open|…` value records.
+fn opening(value: Option<Vec<u8>>) -> Option<Opening> {
+    let value = value?;
     let text = std::str::from_utf8(&value).ok()?;
     let (until, trips) = text.split_once(',').unwrap_or((text, "0"));
     Some(Opening { until: until.parse().ok()?, trips: trips.parse().unwrap_or(0) })
@@ -116,27 +126,35 @@ impl Breaker {
         self.min_cooldown_ms.saturating_mul(1 << trips.min(32)).min(self.max_cooldown_ms)
     }
 
-    /// The target's state for a new request at `now`. Claims the probe when the cooldown is over.
-    pub fn state(&self, store: &impl Store, target: &str, now: u64) -> State {
-        match opening(store, target) {
-            None => State::Closed,
-            Some(o) if now < o.until => State::Open { until: o.until },
-            Some(o) => {
-                if store.add(&probe_key(target), 1, PROBE_MS) == 1 {
-                    State::Probe
-                } else {
-                    // Someone else is probing; until it reports, treat the target as cooling down.
-                    State::Open { until: o.until.max(now + 1000) }
+    /// Each target's state for a new request at `now`, their circuits read in one call. Claims
+    /// the probe of a target whose cooldown is over.
+    pub fn states(&self, store: &impl Store, targets: &[String], now: u64) -> Vec<State> {
+        let keys: Vec<String> = targets.iter().map(|t| open_key(t)).collect();
+        let openings = store.get_many(&keys);
+        targets
+            .iter()
+            .zip(openings)
+            .map(|(target, value)| match opening(value) {
+                None => State::Closed,
+                Some(o) if now < o.until => State::Open { until: o.until },
+                Some(o) => {
+                    if store.add(&probe_key(target), 1, PROBE_MS) == 1 {
+                        State::Probe
+                    } else {
+                        // Someone else is probing; until it reports, treat the target as cooling down.
+                        State::Open { until: o.until.max(now + 1000) }
+                    }
                 }
-            }
-        }
+            })
+            .collect()
     }
 
     /// Records how one attempt at `target` went; `probe` says it was this request's probe.
     pub fn record(&self, store: &impl Store, target: &str, success: bool, probe: bool, now: u64) -> Change {
-        let open = opening(store, target);
+        let mut read = store.get_many(&[open_key(target), fails_key(target)]).into_iter();
+        let (open, failing) = (opening(read.next().flatten()), read.next().flatten().is_some());
         if success {
-            if store.get(&fails_key(target)).is_some() {
+            if failing {
                 store.delete(&fails_key(target));
             }
             if open.is_some() {
@@ -202,19 +220,43 @@ mod tests {
     use super::*;
 
     /// The key-value store without TTLs (no test here runs long enough for one to matter).
+    /// Counts its calls: each is a round trip when the host's store is Redis.
     #[derive(Default)]
-    struct Memory(RefCell<HashMap<String, Vec<u8>>>);
+    struct Memory(RefCell<HashMap<String, Vec<u8>>>, std::cell::Cell<usize>);
+
+    impl Memory {
+        fn call(&self) {
+            self.1.set(self.1.get() + 1);
+        }
+
+        /// The calls since the last time this was asked.
+        fn calls(&self) -> usize {
+            self.1.replace(0)
+        }
+
+        fn state(&self, target: &str, now: u64) -> State {
+            B.states(self, &[target.to_owned()], now)[0]
+        }
+    }
 
     impl Store for Memory {
         fn get(&self, key: &str) -> Option<Vec<u8>> {
+            self.call();
             self.0.borrow().get(key).cloned()
         }
 
+        fn get_many(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+            self.call();
+            keys.iter().map(|k| self.0.borrow().get(k).cloned()).collect()
+        }
+
         fn set(&self, key: &str, value: &[u8], _: u32) {
+            self.call();
             self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
         }
 
         fn add(&self, key: &str, delta: i64, _: u32) -> i64 {
+            self.call();
             let mut map = self.0.borrow_mut();
             let old = map.get(key).and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok()).unwrap_or(0);
             map.insert(key.to_owned(), (old + delta).to_string().into_bytes());
@@ -222,6 +264,7 @@ mod tests {
         }
 
         fn delete(&self, key: &str) {
+            self.call();
             self.0.borrow_mut().remove(key);
         }
     }
@@ -241,15 +284,15 @@ mod tests {
         let s = Memory::default();
         assert_eq!(B.record(&s, T, false, false, 0), Change::None);
         assert_eq!(B.record(&s, T, false, false, 0), Change::Opened { cooldown_ms: 1_000, failures: 2 });
-        assert_eq!(B.state(&s, T, 500), State::Open { until: 1_000 });
-        assert_eq!(B.state(&s, T, 1_000), State::Probe);
-        assert_eq!(B.state(&s, T, 1_000), State::Open { until: 2_000 }, "one probe at a time");
+        assert_eq!(s.state(T, 500), State::Open { until: 1_000 });
+        assert_eq!(s.state(T, 1_000), State::Probe);
+        assert_eq!(s.state(T, 1_000), State::Open { until: 2_000 }, "one probe at a time");
         assert_eq!(B.record(&s, T, false, true, 1_100), Change::Opened { cooldown_ms: 2_000, failures: 0 });
-        assert_eq!(B.state(&s, T, 3_099), State::Open { until: 3_100 });
+        assert_eq!(s.state(T, 3_099), State::Open { until: 3_100 });
         // The target recovered: the next probe, two seconds on, closes the circuit.
-        assert_eq!(B.state(&s, T, 3_100), State::Probe);
+        assert_eq!(s.state(T, 3_100), State::Probe);
         assert_eq!(B.record(&s, T, true, true, 3_150), Change::Closed);
-        assert_eq!(B.state(&s, T, 3_200), State::Closed);
+        assert_eq!(s.state(T, 3_200), State::Closed);
         // Closed means the next opening starts short again.
         B.record(&s, T, false, false, 4_000);
         assert_eq!(B.record(&s, T, false, false, 4_000), Change::Opened { cooldown_ms: 1_000, failures: 2 });
@@ -262,10 +305,29 @@ mod tests {
         B.record(&s, T, false, false, 0);
         // A request sent before the circuit opened fails after its cooldown ended.
         assert_eq!(B.record(&s, T, false, false, 1_500), Change::None);
-        assert_eq!(B.state(&s, T, 1_500), State::Probe, "still half-open, probing");
+        assert_eq!(s.state(T, 1_500), State::Probe, "still half-open, probing");
         // A forced request (or one already in flight) gets through: the circuit closes.
         assert_eq!(B.record(&s, T, true, false, 1_600), Change::Closed);
-        assert_eq!(B.state(&s, T, 1_600), State::Closed);
+        assert_eq!(s.state(T, 1_600), State::Closed);
+    }
+
+    #[test]
+    fn each_step_reads_the_store_once_and_writes_only_what_changed() {
+        let s = Memory::default();
+        let targets: Vec<String> = ["a/x", "b/y", "c/z"].map(str::to_owned).to_vec();
+        assert_eq!(B.states(&s, &targets, 0), [State::Closed; 3]);
+        assert_eq!(s.calls(), 1, "every candidate's circuit in one read");
+        assert_eq!(B.record(&s, "b/y", true, false, 0), Change::None);
+        assert_eq!(s.calls(), 1, "a healthy target's success: one read, nothing written");
+        B.record(&s, "b/y", false, false, 0);
+        assert_eq!(s.calls(), 2, "a first failure: one read, one count");
+        assert_eq!(B.record(&s, "b/y", false, false, 0), Change::Opened { cooldown_ms: 1_000, failures: 2 });
+        s.calls();
+        let states = B.states(&s, &targets, 500);
+        assert_eq!(states, [State::Closed, State::Open { until: 1_000 }, State::Closed]);
+        assert_eq!(s.calls(), 1, "an open circuit among them costs no extra call");
+        assert_eq!(B.states(&s, &targets, 1_000)[1], State::Probe);
+        assert_eq!(s.calls(), 2, "a cooled-down one: the read, and claiming the probe");
     }
 
     #[test]
@@ -273,8 +335,8 @@ mod tests {
         let s = Memory::default();
         B.record(&s, T, false, false, 0);
         B.record(&s, T, false, false, 0);
-        assert_eq!(B.state(&s, T, 1_000), State::Probe);
+        assert_eq!(s.state(T, 1_000), State::Probe);
         B.release_probe(&s, T);
-        assert_eq!(B.state(&s, T, 1_001), State::Probe);
+        assert_eq!(s.state(T, 1_001), State::Probe);
     }
 }

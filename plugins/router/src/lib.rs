@@ -199,9 +199,12 @@ impl Plugin for Router {
         let now = catalog::now_ms();
         let mut cooling = None::<u64>;
         let mut probe = None;
+        let candidates = fit_context(candidates, needed);
+        let targets: Vec<String> = candidates.iter().map(|c| c.target.clone()).collect();
+        let states = self.breaker.states(&Host, &targets, now);
         let mut available = Vec::with_capacity(candidates.len());
-        for mut c in fit_context(candidates, needed) {
-            match self.breaker.state(&Host, &c.target, now) {
+        for (mut c, state) in candidates.into_iter().zip(states) {
+            match state {
                 State::Open { until } => {
                     cooling = Some(cooling.map_or(until, |u| u.min(until)));
                     continue;
