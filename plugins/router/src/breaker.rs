@@ -59,8 +59,7 @@ pub enum Change {
 
 /// Where the breaker keeps its state: the host's key-value store in the plugin.
 pub trait Store {
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
-    /// [`Store::get`] of every key, in order, in one call.
+    /// The value of every key, in order, in one call.
     fn get_many(&self, keys: &[String]) -> Vec<Option<Vec<u8>>>;
     fn set(&self, key: &str, value: &[u8], ttl_ms: u32);
     /// Adds `delta` and returns the new value; a new key lives `ttl_ms` (0: for ever).
@@ -72,10 +71,6 @@ pub trait Store {
 pub struct Host;
 
 impl Store for Host {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        kv::get(key)
-    }
-
     fn get_many(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
         keys.chunks(MAX_MANY).flat_map(kv::get_many).collect()
     }
@@ -240,11 +235,6 @@ mod tests {
     }
 
     impl Store for Memory {
-        fn get(&self, key: &str) -> Option<Vec<u8>> {
-            self.call();
-            self.0.borrow().get(key).cloned()
-        }
-
         fn get_many(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
             self.call();
             keys.iter().map(|k| self.0.borrow().get(k).cloned()).collect()
