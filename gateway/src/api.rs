@@ -24,7 +24,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -388,7 +387,7 @@ pub fn check_model_name(model: &str) -> Result<(), Error> {
 
 /// Reads a request body of at most `limit` bytes within `timeout`.
 pub async fn read_body(
-    body: Incoming,
+    body: impl crate::body::RequestBody,
     headers: &http::HeaderMap,
     limit: usize,
     timeout: Duration,

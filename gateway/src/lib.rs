@@ -1,11 +1,15 @@
-//! Weir's data plane as a library: the `weir` binary is a thin CLI over it, and the integration tests
-//! start it in-process on port 0.
+//! Weir's data plane as a library. Build on [`Weir`] (the [`embed`] module): a gateway in your own
+//! process, built from a config file or TOML text, answering `http::Request`s with no socket,
+//! serving listeners, reloading and shutting down gracefully. The `weir` binary is a thin CLI over
+//! the same type. The other modules are public for the gateway's own tests and benches; they are
+//! not a stable API.
 
 pub mod accounting;
 pub mod api;
 pub mod auth;
 pub mod body;
 pub mod call;
+pub mod embed;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
@@ -19,6 +23,9 @@ pub mod state;
 pub mod stream;
 pub mod surface;
 pub mod worker;
+
+pub use body::{Body, RequestBody};
+pub use embed::{Served, Weir};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tracing_subscriber::EnvFilter;
-use weir::Gateway;
+use weir::{Gateway, Weir};
 use weir_config::{Config, LogFormat, ProcessEnv};
 
 #[derive(Parser)]
@@ -258,8 +258,8 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
     let listen = config.server.listen;
     runtime.block_on(async move {
         // Plugins compile here, before any port is bound: a plugin that does not load stops the start.
-        let gateway = Gateway::new(config, Box::new(ProcessEnv)).await?;
-        let app = gateway.current();
+        let weir = Weir::from_config(config).await?;
+        let app = weir.core().current();
         if app.auth.is_open() {
             tracing::warn!(%listen, "no API keys configured: serving without authentication (allowed on loopback only)");
         }
@@ -272,9 +272,11 @@ fn serve(file: Option<&Path>) -> anyhow::Result<()> {
         }
         drop(app);
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        weir::reload::on_sighup(gateway.clone());
-        let _watcher = weir::reload::watch_files(gateway.clone());
-        weir::server::serve(listener, gateway, shutdown_signal()).await?;
+        weir::reload::on_sighup(weir.core().clone());
+        let _watcher = weir::reload::watch_files(weir.core().clone());
+        weir.serve(listener)?;
+        shutdown_signal().await;
+        weir.shutdown().await;
         Ok(())
     })
 }

@@ -18,14 +18,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::api::{
     self, ChatRequest, ClientRequest, CompletionsRequest, EmbeddingsRequest, MessagesRequest, ModelRequest,
     ResponsesRequest, Surfaced, models, responses,
 };
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::call::{Admitted, Arrival, ModelCall};
 use crate::error::{Error, Kind, Shape, Side};
 use crate::metrics::HttpLabels;
@@ -116,7 +115,7 @@ impl Endpoint {
 }
 
 /// Serves one HTTP request. Never fails: every error becomes an OpenAI-shaped response here.
-pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(gateway: Arc<Gateway>, request: Request<impl RequestBody>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     // The app is taken once: a reload during this request does not change what serves it.
     let app = gateway.current();
@@ -150,7 +149,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result
 async fn dispatch(
     gateway: &Arc<Gateway>,
     app: &Arc<App>,
-    request: Request<Incoming>,
+    request: Request<impl RequestBody>,
     endpoint: Endpoint,
     request_id: Arc<str>,
     started: Instant,
@@ -199,7 +198,7 @@ async fn dispatch(
         }
         Endpoint::StoredResponse | Endpoint::InputItems | Endpoint::CancelResponse => {
             let principal = app.auth.authenticate(request.headers())?;
-            stored_response(app, endpoint, &request, &principal.team).await
+            stored_response(app, endpoint, request.method(), request.uri(), &principal.team).await
         }
         Endpoint::Models => {
             app.auth.authenticate(request.headers())?;
@@ -347,15 +346,16 @@ fn state_unavailable(unavailable: crate::state::Unavailable) -> Error {
 async fn stored_response(
     app: &Arc<App>,
     endpoint: Endpoint,
-    request: &Request<Incoming>,
+    method: &Method,
+    uri: &http::Uri,
     team: &str,
 ) -> Result<Response<Body>, Error> {
-    let rest = request.uri().path().trim_start_matches("/v1/responses/").trim_end_matches('/');
+    let rest = uri.path().trim_start_matches("/v1/responses/").trim_end_matches('/');
     let id = rest.split('/').next().unwrap_or_default();
     let not_found = || {
         Error::new(Kind::NotFound, format!("No response found with id '{id}'.")).param("response_id").code("not_found")
     };
-    if endpoint == Endpoint::StoredResponse && request.method() == Method::DELETE {
+    if endpoint == Endpoint::StoredResponse && method == Method::DELETE {
         if !app.responses.delete(team, id).await.map_err(state_unavailable)? {
             return Err(not_found());
         }
@@ -371,9 +371,7 @@ async fn stored_response(
         .code("invalid_request")),
         Endpoint::InputItems => {
             let query: Vec<(String, String)> =
-                url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-                    .into_owned()
-                    .collect();
+                url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
             let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
             let limit = match param("limit").map(str::parse::<usize>) {
                 None => 20,

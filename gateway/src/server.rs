@@ -73,12 +73,58 @@ fn connection_limit(configured: usize) -> usize {
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains. Listener settings (TLS,
 /// timeouts) come from the configuration at start; a reload changes routing, keys and plugins.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    Server::new(listener, gateway)?.run(shutdown).await
+}
+
+/// A listener made ready to serve: its TLS acceptor built and its settings copied, so that what can
+/// fail at start (an unreadable certificate) fails before anything runs (`weir::Weir::serve` returns
+/// it to the caller rather than losing it in a task).
+pub struct Server {
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    /// Copied out, so that the accept loop does not keep the first app (and its plugin versions,
+    /// with their metric series) alive after a reload.
+    settings: weir_config::Server,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    pub fn new(listener: TcpListener, gateway: Arc<Gateway>) -> io::Result<Self> {
+        let settings = gateway.current().config.server.clone();
+        let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
+        Ok(Self { listener, gateway, settings, tls })
+    }
+
+    /// The address it listens on (the port chosen when it was bound to port 0).
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts and serves connections until `shutdown` resolves, then drains them within
+    /// `server.shutdown_grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let Self { listener, gateway, settings, tls } = self;
+        serve_on(listener, gateway, &settings, tls, shutdown).await
+    }
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    server: &weir_config::Server,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let app = gateway.current();
-    // Copied out, so that this loop does not keep the first app (and its plugin versions, with
-    // their metric series) alive after a reload.
-    let server = app.config.server.clone();
-    let server = &server;
-    let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));

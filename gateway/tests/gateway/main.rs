@@ -11,6 +11,7 @@ mod completions;
 mod contract;
 mod deploy;
 mod durability;
+mod embed;
 mod errors;
 mod failover;
 mod gemini;
