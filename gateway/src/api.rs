@@ -6,6 +6,30 @@
 //! canonical answer (whole or streamed) back into its own shape (`completions.rs`, `messages.rs`,
 //! `responses.rs`): N surfaces and M upstream kinds meet in the middle.
 
+/// A unit-only enum of a request field, read only from its string form. serde's derive also reads
+/// the map form (`{"user": null}`), which no client means and which would be sent on as `"user"`:
+/// a different request from the one the client wrote (found by `properties.rs`).
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+        $vis enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                const NAMES: &[&str] = &[$($text),+];
+                let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                match &*name {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(serde::de::Error::unknown_variant(other, NAMES)),
+                }
+            }
+        }
+    };
+}
+
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

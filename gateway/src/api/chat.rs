@@ -36,15 +36,15 @@ pub struct Message {
     pub rest: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    Developer,
-    User,
-    Assistant,
-    Tool,
-    Function,
+string_enum! {
+    pub enum Role {
+        System = "system",
+        Developer = "developer",
+        User = "user",
+        Assistant = "assistant",
+        Tool = "tool",
+        Function = "function",
+    }
 }
 
 /// One part of a message's content, as the translating adapters read it.
@@ -342,6 +342,11 @@ mod tests {
         assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some("model"), Some("missing_required_parameter")));
         let e = err(r#"{"model":"m","messages":[{"role":"user"},{"role":"wizard"}]}"#);
         assert_eq!(e.param.as_deref(), Some("messages[1].role"), "{e}");
+        // Only the string form names a role: serde's map form for enums (`{"user": null}`) is no
+        // client's, and it would have gone upstream as `"user"`.
+        let e = err(r#"{"model":"m","messages":[{"role":{"function":null},"content":""}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"), "{e}");
+        assert!(e.message.contains("expected a string"), "{e}");
         let e = err(r#"{"model":"m","messages":[],"stream":"yes"}"#);
         assert_eq!(e.param.as_deref(), Some("stream"), "{e}");
         let e = err(r#"{"model":"m","messages":[]}"#);

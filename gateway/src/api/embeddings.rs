@@ -16,11 +16,11 @@ pub struct EmbeddingsRequest {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EncodingFormat {
-    Float,
-    Base64,
+string_enum! {
+    pub enum EncodingFormat {
+        Float = "float",
+        Base64 = "base64",
+    }
 }
 
 impl EmbeddingsRequest {

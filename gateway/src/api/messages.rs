@@ -82,11 +82,11 @@ pub struct MessageParam {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageRole {
-    User,
-    Assistant,
+string_enum! {
+    pub enum MessageRole {
+        User = "user",
+        Assistant = "assistant",
+    }
 }
 
 impl MessagesRequest {
