@@ -1,4 +1,4 @@
-//! The embedded call beside the same request over loopback HTTP, in one run: one `weir::Weir` in
+//! The embedded call beside the same request over loopback HTTP, in one run: one `weir::embed::Weir` in
 //! front of a local mock upstream, asked the same chat request (whole, then streamed) through
 //! `Weir::handle` (no socket between the application and the gateway) and through `Weir::serve` with
 //! a keep-alive reqwest client. Both pay the gateway's hop to the upstream; the difference is the
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use weir::Weir;
+use weir::embed::Weir;
 use weir_bench::mock::MockUpstream;
 
 const ROUNDS: usize = 9;

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use weir::Weir;
+use weir::embed::Weir;
 
 /// Used without a file argument: every model name goes to one OpenAI-compatible upstream.
 const CONFIG: &str = r#"

@@ -1,5 +1,5 @@
-//! The stable surface to build on: [`Weir`], a gateway inside your own process, re-exported at the
-//! crate root.
+//! The stable surface to build on: [`Weir`], a gateway inside your own process (`weir::embed::Weir`;
+//! not re-exported at the crate root, which this module builds on).
 //!
 //! Build one from a config file ([`Weir::from_file`]), a TOML string ([`Weir::from_toml`]), the
 //! embedded default configuration ([`Weir::from_default_config`]) or an already loaded
@@ -20,7 +20,7 @@
 //! use http_body_util::{BodyExt, Empty, Full};
 //!
 //! // One OpenAI-compatible upstream (nothing listens there: these requests never reach it) and one key.
-//! let weir = weir::Weir::from_toml(
+//! let weir = weir::embed::Weir::from_toml(
 //!     r#"
 //!     [[upstreams]]
 //!     name = "openai"
@@ -136,7 +136,7 @@ impl Weir {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let error = weir::Weir::from_toml("[[upstreams]]\nname = \"a\"\nendpoint = \"ftp://x\"").await.unwrap_err();
+    /// let error = weir::embed::Weir::from_toml("[[upstreams]]\nname = \"a\"\nendpoint = \"ftp://x\"").await.unwrap_err();
     /// assert!(error.to_string().contains("upstreams[0].endpoint"), "{error}");
     /// # }
     /// ```
@@ -152,7 +152,7 @@ impl Weir {
     /// ```no_run
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), weir::LoadError> {
-    /// let weir = weir::Weir::from_default_config().await?;
+    /// let weir = weir::embed::Weir::from_default_config().await?;
     /// # Ok(())
     /// # }
     /// ```

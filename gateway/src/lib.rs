@@ -1,4 +1,5 @@
-//! Weir's data plane as a library. Build on [`Weir`] (the [`embed`] module): a gateway in your own
+//! Weir's data plane as a library. Build on [`embed::Weir`] (the [`embed`] module, which sits
+//! above the rest of the crate, so the root does not re-export it): a gateway in your own
 //! process, built from a config file or TOML text, answering `http::Request`s with no socket,
 //! serving listeners, reloading and shutting down gracefully. The `weir` binary is a thin CLI over
 //! the same type. The other modules are public for the gateway's own tests and benches; they are
@@ -25,7 +26,6 @@ pub mod surface;
 pub mod worker;
 
 pub use body::{Body, RequestBody};
-pub use embed::{Served, Weir};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tracing_subscriber::EnvFilter;
-use weir::{Gateway, Weir};
+use weir::Gateway;
+use weir::embed::Weir;
 use weir_config::{Config, LogFormat, ProcessEnv};
 
 #[derive(Parser)]

@@ -77,7 +77,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
 }
 
 /// A listener made ready to serve: its TLS acceptor built and its settings copied, so that what can
-/// fail at start (an unreadable certificate) fails before anything runs (`weir::Weir::serve` returns
+/// fail at start (an unreadable certificate) fails before anything runs (`weir::embed::Weir::serve` returns
 /// it to the caller rather than losing it in a task).
 pub struct Server {
     listener: TcpListener,

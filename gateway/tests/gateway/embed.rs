@@ -1,4 +1,4 @@
-//! The embedding surface, `weir::Weir`, in front of the mock upstreams: requests answered in process
+//! The embedding surface, `weir::embed::Weir`, in front of the mock upstreams: requests answered in process
 //! through `handle` (whole, streamed chunk by chunk, cancelled by dropping the body, refused by a key
 //! or a plugin) and through `serve` on port 0; reloads under traffic and a graceful shutdown.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
-use weir::Weir;
+use weir::embed::Weir;
 use weir_bench::mock::MockUpstream;
 use weir_config::MapEnv;
 
