@@ -253,12 +253,11 @@ impl Plugin for Canary {
         }
 
         let Some(guard) = &split.guard else { return };
-        // Two state calls at most (each one round trip on Redis): the outcome's counters, then
-        // everything the judgement reads.
+        // One state call (one round trip on Redis): the outcome's counters, and for a canary
+        // outcome what its judgement reads, in the same call.
         let judging = variant == Variant::Canary && !rolled_back;
-        let latency = record(split, guard, variant, now, error, outcome.total_ms, judging);
-        if judging {
-            judge(split, guard, now, latency);
+        if let Some(read) = record(split, guard, variant, now, error, outcome.total_ms, judging) {
+            judge(split, guard, now, read);
         }
     }
 }
@@ -373,10 +372,27 @@ fn stat_key(split: &Split, variant: Variant, bucket: u64, stat: &str) -> String 
     format!("{}:{}:{bucket}:{stat}", split.id, variant.label())
 }
 
+/// What a canary outcome's call read for its judgement.
+struct Read {
+    /// This outcome is the first of its second to judge: the latency histograms are read too.
+    latency: bool,
+    /// The rollback flag, then both variants' windows without their histograms (see [`judge`]).
+    counts: Vec<u64>,
+}
+
 /// Adds one outcome to the current time bucket, in one call. When `judging`, the same call claims
-/// the latency check of this second: whether this outcome is the first to, which then also reads
-/// the latency histograms.
-fn record(split: &Split, guard: &Guard, variant: Variant, now: u64, error: bool, total_ms: u32, judging: bool) -> bool {
+/// the latency check of this second and reads the rollback flag and both variants' requests and
+/// errors, by adding 0 to them: `add` answers a counter's new value, so reading with it costs no
+/// second round trip (a missing counter is created at 0, with the TTL its bucket would get).
+fn record(
+    split: &Split,
+    guard: &Guard,
+    variant: Variant,
+    now: u64,
+    error: bool,
+    total_ms: u32,
+    judging: bool,
+) -> Option<Read> {
     let bucket = now / guard.bucket_ms;
     // A bucket is needed until it leaves the window.
     let ttl = u32::try_from(guard.bucket_ms * (guard.buckets + 1)).unwrap_or(u32::MAX);
@@ -386,9 +402,16 @@ fn record(split: &Split, guard: &Guard, variant: Variant, now: u64, error: bool,
     if judging {
         let second = now / LATENCY_CHECK_EVERY_MS;
         adds.push((format!("{}:latency-check:{second}", split.id), 1, 2 * LATENCY_CHECK_EVERY_MS as u32));
+        adds.push((rollback_key(split), 0, 0));
+        for v in [Variant::Canary, Variant::Baseline] {
+            adds.extend(window_keys(split, guard, v, now, false).into_iter().map(|key| (key, 0, ttl)));
+        }
     }
-    let added = kv::add_many(&adds);
-    judging && added.get(2) == Some(&1)
+    let added: Vec<i64> = adds.chunks(MAX_MANY).flat_map(kv::add_many).collect();
+    judging.then(|| Read {
+        latency: added.get(2) == Some(&1),
+        counts: added.iter().skip(3).map(|&n| u64::try_from(n).unwrap_or(0)).collect(),
+    })
 }
 
 /// The keys a variant's window is summed from: for the current bucket and the `buckets - 1`
@@ -437,13 +460,20 @@ fn get_all(keys: &[String]) -> Vec<Option<Vec<u8>>> {
     keys.chunks(MAX_MANY).flat_map(kv::get_many).collect()
 }
 
-/// Judges the canary and rolls it back when it fails the guard: the rollback flag and both
-/// variants' windows in one read.
-fn judge(split: &Split, guard: &Guard, now: u64, latency: bool) {
-    let mut keys = vec![rollback_key(split)];
-    keys.extend(window_keys(split, guard, Variant::Canary, now, latency));
-    keys.extend(window_keys(split, guard, Variant::Baseline, now, latency));
-    let mut values = get_all(&keys).into_iter().map(count);
+/// Judges the canary and rolls it back when it fails the guard, from what [`record`] read; the
+/// outcome that claimed this second's latency check reads the flag and both windows again with
+/// their histograms (once a second across every instance and replica, one more read).
+fn judge(split: &Split, guard: &Guard, now: u64, read: Read) {
+    let latency = read.latency;
+    let counts = if latency {
+        let mut keys = vec![rollback_key(split)];
+        keys.extend(window_keys(split, guard, Variant::Canary, now, true));
+        keys.extend(window_keys(split, guard, Variant::Baseline, now, true));
+        get_all(&keys).into_iter().map(count).collect()
+    } else {
+        read.counts
+    };
+    let mut values = counts.into_iter();
     if values.next().unwrap_or(0) > 0 {
         return;
     }
