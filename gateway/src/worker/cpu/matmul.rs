@@ -218,14 +218,18 @@ fn stream(x: &[f32], m: usize, w: &CpuMat, bias: Option<&[f32]>, epilogue: Epilo
         });
         return;
     }
-    TRANSPOSED.with_borrow_mut(|t| {
-        t.clear();
-        t.resize(n * m, 0.0);
-        kernels::chunked(t, OUTPUTS_PER_TASK * m, parallel, |task, block| {
-            kernels::simd(Rows { x, m, w, j0: task * OUTPUTS_PER_TASK, block });
-        });
-        kernels::simd(LayOut { t, m, n, bias, epilogue, out });
+    // Taken out of the thread local, not borrowed from it: while this thread waits for the pool,
+    // rayon may run another product on it (one of another model's, or of another test's), which
+    // would find the buffer still borrowed and panic the model thread. Intermittent, and it was:
+    // "the model thread dropped the request" in the worker tests.
+    let mut t = TRANSPOSED.take();
+    t.clear();
+    t.resize(n * m, 0.0);
+    kernels::chunked(&mut t, OUTPUTS_PER_TASK * m, parallel, |task, block| {
+        kernels::simd(Rows { x, m, w, j0: task * OUTPUTS_PER_TASK, block });
     });
+    kernels::simd(LayOut { t: &t, m, n, bias, epilogue, out });
+    TRANSPOSED.set(t);
 }
 
 /// The many-rows kernel: the `gemm` crate, bias and residual folded in through its `dst = α·dst
