@@ -546,6 +546,16 @@ fn resets(shared: &Shared, req: &Recorded) -> bool {
 /// Picks the protocol by path; OpenAI's takes everything the others do not claim.
 fn respond(shared: &Arc<Shared>, req: &Recorded) -> Response<MockBody> {
     let path = req.path.split('?').next().unwrap_or_default();
+    if path == "/mock/stats" {
+        // For clients in another process (the standalone `mock-upstream`, driven by the Python
+        // package's tests), which cannot call `MockUpstream`'s methods.
+        let stats = serde_json::json!({
+            "requests": shared.request_count.load(Ordering::Relaxed),
+            "connections": shared.connection_count.load(Ordering::Relaxed),
+            "cancelled_streams": shared.cancelled_streams.load(Ordering::Relaxed),
+        });
+        return json_response(StatusCode::OK, &stats);
+    }
     if path.starts_with("/openai/") {
         return azure::respond(shared, req, path);
     }

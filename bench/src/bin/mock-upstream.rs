@@ -1,6 +1,7 @@
 //! `mock-upstream`: the mock upstreams as a standalone server, for trying Weir by hand: OpenAI's API
 //! under `/v1`, and on the same port Azure OpenAI, the Gemini API, Vertex AI, Bedrock and their
-//! OAuth token endpoints (see `weir_bench::mock`).
+//! OAuth token endpoints (see `weir_bench::mock`). `GET /mock/stats` answers its counters
+//! (requests, connections, cancelled streams) as JSON.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +28,9 @@ struct Args {
     /// Delay between streamed events, e.g. 20ms.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     chunk_interval: Duration,
+    /// Break every stream (reset the connection) after this many events.
+    #[arg(long)]
+    break_stream_after: Option<usize>,
 }
 
 #[tokio::main]
@@ -38,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
         .chunk_interval(args.chunk_interval)
         // A long-lived server must not keep every request it ever saw.
         .record_requests(false);
+    if let Some(events) = args.break_stream_after {
+        builder = builder.break_stream_after(events);
+    }
     if let Some(key) = &args.api_key {
         builder = builder.api_key(key);
     }
