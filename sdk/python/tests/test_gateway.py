@@ -1,0 +1,139 @@
+"""`weir.Gateway` itself: configurations, errors, reload, the ledger, metrics, shutdown, other SDKs."""
+
+from __future__ import annotations
+
+import datetime
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+import weir
+from conftest import KEY, OTHER_KEY, eventually, gateway_config, metric
+
+MESSAGES = [{"role": "user", "content": "hello from python"}]
+
+
+def openai_client(gw: weir.Gateway, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://weir/v1", api_key=key, max_retries=0, http_client=httpx.Client(transport=gw.transport()))
+
+
+def test_the_default_config_answers_weir_tiny_chat_with_no_network(tmp_path, monkeypatch):
+    # The default config writes its ledger to ./weir-ledger.jsonl, and sends unknown models to
+    # $WEIR_UPSTREAM: a closed port here, so an answer can only come from the local model.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEIR_UPSTREAM", "http://127.0.0.1:9/v1")
+    with weir.Gateway() as gw:
+        client = openai_client(gw, "unused")
+        r = client.chat.completions.create(
+            model="weir-tiny-chat", messages=[{"role": "user", "content": "Where is Phileas Fogg?"}], max_tokens=16
+        )
+        assert r.object == "chat.completion"
+        assert r.choices[0].message.content, r
+        assert 0 < r.usage.completion_tokens <= 16, r.usage
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert e.value.status_code >= 500, e.value
+
+
+def test_a_bad_config_raises_config_error_with_the_field_path():
+    with pytest.raises(weir.ConfigError) as e:
+        weir.Gateway(config='[[upstreams]]\nname = "a"\nendpoint = "ftp://x"')
+    assert "upstreams[0].endpoint" in str(e.value), e.value
+    assert isinstance(e.value, weir.WeirError)
+    with pytest.raises(weir.ConfigError) as e:
+        weir.Gateway(config_file="/nonexistent/weir.toml")
+    assert "/nonexistent/weir.toml" in str(e.value), e.value
+    with pytest.raises(ValueError):
+        weir.Gateway(config_file="a.toml", config="")
+
+
+def test_reload_from_the_file_and_from_text(mocks, tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    path = tmp_path / "weir.toml"
+    path.write_text(gateway_config(mocks, ledger))
+    with weir.Gateway(config_file=path) as gw:
+        client = openai_client(gw)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="renamed", messages=MESSAGES)
+        path.write_text(gateway_config(mocks, ledger).replace('name = "gpt-test"', 'name = "renamed"'))
+        gw.reload()
+        assert client.chat.completions.create(model="renamed", messages=MESSAGES).choices[0].message.content
+        # An invalid file keeps the current configuration serving, and says why.
+        path.write_text("[[models]]\nname = 3\n")
+        with pytest.raises(weir.ConfigError) as e:
+            gw.reload()
+        assert "models" in str(e.value), e.value
+        assert client.chat.completions.create(model="renamed", messages=MESSAGES).choices[0].message.content
+        gw.reload(config=gateway_config(mocks, ledger))
+        assert client.chat.completions.create(model="gpt-test", messages=MESSAGES).choices[0].message.content
+
+
+def test_spend_reports_the_ledger_as_weir_spend_does(mocks, tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    with weir.Gateway(config=gateway_config(mocks, ledger)) as gw:
+        assert gw.ledger_path == str(ledger)
+        for key, n in ((KEY, 2), (OTHER_KEY, 1)):
+            client = openai_client(gw, key)
+            for _ in range(n):
+                client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        # The ledger is written as each request is accounted, which may end just after its answer.
+        assert eventually(lambda: gw.spend(by=["key"])[-1]["requests"], 3) == 3
+        rows = gw.spend(by=["key"])
+        assert [r.get("key") for r in rows] == ["other", "python", None], rows
+        assert [r["requests"] for r in rows] == [1, 2, 3], rows
+        total = rows[-1]
+        assert total["prompt_tokens"] > 0 and total["completion_tokens"] > 0, total
+        assert isinstance(total["cost_usd"], str)
+        today = datetime.datetime.now(datetime.timezone.utc).date()
+        assert gw.spend(by=["day"], since=today)[0]["day"] == today.isoformat()
+        assert gw.spend(since=today + datetime.timedelta(days=1))[-1]["requests"] == 0
+        with pytest.raises(ValueError, match="cannot group by"):
+            gw.spend(by=["colour"])
+
+
+def test_metrics_count_requests(gateway):
+    before = metric(gateway.metrics(), "weir_requests_total", model="gpt-test", outcome="ok")
+    openai_client(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
+    read = lambda: metric(gateway.metrics(), "weir_requests_total", model="gpt-test", outcome="ok")
+    assert eventually(read, before + 1) == before + 1
+
+
+def test_context_manager_shuts_down(mocks, tmp_path):
+    with weir.Gateway(config=gateway_config(mocks, tmp_path / "ledger.jsonl")) as gw:
+        client = openai_client(gw)
+        assert client.chat.completions.create(model="gpt-test", messages=MESSAGES).choices[0].message.content
+    assert gw.closed
+    assert gw.shutdown(), "a second shutdown is a no-op"
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    with pytest.raises(weir.GatewayClosed):
+        gw.serve("127.0.0.1:0")
+
+
+def test_anthropic_sdk_on_messages(gateway):
+    # anthropic 2.x accepts only httpx2 clients (older releases, httpx): the transport serves either.
+    module = httpx
+    if "httpx2" in anthropic._base_client.__dict__:
+        import httpx2 as module
+    client = anthropic.Anthropic(
+        base_url="http://weir", api_key=KEY, max_retries=0, http_client=module.Client(transport=gateway.transport())
+    )
+    message = client.messages.create(model="gpt-test", max_tokens=64, messages=MESSAGES)
+    assert message.content[0].text == "echo: hello from python", message
+    assert message.usage.output_tokens > 0
+    with client.messages.stream(model="gpt-test", max_tokens=64, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+    assert text == "echo: hello from python", text
+
+
+def test_httpx2_clients_work_too(gateway):
+    # Newer openai and anthropic SDKs are built on httpx2; the same transport serves its clients.
+    httpx2 = pytest.importorskip("httpx2")
+    client = openai.OpenAI(
+        base_url="http://weir/v1", api_key=KEY, max_retries=0, http_client=httpx2.Client(transport=gateway.transport())
+    )
+    assert client.chat.completions.create(model="gpt-test", messages=MESSAGES).choices[0].message.content
+    chunks = list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello from python"
