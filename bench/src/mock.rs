@@ -2,7 +2,9 @@
 //! (`mock/openai.rs` for chat and embeddings, `mock/completions.rs` for legacy completions,
 //! `mock/responses.rs` for the Responses API), Anthropic's (`mock/anthropic.rs`), Azure OpenAI's
 //! (`mock/azure.rs`), Gemini's for Vertex and the Gemini API (`mock/gemini.rs`), Bedrock's
-//! (`mock/bedrock.rs`, Claude's InvokeModel included) and the OAuth token endpoints
+//! (`mock/bedrock.rs`, Claude's InvokeModel included), SageMaker Runtime's (`mock/sagemaker.rs`:
+//! `InvokeEndpoint`, prediction traffic), Azure ML's (`mock/azureml.rs`: an online endpoint's
+//! `/score`) and the OAuth token endpoints
 //! (`mock/oauth.rs`). Each protocol's file has the same entry point, `respond(shared, req, path)`.
 //!
 //! This file holds what they share: the server (tests and the load harness start one with
@@ -32,14 +34,17 @@ use tokio::task::{AbortHandle, JoinSet};
 
 mod anthropic;
 mod azure;
+mod azureml;
 mod bedrock;
 mod completions;
 mod gemini;
 mod oauth;
 mod openai;
 mod responses;
+mod sagemaker;
 
 pub use openai::{FIXTURES, MODELS, fixture};
+pub use sagemaker::{VARIANTS as SAGEMAKER_VARIANTS, sagemaker_score};
 
 use openai::{ApiError, check_api_key, model_not_found};
 
@@ -533,6 +538,10 @@ fn resets(shared: &Shared, req: &Recorded) -> bool {
         || path == "/v1/messages"
         || path == "/v1/responses"
         || path.starts_with("/model/")
+        || path.starts_with("/endpoints/")
+        || path == "/score"
+        || path.contains(":predict")
+        || path.contains(":rawPredict")
         || path.contains(":generateContent")
         || path.contains(":streamGenerateContent");
     let config = &shared.config;
@@ -560,11 +569,18 @@ fn respond(shared: &Arc<Shared>, req: &Recorded) -> Response<MockBody> {
         return azure::respond(shared, req, path);
     }
     let gemini_api = path.starts_with("/v1beta/models/") || (path.starts_with("/v1/models/") && path.contains(':'));
-    if gemini_api || path.contains("/publishers/google/models/") {
+    let vertex_endpoint = path.starts_with("/v1/projects/") && path.contains("/endpoints/");
+    if gemini_api || vertex_endpoint || path.contains("/publishers/google/models/") {
         return gemini::respond(shared, req, path);
     }
     if path.starts_with("/model/") {
         return bedrock::respond(shared, req, path);
+    }
+    if path.starts_with("/endpoints/") {
+        return sagemaker::respond(shared, req, path);
+    }
+    if path == "/score" {
+        return azureml::respond(shared, req);
     }
     if path == "/token" || path.ends_with("/oauth2/v2.0/token") {
         return oauth::respond(shared, req, path);

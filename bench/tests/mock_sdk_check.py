@@ -1,5 +1,6 @@
 """The mock upstreams checked by each provider's own SDK, so that they cannot drift from the real
-protocols: boto3 for Bedrock (SigV4, event-stream frames, exceptions, InvokeModel for Claude),
+protocols: boto3 for Bedrock (SigV4, event-stream frames, exceptions, InvokeModel for Claude) and
+SageMaker Runtime (InvokeEndpoint: JSON and CSV, variants, ModelError),
 google-genai for the Gemini API and Vertex AI (with google-auth's service-account flow against the
 mock's token endpoint), the `openai` package's AzureOpenAI for Azure OpenAI and its Responses and
 legacy Completions clients, and the `anthropic` package for the Anthropic API.
@@ -107,6 +108,54 @@ def bedrock_invoke_model_embeddings():
     assert len(body["embedding"]) == 4 and body["inputTextTokenCount"] == 2, body
     r = bedrock().invoke_model(modelId="cohere.embed-english-v3", body=json.dumps({"texts": ["a", "b"], "input_type": "search_document"}))
     assert len(json.loads(r["body"].read())["embeddings"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# SageMaker real-time endpoints, with boto3's sagemaker-runtime
+
+
+def sagemaker(key_id=AWS_KEY_ID, secret="mock-secret"):
+    return boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        endpoint_url=URL,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
+
+
+def score(features):
+    import math
+    return round(1 / (1 + math.exp(-sum(features) / 100)) * 1e6) / 1e6
+
+
+@check
+def sagemaker_invoke_endpoint_json_and_csv():
+    r = sagemaker().invoke_endpoint(EndpointName="fraud", ContentType="application/json", Accept="application/json",
+                                    Body=json.dumps({"instances": [[10, 20], [-50, 0]]}), CustomAttributes="trace=1")
+    assert json.loads(r["Body"].read()) == {"predictions": [score([10, 20]), score([-50, 0])]}, r
+    assert r["InvokedProductionVariant"] == "primary" and r["CustomAttributes"] == "trace=1", r
+    r = sagemaker().invoke_endpoint(EndpointName="fraud", ContentType="text/csv", Accept="text/csv",
+                                    Body="1,2,3\n4,5,6\n", TargetVariant="canary")
+    assert r["Body"].read().decode().split() == [str(score([1, 2, 3])), str(score([4, 5, 6]))], r
+    assert r["ContentType"] == "text/csv" and r["InvokedProductionVariant"] == "canary", r
+
+
+@check
+def sagemaker_model_and_validation_errors():
+    client = sagemaker()
+    e = raises(client.exceptions.ModelError, lambda: client.invoke_endpoint(
+        EndpointName="fraud", ContentType="application/json", Body=json.dumps({"instances": [["x"]]})))
+    assert e.response["OriginalStatusCode"] == 400 and "not numbers" in e.response["OriginalMessage"], e.response
+    e = raises(client.exceptions.ModelError, lambda: client.invoke_endpoint(EndpointName="fraud", ContentType="image/png", Body=b"png"))
+    assert e.response["OriginalStatusCode"] == 415, e.response
+    e = raises(client.exceptions.ValidationError, lambda: client.invoke_endpoint(
+        EndpointName="fraud", ContentType="text/csv", Body="1", TargetVariant="blue"))
+    assert "invalid for endpoint" in e.response["Error"]["Message"], e.response
+    e = raises(botocore.exceptions.ClientError, lambda: sagemaker(secret="not-the-secret").invoke_endpoint(
+        EndpointName="fraud", ContentType="text/csv", Body="1"))
+    assert e.response["Error"]["Code"] == "InvalidSignatureException", e.response
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 pub use interpolate::{Env, MapEnv, ProcessEnv};
 pub use prices::default_price;
 pub use typed::{
-    Anthropic, ApiKey, AwsCredentials, Azure, AzureAuth, Backend, Bedrock, Config, Failover, InstanceMode, LedgerFsync,
-    LocalWorker, LogFormat, Logging, MidStream, Model, OnError, OnUnavailable, PluginConfig, PluginSource, Prefill,
-    Price, Provider, Quarantine, Redis, RedisTopology, Retry, Secret, Server, State, Target, Timeouts, Tls, Upstream,
-    UpstreamKind, Vertex, WILDCARD_MODEL,
+    Anthropic, ApiKey, Aws, AwsCredentials, Azure, AzureAuth, Backend, Capture, Config, Failover, InstanceMode,
+    LedgerFsync, LocalWorker, LogFormat, Logging, MidStream, Model, OnError, OnUnavailable, PluginConfig, PluginSource,
+    Prefill, Price, Provider, Quarantine, Redis, RedisTopology, Retry, Secret, Server, State, Target, Timeouts, Tls,
+    Upstream, UpstreamKind, Vertex, WILDCARD_MODEL,
 };
 
 /// Everything that can be wrong with a configuration.

@@ -65,7 +65,14 @@ pub fn default_price(model: &str) -> Option<Price> {
             .max_by_key(|(name, ..)| name.len())
     })?;
     let micros = |usd: f64| (usd * 1e6).round() as u64;
-    Some(Price { input: micros(entry.1), output: micros(entry.2), cached_input: micros(entry.3) })
+    Some(Price {
+        input: micros(entry.1),
+        output: micros(entry.2),
+        cached_input: micros(entry.3),
+        per_request: 0,
+        per_1k_instances: 0,
+        per_compute_second: 0,
+    })
 }
 
 #[cfg(test)]

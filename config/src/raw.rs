@@ -35,6 +35,20 @@ pub(crate) struct RawConfig {
     pub state: RawState,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub capture: RawCapture,
+}
+
+/// `[capture]`: where sampled predictions are written (models opt in with `capture`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCapture {
+    pub path: Option<String>,
+    pub max_file_bytes: Option<String>,
+    pub max_files: Option<i64>,
+    pub max_payload_bytes: Option<String>,
+    #[serde(default)]
+    pub exclude_teams: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,9 +78,17 @@ pub(crate) struct RawQuarantine {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPrice {
+    /// USD per million prompt tokens; 0 when not set (a model priced per prediction).
+    #[serde(default)]
     pub input: f64,
+    /// USD per million completion tokens.
+    #[serde(default)]
     pub output: f64,
     pub cached_input: Option<f64>,
+    /// Predictions: USD per request, per 1,000 instances, per second of the serving attempt.
+    pub per_request: Option<f64>,
+    pub per_1k_instances: Option<f64>,
+    pub per_compute_second: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,6 +265,8 @@ pub(crate) struct RawModel {
     pub timeouts: Option<RawModelTimeouts>,
     /// Overrides of `[failover]`, field by field.
     pub failover: Option<RawFailover>,
+    /// The percentage of this model's predictions written to `[capture]`.
+    pub capture: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,8 +35,25 @@ pub struct Config {
     pub state: State,
     /// Key names allowed to call `/admin/*`.
     pub admin_keys: Vec<String>,
+    /// Where sampled predictions are written.
+    pub capture: Capture,
     /// The file this config was read from, when it was (hot reload watches it).
     pub source: Option<PathBuf>,
+}
+
+/// `[capture]`: the sampled predictions of models that set `capture` (data capture, for drift
+/// against a training baseline), as JSON lines. Holds user data: off unless a model opts in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    /// The file written; it is rotated to `path.1`, `path.2`, … at `max_file_bytes`.
+    pub path: PathBuf,
+    pub max_file_bytes: u64,
+    /// Files kept, the current one included; the oldest is deleted.
+    pub max_files: u32,
+    /// A request or answer larger than this is recorded without its payload (`truncated`).
+    pub max_payload_bytes: u64,
+    /// Teams whose requests are never captured.
+    pub exclude_teams: Vec<String>,
 }
 
 /// One plugin of a chain.
@@ -103,6 +120,11 @@ pub struct Price {
     pub input: u64,
     pub output: u64,
     pub cached_input: u64,
+    /// Predictions, in picodollars (10⁻¹² USD): per request, per 1,000 instances, and per second
+    /// of the attempt that answered.
+    pub per_request: u64,
+    pub per_1k_instances: u64,
+    pub per_compute_second: u64,
 }
 
 /// Where host state lives.
@@ -363,11 +385,17 @@ pub enum UpstreamKind {
     Gemini,
     /// The Anthropic API (`x-api-key`, `anthropic-version`): Messages relayed natively.
     Anthropic,
+    /// Amazon SageMaker real-time endpoints (`InvokeEndpoint`, SigV4): prediction traffic.
+    SageMaker,
+    /// Azure Machine Learning managed online endpoints (`/score`, a key or Entra ID): prediction
+    /// traffic.
+    AzureMl,
 }
 
 impl UpstreamKind {
     /// The names accepted in `kind = "…"`.
-    pub const NAMES: &[&str] = &["openai", "worker", "azure-openai", "bedrock", "vertex", "gemini", "anthropic"];
+    pub const NAMES: &[&str] =
+        &["openai", "worker", "azure-openai", "bedrock", "vertex", "gemini", "anthropic", "sagemaker", "azureml"];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -378,6 +406,8 @@ impl UpstreamKind {
             UpstreamKind::Vertex => "vertex",
             UpstreamKind::Gemini => "gemini",
             UpstreamKind::Anthropic => "anthropic",
+            UpstreamKind::SageMaker => "sagemaker",
+            UpstreamKind::AzureMl => "azureml",
         }
     }
 }
@@ -388,7 +418,7 @@ pub enum Provider {
     /// `openai`, `worker` and `gemini` need nothing beyond `endpoint` and `api_key`.
     Plain,
     Azure(Azure),
-    Bedrock(Bedrock),
+    Aws(Aws),
     Vertex(Vertex),
     Anthropic(Anthropic),
 }
@@ -420,9 +450,9 @@ pub enum AzureAuth {
     Entra { token_endpoint: String, client_id: String, client_secret: Secret },
 }
 
-/// `kind = "bedrock"`.
+/// `kind = "bedrock"` and `kind = "sagemaker"`: an AWS region and how to sign for it.
 #[derive(Debug, Clone)]
-pub struct Bedrock {
+pub struct Aws {
     pub region: String,
     pub credentials: AwsCredentials,
 }
@@ -467,6 +497,8 @@ pub struct Model {
     pub first_token: Option<Duration>,
     /// `[failover]` with this model's overrides.
     pub failover: Failover,
+    /// The share of this model's predictions captured, in percent (0: none).
+    pub capture_percent: f64,
 }
 
 impl Model {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::raw::{
-    RawAdmin, RawConfig, RawFailover, RawKey, RawLog, RawModel, RawPlugin, RawPrice, RawRetry, RawServer, RawState,
-    RawTimeouts, RawUpstream,
+    RawAdmin, RawCapture, RawConfig, RawFailover, RawKey, RawLog, RawModel, RawPlugin, RawPrice, RawRetry, RawServer,
+    RawState, RawTimeouts, RawUpstream,
 };
 use crate::typed::*;
 use crate::{Env, FieldError};
@@ -202,20 +202,26 @@ impl Errors {
 /// The provider-specific fields of an upstream: each allowed only for its kind, each required one named.
 fn provider_settings(errs: &mut Errors, p: &str, kind: UpstreamKind, u: &RawUpstream, base_dir: &Path) -> Provider {
     let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    const AWS: &[UpstreamKind] = &[UpstreamKind::Bedrock, UpstreamKind::SageMaker];
+    const AZURE: &[UpstreamKind] = &[UpstreamKind::AzureOpenAi, UpstreamKind::AzureMl];
     let fields: [(&str, bool, &[UpstreamKind]); 16] = [
-        ("region", present(&u.region), &[UpstreamKind::Bedrock]),
-        ("access_key_id", present(&u.access_key_id), &[UpstreamKind::Bedrock]),
-        ("secret_access_key", present(&u.secret_access_key), &[UpstreamKind::Bedrock]),
-        ("session_token", present(&u.session_token), &[UpstreamKind::Bedrock]),
-        ("profile", present(&u.profile), &[UpstreamKind::Bedrock]),
+        ("region", present(&u.region), AWS),
+        ("access_key_id", present(&u.access_key_id), AWS),
+        ("secret_access_key", present(&u.secret_access_key), AWS),
+        ("session_token", present(&u.session_token), AWS),
+        ("profile", present(&u.profile), AWS),
         ("project", present(&u.project), &[UpstreamKind::Vertex]),
         ("location", present(&u.location), &[UpstreamKind::Vertex]),
-        ("credentials_file", present(&u.credentials_file), &[UpstreamKind::Vertex, UpstreamKind::Bedrock]),
+        (
+            "credentials_file",
+            present(&u.credentials_file),
+            &[UpstreamKind::Vertex, UpstreamKind::Bedrock, UpstreamKind::SageMaker],
+        ),
         ("api_version", present(&u.api_version), &[UpstreamKind::AzureOpenAi]),
-        ("tenant_id", present(&u.tenant_id), &[UpstreamKind::AzureOpenAi]),
-        ("client_id", present(&u.client_id), &[UpstreamKind::AzureOpenAi]),
-        ("client_secret", present(&u.client_secret), &[UpstreamKind::AzureOpenAi]),
-        ("token_endpoint", present(&u.token_endpoint), &[UpstreamKind::AzureOpenAi]),
+        ("tenant_id", present(&u.tenant_id), AZURE),
+        ("client_id", present(&u.client_id), AZURE),
+        ("client_secret", present(&u.client_secret), AZURE),
+        ("token_endpoint", present(&u.token_endpoint), AZURE),
         ("deployments", !u.deployments.is_empty(), &[UpstreamKind::AzureOpenAi]),
         ("native_responses", u.native_responses.is_some(), &[UpstreamKind::OpenAi, UpstreamKind::AzureOpenAi]),
         ("anthropic_version", present(&u.anthropic_version), &[UpstreamKind::Anthropic]),
@@ -253,7 +259,11 @@ fn provider_settings(errs: &mut Errors, p: &str, kind: UpstreamKind, u: &RawUpst
             ),
             credentials_file: u.credentials_file.as_deref().filter(|f| !f.is_empty()).map(|f| base_dir.join(f)),
         }),
-        UpstreamKind::Bedrock => {
+        UpstreamKind::SageMaker if present(&u.api_key) => {
+            errs.push(format!("{p}.api_key"), "SageMaker has no API keys: set access_key_id and secret_access_key, or leave both out for the AWS credential chain");
+            Provider::Plain
+        }
+        UpstreamKind::Bedrock | UpstreamKind::SageMaker => {
             let region = errs.required(p, "region", &u.region, "the AWS region, e.g. \"us-east-1\"");
             let explicit = present(&u.api_key) || present(&u.access_key_id);
             for (field, set) in [("profile", present(&u.profile)), ("credentials_file", present(&u.credentials_file))] {
@@ -288,9 +298,9 @@ fn provider_settings(errs: &mut Errors, p: &str, kind: UpstreamKind, u: &RawUpst
                     credentials_file: u.credentials_file.as_deref().filter(|f| !f.is_empty()).map(|f| base_dir.join(f)),
                 },
             };
-            Provider::Bedrock(Bedrock { region, credentials })
+            Provider::Aws(Aws { region, credentials })
         }
-        UpstreamKind::AzureOpenAi => {
+        UpstreamKind::AzureOpenAi | UpstreamKind::AzureMl => {
             let auth = match (secret(&u.api_key), present(&u.client_id) || present(&u.tenant_id)) {
                 (Some(_), true) => {
                     errs.push(
@@ -336,8 +346,11 @@ fn provider_settings(errs: &mut Errors, p: &str, kind: UpstreamKind, u: &RawUpst
 /// Where a cloud upstream lives when `endpoint` is not set.
 fn default_endpoint(kind: UpstreamKind, provider: &Provider) -> Option<String> {
     match (kind, provider) {
-        (UpstreamKind::Bedrock, Provider::Bedrock(b)) => {
+        (UpstreamKind::Bedrock, Provider::Aws(b)) => {
             Some(format!("https://bedrock-runtime.{}.amazonaws.com", b.region))
+        }
+        (UpstreamKind::SageMaker, Provider::Aws(a)) => {
+            Some(format!("https://runtime.sagemaker.{}.amazonaws.com", a.region))
         }
         (UpstreamKind::Vertex, Provider::Vertex(v)) if v.location == "global" => {
             Some("https://aiplatform.googleapis.com".to_owned())
@@ -476,6 +489,7 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path, env: &dyn Env) -> Result
     let longest_request = upstreams.iter().map(|u| u.timeouts.total).max().unwrap_or(DEFAULT_TIMEOUTS.total);
     let state = state(&mut errs, &raw.state, base_dir, env, longest_request);
     admin(&mut errs, &raw.admin, &keys);
+    let capture = capture(&mut errs, raw.capture, base_dir);
     if !errs.0.is_empty() {
         return Err(errs.0);
     }
@@ -492,8 +506,42 @@ pub(crate) fn validate(raw: RawConfig, base_dir: &Path, env: &dyn Env) -> Result
         prices,
         state,
         admin_keys: raw.admin.keys,
+        capture,
         source: None,
     })
+}
+
+/// `[capture]`.
+fn capture(errs: &mut Errors, raw: RawCapture, base_dir: &Path) -> Capture {
+    let mut bytes = |field: &str, text: Option<&str>, default: u64, least: u64| match text.map(parse_bytes) {
+        None => default,
+        Some(Ok(n)) if n >= least => n,
+        Some(Ok(n)) => {
+            errs.push(format!("capture.{field}"), format!("{n} bytes is too small; give at least {least}"));
+            default
+        }
+        Some(Err(e)) => {
+            errs.push(format!("capture.{field}"), e);
+            default
+        }
+    };
+    let max_file_bytes = bytes("max_file_bytes", raw.max_file_bytes.as_deref(), 64 << 20, 4096);
+    let max_payload_bytes = bytes("max_payload_bytes", raw.max_payload_bytes.as_deref(), 256 << 10, 0);
+    let max_files = match raw.max_files {
+        None => 4,
+        Some(n @ 1..=1000) => n as u32,
+        Some(n) => {
+            errs.push("capture.max_files", format!("must be from 1 to 1000, got {n}"));
+            4
+        }
+    };
+    Capture {
+        path: base_dir.join(raw.path.as_deref().unwrap_or("weir-capture.jsonl")),
+        max_file_bytes,
+        max_files,
+        max_payload_bytes,
+        exclude_teams: raw.exclude_teams,
+    }
 }
 
 /// `[server]`.
@@ -576,6 +624,8 @@ fn upstream(errs: &mut Errors, p: &str, u: RawUpstream, timeouts: Timeouts, base
         "vertex" => UpstreamKind::Vertex,
         "gemini" => UpstreamKind::Gemini,
         "anthropic" => UpstreamKind::Anthropic,
+        "sagemaker" => UpstreamKind::SageMaker,
+        "azureml" => UpstreamKind::AzureMl,
         other => {
             errs.push(
                 format!("{p}.kind"),
@@ -774,6 +824,14 @@ fn models(
             retry: model_retry,
             first_token,
             failover: model_failover,
+            capture_percent: match m.capture {
+                None => 0.0,
+                Some(percent) if (0.0..=100.0).contains(&percent) => percent,
+                Some(percent) => {
+                    errs.push(format!("{p}.capture"), format!("must be a percentage from 0 to 100, got {percent}"));
+                    0.0
+                }
+            },
         });
         model_chains.push(m.plugins);
     }
@@ -980,18 +1038,23 @@ fn resolve_chain(errs: &mut Errors, path: &str, names: &[String], plugins: &[Plu
 fn prices(errs: &mut Errors, raw: BTreeMap<String, RawPrice>) -> BTreeMap<String, Price> {
     let mut prices = BTreeMap::new();
     for (name, p) in raw {
-        let mut micros = |field: &str, usd: f64| -> u64 {
+        // Token prices per million tokens in micro-dollars (a picodollar a token); prediction
+        // prices in picodollars.
+        let mut scaled = |field: &str, usd: f64, scale: f64| -> u64 {
             if usd.is_finite() && usd >= 0.0 {
-                (usd * 1e6).round() as u64
+                (usd * scale).round() as u64
             } else {
                 errs.push(format!("prices.{name}.{field}"), format!("must be a non-negative number of USD, got {usd}"));
                 0
             }
         };
         let price = Price {
-            input: micros("input", p.input),
-            output: micros("output", p.output),
-            cached_input: micros("cached_input", p.cached_input.unwrap_or(p.input)),
+            input: scaled("input", p.input, 1e6),
+            output: scaled("output", p.output, 1e6),
+            cached_input: scaled("cached_input", p.cached_input.unwrap_or(p.input), 1e6),
+            per_request: scaled("per_request", p.per_request.unwrap_or(0.0), 1e12),
+            per_1k_instances: scaled("per_1k_instances", p.per_1k_instances.unwrap_or(0.0), 1e12),
+            per_compute_second: scaled("per_compute_second", p.per_compute_second.unwrap_or(0.0), 1e12),
         };
         prices.insert(name, price);
     }

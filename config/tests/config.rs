@@ -330,9 +330,7 @@ fn cloud_providers_get_their_default_endpoints_and_credentials() {
     )
     .unwrap();
     assert_eq!(c.upstreams[0].endpoint, "https://bedrock-runtime.eu-west-1.amazonaws.com");
-    assert!(
-        matches!(&c.upstreams[0].provider, Provider::Bedrock(b) if matches!(b.credentials, AwsCredentials::ApiKey(_)))
-    );
+    assert!(matches!(&c.upstreams[0].provider, Provider::Aws(b) if matches!(b.credentials, AwsCredentials::ApiKey(_))));
     assert_eq!(c.upstreams[1].endpoint, "https://aiplatform.googleapis.com");
     let chain = load_str(
         "[[upstreams]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"us-east-1\"\nprofile = \"prod\"\n",
@@ -342,7 +340,7 @@ fn cloud_providers_get_their_default_endpoints_and_credentials() {
     .unwrap();
     assert!(matches!(
         &chain.upstreams[0].provider,
-        Provider::Bedrock(b) if matches!(&b.credentials, AwsCredentials::Chain { profile: Some(p), credentials_file: None } if p == "prod")
+        Provider::Aws(b) if matches!(&b.credentials, AwsCredentials::Chain { profile: Some(p), credentials_file: None } if p == "prod")
     ));
     let errs =
         errors("[[upstreams]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"r\"\napi_key = \"k\"\nprofile = \"p\"\n");

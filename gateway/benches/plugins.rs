@@ -92,6 +92,7 @@ impl Setup {
             temperature: Some(0.0),
             prompt_tokens_estimate: 12,
             body_len: 80,
+            instances: 0,
             key_name: "bench".into(),
             team: "bench".into(),
             end_user: None,

@@ -71,6 +71,8 @@ pub struct Accounting {
     /// Streamed chunks with choices relayed so far: a stream cut short by its client has no usage
     /// report, and plugins then get an estimate with one completion token per chunk.
     chunks: u64,
+    /// A prediction's instances, once answered, and what served it (a variant, a deployed model).
+    predicted: Option<(u64, Option<String>)>,
     finished: bool,
 }
 
@@ -110,6 +112,7 @@ impl Accounting {
             capture: None,
             mirrored: false,
             chunks: 0,
+            predicted: None,
             finished: false,
         }
     }
@@ -173,6 +176,11 @@ impl Accounting {
         if let Some(pending) = self.record(Outcome::Error) {
             pending.spawn();
         }
+    }
+
+    /// A prediction of `instances` was answered, by `deployed` when the upstream named it.
+    pub fn predicted(&mut self, instances: usize, deployed: Option<&str>) {
+        self.predicted = Some((instances as u64, deployed.map(str::to_owned)));
     }
 
     /// Whether a plugin reads the response, so that it is worth keeping a copy.
@@ -262,6 +270,15 @@ impl Accounting {
                     .inc_by(n);
             }
         }
+        let (instances, deployed) = match &self.predicted {
+            Some((n, deployed)) if outcome == Outcome::Ok => {
+                m.predicted_instances
+                    .get_or_create(&ModelTargetLabels { model: self.model.clone(), target: self.target.clone() })
+                    .inc_by(*n);
+                (Some(*n), deployed.as_deref())
+            }
+            _ => (None, None),
+        };
         tracing::info!(
             request_id = &*self.request_id,
             key = %self.principal.key_name,
@@ -278,6 +295,8 @@ impl Accounting {
             ttft_ms = self.ttft.map(|d| d.as_secs_f64() * 1e3),
             latency_ms = elapsed.as_secs_f64() * 1e3,
             mirrored = self.mirrored,
+            instances,
+            deployed,
             "request finished"
         );
         let (chain, view) = self.plugins.take()?;

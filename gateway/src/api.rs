@@ -37,6 +37,7 @@ pub mod embeddings;
 mod golden;
 pub mod messages;
 pub mod models;
+pub mod predict;
 pub mod responses;
 pub mod sse;
 
@@ -57,6 +58,7 @@ pub use chat::ChatRequest;
 pub use completions::CompletionsRequest;
 pub use embeddings::EmbeddingsRequest;
 pub use messages::MessagesRequest;
+pub use predict::PredictRequest;
 pub use responses::ResponsesRequest;
 
 /// The client API a request came in on.
@@ -72,6 +74,8 @@ pub enum Surface {
     Messages,
     /// `POST /v1/responses`, OpenAI's Responses API.
     Responses,
+    /// `POST /v1/models/{model}:predict` and `:rawPredict`: prediction traffic.
+    Predict,
 }
 
 impl Surface {
@@ -83,6 +87,7 @@ impl Surface {
             Surface::Completions => "completions",
             Surface::Messages => "messages",
             Surface::Responses => "responses",
+            Surface::Predict => "predict",
         }
     }
 
@@ -105,6 +110,8 @@ pub enum ClientRequest {
     Completions(Surfaced<CompletionsRequest>),
     Messages(Surfaced<MessagesRequest>),
     Responses(Surfaced<ResponsesRequest>),
+    /// A prediction: no canonical chat form, served only by the kinds that predict.
+    Predict(PredictRequest),
 }
 
 /// What each non-canonical surface's request can say about itself.
@@ -166,12 +173,13 @@ impl ClientRequest {
             ClientRequest::Completions(_) => Surface::Completions,
             ClientRequest::Messages(_) => Surface::Messages,
             ClientRequest::Responses(_) => Surface::Responses,
+            ClientRequest::Predict(_) => Surface::Predict,
         }
     }
 
     fn surfaced(&self) -> Option<&dyn SurfaceRequest> {
         match self {
-            ClientRequest::Canonical(_) => None,
+            ClientRequest::Canonical(_) | ClientRequest::Predict(_) => None,
             ClientRequest::Completions(s) => Some(&s.request),
             ClientRequest::Messages(s) => Some(&s.request),
             ClientRequest::Responses(s) => Some(&s.request),
@@ -181,6 +189,7 @@ impl ClientRequest {
     pub fn operation(&self) -> Operation {
         match self {
             ClientRequest::Canonical(request) => request.operation(),
+            ClientRequest::Predict(_) => Operation::Predict,
             _ => Operation::Chat,
         }
     }
@@ -189,6 +198,7 @@ impl ClientRequest {
     pub fn model(&self) -> &str {
         match (self, self.surfaced()) {
             (ClientRequest::Canonical(request), _) => request.model(),
+            (ClientRequest::Predict(p), _) => &p.model,
             (_, Some(s)) => s.model(),
             (_, None) => "",
         }
@@ -203,6 +213,7 @@ impl ClientRequest {
             ClientRequest::Completions(s) => s.request.is_stream().then(|| s.request.client_wants_usage()),
             ClientRequest::Messages(s) => s.request.is_stream().then_some(false),
             ClientRequest::Responses(s) => s.request.is_stream().then_some(false),
+            ClientRequest::Predict(_) => None,
         }
     }
 
@@ -222,6 +233,13 @@ impl ClientRequest {
             ClientRequest::Completions(s) => (&s.canonical, &s.request as &dyn SurfaceRequest),
             ClientRequest::Messages(s) => (&s.canonical, &s.request as &dyn SurfaceRequest),
             ClientRequest::Responses(s) => (&s.canonical, &s.request as &dyn SurfaceRequest),
+            ClientRequest::Predict(_) => {
+                return Err(Error::bad_request(
+                    "This model's target does not serve predictions (`worker`, `sagemaker`, `vertex` and `azureml` upstreams do).",
+                )
+                .param("model")
+                .code("unsupported_operation"));
+            }
         };
         cell.get_or_init(|| surface.to_chat().map(ModelRequest::Chat).map_err(|e| Refusal::of(&e)))
             .as_ref()
@@ -234,6 +252,7 @@ impl ClientRequest {
 pub enum Operation {
     Chat,
     Embeddings,
+    Predict,
 }
 
 impl Operation {
@@ -241,6 +260,7 @@ impl Operation {
         match self {
             Operation::Chat => "chat",
             Operation::Embeddings => "embeddings",
+            Operation::Predict => "predict",
         }
     }
 }
@@ -364,6 +384,11 @@ impl Facts {
 /// A fresh `chatcmpl-…` id for a translated answer.
 pub fn completion_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.

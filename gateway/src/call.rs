@@ -23,6 +23,7 @@ use crate::accounting::{Accounting, Outcome};
 use crate::api::{ClientRequest, ModelRequest, Surface};
 use crate::auth::Principal;
 use crate::body::{self, Body};
+use crate::capture::{Payload, Record};
 use crate::error::{Error, Kind};
 use crate::metrics::UpstreamErrorLabels;
 use crate::plugins::view::RequestView;
@@ -322,6 +323,9 @@ impl Sent {
     /// the client's API (or relayed as it is), its usage accounted and plugins' `on-complete` run
     /// before it goes out (so a header they add, a cost say, still reaches the client).
     pub async fn answer_whole(self) -> Result<Response<Body>, Error> {
+        if matches!(&*self.call.request, ClientRequest::Predict(_)) {
+            return self.answer_prediction().await;
+        }
         let deadline = self.call.deadline();
         let native = self.native();
         let mut edge = Edge::new(&self.call.request, native, self.call.sink());
@@ -351,18 +355,7 @@ impl Sent {
         }
         let whole = match whole {
             Ok(whole) => whole,
-            Err(error) => {
-                // A failure after a success status is the upstream's too, as one before it would be.
-                app.metrics
-                    .upstream_errors
-                    .get_or_create(&UpstreamErrorLabels {
-                        target: target.label.clone(),
-                        class: route::error_class(&error),
-                    })
-                    .inc();
-                acct.fail(&error);
-                return Err(error);
-            }
+            Err(error) => return Err(failed_after_success(&app, &target, &mut acct, error)),
         };
         if let Some(usage) = whole.usage {
             acct.usage(usage);
@@ -379,6 +372,74 @@ impl Sent {
             .insert(header::CONTENT_TYPE, content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")));
         Ok(response)
     }
+}
+
+impl Sent {
+    /// *Answer whole* for a prediction: the body read within the deadline, given the gateway's
+    /// `:predict` shape (or relayed as it came for `:rawPredict`), the instances counted, and what
+    /// served it named in `x-weir-deployed-model`.
+    async fn answer_prediction(self) -> Result<Response<Body>, Error> {
+        let deadline = self.call.deadline();
+        let Sent { call, upstream, target } = self;
+        let ModelCall { app, request, mut acct, request_id, principal, route, mirrored, .. } = call;
+        let ClientRequest::Predict(prediction) = &*request else {
+            return Err(Error::internal("not a prediction"));
+        };
+        let (parts, body) = upstream.into_parts();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let answer = match read_upstream(body, wait, &target.upstream.name).await {
+            Ok(body) => target.upstream.predict_response(prediction, &parts.headers, body),
+            Err(error) => Err(error),
+        };
+        let (body, content_type, deployed) = match answer {
+            Ok(answer) => answer,
+            Err(error) => return Err(failed_after_success(&app, &target, &mut acct, error)),
+        };
+        acct.predicted(prediction.instances(), deployed.as_deref());
+        if let Some(capture) = &app.capture {
+            let percent = app.config.models.iter().find(|m| *m.name == *route.label).map_or(0.0, |m| m.capture_percent);
+            if capture.sampled(percent, &principal.team) {
+                let limit = capture.max_payload();
+                let (sent, sent_type) = prediction.upstream_body()?;
+                let request = Payload::of(&sent, sent_type.to_str().unwrap_or_default(), limit);
+                let response = Payload::of(&body, content_type.to_str().unwrap_or_default(), limit);
+                capture.offer(&Record {
+                    ts_ms: crate::api::unix_now_ms(),
+                    request_id: &request_id,
+                    model: &route.label,
+                    target: &target.label,
+                    deployed: deployed.as_deref(),
+                    team: &principal.team,
+                    latency_ms: acct.started().elapsed().as_millis() as u64,
+                    status: parts.status.as_u16(),
+                    instances: prediction.instances(),
+                    mirrored,
+                    truncated: request.omitted() || response.omitted(),
+                    request,
+                    response,
+                });
+            }
+        }
+        acct.capture(&body);
+        acct.finish_now(Outcome::Ok).await;
+        let mut response = Response::new(body::full(body));
+        *response.status_mut() = parts.status;
+        response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+        if let Some(value) = deployed.and_then(|d| HeaderValue::from_str(&d).ok()) {
+            response.headers_mut().insert("x-weir-deployed-model", value);
+        }
+        Ok(response)
+    }
+}
+
+/// A failure after a success status: the upstream's too, as one before it would be.
+fn failed_after_success(app: &App, target: &RouteTarget, acct: &mut Accounting, error: Error) -> Error {
+    app.metrics
+        .upstream_errors
+        .get_or_create(&UpstreamErrorLabels { target: target.label.clone(), class: route::error_class(&error) })
+        .inc();
+    acct.fail(&error);
+    error
 }
 
 /// The choices a request asks for (`n` of a chat or a legacy completion; Messages and Responses
@@ -404,6 +465,7 @@ fn plugin_view(request: &ClientRequest, arrival: &Arrival, chain: &Chain) -> Arc
             Surface::Completions => ApiKind::Completions,
             Surface::Messages => ApiKind::Messages,
             Surface::Responses => ApiKind::Responses,
+            Surface::Predict => ApiKind::Predict,
         },
         model: request.model().to_owned(),
         stream: request.stream().is_some(),
@@ -411,6 +473,10 @@ fn plugin_view(request: &ClientRequest, arrival: &Arrival, chain: &Chain) -> Arc
         temperature: facts.temperature,
         prompt_tokens_estimate: facts.prompt_tokens_estimate,
         body_len: u32::try_from(arrival.body.len()).unwrap_or(u32::MAX),
+        instances: match request {
+            ClientRequest::Predict(prediction) => u32::try_from(prediction.instances()).unwrap_or(u32::MAX),
+            _ => 0,
+        },
         key_name: arrival.principal.key_name.clone(),
         team: arrival.principal.team.clone(),
         end_user: facts.end_user,

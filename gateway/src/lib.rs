@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod call;
+pub mod capture;
 pub mod embed;
 pub mod error;
 pub mod metrics;
@@ -36,6 +37,7 @@ use arc_swap::ArcSwap;
 use weir_config::{Config, Env};
 
 use crate::auth::Auth;
+use crate::capture::Capture;
 use crate::metrics::Metrics;
 use crate::plugins::{Plugins, Services, WasmEngine};
 use crate::route::table::RouteTable;
@@ -79,6 +81,9 @@ pub enum LoadError {
     /// The ledger's replica id could not be read or written.
     #[error("ledger {path}: {error}")]
     Ledger { path: PathBuf, error: std::io::Error },
+    /// The capture file could not be opened.
+    #[error("capture {path}: {error}")]
+    Capture { path: PathBuf, error: std::io::Error },
 }
 
 /// Everything built from one configuration and shared by all connections; replaced whole on a
@@ -92,6 +97,8 @@ pub struct App {
     pub plugins: Plugins,
     /// The Responses API's stored responses.
     pub responses: Arc<ResponseStore>,
+    /// Where sampled predictions are written, when a model captures them.
+    pub capture: Option<Arc<Capture>>,
 }
 
 impl App {
@@ -123,7 +130,16 @@ impl App {
             Plugins::load(&config, &wasm, &services).await?
         };
         let responses = process.responses(&config).await?;
-        Ok(Self { auth: Auth::new(&config.keys), routes, metrics: process.metrics.clone(), plugins, responses, config })
+        let capture = process.capture(&config)?;
+        Ok(Self {
+            auth: Auth::new(&config.keys),
+            routes,
+            metrics: process.metrics.clone(),
+            plugins,
+            responses,
+            capture,
+            config,
+        })
     }
 }
 
@@ -138,6 +154,8 @@ pub struct Process {
     ledgers: Mutex<HashMap<PathBuf, Arc<Ledger>>>,
     /// Stored responses by file, so a reload keeps them.
     responses: Mutex<HashMap<PathBuf, Arc<ResponseStore>>>,
+    /// Capture writers by file, so a reload keeps them (and the settings they started with).
+    captures: Mutex<HashMap<PathBuf, Arc<Capture>>>,
     /// Workers started in this process (`kind = "worker"` with a `model`), by model and device, with
     /// their loopback base URL; a reload that keeps a model keeps its worker.
     local_workers: tokio::sync::Mutex<HashMap<weir_config::LocalWorker, String>>,
@@ -236,6 +254,24 @@ impl Process {
         });
         let mut stores = self.responses.lock().unwrap_or_else(|e| e.into_inner());
         Ok(stores.entry(state.responses.clone()).or_insert(store).clone())
+    }
+
+    /// The capture writer of `[capture] path`, started once, when some model captures predictions.
+    fn capture(&self, config: &Config) -> Result<Option<Arc<Capture>>, LoadError> {
+        if !config.models.iter().any(|m| m.capture_percent > 0.0) {
+            return Ok(None);
+        }
+        let settings = &config.capture;
+        let mut captures = self.captures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(capture) = captures.get(&settings.path) {
+            if capture.settings() != settings {
+                tracing::warn!("[capture] settings changed for the same path; they take effect on a restart");
+            }
+            return Ok(Some(capture.clone()));
+        }
+        let capture = Capture::start(settings.clone(), self.metrics.clone())
+            .map_err(|error| LoadError::Capture { path: settings.path.clone(), error })?;
+        Ok(Some(captures.entry(settings.path.clone()).or_insert_with(|| Arc::new(capture)).clone()))
     }
 
     fn ledger(&self, config: &Config, stores: &Stores) -> Result<Arc<Ledger>, LoadError> {

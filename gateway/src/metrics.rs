@@ -58,6 +58,14 @@ pub struct TokenLabels {
     pub token_type: &'static str,
 }
 
+/// A prediction offered to data capture, by public model and what became of it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaptureLabels {
+    pub model: Arc<str>,
+    /// `captured`, `dropped_queue_full`, `dropped_writer_stopped` or `dropped_write_error`.
+    pub outcome: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     pub target: Arc<str>,
@@ -149,6 +157,10 @@ pub struct Metrics {
     pub duration: HistogramFamily<LatencyLabels>,
     pub ttft: HistogramFamily<ModelTargetLabels>,
     pub tokens: Family<TokenLabels, Counter>,
+    /// Instances predicted (prediction traffic), by public model and target.
+    pub predicted_instances: Family<ModelTargetLabels, Counter>,
+    /// Predictions offered to data capture.
+    pub captured: Family<CaptureLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub retries: Family<ModelTargetLabels, Counter>,
     pub stream_continuations: Family<ContinuationLabels, Counter>,
@@ -199,6 +211,8 @@ impl Metrics {
         let duration = HistogramFamily::<LatencyLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let ttft = HistogramFamily::<ModelTargetLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let tokens = Family::<TokenLabels, Counter>::default();
+        let predicted_instances = Family::<ModelTargetLabels, Counter>::default();
+        let captured = Family::<CaptureLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let retries = Family::<ModelTargetLabels, Counter>::default();
         let stream_continuations = Family::<ContinuationLabels, Counter>::default();
@@ -269,6 +283,16 @@ impl Metrics {
         );
         registry.register("weir_tokens", "Tokens by public model, target and type", tokens.clone());
         registry.register(
+            "weir_predicted_instances",
+            "Instances predicted by public model and target (answered predictions)",
+            predicted_instances.clone(),
+        );
+        registry.register(
+            "weir_captured_predictions",
+            "Predictions sampled for data capture, by public model and outcome (captured or why dropped)",
+            captured.clone(),
+        );
+        registry.register(
             "weir_upstream_errors",
             "Failed upstream attempts by target and class",
             upstream_errors.clone(),
@@ -312,6 +336,8 @@ impl Metrics {
             duration,
             ttft,
             tokens,
+            predicted_instances,
+            captured,
             upstream_errors,
             retries,
             stream_continuations,

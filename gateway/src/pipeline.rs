@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::api::{
     self, ChatRequest, ClientRequest, CompletionsRequest, EmbeddingsRequest, MessagesRequest, ModelRequest,
-    ResponsesRequest, Surfaced, models, responses,
+    PredictRequest, ResponsesRequest, Surfaced, models, predict, responses,
 };
 use crate::body::{self, Body, RequestBody};
 use crate::call::{Admitted, Arrival, ModelCall};
@@ -39,6 +39,8 @@ enum Endpoint {
     Messages,
     CountTokens,
     Responses,
+    /// `POST /v1/models/{model}:predict` or `:rawPredict`
+    Predict,
     /// `GET` or `DELETE /v1/responses/{id}`
     StoredResponse,
     /// `GET /v1/responses/{id}/input_items`
@@ -72,6 +74,7 @@ impl Endpoint {
             "/readyz" => (Endpoint::Ready, GET),
             "/metrics" => (Endpoint::Metrics, GET),
             "/admin/reload" => (Endpoint::Reload, POST),
+            p if predict::route(p).is_some() => (Endpoint::Predict, POST),
             p if p.starts_with("/v1/models/") => (Endpoint::Model, GET),
             p if p.starts_with("/v1/responses/") => match p.trim_start_matches("/v1/responses/").split_once('/') {
                 None => (Endpoint::StoredResponse, &[Method::GET, Method::DELETE][..]),
@@ -93,6 +96,7 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Completions => "completions",
+            Endpoint::Predict => "predict",
             Endpoint::Messages | Endpoint::CountTokens => "messages",
             Endpoint::Responses | Endpoint::StoredResponse | Endpoint::InputItems | Endpoint::CancelResponse => {
                 "responses"
@@ -155,7 +159,12 @@ async fn dispatch(
     started: Instant,
 ) -> Result<Response<Body>, Error> {
     match endpoint {
-        Endpoint::Chat | Endpoint::Embeddings | Endpoint::Completions | Endpoint::Messages | Endpoint::Responses => {
+        Endpoint::Chat
+        | Endpoint::Embeddings
+        | Endpoint::Completions
+        | Endpoint::Messages
+        | Endpoint::Responses
+        | Endpoint::Predict => {
             if gateway.is_draining() {
                 return Err(Error::new(Kind::ShuttingDown, "The gateway is shutting down; retry on another replica.")
                     .code("shutting_down"));
@@ -172,6 +181,12 @@ async fn dispatch(
                 Endpoint::Completions => ClientRequest::Completions(Surfaced::new(CompletionsRequest::parse(&body)?)),
                 Endpoint::Messages => {
                     ClientRequest::Messages(Surfaced::new(MessagesRequest::parse(&body, &parts.headers)?))
+                }
+                Endpoint::Predict => {
+                    let path = parts.uri.path();
+                    let (model, verb) = predict::route(path.strip_suffix('/').unwrap_or(path))
+                        .ok_or_else(|| Error::internal("a prediction path that does not parse"))?;
+                    ClientRequest::Predict(PredictRequest::parse(model, verb, body.clone(), &parts.headers)?)
                 }
                 _ => {
                     let mut responses = ResponsesRequest::parse(&body)?;

@@ -12,10 +12,13 @@
 //! through its canonical form like a chat request.
 
 pub mod anthropic;
+mod aws;
 pub mod azure;
+pub mod azureml;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai;
+pub mod sagemaker;
 
 #[cfg(test)]
 mod arbitrary;
@@ -33,8 +36,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use weir_config::{Prefill, Provider, Timeouts, Upstream, UpstreamKind};
 
+use crate::api::predict::{self, Payload};
 use crate::api::sse::Event;
-use crate::api::{ClientRequest, ModelRequest, Operation, Surface};
+use crate::api::{ClientRequest, ModelRequest, Operation, PredictRequest, Surface};
 use crate::error::{Error, Kind};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -66,6 +70,8 @@ macro_rules! dispatch {
             AnyAdapter::Bedrock($a) => $call,
             AnyAdapter::Gemini($a) => $call,
             AnyAdapter::Anthropic($a) => $call,
+            AnyAdapter::SageMaker($a) => $call,
+            AnyAdapter::AzureMl($a) => $call,
         }
     };
 }
@@ -78,6 +84,8 @@ enum AnyAdapter {
     Bedrock(bedrock::Bedrock),
     Gemini(gemini::Gemini),
     Anthropic(anthropic::Anthropic),
+    SageMaker(sagemaker::SageMaker),
+    AzureMl(azureml::AzureMl),
 }
 
 impl UpstreamClient {
@@ -122,7 +130,7 @@ impl UpstreamClient {
             (UpstreamKind::AzureOpenAi, Provider::Azure(azure)) => {
                 AnyAdapter::Azure(azure::Azure::new(upstream, azure, &mut headers)?)
             }
-            (UpstreamKind::Bedrock, Provider::Bedrock(bedrock)) => {
+            (UpstreamKind::Bedrock, Provider::Aws(bedrock)) => {
                 AnyAdapter::Bedrock(bedrock::Bedrock::new(upstream, bedrock, &mut headers)?)
             }
             (UpstreamKind::Vertex | UpstreamKind::Gemini, provider) => {
@@ -130,6 +138,12 @@ impl UpstreamClient {
             }
             (UpstreamKind::Anthropic, Provider::Anthropic(anthropic)) => {
                 AnyAdapter::Anthropic(anthropic::Anthropic::new(upstream, anthropic, &mut headers)?)
+            }
+            (UpstreamKind::SageMaker, Provider::Aws(aws)) => {
+                AnyAdapter::SageMaker(sagemaker::SageMaker::new(upstream, aws))
+            }
+            (UpstreamKind::AzureMl, Provider::Azure(azure)) => {
+                AnyAdapter::AzureMl(azureml::AzureMl::new(upstream, azure, &mut headers)?)
             }
             (kind, _) => {
                 return Err(Error::internal(format!("upstream {}: no settings for kind {kind:?}", upstream.name)));
@@ -163,6 +177,9 @@ impl UpstreamClient {
     /// the client sent it where the upstream speaks its API, else from its canonical form; streams
     /// ask for the usage chunk.
     pub fn request(&self, request: &ClientRequest, model: &str) -> Result<Request<Bytes>, Error> {
+        if let ClientRequest::Predict(prediction) = request {
+            return self.predict_request(prediction, model);
+        }
         if self.native(request.surface(), model) {
             let (uri, body) = dispatch!(&self.adapter, a => a.native(request, model))?;
             self.finish_request(request, true, uri, body)
@@ -182,6 +199,60 @@ impl UpstreamClient {
     ) -> Result<Request<Bytes>, Error> {
         let (uri, body) = dispatch!(&self.adapter, a => a.request(canonical, model))?;
         self.finish_request(request, false, uri, body)
+    }
+
+    /// A prediction's upstream request: the payload as the client sent it (`instances` re-encoded),
+    /// its content type and accept, and what the adapter adds; a 400 naming this upstream where
+    /// its kind serves no predictions.
+    fn predict_request(&self, request: &PredictRequest, model: &str) -> Result<Request<Bytes>, Error> {
+        let (body, content_type) = request.upstream_body()?;
+        let mut headers = self.headers.clone();
+        headers.insert(header::CONTENT_TYPE, content_type);
+        match request.accept() {
+            Some(accept) => headers.insert(header::ACCEPT, accept),
+            None => headers.remove(header::ACCEPT),
+        };
+        let Some(uri) = dispatch!(&self.adapter, a => a.predict(request, model, &mut headers)) else {
+            return Err(Error::bad_request(format!(
+                "The model `{}` is served by the upstream '{}' ({}), which does not serve predictions; \
+                 predictions go to `worker`, `sagemaker`, `vertex` and `azureml` upstreams.",
+                request.model,
+                self.name,
+                self.kind.name()
+            ))
+            .param("model")
+            .code("unsupported_operation"));
+        };
+        let mut upstream = Request::post(uri?)
+            .body(body)
+            .map_err(|e| Error::internal("could not build the upstream request").source(e))?;
+        *upstream.headers_mut() = headers;
+        Ok(upstream)
+    }
+
+    /// A prediction's whole answer for the client: for `:predict` the gateway's shape
+    /// (`api::predict::answer`), for `:rawPredict` the body as it came; with its content type,
+    /// and what served it (SageMaker's invoked variant, a worker's model), when the upstream says.
+    pub fn predict_response(
+        &self,
+        request: &PredictRequest,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(Bytes, HeaderValue, Option<String>), Error> {
+        let deployed = dispatch!(&self.adapter, a => a.deployed(headers));
+        match &request.payload {
+            Payload::Instances(_) => {
+                let (body, deployed) = predict::answer(&self.name, &request.model, &body, deployed)?;
+                Ok((Bytes::from(body), HeaderValue::from_static("application/json"), deployed))
+            }
+            Payload::Raw(_) => {
+                let content_type = headers
+                    .get(header::CONTENT_TYPE)
+                    .cloned()
+                    .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+                Ok((body, content_type, deployed))
+            }
+        }
     }
 
     /// An upstream request to `uri` with `body`, the upstream's headers and the request's own.
@@ -300,6 +371,21 @@ trait Adapter {
     fn native(&self, request: &ClientRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
         let _ = model;
         Err(Error::internal(format!("no native {} request for this upstream kind", request.surface().label())))
+    }
+
+    /// The URL of a prediction for `model` (the target's model name), adding to `headers` what the
+    /// platform wants beyond the payload's content type and accept; `None`, the default: this kind
+    /// serves no predictions.
+    fn predict(&self, request: &PredictRequest, model: &str, headers: &mut HeaderMap) -> Option<Result<Uri, Error>> {
+        let _ = (request, model, headers);
+        None
+    }
+
+    /// What served a prediction, when the platform says so in a response header (SageMaker's
+    /// invoked production variant).
+    fn deployed(&self, headers: &HeaderMap) -> Option<String> {
+        let _ = headers;
+        None
     }
 
     /// Headers a request needs beyond the upstream's static ones (Anthropic's version and betas).

@@ -143,7 +143,8 @@ impl Edge {
     /// answer is then relayed untouched), `sink` where a Responses answer is to be stored.
     pub fn new(request: &ClientRequest, native: bool, sink: Option<Sink>) -> Self {
         let way = match (request, native) {
-            (ClientRequest::Canonical(_), _) => Way::Canonical,
+            // A prediction's answer (and a plugin's, a cache hit) is not translated.
+            (ClientRequest::Canonical(_) | ClientRequest::Predict(_), _) => Way::Canonical,
             (ClientRequest::Completions(s), false) => Way::Completions(completions::Encoder::new(&s.request)),
             (ClientRequest::Completions(s), true) => Way::NativeCompletions {
                 capture: completions::Decoder::new(&s.request),

@@ -24,10 +24,10 @@ use super::{
 };
 
 /// An AWS JSON error: the type in `x-amzn-errortype`, the text in `message`.
-struct AwsError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
+pub(super) struct AwsError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
 }
 
 impl AwsError {
@@ -36,8 +36,13 @@ impl AwsError {
     }
 
     fn into_response(self) -> http::Response<MockBody> {
+        self.into_response_of("com.amazon.bedrock")
+    }
+
+    /// The error as the service in `namespace` writes it.
+    pub fn into_response_of(self, namespace: &str) -> http::Response<MockBody> {
         let mut response = json_response(self.status, &json!({"message": self.message}));
-        let kind = format!("{}:http://internal.amazon.com/coral/com.amazon.bedrock/", self.kind);
+        let kind = format!("{}:http://internal.amazon.com/coral/{namespace}/", self.kind);
         if let Ok(value) = HeaderValue::from_str(&kind) {
             response.headers_mut().insert("x-amzn-errortype", value);
         }
@@ -65,6 +70,12 @@ fn injected(status: StatusCode) -> AwsError {
 
 /// Checks `Authorization` the way Bedrock's front end reads it.
 fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
+    check_sigv4(shared, req, "bedrock", true)
+}
+
+/// Checks a SigV4 `Authorization` for `service` the way AWS front ends read it (its shape, and with
+/// `aws_credentials` the signature itself); `bearer`: a Bedrock API key is accepted instead.
+pub(super) fn check_sigv4(shared: &Shared, req: &Recorded, service: &str, bearer: bool) -> Result<(), AwsError> {
     let denied = |message: &str| AwsError {
         status: StatusCode::FORBIDDEN,
         kind: "UnrecognizedClientException",
@@ -77,7 +88,7 @@ fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
             message: "Missing Authentication Token".to_owned(),
         });
     };
-    if let Some(key) = auth.strip_prefix("Bearer ") {
+    if let Some(key) = auth.strip_prefix("Bearer ").filter(|_| bearer) {
         return match &shared.config.api_key {
             Some(expected) if key == expected => Ok(()),
             _ => Err(denied("Invalid API Key format: Must start with pre-defined prefix")),
@@ -94,7 +105,7 @@ fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
     let signature = part("Signature=").ok_or_else(|| denied("Authorization header requires 'Signature' parameter."))?;
     let scope: Vec<&str> = credential.split('/').collect();
     let well_formed = scope.len() == 5
-        && scope[3] == "bedrock"
+        && scope[3] == service
         && scope[4] == "aws4_request"
         && signed.split(';').any(|h| h == "host")
         && signed.split(';').any(|h| h == "x-amz-date")
@@ -108,7 +119,7 @@ fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
         if id != scope[0] {
             return Err(denied("The security token included in the request is invalid."));
         }
-        let expected = expected_signature(req, id, secret, scope[2], signed)
+        let expected = expected_signature(req, id, secret, scope[2], service, signed)
             .ok_or_else(|| denied("The request signature we calculated does not match the signature you provided."))?;
         if expected != signature {
             return Err(AwsError {
@@ -125,7 +136,14 @@ fn check_auth(shared: &Shared, req: &Recorded) -> Result<(), AwsError> {
 
 /// The SigV4 signature of a recorded request, computed with the AWS SDK's signer over the headers
 /// the client said it signed, at the time it said it signed.
-fn expected_signature(req: &Recorded, id: &str, secret: &str, region: &str, signed: &str) -> Option<String> {
+fn expected_signature(
+    req: &Recorded,
+    id: &str,
+    secret: &str,
+    region: &str,
+    service: &str,
+    signed: &str,
+) -> Option<String> {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     let time = amz_date(req.header("x-amz-date")?)?;
     let identity = aws_credential_types::Credentials::new(
@@ -139,7 +157,7 @@ fn expected_signature(req: &Recorded, id: &str, secret: &str, region: &str, sign
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
-        .name("bedrock")
+        .name(service)
         .time(time)
         .settings(SigningSettings::default())
         .build()

@@ -1,7 +1,8 @@
 //! The Gemini routes of the mock, for the Gemini API (`/v1beta/models/{m}:…` or `/v1/…`, `x-goog-api-key` or
 //! `?key=`) and Vertex AI (`/v1/projects/{p}/locations/{l}/publishers/google/models/{m}:…`, a bearer
 //! token from the mock's OAuth endpoint): `generateContent`, `streamGenerateContent?alt=sse`,
-//! `embedContent` / `batchEmbedContents` and Vertex's `predict`.
+//! `embedContent` / `batchEmbedContents`, Vertex's `predict` for embeddings, and Vertex AI endpoints'
+//! `:predict` and `:rawPredict` (prediction traffic).
 //!
 //! It is as strict as Gemini where gateways trip: unknown request fields, JSON-schema keywords that
 //! Gemini's schemas reject, roles other than `user`/`model`, a function call sent back without the
@@ -70,6 +71,59 @@ impl GoogleError {
     }
 }
 
+/// A Vertex AI endpoint (`…/endpoints/{id}:predict` or `:rawPredict`) serving the mock fraud
+/// score ([`super::sagemaker_score`]) from one deployed model, `{id}01`. `:predict` takes only
+/// `instances` and `parameters`, as Vertex does, and answers with Vertex's fields; `:rawPredict`
+/// takes a JSON body of `{"instances"}` or a bare array and answers with the model's own
+/// `{"predictions"}` and the deployed model in `X-Vertex-AI-Deployed-Model-Id`.
+fn endpoint_predict(req: &Recorded, id: &str, method: &str) -> Result<http::Response<MockBody>, GoogleError> {
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|_| GoogleError::invalid("Invalid JSON payload received. Unexpected token."))?;
+    let instances = match (method, &body) {
+        ("predict", Value::Object(map)) => {
+            if let Some(key) = map.keys().find(|k| *k != "instances" && *k != "parameters") {
+                return Err(GoogleError::invalid(format!(
+                    "Invalid JSON payload received. Unknown name \"{key}\": Cannot find field."
+                )));
+            }
+            map.get("instances").and_then(Value::as_array)
+        }
+        ("rawPredict", Value::Array(items)) => Some(items),
+        ("rawPredict", Value::Object(map)) => map.get("instances").and_then(Value::as_array),
+        ("predict" | "rawPredict", _) => None,
+        _ => return Err(GoogleError::new(404, "Not found")),
+    }
+    .ok_or_else(|| GoogleError::invalid("\"instances\" must be a list."))?;
+    let mut scores = Vec::with_capacity(instances.len());
+    for instance in instances {
+        let features: Option<Vec<f64>> = match instance {
+            Value::Array(items) => items.iter().map(Value::as_f64).collect(),
+            Value::Object(map) => map.values().map(Value::as_f64).collect(),
+            other => other.as_f64().map(|n| vec![n]),
+        };
+        let features = features.ok_or_else(|| GoogleError::invalid("Failed to parse the instances: not numbers."))?;
+        scores.push(super::sagemaker_score(&features));
+    }
+    let deployed = format!("{id}01");
+    if method == "rawPredict" {
+        let mut response = json_response(StatusCode::OK, &json!({"predictions": scores}));
+        if let Ok(value) = HeaderValue::from_str(&deployed) {
+            response.headers_mut().insert("x-vertex-ai-deployed-model-id", value);
+        }
+        return Ok(response);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "predictions": scores,
+            "deployedModelId": deployed,
+            "model": format!("projects/mock/locations/us-central1/models/{id}"),
+            "modelDisplayName": "fraud",
+            "modelVersionId": "1",
+        }),
+    ))
+}
+
 fn injected(status: StatusCode) -> GoogleError {
     let mut e = GoogleError::new(
         status.as_u16(),
@@ -121,7 +175,8 @@ fn known_fields(object: &Value, allowed: &[&str], at: &str) -> Result<(), Google
 }
 
 fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Response<MockBody>, GoogleError> {
-    let vertex = path.contains("/publishers/google/models/");
+    let endpoint = path.contains("/endpoints/");
+    let vertex = endpoint || path.contains("/publishers/google/models/");
     if vertex {
         if !shared.has_issued_token(req) {
             return Err(GoogleError::new(
@@ -155,6 +210,9 @@ fn handle(shared: &Arc<Shared>, req: &Recorded, path: &str) -> Result<http::Resp
     }
     if let Some(status) = injected_failure(shared) {
         return Err(injected(status));
+    }
+    if endpoint {
+        return endpoint_predict(req, &model, method);
     }
     let body: Value = serde_json::from_slice(&req.body)
         .map_err(|_| GoogleError::invalid("Invalid JSON payload received. Unexpected token."))?;

@@ -70,6 +70,9 @@ fn api_kind(api: new::types::ApiKind) -> old::types::ApiKind {
     match api {
         N::Embeddings => O::Embeddings,
         N::ChatCompletions | N::Completions | N::Messages | N::Responses => O::ChatCompletions,
+        // Of the two kinds a 0.1.0 guest knows, the one without generated tokens: its limits and
+        // costs count a prediction as a request with no completion, not as a chat it could parse.
+        N::Predict => O::Embeddings,
     }
 }
 

@@ -418,6 +418,9 @@ impl catalog::Host for HostState {
             input: p.input,
             output: p.output,
             cached_input: p.cached_input,
+            per_request: p.per_request,
+            per_thousand_instances: p.per_1k_instances,
+            per_compute_second: p.per_compute_second,
         }))
     }
 

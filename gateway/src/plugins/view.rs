@@ -77,19 +77,32 @@ impl RequestView {
     /// whitespace or streaming get the same digest.
     pub fn digest(&self) -> &str {
         self.digest.get_or_init(|| {
+            let mut hasher = Sha256::new();
+            if self.info.api == ApiKind::Predict {
+                // The model is in the path, not the body; a raw payload need not be JSON at all,
+                // and is hashed as the bytes it is.
+                hasher.update(b"predict\0");
+                hasher.update(self.info.model.as_bytes());
+                hasher.update(b"\0");
+                match serde_json::from_slice::<Value>(&self.body) {
+                    Ok(value) => canonical(&value, &mut hasher),
+                    Err(_) => hasher.update(&self.body),
+                }
+                return hex::encode(hasher.finalize());
+            }
             let mut value: Value = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
             if let Value::Object(map) = &mut value {
                 for field in NOT_IN_DIGEST {
                     map.remove(*field);
                 }
             }
-            let mut hasher = Sha256::new();
             hasher.update(match self.info.api {
                 ApiKind::ChatCompletions => b"chat\0".as_slice(),
                 ApiKind::Embeddings => b"embeddings\0".as_slice(),
                 ApiKind::Completions => b"completions\0".as_slice(),
                 ApiKind::Messages => b"messages\0".as_slice(),
                 ApiKind::Responses => b"responses\0".as_slice(),
+                ApiKind::Predict => b"predict\0".as_slice(),
             });
             canonical(&value, &mut hasher);
             hex::encode(hasher.finalize())
@@ -156,6 +169,7 @@ mod tests {
             temperature: None,
             prompt_tokens_estimate: 0,
             body_len: 0,
+            instances: 0,
             key_name: "k".into(),
             team: "t".into(),
             end_user: None,

@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use weir_config::{AzureAuth, Secret, Upstream};
 
 use super::{Adapter, Detail, HttpClient, credentials_failed, sensitive, uri};
-use crate::api::{ClientRequest, ModelRequest, Operation};
+use crate::api::{ClientRequest, ModelRequest};
 use crate::error::Error;
 
 /// The scope of Azure OpenAI (Cognitive Services) tokens.
@@ -53,14 +53,7 @@ impl Azure {
                 headers.insert("api-key", sensitive(key.expose())?);
                 None
             }
-            AzureAuth::Entra { token_endpoint, client_id, client_secret } => Some(Entra {
-                token_endpoint: token_endpoint
-                    .parse()
-                    .map_err(|e| Error::internal("the Entra token endpoint is not a URI").source(e))?,
-                client_id: client_id.clone(),
-                client_secret: client_secret.clone(),
-                cached: Mutex::new(None),
-            }),
+            AzureAuth::Entra { .. } => Entra::new(&azure.auth, SCOPE)?,
         };
         let surface = match &azure.api_version {
             Some(api_version) => Surface::Deployments {
@@ -82,17 +75,16 @@ impl Azure {
 impl Adapter for Azure {
     /// The URL for `model`; the body is OpenAI's.
     fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
-        let operation = request.operation();
         let uri = match &self.surface {
-            Surface::V1 { chat, embeddings, .. } => match operation {
-                Operation::Chat => chat.clone(),
-                Operation::Embeddings => embeddings.clone(),
+            Surface::V1 { chat, embeddings, .. } => match request {
+                ModelRequest::Chat(_) => chat.clone(),
+                ModelRequest::Embeddings(_) => embeddings.clone(),
             },
             Surface::Deployments { base, api_version, deployments } => {
                 let deployment = deployments.iter().find(|(m, _)| m == model).map(|(_, d)| d.as_str()).unwrap_or(model);
-                let path = match operation {
-                    Operation::Chat => "chat/completions",
-                    Operation::Embeddings => "embeddings",
+                let path = match request {
+                    ModelRequest::Chat(_) => "chat/completions",
+                    ModelRequest::Embeddings(_) => "embeddings",
                 };
                 let deployment = super::path_segment(deployment)?;
                 let api_version: String = url::form_urlencoded::byte_serialize(api_version.as_bytes()).collect();
@@ -146,19 +138,36 @@ impl Adapter for Azure {
     }
 }
 
-/// Entra ID client credentials and the token they last obtained.
+/// Entra ID client credentials for one scope, and the token they last obtained.
 #[derive(Debug)]
-struct Entra {
+pub(super) struct Entra {
     token_endpoint: Uri,
     client_id: String,
     client_secret: Secret,
+    /// What the tokens are for: Azure OpenAI's or Azure Machine Learning's resource.
+    scope: &'static str,
     /// The `Bearer …` header value and when to replace it. The lock also makes concurrent requests
     /// wait for one fetch instead of each starting its own.
     cached: Mutex<Option<(HeaderValue, Instant)>>,
 }
 
 impl Entra {
-    async fn token(&self, upstream: &str, http: &HttpClient) -> Result<HeaderValue, Error> {
+    /// The credentials of `auth` when it is Entra ID, for tokens of `scope`; `None` for an API key.
+    pub(super) fn new(auth: &AzureAuth, scope: &'static str) -> Result<Option<Self>, Error> {
+        let AzureAuth::Entra { token_endpoint, client_id, client_secret } = auth else { return Ok(None) };
+        Ok(Some(Entra {
+            token_endpoint: token_endpoint
+                .parse()
+                .map_err(|e| Error::internal("the Entra token endpoint is not a URI").source(e))?,
+            client_id: client_id.clone(),
+            client_secret: client_secret.clone(),
+            scope,
+            cached: Mutex::new(None),
+        }))
+    }
+
+    /// The `Bearer …` header, cached until shortly before it expires.
+    pub(super) async fn token(&self, upstream: &str, http: &HttpClient) -> Result<HeaderValue, Error> {
         let mut cached = self.cached.lock().await;
         if let Some((value, refresh_at)) = &*cached
             && Instant::now() < *refresh_at
@@ -169,7 +178,7 @@ impl Entra {
             .append_pair("grant_type", "client_credentials")
             .append_pair("client_id", &self.client_id)
             .append_pair("client_secret", self.client_secret.expose())
-            .append_pair("scope", SCOPE)
+            .append_pair("scope", self.scope)
             .finish();
         let request = Request::post(self.token_endpoint.clone())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")

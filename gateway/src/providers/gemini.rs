@@ -15,6 +15,10 @@
 //! - Completion tokens are candidates + thoughts (both are billed as output); thoughts are also
 //!   reported as `reasoning_tokens`; `cachedContentTokenCount` is `cached_tokens`.
 //! - Images must be `data:` URLs (`inlineData`); remote URLs are refused rather than fetched.
+//! - Predictions go to Vertex AI endpoints: a `vertex` upstream serves its project's endpoints as well as
+//!   Gemini, the target's model being the endpoint id (`1234567890` or `endpoints/1234567890`):
+//!   `:predict` answers with Vertex's own `{"predictions", "deployedModelId", …}`, `:rawPredict` with the
+//!   model's body and `X-Vertex-AI-Deployed-Model-Id`.
 
 use std::sync::Arc;
 
@@ -28,8 +32,9 @@ use super::{
     sensitive, unix_now,
 };
 use crate::api::chat::{Message, Role};
+use crate::api::predict::Verb;
 use crate::api::sse::{Event, Splitter};
-use crate::api::{ChatRequest, EmbeddingsRequest, ModelRequest, Operation};
+use crate::api::{ChatRequest, EmbeddingsRequest, ModelRequest, Operation, PredictRequest};
 use crate::error::Error;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -40,6 +45,9 @@ const SIGNATURE_MARK: char = '~';
 pub struct Gemini {
     /// `{endpoint}/v1/projects/{p}/locations/{l}/publishers/google/models` or `{endpoint}/v1beta/models`.
     models_url: String,
+    /// `{endpoint}/v1/projects/{p}/locations/{l}/endpoints`: Vertex AI's endpoints, which serve
+    /// predictions (`{id}:predict`, `{id}:rawPredict`); `None` for the Gemini API.
+    endpoints_url: Option<String>,
     vertex: bool,
     /// Vertex's token source (set at once from a key file, or found on first use for
     /// application-default credentials); `None` for the Gemini API, whose key is a static header.
@@ -74,6 +82,10 @@ impl Gemini {
                         "{}/v1/projects/{}/locations/{}/publishers/google/models",
                         upstream.endpoint, v.project, v.location
                     ),
+                    endpoints_url: Some(format!(
+                        "{}/v1/projects/{}/locations/{}/endpoints",
+                        upstream.endpoint, v.project, v.location
+                    )),
                     vertex: true,
                     tokens: Some(tokens),
                 })
@@ -82,7 +94,12 @@ impl Gemini {
                 if let Some(key) = &upstream.api_key {
                     headers.insert("x-goog-api-key", sensitive(key.expose())?);
                 }
-                Ok(Self { models_url: format!("{}/v1beta/models", upstream.endpoint), vertex: false, tokens: None })
+                Ok(Self {
+                    models_url: format!("{}/v1beta/models", upstream.endpoint),
+                    endpoints_url: None,
+                    vertex: false,
+                    tokens: None,
+                })
             }
         }
     }
@@ -104,6 +121,31 @@ impl Adapter for Gemini {
         })?;
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal("could not encode the request").source(e))?;
         Ok((uri, body))
+    }
+
+    /// A Vertex AI endpoint's `:predict` or `:rawPredict`, the target's model being the endpoint's
+    /// id (one path segment). The Gemini API serves no predictions.
+    fn predict(&self, request: &PredictRequest, model: &str, _: &mut HeaderMap) -> Option<Result<Uri, Error>> {
+        let base = self.endpoints_url.as_ref()?;
+        let verb = match request.verb() {
+            Verb::Predict => "predict",
+            Verb::RawPredict => "rawPredict",
+        };
+        let id = model.strip_prefix("endpoints/").unwrap_or(model);
+        Some(super::path_segment(id).and_then(|id| {
+            format!("{base}/{id}:{verb}")
+                .parse::<Uri>()
+                .map_err(|e| Error::internal("the Vertex AI endpoint URL is not valid").source(e))
+        }))
+    }
+
+    /// `:rawPredict` names the deployed model that answered in a header (`:predict` in its body).
+    fn deployed(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get("x-vertex-ai-deployed-model-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 256)
+            .map(str::to_owned)
     }
 
     /// Adds Vertex's bearer token (the Gemini API's key is already among the static headers).
@@ -135,6 +177,7 @@ impl Adapter for Gemini {
         let out = match operation {
             Operation::Chat => chat_response(&answer, model),
             Operation::Embeddings => embeddings_response(&answer, model, self.vertex),
+            Operation::Predict => return Err(Error::internal("predictions have no answer to translate")),
         };
         serde_json::to_vec(&out).map(Bytes::from).map_err(|e| Error::internal("could not encode the answer").source(e))
     }

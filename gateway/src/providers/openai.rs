@@ -8,7 +8,8 @@ use serde::Deserialize;
 use weir_config::Upstream;
 
 use super::{Adapter, Detail, sensitive, uri};
-use crate::api::{ClientRequest, ModelRequest, Operation};
+use crate::api::predict::Verb;
+use crate::api::{ClientRequest, ModelRequest, PredictRequest};
 use crate::error::Error;
 
 /// The URLs of an OpenAI-compatible upstream.
@@ -18,6 +19,9 @@ pub struct OpenAi {
     embeddings: Uri,
     completions: Uri,
     responses: Uri,
+    /// `{endpoint}/models/` for Weir's own workers, which serve predictions; `None` for other
+    /// OpenAI-compatible servers, which do not.
+    predict: Option<String>,
 }
 
 impl OpenAi {
@@ -31,15 +35,17 @@ impl OpenAi {
             embeddings: uri(upstream, "/embeddings")?,
             completions: uri(upstream, "/completions")?,
             responses: uri(upstream, "/responses")?,
+            predict: (upstream.kind == weir_config::UpstreamKind::Worker)
+                .then(|| format!("{}/models/", upstream.endpoint)),
         })
     }
 }
 
 impl Adapter for OpenAi {
     fn request(&self, request: &ModelRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
-        let uri = match request.operation() {
-            Operation::Chat => self.chat.clone(),
-            Operation::Embeddings => self.embeddings.clone(),
+        let uri = match request {
+            ModelRequest::Chat(_) => self.chat.clone(),
+            ModelRequest::Embeddings(_) => self.embeddings.clone(),
         };
         Ok((uri, request.upstream_body(model)?))
     }
@@ -47,6 +53,21 @@ impl Adapter for OpenAi {
     fn native(&self, request: &ClientRequest, model: &str) -> Result<(Uri, Vec<u8>), Error> {
         native_body(request, model)
             .map(|(responses, body)| (if responses { self.responses.clone() } else { self.completions.clone() }, body))
+    }
+
+    /// A worker's `POST {endpoint}/models/{model}:predict` (or `:rawPredict`), the target's model
+    /// one path segment.
+    fn predict(&self, request: &PredictRequest, model: &str, _: &mut HeaderMap) -> Option<Result<Uri, Error>> {
+        let base = self.predict.as_ref()?;
+        let verb = match request.verb() {
+            Verb::Predict => "predict",
+            Verb::RawPredict => "rawPredict",
+        };
+        Some(super::path_segment(model).and_then(|segment| {
+            format!("{base}{segment}:{verb}")
+                .parse::<Uri>()
+                .map_err(|e| Error::internal("the worker's prediction URL is not valid").source(e))
+        }))
     }
 
     // `authorize`, `response` and `translator` are the trait's relaying defaults: the bearer key is

@@ -112,6 +112,9 @@ async fn route(slot: Slot, request: Request<Incoming>) -> Result<Response<Body>,
         (true, "/v1/chat/completions") => chat(&worker, &body).await,
         (true, "/v1/completions") => completions(&worker, &body).await,
         (true, p) if p.starts_with("/v1/models/") && p.ends_with(":predict") => predict(&worker, &body).await,
+        (true, p) if p.starts_with("/v1/models/") && p.ends_with(":rawPredict") => {
+            raw_predict(&worker, &parts.headers, &body).await
+        }
         _ => Err(Error::new(Kind::NotFound, format!("Unknown path {path}.")).code("unknown_url")),
     }
 }
@@ -196,6 +199,51 @@ fn encode(text: &super::text::Text, s: &str, param: &str) -> Result<Vec<u32>, Er
     text.encode(s).map_err(|e| Error::bad_request(e).param(param).code("invalid_value"))
 }
 
+/// `:rawPredict`: a CSV body (`text/csv`, one instance per line, the features in the model's
+/// order, an optional header line naming them) or a `:predict` JSON body; the answer is JSON.
+async fn raw_predict(worker: &Worker, headers: &http::HeaderMap, body: &[u8]) -> Result<Response<Body>, Error> {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("text/csv") => {
+            if worker.architecture != Architecture::Mlp {
+                return Err(unsupported(worker, "predictions"));
+            }
+            let text = std::str::from_utf8(body)
+                .map_err(|_| Error::bad_request("The CSV body is not UTF-8.").code("invalid_value"))?;
+            let rows: Vec<Value> = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .enumerate()
+                .filter(|(i, line)| *i > 0 || line.split(',').all(|cell| cell.trim().parse::<f64>().is_ok()))
+                .map(|(i, line)| {
+                    line.split(',')
+                        .map(|cell| {
+                            cell.trim().parse::<f64>().map(|v| json!(v)).map_err(|_| {
+                                Error::bad_request(format!("CSV line {} holds a value that is not a number.", i + 1))
+                                    .code("invalid_value")
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Value::Array)
+                })
+                .collect::<Result<_, _>>()?;
+            if rows.is_empty() {
+                return Err(Error::bad_request("The CSV body holds no rows.").code("invalid_value"));
+            }
+            predict_rows(worker, &rows).await
+        }
+        Some("application/json") | None => predict(worker, body).await,
+        Some(other) => Err(Error::bad_request(format!(
+            "This worker predicts on text/csv or application/json bodies, not {other}."
+        ))
+        .code("unsupported_media_type")),
+    }
+}
+
 async fn predict(worker: &Worker, body: &[u8]) -> Result<Response<Body>, Error> {
     if worker.architecture != Architecture::Mlp {
         return Err(unsupported(worker, "predictions"));
@@ -214,6 +262,10 @@ async fn predict(worker: &Worker, body: &[u8]) -> Result<Response<Body>, Error> 
                 .code("missing_required_parameter"));
         }
     };
+    predict_rows(worker, instances).await
+}
+
+async fn predict_rows(worker: &Worker, instances: &[Value]) -> Result<Response<Body>, Error> {
     let rows = instances
         .iter()
         .enumerate()

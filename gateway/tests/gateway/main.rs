@@ -20,6 +20,7 @@ mod isolation;
 mod messages;
 mod plugins;
 mod policies;
+mod predict;
 mod processes;
 mod python;
 mod replicas;

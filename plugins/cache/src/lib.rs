@@ -56,6 +56,9 @@ struct Config {
     /// Cache embeddings.
     #[serde(default = "yes")]
     embeddings: bool,
+    /// Cache predictions by their payload's digest: off unless the models are deterministic.
+    #[serde(default)]
+    predictions: bool,
     /// The request header that opts a request in (`on`) or out (`off`).
     #[serde(default = "default_header")]
     header: String,
@@ -116,7 +119,11 @@ impl Plugin for Cache {
             return Err(format!("cache config: header {:?} is not a valid header name", config.header));
         }
         let plugin = Cache {
-            rules: Rules { temperature_zero: config.temperature_zero, embeddings: config.embeddings },
+            rules: Rules {
+                temperature_zero: config.temperature_zero,
+                embeddings: config.embeddings,
+                predictions: config.predictions,
+            },
             ttl_ms: config.ttl_seconds * 1000,
             max_entry_bytes: config.max_entry_bytes as usize,
             header: config.header.to_ascii_lowercase(),
@@ -137,6 +144,7 @@ impl Plugin for Cache {
         let cache_control = req.header("cache-control");
         let facts = Facts {
             embeddings: info.api == ApiKind::Embeddings,
+            prediction: info.api == ApiKind::Predict,
             temperature: info.temperature,
             opt_in: opt_in.as_deref(),
             cache_control: cache_control.as_deref(),

@@ -40,6 +40,9 @@ pub struct Rules {
     pub temperature_zero: bool,
     /// Embeddings requests (deterministic by nature).
     pub embeddings: bool,
+    /// Predictions (`:predict`, `:rawPredict`), whose models the operator knows to be
+    /// deterministic.
+    pub predictions: bool,
 }
 
 /// What the policy looks at, read from the request.
@@ -47,6 +50,8 @@ pub struct Rules {
 pub struct Facts<'a> {
     /// An embeddings request (rather than a chat completion).
     pub embeddings: bool,
+    /// A prediction.
+    pub prediction: bool,
     /// The request's `temperature`, if it set one.
     pub temperature: Option<f32>,
     /// The opt-in header's value, if present.
@@ -71,7 +76,9 @@ pub fn decide(rules: Rules, facts: Facts<'_>) -> Verdict {
         return Verdict::Bypass(Reason::OptedOut);
     }
     let opted_in = opt_in.is_some_and(|v| v.eq_ignore_ascii_case("on"));
-    let deterministic = if facts.embeddings {
+    let deterministic = if facts.prediction {
+        rules.predictions
+    } else if facts.embeddings {
         rules.embeddings
     } else {
         // Exactly zero: that is what clients send when they want repeatable answers.
@@ -95,7 +102,7 @@ pub fn wants_usage(body: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const DEFAULT: Rules = Rules { temperature_zero: true, embeddings: true };
+    const DEFAULT: Rules = Rules { temperature_zero: true, embeddings: true, predictions: false };
 
     fn chat(temperature: Option<f32>) -> Facts<'static> {
         Facts { temperature, ..Facts::default() }
@@ -115,6 +122,14 @@ mod tests {
         let facts = Facts { embeddings: true, ..Facts::default() };
         assert_eq!(decide(DEFAULT, facts), Verdict::Lookup);
         assert_eq!(decide(Rules { embeddings: false, ..DEFAULT }, facts), Verdict::Bypass(Reason::NotCacheable));
+    }
+
+    #[test]
+    fn predictions_are_cached_only_where_the_operator_says_they_are_deterministic() {
+        let facts = Facts { prediction: true, ..Facts::default() };
+        assert_eq!(decide(DEFAULT, facts), Verdict::Bypass(Reason::NotCacheable));
+        assert_eq!(decide(Rules { predictions: true, ..DEFAULT }, facts), Verdict::Lookup);
+        assert_eq!(decide(DEFAULT, Facts { opt_in: Some("on"), ..facts }), Verdict::Lookup, "a request may opt in");
     }
 
     #[test]

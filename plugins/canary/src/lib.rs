@@ -54,6 +54,11 @@ struct Config {
     /// The request header that forces a variant (`canary` or `baseline`).
     #[serde(default = "default_header")]
     header: String,
+    /// A request header whose value names the user a request is sticky for, before OpenAI's
+    /// `user` and the API key: for traffic that has no `user` field (predictions: a customer or
+    /// account id the app sends).
+    #[serde(default)]
+    sticky_header: Option<String>,
 }
 
 /// One split. Serialized (as JSON) into the identity of its guard's state, so any change re-arms it.
@@ -134,6 +139,7 @@ struct Guard {
 struct Canary {
     splits: BTreeMap<String, Split>,
     header: String,
+    sticky_header: Option<String>,
     /// Prices by target or model, asked of the catalog once per instance: they come from the
     /// config, and a new config brings new instances.
     prices: RefCell<BTreeMap<String, Option<catalog::ModelPrice>>>,
@@ -146,8 +152,12 @@ impl Plugin for Canary {
             path if path == "." => format!("canary config: {}", e.inner()),
             path => format!("canary config: {path}: {}", e.inner()),
         })?;
-        if config.header.is_empty() || !config.header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        let valid = |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid(&config.header) {
             return Err(format!("canary config: header {:?} is not a valid header name", config.header));
+        }
+        if let Some(sticky) = config.sticky_header.as_deref().filter(|h| !valid(h)) {
+            return Err(format!("canary config: sticky_header {sticky:?} is not a valid header name"));
         }
         let mut splits = BTreeMap::new();
         for (i, raw) in config.splits.into_iter().enumerate() {
@@ -163,10 +173,14 @@ impl Plugin for Canary {
             }
             splits.insert(split.model.clone(), split);
         }
-        let plugin =
-            Canary { splits, header: config.header.to_ascii_lowercase(), prices: RefCell::new(BTreeMap::new()) };
-        let info =
-            PluginInfo::hooks(HookSet::ON_REQUEST | HookSet::ON_COMPLETE).reading_headers([plugin.header.clone()]);
+        let plugin = Canary {
+            splits,
+            header: config.header.to_ascii_lowercase(),
+            sticky_header: config.sticky_header.map(|h| h.to_ascii_lowercase()),
+            prices: RefCell::new(BTreeMap::new()),
+        };
+        let headers = std::iter::once(plugin.header.clone()).chain(plugin.sticky_header.clone());
+        let info = PluginInfo::hooks(HookSet::ON_REQUEST | HookSet::ON_COMPLETE).reading_headers(headers);
         Ok((plugin, info))
     }
 
@@ -176,9 +190,11 @@ impl Plugin for Canary {
         let rolled_back = split.guard.is_some() && rolled_back(split);
         let weight_bp = if rolled_back { 0 } else { split.weight_bp };
         // A user and a key of the same name are different people.
-        let who = match &info.end_user {
-            Some(user) => format!("u:{user}"),
-            None => format!("k:{}", info.key_name),
+        let sticky = self.sticky_header.as_deref().and_then(|h| req.header(h)).filter(|v| !v.is_empty());
+        let who = match (sticky, &info.end_user) {
+            (Some(id), _) => format!("h:{id}"),
+            (None, Some(user)) => format!("u:{user}"),
+            (None, None) => format!("k:{}", info.key_name),
         };
         let in_share = split::in_canary_share(&split.model, &who, weight_bp);
         let forced = req.header(&self.header).as_deref().and_then(Variant::parse);

@@ -1,7 +1,8 @@
 //! `cost`: prices every request from its actual usage, and enforces budgets.
 //!
 //! - On completion: cost = usage × the target's price (the host's catalog: `[prices]` in the
-//!   config, then Weir's defaults for the providers' models), exact, in picodollars. It is written
+//!   config, then Weir's defaults for the providers' models), exact, in picodollars; a prediction
+//!   is priced per request, per 1,000 instances and per second of the attempt that answered. It is written
 //!   to the ledger (durable once appended), added to a metric, and returned to the client in
 //!   `x-weir-cost-usd` when the response is a whole JSON body (a stream's headers are gone by then).
 //! - At admission: for every budget that applies (a key or team, per UTC day or calendar month),
@@ -14,7 +15,7 @@
 
 mod money;
 
-use money::{Period, Price, Tokens, cost, pico_from_usd, usd};
+use money::{Period, Predicted, Price, Tokens, cost, pico_from_usd, prediction_cost, usd};
 use serde::{Deserialize, Serialize};
 use weir_sdk::{
     ApiKind, Completion, Decision, HookSet, Plugin, PluginInfo, Rejection, Request, catalog, ledger, metrics, quota,
@@ -96,24 +97,34 @@ struct Cost {
 impl Cost {
     /// The most a request can cost: its prompt estimate and completion budget at the highest
     /// price among the model's targets (the router may pick any of them).
-    fn worst_case(&self, model: &str, prompt_estimate: u32, max_tokens: Option<u32>, api: ApiKind) -> u64 {
-        // Every API but embeddings generates text: chat, completions, Messages, Responses.
-        let completion = match api {
-            ApiKind::Embeddings => 0,
-            _ => u64::from(max_tokens.unwrap_or(self.default_max_tokens)),
+    fn worst_case(&self, info: &weir_sdk::RequestInfo) -> u64 {
+        // Every API but embeddings and predictions generates text: chat, completions, Messages,
+        // Responses. A prediction's worst case is its request and instances; its compute time is
+        // not known before it runs, and is charged when it is.
+        let completion = match info.api {
+            ApiKind::Embeddings | ApiKind::Predict => 0,
+            _ => u64::from(info.max_tokens.unwrap_or(self.default_max_tokens)),
         };
-        let tokens = Tokens { prompt: u64::from(prompt_estimate), completion, cached: 0 };
-        std::iter::once(model.to_owned())
-            .chain(catalog::targets(model))
+        let tokens = Tokens { prompt: u64::from(info.prompt_tokens_estimate), completion, cached: 0 };
+        let work = Predicted { instances: u64::from(info.instances), compute_ms: 0 };
+        std::iter::once(info.model.clone())
+            .chain(catalog::targets(&info.model))
             .filter_map(|name| catalog::price(&name).map(price))
-            .map(|p| cost(tokens, p))
+            .map(|p| if info.api == ApiKind::Predict { prediction_cost(work, p) } else { cost(tokens, p) })
             .max()
             .unwrap_or(0)
     }
 }
 
 fn price(p: catalog::ModelPrice) -> Price {
-    Price { input: p.input, output: p.output, cached_input: p.cached_input }
+    Price {
+        input: p.input,
+        output: p.output,
+        cached_input: p.cached_input,
+        per_request: p.per_request,
+        per_1k_instances: p.per_thousand_instances,
+        per_compute_second: p.per_compute_second,
+    }
 }
 
 impl Plugin for Cost {
@@ -152,9 +163,7 @@ impl Plugin for Cost {
             if budget.name.as_ref().is_some_and(|n| n != name) {
                 continue;
             }
-            let reserve = *worst.get_or_insert_with(|| {
-                self.worst_case(&info.model, info.prompt_tokens_estimate, info.max_tokens, info.api)
-            });
+            let reserve = *worst.get_or_insert_with(|| self.worst_case(&info));
             let (start, end) = budget.period.bounds(now);
             let (spender, label) = match budget.who {
                 Who::Key => (ledger::Spender::Key, "key"),
@@ -207,14 +216,32 @@ impl Plugin for Cost {
 
     fn on_complete(&self, req: &Request, outcome: Completion) {
         let info = req.info();
-        if let Some(usage) = outcome.usage {
+        // A prediction has no tokens: it is charged when an upstream answered it, for the
+        // instances and the answering attempt's time.
+        let answered = outcome.attempts.iter().rev().find(|a| (200..300).contains(&a.status));
+        let prediction = (info.api == ApiKind::Predict && outcome.error_class.is_none())
+            .then_some(answered)
+            .flatten()
+            .map(|a| Predicted { instances: u64::from(info.instances), compute_ms: u64::from(a.latency_ms) });
+        let usage = outcome.usage.or_else(|| {
+            prediction.map(|_| weir_sdk::Usage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cached_tokens: 0,
+                reasoning_tokens: 0,
+            })
+        });
+        if let Some(usage) = usage {
             let target_price = catalog::price(&outcome.target).or_else(|| catalog::price(&info.model));
             let tokens = Tokens {
                 prompt: u64::from(usage.prompt_tokens),
                 completion: u64::from(usage.completion_tokens),
                 cached: u64::from(usage.cached_tokens),
             };
-            let cost_pico_usd = target_price.map_or(0, |p| cost(tokens, price(p)));
+            let cost_pico_usd = target_price.map_or(0, |p| match prediction {
+                Some(work) => prediction_cost(work, price(p)),
+                None => cost(tokens, price(p)),
+            });
             // The ledger first, the reservation after: for a moment the request counts twice,
             // never zero times.
             ledger::append(&ledger::Entry {

@@ -9,12 +9,34 @@ pub const PICO_PER_USD: u64 = 1_000_000_000_000;
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 86_400_000;
 
-/// A price, micro-dollars per million tokens (as the host's catalog gives it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A price, micro-dollars per million tokens (as the host's catalog gives it), and for
+/// predictions picodollars per request, per 1,000 instances and per second of compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Price {
     pub input: u64,
     pub output: u64,
     pub cached_input: u64,
+    pub per_request: u64,
+    pub per_1k_instances: u64,
+    pub per_compute_second: u64,
+}
+
+/// The work of one prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Predicted {
+    pub instances: u64,
+    /// Milliseconds of the upstream attempt that answered.
+    pub compute_ms: u64,
+}
+
+/// A prediction's cost: the request price, the instances at the per-1,000 price and the answering
+/// attempt's time at the per-second price, each rounded down to whole picodollars (a thousandth of
+/// a picodollar per instance is the most it can lose).
+pub fn prediction_cost(work: Predicted, price: Price) -> u64 {
+    price
+        .per_request
+        .saturating_add(work.instances.saturating_mul(price.per_1k_instances) / 1000)
+        .saturating_add(work.compute_ms.saturating_mul(price.per_compute_second) / 1000)
 }
 
 /// Token counts of one request.
@@ -113,7 +135,7 @@ mod tests {
 
     #[test]
     fn cost_is_exact_in_picodollars() {
-        let price = Price { input: 150_000, output: 600_000, cached_input: 75_000 };
+        let price = Price { input: 150_000, output: 600_000, cached_input: 75_000, ..Price::default() };
         let tokens = Tokens { prompt: 1000, completion: 10, cached: 400 };
         assert_eq!(cost(tokens, price), 600 * 150_000 + 400 * 75_000 + 10 * 600_000);
         assert_eq!(usd(cost(tokens, price)), "0.000126");
@@ -121,6 +143,21 @@ mod tests {
         assert_eq!(usd(1), "0.000000000001");
         assert_eq!(pico_from_usd(2.5), Some(2_500_000_000_000));
         assert_eq!(pico_from_usd(-1.0), None);
+    }
+
+    #[test]
+    fn predictions_cost_per_request_per_thousand_instances_and_per_second() {
+        // $0.000002 a request, $0.05 per 1,000 instances, $0.0001 per second.
+        let price = Price {
+            per_request: 2_000_000,
+            per_1k_instances: 50_000_000_000,
+            per_compute_second: 100_000_000,
+            ..Price::default()
+        };
+        let cost = prediction_cost(Predicted { instances: 2500, compute_ms: 1500 }, price);
+        assert_eq!(cost, 2_000_000 + 125_000_000_000 + 150_000_000);
+        assert_eq!(usd(cost), "0.125152");
+        assert_eq!(prediction_cost(Predicted { instances: 0, compute_ms: 0 }, Price::default()), 0);
     }
 
     #[test]

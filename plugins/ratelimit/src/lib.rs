@@ -1,5 +1,5 @@
-//! `ratelimit`: requests per minute, tokens per minute and concurrent requests, counted per key,
-//! team, model and end user in any combination.
+//! `ratelimit`: requests per minute, tokens per minute, concurrent requests and (for prediction
+//! traffic) instances per minute, counted per key, team, model and end user in any combination.
 //!
 //! At admission every rule that applies reserves from the host's `quota` buckets: one request, the
 //! worst case of tokens (the prompt estimate plus `max_tokens`, or a configured default), and one
@@ -36,10 +36,13 @@ struct Held {
     tokens: Vec<(u64, u64)>,
     /// Concurrency slots (settled with 0: given back).
     slots: Vec<u64>,
+    /// Instance reservations of a prediction and the amount each reserved.
+    #[serde(default)]
+    instances: Vec<(u64, u64)>,
 }
 
 impl Held {
-    fn release(&self, tokens_used: impl Fn(u64) -> u64) {
+    fn release(&self, answered: bool, tokens_used: impl Fn(u64) -> u64) {
         for &r in &self.requests {
             quota::settle(r, 1);
         }
@@ -48,6 +51,10 @@ impl Held {
         }
         for &r in &self.slots {
             quota::settle(r, 0);
+        }
+        // The instances asked for were predicted when an upstream answered, else none were.
+        for &(r, reserved) in &self.instances {
+            quota::settle(r, if answered { reserved } else { 0 });
         }
     }
 }
@@ -99,9 +106,10 @@ impl Plugin for RateLimit {
         let info = req.info();
         let subject =
             Subject { key: &info.key_name, team: &info.team, model: &info.model, user: info.end_user.as_deref() };
-        // Every API but embeddings generates text: chat, completions, Messages, Responses.
+        // Every API but embeddings and predictions generates text: chat, completions, Messages,
+        // Responses. A prediction has no tokens (its estimate is 0); it is counted in instances.
         let tokens = match info.api {
-            ApiKind::Embeddings => u64::from(info.prompt_tokens_estimate),
+            ApiKind::Embeddings | ApiKind::Predict => u64::from(info.prompt_tokens_estimate),
             _ => token_reservation(info.prompt_tokens_estimate, info.max_tokens, self.config.default_max_tokens),
         };
         // Every limit that applies, reserved together: one host call (one round trip with shared
@@ -114,6 +122,13 @@ impl Plugin for RateLimit {
                 ("requests per minute", "rpm", rule.requests_per_minute, 1, MINUTE_MS),
                 ("tokens per minute", "tpm", rule.tokens_per_minute, tokens, MINUTE_MS),
                 ("concurrent requests", "slots", rule.concurrent.map(u64::from), 1, SLOT_WINDOW_MS),
+                (
+                    "instances per minute",
+                    "ipm",
+                    rule.instances_per_minute.filter(|_| info.api == ApiKind::Predict),
+                    u64::from(info.instances),
+                    MINUTE_MS,
+                ),
             ];
             for (name, suffix, limit, asked, window_ms) in checks {
                 let Some(limit) = limit else { continue };
@@ -129,28 +144,32 @@ impl Plugin for RateLimit {
         if asks.is_empty() {
             return Decision::Continue;
         }
-        let (mut requests, mut token_limit) = (None, None);
-        let keep =
-            |suffix: &str, seen: Tightest, requests: &mut Option<Tightest>, tokens: &mut Option<Tightest>| match suffix
-            {
-                "rpm" => Tightest::keep(requests, seen),
-                "tpm" => Tightest::keep(tokens, seen),
-                _ => {}
-            };
+        let mut tightest: [Option<Tightest>; 3] = [None; 3];
+        let keep = |suffix: &str, seen: Tightest, tightest: &mut [Option<Tightest>; 3]| match suffix {
+            "rpm" => Tightest::keep(&mut tightest[0], seen),
+            "tpm" => Tightest::keep(&mut tightest[1], seen),
+            "ipm" => Tightest::keep(&mut tightest[2], seen),
+            _ => {}
+        };
+        let headers = |tightest: &[Option<Tightest>; 3]| {
+            for (slot, kind) in tightest.iter().zip(["requests", "tokens", "instances"]) {
+                Tightest::headers(*slot, kind, req);
+            }
+        };
         let refusal = match quota::reserve_all(&asks) {
             Ok(grants) => {
                 let mut held = Held::default();
                 for (grant, &(_, suffix, limit, asked, _)) in grants.iter().zip(&what) {
                     let seen = Tightest { limit, remaining: grant.remaining, reset_ms: grant.reset_ms };
-                    keep(suffix, seen, &mut requests, &mut token_limit);
+                    keep(suffix, seen, &mut tightest);
                     match suffix {
                         "rpm" => held.requests.push(grant.reservation),
                         "tpm" => held.tokens.push((grant.reservation, asked)),
+                        "ipm" => held.instances.push((grant.reservation, asked)),
                         _ => held.slots.push(grant.reservation),
                     }
                 }
-                Tightest::headers(requests, "requests", req);
-                Tightest::headers(token_limit, "tokens", req);
+                headers(&tightest);
                 if let Ok(bytes) = serde_json::to_vec(&held) {
                     req.set_local(HELD, &bytes);
                 }
@@ -163,9 +182,8 @@ impl Plugin for RateLimit {
         };
         let denial = refusal.denial;
         let seen = Tightest { limit, remaining: denial.remaining, reset_ms: denial.retry_after_ms };
-        keep(suffix, seen, &mut requests, &mut token_limit);
-        Tightest::headers(requests, "requests", req);
-        Tightest::headers(token_limit, "tokens", req);
+        keep(suffix, seen, &mut tightest);
+        headers(&tightest);
         // A concurrency slot frees up when some request ends; a second is a fair wait.
         let retry_after_ms = if suffix == "slots" { 1000 } else { denial.retry_after_ms };
         let r = Refusal { what: name, limit, asked, retry_after_ms, rule: self.config.limits[rule].describe(&subject) };
@@ -198,7 +216,7 @@ impl Plugin for RateLimit {
         }
         let Some(held) = req.get_local(HELD).and_then(|b| serde_json::from_slice::<Held>(&b).ok()) else { return };
         let answered = outcome.attempts.iter().any(|a| (200..300).contains(&a.status));
-        held.release(|reserved| match outcome.usage {
+        held.release(answered, |reserved| match outcome.usage {
             Some(u) => u64::from(u.prompt_tokens) + u64::from(u.completion_tokens),
             // No upstream answered: nothing was used.
             None if !answered => 0,

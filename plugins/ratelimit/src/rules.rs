@@ -48,6 +48,8 @@ pub struct Rule {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
     pub concurrent: Option<u32>,
+    /// Instances predicted per minute (`predict` requests only; other APIs are not counted).
+    pub instances_per_minute: Option<u64>,
 }
 
 /// What a request is, as far as rules care.
@@ -66,12 +68,21 @@ impl Config {
             return Err("ratelimit config: `limits` is empty; add at least one rule".into());
         }
         for (i, rule) in config.limits.iter().enumerate() {
-            if rule.requests_per_minute.is_none() && rule.tokens_per_minute.is_none() && rule.concurrent.is_none() {
+            if rule.requests_per_minute.is_none()
+                && rule.tokens_per_minute.is_none()
+                && rule.concurrent.is_none()
+                && rule.instances_per_minute.is_none()
+            {
                 return Err(format!(
-                    "ratelimit config: limits[{i}] sets none of requests_per_minute, tokens_per_minute, concurrent"
+                    "ratelimit config: limits[{i}] sets none of requests_per_minute, tokens_per_minute, concurrent, \
+                     instances_per_minute"
                 ));
             }
-            if rule.requests_per_minute == Some(0) || rule.tokens_per_minute == Some(0) || rule.concurrent == Some(0) {
+            if rule.requests_per_minute == Some(0)
+                || rule.tokens_per_minute == Some(0)
+                || rule.concurrent == Some(0)
+                || rule.instances_per_minute == Some(0)
+            {
                 return Err(format!("ratelimit config: limits[{i}] has a limit of 0; remove the model instead"));
             }
         }
