@@ -684,3 +684,99 @@ targets = [{{ upstream = "aml", model = "purple" }}]
     let (status, answer) = predict(&client, &gw, "fraud-aml", &json!({"instances": [["x"]]})).await;
     assert_eq!(status, 502, "{answer}");
 }
+
+#[tokio::test]
+async fn data_capture_writes_the_sampled_share_and_never_an_excluded_team() {
+    let mock = sagemaker_mock().await;
+    let dir = crate::support::state_dir().join(format!("capture-{}-{}", std::process::id(), rand::random::<u32>()));
+    let path = dir.join("predictions.jsonl");
+    let text = config(
+        &mock,
+        "",
+        "",
+        &format!(
+            r#"
+[capture]
+path = "{}"
+max_payload_bytes = "200B"
+exclude_teams = ["health"]
+
+[[keys]]
+name = "fraud-team"
+team = "risk"
+key = "risk-key-0123456789abcdef"
+
+[[keys]]
+name = "clinic"
+team = "health"
+key = "health-key-0123456789abcdef"
+"#,
+            path.display()
+        ),
+    )
+    .replace("name = \"fraud-cloud\"\n", "name = \"fraud-cloud\"\ncapture = 100\n")
+    .replace("name = \"fraud\"\n", "name = \"fraud\"\ncapture = 25\n");
+    let gw = TestGateway::start(&text).await;
+    let client = reqwest::Client::new();
+    let ask = |model: &'static str, key: &'static str, body: String| {
+        let request = client
+            .post(gw.url(&format!("/v1/models/{model}:predict")))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    for _ in 0..3 {
+        ask("fraud-cloud", "risk-key-0123456789abcdef", json!({"instances": [[1, 2]]}).to_string()).await;
+        ask("fraud-cloud", "health-key-0123456789abcdef", json!({"instances": [[3, 4]]}).to_string()).await;
+    }
+    // Over the payload limit: recorded without the payloads.
+    ask("fraud-cloud", "risk-key-0123456789abcdef", json!({"instances": vec![[1.5; 6]; 20]}).to_string()).await;
+    for _ in 0..400 {
+        ask("fraud", "risk-key-0123456789abcdef", json!({"instances": [[12.5, 14, 0.1, 3.0, 0, 0]]}).to_string()).await;
+    }
+    let expected_cloud = 4.0;
+    let cloud = metric_eventually(
+        &gw,
+        "weir_captured_predictions_total",
+        &[("model", "fraud-cloud"), ("outcome", "captured")],
+        expected_cloud,
+    )
+    .await;
+    assert_eq!(cloud, expected_cloud, "every one of the risk team's, none of health's");
+    let mut records: Vec<Value> = Vec::new();
+    for _ in 0..100 {
+        records = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let captured =
+            crate::support::metric(&gw.metrics().await, "weir_captured_predictions_total", &[("outcome", "captured")]);
+        if records.len() as f64 == captured {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let cloud: Vec<&Value> = records.iter().filter(|r| r["model"] == "fraud-cloud").collect();
+    assert_eq!(cloud.len(), 4);
+    assert!(cloud.iter().all(|r| r["team"] == "risk"), "the excluded team is never captured");
+    let first = cloud[0];
+    assert_eq!(first["request"], json!({"instances": [[1, 2]]}));
+    assert_eq!(first["response"]["predictions"], json!([sagemaker_score(&[1.0, 2.0])]));
+    assert_eq!((first["target"].as_str(), first["deployed"].as_str()), (Some("sm/fraud-endpoint"), Some("primary")));
+    assert_eq!(
+        (first["instances"].as_u64(), first["status"].as_u64(), first["truncated"].as_bool()),
+        (Some(1), Some(200), Some(false))
+    );
+    assert!(first["request_id"].as_str().is_some_and(|id| !id.is_empty()) && first["latency_ms"].is_u64());
+    let big = cloud[3];
+    assert_eq!((big["truncated"].as_bool(), big["request"]["bytes"].is_u64()), (Some(true), true), "{big}");
+    // 25% of 400: within ±4.5 standard deviations (σ ≈ 8.7).
+    let sampled = records.iter().filter(|r| r["model"] == "fraud").count();
+    assert!((61..=139).contains(&sampled), "{sampled} of 400 captured at 25%");
+    let _ = std::fs::remove_dir_all(&dir);
+}
