@@ -20,7 +20,7 @@ pub use load::{Latency, Run};
 
 use crate::mock::MockUpstream;
 use load::{Target, Workload};
-use weir::{Chain, Weir};
+use weir::{Chain, Weir, Worker};
 
 /// Command-line options of `weir-bench`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -71,6 +71,14 @@ pub struct Options {
     /// Request rate of the streaming workload, in requests per second.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub stream_rate: u32,
+    /// The model of the prediction workload: a `weir worker` serves it on its own (the direct
+    /// target) and the Weirs route `bench-predict` to that worker. By default the fraud-score MLP
+    /// of the gateway's tests.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/tests/fixtures/worker/fraud-mlp"))]
+    pub predict_model: PathBuf,
+    /// Request rate of the prediction workload, in requests per second; 0 leaves it out.
+    #[arg(long, default_value_t = 500)]
+    pub predict_rate: u32,
     /// Measure isolation instead: a model with no plugin, alone, beside a one-core CPU hog, and
     /// while other models' hostile plugins are hammered (see `harness/isolation.rs`); the first of
     /// `--rates` is the healthy model's rate.
@@ -101,6 +109,9 @@ pub struct Report {
     pub open_loops: Vec<Comparison>,
     pub closed_loop: Comparison,
     pub streaming: Comparison,
+    /// Predictions direct to a `weir worker` and through the Weirs to it (absent with
+    /// `--direct-only` or `--predict-rate 0`).
+    pub predictions: Option<Comparison>,
     /// Weir's memory, absent with `--direct-only`.
     pub memory: Option<Memory>,
     /// The memory of the Weir with the plugin chain, absent with `--direct-only` or `--plugins 0`.
@@ -139,7 +150,7 @@ pub struct Memory {
 impl Report {
     /// Every workload's comparison, in the order they ran.
     pub fn comparisons(&self) -> impl Iterator<Item = &Comparison> {
-        self.open_loops.iter().chain([&self.closed_loop, &self.streaming])
+        self.open_loops.iter().chain([&self.closed_loop, &self.streaming]).chain(&self.predictions)
     }
 
     /// Whether the third target, Weir with the plugin chain, was measured.
@@ -193,10 +204,19 @@ pub fn run(options: &Options) -> Result<Report> {
         .block_on(MockUpstream::builder().record_requests(false).try_start())
         .context("starting the mock upstream")?;
 
+    let worker = match bin.filter(|_| options.predict_rate > 0) {
+        Some(bin) => {
+            eprintln!("starting {} worker --model {}", bin.display(), options.predict_model.display());
+            let started = client_runtime.block_on(Worker::start(bin, &options.predict_model));
+            Some(started.context("starting the prediction workload's worker")?)
+        }
+        None => None,
+    };
+    let serves = worker.as_ref().map(|w| (w.addr(), w.model.as_str()));
     let weir = match bin {
         Some(bin) => {
             eprintln!("starting {} against the mock at {}", bin.display(), mock.base_url());
-            Some(client_runtime.block_on(Weir::start(bin, &mock.base_url(), None))?)
+            Some(client_runtime.block_on(Weir::start_with(bin, &mock.base_url(), None, serves))?)
         }
         None => None,
     };
@@ -216,15 +236,17 @@ pub fn run(options: &Options) -> Result<Report> {
                 }
                 Chain::Hostile { .. } => eprintln!("starting {} with the hostile fixtures", bin.display()),
             }
-            let started = client_runtime.block_on(Weir::start(bin, &mock.base_url(), Some(chain)));
+            let started = client_runtime.block_on(Weir::start_with(bin, &mock.base_url(), Some(chain), serves));
             Some(started.context("starting the weir with the plugin chain")?)
         }
         None => None,
     };
-    let report = client_runtime.block_on(measure(options, &mock, weir.as_ref(), with_plugins.as_ref()));
+    let report =
+        client_runtime.block_on(measure(options, &mock, weir.as_ref(), with_plugins.as_ref(), worker.as_ref()));
     // Stop both Weirs before the mock so they do not log a burst of upstream errors on the way out.
     drop(with_plugins);
     drop(weir);
+    drop(worker);
     drop(mock);
     report
 }
@@ -234,10 +256,15 @@ async fn measure(
     mock: &MockUpstream,
     weir: Option<&Weir>,
     with_plugins: Option<&Weir>,
+    worker: Option<&Worker>,
 ) -> Result<Report> {
     let connections = options.connections;
     let direct = Target::new("direct", mock.addr(), DIRECT_MODEL, DIRECT_STREAM_MODEL, connections);
-    let through = |name, w: &Weir| Target::new(name, w.addr(), weir::MODEL, weir::STREAM_MODEL, connections);
+    let through = |name, w: &Weir| {
+        let target = Target::new(name, w.addr(), weir::MODEL, weir::STREAM_MODEL, connections);
+        if worker.is_some() { target.predicting(weir::PREDICT_MODEL).expect("a valid path") } else { target }
+    };
+    let direct_worker = worker.map(|w| Target::predict_only("direct", w.addr(), &w.model, connections)).transpose()?;
     let weir_target = weir.map(|w| through("weir", w));
     let plugins_target = with_plugins.map(|w| through("weir+plugins", w));
     let through_weir = weir_target.as_ref().zip(weir);
@@ -248,6 +275,10 @@ async fn measure(
     for target in std::iter::once(&direct).chain(&weir_target).chain(&plugins_target) {
         target.preflight().await?;
         load::closed_loop(target, Workload::Chat, connections, WARM_UP).await;
+    }
+    for target in direct_worker.iter().chain(weir_target.iter().chain(&plugins_target).filter(|t| t.predicts())) {
+        target.preflight().await?;
+        load::closed_loop(target, Workload::Predict, connections, WARM_UP).await;
     }
     let targets = Targets { direct: &direct, weir: through_weir, plugins: through_plugins };
     let calls_before = match with_plugins {
@@ -269,6 +300,20 @@ async fn measure(
     })
     .await;
 
+    let predictions = match &direct_worker {
+        Some(direct) => {
+            let targets = Targets { direct, weir: through_weir, plugins: through_plugins };
+            let name = format!("predictions, {} req/s", options.predict_rate);
+            Some(
+                compare(&name, &targets, |t| {
+                    load::open_loop(t, Workload::Predict, options.predict_rate, options.duration)
+                })
+                .await,
+            )
+        }
+        None => None,
+    };
+
     tokio::time::sleep(SETTLE).await;
     let hook_calls_per_request = match (with_plugins, calls_before) {
         (Some(w), Some(before)) => {
@@ -276,6 +321,7 @@ async fn measure(
             let sent: usize = open_loops
                 .iter()
                 .chain([&closed_loop, &streaming])
+                .chain(&predictions)
                 .filter_map(|c| c.plugins.as_ref())
                 .map(|t| t.run.sent)
                 .sum();
@@ -294,6 +340,7 @@ async fn measure(
         open_loops,
         closed_loop,
         streaming,
+        predictions,
         memory: memory(weir, idle_kib)?,
         plugins_memory: memory(with_plugins, plugins_idle_kib)?,
         hook_calls_per_request,

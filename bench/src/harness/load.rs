@@ -47,6 +47,8 @@ pub enum Workload {
     Chat,
     /// A streamed chat completion; the response must end with `data: [DONE]`.
     Stream,
+    /// A prediction of one instance of the fraud model (`:predict`).
+    Predict,
 }
 
 /// Where requests go: a pool of connections to one address plus the request bodies for it.
@@ -57,7 +59,12 @@ pub struct Target {
     host: HeaderValue,
     chat_body: Bytes,
     stream_body: Bytes,
+    /// `/v1/models/{model}:predict`, for targets that serve predictions.
+    predict_path: Option<Uri>,
 }
+
+/// The body of the prediction workload: one card transaction for the fraud model.
+const PREDICT_BODY: &str = r#"{"instances":[{"amount":4200.0,"hour":3,"merchant_risk":0.9,"distance_km":2500.0,"new_device":1,"failed_attempts":3}]}"#;
 
 /// No single request may hold up a run for longer than this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,12 +93,33 @@ impl Target {
             host: HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
             chat_body: body(model, false),
             stream_body: body(stream_model, true),
+            predict_path: None,
         }
+    }
+
+    /// A target of the prediction workload only (a `weir worker`).
+    pub fn predict_only(name: &'static str, addr: SocketAddr, model: &str, connections: usize) -> Result<Self> {
+        let mut target = Self::new(name, addr, "", "", connections);
+        (target.chat_body, target.stream_body) = (Bytes::new(), Bytes::new());
+        target.predicting(model)
+    }
+
+    /// This target with predictions to `model` (`POST /v1/models/{model}:predict`).
+    pub fn predicting(mut self, model: &str) -> Result<Self> {
+        self.predict_path = Some(format!("/v1/models/{model}:predict").parse().context("a prediction path")?);
+        Ok(self)
+    }
+
+    /// Whether this target serves the prediction workload.
+    pub fn predicts(&self) -> bool {
+        self.predict_path.is_some()
     }
 
     /// Sends one request of each workload, so a misconfigured target fails loudly before any run.
     pub async fn preflight(&self) -> Result<()> {
-        for workload in [Workload::Chat, Workload::Stream] {
+        let chats = (!self.chat_body.is_empty()).then_some([Workload::Chat, Workload::Stream]);
+        let predicts = self.predicts().then_some(Workload::Predict);
+        for workload in chats.into_iter().flatten().chain(predicts) {
             self.send(workload)
                 .await
                 .with_context(|| format!("{}: {workload:?} preflight request failed", self.name))?;
@@ -100,13 +128,15 @@ impl Target {
     }
 
     async fn send(&self, workload: Workload) -> Result<Exchange> {
-        let (body, expect_done) = match workload {
-            Workload::Chat => (self.chat_body.clone(), false),
-            Workload::Stream => (self.stream_body.clone(), true),
+        let (body, expect_done, path) = match (workload, &self.predict_path) {
+            (Workload::Chat, _) => (self.chat_body.clone(), false, Uri::from_static(CHAT_PATH)),
+            (Workload::Stream, _) => (self.stream_body.clone(), true, Uri::from_static(CHAT_PATH)),
+            (Workload::Predict, Some(path)) => (Bytes::from_static(PREDICT_BODY.as_bytes()), false, path.clone()),
+            (Workload::Predict, None) => bail!("{} serves no predictions", self.name),
         };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = Uri::from_static(CHAT_PATH);
+        *req.uri_mut() = path;
         req.headers_mut().insert(HOST, self.host.clone());
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match tokio::time::timeout(REQUEST_TIMEOUT, self.pool.exchange(req, expect_done)).await {

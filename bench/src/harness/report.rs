@@ -65,6 +65,12 @@ impl Display for Report {
         rows.latency("TTFB ", |r| r.first_byte)?;
         rows.latency("TTLB ", |r| r.latency)?;
         rows.errors()?;
+        if let Some(predictions) = &self.predictions {
+            let mut rows = Rows { f: &mut *f, c: predictions, plugins, first: true };
+            rows.latency("", |r| r.latency)?;
+            rows.rate("achieved rate")?;
+            rows.errors()?;
+        }
 
         self.memory_table(f)?;
 

@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 /// The model names Weir's generated config serves, mapped onto the mock's.
 pub const MODEL: &str = "bench-model";
 pub const STREAM_MODEL: &str = "bench-stream";
+/// The public model of the prediction workload, served by the bench's `weir worker`.
+pub const PREDICT_MODEL: &str = "bench-predict";
 
 /// How long `weir serve` may take to answer `GET /readyz` with 200. Plugins are compiled before it
 /// does (a few seconds in a release build, less once wasmtime's cache has them), so this is generous.
@@ -81,10 +83,20 @@ impl Weir {
     /// Writes a config pointing at `upstream` (with `chain` as its default plugin chain, if any),
     /// spawns `<bin> serve --config <file>`, and waits until `/readyz` answers 200.
     pub async fn start(bin: &Path, upstream: &str, chain: Option<&Chain>) -> Result<Self> {
+        Self::start_with(bin, upstream, chain, None).await
+    }
+
+    /// [`Weir::start`], with [`PREDICT_MODEL`] routed to the `weir worker` at `worker`.
+    pub async fn start_with(
+        bin: &Path,
+        upstream: &str,
+        chain: Option<&Chain>,
+        worker: Option<(SocketAddr, &str)>,
+    ) -> Result<Self> {
         let addr = free_loopback_addr()?;
         let dir = ConfigDir::create()?;
         let config = dir.0.join("weir.toml");
-        std::fs::write(&config, config_toml(addr, upstream, chain)?)
+        std::fs::write(&config, config_toml(addr, upstream, chain, worker)?)
             .with_context(|| format!("writing {}", config.display()))?;
         let child = Command::new(bin)
             .arg("serve")
@@ -155,6 +167,61 @@ impl Drop for Weir {
     }
 }
 
+/// A running `weir worker` serving one model, killed on drop: the direct target of the prediction
+/// workload, and the upstream of the Weirs' [`PREDICT_MODEL`].
+#[derive(Debug)]
+pub struct Worker {
+    child: Child,
+    addr: SocketAddr,
+    /// The model's name as the worker serves it (its directory's name).
+    pub model: String,
+}
+
+impl Worker {
+    /// Spawns `<bin> worker --model <dir> --device cpu` on a free loopback port and waits for
+    /// `/health`.
+    pub async fn start(bin: &Path, dir: &Path) -> Result<Self> {
+        let addr = free_loopback_addr()?;
+        let child = Command::new(bin)
+            .arg("worker")
+            .arg("--model")
+            .arg(dir)
+            .args(["--device", "cpu", "--listen"])
+            .arg(addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(std::io::stderr())
+            .stderr(std::io::stderr())
+            .spawn()
+            .with_context(|| format!("spawning {} worker", bin.display()))?;
+        let model = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_owned();
+        let mut worker = Self { child, addr, model };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = worker.child.try_wait()? {
+                bail!("weir worker exited before it was ready ({status}); its log is above");
+            }
+            if matches!(get(addr, "/health", Duration::from_secs(1)).await, Ok((s, _)) if s.is_success()) {
+                return Ok(worker);
+            }
+            if Instant::now() >= deadline {
+                bail!("weir worker did not answer GET /health on {addr} within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A temporary directory for the generated config, removed on drop.
 #[derive(Debug)]
 struct ConfigDir(PathBuf);
@@ -180,8 +247,19 @@ impl Drop for ConfigDir {
 /// The weir config: one OpenAI-kind upstream (the mock, no keys) and the two bench models; with a
 /// `chain`, also `chain.len` plugins `p1`..`pN` loading the same component, all in the default chain.
 /// The compile cache stays at its default, in the temporary config directory.
-pub fn config_toml(listen: SocketAddr, upstream: &str, chain: Option<&Chain>) -> Result<String> {
+pub fn config_toml(
+    listen: SocketAddr,
+    upstream: &str,
+    chain: Option<&Chain>,
+    worker: Option<(SocketAddr, &str)>,
+) -> Result<String> {
     let (mut top, mut tables) = (String::new(), String::new());
+    if let Some((addr, model)) = worker {
+        tables.push_str(&format!(
+            "\n[[upstreams]]\nname = \"worker\"\nkind = \"worker\"\nendpoint = \"http://{addr}/v1\"\n\n[[models]]\nname = \"{PREDICT_MODEL}\"\ntargets = [{{ upstream = \"worker\", model = {} }}]\n",
+            serde_json::to_string(model)?
+        ));
+    }
     match chain {
         Some(Chain::Copies { plugin, len }) => {
             let source = plugin.to_str().with_context(|| format!("plugin path {} is not UTF-8", plugin.display()))?;
@@ -347,7 +425,7 @@ mod tests {
 
     fn load(chain: Option<&Chain>) -> weir_config::Config {
         let listen = SocketAddr::from(([127, 0, 0, 1], 4000));
-        let text = config_toml(listen, "http://127.0.0.1:9/v1", chain).unwrap_or_else(|e| panic!("{e:#}"));
+        let text = config_toml(listen, "http://127.0.0.1:9/v1", chain, None).unwrap_or_else(|e| panic!("{e:#}"));
         weir_config::load_str(&text, &MapEnv::default(), Path::new("/tmp"))
             .unwrap_or_else(|e| panic!("{e}\n---\n{text}"))
     }

@@ -4,7 +4,7 @@
 //! one (an unknown name is a 404, as Azure ML answers), and without it the endpoint's own traffic
 //! rule sends every tenth request to `green`. The deployment that answered comes back in the same
 //! header. Its scoring script is the mock fraud score ([`super::sagemaker_score`]) over
-//! `{"instances": [...]}`, MLflow's `{"input_data": {"data": [...]}}` or a bare array, and answers
+//! `{"instances": [...]}`, MLflow's `{"input_data": {"data": [...]}}`, a bare array or CSV rows, and answers
 //! with a bare JSON array, as MLflow deployments do; anything else is the scoring script failing
 //! (a 424 with its message, as Azure ML reports a container that raised).
 
@@ -56,7 +56,27 @@ pub(super) fn respond(shared: &Arc<Shared>, req: &Recorded) -> http::Response<Mo
             &json!({"message": format!("An unexpected error occurred in scoring script: {why}")}),
         )
     };
-    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else { return failed("the body is not JSON") };
+    let csv = req.header("content-type").is_some_and(|t| t.starts_with("text/csv"));
+    let body = if csv {
+        // A CSV body: one row of numbers per line, as the scoring script reads it.
+        let rows: Option<Vec<Value>> = String::from_utf8_lossy(&req.body)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.split(',')
+                    .map(|c| c.trim().parse::<f64>().ok().map(Value::from))
+                    .collect::<Option<Vec<_>>>()
+                    .map(Value::Array)
+            })
+            .collect();
+        match rows {
+            Some(rows) => Value::Array(rows),
+            None => return failed("a CSV line is not numbers"),
+        }
+    } else {
+        let Ok(body) = serde_json::from_slice::<Value>(&req.body) else { return failed("the body is not JSON") };
+        body
+    };
     let rows = match &body {
         Value::Array(items) => Some(items),
         Value::Object(map) => map

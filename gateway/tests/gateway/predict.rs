@@ -676,6 +676,17 @@ targets = [{{ upstream = "aml", model = "purple" }}]
         assert_eq!((sent.path.as_str(), sent.header("azureml-model-deployment")), ("/score", Some(deployment)));
     }
     assert!(mock.token_requests() >= 2, "Vertex and Entra tokens came from the token endpoints");
+    // CSV in, JSON out, relayed as it came.
+    let (status, headers, bytes) =
+        send(&client, &gw, "/v1/models/fraud-aml:rawPredict", "text/csv", "10,20\n30,40\n", &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        (headers["content-type"].to_str().unwrap(), headers["x-weir-deployed-model"].to_str().unwrap()),
+        ("application/json", "green")
+    );
+    assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), scores);
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!((sent.header("content-type"), &sent.body[..]), (Some("text/csv"), &b"10,20\n30,40\n"[..]));
     // A deployment the endpoint does not have: its 404 and message.
     let (status, answer) = predict(&client, &gw, "fraud-aml-missing", &instances).await;
     assert_eq!(status, 404, "{answer}");
