@@ -28,15 +28,19 @@ import botocore.config
 import botocore.exceptions
 
 
-def bedrock(key_id=AWS_KEY_ID, secret="mock-secret"):
+def aws(service, key_id, secret):
     return boto3.client(
-        "bedrock-runtime",
+        service,
         region_name="us-east-1",
         endpoint_url=URL,
         aws_access_key_id=key_id,
         aws_secret_access_key=secret,
         config=botocore.config.Config(retries={"max_attempts": 1}),
     )
+
+
+def bedrock(key_id=AWS_KEY_ID, secret="mock-secret"):
+    return aws("bedrock-runtime", key_id, secret)
 
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
@@ -115,14 +119,7 @@ def bedrock_invoke_model_embeddings():
 
 
 def sagemaker(key_id=AWS_KEY_ID, secret="mock-secret"):
-    return boto3.client(
-        "sagemaker-runtime",
-        region_name="us-east-1",
-        endpoint_url=URL,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        config=botocore.config.Config(retries={"max_attempts": 1}),
-    )
+    return aws("sagemaker-runtime", key_id, secret)
 
 
 def score(features):

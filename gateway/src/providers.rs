@@ -618,6 +618,12 @@ fn humanize(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
+/// A response header naming what served a prediction (a variant, a deployed model), when it is
+/// a plausible name: not empty, at most 256 bytes.
+fn deployed_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 256).map(str::to_owned)
+}
+
 /// Marks a header value holding a credential so that it is never printed by `Debug`.
 fn sensitive(value: &str) -> Result<HeaderValue, Error> {
     let mut v = HeaderValue::from_str(value).map_err(|_| Error::internal("a configured header value is not valid"))?;

@@ -122,12 +122,10 @@ impl Adapter for Azure {
 
     /// Adds the Entra bearer token, fetching one when there is none or it is about to expire.
     async fn authorize(&self, upstream: &str, http: &HttpClient, request: &mut Request<Bytes>) -> Result<(), Error> {
-        if let Some(entra) = &self.entra {
-            // Boxed so that the token fetch does not grow every request's future.
-            let token = Box::pin(entra.token(upstream, http)).await?;
-            request.headers_mut().insert(header::AUTHORIZATION, token);
+        match &self.entra {
+            Some(entra) => entra.authorize(upstream, http, request).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     // `response` and `translator` are the trait's relaying defaults: Azure answers and streams in
@@ -164,6 +162,19 @@ impl Entra {
             scope,
             cached: Mutex::new(None),
         }))
+    }
+
+    /// Puts the token on `request`.
+    pub(super) async fn authorize(
+        &self,
+        upstream: &str,
+        http: &HttpClient,
+        request: &mut Request<Bytes>,
+    ) -> Result<(), Error> {
+        // Boxed so that the token fetch does not grow every request's future.
+        let token = Box::pin(self.token(upstream, http)).await?;
+        request.headers_mut().insert(header::AUTHORIZATION, token);
+        Ok(())
     }
 
     /// The `Bearer …` header, cached until shortly before it expires.

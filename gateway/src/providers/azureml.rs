@@ -66,11 +66,7 @@ impl Adapter for AzureMl {
     }
 
     fn deployed(&self, headers: &HeaderMap) -> Option<String> {
-        headers
-            .get("azureml-model-deployment")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 256)
-            .map(str::to_owned)
+        super::deployed_header(headers, "azureml-model-deployment")
     }
 
     async fn authorize(
@@ -79,12 +75,10 @@ impl Adapter for AzureMl {
         http: &HttpClient,
         request: &mut http::Request<bytes::Bytes>,
     ) -> Result<(), Error> {
-        if let Some(entra) = &self.entra {
-            // Boxed so that the token fetch does not grow every request's future.
-            let token = Box::pin(entra.token(upstream, http)).await?;
-            request.headers_mut().insert(header::AUTHORIZATION, token);
+        match &self.entra {
+            Some(entra) => entra.authorize(upstream, http, request).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn detail(&self, _: &HeaderMap, body: &[u8]) -> Detail {

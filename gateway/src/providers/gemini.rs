@@ -141,11 +141,7 @@ impl Adapter for Gemini {
 
     /// `:rawPredict` names the deployed model that answered in a header (`:predict` in its body).
     fn deployed(&self, headers: &HeaderMap) -> Option<String> {
-        headers
-            .get("x-vertex-ai-deployed-model-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 256)
-            .map(str::to_owned)
+        super::deployed_header(headers, "x-vertex-ai-deployed-model-id")
     }
 
     /// Adds Vertex's bearer token (the Gemini API's key is already among the static headers).

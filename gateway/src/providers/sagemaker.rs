@@ -90,11 +90,7 @@ impl Adapter for SageMaker {
     }
 
     fn deployed(&self, headers: &HeaderMap) -> Option<String> {
-        headers
-            .get("x-amzn-invoked-production-variant")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 256)
-            .map(str::to_owned)
+        super::deployed_header(headers, "x-amzn-invoked-production-variant")
     }
 
     async fn authorize(

@@ -307,10 +307,34 @@ async fn prediction_errors_are_clear_and_failing_endpoints_fall_back() {
 /// worker and the SageMaker endpoint, sticky per customer; 2 instances a minute at most for
 /// `fraud-cloud-canary`.
 fn policies(mock: &MockUpstream) -> String {
+    // The latency judgement is not what this tests (a worker and a mock differ in latency, and a
+    // loaded machine more): only the error rate can roll it back here.
+    let split = "weight = 10\nguard = { window_seconds = 60, buckets = 6, min_requests = 20, \
+                 max_error_rate_increase = 0.05, max_p95_latency_ratio = 1000.0 }";
     config(
         mock,
         r#"chain = ["canary", "ratelimit"]"#,
         "",
+        &(canary(split)
+            + r#"
+[[plugins]]
+name = "ratelimit"
+source = "builtin:ratelimit"
+on_error = "closed"
+deadline = "2s"
+
+[[plugins.config.limits]]
+per = ["model"]
+models = ["fraud-cloud-canary"]
+instances_per_minute = 5
+"#),
+    )
+}
+
+/// The canary plugin, sticky by `x-customer-id`, splitting `fraud` between the worker (the
+/// baseline) and the SageMaker endpoint with the split's `settings` (TOML lines).
+fn canary(settings: &str) -> String {
+    format!(
         r#"
 [[plugins]]
 name = "canary"
@@ -325,22 +349,8 @@ sticky_header = "x-customer-id"
 model = "fraud"
 baseline = "fraud"
 canary = "sm/fraud-endpoint"
-weight = 10
-# The latency judgement is not what this tests (a worker and a mock differ in latency, and a
-# loaded machine more): only the error rate can roll it back here.
-guard = { window_seconds = 60, buckets = 6, min_requests = 20, max_error_rate_increase = 0.05, max_p95_latency_ratio = 1000.0 }
-
-[[plugins]]
-name = "ratelimit"
-source = "builtin:ratelimit"
-on_error = "closed"
-deadline = "2s"
-
-[[plugins.config.limits]]
-per = ["model"]
-models = ["fraud-cloud-canary"]
-instances_per_minute = 5
-"#,
+{settings}
+"#
     )
 }
 
@@ -499,24 +509,8 @@ header = true
 #[tokio::test]
 async fn shadow_predictions_reach_the_new_version_without_changing_the_answer() {
     let mock = sagemaker_mock().await;
-    let extra = r#"
-[[plugins]]
-name = "canary"
-source = "builtin:canary"
-on_error = "closed"
-deadline = "2s"
-
-[plugins.config]
-sticky_header = "x-customer-id"
-
-[[plugins.config.splits]]
-model = "fraud"
-baseline = "fraud"
-canary = "sm/fraud-endpoint"
-weight = 100
-shadow = true
-"#;
-    let gw = TestGateway::start(&config(&mock, r#"chain = ["canary"]"#, "", extra)).await;
+    let extra = canary("weight = 100\nshadow = true");
+    let gw = TestGateway::start(&config(&mock, r#"chain = ["canary"]"#, "", &extra)).await;
     let client = reqwest::Client::new();
     let (rows, want) = reference();
     for i in 0..20 {
