@@ -25,6 +25,10 @@ pub struct Principal {
 }
 
 /// The configured keys; empty means open access (validation allows that only on loopback).
+/// A principal the embedding application vouches for, carried in the request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct Embedded(pub Arc<Principal>);
+
 #[derive(Debug)]
 pub struct Auth {
     keys: HashMap<[u8; 32], Arc<Principal>>,
@@ -43,6 +47,16 @@ impl Auth {
     /// Whether requests are accepted without a key.
     pub fn is_open(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The principal of `request`: the one the embedding application set for it
+    /// ([`crate::embed::Weir::handle_as`], a request extension no HTTP client can set), else the
+    /// one its key names.
+    pub fn authenticate_request<B>(&self, request: &http::Request<B>) -> Result<Arc<Principal>, Error> {
+        match request.extensions().get::<Embedded>() {
+            Some(Embedded(principal)) => Ok(principal.clone()),
+            None => self.authenticate(request.headers()),
+        }
     }
 
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Error> {

@@ -194,6 +194,38 @@ impl Weir {
         response.map(|body| Streaming { body, entered: Some(entered) }.boxed_unsync())
     }
 
+    /// [`Weir::handle`] for a caller the application has already authenticated: the request is
+    /// served as the key `key_name` of `team` whatever its headers say (with no API key needed),
+    /// so per-key and per-team limits, budgets, caches and the ledger apply to it as to that
+    /// key's requests. Only an application embedding Weir can do this: over HTTP every request
+    /// needs its key.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use http_body_util::Empty;
+    ///
+    /// let weir = weir::embed::Weir::from_toml(
+    ///     "[[keys]]\nname = \"app\"\nteam = \"web\"\nkey = \"app-key-0123456789abcdef\"",
+    /// )
+    /// .await?;
+    /// let models = || http::Request::get("/v1/models").body(Empty::<bytes::Bytes>::new());
+    /// assert_eq!(weir.handle(models()?).await.status(), 401, "no key");
+    /// assert_eq!(weir.handle_as("app", "web", models()?).await.status(), 200, "vouched for");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn handle_as<B: RequestBody>(
+        &self,
+        key_name: &str,
+        team: &str,
+        mut request: Request<B>,
+    ) -> Response<Body> {
+        let principal = crate::auth::Principal { key_name: key_name.to_owned(), team: team.to_owned() };
+        request.extensions_mut().insert(crate::auth::Embedded(Arc::new(principal)));
+        self.handle(request).await
+    }
+
     /// Serves the gateway on `listener` (plain HTTP/1.1 and HTTP/2, or TLS when `[server.tls]`
     /// is set) from a task of its own, with the connection limits and timeouts of `[server]`, as
     /// `weir serve` does; returns once it accepts. Call it again for more listeners.

@@ -169,7 +169,7 @@ async fn dispatch(
                 return Err(Error::new(Kind::ShuttingDown, "The gateway is shutting down; retry on another replica.")
                     .code("shutting_down"));
             }
-            let principal = app.auth.authenticate(request.headers())?;
+            let principal = app.auth.authenticate_request(&request)?;
             let (parts, incoming) = request.into_parts();
             let limit = app.config.server.max_body_bytes;
             let body = api::read_body(incoming, &parts.headers, limit, app.config.server.header_read_timeout).await?;
@@ -205,22 +205,22 @@ async fn dispatch(
             model_request(app, request, arrival).await
         }
         Endpoint::CountTokens => {
-            app.auth.authenticate(request.headers())?;
+            app.auth.authenticate_request(&request)?;
             let (parts, incoming) = request.into_parts();
             let limit = app.config.server.max_body_bytes;
             let body = api::read_body(incoming, &parts.headers, limit, app.config.server.header_read_timeout).await?;
             count_tokens(app, MessagesRequest::parse_count(&body, &parts.headers)?).await
         }
         Endpoint::StoredResponse | Endpoint::InputItems | Endpoint::CancelResponse => {
-            let principal = app.auth.authenticate(request.headers())?;
+            let principal = app.auth.authenticate_request(&request)?;
             stored_response(app, endpoint, request.method(), request.uri(), &principal.team).await
         }
         Endpoint::Models => {
-            app.auth.authenticate(request.headers())?;
+            app.auth.authenticate_request(&request)?;
             Ok(json(StatusCode::OK, models::list(app.routes.names())))
         }
         Endpoint::Model => {
-            app.auth.authenticate(request.headers())?;
+            app.auth.authenticate_request(&request)?;
             let id = request.uri().path().trim_start_matches("/v1/models/");
             match app.routes.names().find(|n| *n == id) {
                 Some(name) => Ok(json(StatusCode::OK, models::one(name))),
@@ -242,7 +242,7 @@ async fn dispatch(
             Ok(text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", app.metrics.render()))
         }
         Endpoint::Reload => {
-            let principal = app.auth.authenticate(request.headers())?;
+            let principal = app.auth.authenticate_request(&request)?;
             let allowed = app.auth.is_open() || app.config.admin_keys.iter().any(|k| *k == principal.key_name);
             if !allowed {
                 return Err(Error::new(Kind::Policy, "This key may not call admin endpoints.")

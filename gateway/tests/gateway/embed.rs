@@ -141,6 +141,29 @@ async fn the_ratelimit_plugin_refuses_in_process_with_a_429() {
 }
 
 #[tokio::test]
+async fn a_principal_the_application_vouches_for_needs_no_key_and_has_its_own_limits() {
+    let mock = MockUpstream::builder().start().await;
+    let plugin = "[[plugins]]\nname = \"ratelimit\"\nsource = \"builtin:ratelimit\"\non_error = \"closed\"\nconfig = { limits = [{ per = [\"key\"], requests_per_minute = 2 }] }\n";
+    let text = format!("chain = [\"ratelimit\"]\n{}", keyed(&mock, plugin));
+    let weir = embedded(&text).await;
+    let unkeyed = || {
+        http::Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(WHOLE)))
+            .expect("request")
+    };
+    assert_eq!(weir.handle(unkeyed()).await.status(), 401, "over handle, a request still needs its key");
+    // Two users of the application, each its own principal: each has its own two a minute.
+    let mut statuses = Vec::new();
+    for user in ["alice", "bob", "alice", "bob", "alice"] {
+        statuses.push(weir.handle_as(user, "web", unkeyed()).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429]);
+    assert_eq!(mock.request_count(), 4, "the refused request never went upstream");
+    assert!(weir.shutdown().await);
+}
+
+#[tokio::test]
 async fn serve_on_port_zero_answers_over_http_and_shutdown_drains_a_stream() {
     let mock = MockUpstream::builder().chunk_interval(Duration::from_millis(100)).start().await;
     let weir = embedded(&keyed(&mock, "")).await;
