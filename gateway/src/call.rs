@@ -400,8 +400,11 @@ impl Sent {
             let percent = app.config.models.iter().find(|m| *m.name == *route.label).map_or(0.0, |m| m.capture_percent);
             if capture.sampled(percent, &principal.team) {
                 let limit = capture.max_payload();
-                let (sent, sent_type) = prediction.upstream_body()?;
-                let request = Payload::of(&sent, sent_type.to_str().unwrap_or_default(), limit);
+                // What the upstream was sent (encoding it already succeeded once, for the request).
+                let request = match prediction.upstream_body() {
+                    Ok((sent, kind)) => Payload::of(&sent, kind.to_str().unwrap_or_default(), limit),
+                    Err(_) => Payload::Omitted { content_type: String::new(), bytes: 0 },
+                };
                 let response = Payload::of(&body, content_type.to_str().unwrap_or_default(), limit);
                 capture.offer(&Record {
                     ts_ms: crate::api::unix_now_ms(),

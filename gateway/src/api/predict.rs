@@ -32,12 +32,18 @@ pub enum Verb {
 pub fn route(path: &str) -> Option<(&str, Verb)> {
     let rest = path.strip_prefix("/v1/models/")?;
     let (model, verb) = rest.rsplit_once(':')?;
-    let verb = match verb {
-        "predict" => Verb::Predict,
-        "rawPredict" => Verb::RawPredict,
-        _ => return None,
-    };
+    let verb = [Verb::Predict, Verb::RawPredict].into_iter().find(|v| v.as_str() == verb)?;
     Some((model, verb))
+}
+
+impl Verb {
+    /// The verb as the paths spell it, the gateway's and the platforms' alike.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Predict => "predict",
+            Verb::RawPredict => "rawPredict",
+        }
+    }
 }
 
 /// A prediction request, parsed once.
@@ -51,6 +57,8 @@ pub struct PredictRequest {
     /// invoked (target model, variant, container): the config decides those, and a client must
     /// not reach other models with the gateway's credentials.
     pub forwarded: HeaderMap,
+    /// Counted once at parse ([`PredictRequest::instances`]): a raw payload is read to count it.
+    instances: usize,
 }
 
 /// The client headers [`PredictRequest::forwarded`] keeps.
@@ -129,7 +137,11 @@ impl PredictRequest {
                 forwarded.insert(name, value.clone());
             }
         }
-        Ok(Self { model: model.to_owned(), payload, forwarded })
+        let instances = match &payload {
+            Payload::Instances(i) => i.instances.len(),
+            Payload::Raw(raw) => raw_instances(raw),
+        };
+        Ok(Self { model: model.to_owned(), payload, forwarded, instances })
     }
 
     pub fn verb(&self) -> Verb {
@@ -143,10 +155,7 @@ impl PredictRequest {
     /// `:rawPredict`, a JSON body's `instances` (or top-level array), a CSV body's non-empty lines,
     /// and 1 for any other payload (an image is one instance).
     pub fn instances(&self) -> usize {
-        match &self.payload {
-            Payload::Instances(i) => i.instances.len(),
-            Payload::Raw(raw) => raw_instances(raw),
-        }
+        self.instances
     }
 
     /// The body and content type sent to an upstream that takes the client's payload as it is

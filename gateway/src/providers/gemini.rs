@@ -32,7 +32,6 @@ use super::{
     sensitive, unix_now,
 };
 use crate::api::chat::{Message, Role};
-use crate::api::predict::Verb;
 use crate::api::sse::{Event, Splitter};
 use crate::api::{ChatRequest, EmbeddingsRequest, ModelRequest, Operation, PredictRequest};
 use crate::error::Error;
@@ -127,10 +126,7 @@ impl Adapter for Gemini {
     /// id (one path segment). The Gemini API serves no predictions.
     fn predict(&self, request: &PredictRequest, model: &str, _: &mut HeaderMap) -> Option<Result<Uri, Error>> {
         let base = self.endpoints_url.as_ref()?;
-        let verb = match request.verb() {
-            Verb::Predict => "predict",
-            Verb::RawPredict => "rawPredict",
-        };
+        let verb = request.verb().as_str();
         let id = model.strip_prefix("endpoints/").unwrap_or(model);
         Some(super::path_segment(id).and_then(|id| {
             format!("{base}/{id}:{verb}")

@@ -8,7 +8,6 @@ use serde::Deserialize;
 use weir_config::Upstream;
 
 use super::{Adapter, Detail, sensitive, uri};
-use crate::api::predict::Verb;
 use crate::api::{ClientRequest, ModelRequest, PredictRequest};
 use crate::error::Error;
 
@@ -59,10 +58,7 @@ impl Adapter for OpenAi {
     /// one path segment.
     fn predict(&self, request: &PredictRequest, model: &str, _: &mut HeaderMap) -> Option<Result<Uri, Error>> {
         let base = self.predict.as_ref()?;
-        let verb = match request.verb() {
-            Verb::Predict => "predict",
-            Verb::RawPredict => "rawPredict",
-        };
+        let verb = request.verb().as_str();
         Some(super::path_segment(model).and_then(|segment| {
             format!("{base}{segment}:{verb}")
                 .parse::<Uri>()
