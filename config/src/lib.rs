@@ -71,6 +71,14 @@ impl fmt::Display for FieldErrors<'_> {
 pub fn load_str(text: &str, env: &dyn Env, base_dir: &Path) -> Result<Config, ConfigError> {
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
     interpolate::interpolate_table(&mut table, env).map_err(ConfigError::Invalid)?;
+    load_table(table, env, base_dir)
+}
+
+/// Validates a configuration already in TOML's data model: one built in code rather than parsed
+/// from text (`weir::embed::Builder`). Its strings are taken as written, with no `${NAME}`
+/// interpolation; otherwise it is checked exactly as [`load_str`] checks a file, every problem
+/// reported with the path it would have there.
+pub fn load_table(table: toml::Table, env: &dyn Env, base_dir: &Path) -> Result<Config, ConfigError> {
     let raw: raw::RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::Invalid(vec![FieldError {

@@ -16,25 +16,24 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use weir::embed::Weir;
-
-/// Used without a file argument: every model name goes to one OpenAI-compatible upstream.
-const CONFIG: &str = r#"
-[[upstreams]]
-name = "upstream"
-endpoint = "${WEIR_UPSTREAM:-http://127.0.0.1:11434/v1}"
-api_key = "${WEIR_UPSTREAM_KEY:-}"
-
-[[models]]
-name = "*"
-targets = [{ upstream = "upstream" }]
-"#;
+use weir::embed::{RateLimit, Upstream, Weir};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let weir = match std::env::args().nth(1) {
         Some(path) => Weir::from_file(path).await?,
-        None => Weir::from_toml(CONFIG).await?,
+        // Without one, a gateway configured in code: every model name to one OpenAI-compatible
+        // upstream, each caller at most 60 requests a minute.
+        None => {
+            let endpoint = std::env::var("WEIR_UPSTREAM").unwrap_or_else(|_| "http://127.0.0.1:11434/v1".to_owned());
+            let key = std::env::var("WEIR_UPSTREAM_KEY").unwrap_or_default();
+            Weir::builder()
+                .upstream(Upstream::openai("upstream", &endpoint).api_key(&key))
+                .model("*", ["upstream"])
+                .rate_limit(RateLimit::global().requests_per_minute(60))
+                .start()
+                .await?
+        }
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     #[expect(clippy::print_stdout, reason = "the example's output")]

@@ -1,9 +1,10 @@
 //! The stable surface to build on: [`Weir`], a gateway inside your own process (`weir::embed::Weir`;
 //! not re-exported at the crate root, which this module builds on).
 //!
-//! Build one from a config file ([`Weir::from_file`]), a TOML string ([`Weir::from_toml`]), the
-//! embedded default configuration ([`Weir::from_default_config`]) or an already loaded
-//! [`weir_config::Config`] ([`Weir::from_config`]); then hand it requests with [`Weir::handle`] (no
+//! Build one from a config file ([`Weir::from_file`]), a TOML string ([`Weir::from_toml`]), code
+//! ([`Weir::builder`], for the common cases), the embedded default configuration
+//! ([`Weir::from_default_config`]) or an already loaded [`weir_config::Config`]
+//! ([`Weir::from_config`]); then hand it requests with [`Weir::handle`] (no
 //! socket), serve it on listeners with [`Weir::serve`], [`Weir::reload`] it, and
 //! [`Weir::shutdown`] it. Every request takes the server's own path (`pipeline::handle`): keys,
 //! plugins, routing, retries and streams behave the same in process as over HTTP.
@@ -65,6 +66,8 @@
 //! # }
 //! ```
 
+mod builder;
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -82,6 +85,8 @@ use weir_config::{Config, ProcessEnv};
 
 use crate::body::{Body, RequestBody};
 use crate::{DEFAULT_CONFIG, Gateway, LoadError, pipeline, server};
+
+pub use builder::{Budget, Builder, Period, RateLimit, Target, Upstream};
 
 /// An embedded Weir gateway. Cheap to clone: clones share one gateway (its state, plugins, metrics
 /// and listeners). Must be used inside a Tokio runtime with the time and I/O drivers enabled.

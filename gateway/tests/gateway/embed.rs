@@ -163,6 +163,63 @@ async fn a_principal_the_application_vouches_for_needs_no_key_and_has_its_own_li
     assert!(weir.shutdown().await);
 }
 
+/// A gateway built in code, with no configuration text: failover to the second target, the cache,
+/// a per-key rate limit and the ledger's prices, each as the file's own sections would behave.
+#[tokio::test]
+async fn a_gateway_built_in_code_fails_over_caches_limits_and_prices() {
+    use weir::embed::{Budget, Period, RateLimit, Upstream};
+
+    let primary = MockUpstream::builder().always_fail(503).start().await;
+    let backup = MockUpstream::builder().start().await;
+    let ledger = state_dir().join(format!("builder-{}-{}.jsonl", std::process::id(), rand::random::<u32>()));
+    let weir = Weir::builder()
+        .upstream(Upstream::openai("primary", &primary.base_url()))
+        .upstream(Upstream::openai("backup", &backup.base_url()).header("x-from", "builder"))
+        .model("gpt-test", [("primary", "x"), ("backup", "x")])
+        .key("app", "web", KEY)
+        .rate_limit(RateLimit::per_key().requests_per_minute(3))
+        .budget(Budget::team("web", 100.0, Period::Month))
+        .cache(Duration::from_secs(60))
+        .price("backup/x", 2.0, 8.0)
+        .ledger(&ledger)
+        .start()
+        .await
+        .expect("a gateway built in code");
+
+    let cached = r#"{"model":"gpt-test","temperature":0,"messages":[{"role":"user","content":"cache me"}]}"#;
+    let response = weir.handle(chat(cached)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-weir-cache"], "miss");
+    let first = json(response).await;
+    assert_eq!(first["choices"][0]["message"]["content"], "echo: cache me", "{first}");
+    assert!(primary.request_count() >= 1, "the primary was tried first");
+    assert_eq!(backup.request_count(), 1, "and the backup answered");
+    assert_eq!(backup.requests()[0].header("x-from"), Some("builder"));
+
+    let response = weir.handle(chat(cached)).await;
+    assert_eq!(response.headers()["x-weir-cache"], "hit");
+    assert_eq!(json(response).await["choices"], first["choices"]);
+    assert_eq!(backup.request_count(), 1, "a hit never goes upstream");
+
+    // The limit counts the hit too (it runs before the cache): the fourth request is refused.
+    assert_eq!(weir.handle(chat(WHOLE)).await.status(), 200);
+    let refused = weir.handle(chat(WHOLE)).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(openai_error(&json(refused).await)["code"], "rate_limit_exceeded");
+    assert!(weir.shutdown().await);
+
+    // Both upstream answers are on the ledger at the builder's price, $2 in and $8 out per million.
+    let entries = weir::state::ledger::Ledger::read(&ledger).expect("the ledger");
+    let answered: Vec<_> = entries.iter().filter(|e| e.target == "backup/x").collect();
+    assert_eq!(answered.len(), 2, "{entries:?}");
+    for entry in answered {
+        let exact = u64::from(entry.prompt_tokens) * 2_000_000 + u64::from(entry.completion_tokens) * 8_000_000;
+        assert!(entry.completion_tokens > 0, "{entry:?}");
+        assert_eq!(entry.cost_pico_usd, exact, "{entry:?}");
+        assert_eq!((entry.key_name.as_str(), entry.team.as_str()), ("app", "web"));
+    }
+}
+
 #[tokio::test]
 async fn serve_on_port_zero_answers_over_http_and_shutdown_drains_a_stream() {
     let mock = MockUpstream::builder().chunk_interval(Duration::from_millis(100)).start().await;
