@@ -88,7 +88,9 @@ impl Core {
     }
 
     /// Answers one request: `(status, headers, body)`, the body `bytes` when the answer is whole
-    /// and a `Stream` when it streams.
+    /// and a `Stream` when it streams. With `principal`, `(key_name, team)`, the request is served
+    /// as that key of that team whatever its headers say (`Weir::handle_as`).
+    #[pyo3(signature = (method, target, headers, body, principal=None))]
     fn handle(
         &self,
         py: Python<'_>,
@@ -96,13 +98,14 @@ impl Core {
         target: &str,
         headers: Vec<Header>,
         body: PyBackedBytes,
+        principal: Option<Principal>,
     ) -> PyResult<Py<PyTuple>> {
         self.check_open()?;
         let request = request(method, target, headers, body)?;
         // A task rather than `block_on(weir.handle(…))` itself, so that an interrupted wait can
         // abort it (cancelling the upstream) instead of leaving it half done.
         let weir = self.weir.clone();
-        let mut task = self.handle.spawn(async move { answer_parts(weir.handle(request).await).await });
+        let mut task = self.handle.spawn(async move { answer_parts(answer(&weir, request, principal).await).await });
         loop {
             // The timer is made inside `block_on`, where the runtime's context is.
             match py.detach(|| self.handle.block_on(async { tokio::time::timeout(SLICE, &mut task).await })) {
@@ -122,6 +125,7 @@ impl Core {
 
     /// Starts answering one request on the runtime and returns at once; `done` is called, on a
     /// runtime thread, with the `(status, headers, body)` tuple that `handle` returns.
+    #[pyo3(signature = (method, target, headers, body, done, principal=None))]
     fn handle_async(
         &self,
         method: &str,
@@ -129,13 +133,14 @@ impl Core {
         headers: Vec<Header>,
         body: PyBackedBytes,
         done: Py<PyAny>,
+        principal: Option<Principal>,
     ) -> PyResult<Task> {
         self.check_open()?;
         let request = request(method, target, headers, body)?;
         let weir = self.weir.clone();
         let (handle, closed) = (self.handle.clone(), self.closed.clone());
         let task = self.handle.spawn(async move {
-            let parts = answer_parts(weir.handle(request).await).await;
+            let parts = answer_parts(answer(&weir, request, principal).await).await;
             Python::attach(|py| {
                 let reported = parts.into_py(py, &handle, &closed).and_then(|answer| done.call1(py, (answer,)));
                 if let Err(error) = reported {
@@ -399,6 +404,21 @@ async fn next_data(body: Arc<AsyncMutex<Option<Body>>>) -> Option<Bytes> {
                 return None;
             }
         }
+    }
+}
+
+/// Who the application vouches for: `(key_name, team)`.
+type Principal = (String, String);
+
+/// The gateway's answer, as the key of the request or as the principal the application set.
+async fn answer(
+    weir: &Weir,
+    request: http::Request<Full<Bytes>>,
+    principal: Option<Principal>,
+) -> http::Response<Body> {
+    match principal {
+        Some((key_name, team)) => weir.handle_as(&key_name, &team, request).await,
+        None => weir.handle(request).await,
     }
 }
 

@@ -137,3 +137,40 @@ def test_httpx2_clients_work_too(gateway):
     assert client.chat.completions.create(model="gpt-test", messages=MESSAGES).choices[0].message.content
     chunks = list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello from python"
+
+
+def test_a_principal_the_app_vouches_for_needs_no_key_and_is_counted_as_its_own(mocks, tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    with weir.Gateway(config=gateway_config(mocks, ledger)) as gw:
+        with pytest.raises(openai.AuthenticationError):
+            openai_client(gw, "not-a-key").chat.completions.create(model="gpt-test", messages=MESSAGES)
+
+        def as_user(name: str) -> openai.OpenAI:
+            transport = gw.transport(principal=(name, "web"))
+            return openai.OpenAI(base_url="http://weir/v1", api_key="unused", max_retries=0, http_client=httpx.Client(transport=transport))
+
+        alice, bob = as_user("alice"), as_user("bob")
+        # `limited` admits one request a minute per key: each principal has its own.
+        alice.chat.completions.create(model="limited", messages=MESSAGES)
+        bob.chat.completions.create(model="limited", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError):
+            alice.chat.completions.create(model="limited", messages=MESSAGES)
+
+        async def on_asyncio() -> str:
+            transport = gw.async_transport(principal=("carol", "data"))
+            async with openai.AsyncOpenAI(
+                base_url="http://weir/v1", api_key="unused", max_retries=0, http_client=httpx.AsyncClient(transport=transport)
+            ) as client:
+                r = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+                return r.choices[0].message.content
+
+        import asyncio
+
+        assert asyncio.run(on_asyncio()) == "echo: hello from python"
+        assert eventually(lambda: gw.spend(by=["key"])[-1]["requests"], 3) == 3
+        rows = gw.spend(by=["key", "team"])
+        assert [(r.get("key"), r.get("team")) for r in rows[:-1]] == [("alice", "web"), ("bob", "web"), ("carol", "data")], rows
+
+        for bad in (("alice",), ("alice", ""), ["alice", "web"], ("alice", 3)):
+            with pytest.raises(TypeError, match="key_name, team"):
+                gw.transport(principal=bad)

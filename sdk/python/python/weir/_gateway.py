@@ -36,17 +36,26 @@ class Gateway:
     def __init__(self, config_file: str | os.PathLike[str] | None = None, config: str | None = None) -> None:
         self._core = _native.Core(None if config_file is None else os.fspath(config_file), config)
 
-    def transport(self) -> Transport:
+    def transport(self, principal: tuple[str, str] | None = None) -> Transport:
         """An httpx (or httpx2) transport that hands each request to this gateway, with no socket.
 
         Streamed answers stream chunk by chunk; closing one before its end cancels the upstream
         request, as a client disconnect does.
-        """
-        return Transport(self._core)
 
-    def async_transport(self) -> AsyncTransport:
+        Requests carry their API key as over HTTP. An application that has already authenticated
+        its caller can instead vouch for them: with ``principal=(key_name, team)`` every request
+        through this transport is served as that key of that team, with no API key needed, so
+        per-key and per-team limits, budgets, caches and the ledger count it as theirs. One
+        transport (and client) per principal::
+
+            alice = openai.OpenAI(base_url="http://weir/v1", api_key="unused",
+                                  http_client=httpx.Client(transport=gw.transport(principal=("alice", "web"))))
+        """
+        return Transport(self._core, principal)
+
+    def async_transport(self, principal: tuple[str, str] | None = None) -> AsyncTransport:
         """The same as :meth:`transport`, for ``httpx.AsyncClient`` on asyncio."""
-        return AsyncTransport(self._core)
+        return AsyncTransport(self._core, principal)
 
     def serve(self, address: str = "127.0.0.1:0") -> str:
         """Serves the gateway over HTTP on ``address`` until shutdown; returns its URL, ``http://HOST:PORT``.

@@ -25,9 +25,17 @@ class Stream:
 
 class Core:
     def __init__(self, config_file: Optional[str] = None, config: Optional[str] = None) -> None: ...
-    def handle(self, method: str, target: str, headers: Headers, body: bytes) -> Answer: ...
+    def handle(
+        self, method: str, target: str, headers: Headers, body: bytes, principal: Optional[tuple[str, str]] = None
+    ) -> Answer: ...
     def handle_async(
-        self, method: str, target: str, headers: Headers, body: bytes, done: Callable[[Answer], None]
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        done: Callable[[Answer], None],
+        principal: Optional[tuple[str, str]] = None,
     ) -> Task: ...
     def serve(self, address: str) -> str: ...
     def reload(self, config: Optional[str] = None) -> None: ...

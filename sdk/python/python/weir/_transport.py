@@ -72,18 +72,25 @@ class Transport(*(m.BaseTransport for m in _MODULES)):  # type: ignore[misc]
     """An httpx transport for a `weir.Gateway`: `httpx.Client(transport=gateway.transport())`.
 
     The URL's host is ignored (any base URL such as ``http://weir/v1`` will do); its path and
-    query choose the gateway's route, and the headers carry the API key as over HTTP.
+    query choose the gateway's route, and the headers carry the API key as over HTTP, unless the
+    transport has a ``principal``, ``(key_name, team)``: then every request is served as that key
+    of that team, whatever its headers say.
     """
 
-    def __init__(self, core: _native.Core) -> None:
+    def __init__(self, core: _native.Core, principal: tuple[str, str] | None = None) -> None:
         self._core = core
+        self._principal = _principal(principal)
 
     def handle_request(self, request: Any) -> Any:
         httpx = _httpx_of(request)
         content = request.read()
         try:
             status, headers, body = self._core.handle(
-                request.method, request.url.raw_path.decode("ascii"), request.headers.raw, content
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                request.headers.raw,
+                content,
+                self._principal,
             )
         except _native.GatewayClosed as closed:
             raise httpx.ConnectError(str(closed), request=request) from closed
@@ -94,11 +101,12 @@ class AsyncTransport(*(m.AsyncBaseTransport for m in _MODULES)):  # type: ignore
     """An async httpx transport for a `weir.Gateway`: `httpx.AsyncClient(transport=gateway.async_transport())`.
 
     Requests run concurrently on the gateway's threads; the event loop is never blocked.
-    Cancelling the awaiting task cancels the request.
+    Cancelling the awaiting task cancels the request. ``principal`` as for :class:`Transport`.
     """
 
-    def __init__(self, core: _native.Core) -> None:
+    def __init__(self, core: _native.Core, principal: tuple[str, str] | None = None) -> None:
         self._core = core
+        self._principal = _principal(principal)
 
     async def handle_async_request(self, request: Any) -> Any:
         httpx = _httpx_of(request)
@@ -110,10 +118,23 @@ class AsyncTransport(*(m.AsyncBaseTransport for m in _MODULES)):  # type: ignore
                 request.url.raw_path.decode("ascii"),
                 request.headers.raw,
                 content,
+                principal=self._principal,
             )
         except _native.GatewayClosed as closed:
             raise httpx.ConnectError(str(closed), request=request) from closed
         return _response(httpx, status, headers, body, _AsyncStream)
+
+
+def _principal(principal: Any) -> tuple[str, str] | None:
+    if principal is None:
+        return None
+    if (
+        not isinstance(principal, tuple)
+        or len(principal) != 2
+        or not all(isinstance(part, str) and part for part in principal)
+    ):
+        raise TypeError(f"principal must be (key_name, team), two non-empty strings, not {principal!r}")
+    return principal
 
 
 def _response(httpx: Any, status: int, headers: list[tuple[bytes, bytes]], body: Any, stream: type) -> Any:
@@ -122,7 +143,7 @@ def _response(httpx: Any, status: int, headers: list[tuple[bytes, bytes]], body:
     return httpx.Response(status, headers=headers, stream=stream(body), extensions=_EXTENSIONS)
 
 
-async def _awaited(start: Callable[..., _native.Task], *args: Any) -> Any:
+async def _awaited(start: Callable[..., _native.Task], *args: Any, **kwargs: Any) -> Any:
     """Runs a native call that reports through a callback (on a gateway thread) as an awaitable.
 
     Cancelling the await cancels the native task, which drops what it was waiting on.
@@ -136,7 +157,7 @@ async def _awaited(start: Callable[..., _native.Task], *args: Any) -> Any:
         except RuntimeError:
             pass  # The loop was closed meanwhile: nobody is waiting any more.
 
-    task = start(*args, done)
+    task = start(*args, done, **kwargs)
     future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
     return await future
 
