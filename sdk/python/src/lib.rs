@@ -388,13 +388,19 @@ async fn answer_parts(response: http::Response<Body>) -> Parts {
     Parts { status: parts.status.as_u16(), headers, body }
 }
 
-/// The next data frame of a body, skipping empty ones; `None` (and the body dropped) at its end.
+/// What one read hands Python at most: the frames already there are joined up to this.
+const READ_MAX: usize = 64 * 1024;
+
+/// The next data of a body: its next non-empty frame, joined with every frame that is already
+/// there behind it (up to `READ_MAX`), so that a burst of events costs Python one read and one
+/// hand-over between threads rather than one per event; a stream paced by its upstream still
+/// gets each event as it comes. `None` (and the body dropped) at its end.
 async fn next_data(body: Arc<AsyncMutex<Option<Body>>>) -> Option<Bytes> {
     let mut guard = body.lock().await;
-    loop {
+    let first = loop {
         match guard.as_mut()?.frame().await {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => return Some(data),
+                Ok(data) if !data.is_empty() => break data,
                 // Trailers (none today) and empty frames carry nothing for the client.
                 _ => continue,
             },
@@ -404,7 +410,26 @@ async fn next_data(body: Arc<AsyncMutex<Option<Body>>>) -> Option<Bytes> {
                 return None;
             }
         }
+    };
+    let mut joined: Option<bytes::BytesMut> = None;
+    while joined.as_ref().map_or(first.len(), bytes::BytesMut::len) < READ_MAX {
+        let Some(body) = guard.as_mut() else { break };
+        // Only what is ready now: a pending frame stays in the body for the next read.
+        match futures_util::FutureExt::now_or_never(body.frame()) {
+            Some(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    joined.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&data);
+                }
+            }
+            Some(Some(Err(never))) => match never {},
+            // The end: the next read finds the body gone and answers `None`.
+            Some(None) => {
+                guard.take();
+            }
+            None => break,
+        }
     }
+    Some(joined.map_or(first, bytes::BytesMut::freeze))
 }
 
 /// Who the application vouches for: `(key_name, team)`.
