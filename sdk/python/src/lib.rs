@@ -22,6 +22,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyTuple};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::mpsc;
 use weir::LoadError;
 use weir::body::Body;
 use weir::embed::Weir;
@@ -248,14 +249,54 @@ impl Drop for Core {
 /// A streamed response body. Reading it yields each event as the gateway relays it; closing (or
 /// dropping) it before its end drops the body, which cancels the upstream request and is
 /// accounted as a client disconnect.
+///
+/// A task of its own on the runtime reads the body ahead of Python, into a buffer of at most
+/// `READ_AHEAD` frames, so that a burst of events costs Python one read (one hand-over between
+/// threads, one GIL round) rather than one per event: hyper reads the upstream only while the
+/// body is polled, so without it the next event would not be there yet when Python asks.
 #[pyclass(module = "weir._native", frozen)]
 #[derive(Debug)]
 struct Stream {
-    /// `None` once ended or closed. An async mutex: an async read holds it across the wait for
-    /// the next frame, on a runtime thread.
-    body: Arc<AsyncMutex<Option<Body>>>,
+    /// The frames read ahead; `None` from it at the end. An async mutex: an async read holds it
+    /// across the wait for the next frame, on a runtime thread.
+    frames: Arc<AsyncMutex<mpsc::Receiver<Bytes>>>,
+    /// The task reading the body ahead: aborting it drops the body.
+    reader: tokio::task::AbortHandle,
     handle: Handle,
     closed: Arc<AtomicBool>,
+}
+
+/// How many frames a stream reads ahead of Python.
+const READ_AHEAD: usize = 32;
+
+/// What one read hands Python at most: the frames already there are joined up to this.
+const READ_MAX: usize = 64 * 1024;
+
+impl Stream {
+    /// Starts reading `body` ahead, on the runtime.
+    fn new(body: Body, handle: &Handle, closed: &Arc<AtomicBool>) -> Self {
+        let (sender, frames) = mpsc::channel(READ_AHEAD);
+        let reader = handle.spawn(async move {
+            let mut body = body;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame;
+                // Trailers (none today) and empty frames carry nothing for the client.
+                if let Ok(data) = frame.into_data()
+                    && !data.is_empty()
+                    && sender.send(data).await.is_err()
+                {
+                    // Python closed the stream: the body is dropped here, with the task.
+                    return;
+                }
+            }
+        });
+        Self {
+            frames: Arc::new(AsyncMutex::new(frames)),
+            reader: reader.abort_handle(),
+            handle: handle.clone(),
+            closed: closed.clone(),
+        }
+    }
 }
 
 #[pymethods]
@@ -264,10 +305,10 @@ impl Stream {
     fn read(&self, py: Python<'_>) -> PyResult<Option<Py<PyBytes>>> {
         self.check_open()?;
         loop {
-            let body = self.body.clone();
-            // `next_data` is cancel-safe (the frame being read stays in the body), so a slice
+            let frames = self.frames.clone();
+            // `next_data` is cancel-safe (a frame not yet taken stays in the buffer), so a slice
             // that runs out simply reads again.
-            match py.detach(|| self.handle.block_on(async { tokio::time::timeout(SLICE, next_data(body)).await })) {
+            match py.detach(|| self.handle.block_on(async { tokio::time::timeout(SLICE, next_data(frames)).await })) {
                 Ok(chunk) => return Ok(chunk.map(|c| PyBytes::new(py, &c).unbind())),
                 Err(_elapsed) => py.check_signals()?,
             }
@@ -278,9 +319,9 @@ impl Stream {
     /// (`bytes`) or `None` at the end.
     fn read_async(&self, done: Py<PyAny>) -> PyResult<Task> {
         self.check_open()?;
-        let body = self.body.clone();
+        let frames = self.frames.clone();
         let task = self.handle.spawn(async move {
-            let chunk = next_data(body).await;
+            let chunk = next_data(frames).await;
             Python::attach(|py| {
                 let value = match chunk {
                     Some(chunk) => PyBytes::new(py, &chunk).into_any().unbind(),
@@ -294,16 +335,13 @@ impl Stream {
         Ok(Task { abort: task.abort_handle() })
     }
 
-    /// Drops the body now (a read in flight is cancelled first by its caller, or finishes and
-    /// then finds the body gone).
+    /// Drops the body now: the reading task is aborted, and reads from now on find the end (a
+    /// read in flight is cancelled first by its caller, or finds the end when the task is gone).
     fn close(&self) {
-        let _runtime = self.handle.enter();
-        match self.body.try_lock() {
-            Ok(mut body) => drop(body.take()),
-            Err(_) => {
-                let body = self.body.clone();
-                self.handle.spawn(async move { body.lock().await.take() });
-            }
+        self.reader.abort();
+        if let Ok(mut frames) = self.frames.try_lock() {
+            frames.close();
+            while frames.try_recv().is_ok() {}
         }
     }
 }
@@ -319,12 +357,8 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // Dropping the body ends its accounting, which may spawn on the runtime: drop it inside
-        // the runtime's context (a read in flight holds the lock and drops it there itself).
-        if let Ok(mut body) = self.body.try_lock() {
-            let _runtime = self.handle.enter();
-            drop(body.take());
-        }
+        // The body is dropped on the runtime, with its task (its accounting may spawn there).
+        self.reader.abort();
     }
 }
 
@@ -360,10 +394,7 @@ impl Parts {
             self.headers.iter().map(|(name, value)| (PyBytes::new(py, name), PyBytes::new(py, value))).collect();
         let body = match self.body {
             Answer::Whole(bytes) => PyBytes::new(py, &bytes).into_any().unbind(),
-            Answer::Streaming(body) => {
-                let body = Arc::new(AsyncMutex::new(Some(body)));
-                Py::new(py, Stream { body, handle: handle.clone(), closed: closed.clone() })?.into_any()
-            }
+            Answer::Streaming(body) => Py::new(py, Stream::new(body, handle, closed))?.into_any(),
         };
         Ok((self.status, headers, body).into_pyobject(py)?.unbind())
     }
@@ -388,46 +419,16 @@ async fn answer_parts(response: http::Response<Body>) -> Parts {
     Parts { status: parts.status.as_u16(), headers, body }
 }
 
-/// What one read hands Python at most: the frames already there are joined up to this.
-const READ_MAX: usize = 64 * 1024;
-
-/// The next data of a body: its next non-empty frame, joined with every frame that is already
-/// there behind it (up to `READ_MAX`), so that a burst of events costs Python one read and one
-/// hand-over between threads rather than one per event; a stream paced by its upstream still
-/// gets each event as it comes. `None` (and the body dropped) at its end.
-async fn next_data(body: Arc<AsyncMutex<Option<Body>>>) -> Option<Bytes> {
-    let mut guard = body.lock().await;
-    let first = loop {
-        match guard.as_mut()?.frame().await {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => break data,
-                // Trailers (none today) and empty frames carry nothing for the client.
-                _ => continue,
-            },
-            Some(Err(never)) => match never {},
-            None => {
-                guard.take();
-                return None;
-            }
-        }
-    };
+/// The next chunk: the next frame read ahead, joined with every frame already there behind it
+/// (up to `READ_MAX`); a stream paced by its upstream still gets each event as it comes. `None`
+/// at the end, or once closed.
+async fn next_data(frames: Arc<AsyncMutex<mpsc::Receiver<Bytes>>>) -> Option<Bytes> {
+    let mut frames = frames.lock().await;
+    let first = frames.recv().await?;
     let mut joined: Option<bytes::BytesMut> = None;
     while joined.as_ref().map_or(first.len(), bytes::BytesMut::len) < READ_MAX {
-        let Some(body) = guard.as_mut() else { break };
-        // Only what is ready now: a pending frame stays in the body for the next read.
-        match futures_util::FutureExt::now_or_never(body.frame()) {
-            Some(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    joined.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&data);
-                }
-            }
-            Some(Some(Err(never))) => match never {},
-            // The end: the next read finds the body gone and answers `None`.
-            Some(None) => {
-                guard.take();
-            }
-            None => break,
-        }
+        let Ok(next) = frames.try_recv() else { break };
+        joined.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&next);
     }
     Some(joined.map_or(first, bytes::BytesMut::freeze))
 }
