@@ -87,6 +87,10 @@ pub struct Options {
     /// With `--isolation`: requests per second to each hostile model.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub attack_rate: u32,
+    /// With `--isolation`: which hostile models the attack sends to (of loop, bomb, trap, hammer),
+    /// to tell what each kind of hostile plugin costs on its own.
+    #[arg(long, value_delimiter = ',', default_value = "loop,bomb,trap,hammer")]
+    pub hostile: Vec<String>,
     /// With `--isolation`: the hostile plugins' deadline.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub hostile_deadline: Duration,

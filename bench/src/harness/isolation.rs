@@ -58,6 +58,10 @@ pub fn run(options: &Options) -> Result<Isolation> {
     let options = options.resolved();
     let bin = options.weir.as_deref().context("--isolation needs --weir")?;
     let rate = options.rates[0];
+    for name in &options.hostile {
+        let known = HOSTILE.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+        anyhow::ensure!(known.contains(&name.as_str()), "--hostile {name:?}: not one of {known:?}");
+    }
     let mock_runtime = runtime("weir-bench-mock", options.mock_threads)?;
     let client_runtime = runtime("weir-bench-client", options.client_threads)?;
     let mock = mock_runtime
@@ -73,6 +77,7 @@ pub fn run(options: &Options) -> Result<Isolation> {
         load::closed_loop(&healthy, Workload::Chat, connections, WARM_UP).await;
         let hostile: Vec<(&'static str, Target)> = HOSTILE
             .iter()
+            .filter(|(name, _)| options.hostile.iter().any(|h| h == name))
             .map(|(name, _)| {
                 let model = format!("hostile-{name}");
                 (*name, Target::new("hostile", gateway.addr(), &model, &model, 8))
@@ -135,7 +140,7 @@ impl std::fmt::Display for Isolation {
             self.rate,
             self.duration,
             self.attack_rate,
-            HOSTILE.len(),
+            self.hostile.len(),
             self.deadline,
         );
         let _ = writeln!(out, "| healthy model | p50 | p90 | p99 | max | errors |");

@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Services;
 use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
+use super::gate::YIELD_AFTER;
 use super::view::RequestView;
 use crate::metrics::{PluginLabel, PluginVersion};
 use crate::state::Unavailable;
@@ -113,6 +114,8 @@ pub struct HostState {
     pub limits: Limits,
     /// When the current call began, and how long it may run.
     pub call_started: Instant,
+    /// When the current call last gave its thread back in a state call (see [`Self::turn`]).
+    paced: Instant,
     pub deadline: std::time::Duration,
     /// Set by the epoch callback when it ends a call for running too long.
     pub deadline_hit: bool,
@@ -139,6 +142,7 @@ impl HostState {
             table: ResourceTable::new(),
             limits: Limits { memory, memory_exceeded: false },
             call_started: Instant::now(),
+            paced: Instant::now(),
             deadline: std::time::Duration::from_millis(10),
             deadline_hit: false,
             state_unavailable: false,
@@ -148,11 +152,19 @@ impl HostState {
 
     pub fn begin_call(&mut self, deadline: std::time::Duration) {
         self.call_started = Instant::now();
+        self.paced = self.call_started;
         self.deadline = deadline;
     }
 
-    /// What is left of the current call's deadline: the longest a state call may wait.
-    fn time_left(&self) -> std::time::Duration {
+    /// What is left of the current call's deadline: the longest a state call may wait. First
+    /// the call gives its thread back if it has run for [`YIELD_AFTER`] since it last did here:
+    /// host calls burn no fuel, so a plugin looping on state calls would otherwise hold its
+    /// thread until the next epoch tick (up to a tick on a request worker, see `gate.rs`).
+    async fn turn(&mut self) -> std::time::Duration {
+        if self.paced.elapsed() >= YIELD_AFTER {
+            tokio::task::yield_now().await;
+            self.paced = Instant::now();
+        }
         self.deadline.saturating_sub(self.call_started.elapsed())
     }
 
@@ -252,17 +264,17 @@ impl request::HostRequest for HostState {
 // `on_unavailable = "fail"` traps, which makes it a fault of this plugin (`state_unavailable`).
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        let wait = self.turn().await;
         if key.len() > MAX_KEY {
             return Ok(None);
         }
-        let wait = self.time_left();
         let answer = self.meta.services.kv.get(&self.meta.name, key, wait).await;
         self.state(answer)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
+        let wait = self.turn().await;
         if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
-            let wait = self.time_left();
             let answer = self.meta.services.kv.set(&self.meta.name, key, value, ttl_ms, wait).await;
             self.state(answer)?;
         }
@@ -270,16 +282,16 @@ impl kv::Host for HostState {
     }
 
     async fn delete(&mut self, key: String) -> Result<()> {
-        let wait = self.time_left();
+        let wait = self.turn().await;
         let answer = self.meta.services.kv.delete(&self.meta.name, key, wait).await;
         self.state(answer)
     }
 
     async fn add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64> {
+        let wait = self.turn().await;
         if key.len() > MAX_KEY {
             return Ok(0);
         }
-        let wait = self.time_left();
         let answer = self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms, wait).await;
         self.state(answer)
     }
@@ -291,7 +303,7 @@ impl kv::Host for HostState {
         // Keys over the bound miss, as a `get` of one would; the rest are read in one call.
         let valid: Vec<bool> = keys.iter().map(|k| k.len() <= MAX_KEY).collect();
         let asked: Vec<String> = keys.into_iter().filter(|k| k.len() <= MAX_KEY).collect();
-        let wait = self.time_left();
+        let wait = self.turn().await;
         let answer = self.meta.services.kv.get_many(&self.meta.name, asked, wait).await;
         let mut values = self.state(answer)?.into_iter();
         Ok(valid.into_iter().map(|ok| if ok { values.next().flatten() } else { None }).collect())
@@ -303,7 +315,7 @@ impl kv::Host for HostState {
         }
         let valid: Vec<bool> = adds.iter().map(|(k, _, _)| k.len() <= MAX_KEY).collect();
         let asked: Vec<(String, i64, u32)> = adds.into_iter().filter(|(k, _, _)| k.len() <= MAX_KEY).collect();
-        let wait = self.time_left();
+        let wait = self.turn().await;
         let answer = self.meta.services.kv.add_many(&self.meta.name, asked, wait).await;
         let mut values = self.state(answer)?.into_iter();
         Ok(valid.into_iter().map(|ok| if ok { values.next().unwrap_or(0) } else { 0 }).collect())
@@ -317,7 +329,7 @@ impl quota::Host for HostState {
         amount: u64,
         limit: quota::Limit,
     ) -> Result<Result<quota::Grant, quota::Denial>> {
-        let wait = self.time_left();
+        let wait = self.turn().await;
         let quota = &self.meta.services.quota;
         let answer = quota.reserve(&self.meta.name, key, amount, limit.amount, limit.window_ms, wait).await;
         Ok(match self.state(answer)? {
@@ -340,7 +352,7 @@ impl quota::Host for HostState {
                 covers: a.covers.map(|c| Covers { who: spender(c.who), name: c.name, since_ms: c.since_ms }),
             })
             .collect();
-        let wait = self.time_left();
+        let wait = self.turn().await;
         let meta = self.meta.clone();
         let spent_here = |c: &Covers| meta.services.ledger.spent_here(&meta.name, c.who, &c.name, c.since_ms);
         let answer = meta.services.quota.reserve_all(&meta.name, asks, &spent_here, wait).await;
@@ -396,7 +408,7 @@ impl ledger::Host for HostState {
             cost_pico_usd: e.cost_pico_usd,
             plugin: self.meta.name.to_string(),
         };
-        let wait = self.time_left();
+        let wait = self.turn().await;
         if let Err(error) = self.meta.services.ledger.append(&entry, wait).await {
             // Losing a money record is worth a loud line; the request itself is already done.
             tracing::error!(plugin = %self.meta.name, %error, "could not append to the ledger");
@@ -406,7 +418,7 @@ impl ledger::Host for HostState {
 
     async fn spent(&mut self, who: ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
         let who = spender(who);
-        let wait = self.time_left();
+        let wait = self.turn().await;
         let answer = self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms, wait).await;
         self.state(answer)
     }

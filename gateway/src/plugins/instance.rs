@@ -3,10 +3,11 @@
 //! [`Fault`] instead of an error of the gateway.
 //!
 //! Deadlines use epochs: the store's deadline is one tick away, and the epoch callback decides on
-//! each tick whether the call may go on (yielding to the runtime after its first millisecond) or is
+//! each tick whether the call may go on (yielding to the runtime once it has run for [`YIELD_AFTER`]) or is
 //! over its deadline (a trap). Between ticks, fuel makes guest code yield every [`FUEL_YIELD`]
 //! units, and every call runs through the gate of `gate.rs`, so a looping plugin holds a worker
-//! for microseconds at a time and never all of them. A plugin that keeps faulting is quarantined
+//! for microseconds at a time and never all of them, and once it has run for [`super::gate::MOVE_AFTER`] it
+//! moves to the gate's idle-priority long pool. A plugin that keeps faulting is quarantined
 //! (`quarantine.rs`).
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
 use super::bindings::{Plugin, PluginPre, v0_1};
 use super::compat::{self, Contract};
-use super::gate::{Gate, LONG_AFTER};
+use super::gate::{Gate, YIELD_AFTER};
 use super::host::{HostState, PluginMeta, RequestHandle};
 use super::quarantine::{Health, Standing};
 use super::view::RequestView;
@@ -305,16 +306,25 @@ impl LoadedPlugin {
         }
     }
 
-    pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
-        self.gate.run(self.call_on_request(view)).await
+    // Each call owns what it reads (two `Arc`s, the completion copied), because a long one moves
+    // to the gate's long pool and outlives this borrow's thread (`gate.rs`).
+    pub async fn on_request(self: &Arc<Self>, view: &Arc<RequestView>) -> Result<Decision, Fault> {
+        let (this, view) = (self.clone(), view.clone());
+        self.gate.run(async move { this.call_on_request(&view).await }).await
     }
 
-    pub async fn on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
-        self.gate.run(self.call_on_response_headers(view, status)).await
+    pub async fn on_response_headers(
+        self: &Arc<Self>,
+        view: &Arc<RequestView>,
+        status: u16,
+    ) -> Result<ResponseAction, Fault> {
+        let (this, view) = (self.clone(), view.clone());
+        self.gate.run(async move { this.call_on_response_headers(&view, status).await }).await
     }
 
-    pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
-        self.gate.run(self.call_on_complete(view, completion)).await
+    pub async fn on_complete(self: &Arc<Self>, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
+        let (this, view, completion) = (self.clone(), view.clone(), completion.clone());
+        self.gate.run(async move { this.call_on_complete(&view, &completion).await }).await
     }
 
     async fn call_on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
@@ -420,7 +430,7 @@ async fn instantiate(
             wasmtime::bail!("the plugin ran past its deadline of {:?}", state.deadline);
         }
         // A long call yields at every tick (and the ticker ticks faster while one runs).
-        Ok(if elapsed < LONG_AFTER { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
+        Ok(if elapsed < YIELD_AFTER { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
     });
     // Instantiation and `init` get the same deadline as a hook.
     store.data_mut().begin_call(config.deadline.max(TICK * 100));

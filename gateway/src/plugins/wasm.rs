@@ -83,7 +83,7 @@ impl WasmEngine {
         v0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
         // The ticker holds only a weak reference, so it stops when the engine is dropped. It ticks
-        // faster while a long plugin call runs (one past `gate::LONG_AFTER`, which only a busy or
+        // faster while a long plugin call runs (one on the gate's long pool, which only a busy or
         // hostile plugin reaches): time spent in host calls burns no fuel, so ticks are what makes
         // a plugin that hammers host imports yield.
         let weak = engine.weak();
