@@ -8,14 +8,11 @@ wasmtime::component::bindgen!({
     with: {
         "weir:plugin/request.request": super::host::RequestHandle,
     },
-    // The state imports are async: with the Redis backend they wait on the network, and they
-    // must not hold a worker thread while they do. The rest answer from memory.
-    imports: {
-        "weir:plugin/kv": async | trappable,
-        "weir:plugin/quota": async | trappable,
-        "weir:plugin/ledger": async | trappable,
-        default: trappable,
-    },
+    // Every import is async: the state imports wait on the network with the Redis backend and
+    // must not hold a worker thread while they do, and every import may give the thread back to
+    // the runtime when the call has run a while (`HostState::pace`), since time in the host burns
+    // no fuel.
+    imports: { default: async | trappable },
     // Exports are called asynchronously so that WASI (which Rust's standard library imports) runs
     // on the gateway's tokio runtime, and so that a plugin past its first epoch tick yields.
     exports: { default: async },
@@ -29,13 +26,8 @@ pub mod v0_1 {
         with: {
             "weir:plugin/request.request": crate::plugins::host::RequestHandle,
         },
-        // As above: its state imports delegate to the current, async ones.
-        imports: {
-            "weir:plugin/kv": async | trappable,
-            "weir:plugin/quota": async | trappable,
-            "weir:plugin/ledger": async | trappable,
-            default: trappable,
-        },
+        // As above: its imports delegate to the current, async ones.
+        imports: { default: async | trappable },
         exports: { default: async },
     });
 }

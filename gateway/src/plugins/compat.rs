@@ -169,44 +169,44 @@ impl old::hooks::Host for HostState {}
 impl old::request::Host for HostState {}
 
 impl old::request::HostRequest for HostState {
-    fn info(&mut self, req: Resource<RequestHandle>) -> Result<old::types::RequestInfo> {
-        new::request::HostRequest::info(self, req).map(request_info)
+    async fn info(&mut self, req: Resource<RequestHandle>) -> Result<old::types::RequestInfo> {
+        new::request::HostRequest::info(self, req).await.map(request_info)
     }
 
-    fn header(&mut self, req: Resource<RequestHandle>, name: String) -> Result<Option<String>> {
-        new::request::HostRequest::header(self, req, name)
+    async fn header(&mut self, req: Resource<RequestHandle>, name: String) -> Result<Option<String>> {
+        new::request::HostRequest::header(self, req, name).await
     }
 
-    fn body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
-        new::request::HostRequest::body(self, req)
+    async fn body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
+        new::request::HostRequest::body(self, req).await
     }
 
-    fn digest(&mut self, req: Resource<RequestHandle>) -> Result<String> {
-        new::request::HostRequest::digest(self, req)
+    async fn digest(&mut self, req: Resource<RequestHandle>) -> Result<String> {
+        new::request::HostRequest::digest(self, req).await
     }
 
-    fn add_response_header(&mut self, req: Resource<RequestHandle>, name: String, value: String) -> Result<()> {
-        new::request::HostRequest::add_response_header(self, req, name, value)
+    async fn add_response_header(&mut self, req: Resource<RequestHandle>, name: String, value: String) -> Result<()> {
+        new::request::HostRequest::add_response_header(self, req, name, value).await
     }
 
-    fn mirror(&mut self, req: Resource<RequestHandle>, target: String) -> Result<()> {
-        new::request::HostRequest::mirror(self, req, target)
+    async fn mirror(&mut self, req: Resource<RequestHandle>, target: String) -> Result<()> {
+        new::request::HostRequest::mirror(self, req, target).await
     }
 
-    fn response_body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
-        new::request::HostRequest::response_body(self, req)
+    async fn response_body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
+        new::request::HostRequest::response_body(self, req).await
     }
 
-    fn get_local(&mut self, req: Resource<RequestHandle>, key: String) -> Result<Option<Vec<u8>>> {
-        new::request::HostRequest::get_local(self, req, key)
+    async fn get_local(&mut self, req: Resource<RequestHandle>, key: String) -> Result<Option<Vec<u8>>> {
+        new::request::HostRequest::get_local(self, req, key).await
     }
 
-    fn set_local(&mut self, req: Resource<RequestHandle>, key: String, value: Vec<u8>) -> Result<()> {
-        new::request::HostRequest::set_local(self, req, key, value)
+    async fn set_local(&mut self, req: Resource<RequestHandle>, key: String, value: Vec<u8>) -> Result<()> {
+        new::request::HostRequest::set_local(self, req, key, value).await
     }
 
-    fn drop(&mut self, req: Resource<RequestHandle>) -> Result<()> {
-        new::request::HostRequest::drop(self, req)
+    async fn drop(&mut self, req: Resource<RequestHandle>) -> Result<()> {
+        new::request::HostRequest::drop(self, req).await
     }
 }
 
@@ -248,16 +248,16 @@ impl old::quota::Host for HostState {
 }
 
 impl old::metrics::Host for HostState {
-    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) -> Result<()> {
-        new::metrics::Host::counter_add(self, name, labels, delta)
+    async fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) -> Result<()> {
+        new::metrics::Host::counter_add(self, name, labels, delta).await
     }
 
-    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
-        new::metrics::Host::gauge_set(self, name, labels, value)
+    async fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
+        new::metrics::Host::gauge_set(self, name, labels, value).await
     }
 
-    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
-        new::metrics::Host::histogram_observe(self, name, labels, value)
+    async fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
+        new::metrics::Host::histogram_observe(self, name, labels, value).await
     }
 }
 
@@ -287,16 +287,16 @@ impl old::ledger::Host for HostState {
 }
 
 impl old::catalog::Host for HostState {
-    fn price(&mut self, model: String) -> Result<Option<old::catalog::ModelPrice>> {
-        Ok(new::catalog::Host::price(self, model)?.map(|p| old::catalog::ModelPrice {
+    async fn price(&mut self, model: String) -> Result<Option<old::catalog::ModelPrice>> {
+        Ok(new::catalog::Host::price(self, model).await?.map(|p| old::catalog::ModelPrice {
             input: p.input,
             output: p.output,
             cached_input: p.cached_input,
         }))
     }
 
-    fn target_stats(&mut self, target: String) -> Result<Option<old::catalog::TargetHealth>> {
-        Ok(new::catalog::Host::target_stats(self, target)?.map(|t| old::catalog::TargetHealth {
+    async fn target_stats(&mut self, target: String) -> Result<Option<old::catalog::TargetHealth>> {
+        Ok(new::catalog::Host::target_stats(self, target).await?.map(|t| old::catalog::TargetHealth {
             healthy: t.healthy,
             in_flight: t.in_flight,
             latency_ms: t.latency_ms,
@@ -304,21 +304,21 @@ impl old::catalog::Host for HostState {
         }))
     }
 
-    fn targets(&mut self, model: String) -> Result<Vec<String>> {
-        new::catalog::Host::targets(self, model)
+    async fn targets(&mut self, model: String) -> Result<Vec<String>> {
+        new::catalog::Host::targets(self, model).await
     }
 
-    fn now_ms(&mut self) -> Result<u64> {
-        new::catalog::Host::now_ms(self)
+    async fn now_ms(&mut self) -> Result<u64> {
+        new::catalog::Host::now_ms(self).await
     }
 
-    fn random_u64(&mut self) -> Result<u64> {
-        new::catalog::Host::random_u64(self)
+    async fn random_u64(&mut self) -> Result<u64> {
+        new::catalog::Host::random_u64(self).await
     }
 }
 
 impl old::log::Host for HostState {
-    fn log(&mut self, level: old::log::Level, message: String) -> Result<()> {
+    async fn log(&mut self, level: old::log::Level, message: String) -> Result<()> {
         let level = match level {
             old::log::Level::Trace => new::log::Level::Trace,
             old::log::Level::Debug => new::log::Level::Debug,
@@ -326,7 +326,7 @@ impl old::log::Host for HostState {
             old::log::Level::Warn => new::log::Level::Warn,
             old::log::Level::Error => new::log::Level::Error,
         };
-        new::log::Host::log(self, level, message)
+        new::log::Host::log(self, level, message).await
     }
 }
 

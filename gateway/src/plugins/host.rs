@@ -156,16 +156,21 @@ impl HostState {
         self.deadline = deadline;
     }
 
-    /// What is left of the current call's deadline: the longest a state call may wait. First
-    /// the call gives its thread back if it has run for [`YIELD_AFTER`] since it last did here:
-    /// host calls burn no fuel, so a plugin looping on state calls would otherwise hold its
-    /// thread until the next epoch tick (up to a tick on a request worker, see `gate.rs`).
+    /// What is left of the current call's deadline, the longest a state call may wait, after
+    /// [`Self::pace`].
     async fn turn(&mut self) -> std::time::Duration {
+        self.pace().await;
+        self.deadline.saturating_sub(self.call_started.elapsed())
+    }
+
+    /// Gives the thread back if the call has run for [`YIELD_AFTER`] since it last did here.
+    /// Every import starts with it: time in the host burns no fuel, so a plugin looping on
+    /// imports would otherwise hold its thread until the next epoch tick.
+    async fn pace(&mut self) {
         if self.paced.elapsed() >= YIELD_AFTER {
             tokio::task::yield_now().await;
             self.paced = Instant::now();
         }
-        self.deadline.saturating_sub(self.call_started.elapsed())
     }
 
     /// A state call's answer, or the trap that makes an unavailable backend this plugin's fault.
@@ -193,11 +198,13 @@ impl hooks::Host for HostState {}
 impl request::Host for HostState {}
 
 impl request::HostRequest for HostState {
-    fn info(&mut self, req: Resource<RequestHandle>) -> Result<types::RequestInfo> {
+    async fn info(&mut self, req: Resource<RequestHandle>) -> Result<types::RequestInfo> {
+        self.pace().await;
         Ok(self.view(&req)?.info.clone())
     }
 
-    fn header(&mut self, req: Resource<RequestHandle>, name: String) -> Result<Option<String>> {
+    async fn header(&mut self, req: Resource<RequestHandle>, name: String) -> Result<Option<String>> {
+        self.pace().await;
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else { return Ok(None) };
         if !self.meta.read_headers.contains(&name) {
             return Ok(None);
@@ -206,21 +213,24 @@ impl request::HostRequest for HostState {
         Ok(view.headers.get(&name).and_then(|v| v.to_str().ok()).map(str::to_owned))
     }
 
-    fn body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
+    async fn body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
+        self.pace().await;
         if !self.meta.needs_body {
             return Ok(Vec::new());
         }
         Ok(self.view(&req)?.body.to_vec())
     }
 
-    fn response_body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
+    async fn response_body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
+        self.pace().await;
         if !self.meta.needs_response {
             return Ok(Vec::new());
         }
         Ok(self.view(&req)?.response().to_vec())
     }
 
-    fn mirror(&mut self, req: Resource<RequestHandle>, target: String) -> Result<()> {
+    async fn mirror(&mut self, req: Resource<RequestHandle>, target: String) -> Result<()> {
+        self.pace().await;
         if self.meta.services.routes.target(&target).is_some() {
             self.view(&req)?.add_mirror(target);
         } else {
@@ -229,11 +239,13 @@ impl request::HostRequest for HostState {
         Ok(())
     }
 
-    fn digest(&mut self, req: Resource<RequestHandle>) -> Result<String> {
+    async fn digest(&mut self, req: Resource<RequestHandle>) -> Result<String> {
+        self.pace().await;
         Ok(self.view(&req)?.digest().to_owned())
     }
 
-    fn add_response_header(&mut self, req: Resource<RequestHandle>, name: String, value: String) -> Result<()> {
+    async fn add_response_header(&mut self, req: Resource<RequestHandle>, name: String, value: String) -> Result<()> {
+        self.pace().await;
         let view = self.view(&req)?;
         match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
             (Ok(name), Ok(value)) => view.add_response_header(name, value),
@@ -242,18 +254,20 @@ impl request::HostRequest for HostState {
         Ok(())
     }
 
-    fn get_local(&mut self, req: Resource<RequestHandle>, key: String) -> Result<Option<Vec<u8>>> {
+    async fn get_local(&mut self, req: Resource<RequestHandle>, key: String) -> Result<Option<Vec<u8>>> {
+        self.pace().await;
         Ok(self.view(&req)?.get_local(self.meta.id, &key))
     }
 
-    fn set_local(&mut self, req: Resource<RequestHandle>, key: String, value: Vec<u8>) -> Result<()> {
+    async fn set_local(&mut self, req: Resource<RequestHandle>, key: String, value: Vec<u8>) -> Result<()> {
+        self.pace().await;
         if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
             self.view(&req)?.set_local(self.meta.id, key, value);
         }
         Ok(())
     }
 
-    fn drop(&mut self, req: Resource<RequestHandle>) -> Result<()> {
+    async fn drop(&mut self, req: Resource<RequestHandle>) -> Result<()> {
         self.table.delete(req)?;
         Ok(())
     }
@@ -375,17 +389,20 @@ impl quota::Host for HostState {
 }
 
 impl metrics::Host for HostState {
-    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) -> Result<()> {
+    async fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) -> Result<()> {
+        self.pace().await;
         self.meta.services.metrics.plugin_counter_add(&self.meta.metrics_as, name, labels, delta);
         Ok(())
     }
 
-    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
+    async fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
+        self.pace().await;
         self.meta.services.metrics.plugin_gauge_set(&self.meta.metrics_as, name, labels, value);
         Ok(())
     }
 
-    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
+    async fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> Result<()> {
+        self.pace().await;
         if value.is_finite() {
             self.meta.services.metrics.plugin_observe(&self.meta.metrics_as, name, labels, value);
         }
@@ -425,7 +442,8 @@ impl ledger::Host for HostState {
 }
 
 impl catalog::Host for HostState {
-    fn price(&mut self, model: String) -> Result<Option<catalog::ModelPrice>> {
+    async fn price(&mut self, model: String) -> Result<Option<catalog::ModelPrice>> {
+        self.pace().await;
         Ok(self.meta.services.price(&model).map(|p| catalog::ModelPrice {
             input: p.input,
             output: p.output,
@@ -436,7 +454,8 @@ impl catalog::Host for HostState {
         }))
     }
 
-    fn target_stats(&mut self, target: String) -> Result<Option<catalog::TargetHealth>> {
+    async fn target_stats(&mut self, target: String) -> Result<Option<catalog::TargetHealth>> {
+        self.pace().await;
         Ok(self.meta.services.routes.target(&target).map(|t| {
             let s = t.stats.snapshot();
             catalog::TargetHealth {
@@ -448,25 +467,30 @@ impl catalog::Host for HostState {
         }))
     }
 
-    fn targets(&mut self, model: String) -> Result<Vec<String>> {
+    async fn targets(&mut self, model: String) -> Result<Vec<String>> {
+        self.pace().await;
         Ok(self.meta.services.routes.targets_of(&model))
     }
 
-    fn check_target(&mut self, name: String) -> Result<Result<(), String>> {
+    async fn check_target(&mut self, name: String) -> Result<Result<(), String>> {
+        self.pace().await;
         Ok(self.meta.services.routes.check_target(&name))
     }
 
-    fn now_ms(&mut self) -> Result<u64> {
+    async fn now_ms(&mut self) -> Result<u64> {
+        self.pace().await;
         Ok(now_ms())
     }
 
-    fn random_u64(&mut self) -> Result<u64> {
+    async fn random_u64(&mut self) -> Result<u64> {
+        self.pace().await;
         Ok(rand::random())
     }
 }
 
 impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String) -> Result<()> {
+    async fn log(&mut self, level: log::Level, message: String) -> Result<()> {
+        self.pace().await;
         if !self.meta.may_log() {
             self.meta
                 .services

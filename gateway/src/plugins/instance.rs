@@ -7,7 +7,7 @@
 //! over its deadline (a trap). Between ticks, fuel makes guest code yield every [`FUEL_YIELD`]
 //! units, and every call runs through the gate of `gate.rs`, so a looping plugin holds a worker
 //! for microseconds at a time and never all of them, and once it has run for [`super::gate::MOVE_AFTER`] it
-//! moves to the gate's idle-priority long pool. A plugin that keeps faulting is quarantined
+//! moves to the gate's long pool. A plugin that keeps faulting is quarantined
 //! (`quarantine.rs`).
 
 use std::sync::Arc;
