@@ -109,7 +109,12 @@ impl Core {
         let mut task = self.handle.spawn(async move { answer_parts(answer(&weir, request, principal).await).await });
         loop {
             // The timer is made inside `block_on`, where the runtime's context is.
-            match py.detach(|| self.handle.block_on(async { tokio::time::timeout(SLICE, &mut task).await })) {
+            let waited = py.detach(|| {
+                on_runtime(&self.closed, || {
+                    self.handle.block_on(async { tokio::time::timeout(SLICE, &mut task).await })
+                })
+            });
+            match waited.map_err(|()| GatewayClosed::new_err("the gateway was shut down"))? {
                 Ok(joined) => {
                     let parts = joined.map_err(|e| WeirError::new_err(format!("the request failed: {e}")))?;
                     return parts.into_py(py, &self.handle, &self.closed);
@@ -140,14 +145,10 @@ impl Core {
         let request = request(method, target, headers, body)?;
         let weir = self.weir.clone();
         let (handle, closed) = (self.handle.clone(), self.closed.clone());
+        let done = Callback::new(done, &self.closed);
         let task = self.handle.spawn(async move {
             let parts = answer_parts(answer(&weir, request, principal).await).await;
-            Python::attach(|py| {
-                let reported = parts.into_py(py, &handle, &closed).and_then(|answer| done.call1(py, (answer,)));
-                if let Err(error) = reported {
-                    error.write_unraisable(py, None);
-                }
-            });
+            done.call(|py| parts.into_py(py, &handle, &closed).map(Py::into_any));
         });
         Ok(Task { abort: task.abort_handle() })
     }
@@ -264,6 +265,9 @@ struct Stream {
     reader: tokio::task::AbortHandle,
     handle: Handle,
     closed: Arc<AtomicBool>,
+    /// Set when the reader has read the body to its end: an end of the frames without it means
+    /// the reader was stopped (by `close`, or by the runtime stopping at shutdown).
+    finished: Arc<AtomicBool>,
 }
 
 /// How many frames a stream reads ahead of Python.
@@ -276,6 +280,8 @@ impl Stream {
     /// Starts reading `body` ahead, on the runtime.
     fn new(body: Body, handle: &Handle, closed: &Arc<AtomicBool>) -> Self {
         let (sender, frames) = mpsc::channel(READ_AHEAD);
+        let finished = Arc::new(AtomicBool::new(false));
+        let read_all = finished.clone();
         let reader = handle.spawn(async move {
             let mut body = body;
             while let Some(frame) = body.frame().await {
@@ -289,13 +295,66 @@ impl Stream {
                     return;
                 }
             }
+            read_all.store(true, Ordering::Release);
         });
         Self {
             frames: Arc::new(AsyncMutex::new(frames)),
             reader: reader.abort_handle(),
             handle: handle.clone(),
             closed: closed.clone(),
+            finished,
         }
+    }
+}
+
+/// What a read that found `chunk` returns: the end of the frames is the end of the answer, unless
+/// the gateway shut down before the body was read to its end (`finished`) — then the answer was
+/// cut, and saying so beats a silent, truncated end.
+fn ended(closed: &AtomicBool, finished: &AtomicBool, chunk: Option<Bytes>) -> Result<Option<Bytes>, ()> {
+    if chunk.is_none() && closed.load(Ordering::Acquire) && !finished.load(Ordering::Acquire) {
+        return Err(());
+    }
+    Ok(chunk)
+}
+
+/// The `done` callback of an async call. Called once with the call's value, or with the error it
+/// raised; and if the task is dropped unfinished because the gateway shut down (its runtime
+/// stopping drops every task), with `GatewayClosed`, so that no Python await waits forever.
+/// Dropped unfinished otherwise — `Task.cancel()` — it says nothing: the caller cancelled.
+struct Callback {
+    done: Option<Py<PyAny>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Callback {
+    fn new(done: Py<PyAny>, closed: &Arc<AtomicBool>) -> Self {
+        Self { done: Some(done), closed: closed.clone() }
+    }
+
+    fn call(mut self, value: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) {
+        let Some(done) = self.done.take() else { return };
+        Python::attach(|py| {
+            let value = value(py).unwrap_or_else(|error| error.into_value(py).into_any());
+            if let Err(error) = done.call1(py, (value,)) {
+                error.write_unraisable(py, None);
+            }
+        });
+    }
+}
+
+impl Drop for Callback {
+    fn drop(&mut self) {
+        let Some(done) = self.done.take() else { return };
+        if !self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // At interpreter exit there is nobody left to tell.
+        let _ = Python::try_attach(|py| {
+            let error = GatewayClosed::new_err("the gateway was shut down").into_value(py).into_any();
+            if let Err(error) = done.call1(py, (error,)) {
+                error.write_unraisable(py, None);
+            }
+        });
     }
 }
 
@@ -308,9 +367,20 @@ impl Stream {
             let frames = self.frames.clone();
             // `next_data` is cancel-safe (a frame not yet taken stays in the buffer), so a slice
             // that runs out simply reads again.
-            match py.detach(|| self.handle.block_on(async { tokio::time::timeout(SLICE, next_data(frames)).await })) {
-                Ok(chunk) => return Ok(chunk.map(|c| PyBytes::new(py, &c).unbind())),
-                Err(_elapsed) => py.check_signals()?,
+            let next = py.detach(|| {
+                on_runtime(&self.closed, || {
+                    self.handle.block_on(async { tokio::time::timeout(SLICE, next_data(frames)).await })
+                })
+            });
+            match next.map_err(|()| stream_closed())? {
+                Ok(chunk) => {
+                    let chunk = ended(&self.closed, &self.finished, chunk).map_err(|()| stream_closed())?;
+                    return Ok(chunk.map(|c| PyBytes::new(py, &c).unbind()));
+                }
+                Err(_elapsed) => {
+                    py.check_signals()?;
+                    self.check_open()?;
+                }
             }
         }
     }
@@ -320,16 +390,14 @@ impl Stream {
     fn read_async(&self, done: Py<PyAny>) -> PyResult<Task> {
         self.check_open()?;
         let frames = self.frames.clone();
+        let (closed, finished) = (self.closed.clone(), self.finished.clone());
+        let done = Callback::new(done, &self.closed);
         let task = self.handle.spawn(async move {
-            let chunk = next_data(frames).await;
-            Python::attach(|py| {
-                let value = match chunk {
-                    Some(chunk) => PyBytes::new(py, &chunk).into_any().unbind(),
-                    None => py.None(),
-                };
-                if let Err(error) = done.call1(py, (value,)) {
-                    error.write_unraisable(py, None);
-                }
+            let chunk = ended(&closed, &finished, next_data(frames).await);
+            done.call(|py| match chunk {
+                Ok(Some(chunk)) => Ok(PyBytes::new(py, &chunk).into_any().unbind()),
+                Ok(None) => Ok(py.None()),
+                Err(()) => Err(stream_closed()),
             });
         });
         Ok(Task { abort: task.abort_handle() })
@@ -349,9 +417,25 @@ impl Stream {
 impl Stream {
     fn check_open(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(GatewayClosed::new_err("the gateway was shut down while this answer streamed"));
+            return Err(stream_closed());
         }
         Ok(())
+    }
+}
+
+fn stream_closed() -> PyErr {
+    GatewayClosed::new_err("the gateway was shut down while this answer streamed")
+}
+
+/// Runs `wait` (a `block_on` on the gateway's runtime) from a Python thread. A wait that races
+/// `shutdown` — the runtime stopping under it, which makes tokio panic — is `Err(())` once the
+/// gateway is marked closed (it is, before its runtime stops), for the caller to raise as
+/// `GatewayClosed`; any other panic stays one.
+fn on_runtime<T>(closed: &AtomicBool, wait: impl FnOnce() -> T) -> Result<T, ()> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(wait)) {
+        Ok(value) => Ok(value),
+        Err(_) if closed.load(Ordering::Acquire) => Err(()),
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 

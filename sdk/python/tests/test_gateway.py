@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import threading
 
 import anthropic
 import httpx
@@ -110,6 +112,59 @@ def test_context_manager_shuts_down(mocks, tmp_path):
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     with pytest.raises(weir.GatewayClosed):
         gw.serve("127.0.0.1:0")
+
+
+# 120 words: the slow mock streams them one event each, 50 ms apart (about 6 s in all).
+LONG_STREAM = {"model": "slow", "messages": [{"role": "user", "content": " ".join(f"w{i}" for i in range(120))}], "stream": True}
+
+
+def short_grace(mocks, tmp_path) -> str:
+    return gateway_config(mocks, tmp_path / "ledger.jsonl").replace('shutdown_grace = "5s"', 'shutdown_grace = "200ms"')
+
+
+def test_a_stream_cut_by_shutdown_is_a_read_error_not_a_clean_end(mocks, tmp_path):
+    gw = weir.Gateway(config=short_grace(mocks, tmp_path))
+    client = httpx.Client(transport=gw.transport())
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with client.stream("POST", "http://weir/v1/chat/completions", json=LONG_STREAM, headers=headers) as response:
+        assert response.status_code == 200
+        chunks = response.iter_raw()
+        assert next(chunks).startswith(b"data: ")
+        # The stream outlives the 200 ms grace by seconds: shutdown stops the runtime under it,
+        # while this thread keeps reading (or is blocked in a read).
+        stopper = threading.Thread(target=gw.shutdown)
+        stopper.start()
+        with pytest.raises(httpx.ReadError) as e:
+            for _ in chunks:
+                pass
+        stopper.join(timeout=30)
+    assert isinstance(e.value.__cause__, weir.GatewayClosed), e.value
+    assert gw.closed
+
+
+def test_an_async_stream_cut_by_shutdown_raises_instead_of_waiting_forever(mocks, tmp_path):
+    gw = weir.Gateway(config=short_grace(mocks, tmp_path))
+
+    async def read_through_shutdown() -> BaseException | None:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(transport=gw.async_transport()) as client:
+            async with client.stream("POST", "http://weir/v1/chat/completions", json=LONG_STREAM, headers=headers) as r:
+                chunks = r.aiter_raw()
+                assert (await chunks.__anext__()).startswith(b"data: ")
+                stopping = asyncio.get_running_loop().run_in_executor(None, gw.shutdown)
+                try:
+                    async for _ in chunks:
+                        pass
+                except httpx.ReadError as error:
+                    await stopping
+                    return error
+        return None
+
+    # Bounded: before, a read in flight when the runtime stopped was never answered.
+    error = asyncio.run(asyncio.wait_for(read_through_shutdown(), timeout=30))
+    assert isinstance(error, httpx.ReadError), error
+    assert isinstance(error.__cause__, weir.GatewayClosed), error
+    assert gw.closed
 
 
 def test_anthropic_sdk_on_messages(gateway):

@@ -36,12 +36,17 @@ def _httpx_of(request: Any) -> Any:
 class _SyncStream(*(m.SyncByteStream for m in _MODULES)):  # type: ignore[misc]
     """A streamed answer, read chunk by chunk from the gateway as the upstream sends it."""
 
-    def __init__(self, body: _native.Stream) -> None:
+    def __init__(self, body: _native.Stream, httpx: Any) -> None:
         self._body = body
+        self._httpx = httpx
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
-            chunk = self._body.read()
+            try:
+                chunk = self._body.read()
+            except _native.GatewayClosed as closed:
+                # The answer was cut: what a client over HTTP sees when the connection drops.
+                raise self._httpx.ReadError(str(closed)) from closed
             if chunk is None:
                 return
             yield chunk
@@ -54,12 +59,16 @@ class _SyncStream(*(m.SyncByteStream for m in _MODULES)):  # type: ignore[misc]
 class _AsyncStream(*(m.AsyncByteStream for m in _MODULES)):  # type: ignore[misc]
     """A streamed answer for an async client; each chunk is awaited without blocking the loop."""
 
-    def __init__(self, body: _native.Stream) -> None:
+    def __init__(self, body: _native.Stream, httpx: Any) -> None:
         self._body = body
+        self._httpx = httpx
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
-            chunk = await _awaited(self._body.read_async)
+            try:
+                chunk = await _awaited(self._body.read_async)
+            except _native.GatewayClosed as closed:
+                raise self._httpx.ReadError(str(closed)) from closed
             if chunk is None:
                 return
             yield chunk
@@ -140,7 +149,7 @@ def _principal(principal: Any) -> tuple[str, str] | None:
 def _response(httpx: Any, status: int, headers: list[tuple[bytes, bytes]], body: Any, stream: type) -> Any:
     if isinstance(body, bytes):
         return httpx.Response(status, headers=headers, content=body, extensions=_EXTENSIONS)
-    return httpx.Response(status, headers=headers, stream=stream(body), extensions=_EXTENSIONS)
+    return httpx.Response(status, headers=headers, stream=stream(body, httpx), extensions=_EXTENSIONS)
 
 
 async def _awaited(start: Callable[..., _native.Task], *args: Any, **kwargs: Any) -> Any:
@@ -163,5 +172,11 @@ async def _awaited(start: Callable[..., _native.Task], *args: Any, **kwargs: Any
 
 
 def _settle(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
+    if future.done():
+        return
+    # The native side reports a failure (a call that raised, the gateway shut down under it) as
+    # the exception itself.
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
         future.set_result(value)
