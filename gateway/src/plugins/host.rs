@@ -114,7 +114,7 @@ pub struct HostState {
     pub limits: Limits,
     /// When the current call began, and how long it may run.
     pub call_started: Instant,
-    /// When the current call last gave its thread back in a state call (see [`Self::turn`]).
+    /// When the current call last gave its thread back in an import (see [`Self::pace`]).
     paced: Instant,
     pub deadline: std::time::Duration,
     /// Set by the epoch callback when it ends a call for running too long.

@@ -3,12 +3,12 @@
 //! [`Fault`] instead of an error of the gateway.
 //!
 //! Deadlines use epochs: the store's deadline is one tick away, and the epoch callback decides on
-//! each tick whether the call may go on (yielding to the runtime once it has run for [`YIELD_AFTER`]) or is
-//! over its deadline (a trap). Between ticks, fuel makes guest code yield every [`FUEL_YIELD`]
-//! units, and every call runs through the gate of `gate.rs`, so a looping plugin holds a worker
-//! for microseconds at a time and never all of them, and once it has run for [`super::gate::MOVE_AFTER`] it
-//! moves to the gate's long pool. A plugin that keeps faulting is quarantined
-//! (`quarantine.rs`).
+//! each tick whether the call may go on (yielding to the runtime once it has run for
+//! [`YIELD_AFTER`]) or is over its deadline (a trap). Between ticks, fuel makes guest code yield
+//! every [`FUEL_YIELD`] units, and every call runs through the gate of `gate.rs`, so a looping
+//! plugin holds a worker for microseconds at a time and never all of them, and once it has run
+//! for [`super::gate::MOVE_AFTER`] it moves to the gate's long pool. A plugin that keeps faulting
+//! is quarantined (`quarantine.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
