@@ -8,6 +8,7 @@
 
 pub mod isolation;
 mod load;
+mod nginx;
 mod report;
 mod weir;
 
@@ -20,6 +21,7 @@ pub use load::{Latency, Run};
 
 use crate::mock::MockUpstream;
 use load::{Target, Workload};
+use nginx::Nginx;
 use weir::{Chain, Weir, Worker};
 
 /// Command-line options of `weir-bench`.
@@ -36,6 +38,13 @@ pub struct Options {
     /// Measure the mock upstream only (to try the harness without a weir binary).
     #[arg(long)]
     pub direct_only: bool,
+    /// The nginx binary of the `nginx` target, a plain reverse proxy in front of the same mock;
+    /// when it is not installed, that target is left out with a note.
+    #[arg(long, default_value = "nginx")]
+    pub nginx: PathBuf,
+    /// Leave the `nginx` target out.
+    #[arg(long)]
+    pub no_nginx: bool,
     /// Length of each measured run; every workload runs once per target.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -113,6 +122,9 @@ pub struct Report {
     pub open_loops: Vec<Comparison>,
     pub closed_loop: Comparison,
     pub streaming: Comparison,
+    /// Streamed chats back to back: the most streams per second, and each proxy's CPU per stream
+    /// at saturation.
+    pub closed_streams: Comparison,
     /// Predictions direct to a `weir worker` and through the Weirs to it (absent with
     /// `--direct-only` or `--predict-rate 0`).
     pub predictions: Option<Comparison>,
@@ -120,27 +132,55 @@ pub struct Report {
     pub memory: Option<Memory>,
     /// The memory of the Weir with the plugin chain, absent with `--direct-only` or `--plugins 0`.
     pub plugins_memory: Option<Memory>,
+    /// nginx's resident set (master and workers) at rest, after start, in KiB.
+    pub nginx_idle_kib: Option<u64>,
+    /// Why the nginx target was not measured, when it was not.
+    pub nginx_skipped: Option<String>,
     /// Hook calls per request that the Weir with the plugin chain made during the measured runs
     /// (from its `/metrics`), to show the chain really ran: 3 × `--plugins` when every request
     /// went through every hook.
     pub hook_calls_per_request: Option<f64>,
 }
 
-/// One workload, measured direct to the mock, through Weir, and through Weir with the plugin chain.
+/// One workload, measured direct to the mock, through nginx, through Weir, and through Weir with
+/// the plugin chain.
 #[derive(Debug)]
 pub struct Comparison {
     pub workload: String,
     pub direct: Run,
+    pub nginx: Option<Through>,
     pub weir: Option<Through>,
     pub plugins: Option<Through>,
 }
 
-/// One workload's run through one Weir process.
+/// One workload's run through one proxy (nginx or a Weir).
 #[derive(Debug)]
 pub struct Through {
     pub run: Run,
-    /// That Weir's peak resident set while this workload ran through it, in KiB.
+    /// The proxy's peak resident set while this workload ran through it, in KiB.
     pub peak_rss_kib: Option<u64>,
+    /// The CPU time the proxy's processes used during the run (user and system).
+    pub cpu: Option<Duration>,
+}
+
+impl Through {
+    /// The proxy's CPU time per successful request (or stream) of the run.
+    pub fn cpu_per_response(&self) -> Option<Duration> {
+        let ok = u32::try_from(self.run.ok).ok().filter(|&ok| ok > 0)?;
+        Some(self.cpu? / ok)
+    }
+}
+
+/// A proxy process (or group of processes) under test, as `/proc` sees it.
+pub trait Proxy {
+    /// The CPU time it has used so far, if `/proc` could tell.
+    fn cpu(&self) -> Option<Duration>;
+    /// Starts a new window for [`Proxy::peak_rss_kib`].
+    fn reset_peak_rss(&self);
+    /// The highest resident set sampled since the last reset, in KiB.
+    fn peak_rss_kib(&self) -> Option<u64>;
+    /// The resident set now, in KiB.
+    fn rss_kib(&self) -> Result<u64>;
 }
 
 /// Weir's resident set (`VmRSS`) at rest and its high-water mark (`VmHWM`), in KiB.
@@ -154,7 +194,10 @@ pub struct Memory {
 impl Report {
     /// Every workload's comparison, in the order they ran.
     pub fn comparisons(&self) -> impl Iterator<Item = &Comparison> {
-        self.open_loops.iter().chain([&self.closed_loop, &self.streaming]).chain(&self.predictions)
+        self.open_loops
+            .iter()
+            .chain([&self.closed_loop, &self.streaming, &self.closed_streams])
+            .chain(&self.predictions)
     }
 
     /// Whether the third target, Weir with the plugin chain, was measured.
@@ -216,6 +259,17 @@ pub fn run(options: &Options) -> Result<Report> {
         }
         None => None,
     };
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let nginx = if options.no_nginx || options.direct_only {
+        None
+    } else {
+        eprintln!("starting {} in front of the mock", options.nginx.display());
+        let started = client_runtime.block_on(Nginx::start(&options.nginx, mock.addr(), cpus));
+        Some(started.context("starting nginx")?)
+    };
+    if let Some(Err(nginx::Skipped(note))) = &nginx {
+        eprintln!("{note}");
+    }
     let serves = worker.as_ref().map(|w| (w.addr(), w.model.as_str()));
     let weir = match bin {
         Some(bin) => {
@@ -245,25 +299,43 @@ pub fn run(options: &Options) -> Result<Report> {
         }
         None => None,
     };
-    let report =
-        client_runtime.block_on(measure(options, &mock, weir.as_ref(), with_plugins.as_ref(), worker.as_ref()));
-    // Stop both Weirs before the mock so they do not log a burst of upstream errors on the way out.
+    let proxies = Proxies {
+        nginx: nginx.as_ref().and_then(|n| n.as_ref().ok()),
+        weir: weir.as_ref(),
+        with_plugins: with_plugins.as_ref(),
+    };
+    let report = client_runtime.block_on(measure(options, &mock, proxies, worker.as_ref())).map(|mut report| {
+        report.nginx_skipped = nginx.as_ref().and_then(|n| n.as_ref().err()).map(|s| s.0.clone());
+        report
+    });
+    // Stop the proxies before the mock so they do not log a burst of upstream errors on the way out.
     drop(with_plugins);
     drop(weir);
+    drop(nginx);
     drop(worker);
     drop(mock);
     report
 }
 
+/// The proxies of a run: those that started.
+#[derive(Debug, Clone, Copy)]
+struct Proxies<'p> {
+    nginx: Option<&'p Nginx>,
+    weir: Option<&'p Weir>,
+    with_plugins: Option<&'p Weir>,
+}
+
 async fn measure(
     options: &Options,
     mock: &MockUpstream,
-    weir: Option<&Weir>,
-    with_plugins: Option<&Weir>,
+    proxies: Proxies<'_>,
     worker: Option<&Worker>,
 ) -> Result<Report> {
+    let Proxies { nginx, weir, with_plugins } = proxies;
     let connections = options.connections;
     let direct = Target::new("direct", mock.addr(), DIRECT_MODEL, DIRECT_STREAM_MODEL, connections);
+    // nginx passes requests on unchanged, so it is asked for the mock's own model names.
+    let nginx_target = nginx.map(|n| Target::new("nginx", n.addr(), DIRECT_MODEL, DIRECT_STREAM_MODEL, connections));
     let through = |name, w: &Weir| {
         let target = Target::new(name, w.addr(), weir::MODEL, weir::STREAM_MODEL, connections);
         if worker.is_some() { target.predicting(weir::PREDICT_MODEL).expect("a valid path") } else { target }
@@ -271,12 +343,14 @@ async fn measure(
     let direct_worker = worker.map(|w| Target::predict_only("direct", w.addr(), &w.model, connections)).transpose()?;
     let weir_target = weir.map(|w| through("weir", w));
     let plugins_target = with_plugins.map(|w| through("weir+plugins", w));
-    let through_weir = weir_target.as_ref().zip(weir);
-    let through_plugins = plugins_target.as_ref().zip(with_plugins);
+    let through_nginx = nginx_target.as_ref().zip(nginx.map(|n| n as &dyn Proxy));
+    let through_weir = weir_target.as_ref().zip(weir.map(|w| w as &dyn Proxy));
+    let through_plugins = plugins_target.as_ref().zip(with_plugins.map(|w| w as &dyn Proxy));
     let idle_kib = weir.map(Weir::memory).transpose()?.map(|m| m.rss_kib);
     let plugins_idle_kib = with_plugins.map(Weir::memory).transpose()?.map(|m| m.rss_kib);
+    let nginx_idle_kib = nginx.map(Proxy::rss_kib).transpose()?;
 
-    for target in std::iter::once(&direct).chain(&weir_target).chain(&plugins_target) {
+    for target in std::iter::once(&direct).chain(&nginx_target).chain(&weir_target).chain(&plugins_target) {
         target.preflight().await?;
         load::closed_loop(target, Workload::Chat, connections, WARM_UP).await;
     }
@@ -284,7 +358,7 @@ async fn measure(
         target.preflight().await?;
         load::closed_loop(target, Workload::Predict, connections, WARM_UP).await;
     }
-    let targets = Targets { direct: &direct, weir: through_weir, plugins: through_plugins };
+    let targets = Targets { direct: &direct, nginx: through_nginx, weir: through_weir, plugins: through_plugins };
     let calls_before = match with_plugins {
         Some(w) => Some(w.plugin_calls().await.context("reading the plugin weir's /metrics")?),
         None => None,
@@ -303,10 +377,15 @@ async fn measure(
         load::open_loop(t, Workload::Stream, options.stream_rate, options.duration)
     })
     .await;
+    let closed_streams = compare(&format!("streams back to back, {connections} connections"), &targets, |t| {
+        load::closed_loop(t, Workload::Stream, connections, options.duration)
+    })
+    .await;
 
     let predictions = match &direct_worker {
         Some(direct) => {
-            let targets = Targets { direct, weir: through_weir, plugins: through_plugins };
+            // nginx is left out: the worker's HTTP surface is Weir's own, not the mock's.
+            let targets = Targets { direct, nginx: None, weir: through_weir, plugins: through_plugins };
             let name = format!("predictions, {} req/s", options.predict_rate);
             Some(
                 compare(&name, &targets, |t| {
@@ -324,7 +403,7 @@ async fn measure(
             let calls = w.plugin_calls().await.context("reading the plugin weir's /metrics")?.saturating_sub(before);
             let sent: usize = open_loops
                 .iter()
-                .chain([&closed_loop, &streaming])
+                .chain([&closed_loop, &streaming, &closed_streams])
                 .chain(&predictions)
                 .filter_map(|c| c.plugins.as_ref())
                 .map(|t| t.run.sent)
@@ -344,9 +423,12 @@ async fn measure(
         open_loops,
         closed_loop,
         streaming,
+        closed_streams,
         predictions,
         memory: memory(weir, idle_kib)?,
         plugins_memory: memory(with_plugins, plugins_idle_kib)?,
+        nginx_idle_kib,
+        nginx_skipped: None,
         hook_calls_per_request,
     })
 }
@@ -354,12 +436,13 @@ async fn measure(
 /// The targets every workload runs against, in this order; the Weirs with their processes.
 struct Targets<'t> {
     direct: &'t Target,
-    weir: Option<(&'t Target, &'t Weir)>,
-    plugins: Option<(&'t Target, &'t Weir)>,
+    nginx: Option<(&'t Target, &'t dyn Proxy)>,
+    weir: Option<(&'t Target, &'t dyn Proxy)>,
+    plugins: Option<(&'t Target, &'t dyn Proxy)>,
 }
 
-/// Runs one workload against the mock, then through Weir, then through Weir with the plugin
-/// chain, tracking each Weir's peak memory while it is measured.
+/// Runs one workload against the mock, then through nginx, then through Weir, then through Weir
+/// with the plugin chain, tracking each proxy's peak memory and CPU time while it is measured.
 async fn compare<'t, F>(workload: &str, targets: &Targets<'t>, run: impl Fn(&'t Target) -> F) -> Comparison
 where
     F: Future<Output = Run>,
@@ -367,18 +450,21 @@ where
     eprintln!("{workload}: direct");
     let direct = run(targets.direct).await;
     tokio::time::sleep(SETTLE).await;
-    let through = async |target: Option<(&'t Target, &'t Weir)>| {
-        let (target, weir) = target?;
+    let through = async |target: Option<(&'t Target, &'t dyn Proxy)>| {
+        let (target, proxy) = target?;
         eprintln!("{workload}: through {}", target.name);
-        weir.reset_peak_rss();
+        proxy.reset_peak_rss();
+        let cpu_before = proxy.cpu();
         let measured = run(target).await;
-        let peak_rss_kib = weir.peak_rss_kib();
+        let cpu = proxy.cpu().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+        let peak_rss_kib = proxy.peak_rss_kib();
         tokio::time::sleep(SETTLE).await;
-        Some(Through { run: measured, peak_rss_kib })
+        Some(Through { run: measured, peak_rss_kib, cpu })
     };
+    let nginx = through(targets.nginx).await;
     let weir = through(targets.weir).await;
     let plugins = through(targets.plugins).await;
-    Comparison { workload: workload.to_owned(), direct, weir, plugins }
+    Comparison { workload: workload.to_owned(), direct, nginx, weir, plugins }
 }
 
 fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime> {

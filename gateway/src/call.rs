@@ -311,7 +311,8 @@ impl Sent {
         };
         let opened = call.opened(upstream, &target, None);
         let relay = SseRelay::new(opened, Box::new(call), options);
-        let mut response = Response::new(BodyExt::boxed_unsync(relay));
+        // Events that arrive together go out in one write (`body::Coalesce`).
+        let mut response = Response::new(BodyExt::boxed_unsync(crate::body::Coalesce::new(relay)));
         let h = response.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

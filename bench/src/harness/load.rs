@@ -37,6 +37,8 @@ pub struct Run {
     pub latency: Option<Latency>,
     /// To the first byte of the response body, measured like `latency`.
     pub first_byte: Option<Latency>,
+    /// Server-sent events per successful response (`data: [DONE]` included); 0 for JSON answers.
+    pub events_per_response: f64,
     pub first_error: Option<String>,
 }
 
@@ -231,6 +233,8 @@ struct Outcome {
 struct Exchange {
     first_byte: Instant,
     last_byte: Instant,
+    /// Server-sent events in the body: blank lines (`\n\n`) that end one.
+    events: usize,
 }
 
 fn summarise(outcomes: &[Outcome], begin: Instant) -> Run {
@@ -239,9 +243,11 @@ fn summarise(outcomes: &[Outcome], begin: Instant) -> Run {
     let mut errors = 0;
     let mut first_error = None;
     let mut end = begin;
+    let mut events = 0;
     for outcome in outcomes {
         match &outcome.result {
             Ok(exchange) => {
+                events += exchange.events;
                 latency.push(exchange.last_byte.saturating_duration_since(outcome.start));
                 first_byte.push(exchange.first_byte.saturating_duration_since(outcome.start));
                 end = end.max(exchange.last_byte);
@@ -260,6 +266,7 @@ fn summarise(outcomes: &[Outcome], begin: Instant) -> Run {
         rate: if wall > 0.0 { latency.len() as f64 / wall } else { 0.0 },
         latency: Latency::of(&mut latency),
         first_byte: Latency::of(&mut first_byte),
+        events_per_response: if latency.is_empty() { 0.0 } else { events as f64 / latency.len() as f64 },
         first_error,
     }
 }
@@ -303,6 +310,9 @@ impl Pool {
         // every response of a long run.
         let mut head = Vec::new();
         let mut tail = Vec::new();
+        let mut events = 0;
+        // Whether the previous frame ended in `\n`, so a `\n\n` split across frames counts.
+        let mut newline = false;
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.context("reading the response body")?.into_data() else {
                 continue;
@@ -311,6 +321,9 @@ impl Pool {
                 continue;
             }
             first_byte.get_or_insert_with(Instant::now);
+            events += data.windows(2).filter(|w| w == b"\n\n").count();
+            events += usize::from(newline && data[0] == b'\n');
+            newline = data.ends_with(b"\n");
             if head.len() < 256 {
                 head.extend_from_slice(&data[..data.len().min(256 - head.len())]);
             }
@@ -326,7 +339,7 @@ impl Pool {
         if expect_done && tail != DONE {
             bail!("stream ended without `data: [DONE]`");
         }
-        Ok(Exchange { first_byte: first_byte.unwrap_or(last_byte), last_byte })
+        Ok(Exchange { first_byte: first_byte.unwrap_or(last_byte), last_byte, events })
     }
 
     /// An idle connection that is still usable, or a new one.
@@ -370,6 +383,12 @@ mod tests {
         assert_eq!((stream.ok, stream.errors), (10, 0), "{:?}", stream.first_error);
         let (Some(first), Some(last)) = (stream.first_byte, stream.latency) else { panic!("no samples") };
         assert!(first.p50 <= last.p50);
+        // text_a's recorded events and `data: [DONE]`, however hyper split them into frames, less
+        // the usage event, which the mock sends only when `stream_options.include_usage` asks.
+        let recorded = include_str!("../../fixtures/openai/text_a.sse").matches("\n\n").count();
+        assert!(recorded > 5, "{recorded}");
+        assert_eq!(stream.events_per_response, (recorded - 1) as f64);
+        assert_eq!(run.events_per_response, 0.0);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! Renders a [`Report`] as markdown: direct vs through Weir vs through Weir with the plugin chain,
-//! side by side, with what Weir adds (weir − direct) and what the chain adds (weir+plugins − weir).
+//! Renders a [`Report`] as markdown: direct vs through nginx vs through Weir vs through Weir with
+//! the plugin chain, side by side, with what Weir adds (weir − direct) and what the chain adds
+//! (weir+plugins − weir), each proxy's CPU per response, and a summary against nginx.
 
 use std::fmt::{self, Display, Formatter};
 use std::time::Duration;
@@ -25,8 +26,14 @@ impl Display for Report {
             },
         )?;
         let plugins = self.has_plugins();
+        let nginx = self.has_nginx();
+        if let Some(note) = &self.nginx_skipped {
+            writeln!(f, "{note}.\n")?;
+        }
+        let nginx_header = if nginx { " nginx |" } else { "" };
+        let nginx_rule = if nginx { "---:|" } else { "" };
         if plugins {
-            let chain = if o.builtins { "weir+built-ins".to_owned() } else { format!("weir+{} plugins", o.plugins) };
+            let chain = self.chain_name();
             if o.builtins {
                 let names: Vec<&str> = crate::harness::weir::BUILTIN_CHAIN.iter().map(|(n, _)| *n).collect();
                 write!(f, "Third target: a second weir whose default chain is the built-in policies {names:?}")?;
@@ -45,38 +52,52 @@ impl Display for Report {
                 Some(calls) => writeln!(f, "; it made {calls:.2} hook calls per measured request.\n")?,
                 None => writeln!(f, ".\n")?,
             }
-            writeln!(f, "| workload | metric | direct | weir | {chain} | weir − direct | {chain} − weir |")?;
-            writeln!(f, "|---|---|---:|---:|---:|---:|---:|")?;
+            writeln!(
+                f,
+                "| workload | metric | direct |{nginx_header} weir | {chain} | weir − direct | {chain} − weir |"
+            )?;
+            writeln!(f, "|---|---|---:|{nginx_rule}---:|---:|---:|---:|")?;
         } else {
-            writeln!(f, "| workload | metric | direct | weir | weir − direct |")?;
-            writeln!(f, "|---|---|---:|---:|---:|")?;
+            writeln!(f, "| workload | metric | direct |{nginx_header} weir | weir − direct |")?;
+            writeln!(f, "|---|---|---:|{nginx_rule}---:|---:|")?;
         }
         for comparison in &self.open_loops {
-            let mut rows = Rows { f: &mut *f, c: comparison, plugins, first: true };
+            let mut rows = Rows { f: &mut *f, c: comparison, plugins, nginx, first: true };
             rows.latency("", |r| r.latency)?;
             rows.rate("achieved rate")?;
+            rows.cpu()?;
             rows.errors()?;
         }
-        let mut rows = Rows { f: &mut *f, c: &self.closed_loop, plugins, first: true };
+        let mut rows = Rows { f: &mut *f, c: &self.closed_loop, plugins, nginx, first: true };
         rows.rate("throughput")?;
         rows.latency("", |r| r.latency)?;
+        rows.cpu()?;
         rows.errors()?;
-        let mut rows = Rows { f: &mut *f, c: &self.streaming, plugins, first: true };
+        let mut rows = Rows { f: &mut *f, c: &self.streaming, plugins, nginx, first: true };
         rows.latency("TTFB ", |r| r.first_byte)?;
         rows.latency("TTLB ", |r| r.latency)?;
+        rows.cpu()?;
+        rows.errors()?;
+        let mut rows = Rows { f: &mut *f, c: &self.closed_streams, plugins, nginx, first: true };
+        rows.rate("throughput")?;
+        rows.latency("TTFB ", |r| r.first_byte)?;
+        rows.latency("TTLB ", |r| r.latency)?;
+        rows.cpu()?;
         rows.errors()?;
         if let Some(predictions) = &self.predictions {
-            let mut rows = Rows { f: &mut *f, c: predictions, plugins, first: true };
+            let mut rows = Rows { f: &mut *f, c: predictions, plugins, nginx, first: true };
             rows.latency("", |r| r.latency)?;
             rows.rate("achieved rate")?;
+            rows.cpu()?;
             rows.errors()?;
         }
 
         self.memory_table(f)?;
+        self.against_nginx(f)?;
 
         let mut heading = false;
         for c in self.comparisons() {
-            let through = [("weir", &c.weir), ("weir+plugins", &c.plugins)];
+            let through = [("nginx", &c.nginx), ("weir", &c.weir), ("weir+plugins", &c.plugins)];
             let runs = through.into_iter().map(|(target, t)| (target, t.as_ref().map(|t| &t.run)));
             for (target, run) in std::iter::once(("direct", Some(&c.direct))).chain(runs) {
                 let Some(error) = run.and_then(|r| r.first_error.as_ref()) else { continue };
@@ -91,6 +112,101 @@ impl Display for Report {
 }
 
 impl Report {
+    /// Whether the nginx target was measured.
+    fn has_nginx(&self) -> bool {
+        self.comparisons().any(|c| c.nginx.is_some())
+    }
+
+    /// The third target's column name.
+    fn chain_name(&self) -> String {
+        if self.options.builtins {
+            "weir+built-ins".to_owned()
+        } else {
+            format!("weir+{} plugins", self.options.plugins)
+        }
+    }
+
+    /// The figures of the performance goal, read off one table: each proxy against nginx.
+    fn against_nginx(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        if !self.has_nginx() || self.memory.is_none() {
+            return Ok(());
+        }
+        let plugins = self.has_plugins();
+        let chain = self.chain_name();
+        writeln!(f, "\n### Against nginx\n")?;
+        write!(f, "| figure | direct | nginx | weir | weir / nginx |")?;
+        if plugins {
+            write!(f, " {chain} | {chain} / nginx |")?;
+        }
+        writeln!(f, "\n|---|---:|---:|---:|---:|{}", if plugins { "---:|---:|" } else { "" })?;
+
+        type Figure = fn(&Comparison, Option<&Through>) -> Option<f64>;
+        let mut row = |label: &str, c: &Comparison, figure: Figure, unit: fn(f64) -> String, ratio: bool| {
+            let cell = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), unit);
+            let nginx = figure(c, c.nginx.as_ref());
+            let versus = |v: Option<f64>| match (v, nginx) {
+                (Some(v), Some(n)) if ratio && n > 0.0 => format!("×{:.2}", v / n),
+                _ => String::new(),
+            };
+            let weir = figure(c, c.weir.as_ref());
+            write!(f, "| {label} | {} | {} | {} | {} |", cell(figure(c, None)), cell(nginx), cell(weir), versus(weir))?;
+            if plugins {
+                let chained = figure(c, c.plugins.as_ref());
+                write!(f, " {} | {} |", cell(chained), versus(chained))?;
+            }
+            writeln!(f)
+        };
+        let cpu_ms = |_: &Comparison, t: Option<&Through>| Some(t?.cpu_per_response()?.as_secs_f64() * 1e3);
+        let rate = |c: &Comparison, t: Option<&Through>| Some(t.map_or(&c.direct, |t| &t.run).rate);
+        let per_event = |_: &Comparison, t: Option<&Through>| {
+            let t = t?;
+            let events = t.run.events_per_response;
+            (events > 0.0).then(|| t.cpu_per_response().map(|cpu| cpu.as_secs_f64() * 1e3 / events))?
+        };
+        let added_p99 = |c: &Comparison, t: Option<&Through>| {
+            let p99 = |r: &Run| r.latency.map(|l| l.p99.as_secs_f64() * 1e3);
+            Some(p99(&t?.run)? - p99(&c.direct)?)
+        };
+        let ms3 = |v: f64| format!("{v:.3} ms");
+        let per_s = |v: f64| format!("{v:.0}/s");
+        let plus_ms = |v: f64| format!("{v:+.3} ms");
+        row("proxy CPU per request, closed loop", &self.closed_loop, cpu_ms, ms3, true)?;
+        row("max requests/s, closed loop", &self.closed_loop, rate, per_s, true)?;
+        if let Some(open) = self.open_loops.last() {
+            row(&format!("added p99, {}", open.workload), open, added_p99, plus_ms, false)?;
+        }
+        let events = self.closed_streams.nginx.as_ref().map_or(0.0, |t| t.run.events_per_response);
+        row(
+            &format!("proxy CPU per stream ({events:.0} events), back to back"),
+            &self.closed_streams,
+            cpu_ms,
+            ms3,
+            true,
+        )?;
+        row("proxy CPU per streamed event", &self.closed_streams, per_event, ms3, true)?;
+        row("max streams/s, back to back", &self.closed_streams, rate, per_s, true)?;
+        let peak = |t: Option<&Through>| t.and_then(|t| t.peak_rss_kib);
+        let highest =
+            |pick: fn(&Comparison) -> Option<&Through>| self.comparisons().filter_map(|c| peak(pick(c))).max();
+        let idle_peak = |idle: Option<u64>, peak: Option<u64>| {
+            format!("{} / {}", idle.map_or_else(|| "–".to_owned(), mib), peak.map_or_else(|| "–".to_owned(), mib))
+        };
+        write!(
+            f,
+            "| RSS idle / peak | – | {} | {} | |",
+            idle_peak(self.nginx_idle_kib, highest(|c| c.nginx.as_ref())),
+            idle_peak(self.memory.as_ref().map(|m| m.idle_kib), highest(|c| c.weir.as_ref())),
+        )?;
+        if plugins {
+            write!(
+                f,
+                " {} | |",
+                idle_peak(self.plugins_memory.as_ref().map(|m| m.idle_kib), highest(|c| c.plugins.as_ref()))
+            )?;
+        }
+        writeln!(f)
+    }
+
     /// Each Weir's resident set: at rest, at its peak during each workload, and its high-water mark.
     fn memory_table(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let Some(memory) = &self.memory else { return Ok(()) };
@@ -142,6 +258,8 @@ struct Rows<'a, 'f> {
     c: &'a Comparison,
     /// Whether the table has the plugin chain's two columns.
     plugins: bool,
+    /// Whether the table has nginx's column.
+    nginx: bool,
     first: bool,
 }
 
@@ -158,7 +276,7 @@ impl Rows<'_, '_> {
             };
             let (direct, weir, plugins) = runs(self.c);
             let deltas = [delta(Some(direct), weir), delta(weir, plugins)];
-            self.row(&format!("{prefix}{name}"), |r| get(r).map(ms), deltas)?;
+            self.row(&format!("{prefix}{name}"), |r, _| get(r).map(ms), deltas)?;
         }
         Ok(())
     }
@@ -170,26 +288,46 @@ impl Rows<'_, '_> {
         };
         let (direct, weir, plugins) = runs(self.c);
         let ratios = [ratio(Some(direct), weir), ratio(weir, plugins)];
-        self.row(metric, |r| Some(format!("{:.0}/s", r.rate)), ratios)
+        self.row(metric, |r, _| Some(format!("{:.0}/s", r.rate)), ratios)
+    }
+
+    /// The proxy's CPU time per successful response (nothing for direct: the mock shares the
+    /// bench's process), with the ratios weir / nginx and the chain's Weir / the plain one.
+    fn cpu(&mut self) -> fmt::Result {
+        let cpu = |t: Option<&Through>| t?.cpu_per_response();
+        let ratio = |base: Option<Duration>, over: Option<Duration>| {
+            let (base, over) = (base?.as_secs_f64(), over?.as_secs_f64());
+            (base > 0.0).then(|| format!("×{:.2}", over / base))
+        };
+        let (nginx, weir, plugins) =
+            (cpu(self.c.nginx.as_ref()), cpu(self.c.weir.as_ref()), cpu(self.c.plugins.as_ref()));
+        let ratios = [ratio(nginx, weir).map(|r| format!("{r} of nginx")), ratio(weir, plugins)];
+        self.row("proxy CPU per response", |_, t| cpu(t).map(|d| format!("{:.3} ms", d.as_secs_f64() * 1e3)), ratios)
     }
 
     fn errors(&mut self) -> fmt::Result {
-        self.row("errors", |r| Some(format!("{}/{}", r.errors, r.sent)), [None, None])
+        self.row("errors", |r, _| Some(format!("{}/{}", r.errors, r.sent)), [None, None])
     }
 
-    /// One row; `deltas` are weir against direct, and the chain's Weir against the plain one.
+    /// One row; `cell` gets a target's run and, through a proxy, that proxy's measurement;
+    /// `deltas` are weir against direct, and the chain's Weir against the plain one.
     fn row(
         &mut self,
         metric: &str,
-        cell: impl Fn(&Run) -> Option<String>,
+        cell: impl Fn(&Run, Option<&Through>) -> Option<String>,
         [weir_delta, chain_delta]: [Option<String>; 2],
     ) -> fmt::Result {
         let workload = if std::mem::take(&mut self.first) { self.c.workload.as_str() } else { "" };
-        let (direct, weir, plugins) = runs(self.c);
-        let cell = |run: Option<&Run>| run.and_then(&cell).unwrap_or_else(|| "–".to_owned());
-        write!(self.f, "| {workload} | {metric} | {} | {} |", cell(Some(direct)), cell(weir))?;
+        let through =
+            |t: &Option<Through>| t.as_ref().and_then(|t| cell(&t.run, Some(t))).unwrap_or_else(|| "–".to_owned());
+        let direct = cell(&self.c.direct, None).unwrap_or_else(|| "–".to_owned());
+        write!(self.f, "| {workload} | {metric} | {direct} |")?;
+        if self.nginx {
+            write!(self.f, " {} |", through(&self.c.nginx))?;
+        }
+        write!(self.f, " {} |", through(&self.c.weir))?;
         if self.plugins {
-            write!(self.f, " {} |", cell(plugins))?;
+            write!(self.f, " {} |", through(&self.c.plugins))?;
         }
         write!(self.f, " {} |", weir_delta.unwrap_or_default())?;
         if self.plugins {

@@ -108,7 +108,8 @@ impl Weir {
             .stderr(std::io::stderr())
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
-        let sampler = Sampler::start(child.id());
+        let pid = child.id();
+        let sampler = Sampler::start(move || Ok(proc_memory(pid)?.rss_kib));
         let mut weir = Self { child, addr, sampler, _config: dir };
         weir.wait_ready().await?;
         Ok(weir)
@@ -131,16 +132,6 @@ impl Weir {
         proc_memory(self.child.id())
     }
 
-    /// Starts a new window for [`Weir::peak_rss_kib`].
-    pub fn reset_peak_rss(&self) {
-        self.sampler.peak_kib.store(0, Ordering::Relaxed);
-    }
-
-    /// The highest `VmRSS` sampled since the last reset, if any sample was taken.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        Some(self.sampler.peak_kib.load(Ordering::Relaxed)).filter(|&kib| kib > 0)
-    }
-
     async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -155,6 +146,24 @@ impl Weir {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl super::Proxy for Weir {
+    fn cpu(&self) -> Option<Duration> {
+        proc_cpu(self.child.id()).ok()
+    }
+
+    fn reset_peak_rss(&self) {
+        self.sampler.reset();
+    }
+
+    fn peak_rss_kib(&self) -> Option<u64> {
+        self.sampler.peak()
+    }
+
+    fn rss_kib(&self) -> Result<u64> {
+        Ok(self.memory()?.rss_kib)
     }
 }
 
@@ -224,16 +233,20 @@ impl Drop for Worker {
 
 /// A temporary directory for the generated config, removed on drop.
 #[derive(Debug)]
-struct ConfigDir(PathBuf);
+pub(super) struct ConfigDir(PathBuf);
 
 impl ConfigDir {
-    fn create() -> Result<Self> {
+    pub(super) fn create() -> Result<Self> {
         // Unique per process and per start, so parallel tests do not share a config.
         static STARTS: AtomicU64 = AtomicU64::new(0);
         let n = STARTS.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("weir-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self(path))
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.0
     }
 }
 
@@ -334,7 +347,7 @@ targets = [{{ upstream = "mock", model = "{stream_model}" }}]
 
 /// A loopback address with a port nobody listens on right now. Weir binds it a moment later;
 /// another process could take it in between, which on a bench machine is unlikely enough.
-fn free_loopback_addr() -> Result<SocketAddr> {
+pub(super) fn free_loopback_addr() -> Result<SocketAddr> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
     Ok(listener.local_addr()?)
 }
@@ -368,7 +381,24 @@ fn sum_plugin_calls(metrics: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-fn proc_memory(pid: u32) -> Result<ProcMemory> {
+/// The CPU time (user and system, all threads, living and exited) a process has used so far,
+/// from `/proc/<pid>/stat`, at the kernel's 10 ms tick (`USER_HZ` is 100 on every Linux
+/// architecture this runs on); over a run of seconds that is well under a percent.
+pub(super) fn proc_cpu(pid: u32) -> Result<Duration> {
+    const USER_HZ: u64 = 100;
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // After the command name's closing parenthesis: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |n: usize| -> Result<u64> {
+        fields.get(n - 3).and_then(|f| f.parse().ok()).with_context(|| format!("no field {n} in {path}"))
+    };
+    let ticks = ticks(14)? + ticks(15)?;
+    Ok(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
+pub(super) fn proc_memory(pid: u32) -> Result<ProcMemory> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |name: &str| -> Result<u64> {
@@ -380,16 +410,17 @@ fn proc_memory(pid: u32) -> Result<ProcMemory> {
     Ok(ProcMemory { rss_kib: field("VmRSS:")?, hwm_kib: field("VmHWM:")? })
 }
 
-/// Samples `VmRSS` on a thread of its own, keeping the maximum since the last reset.
+/// Samples a resident set (`VmRSS` of one process, or a sum over several) on a thread of its own,
+/// keeping the maximum since the last reset.
 #[derive(Debug)]
-struct Sampler {
+pub(super) struct Sampler {
     peak_kib: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Sampler {
-    fn start(pid: u32) -> Self {
+    pub(super) fn start(rss_kib: impl Fn() -> Result<u64> + Send + 'static) -> Self {
         let peak_kib = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::spawn({
@@ -397,8 +428,8 @@ impl Sampler {
             move || {
                 while !stop.load(Ordering::Relaxed) {
                     // Fails once the process is gone or where there is no /proc: nothing to sample.
-                    let Ok(memory) = proc_memory(pid) else { return };
-                    peak_kib.fetch_max(memory.rss_kib, Ordering::Relaxed);
+                    let Ok(kib) = rss_kib() else { return };
+                    peak_kib.fetch_max(kib, Ordering::Relaxed);
                     std::thread::sleep(SAMPLE_EVERY);
                 }
             }
@@ -406,7 +437,17 @@ impl Sampler {
         Self { peak_kib, stop, thread: Some(thread) }
     }
 
-    fn stop(&mut self) {
+    /// Starts a new window for [`Sampler::peak`].
+    pub(super) fn reset(&self) {
+        self.peak_kib.store(0, Ordering::Relaxed);
+    }
+
+    /// The highest resident set sampled since the last reset, if any sample was taken.
+    pub(super) fn peak(&self) -> Option<u64> {
+        Some(self.peak_kib.load(Ordering::Relaxed)).filter(|&kib| kib > 0)
+    }
+
+    pub(super) fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -467,6 +508,20 @@ mod tests {
         assert_eq!(redis.topology, weir_config::RedisTopology::Standalone { url: "redis://127.0.0.1:6390".into() });
         assert!(redis.key_prefix.starts_with("weir-bench-"), "{}", redis.key_prefix);
         assert_eq!(config.plugins.len(), BUILTIN_CHAIN.len());
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_grows_as_it_works() {
+        let pid = std::process::id();
+        let before = proc_cpu(pid).unwrap_or_else(|e| panic!("{e:#}"));
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        let used = proc_cpu(pid).unwrap_or_else(|e| panic!("{e:#}")).saturating_sub(before);
+        // 200 ms of spinning; a starved machine may give less, never none at 10 ms a tick.
+        assert!(used >= Duration::from_millis(20) && used <= Duration::from_secs(5), "{used:?}");
     }
 
     #[test]
