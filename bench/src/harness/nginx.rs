@@ -20,6 +20,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Nginx {
     child: Child,
     addr: SocketAddr,
+    /// The master's pid and its workers', read from `/proc` once they are all up (scanning
+    /// `/proc` at every sample would cost the bench's own process, which shares the cores).
+    pids: Vec<u32>,
     sampler: Sampler,
     _dir: ConfigDir,
 }
@@ -49,7 +52,7 @@ impl Nginx {
             .stdout(std::io::stderr())
             .stderr(std::io::stderr())
             .spawn();
-        let child = match spawned {
+        let mut child = match spawned {
             Ok(child) => child,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Err(Skipped(format!(
@@ -59,26 +62,16 @@ impl Nginx {
             }
             Err(err) => return Err(err).with_context(|| format!("spawning {}", bin.display())),
         };
-        let master = child.id();
-        let sampler = Sampler::start(move || group_pids(master).iter().map(|&pid| Ok(proc_memory(pid)?.rss_kib)).sum());
-        let mut nginx = Self { child, addr, sampler, _dir: dir };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = nginx.child.try_wait()? {
-                let log = std::fs::read_to_string(nginx._dir.path().join("error.log")).unwrap_or_default();
-                bail!("nginx exited before it was ready ({status}): {log}");
+        let pids = match wait_ready(&mut child, addr, workers, dir.path()).await {
+            Ok(pids) => pids,
+            Err(e) => {
+                stop(&mut child);
+                return Err(e);
             }
-            // Every worker is up once the master has forked them all; until then a connection
-            // could be accepted by the master's socket before a worker serves it, which is fine.
-            let workers_up = group_pids(master).len() > workers;
-            if workers_up && tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(Ok(nginx));
-            }
-            if Instant::now() >= deadline {
-                bail!("nginx did not accept connections on {addr} within {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        let sampled = pids.clone();
+        let sampler = Sampler::start(move || rss_kib(&sampled));
+        Ok(Ok(Self { child, addr, pids, sampler, _dir: dir }))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -88,7 +81,7 @@ impl Nginx {
 
 impl super::Proxy for Nginx {
     fn cpu(&self) -> Option<Duration> {
-        group_pids(self.child.id()).into_iter().map(proc_cpu).sum::<Result<Duration>>().ok()
+        self.pids.iter().map(|&pid| proc_cpu(pid)).sum::<Result<Duration>>().ok()
     }
 
     fn reset_peak_rss(&self) {
@@ -100,31 +93,61 @@ impl super::Proxy for Nginx {
     }
 
     fn rss_kib(&self) -> Result<u64> {
-        group_pids(self.child.id()).into_iter().map(|pid| Ok(proc_memory(pid)?.rss_kib)).sum()
+        rss_kib(&self.pids)
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
         self.sampler.stop();
-        // SIGTERM is nginx's fast shutdown: the master stops its workers, then exits. A master
-        // killed outright would leave its workers serving. (std has no way to send a signal
-        // other than SIGKILL, and the workspace has no unsafe code for libc's `kill`.)
-        let master = self.child.id();
-        let _ = Command::new("kill").arg("-TERM").arg(master.to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for pid in group_pids(master).into_iter().skip(1) {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
+}
+
+/// Waits until the master has forked every worker and the port accepts connections; the pids of
+/// the master and its workers.
+async fn wait_ready(child: &mut Child, addr: SocketAddr, workers: usize, dir: &Path) -> Result<Vec<u32>> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+            bail!("nginx exited before it was ready ({status}): {log}");
+        }
+        let pids = group_pids(child.id());
+        if pids.len() > workers && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(pids);
+        }
+        if Instant::now() >= deadline {
+            bail!("nginx did not accept connections on {addr} within {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops nginx and its workers.
+fn stop(child: &mut Child) {
+    // SIGTERM is nginx's fast shutdown: the master stops its workers, then exits. A master
+    // killed outright would leave its workers serving. (std has no way to send a signal
+    // other than SIGKILL, and the workspace has no unsafe code for libc's `kill`.)
+    let master = child.id();
+    let _ = Command::new("kill").arg("-TERM").arg(master.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for pid in group_pids(master).into_iter().skip(1) {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The resident sets of `pids`, summed.
+fn rss_kib(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|&pid| Ok(proc_memory(pid)?.rss_kib)).sum()
 }
 
 /// The master's pid first, then those of its children (the workers), from `/proc`.
