@@ -423,6 +423,51 @@ async fn editing_the_config_file_reloads_it() {
     assert_eq!(status, 200, "the edited file was not picked up");
 }
 
+/// A deploy tool writes the new config beside the old and renames it into place; a usage ledger
+/// kept in the same folder is appended to all the while and reloads nothing.
+#[tokio::test]
+async fn a_config_renamed_into_place_reloads_it_and_appends_beside_it_do_not() {
+    let upstream = MockUpstream::builder().start().await;
+    let dir = std::env::temp_dir().join(format!("weir-watch-mv-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("weir.toml");
+    let guarded = config(&upstream, &[("guarded", "gate")], &plugin("gate", weir_test_plugins::REJECT_HEADER, ""), "");
+    std::fs::write(&file, &guarded).expect("write");
+    let loaded = weir_config::load_file(&file, &weir_config::MapEnv::default()).expect("config");
+    let gw = TestGateway::start_with(loaded).await;
+    let watcher = weir::reload::watch_files(gw.gateway.clone()).expect("a watcher");
+    let before = gw.gateway.current();
+
+    let mut ledger =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("ledger.jsonl")).expect("ledger");
+    for i in 0..200 {
+        std::io::Write::write_all(&mut ledger, format!("{{\"n\":{i}}}\n").as_bytes()).expect("append");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(Arc::ptr_eq(&before, &gw.gateway.current()), "appends to another file of the folder reloaded the config");
+
+    let staged = dir.join(".weir.toml.tmp");
+    std::fs::write(&staged, guarded.replace("plugins = [\"gate\"]", "plugins = []")).expect("write");
+    std::fs::rename(&staged, &file).expect("rename");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = chat_with_header(&gw, "guarded", "x-block").await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the renamed file was not picked up");
+
+    // Dropped, the watcher stops: a later edit is not picked up.
+    drop(watcher);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(&file, &guarded).expect("write");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(chat_with_header(&gw, "guarded", "x-block").await, 200, "a dropped watcher still reloaded");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn built_in_plugins_are_embedded_in_the_binary() {
     let upstream = MockUpstream::builder().start().await;
