@@ -398,74 +398,89 @@ targets = [{{ upstream = "healthy", model = "b" }}]
     assert_eq!(healthy.requests()[0].json()["model"], "b");
 }
 
+/// A gateway started from a config file in a folder of its own, with a plugin that blocks
+/// `x-block` requests to `guarded`, and the file's text; `plugins = []` unblocks them.
+struct Watched {
+    _upstream: MockUpstream,
+    dir: std::path::PathBuf,
+    file: std::path::PathBuf,
+    guarded: String,
+    gw: TestGateway,
+}
+
+impl Watched {
+    async fn start() -> Self {
+        let upstream = MockUpstream::builder().start().await;
+        let dir = std::env::temp_dir().join(format!("weir-watch-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("weir.toml");
+        let guarded =
+            config(&upstream, &[("guarded", "gate")], &plugin("gate", weir_test_plugins::REJECT_HEADER, ""), "");
+        std::fs::write(&file, &guarded).expect("write");
+        let loaded = weir_config::load_file(&file, &weir_config::MapEnv::default()).expect("config");
+        let gw = TestGateway::start_with(loaded).await;
+        Self { _upstream: upstream, dir, file, guarded, gw }
+    }
+
+    fn unguarded(&self) -> String {
+        self.guarded.replace("plugins = [\"gate\"]", "plugins = []")
+    }
+
+    /// Whether `guarded` lets the request through within five seconds.
+    async fn unblocked(&self) -> bool {
+        for _ in 0..100 {
+            if chat_with_header(&self.gw, "guarded", "x-block").await == 200 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test]
 async fn editing_the_config_file_reloads_it() {
-    let upstream = MockUpstream::builder().start().await;
-    let dir = std::env::temp_dir().join(format!("weir-watch-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("weir.toml");
-    let guarded = config(&upstream, &[("guarded", "gate")], &plugin("gate", weir_test_plugins::REJECT_HEADER, ""), "");
-    std::fs::write(&file, &guarded).expect("write");
-    let loaded = weir_config::load_file(&file, &weir_config::MapEnv::default()).expect("config");
-    let gw = TestGateway::start_with(loaded).await;
-    let _watcher = weir::reload::watch_files(gw.gateway.clone()).expect("a watcher");
-    assert_eq!(chat_with_header(&gw, "guarded", "x-block").await, 403);
+    let w = Watched::start().await;
+    let _watcher = weir::reload::watch_files(w.gw.gateway.clone()).expect("a watcher");
+    assert_eq!(chat_with_header(&w.gw, "guarded", "x-block").await, 403);
 
-    std::fs::write(&file, guarded.replace("plugins = [\"gate\"]", "plugins = []")).expect("write");
-    let mut status = 0;
-    for _ in 0..100 {
-        status = chat_with_header(&gw, "guarded", "x-block").await;
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 200, "the edited file was not picked up");
+    std::fs::write(&w.file, w.unguarded()).expect("write");
+    assert!(w.unblocked().await, "the edited file was not picked up");
 }
 
 /// A deploy tool writes the new config beside the old and renames it into place; a usage ledger
 /// kept in the same folder is appended to all the while and reloads nothing.
 #[tokio::test]
 async fn a_config_renamed_into_place_reloads_it_and_appends_beside_it_do_not() {
-    let upstream = MockUpstream::builder().start().await;
-    let dir = std::env::temp_dir().join(format!("weir-watch-mv-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("weir.toml");
-    let guarded = config(&upstream, &[("guarded", "gate")], &plugin("gate", weir_test_plugins::REJECT_HEADER, ""), "");
-    std::fs::write(&file, &guarded).expect("write");
-    let loaded = weir_config::load_file(&file, &weir_config::MapEnv::default()).expect("config");
-    let gw = TestGateway::start_with(loaded).await;
-    let watcher = weir::reload::watch_files(gw.gateway.clone()).expect("a watcher");
-    let before = gw.gateway.current();
+    let w = Watched::start().await;
+    let watcher = weir::reload::watch_files(w.gw.gateway.clone()).expect("a watcher");
+    let before = w.gw.gateway.current();
 
     let mut ledger =
-        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("ledger.jsonl")).expect("ledger");
+        std::fs::OpenOptions::new().create(true).append(true).open(w.dir.join("ledger.jsonl")).expect("ledger");
     for i in 0..200 {
         std::io::Write::write_all(&mut ledger, format!("{{\"n\":{i}}}\n").as_bytes()).expect("append");
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(Arc::ptr_eq(&before, &gw.gateway.current()), "appends to another file of the folder reloaded the config");
+    assert!(Arc::ptr_eq(&before, &w.gw.gateway.current()), "appends to another file of the folder reloaded the config");
 
-    let staged = dir.join(".weir.toml.tmp");
-    std::fs::write(&staged, guarded.replace("plugins = [\"gate\"]", "plugins = []")).expect("write");
-    std::fs::rename(&staged, &file).expect("rename");
-    let mut status = 0;
-    for _ in 0..100 {
-        status = chat_with_header(&gw, "guarded", "x-block").await;
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 200, "the renamed file was not picked up");
+    let staged = w.dir.join(".weir.toml.tmp");
+    std::fs::write(&staged, w.unguarded()).expect("write");
+    std::fs::rename(&staged, &w.file).expect("rename");
+    assert!(w.unblocked().await, "the renamed file was not picked up");
 
     // Dropped, the watcher stops: a later edit is not picked up.
     drop(watcher);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    std::fs::write(&file, &guarded).expect("write");
+    std::fs::write(&w.file, &w.guarded).expect("write");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(chat_with_header(&gw, "guarded", "x-block").await, 200, "a dropped watcher still reloaded");
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(chat_with_header(&w.gw, "guarded", "x-block").await, 200, "a dropped watcher still reloaded");
 }
 
 #[tokio::test]
