@@ -62,7 +62,7 @@ fn watch_set(files: &[PathBuf]) -> (Vec<PathBuf>, Vec<std::ffi::OsString>) {
 #[cfg(target_os = "linux")]
 pub fn watch_files(gateway: Arc<Gateway>) -> Option<Watcher> {
     use futures_util::StreamExt;
-    use inotify::{Inotify, WatchMask};
+    use inotify::{EventMask, Inotify, WatchMask};
 
     // What can finish an edit of a file: a write closed, a file renamed into place or created.
     // Not IN_MODIFY: that fires at every write to any file of the folder, such as each append to
@@ -96,6 +96,8 @@ pub fn watch_files(gateway: Arc<Gateway>) -> Option<Watcher> {
         loop {
             match events.next().await {
                 Some(Ok(event)) if event.name.as_ref().is_some_and(|n| names.contains(n)) => {}
+                // Events were lost, a change to one of ours perhaps among them: reload to be sure.
+                Some(Ok(event)) if event.mask.contains(EventMask::Q_OVERFLOW) => {}
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "the config watch failed; reload with SIGHUP instead");
