@@ -19,17 +19,12 @@ pub fn on_sighup(gateway: Arc<Gateway>) {
 }
 
 /// Watches the config file and plugin files while it is kept; dropping it stops the watch.
+#[derive(Debug)]
 pub struct Watcher {
     #[cfg(target_os = "linux")]
     task: tokio::task::JoinHandle<()>,
     #[cfg(not(target_os = "linux"))]
     _watcher: notify::RecommendedWatcher,
-}
-
-impl std::fmt::Debug for Watcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watcher").finish_non_exhaustive()
-    }
 }
 
 #[cfg(target_os = "linux")]
@@ -77,8 +72,8 @@ pub fn watch_files(gateway: Arc<Gateway>) -> Option<Watcher> {
         .ok()?;
     let mut events = inotify.into_event_stream([0u8; 4096]).ok()?;
     let mut watches = events.watches();
-    let mut watched = Vec::new();
-    let mut watch = move |dirs: Vec<PathBuf>, watched: &mut Vec<PathBuf>| {
+    let mut watched: Vec<PathBuf> = Vec::new();
+    let mut watch = move |dirs: Vec<PathBuf>| {
         for dir in dirs {
             if watched.contains(&dir) {
                 continue;
@@ -91,7 +86,7 @@ pub fn watch_files(gateway: Arc<Gateway>) -> Option<Watcher> {
             }
         }
     };
-    watch(dirs, &mut watched);
+    watch(dirs);
     let task = tokio::spawn(async move {
         loop {
             match events.next().await {
@@ -111,7 +106,7 @@ pub fn watch_files(gateway: Arc<Gateway>) -> Option<Watcher> {
             report_reload("file change", gateway.reload().await);
             let (dirs, now) = watch_set(&gateway.watched_files());
             names = now;
-            watch(dirs, &mut watched);
+            watch(dirs);
         }
     });
     Some(Watcher { task })
