@@ -5,6 +5,7 @@
 //! else is affected. A plugin's own decisions (reject, respond, route) are not faults.
 
 mod bindings;
+mod clock;
 mod compat;
 mod gate;
 mod host;

@@ -31,8 +31,9 @@ use tokio::task::JoinHandle;
 /// healthy p99; at 100 µs it is within the goal.
 pub const MOVE_AFTER: Duration = Duration::from_micros(100);
 
-/// How long (wall time) a call runs before the epoch ticks make it yield at each tick; ticks are
-/// what makes a plugin that spends its time in host calls (which burn no fuel) yield.
+/// How long a call runs (the time it is charged, `clock.rs`) before the epoch ticks make it yield
+/// at each tick; ticks are what makes a plugin that spends its time in host calls (which burn no
+/// fuel) yield.
 pub const YIELD_AFTER: Duration = MOVE_AFTER;
 
 /// One less than the cores (the runtime's worker count), and at least one.

@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Services;
 use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
+use super::clock::CallClock;
 use super::gate::YIELD_AFTER;
 use super::view::RequestView;
 use crate::metrics::{PluginLabel, PluginVersion};
@@ -112,11 +113,11 @@ pub struct HostState {
     pub meta: Arc<PluginMeta>,
     pub table: ResourceTable,
     pub limits: Limits,
-    /// When the current call began, and how long it may run.
-    pub call_started: Instant,
+    /// What the current call has been charged against its deadline (`clock.rs`), and the deadline.
+    pub clock: Arc<CallClock>,
+    pub deadline: std::time::Duration,
     /// When the current call last gave its thread back in an import (see [`Self::pace`]).
     paced: Instant,
-    pub deadline: std::time::Duration,
     /// Set by the epoch callback when it ends a call for running too long.
     pub deadline_hit: bool,
     /// Set when a state call trapped because the shared state did not answer.
@@ -141,9 +142,9 @@ impl HostState {
             meta,
             table: ResourceTable::new(),
             limits: Limits { memory, memory_exceeded: false },
-            call_started: Instant::now(),
-            paced: Instant::now(),
+            clock: Arc::default(),
             deadline: std::time::Duration::from_millis(10),
+            paced: Instant::now(),
             deadline_hit: false,
             state_unavailable: false,
             wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
@@ -151,8 +152,8 @@ impl HostState {
     }
 
     pub fn begin_call(&mut self, deadline: std::time::Duration) {
-        self.call_started = Instant::now();
-        self.paced = self.call_started;
+        self.clock.reset();
+        self.paced = Instant::now();
         self.deadline = deadline;
     }
 
@@ -160,7 +161,7 @@ impl HostState {
     /// [`Self::pace`].
     async fn turn(&mut self) -> std::time::Duration {
         self.pace().await;
-        self.deadline.saturating_sub(self.call_started.elapsed())
+        self.deadline.saturating_sub(self.clock.charged())
     }
 
     /// Gives the thread back if the call has run for [`YIELD_AFTER`] since it last did here.
@@ -184,6 +185,13 @@ impl HostState {
     fn view(&self, req: &Resource<RequestHandle>) -> Result<Arc<RequestView>> {
         Ok(self.table.get(req)?.view.clone())
     }
+}
+
+/// A state call (Redis, the ledger): the time the call is suspended waiting for it counts against
+/// the plugin's deadline, unlike time it waits for a worker (`clock.rs`).
+async fn waited<T>(clock: &CallClock, call: impl Future<Output = T>) -> T {
+    let _waiting = clock.waiting();
+    call.await
 }
 
 impl WasiView for HostState {
@@ -282,14 +290,15 @@ impl kv::Host for HostState {
         if key.len() > MAX_KEY {
             return Ok(None);
         }
-        let answer = self.meta.services.kv.get(&self.meta.name, key, wait).await;
+        let answer = waited(&self.clock, self.meta.services.kv.get(&self.meta.name, key, wait)).await;
         self.state(answer)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<()> {
         let wait = self.turn().await;
         if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
-            let answer = self.meta.services.kv.set(&self.meta.name, key, value, ttl_ms, wait).await;
+            let answer =
+                waited(&self.clock, self.meta.services.kv.set(&self.meta.name, key, value, ttl_ms, wait)).await;
             self.state(answer)?;
         }
         Ok(())
@@ -297,7 +306,7 @@ impl kv::Host for HostState {
 
     async fn delete(&mut self, key: String) -> Result<()> {
         let wait = self.turn().await;
-        let answer = self.meta.services.kv.delete(&self.meta.name, key, wait).await;
+        let answer = waited(&self.clock, self.meta.services.kv.delete(&self.meta.name, key, wait)).await;
         self.state(answer)
     }
 
@@ -306,7 +315,7 @@ impl kv::Host for HostState {
         if key.len() > MAX_KEY {
             return Ok(0);
         }
-        let answer = self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms, wait).await;
+        let answer = waited(&self.clock, self.meta.services.kv.add(&self.meta.name, key, delta, ttl_ms, wait)).await;
         self.state(answer)
     }
 
@@ -318,7 +327,7 @@ impl kv::Host for HostState {
         let valid: Vec<bool> = keys.iter().map(|k| k.len() <= MAX_KEY).collect();
         let asked: Vec<String> = keys.into_iter().filter(|k| k.len() <= MAX_KEY).collect();
         let wait = self.turn().await;
-        let answer = self.meta.services.kv.get_many(&self.meta.name, asked, wait).await;
+        let answer = waited(&self.clock, self.meta.services.kv.get_many(&self.meta.name, asked, wait)).await;
         let mut values = self.state(answer)?.into_iter();
         Ok(valid.into_iter().map(|ok| if ok { values.next().flatten() } else { None }).collect())
     }
@@ -330,7 +339,7 @@ impl kv::Host for HostState {
         let valid: Vec<bool> = adds.iter().map(|(k, _, _)| k.len() <= MAX_KEY).collect();
         let asked: Vec<(String, i64, u32)> = adds.into_iter().filter(|(k, _, _)| k.len() <= MAX_KEY).collect();
         let wait = self.turn().await;
-        let answer = self.meta.services.kv.add_many(&self.meta.name, asked, wait).await;
+        let answer = waited(&self.clock, self.meta.services.kv.add_many(&self.meta.name, asked, wait)).await;
         let mut values = self.state(answer)?.into_iter();
         Ok(valid.into_iter().map(|ok| if ok { values.next().unwrap_or(0) } else { 0 }).collect())
     }
@@ -345,7 +354,8 @@ impl quota::Host for HostState {
     ) -> Result<Result<quota::Grant, quota::Denial>> {
         let wait = self.turn().await;
         let quota = &self.meta.services.quota;
-        let answer = quota.reserve(&self.meta.name, key, amount, limit.amount, limit.window_ms, wait).await;
+        let answer =
+            waited(&self.clock, quota.reserve(&self.meta.name, key, amount, limit.amount, limit.window_ms, wait)).await;
         Ok(match self.state(answer)? {
             Ok(g) => Ok(quota::Grant { reservation: g.reservation, remaining: g.remaining, reset_ms: g.reset_ms }),
             Err(d) => Err(quota::Denial { retry_after_ms: d.retry_after_ms, remaining: d.remaining }),
@@ -369,7 +379,7 @@ impl quota::Host for HostState {
         let wait = self.turn().await;
         let meta = self.meta.clone();
         let spent_here = |c: &Covers| meta.services.ledger.spent_here(&meta.name, c.who, &c.name, c.since_ms);
-        let answer = meta.services.quota.reserve_all(&meta.name, asks, &spent_here, wait).await;
+        let answer = waited(&self.clock, meta.services.quota.reserve_all(&meta.name, asks, &spent_here, wait)).await;
         Ok(match self.state(answer)? {
             Ok(grants) => Ok(grants
                 .into_iter()
@@ -426,7 +436,7 @@ impl ledger::Host for HostState {
             plugin: self.meta.name.to_string(),
         };
         let wait = self.turn().await;
-        if let Err(error) = self.meta.services.ledger.append(&entry, wait).await {
+        if let Err(error) = waited(&self.clock, self.meta.services.ledger.append(&entry, wait)).await {
             // Losing a money record is worth a loud line; the request itself is already done.
             tracing::error!(plugin = %self.meta.name, %error, "could not append to the ledger");
         }
@@ -436,7 +446,8 @@ impl ledger::Host for HostState {
     async fn spent(&mut self, who: ledger::Spender, name: String, since_ms: u64) -> Result<u64> {
         let who = spender(who);
         let wait = self.turn().await;
-        let answer = self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms, wait).await;
+        let answer =
+            waited(&self.clock, self.meta.services.ledger.spent(&self.meta.name, who, &name, since_ms, wait)).await;
         self.state(answer)
     }
 }

@@ -22,6 +22,7 @@ use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
 use super::bindings::{Plugin, PluginPre, v0_1};
+use super::clock::Clocked;
 use super::compat::{self, Contract};
 use super::gate::{Gate, YIELD_AFTER};
 use super::host::{HostState, PluginMeta, RequestHandle};
@@ -330,13 +331,14 @@ impl LoadedPlugin {
     async fn call_on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnRequest).await?;
-        let result = async {
+        let clock = warm.store.data().clock.clone();
+        let result = Clocked::new(&clock, async {
             let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
             let decision = warm.bindings.on_request(&mut warm.store, borrowed).await;
             warm.store.data_mut().table.delete(handle)?;
             decision
-        }
+        })
         .await;
         self.checkin(warm, Hook::OnRequest, started, result)
     }
@@ -344,13 +346,14 @@ impl LoadedPlugin {
     async fn call_on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnResponseHeaders).await?;
-        let result = async {
+        let clock = warm.store.data().clock.clone();
+        let result = Clocked::new(&clock, async {
             let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
             let action = warm.bindings.on_response_headers(&mut warm.store, borrowed, status).await;
             warm.store.data_mut().table.delete(handle)?;
             action
-        }
+        })
         .await;
         self.checkin(warm, Hook::OnResponseHeaders, started, result)
     }
@@ -358,13 +361,14 @@ impl LoadedPlugin {
     async fn call_on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnComplete).await?;
-        let result = async {
+        let clock = warm.store.data().clock.clone();
+        let result = Clocked::new(&clock, async {
             let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
             let done = warm.bindings.on_complete(&mut warm.store, borrowed, completion).await;
             warm.store.data_mut().table.delete(handle)?;
             done
-        }
+        })
         .await;
         self.checkin(warm, Hook::OnComplete, started, result)
     }
@@ -424,7 +428,7 @@ async fn instantiate(
     store.fuel_async_yield_interval(Some(FUEL_YIELD)).map_err(LoadProblem::Instantiate)?;
     store.epoch_deadline_callback(|mut ctx| {
         let state = ctx.data_mut();
-        let elapsed = state.call_started.elapsed();
+        let elapsed = state.clock.tick();
         if elapsed >= state.deadline {
             state.deadline_hit = true;
             wasmtime::bail!("the plugin ran past its deadline of {:?}", state.deadline);
@@ -435,8 +439,10 @@ async fn instantiate(
     // Instantiation and `init` get the same deadline as a hook.
     store.data_mut().begin_call(config.deadline.max(TICK * 100));
     store.set_epoch_deadline(1);
-    let bindings = pre.instantiate(&mut store).await.map_err(LoadProblem::Instantiate)?;
-    let info = match bindings.init(&mut store, &config.config_json).await {
+    // Guest code runs only inside a `Clocked` future: outside one, nothing is charged.
+    let clock = store.data().clock.clone();
+    let bindings = Clocked::new(&clock, pre.instantiate(&mut store)).await.map_err(LoadProblem::Instantiate)?;
+    let info = match Clocked::new(&clock, bindings.init(&mut store, &config.config_json)).await {
         Ok(Ok(info)) => info,
         Ok(Err(message)) => return Err(LoadProblem::ConfigRejected(message)),
         Err(e) => return Err(LoadProblem::Init(e)),

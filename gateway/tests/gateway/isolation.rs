@@ -48,6 +48,56 @@ async fn chat(gw: &TestGateway, model: &str) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// A deadline counts the time a call runs, not the time it waits for its turn: calls of a few
+/// milliseconds each, sent at once, share the plugin threads (one less than the cores) and so each
+/// take longer than the deadline from start to end, and not one of them faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_their_turn_are_not_charged_for_the_wait() {
+    const DEADLINE: Duration = Duration::from_millis(30);
+    let mock = MockUpstream::builder().start().await;
+    // A few milliseconds of guest code per call in a debug build (yielding every 20,000 fuel is
+    // most of it); measured below, as it depends on the machine.
+    let plugin = format!(
+        "source = \"{}\"\non_error = \"closed\"\ndeadline = \"{}ms\"\nquarantine = {{ faults = 0 }}\nconfig = {{ rounds = 300000 }}",
+        weir_test_plugins::LOOP,
+        DEADLINE.as_millis()
+    );
+    let gw = std::sync::Arc::new(TestGateway::start(&config(&mock, &plugin)).await);
+    let seconds =
+        |text: &str, what: &str| metric(text, &format!("weir_plugin_call_seconds_{what}"), &[("plugin", "p")]);
+
+    // Alone, a warm call takes its own time: well within the deadline.
+    assert_eq!(chat(&gw, "guarded").await.0, 200);
+    let cold = gw.metrics().await;
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, "guarded").await.0, 200);
+    }
+    let text = gw.metrics().await;
+    let alone = (seconds(&text, "sum") - seconds(&cold, "sum")) / 3.0;
+    assert!(alone < DEADLINE.as_secs_f64() / 2.0, "a lone call took {alone} s: the fixture is too slow here");
+
+    // Enough at once that the plugin threads are busy for four deadlines.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
+    let n = ((4.0 * DEADLINE.as_secs_f64() * threads as f64 / alone).ceil() as usize).clamp(16, 256);
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { chat(&gw, "guarded").await })
+        })
+        .collect();
+    for call in calls {
+        let (status, body) = call.await.expect("request");
+        assert_eq!(status, 200, "{body}");
+    }
+    let after = gw.metrics().await;
+    assert_eq!(metric(&after, "weir_plugin_faults_total", &[("plugin", "p")]), 0.0, "{after}");
+    // They did wait: from start to end the calls took longer than the deadline, on average.
+    let (sum, count) =
+        (seconds(&after, "sum") - seconds(&text, "sum"), seconds(&after, "count") - seconds(&text, "count"));
+    assert_eq!(count, n as f64);
+    assert!(sum / count > DEADLINE.as_secs_f64(), "{n} calls took {} s each: they never queued", sum / count);
+}
+
 #[tokio::test]
 async fn a_plugin_that_keeps_faulting_is_quarantined_then_tried_again_after_its_cooldown() {
     let mock = MockUpstream::builder().start().await;
