@@ -19,109 +19,144 @@
 //! code that runs, and it bounds what one preemption costs a short call. Between segments nothing
 //! is charged, unless the call was waiting on a state call.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use super::gate::YIELD_AFTER;
 use super::wasm::TICK;
 
+/// No value in an optional field below.
+const NONE: u64 = u64::MAX;
+
 /// The clock of one instance's current call, shared by its store (the epoch callback, the imports)
 /// and the [`Clocked`] future that polls the call.
-#[derive(Debug, Default)]
-pub struct CallClock(Mutex<Segments>);
-
-#[derive(Debug, Default)]
-struct Segments {
-    /// Charged so far, not counting the open segment since `mark`.
-    charged: Duration,
-    /// The open segment (a poll in progress): when it began, or was last charged up to.
-    mark: Option<Instant>,
-    /// The thread's CPU time at `mark`, once read in this segment.
-    cpu_mark: Option<Duration>,
+///
+/// Only the task running the call touches it, one poll at a time (the runtime orders one poll
+/// before the next, on whatever thread), so each field is a relaxed atomic: a plain load or store,
+/// where a lock would cost more than a warm call's whole bookkeeping. A call that finishes in one
+/// poll, the usual case, reads the wall clock once, in [`CallClock::reset`].
+#[derive(Debug)]
+pub struct CallClock {
+    origin: Instant,
+    /// Nanoseconds charged so far, not counting the open segment since `mark`.
+    charged: AtomicU64,
+    /// The open segment (a poll in progress): when it began, or was last charged up to, in
+    /// nanoseconds after `origin`; [`NONE`] between polls.
+    mark: AtomicU64,
+    /// The thread's CPU time at `mark`, once read in this segment; else [`NONE`].
+    cpu_mark: AtomicU64,
     /// A state call is in progress: if the call is suspended now, it is waiting for the host.
-    waiting: bool,
-    /// A suspension during a state call began here; it is charged when the next segment begins.
-    gap: Option<Instant>,
+    waiting: AtomicBool,
+    /// A suspension during a state call began here (after `origin`); it is charged when the next
+    /// segment begins. [`NONE`]: no such suspension.
+    gap: AtomicU64,
+}
+
+impl Default for CallClock {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            charged: AtomicU64::new(0),
+            mark: AtomicU64::new(NONE),
+            cpu_mark: AtomicU64::new(NONE),
+            waiting: AtomicBool::new(false),
+            gap: AtomicU64::new(NONE),
+        }
+    }
 }
 
 impl CallClock {
-    /// A new call begins: nothing charged yet.
-    pub fn reset(&self) {
-        *self.lock() = Segments::default();
+    /// A new call begins at `now`, which is also where its first poll begins (the caller polls it
+    /// at once): nothing charged yet.
+    pub fn reset(&self, now: Instant) {
+        self.charged.store(0, Relaxed);
+        self.mark.store(self.at(now), Relaxed);
+        self.cpu_mark.store(NONE, Relaxed);
+        self.waiting.store(false, Relaxed);
+        self.gap.store(NONE, Relaxed);
     }
 
     /// What the call has been charged so far, without reading the CPU clock (the open segment at
     /// wall time since it was last charged). For the wait a state call is given.
     pub fn charged(&self) -> Duration {
-        let s = self.lock();
-        let open = s.mark.map_or(Duration::ZERO, |mark| {
-            let wall = mark.elapsed();
-            if s.cpu_mark.is_some() { wall } else { wall.min(TICK) }
-        });
-        s.charged + open
+        let mut ns = self.charged.load(Relaxed);
+        let mark = self.mark.load(Relaxed);
+        if mark != NONE {
+            let open = self.at(Instant::now()).saturating_sub(mark);
+            ns += if self.cpu_mark.load(Relaxed) == NONE { open.min(tick_ns()) } else { open };
+        }
+        Duration::from_nanos(ns)
     }
 
     /// At an epoch callback, inside a segment: charges the segment so far and returns the total.
     pub fn tick(&self) -> Duration {
-        let mut guard = self.lock();
-        let s = &mut *guard;
-        if let Some(mark) = s.mark {
-            let now = Instant::now();
+        let mark = self.mark.load(Relaxed);
+        if mark != NONE {
+            let now = self.at(Instant::now());
             let cpu = thread_cpu();
-            let portion = portion(mark, s.cpu_mark, now, cpu);
-            s.charged += portion;
-            s.mark = Some(now);
-            s.cpu_mark = cpu;
+            self.charged
+                .store(self.charged.load(Relaxed) + portion(mark, self.cpu_mark.load(Relaxed), now, cpu), Relaxed);
+            self.mark.store(now, Relaxed);
+            self.cpu_mark.store(cpu, Relaxed);
         }
-        s.charged
+        Duration::from_nanos(self.charged.load(Relaxed))
     }
 
     /// A state call is in progress until the guard is dropped: time suspended meanwhile is the
     /// plugin's.
     pub fn waiting(&self) -> Waiting<'_> {
-        self.lock().waiting = true;
+        self.waiting.store(true, Relaxed);
         Waiting(self)
     }
 
+    /// A poll begins: a segment opens, unless the call's first one is open since [`Self::reset`].
     fn enter(&self) {
-        let mut guard = self.lock();
-        let s = &mut *guard;
-        let now = Instant::now();
-        if let Some(gap) = s.gap.take() {
-            s.charged += now.saturating_duration_since(gap);
+        if self.mark.load(Relaxed) != NONE {
+            return;
         }
-        s.mark = Some(now);
+        let now = self.at(Instant::now());
+        let mut charged = self.charged.load(Relaxed);
+        let gap = self.gap.swap(NONE, Relaxed);
+        if gap != NONE {
+            charged += now.saturating_sub(gap);
+            self.charged.store(charged, Relaxed);
+        }
+        self.mark.store(now, Relaxed);
         // A call that is already long has its polls measured exactly from their start: it is the
         // kind that runs through many segments, and its polls are long enough to afford it.
-        s.cpu_mark = if s.charged >= YIELD_AFTER { thread_cpu() } else { None };
+        let exact = Duration::from_nanos(charged) >= YIELD_AFTER;
+        self.cpu_mark.store(if exact { thread_cpu() } else { NONE }, Relaxed);
     }
 
-    fn exit(&self) {
-        let mut guard = self.lock();
-        let s = &mut *guard;
-        let now = Instant::now();
-        if let Some(mark) = s.mark.take() {
-            let cpu = s.cpu_mark.and_then(|_| thread_cpu());
-            s.charged += portion(mark, s.cpu_mark, now, cpu);
+    /// A poll ends. When the call is over (`done`) nothing needs its last segment.
+    fn exit(&self, done: bool) {
+        let mark = self.mark.swap(NONE, Relaxed);
+        if done || mark == NONE {
+            return;
         }
-        s.cpu_mark = None;
-        if s.waiting {
-            s.gap = Some(now);
+        let now = self.at(Instant::now());
+        let cpu_mark = self.cpu_mark.swap(NONE, Relaxed);
+        let cpu = if cpu_mark == NONE { NONE } else { thread_cpu() };
+        self.charged.store(self.charged.load(Relaxed) + portion(mark, cpu_mark, now, cpu), Relaxed);
+        if self.waiting.load(Relaxed) {
+            self.gap.store(now, Relaxed);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Segments> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// `t` in nanoseconds after `origin`.
+    fn at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(NONE - 1)
     }
+}
+
+fn tick_ns() -> u64 {
+    TICK.as_nanos() as u64
 }
 
 /// The part of a segment from `mark` to `now`: CPU time when it was read at both ends, else wall
 /// time capped at a tick.
-fn portion(mark: Instant, cpu_mark: Option<Duration>, now: Instant, cpu: Option<Duration>) -> Duration {
-    match (cpu_mark, cpu) {
-        (Some(from), Some(to)) => to.saturating_sub(from),
-        _ => now.saturating_duration_since(mark).min(TICK),
-    }
+fn portion(mark: u64, cpu_mark: u64, now: u64, cpu: u64) -> u64 {
+    if cpu_mark != NONE && cpu != NONE { cpu.saturating_sub(cpu_mark) } else { now.saturating_sub(mark).min(tick_ns()) }
 }
 
 /// A state call in progress (see [`CallClock::waiting`]).
@@ -130,21 +165,24 @@ pub struct Waiting<'a>(&'a CallClock);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.lock().waiting = false;
+        self.0.waiting.store(false, Relaxed);
     }
 }
 
-/// The CPU time of the calling thread; `None` where the system has no such clock (wall time,
-/// capped per tick, is used instead).
+/// The CPU time of the calling thread in nanoseconds; [`NONE`] where the system has no such clock
+/// (wall time, capped per tick, is used instead).
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos", target_os = "freebsd"))]
-fn thread_cpu() -> Option<Duration> {
+fn thread_cpu() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Some(Duration::new(u64::try_from(t.tv_sec).ok()?, u32::try_from(t.tv_nsec).ok()?))
+    match (u64::try_from(t.tv_sec), u64::try_from(t.tv_nsec)) {
+        (Ok(s), Ok(ns)) => s.saturating_mul(1_000_000_000).saturating_add(ns).min(NONE - 1),
+        _ => NONE,
+    }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos", target_os = "freebsd")))]
-fn thread_cpu() -> Option<Duration> {
-    None
+fn thread_cpu() -> u64 {
+    NONE
 }
 
 pin_project_lite::pin_project! {
@@ -169,7 +207,7 @@ impl<F: Future> Future for Clocked<'_, F> {
         let this = self.project();
         this.clock.enter();
         let out = this.call.poll(cx);
-        this.clock.exit();
+        this.clock.exit(out.is_ready());
         out
     }
 }
@@ -184,17 +222,15 @@ mod tests {
 
     /// Burns about `d` of this thread's CPU time.
     fn spin(d: Duration) {
-        let started = (Instant::now(), thread_cpu());
-        let done = || match started {
-            (_, Some(cpu)) => thread_cpu().is_some_and(|now| now >= cpu + d),
-            (wall, None) => wall.elapsed() >= d,
-        };
+        let (wall, cpu) = (Instant::now(), thread_cpu());
+        let d_ns = d.as_nanos() as u64;
+        let done = || if cpu == NONE { wall.elapsed() >= d } else { thread_cpu() >= cpu + d_ns };
         while !done() {
             std::hint::black_box(0);
         }
     }
 
-    /// Polls `call` once, as one segment.
+    /// Polls `call` once, as one segment of a call that is not over.
     fn segment(clock: &CallClock, call: impl FnOnce()) {
         let mut once = Some(call);
         let clocked = pin!(Clocked::new(
@@ -210,6 +246,7 @@ mod tests {
     #[test]
     fn time_between_polls_is_not_charged() {
         let clock = CallClock::default();
+        clock.reset(Instant::now());
         segment(&clock, || spin(Duration::from_millis(1)));
         // Queued for a permit or a worker: the call is not running.
         sleep(Duration::from_millis(40));
@@ -222,6 +259,7 @@ mod tests {
     #[test]
     fn a_wait_for_the_hosts_state_is_charged() {
         let clock = CallClock::default();
+        clock.reset(Instant::now());
         let waiting = clock.waiting();
         segment(&clock, || {});
         sleep(Duration::from_millis(30));
@@ -237,10 +275,11 @@ mod tests {
 
     #[test]
     fn running_code_is_charged_and_a_descheduled_thread_is_not() {
-        if thread_cpu().is_none() {
+        if thread_cpu() == NONE {
             return;
         }
         let clock = CallClock::default();
+        clock.reset(Instant::now());
         // A long segment with callbacks every few milliseconds, as epoch ticks make: the spinning
         // is charged, the sleeping (a thread the kernel took away) only up to the first callback,
         // and never more than a tick.
@@ -269,9 +308,24 @@ mod tests {
     #[test]
     fn a_short_preempted_segment_costs_at_most_a_tick() {
         let clock = CallClock::default();
+        clock.reset(Instant::now());
         segment(&clock, || sleep(Duration::from_millis(30)));
         assert_eq!(clock.charged(), TICK);
-        clock.reset();
-        assert_eq!(clock.charged(), Duration::ZERO);
+        // A new call: nothing charged but its own first moments.
+        clock.reset(Instant::now());
+        assert!(clock.charged() < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_segment_is_charged_from_the_reset_that_begins_the_call() {
+        let clock = CallClock::default();
+        let started = Instant::now();
+        clock.reset(started);
+        spin(Duration::from_millis(2));
+        // The first poll, already open since the reset, goes on.
+        segment(&clock, || spin(Duration::from_millis(1)));
+        let charged = clock.charged();
+        assert!(charged >= Duration::from_millis(3), "{charged:?}");
+        assert!(charged <= started.elapsed(), "{charged:?}");
     }
 }

@@ -152,8 +152,8 @@ impl HostState {
     }
 
     pub fn begin_call(&mut self, deadline: std::time::Duration) {
-        self.clock.reset();
         self.paced = Instant::now();
+        self.clock.reset(self.paced);
         self.deadline = deadline;
     }
 

@@ -22,7 +22,7 @@ use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
 use super::bindings::{Plugin, PluginPre, v0_1};
-use super::clock::Clocked;
+use super::clock::{CallClock, Clocked};
 use super::compat::{self, Contract};
 use super::gate::{Gate, YIELD_AFTER};
 use super::host::{HostState, PluginMeta, RequestHandle};
@@ -78,6 +78,9 @@ struct Warm {
     store: Store<HostState>,
     bindings: Bindings,
     calls: u64,
+    /// The store's [`CallClock`], beside it so that a call can be polled by a `Clocked` while the
+    /// call borrows the store.
+    clock: Arc<CallClock>,
 }
 
 /// A component pre-instantiated against the contract it was built for.
@@ -331,12 +334,12 @@ impl LoadedPlugin {
     async fn call_on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnRequest).await?;
-        let clock = warm.store.data().clock.clone();
-        let result = Clocked::new(&clock, async {
-            let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
+        let Warm { store, bindings, clock, .. } = &mut warm;
+        let result = Clocked::new(clock, async {
+            let handle = store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
-            let decision = warm.bindings.on_request(&mut warm.store, borrowed).await;
-            warm.store.data_mut().table.delete(handle)?;
+            let decision = bindings.on_request(&mut *store, borrowed).await;
+            store.data_mut().table.delete(handle)?;
             decision
         })
         .await;
@@ -346,12 +349,12 @@ impl LoadedPlugin {
     async fn call_on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnResponseHeaders).await?;
-        let clock = warm.store.data().clock.clone();
-        let result = Clocked::new(&clock, async {
-            let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
+        let Warm { store, bindings, clock, .. } = &mut warm;
+        let result = Clocked::new(clock, async {
+            let handle = store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
-            let action = warm.bindings.on_response_headers(&mut warm.store, borrowed, status).await;
-            warm.store.data_mut().table.delete(handle)?;
+            let action = bindings.on_response_headers(&mut *store, borrowed, status).await;
+            store.data_mut().table.delete(handle)?;
             action
         })
         .await;
@@ -361,12 +364,12 @@ impl LoadedPlugin {
     async fn call_on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
         let started = Instant::now();
         let mut warm = self.checkout(Hook::OnComplete).await?;
-        let clock = warm.store.data().clock.clone();
-        let result = Clocked::new(&clock, async {
-            let handle = warm.store.data_mut().table.push(RequestHandle { view: view.clone() })?;
+        let Warm { store, bindings, clock, .. } = &mut warm;
+        let result = Clocked::new(clock, async {
+            let handle = store.data_mut().table.push(RequestHandle { view: view.clone() })?;
             let borrowed = Resource::new_borrow(handle.rep());
-            let done = warm.bindings.on_complete(&mut warm.store, borrowed, completion).await;
-            warm.store.data_mut().table.delete(handle)?;
+            let done = bindings.on_complete(&mut *store, borrowed, completion).await;
+            store.data_mut().table.delete(handle)?;
             done
         })
         .await;
@@ -447,5 +450,5 @@ async fn instantiate(
         Ok(Err(message)) => return Err(LoadProblem::ConfigRejected(message)),
         Err(e) => return Err(LoadProblem::Init(e)),
     };
-    Ok((Warm { store, bindings, calls: 0 }, info))
+    Ok((Warm { store, bindings, calls: 0, clock }, info))
 }
