@@ -75,12 +75,18 @@ pub fn run(options: &Options) -> Result<Isolation> {
         let healthy = Target::new("healthy", gateway.addr(), weir::MODEL, weir::STREAM_MODEL, connections);
         healthy.preflight().await?;
         load::closed_loop(&healthy, Workload::Chat, connections, WARM_UP).await;
+        // Enough connections per hostile model for its open loop to keep its rate when every
+        // request waits the gateway's wall limit for a plugin call that cannot get its turn (the
+        // deadline plus the longer of itself and 1 s, `gateway/src/plugins/clock.rs`): fewer, and
+        // the requests would queue in this client instead.
+        let wall_limit = options.hostile_deadline + options.hostile_deadline.max(Duration::from_secs(1));
+        let hostile_connections = (f64::from(options.attack_rate) * wall_limit.as_secs_f64()).ceil() as usize + 8;
         let hostile: Vec<(&'static str, Target)> = HOSTILE
             .iter()
             .filter(|(name, _)| options.hostile.iter().any(|h| h == name))
             .map(|(name, _)| {
                 let model = format!("hostile-{name}");
-                (*name, Target::new("hostile", gateway.addr(), &model, &model, 8))
+                (*name, Target::new("hostile", gateway.addr(), &model, &model, hostile_connections))
             })
             .collect();
 

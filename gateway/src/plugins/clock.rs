@@ -18,6 +18,11 @@
 //! [`TICK`]: guest code reaches a callback within a tick of running, so the cap never undercounts
 //! code that runs, and it bounds what one preemption costs a short call. Between segments nothing
 //! is charged, unless the call was waiting on a state call.
+//!
+//! What is not charged still has a bound: a call also ends once it is [`wall_limit`] old from
+//! start to end, however little of that it ran. Without it, calls that each need their whole
+//! deadline of CPU, arriving faster than the plugin threads can run them (a hostile plugin
+//! hammered), queue without end: each waits its turn uncharged, and its request waits with it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -27,6 +32,17 @@ use super::wasm::TICK;
 
 /// No value in an optional field below.
 const NONE: u64 = u64::MAX;
+
+/// The least a call's [`wall_limit`] adds to its deadline.
+pub const WALL_GRACE: Duration = Duration::from_secs(1);
+
+/// How old a call with `deadline` may grow, from start to end, before it ends as if over its
+/// deadline: the deadline, plus the deadline again or [`WALL_GRACE`], whichever is longer. Generous
+/// on purpose: it is there to bound how long a request can wait on a plugin that cannot get its
+/// turn, not to fault healthy calls on a busy machine (which the charged time is for).
+pub fn wall_limit(deadline: Duration) -> Duration {
+    deadline.saturating_add(deadline.max(WALL_GRACE))
+}
 
 /// The clock of one instance's current call, shared by its store (the epoch callback, the imports)
 /// and the [`Clocked`] future that polls the call.
@@ -38,6 +54,8 @@ const NONE: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct CallClock {
     origin: Instant,
+    /// When the current call began, in nanoseconds after `origin`.
+    started: AtomicU64,
     /// Nanoseconds charged so far, not counting the open segment since `mark`.
     charged: AtomicU64,
     /// The open segment (a poll in progress): when it began, or was last charged up to, in
@@ -56,6 +74,7 @@ impl Default for CallClock {
     fn default() -> Self {
         Self {
             origin: Instant::now(),
+            started: AtomicU64::new(0),
             charged: AtomicU64::new(0),
             mark: AtomicU64::new(NONE),
             cpu_mark: AtomicU64::new(NONE),
@@ -69,8 +88,10 @@ impl CallClock {
     /// A new call begins at `now`, which is also where its first poll begins (the caller polls it
     /// at once): nothing charged yet.
     pub fn reset(&self, now: Instant) {
+        let now = self.at(now);
+        self.started.store(now, Relaxed);
         self.charged.store(0, Relaxed);
-        self.mark.store(self.at(now), Relaxed);
+        self.mark.store(now, Relaxed);
         self.cpu_mark.store(NONE, Relaxed);
         self.waiting.store(false, Relaxed);
         self.gap.store(NONE, Relaxed);
@@ -88,18 +109,31 @@ impl CallClock {
         Duration::from_nanos(ns)
     }
 
-    /// At an epoch callback, inside a segment: charges the segment so far and returns the total.
-    pub fn tick(&self) -> Duration {
+    /// The call was made at `at`, before [`Self::reset`] (it waited for an instance to be made, say):
+    /// its [age](Self::age) counts from there.
+    pub fn began(&self, at: Instant) {
+        self.started.store(self.at(at), Relaxed);
+    }
+
+    /// How old the current call is: wall time since [`Self::reset`] (or [`Self::began`]), charged
+    /// or not.
+    pub fn age(&self) -> Duration {
+        Duration::from_nanos(self.at(Instant::now()).saturating_sub(self.started.load(Relaxed)))
+    }
+
+    /// At an epoch callback, inside a segment: charges the segment so far and returns the total,
+    /// and the call's [age](Self::age).
+    pub fn tick(&self) -> (Duration, Duration) {
+        let now = self.at(Instant::now());
         let mark = self.mark.load(Relaxed);
         if mark != NONE {
-            let now = self.at(Instant::now());
             let cpu = thread_cpu();
-            self.charged
-                .store(self.charged.load(Relaxed) + portion(mark, self.cpu_mark.load(Relaxed), now, cpu), Relaxed);
+            self.charged.fetch_add(portion(mark, self.cpu_mark.load(Relaxed), now, cpu), Relaxed);
             self.mark.store(now, Relaxed);
             self.cpu_mark.store(cpu, Relaxed);
         }
-        Duration::from_nanos(self.charged.load(Relaxed))
+        let age = now.saturating_sub(self.started.load(Relaxed));
+        (Duration::from_nanos(self.charged.load(Relaxed)), Duration::from_nanos(age))
     }
 
     /// A state call is in progress until the guard is dropped: time suspended meanwhile is the
@@ -137,7 +171,7 @@ impl CallClock {
         let now = self.at(Instant::now());
         let cpu_mark = self.cpu_mark.swap(NONE, Relaxed);
         let cpu = if cpu_mark == NONE { NONE } else { thread_cpu() };
-        self.charged.store(self.charged.load(Relaxed) + portion(mark, cpu_mark, now, cpu), Relaxed);
+        self.charged.fetch_add(portion(mark, cpu_mark, now, cpu), Relaxed);
         if self.waiting.load(Relaxed) {
             self.gap.store(now, Relaxed);
         }
@@ -285,7 +319,7 @@ mod tests {
         // and never more than a tick.
         segment(&clock, || {
             sleep(Duration::from_millis(30));
-            let at_first = clock.tick();
+            let (at_first, _) = clock.tick();
             assert!(at_first <= TICK, "{at_first:?}");
             for _ in 0..4 {
                 spin(Duration::from_millis(5));
@@ -314,6 +348,35 @@ mod tests {
         // A new call: nothing charged but its own first moments.
         clock.reset(Instant::now());
         assert!(clock.charged() < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_calls_age_counts_the_time_it_is_not_charged_and_starts_again_with_the_next_call() {
+        let clock = CallClock::default();
+        clock.reset(Instant::now());
+        segment(&clock, || {});
+        // Waiting its turn: not charged, but the call grows older.
+        sleep(Duration::from_millis(30));
+        segment(&clock, || {});
+        let (charged, age) = clock.tick();
+        assert!(charged < Duration::from_millis(10), "{charged:?}");
+        assert!(age >= Duration::from_millis(30) && clock.age() >= age, "{age:?}");
+        clock.reset(Instant::now());
+        assert!(clock.age() < Duration::from_millis(10));
+        // A call made a while before it could begin is as old as that.
+        let made = Instant::now();
+        sleep(Duration::from_millis(20));
+        clock.reset(Instant::now());
+        clock.began(made);
+        assert!(clock.age() >= Duration::from_millis(20) && clock.charged() < Duration::from_millis(10));
+    }
+
+    #[test]
+    fn the_wall_limit_is_the_deadline_plus_the_longer_of_itself_and_the_grace() {
+        assert_eq!(wall_limit(Duration::from_millis(10)), Duration::from_millis(1010));
+        assert_eq!(wall_limit(Duration::from_millis(50)), Duration::from_millis(1050));
+        assert_eq!(wall_limit(Duration::from_secs(3)), Duration::from_secs(6));
+        assert_eq!(wall_limit(Duration::MAX), Duration::MAX);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Services;
 use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
-use super::clock::CallClock;
+use super::clock::{CallClock, wall_limit};
 use super::gate::YIELD_AFTER;
 use super::view::RequestView;
 use crate::metrics::{PluginLabel, PluginVersion};
@@ -113,9 +113,11 @@ pub struct HostState {
     pub meta: Arc<PluginMeta>,
     pub table: ResourceTable,
     pub limits: Limits,
-    /// What the current call has been charged against its deadline (`clock.rs`), and the deadline.
+    /// What the current call has been charged against its deadline (`clock.rs`), the deadline,
+    /// and how old the call may grow however little of that it ran ([`wall_limit`]).
     pub clock: Arc<CallClock>,
     pub deadline: std::time::Duration,
+    pub wall_limit: std::time::Duration,
     /// When the current call last gave its thread back in an import (see [`Self::pace`]).
     paced: Instant,
     /// Set by the epoch callback when it ends a call for running too long.
@@ -144,6 +146,7 @@ impl HostState {
             limits: Limits { memory, memory_exceeded: false },
             clock: Arc::default(),
             deadline: std::time::Duration::from_millis(10),
+            wall_limit: wall_limit(std::time::Duration::from_millis(10)),
             paced: Instant::now(),
             deadline_hit: false,
             state_unavailable: false,
@@ -151,17 +154,20 @@ impl HostState {
         }
     }
 
-    pub fn begin_call(&mut self, deadline: std::time::Duration) {
+    /// A call begins now; it was made at `made` (its wall limit counts from there).
+    pub fn begin_call(&mut self, deadline: std::time::Duration, made: Instant) {
         self.paced = Instant::now();
         self.clock.reset(self.paced);
+        self.clock.began(made);
         self.deadline = deadline;
+        self.wall_limit = wall_limit(deadline);
     }
 
-    /// What is left of the current call's deadline, the longest a state call may wait, after
-    /// [`Self::pace`].
+    /// What is left of the current call's deadline (and of its wall limit), the longest a state
+    /// call may wait, after [`Self::pace`].
     async fn turn(&mut self) -> std::time::Duration {
         self.pace().await;
-        self.deadline.saturating_sub(self.clock.charged())
+        self.deadline.saturating_sub(self.clock.charged()).min(self.wall_limit.saturating_sub(self.clock.age()))
     }
 
     /// Gives the thread back if the call has run for [`YIELD_AFTER`] since it last did here.

@@ -4,11 +4,11 @@
 //!
 //! Deadlines use epochs: the store's deadline is one tick away, and the epoch callback decides on
 //! each tick whether the call may go on (yielding to the runtime once it has run for
-//! [`YIELD_AFTER`]) or is over its deadline (a trap). Between ticks, fuel makes guest code yield
-//! every [`FUEL_YIELD`] units, and every call runs through the gate of `gate.rs`, so a looping
-//! plugin holds a worker for microseconds at a time and never all of them, and once it has run
-//! for [`super::gate::MOVE_AFTER`] it moves to the gate's long pool. A plugin that keeps faulting
-//! is quarantined (`quarantine.rs`).
+//! [`YIELD_AFTER`]) or is over its deadline or its wall limit (a trap; see `clock.rs`). Between
+//! ticks, fuel makes guest code yield every [`FUEL_YIELD`] units, and every call runs through the
+//! gate of `gate.rs`, so a looping plugin holds a worker for microseconds at a time and never all
+//! of them, and once it has run for [`super::gate::MOVE_AFTER`] it moves to the gate's long pool.
+//! A plugin that keeps faulting is quarantined (`quarantine.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -256,20 +256,23 @@ impl LoadedPlugin {
         })
     }
 
-    async fn checkout(&self, hook: Hook) -> Result<Warm, Fault> {
+    /// A warm instance for a call of `hook` made at `made`: one from the pool, else a new one. The
+    /// call's wall limit counts from `made`, so that the time it waited for the gate is in it; a
+    /// new instance is bounded by its own deadline, and the call's limit counts from when it is
+    /// ready (a first call is not charged for making the instance).
+    async fn checkout(&self, hook: Hook, made: Instant) -> Result<Warm, Fault> {
         let pooled = (self.config.instances == InstanceMode::Pooled).then(|| self.pool.pop()).flatten();
-        let mut warm = match pooled {
-            Some(warm) => warm,
+        let (mut warm, made) = match pooled {
+            Some(warm) => (warm, made),
             None => {
-                instantiate(&self.pre, self.meta.clone(), self.memory, &self.config)
-                    .await
-                    .map_err(|problem| {
+                let (warm, _) =
+                    instantiate(&self.pre, self.meta.clone(), self.memory, &self.config).await.map_err(|problem| {
                         self.fault(hook, FaultKind::Instantiate, Some(&wasmtime::Error::msg(problem.to_string())))
-                    })?
-                    .0
+                    })?;
+                (warm, Instant::now())
             }
         };
-        warm.store.data_mut().begin_call(self.config.deadline);
+        warm.store.data_mut().begin_call(self.config.deadline, made);
         warm.store.set_epoch_deadline(1);
         // Fuel only paces the yields (see `wasm.rs`): a call never runs out of it.
         warm.store.set_fuel(u64::MAX).map_err(|e| self.fault(hook, FaultKind::Instantiate, Some(&e)))?;
@@ -313,8 +316,8 @@ impl LoadedPlugin {
     // Each call owns what it reads (two `Arc`s, the completion copied), because a long one moves
     // to the gate's long pool and outlives this borrow's thread (`gate.rs`).
     pub async fn on_request(self: &Arc<Self>, view: &Arc<RequestView>) -> Result<Decision, Fault> {
-        let (this, view) = (self.clone(), view.clone());
-        self.gate.run(async move { this.call_on_request(&view).await }).await
+        let (this, view, made) = (self.clone(), view.clone(), Instant::now());
+        self.gate.run(async move { this.call_on_request(&view, made).await }).await
     }
 
     pub async fn on_response_headers(
@@ -322,18 +325,18 @@ impl LoadedPlugin {
         view: &Arc<RequestView>,
         status: u16,
     ) -> Result<ResponseAction, Fault> {
-        let (this, view) = (self.clone(), view.clone());
-        self.gate.run(async move { this.call_on_response_headers(&view, status).await }).await
+        let (this, view, made) = (self.clone(), view.clone(), Instant::now());
+        self.gate.run(async move { this.call_on_response_headers(&view, status, made).await }).await
     }
 
     pub async fn on_complete(self: &Arc<Self>, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
-        let (this, view, completion) = (self.clone(), view.clone(), completion.clone());
-        self.gate.run(async move { this.call_on_complete(&view, &completion).await }).await
+        let (this, view, completion, made) = (self.clone(), view.clone(), completion.clone(), Instant::now());
+        self.gate.run(async move { this.call_on_complete(&view, &completion, made).await }).await
     }
 
-    async fn call_on_request(&self, view: &Arc<RequestView>) -> Result<Decision, Fault> {
-        let started = Instant::now();
-        let mut warm = self.checkout(Hook::OnRequest).await?;
+    // `started`: when the hook was called, before it waited for the gate (see `checkout`).
+    async fn call_on_request(&self, view: &Arc<RequestView>, started: Instant) -> Result<Decision, Fault> {
+        let mut warm = self.checkout(Hook::OnRequest, started).await?;
         let Warm { store, bindings, clock, .. } = &mut warm;
         let result = Clocked::new(clock, async {
             let handle = store.data_mut().table.push(RequestHandle { view: view.clone() })?;
@@ -346,9 +349,13 @@ impl LoadedPlugin {
         self.checkin(warm, Hook::OnRequest, started, result)
     }
 
-    async fn call_on_response_headers(&self, view: &Arc<RequestView>, status: u16) -> Result<ResponseAction, Fault> {
-        let started = Instant::now();
-        let mut warm = self.checkout(Hook::OnResponseHeaders).await?;
+    async fn call_on_response_headers(
+        &self,
+        view: &Arc<RequestView>,
+        status: u16,
+        started: Instant,
+    ) -> Result<ResponseAction, Fault> {
+        let mut warm = self.checkout(Hook::OnResponseHeaders, started).await?;
         let Warm { store, bindings, clock, .. } = &mut warm;
         let result = Clocked::new(clock, async {
             let handle = store.data_mut().table.push(RequestHandle { view: view.clone() })?;
@@ -361,9 +368,13 @@ impl LoadedPlugin {
         self.checkin(warm, Hook::OnResponseHeaders, started, result)
     }
 
-    async fn call_on_complete(&self, view: &Arc<RequestView>, completion: &Completion) -> Result<(), Fault> {
-        let started = Instant::now();
-        let mut warm = self.checkout(Hook::OnComplete).await?;
+    async fn call_on_complete(
+        &self,
+        view: &Arc<RequestView>,
+        completion: &Completion,
+        started: Instant,
+    ) -> Result<(), Fault> {
+        let mut warm = self.checkout(Hook::OnComplete, started).await?;
         let Warm { store, bindings, clock, .. } = &mut warm;
         let result = Clocked::new(clock, async {
             let handle = store.data_mut().table.push(RequestHandle { view: view.clone() })?;
@@ -431,16 +442,24 @@ async fn instantiate(
     store.fuel_async_yield_interval(Some(FUEL_YIELD)).map_err(LoadProblem::Instantiate)?;
     store.epoch_deadline_callback(|mut ctx| {
         let state = ctx.data_mut();
-        let elapsed = state.clock.tick();
+        let (elapsed, age) = state.clock.tick();
         if elapsed >= state.deadline {
             state.deadline_hit = true;
             wasmtime::bail!("the plugin ran past its deadline of {:?}", state.deadline);
+        }
+        if age >= state.wall_limit {
+            state.deadline_hit = true;
+            wasmtime::bail!(
+                "the plugin call was still unfinished {:?} after it began (its deadline of {:?}, mostly spent waiting for its turn on a busy machine)",
+                state.wall_limit,
+                state.deadline
+            );
         }
         // A long call yields at every tick (and the ticker ticks faster while one runs).
         Ok(if elapsed < YIELD_AFTER { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
     });
     // Instantiation and `init` get the same deadline as a hook.
-    store.data_mut().begin_call(config.deadline.max(TICK * 100));
+    store.data_mut().begin_call(config.deadline.max(TICK * 100), Instant::now());
     store.set_epoch_deadline(1);
     // Guest code runs only inside a `Clocked` future: outside one, nothing is charged.
     let clock = store.data().clock.clone();

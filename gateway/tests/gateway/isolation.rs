@@ -98,6 +98,57 @@ async fn calls_waiting_their_turn_are_not_charged_for_the_wait() {
     assert!(sum / count > DEADLINE.as_secs_f64(), "{n} calls took {} s each: they never queued", sum / count);
 }
 
+/// What is not charged is still bounded: calls that each need their whole deadline of CPU, sent
+/// faster than the plugin threads can give it, are ended at their wall limit (the deadline plus a
+/// second, here) instead of queueing behind each other for as long as the queue grows, and every
+/// request is answered per `on_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_cannot_get_their_turn_end_at_their_wall_limit() {
+    const DEADLINE: Duration = Duration::from_millis(50);
+    let wall_limit = DEADLINE + Duration::from_secs(1);
+    let mock = MockUpstream::builder().start().await;
+    // The loop fixture runs until it is stopped.
+    let plugin = format!(
+        "source = \"{}\"\non_error = \"open\"\ndeadline = \"{}ms\"\nquarantine = {{ faults = 0 }}",
+        weir_test_plugins::LOOP,
+        DEADLINE.as_millis()
+    );
+    let gw = TestGateway::start(&config(&mock, &plugin)).await;
+    // Three seconds of the plugin threads' CPU (one less than the cores), at once: queued without
+    // a bound, the last of them would end after three seconds or more.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
+    let n = (60 * threads).min(480);
+    // One client for all (a client per request would spend the first part of the test making them).
+    let client = reqwest::Client::new();
+    let body = json!({"model": "guarded", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let url = format!("{}/chat/completions", gw.base_url());
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let request = client.post(&url).header("content-type", "application/json").body(body.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let response = request.send().await.expect("send");
+                let status = response.status().as_u16();
+                let body = response.text().await.expect("body");
+                (status, body, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for call in calls {
+        let (status, body, took) = call.await.expect("request");
+        assert_eq!(status, 200, "fail-open carries on: {body}");
+        slowest = slowest.max(took);
+    }
+    assert!(slowest < wall_limit + Duration::from_millis(600), "the slowest of {n} took {slowest:?}");
+    let text = gw.metrics().await;
+    let deadline_faults =
+        metric(&text, "weir_plugin_faults_total", &[("plugin", "p"), ("hook", "on_request"), ("kind", "deadline")]);
+    assert_eq!(deadline_faults, n as f64, "{text}");
+    // They did wait their turn: some were still unfinished at their wall limit.
+    assert!(slowest >= wall_limit, "the slowest of {n} took {slowest:?}: the plugin threads never queued them");
+}
+
 #[tokio::test]
 async fn a_plugin_that_keeps_faulting_is_quarantined_then_tried_again_after_its_cooldown() {
     let mock = MockUpstream::builder().start().await;
