@@ -113,11 +113,10 @@ pub struct HostState {
     pub meta: Arc<PluginMeta>,
     pub table: ResourceTable,
     pub limits: Limits,
-    /// What the current call has been charged against its deadline (`clock.rs`), the deadline,
-    /// and how old the call may grow however little of that it ran ([`wall_limit`]).
+    /// What the current call has been charged against its deadline (`clock.rs`), and the deadline
+    /// (which also sets how old the call may grow, [`wall_limit`]).
     pub clock: Arc<CallClock>,
     pub deadline: std::time::Duration,
-    pub wall_limit: std::time::Duration,
     /// When the current call last gave its thread back in an import (see [`Self::pace`]).
     paced: Instant,
     /// Set by the epoch callback when it ends a call for running too long.
@@ -146,7 +145,6 @@ impl HostState {
             limits: Limits { memory, memory_exceeded: false },
             clock: Arc::default(),
             deadline: std::time::Duration::from_millis(10),
-            wall_limit: wall_limit(std::time::Duration::from_millis(10)),
             paced: Instant::now(),
             deadline_hit: false,
             state_unavailable: false,
@@ -160,14 +158,15 @@ impl HostState {
         self.clock.reset(self.paced);
         self.clock.began(made);
         self.deadline = deadline;
-        self.wall_limit = wall_limit(deadline);
     }
 
     /// What is left of the current call's deadline (and of its wall limit), the longest a state
     /// call may wait, after [`Self::pace`].
     async fn turn(&mut self) -> std::time::Duration {
         self.pace().await;
-        self.deadline.saturating_sub(self.clock.charged()).min(self.wall_limit.saturating_sub(self.clock.age()))
+        self.deadline
+            .saturating_sub(self.clock.charged())
+            .min(wall_limit(self.deadline).saturating_sub(self.clock.age()))
     }
 
     /// Gives the thread back if the call has run for [`YIELD_AFTER`] since it last did here.

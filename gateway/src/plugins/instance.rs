@@ -22,7 +22,7 @@ use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
 use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
 use super::bindings::{Plugin, PluginPre, v0_1};
-use super::clock::{CallClock, Clocked};
+use super::clock::{CallClock, Clocked, wall_limit};
 use super::compat::{self, Contract};
 use super::gate::{Gate, YIELD_AFTER};
 use super::host::{HostState, PluginMeta, RequestHandle};
@@ -447,11 +447,12 @@ async fn instantiate(
             state.deadline_hit = true;
             wasmtime::bail!("the plugin ran past its deadline of {:?}", state.deadline);
         }
-        if age >= state.wall_limit {
+        let limit = wall_limit(state.deadline);
+        if age >= limit {
             state.deadline_hit = true;
             wasmtime::bail!(
                 "the plugin call was still unfinished {:?} after it began (its deadline of {:?}, mostly spent waiting for its turn on a busy machine)",
-                state.wall_limit,
+                limit,
                 state.deadline
             );
         }
