@@ -23,6 +23,7 @@ pub use typed::{
     Prefill, Price, Provider, Quarantine, Redis, RedisTopology, Retry, Secret, Server, State, Target, Timeouts, Tls,
     Upstream, UpstreamKind, Vertex, WILDCARD_MODEL,
 };
+pub use validate::MAX_PLUGIN_MEMORY;
 
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]

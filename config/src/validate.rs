@@ -22,7 +22,9 @@ const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const MIN_KEY_LEN: usize = 16;
 const MAX_ATTEMPTS: i64 = 10;
 const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
-const MAX_PLUGIN_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
+/// The largest memory cap a plugin may be given: the gateway's pooling allocator reserves a slot
+/// this big per instance, so a larger cap could not be honoured and is refused rather than cut.
+pub const MAX_PLUGIN_MEMORY: u64 = 256 * 1024 * 1024;
 
 /// Parses a size such as `16MiB`, `512KiB`, `1GiB` or `65536`.
 fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -939,7 +941,10 @@ fn plugin(errs: &mut Errors, path: &str, p: RawPlugin, base_dir: &Path) -> Plugi
         None => DEFAULT_PLUGIN_MEMORY,
         Some(Ok(n)) if (64 * 1024..=MAX_PLUGIN_MEMORY).contains(&n) => n,
         Some(Ok(n)) => {
-            errs.push(format!("{path}.memory"), format!("{n} bytes is outside 64KiB..=4GiB"));
+            errs.push(
+                format!("{path}.memory"),
+                format!("{n} bytes is outside 64KiB..=256MiB (the most a plugin instance may have)"),
+            );
             DEFAULT_PLUGIN_MEMORY
         }
         Some(Err(e)) => {

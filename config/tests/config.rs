@@ -162,6 +162,7 @@ fn plugin_chains_are_checked() {
         [[plugins]]
         name = "b"
         source = "b.so"
+        memory = "512MiB"
         "#,
     );
     let expected = [
@@ -169,6 +170,8 @@ fn plugin_chains_are_checked() {
         "plugins[0].deadline: must be longer than zero",
         "plugins[0].memory: unknown unit",
         "plugins[1].source: \"b.so\" is neither `builtin:NAME` nor a path to a `.wasm` component",
+        // More than an instance can be given is refused, not silently cut to what it can.
+        "plugins[1].memory: 536870912 bytes is outside 64KiB..=256MiB",
         "chain[1]: unknown plugin \"ghost\"; defined plugins: [a, b]",
         "models[0].plugins[1]: plugin \"a\" is listed twice",
     ];

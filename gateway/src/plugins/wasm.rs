@@ -32,8 +32,9 @@ pub const FAST_TICK: Duration = Duration::from_micros(500);
 /// never yields.
 pub const FUEL_YIELD: u64 = 20_000;
 
-/// The largest memory cap a plugin may be given (the pooling allocator reserves slots this big).
-pub const MAX_MEMORY: usize = 256 << 20;
+/// The largest memory cap a plugin may be given (the pooling allocator reserves slots this big);
+/// the config refuses larger caps.
+pub const MAX_MEMORY: usize = weir_config::MAX_PLUGIN_MEMORY as usize;
 
 /// Engine, linker and compile cache, shared by every version of every plugin.
 pub struct WasmEngine {
