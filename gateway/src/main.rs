@@ -97,7 +97,8 @@ enum PluginCommand {
     /// Scaffold a plugin crate in ./NAME that builds with `cargo build --release`.
     New {
         name: String,
-        /// The weir-sdk crate to depend on (default: the sdk/ folder of the source tree weir was built from).
+        /// Build against the weir-sdk at this path (Weir's `sdk/` folder, or an unpacked crate)
+        /// instead of the published crate: written as a `[patch.crates-io]` section.
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -190,14 +191,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin { command: PluginCommand::New { name, sdk } } => {
-            let sdk = sdk.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk"));
-            let sdk =
-                sdk.canonicalize().with_context(|| format!("the SDK is not at {}; pass --sdk PATH", sdk.display()))?;
+            let sdk = sdk
+                .map(|sdk| {
+                    let found = sdk.join("Cargo.toml").is_file() && sdk.join("wit/weir.wit").is_file();
+                    anyhow::ensure!(found, "no weir-sdk crate at {} (its Cargo.toml and wit/weir.wit)", sdk.display());
+                    Ok(sdk.canonicalize()?)
+                })
+                .transpose()?;
             let dir = PathBuf::from(&name);
-            weir::plugins::scaffold::scaffold(&dir, &name, &sdk)?;
+            weir::plugins::scaffold::scaffold(&dir, &name, sdk.as_deref())?;
+            let from = sdk.map_or_else(
+                || format!("weir-sdk {} from crates.io", weir::plugins::scaffold::SDK_VERSION),
+                |sdk| format!("the weir-sdk at {}", sdk.display()),
+            );
             #[expect(clippy::print_stdout, reason = "the command's output")]
             {
-                println!("created {}: cd {name} && cargo build --release", dir.display());
+                println!("created {} (with {from}): cd {name} && cargo build --release", dir.display());
             }
             Ok(())
         }

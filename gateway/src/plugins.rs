@@ -10,6 +10,7 @@ mod compat;
 mod gate;
 mod host;
 mod instance;
+mod output;
 mod quarantine;
 pub mod scaffold;
 pub mod view;

@@ -12,15 +12,17 @@
 //! use weir_sdk::{Decision, HookSet, Plugin, PluginInfo, Rejection, Request};
 //!
 //! /// Refuses requests for models whose name starts with a configured prefix.
+//! #[derive(serde::Deserialize)]
 //! struct DenyPrefix {
 //!     prefix: String,
 //! }
 //!
 //! impl Plugin for DenyPrefix {
 //!     fn init(config: &str) -> Result<(Self, PluginInfo), String> {
-//!         // The plugin's config table, as JSON: {"prefix": "gpt-4"}
-//!         let prefix = config.split('"').nth(3).ok_or("config needs a prefix")?.to_owned();
-//!         Ok((DenyPrefix { prefix }, PluginInfo::hooks(HookSet::ON_REQUEST)))
+//!         // The plugin's `config` table: `config = { prefix = "gpt-4" }`. A missing or mistyped
+//!         // field is an error naming it, and the gateway refuses the config with it.
+//!         let plugin: DenyPrefix = weir_sdk::config(config)?;
+//!         Ok((plugin, PluginInfo::hooks(HookSet::ON_REQUEST)))
 //!     }
 //!
 //!     fn on_request(&self, req: &Request) -> Decision {
@@ -41,8 +43,16 @@
 //!
 //! Build it with `cargo build --target wasm32-wasip2 --release` (the crate is a `cdylib`) and point
 //! the gateway's config at `target/wasm32-wasip2/release/<name>.wasm`. `weir plugin new NAME`
-//! scaffolds such a crate. The contract is `sdk/wit/weir.wit` (`weir:plugin@0.2.0`); every type
-//! below comes from it. Components built against the earlier 0.1.0 keep loading: the host serves both.
+//! scaffolds such a crate. The contract is `wit/weir.wit` in this crate (`weir:plugin@0.2.1`;
+//! `weir-sdk` 0.2.x builds components for `weir:plugin@0.2`); every type below comes from it.
+//! Components built against the earlier 0.1.0 and 0.2.0 keep loading: the host serves them all.
+//!
+//! What a plugin may use: Rust's standard library, `HashMap` included (WASI's clocks and random
+//! numbers are there; `catalog::now_ms` and `catalog::random_u64` are the host's own). It has no
+//! files, sockets, environment or arguments. What it prints goes to the gateway's log: stdout at
+//! info, stderr at warn (a panic's message too, which the fault's warning line also carries), a
+//! line at a time, within the plugin's log budget. The limits it meets are listed in the README's
+//! "Limits a plugin meets".
 
 #[doc(hidden)]
 pub mod bindings {
@@ -62,6 +72,24 @@ pub use bindings::weir::plugin::hooks::{
 pub use bindings::weir::plugin::request::Request;
 pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage};
 pub use bindings::weir::plugin::{catalog, kv, ledger, log, metrics, quota};
+
+/// Reads the plugin's config table (the JSON text [`Plugin::init`] is given) into `T`. An error
+/// names the field at fault (`limits.rpm: invalid type: string "ten", expected u32`), ready to be
+/// returned from `init`, which makes the gateway refuse the config with it.
+pub fn config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
+    let mut reader = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
+    })
+}
+
+/// What is left of the current call before it ends as a deadline fault: the less of what is left
+/// of its deadline (the time it has run and waited on state calls) and of its wall limit (since
+/// the hook was called). Zero once either is spent. For work a plugin can skip when time is short.
+pub fn time_left() -> std::time::Duration {
+    std::time::Duration::from_micros(catalog::time_left_us())
+}
 
 /// The most keys one `kv::get_many` or `kv::add_many` may name, and the most asks one
 /// `quota::reserve_all` may make; more is a fault of the plugin.

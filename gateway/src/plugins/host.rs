@@ -14,6 +14,7 @@ use super::Services;
 use super::bindings::weir::plugin::{catalog, hooks, kv, ledger, log, metrics, quota, request, types};
 use super::clock::{CallClock, wall_limit};
 use super::gate::YIELD_AFTER;
+use super::output::{Output, Stream};
 use super::view::RequestView;
 use crate::metrics::{PluginLabel, PluginVersion};
 use crate::state::Unavailable;
@@ -64,7 +65,9 @@ impl PluginMeta {
         }
     }
 
-    fn may_log(&self) -> bool {
+    /// Whether one more line may be logged now (the `log` import and the guest's stdout and
+    /// stderr share the budget).
+    pub(super) fn may_log(&self) -> bool {
         let mut b = self.log_budget.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * LOG_PER_SEC).min(2.0 * LOG_PER_SEC);
@@ -123,8 +126,11 @@ pub struct HostState {
     pub deadline_hit: bool,
     /// Set when a state call trapped because the shared state did not answer.
     pub state_unavailable: bool,
-    /// WASI with nothing granted: no files, sockets, environment or arguments. It is linked only
-    /// because Rust's standard library imports it (stderr for panics, random seeds for HashMap).
+    /// What the instance writes to stdout and stderr, logged; the current call's stderr is kept
+    /// for its fault line (`output.rs`).
+    pub output: Arc<Output>,
+    /// WASI with nothing granted: no files, sockets, environment or arguments. Clocks and random
+    /// numbers work (Rust's `HashMap` seeds itself from them); stdout and stderr go to the log.
     wasi: WasiCtx,
 }
 
@@ -139,6 +145,14 @@ impl std::fmt::Debug for HostState {
 
 impl HostState {
     pub fn new(meta: Arc<PluginMeta>, memory: usize) -> Self {
+        let output = Output::new(meta.clone());
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .stdout(output.stream(Stream::Stdout))
+            .stderr(output.stream(Stream::Stderr))
+            .build();
         Self {
             meta,
             table: ResourceTable::new(),
@@ -148,7 +162,8 @@ impl HostState {
             paced: Instant::now(),
             deadline_hit: false,
             state_unavailable: false,
-            wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
+            output,
+            wasi,
         }
     }
 
@@ -158,15 +173,21 @@ impl HostState {
         self.clock.reset(self.paced);
         self.clock.began(made);
         self.deadline = deadline;
+        self.output.begin_call();
+    }
+
+    /// What is left of the current call's deadline and of its wall limit, whichever is less.
+    fn left(&self) -> std::time::Duration {
+        self.deadline
+            .saturating_sub(self.clock.charged())
+            .min(wall_limit(self.deadline).saturating_sub(self.clock.age()))
     }
 
     /// What is left of the current call's deadline (and of its wall limit), the longest a state
     /// call may wait, after [`Self::pace`].
     async fn turn(&mut self) -> std::time::Duration {
         self.pace().await;
-        self.deadline
-            .saturating_sub(self.clock.charged())
-            .min(wall_limit(self.deadline).saturating_sub(self.clock.age()))
+        self.left()
     }
 
     /// Gives the thread back if the call has run for [`YIELD_AFTER`] since it last did here.
@@ -501,6 +522,11 @@ impl catalog::Host for HostState {
     async fn random_u64(&mut self) -> Result<u64> {
         self.pace().await;
         Ok(rand::random())
+    }
+
+    async fn time_left_us(&mut self) -> Result<u64> {
+        self.pace().await;
+        Ok(u64::try_from(self.left().as_micros()).unwrap_or(u64::MAX))
     }
 }
 

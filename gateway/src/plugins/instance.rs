@@ -308,7 +308,8 @@ impl LoadedPlugin {
                 } else {
                     FaultKind::Trap
                 };
-                Err(self.fault(hook, kind, Some(&error)))
+                let said = state.output.said();
+                Err(self.fault_saying(hook, kind, Some(&error), &said))
             }
         }
     }
@@ -396,6 +397,11 @@ impl LoadedPlugin {
     /// the plugin, hook, kind and cause (at most a few a second per plugin; the wasm backtrace at
     /// debug level only).
     pub fn fault(&self, hook: Hook, kind: FaultKind, cause: Option<&wasmtime::Error>) -> Fault {
+        self.fault_saying(hook, kind, cause, "")
+    }
+
+    /// [`Self::fault`], with what the call wrote to stderr (a panic's message) on its line.
+    fn fault_saying(&self, hook: Hook, kind: FaultKind, cause: Option<&wasmtime::Error>, said: &str) -> Fault {
         let metrics = &self.meta.services.metrics;
         metrics.plugin_fault(&self.meta.name, hook.label(), kind.label());
         // The root cause is the trap or our own message; the chain above it is the backtrace.
@@ -403,7 +409,11 @@ impl LoadedPlugin {
             cause.map(|e| e.root_cause().to_string().lines().next().unwrap_or_default().to_owned()).unwrap_or_default();
         let plugin = &*self.meta.name;
         if let Some(suppressed) = self.health.may_log() {
-            tracing::warn!(plugin, hook = hook.label(), kind = kind.label(), on_error = ?self.on_error, cause = %detail, suppressed, "plugin fault");
+            if said.is_empty() {
+                tracing::warn!(plugin, hook = hook.label(), kind = kind.label(), on_error = ?self.on_error, cause = %detail, suppressed, "plugin fault");
+            } else {
+                tracing::warn!(plugin, hook = hook.label(), kind = kind.label(), on_error = ?self.on_error, cause = %detail, stderr = %said, suppressed, "plugin fault");
+            }
             if let Some(cause) = cause.filter(|_| kind != FaultKind::BadDecision) {
                 tracing::debug!(
                     plugin,
@@ -468,7 +478,12 @@ async fn instantiate(
     let info = match Clocked::new(&clock, bindings.init(&mut store, &config.config_json)).await {
         Ok(Ok(info)) => info,
         Ok(Err(message)) => return Err(LoadProblem::ConfigRejected(message)),
-        Err(e) => return Err(LoadProblem::Init(e)),
+        Err(e) => {
+            // A panic in `init` (a config it cannot read, unwrapped) says why on stderr.
+            let said = store.data().output.said();
+            let e = if said.is_empty() { e } else { e.context(format!("it wrote to stderr: {said}")) };
+            return Err(LoadProblem::Init(e));
+        }
     };
     Ok((Warm { store, bindings, calls: 0, clock }, info))
 }

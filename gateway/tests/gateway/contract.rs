@@ -1,4 +1,6 @@
-//! Plugins built against the released `weir:plugin@0.1.0` keep working under 0.2.0: the fixture
+//! Plugins built against released contracts keep working. `weir:plugin@0.2.0` components load
+//! under 0.2.1 and see every API as it is (`contract-v0-2-0`, from `sdk/wit/released/0.2.0`).
+//! Plugins built against the released `weir:plugin@0.1.0` keep working under 0.2: the fixture
 //! `contract-v0-1` (built with wit-bindgen from `sdk/wit/released/0.1.0`, not the SDK) loads, its
 //! imports work, a Messages or Responses request reads to it as `chat-completions` with the answer
 //! in the canonical chat form, and its own canonical answer reaches each client in that client's API.
@@ -8,7 +10,7 @@ use weir_bench::mock::MockUpstream;
 
 use crate::support::{TestGateway, bare_config, metric_eventually};
 
-async fn gateway(mock: &MockUpstream) -> TestGateway {
+async fn gateway(mock: &MockUpstream, source: &str) -> TestGateway {
     let base = format!("http://{}", mock.addr());
     TestGateway::start(&bare_config(&format!(
         r#"
@@ -36,7 +38,7 @@ source = "{}"
 on_error = "closed"
 deadline = "2s"
 "#,
-        weir_test_plugins::CONTRACT_V0_1
+        source
     )))
     .await
 }
@@ -59,7 +61,7 @@ async fn send(
 #[tokio::test]
 async fn a_plugin_built_against_0_1_0_is_served_on_every_api() {
     let mock = MockUpstream::builder().api_key("mock-key").start().await;
-    let gw = gateway(&mock).await;
+    let gw = gateway(&mock, weir_test_plugins::CONTRACT_V0_1).await;
     let messages = json!({"model": "claude", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]});
     let (status, headers, answer) = send(&gw, "/v1/messages", messages.clone(), None).await;
     assert_eq!(status, 200, "{answer}");
@@ -95,4 +97,22 @@ async fn a_plugin_built_against_0_1_0_is_served_on_every_api() {
     .await;
     assert_eq!((answer["id"].as_str(), headers["x-probe-requests"].to_str().unwrap()), (Some("chatcmpl-probe"), "4"));
     assert_eq!(mock.request_count(), 1, "only the first request went upstream");
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_0_2_0_loads_and_is_served_under_0_2_1() {
+    let mock = MockUpstream::builder().api_key("mock-key").start().await;
+    let gw = gateway(&mock, weir_test_plugins::CONTRACT_V0_2_0).await;
+    let messages = json!({"model": "claude", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, headers, answer) = send(&gw, "/v1/messages", messages, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(headers["x-probe-api"], "messages", "a 0.2.0 plugin knows the Messages API");
+    let chat = json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, headers, answer) = send(&gw, "/v1/chat/completions", chat, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (headers["x-probe-api"].to_str().unwrap(), headers["x-probe-requests"].to_str().unwrap()),
+        ("chat-completions", "2"),
+        "its kv import works"
+    );
 }

@@ -316,16 +316,36 @@ fn rand_suffix() -> u64 {
 }
 
 /// What the README tells a plugin author to do: `weir plugin new`, `cargo build --release`, point
-/// the config at the component. The scaffold must build as generated and behave as its comments say.
+/// the config at the component. The scaffold must build as generated and behave as its comments say,
+/// against the SDK as it would be published: the crate `cargo package` makes, unpacked outside
+/// Weir's tree, so that nothing of the workspace can stand in for what the crate lacks.
 #[tokio::test]
 async fn a_scaffolded_plugin_builds_and_loads_as_the_readme_says() {
     let work = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold-test");
     let dir = work.join(format!("my-policy-{}", rand_suffix()));
     std::fs::create_dir_all(&work).expect("work dir");
-    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk").canonicalize().expect("sdk");
-    weir::plugins::scaffold::scaffold(&dir, "my-policy", &sdk).expect("scaffold");
-
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let packaged = work.join(format!("sdk-package-{}", rand_suffix()));
+    let package = tokio::process::Command::new(&cargo)
+        .args(["package", "-p", "weir-sdk", "--no-verify", "--allow-dirty", "--offline", "--quiet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", &packaged)
+        .output()
+        .await
+        .expect("cargo runs");
+    assert!(package.status.success(), "cargo package -p weir-sdk:\n{}", String::from_utf8_lossy(&package.stderr));
+    let version = weir::plugins::scaffold::SDK_VERSION;
+    let unpack = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(packaged.join(format!("package/weir-sdk-{version}.crate")))
+        .arg("-C")
+        .arg(&packaged)
+        .output()
+        .expect("tar runs");
+    assert!(unpack.status.success(), "{}", String::from_utf8_lossy(&unpack.stderr));
+    let sdk = packaged.join(format!("weir-sdk-{version}"));
+    weir::plugins::scaffold::scaffold(&dir, "my-policy", Some(&sdk)).expect("scaffold");
+
     let build = tokio::process::Command::new(cargo)
         .args(["build", "--release", "--quiet"])
         .current_dir(&dir)
@@ -355,6 +375,7 @@ async fn a_scaffolded_plugin_builds_and_loads_as_the_readme_says() {
         .expect("send");
     assert_eq!(response.status().as_u16(), 403);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&packaged);
 }
 
 #[tokio::test]
@@ -510,4 +531,77 @@ async fn built_in_plugins_are_embedded_in_the_binary() {
         .expect_err("must not load")
         .to_string();
     assert!(error.contains("no built-in plugin \"no-such-plugin\"") && error.contains("hello-policy"), "{error}");
+}
+
+/// What a plugin prints reaches the gateway's log, and a panic's message is on its fault's line:
+/// the fault says why the plugin panicked, not only that `unreachable` was executed.
+#[tokio::test]
+async fn a_plugins_output_and_its_panic_message_reach_the_gateways_log() {
+    use crate::processes::{WeirProcess, free_port, temp_dir};
+    let upstream = MockUpstream::builder().start().await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let text =
+        config(&upstream, &[("m-trap", "trap")], &plugin("trap", weir_test_plugins::TRAP, "on_error = \"closed\""), "")
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+    let weir = WeirProcess::start(&temp_dir("plugin-output"), "weir", addr, &text).await;
+    let (status, _, body) = post(&weir.url("/v1/chat/completions"), &chat_body("m-trap"), None).await;
+    assert_eq!(status, 500, "{body}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&weir.log).unwrap_or_default();
+        let printed =
+            log.lines().any(|l| l.contains("weir-test-plugin-trap is about to panic") && l.contains("stdout"));
+        let fault = log.lines().find(|l| l.contains("plugin fault"));
+        if let Some(fault) = fault.filter(|_| printed) {
+            assert!(fault.contains("panicked at"), "{fault}");
+            assert!(fault.contains("weir-test-plugin-trap panics in on-request on purpose"), "{fault}");
+            assert!(!fault.contains("RUST_BACKTRACE"), "Rust's note is noise here: {fault}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the log lacks the plugin's output or its fault:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A panic in `init` (a config it cannot read, unwrapped) is a load error that says why.
+#[tokio::test]
+async fn a_panic_in_init_is_a_load_error_with_its_message() {
+    let upstream = MockUpstream::builder().start().await;
+    let plugins = plugin("trap", weir_test_plugins::TRAP, "config = { in = \"init\" }");
+    let text = config(&upstream, &[("m-trap", "trap")], &plugins, "");
+    let loaded = weir_config::load_str(&text, &weir_config::MapEnv::default(), &state_dir()).expect("config");
+    let error = weir::Gateway::new(loaded, Box::new(weir_config::MapEnv::default()))
+        .await
+        .expect_err("init panics")
+        .to_string();
+    assert!(error.contains("panicked at") && error.contains("panics in init on purpose"), "{error}");
+}
+
+/// `weir_sdk::config` reads a plugin's config table and names the field a bad one gets wrong (the
+/// gateway refuses to load it with that), and `weir_sdk::time_left` reads what is left of the call.
+#[tokio::test]
+async fn a_plugin_reads_its_typed_config_and_the_time_left_to_its_call() {
+    let upstream = MockUpstream::builder().start().await;
+    let tagged = |table: &str, deadline: &str| {
+        let settings = format!("on_error = \"closed\"\ndeadline = \"{deadline}\"\nconfig = {table}");
+        let plugins = plugin("tag", weir_test_plugins::HEADER_TAG, &settings);
+        let text = config(&upstream, &[("tagged", "tag")], &plugins, "");
+        weir_config::load_str(&text, &weir_config::MapEnv::default(), &state_dir()).expect("config")
+    };
+
+    let error = weir::Gateway::new(tagged("{ version = 5 }", "2s"), Box::new(weir_config::MapEnv::default()))
+        .await
+        .expect_err("a number where a string belongs")
+        .to_string();
+    assert!(error.contains("header-tag config: version: invalid type: integer `5`, expected a string"), "{error}");
+
+    let gw = TestGateway::start_with(tagged("{ version = \"v1\" }", "2s")).await;
+    let (status, headers, body) =
+        post(&format!("{}/chat/completions", gw.base_url()), &chat_body("tagged"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-plugin-version"], "v1");
+    let left: u64 = headers["x-plugin-time-left-us"].to_str().expect("ascii").parse().expect("a number");
+    // A call that has barely begun has nearly all of its 2 s deadline left, and never more.
+    assert!((1_000_000..=2_000_000).contains(&left), "{left} µs left of a 2 s deadline");
 }

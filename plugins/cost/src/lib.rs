@@ -129,7 +129,7 @@ fn price(p: catalog::ModelPrice) -> Price {
 
 impl Plugin for Cost {
     fn init(config: &str) -> Result<(Self, PluginInfo), String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("cost config: {e}"))?;
+        let config: Config = weir_sdk::config(config).map_err(|e| format!("cost config: {e}"))?;
         let mut budgets = Vec::new();
         for (i, b) in config.budgets.into_iter().enumerate() {
             let (who, name) = match (b.key, b.team, b.per) {

@@ -63,7 +63,7 @@ pub struct Subject<'a> {
 
 impl Config {
     pub fn parse(json: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(json).map_err(|e| format!("ratelimit config: {e}"))?;
+        let config: Config = weir_sdk::config(json).map_err(|e| format!("ratelimit config: {e}"))?;
         if config.limits.is_empty() {
             return Err("ratelimit config: `limits` is empty; add at least one rule".into());
         }

@@ -130,7 +130,7 @@ impl Router {
 
 impl Plugin for Router {
     fn init(config: &str) -> Result<(Self, PluginInfo), String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("router config: {e}"))?;
+        let config: Config = weir_sdk::config(config).map_err(|e| format!("router config: {e}"))?;
         if config.breaker.failures == 0 {
             return Err("router config: breaker.failures must be at least 1".into());
         }

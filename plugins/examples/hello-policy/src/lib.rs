@@ -60,8 +60,9 @@ struct HelloPolicy {
 
 impl Plugin for HelloPolicy {
     fn init(config: &str) -> Result<(Self, PluginInfo), String> {
-        // An `Err` here stops the gateway from loading the config, with this message.
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("hello-policy config: {e}"))?;
+        // An `Err` here stops the gateway from loading the config, with this message; the SDK's
+        // reader names the field at fault (`requests_per_minute: invalid type: ...`).
+        let config: Config = weir_sdk::config(config).map_err(|e| format!("hello-policy config: {e}"))?;
         if config.requests_per_minute == 0 {
             return Err("hello-policy config: requests_per_minute must be at least 1".into());
         }

@@ -1,6 +1,7 @@
 //! Test fixture `header-tag`: tags each response with the version from its config and reports the
 //! same version in `on-complete`, so a hot-swap test can check that every request saw exactly one
-//! version of the plugin from start to end.
+//! version of the plugin from start to end. It reads its config with `weir_sdk::config` and tags
+//! the response with `weir_sdk::time_left()` too, for the tests of both.
 
 use serde::Deserialize;
 use weir_sdk::{Completion, Decision, HookSet, Plugin, PluginInfo, Request, metrics};
@@ -25,12 +26,13 @@ struct HeaderTag {
 
 impl Plugin for HeaderTag {
     fn init(config: &str) -> Result<(Self, PluginInfo), String> {
-        let Config { version } = serde_json::from_str(config).map_err(|e| format!("header-tag config: {e}"))?;
+        let Config { version } = weir_sdk::config(config).map_err(|e| format!("header-tag config: {e}"))?;
         Ok((HeaderTag { version }, PluginInfo::hooks(HookSet::ON_REQUEST | HookSet::ON_COMPLETE)))
     }
 
     fn on_request(&self, req: &Request) -> Decision {
         req.add_response_header(HEADER, &self.version);
+        req.add_response_header("x-plugin-time-left-us", &weir_sdk::time_left().as_micros().to_string());
         req.set_local(LOCAL, self.version.as_bytes());
         Decision::Continue
     }
