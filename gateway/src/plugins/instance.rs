@@ -409,11 +409,9 @@ impl LoadedPlugin {
             cause.map(|e| e.root_cause().to_string().lines().next().unwrap_or_default().to_owned()).unwrap_or_default();
         let plugin = &*self.meta.name;
         if let Some(suppressed) = self.health.may_log() {
-            if said.is_empty() {
-                tracing::warn!(plugin, hook = hook.label(), kind = kind.label(), on_error = ?self.on_error, cause = %detail, suppressed, "plugin fault");
-            } else {
-                tracing::warn!(plugin, hook = hook.label(), kind = kind.label(), on_error = ?self.on_error, cause = %detail, stderr = %said, suppressed, "plugin fault");
-            }
+            // `None` leaves the field off the line.
+            let stderr = (!said.is_empty()).then_some(said);
+            tracing::warn!(plugin, hook = hook.label(), kind = kind.label(), on_error = ?self.on_error, cause = %detail, stderr, suppressed, "plugin fault");
             if let Some(cause) = cause.filter(|_| kind != FaultKind::BadDecision) {
                 tracing::debug!(
                     plugin,

@@ -311,6 +311,12 @@ async fn the_example_plugin_runs_every_hook_and_import_end_to_end() {
     assert_eq!(metric(&metrics, "weir_plugin_faults_total", &[]), 0.0, "{metrics}");
 }
 
+/// Why a gateway with this config (valid as a file) does not start.
+async fn load_error(text: &str) -> String {
+    let loaded = weir_config::load_str(text, &weir_config::MapEnv::default(), &state_dir()).expect("config");
+    weir::Gateway::new(loaded, Box::new(weir_config::MapEnv::default())).await.expect_err("must not load").to_string()
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -525,11 +531,7 @@ async fn built_in_plugins_are_embedded_in_the_binary() {
     assert_eq!(post(&url, blocked, None).await.0, 403);
 
     let unknown = config(&upstream, &[("m", "ghost")], &plugin("ghost", "builtin:no-such-plugin", ""), "");
-    let unknown = weir_config::load_str(&unknown, &weir_config::MapEnv::default(), &state_dir()).expect("config");
-    let error = weir::Gateway::new(unknown, Box::new(weir_config::MapEnv::default()))
-        .await
-        .expect_err("must not load")
-        .to_string();
+    let error = load_error(&unknown).await;
     assert!(error.contains("no built-in plugin \"no-such-plugin\"") && error.contains("hello-policy"), "{error}");
 }
 
@@ -569,12 +571,7 @@ async fn a_plugins_output_and_its_panic_message_reach_the_gateways_log() {
 async fn a_panic_in_init_is_a_load_error_with_its_message() {
     let upstream = MockUpstream::builder().start().await;
     let plugins = plugin("trap", weir_test_plugins::TRAP, "config = { in = \"init\" }");
-    let text = config(&upstream, &[("m-trap", "trap")], &plugins, "");
-    let loaded = weir_config::load_str(&text, &weir_config::MapEnv::default(), &state_dir()).expect("config");
-    let error = weir::Gateway::new(loaded, Box::new(weir_config::MapEnv::default()))
-        .await
-        .expect_err("init panics")
-        .to_string();
+    let error = load_error(&config(&upstream, &[("m-trap", "trap")], &plugins, "")).await;
     assert!(error.contains("panicked at") && error.contains("panics in init on purpose"), "{error}");
 }
 
@@ -583,20 +580,15 @@ async fn a_panic_in_init_is_a_load_error_with_its_message() {
 #[tokio::test]
 async fn a_plugin_reads_its_typed_config_and_the_time_left_to_its_call() {
     let upstream = MockUpstream::builder().start().await;
-    let tagged = |table: &str, deadline: &str| {
-        let settings = format!("on_error = \"closed\"\ndeadline = \"{deadline}\"\nconfig = {table}");
-        let plugins = plugin("tag", weir_test_plugins::HEADER_TAG, &settings);
-        let text = config(&upstream, &[("tagged", "tag")], &plugins, "");
-        weir_config::load_str(&text, &weir_config::MapEnv::default(), &state_dir()).expect("config")
+    let tagged = |table: &str| {
+        let settings = format!("on_error = \"closed\"\ndeadline = \"2s\"\nconfig = {table}");
+        config(&upstream, &[("tagged", "tag")], &plugin("tag", weir_test_plugins::HEADER_TAG, &settings), "")
     };
 
-    let error = weir::Gateway::new(tagged("{ version = 5 }", "2s"), Box::new(weir_config::MapEnv::default()))
-        .await
-        .expect_err("a number where a string belongs")
-        .to_string();
+    let error = load_error(&tagged("{ version = 5 }")).await;
     assert!(error.contains("header-tag config: version: invalid type: integer `5`, expected a string"), "{error}");
 
-    let gw = TestGateway::start_with(tagged("{ version = \"v1\" }", "2s")).await;
+    let gw = TestGateway::start(&tagged("{ version = \"v1\" }")).await;
     let (status, headers, body) =
         post(&format!("{}/chat/completions", gw.base_url()), &chat_body("tagged"), None).await;
     assert_eq!(status, 200, "{body}");
