@@ -320,7 +320,7 @@ impl Accounting {
                 // prompt as the host estimated it, one token per chunk relayed (OpenAI streams
                 // send one token per chunk).
                 None if outcome == Outcome::ClientAbort && self.chunks > 0 => Some(PluginUsage {
-                    prompt_tokens: view.info.prompt_tokens_estimate,
+                    prompt_tokens: view.prompt_tokens_estimate(),
                     completion_tokens: clamp(self.chunks),
                     cached_tokens: 0,
                     reasoning_tokens: 0,

@@ -226,6 +226,51 @@ impl ClientRequest {
         }
     }
 
+    /// The same kind of request, parsed and validated from `body` as the client's was: a plugin's
+    /// rewrite (`request.set-body`). It must keep the model and whether it streams (a plugin
+    /// routes a request elsewhere with `route`), and a Responses request the conversation it
+    /// continues; the client's headers (`anthropic-version`, `anthropic-beta`) carry over.
+    pub fn reparse(&self, body: &[u8]) -> Result<ClientRequest, Error> {
+        let next = match self {
+            ClientRequest::Canonical(ModelRequest::Chat(_)) => {
+                ClientRequest::Canonical(ModelRequest::Chat(ChatRequest::parse(body)?))
+            }
+            ClientRequest::Canonical(ModelRequest::Embeddings(_)) => {
+                ClientRequest::Canonical(ModelRequest::Embeddings(EmbeddingsRequest::parse(body)?))
+            }
+            ClientRequest::Completions(_) => {
+                ClientRequest::Completions(Surfaced::new(CompletionsRequest::parse(body)?))
+            }
+            ClientRequest::Messages(s) => {
+                let mut request = MessagesRequest::parse(body, &http::HeaderMap::new())?;
+                request.version.clone_from(&s.request.version);
+                request.betas.clone_from(&s.request.betas);
+                ClientRequest::Messages(Surfaced::new(request))
+            }
+            ClientRequest::Responses(s) => {
+                let mut request = ResponsesRequest::parse(body)?;
+                if request.previous_response_id != s.request.previous_response_id {
+                    return Err(Error::bad_request("it changed `previous_response_id`").param("previous_response_id"));
+                }
+                request.history.clone_from(&s.request.history);
+                ClientRequest::Responses(Surfaced::new(request))
+            }
+            ClientRequest::Predict(_) => return Err(Error::bad_request("a prediction's payload is not rewritten")),
+        };
+        if next.model() != self.model() {
+            return Err(Error::bad_request(format!(
+                "it changed the model from `{}` to `{}` (a plugin sends a request elsewhere with `route`)",
+                self.model(),
+                next.model()
+            ))
+            .param("model"));
+        }
+        if next.stream().is_some() != self.stream().is_some() {
+            return Err(Error::bad_request("it turned streaming on or off").param("stream"));
+        }
+        Ok(next)
+    }
+
     /// The canonical request, for a target that translates: built once, on first use.
     pub fn canonical(&self) -> Result<&ModelRequest, Error> {
         let (cell, surface) = match self {

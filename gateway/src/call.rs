@@ -30,7 +30,7 @@ use crate::plugins::view::RequestView;
 use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
 use crate::route::{self, AttemptEvent, Exchange, ModelRoute, RouteTarget};
 use crate::stream::{RelayOptions, SseRelay};
-use crate::surface::{Edge, Sink};
+use crate::surface::{self, Edge, Sink};
 use resume::Resumption;
 
 /// The largest non-streamed upstream response the gateway will buffer.
@@ -134,7 +134,28 @@ impl ModelCall {
         let Some(view) = self.view.clone().filter(|_| self.chain.wants(HookSet::ON_REQUEST)) else {
             return Ok(Admitted::Continue(Box::new(self)));
         };
-        match self.chain.on_request(&view, &self.app.routes).await {
+        // A plugin's rewrite, validated as the client's request was; the last valid one is the
+        // request from here on.
+        let mut rewritten: Option<ClientRequest> = None;
+        let limit = self.app.config.server.max_body_bytes;
+        let mut rewrite = |body: Bytes| -> Result<RequestInfo, String> {
+            if body.len() > limit {
+                return Err(format!("{} bytes, over the gateway's max_body_bytes of {limit}", body.len()));
+            }
+            let current = rewritten.as_ref().unwrap_or(&self.request);
+            let next = current.reparse(&body).map_err(|e| match &e.param {
+                Some(param) if !e.message.contains(&**param) => format!("{param}: {}", e.message),
+                _ => e.message.to_string(),
+            })?;
+            let info = request_info(&next, &self.request_id, &self.principal, body.len());
+            rewritten = Some(next);
+            Ok(info)
+        };
+        let admission = self.chain.on_request(&view, &self.app.routes, &mut rewrite).await;
+        if let Some(request) = rewritten {
+            self.request = Arc::new(request);
+        }
+        match admission {
             Err(error) | Ok(Admission::Reject(error)) => {
                 self.acct.fail(&error);
                 Err(error)
@@ -329,15 +350,23 @@ impl Sent {
         }
         let deadline = self.call.deadline();
         let native = self.native();
-        let mut edge = Edge::new(&self.call.request, native, self.call.sink());
+        let sink = self.call.sink();
         let Sent { call, upstream, target } = self;
-        let ModelCall { app, request, mut acct, .. } = call;
+        let ModelCall { app, request, mut acct, view, chain, mirrored, .. } = call;
+        // Plugins that see a whole answer before it goes out: the edge reads its canonical form
+        // first and stores nothing until they are done with it.
+        let on_response = view.filter(|_| !mirrored && chain.wants(HookSet::ON_RESPONSE));
+        let (mut edge, sink) = match on_response {
+            Some(_) => (Edge::new(&request, native, None), sink),
+            None => (Edge::new(&request, native, sink), None),
+        };
         let status = upstream.status();
         let content_type =
             upstream.headers().get(header::CONTENT_TYPE).cloned().filter(|_| native || !target.upstream.translates());
         let model = target.upstream_model(request.model());
         let wait = deadline.saturating_duration_since(Instant::now());
         let name = &target.upstream.name;
+        let mut answer = Bytes::new();
         let whole = match read_upstream(upstream.into_body(), wait, name).await {
             // Bedrock and Gemini answers become OpenAI's shape; OpenAI-compatible ones and native
             // ones pass unchanged, once they are known to be a JSON object at all; then the edge
@@ -346,7 +375,8 @@ impl Sent {
                 if !is_json_object(&body) {
                     return Err(malformed_answer(name));
                 }
-                edge.whole(name, body, acct.captures())
+                answer = body.clone();
+                edge.whole(name, body, acct.captures() || on_response.is_some())
             }),
             Err(error) => Err(error),
         };
@@ -354,10 +384,38 @@ impl Sent {
         if let Some(stored) = edge.take_stored() {
             stored.await;
         }
-        let whole = match whole {
+        let mut whole = match whole {
             Ok(whole) => whole,
             Err(error) => return Err(failed_after_success(&app, &target, &mut acct, error)),
         };
+        if let Some(view) = &on_response {
+            let canonical = whole.canonical.clone().unwrap_or_default();
+            let valid = |body: &[u8]| surface::invalid_replacement(&request, body).map_or(Ok(()), Err);
+            let (replaced, body) = match chain.on_response(view, canonical.clone(), &valid).await {
+                Ok(Some(replacement)) => (true, surface::with_usage_of(&replacement, &canonical)),
+                Ok(None) => (false, answer),
+                Err(refusal) => {
+                    // The upstream's tokens were spent all the same.
+                    if let Some(usage) = whole.usage {
+                        acct.usage(usage);
+                    }
+                    acct.fail(&refusal);
+                    return Err(refusal);
+                }
+            };
+            // The answer as the client gets it, stored (Responses) as it is sent; a replacement
+            // is canonical whatever the upstream spoke.
+            let mut edge = Edge::new(&request, native && !replaced, sink);
+            let usage = whole.usage;
+            whole = match edge.whole(name, body, true) {
+                Ok(again) => again,
+                Err(error) => return Err(failed_after_success(&app, &target, &mut acct, error)),
+            };
+            if let Some(stored) = edge.take_stored() {
+                stored.await;
+            }
+            whole.usage = usage;
+        }
         if let Some(usage) = whole.usage {
             acct.usage(usage);
         }
@@ -460,9 +518,23 @@ fn choices(request: &ClientRequest) -> usize {
 /// The view plugins get of a request. The client's API key never reaches a plugin, whichever
 /// header carried it.
 fn plugin_view(request: &ClientRequest, arrival: &Arrival, chain: &Chain) -> Arc<RequestView> {
+    let info = request_info(request, &arrival.request_id, &arrival.principal, arrival.body.len());
+    let headers = if chain.needs_headers() {
+        let mut headers = arrival.headers.clone();
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(crate::auth::API_KEY);
+        headers
+    } else {
+        HeaderMap::new()
+    };
+    Arc::new(RequestView::new(info, headers, arrival.body.clone()))
+}
+
+/// What plugins are told of a request (of a rewrite of it, too).
+fn request_info(request: &ClientRequest, request_id: &str, principal: &Principal, body_len: usize) -> RequestInfo {
     let facts = request.facts();
-    let info = RequestInfo {
-        request_id: arrival.request_id.to_string(),
+    RequestInfo {
+        request_id: request_id.to_owned(),
         api: match request.surface() {
             Surface::ChatCompletions => ApiKind::ChatCompletions,
             Surface::Embeddings => ApiKind::Embeddings,
@@ -476,24 +548,15 @@ fn plugin_view(request: &ClientRequest, arrival: &Arrival, chain: &Chain) -> Arc
         max_tokens: facts.max_tokens,
         temperature: facts.temperature,
         prompt_tokens_estimate: facts.prompt_tokens_estimate,
-        body_len: u32::try_from(arrival.body.len()).unwrap_or(u32::MAX),
+        body_len: u32::try_from(body_len).unwrap_or(u32::MAX),
         instances: match request {
             ClientRequest::Predict(prediction) => u32::try_from(prediction.instances()).unwrap_or(u32::MAX),
             _ => 0,
         },
-        key_name: arrival.principal.key_name.clone(),
-        team: arrival.principal.team.clone(),
+        key_name: principal.key_name.clone(),
+        team: principal.team.clone(),
         end_user: facts.end_user,
-    };
-    let headers = if chain.needs_headers() {
-        let mut headers = arrival.headers.clone();
-        headers.remove(header::AUTHORIZATION);
-        headers.remove(crate::auth::API_KEY);
-        headers
-    } else {
-        HeaderMap::new()
-    };
-    Arc::new(RequestView::new(info, headers, arrival.body.clone()))
+    }
 }
 
 /// A plugin's own answer (e.g. a cache hit).

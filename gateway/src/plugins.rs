@@ -19,10 +19,13 @@ mod wasm;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::StatusCode;
 use weir_config::{Config, OnError, Price};
 
-pub use bindings::weir::plugin::hooks::{Attempt, Completion, Decision, HookSet, LocalResponse, ResponseAction};
+pub use bindings::weir::plugin::hooks::{
+    AnswerAction, Attempt, Completion, Decision, HookSet, LocalResponse, Rejection, ResponseAction,
+};
 pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage as PluginUsage};
 use instance::LoadedPlugin;
 pub use instance::{LoadProblem, PluginLoadError};
@@ -93,6 +96,7 @@ impl Services {
 pub enum Hook {
     OnRequest,
     OnResponseHeaders,
+    OnResponse,
     OnComplete,
 }
 
@@ -101,6 +105,7 @@ impl Hook {
         match self {
             Hook::OnRequest => "on_request",
             Hook::OnResponseHeaders => "on_response_headers",
+            Hook::OnResponse => "on_response",
             Hook::OnComplete => "on_complete",
         }
     }
@@ -209,21 +214,40 @@ impl Chain {
         self.plugins.iter().any(|p| p.meta.needs_response)
     }
 
-    /// Runs `on-request` through the chain.
-    pub async fn on_request(&self, view: &Arc<RequestView>, routes: &RouteTable) -> Result<Admission, Error> {
+    /// Runs `on-request` through the chain. A body a plugin set (`request.set-body`) goes to
+    /// `rewrite` when its hook returns: the new request's facts, or why it is not a valid one
+    /// (that plugin's fault).
+    pub async fn on_request(
+        &self,
+        view: &Arc<RequestView>,
+        routes: &RouteTable,
+        rewrite: &mut (dyn FnMut(Bytes) -> Result<RequestInfo, String> + Send),
+    ) -> Result<Admission, Error> {
         let mut route = None;
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_REQUEST)) {
             if let Some(skipped) = plugin.quarantined(Hook::OnRequest) {
                 skipped.resolve()?;
                 continue;
             }
-            let decision = match plugin.on_request(view).await {
+            let decision = plugin.on_request(view).await;
+            // Taken whatever the hook did, so that a faulting plugin's rewrite is dropped with it.
+            let rewritten = view.take_rewrite();
+            let decision = match decision {
                 Ok(d) => d,
                 Err(fault) => {
                     fault.resolve()?;
                     continue;
                 }
             };
+            if let Some(body) = rewritten.filter(|_| view.info().api != ApiKind::Predict) {
+                match rewrite(body.clone()) {
+                    Ok(info) => view.rewritten(info, body),
+                    Err(why) => {
+                        plugin.bad_decision(Hook::OnRequest, format!("rewrote the request badly: {why}")).resolve()?;
+                        continue;
+                    }
+                }
+            }
             match decision {
                 Decision::Continue => {}
                 Decision::Route(target) => {
@@ -246,24 +270,10 @@ impl Chain {
                     }
                     route = Some(targets);
                 }
-                Decision::Reject(r) => {
-                    let Ok(status) = StatusCode::from_u16(r.status) else {
-                        plugin
-                            .bad_decision(Hook::OnRequest, format!("rejected with invalid status {}", r.status))
-                            .resolve()?;
-                        continue;
-                    };
-                    if !(status.is_client_error() || status.is_server_error()) {
-                        plugin
-                            .bad_decision(Hook::OnRequest, format!("rejected with non-error status {status}"))
-                            .resolve()?;
-                        continue;
-                    }
-                    let retry_after = r.retry_after_ms.map(|ms| u64::from(ms).div_ceil(1000));
-                    let error =
-                        Error::new(Kind::Policy, r.message).status(status).code(r.code).retry_after(retry_after);
-                    return Ok(Admission::Reject(error));
-                }
+                Decision::Reject(r) => match rejection(r) {
+                    Ok(error) => return Ok(Admission::Reject(error)),
+                    Err(detail) => plugin.bad_decision(Hook::OnRequest, detail).resolve()?,
+                },
                 Decision::Respond(local) => {
                     if local.body.len() > MAX_LOCAL_RESPONSE || StatusCode::from_u16(local.status).is_err() {
                         let detail = format!("local response of {} bytes, status {}", local.body.len(), local.status);
@@ -293,6 +303,48 @@ impl Chain {
         Ok(None)
     }
 
+    /// Runs `on-response` through the chain on a whole answer in the canonical chat form: each
+    /// plugin sees the answer as the one before it left it. `Some` replacement if any plugin made
+    /// one; a refusal is the error the client gets instead. `valid` says why a replacement is not
+    /// an answer of the request's API (that plugin's fault).
+    pub async fn on_response(
+        &self,
+        view: &Arc<RequestView>,
+        answer: Bytes,
+        valid: &(dyn Fn(&[u8]) -> Result<(), String> + Sync),
+    ) -> Result<Option<Bytes>, Error> {
+        let mut current = answer;
+        let mut replaced = false;
+        for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_RESPONSE)) {
+            if let Some(skipped) = plugin.quarantined(Hook::OnResponse) {
+                skipped.resolve()?;
+                continue;
+            }
+            match plugin.on_response(view, current.clone()).await {
+                Ok(AnswerAction::Continue) => {}
+                Ok(AnswerAction::Replace(body)) => {
+                    if body.len() > MAX_LOCAL_RESPONSE {
+                        let detail = format!("replaced the answer with {} bytes", body.len());
+                        plugin.bad_decision(Hook::OnResponse, detail).resolve()?;
+                        continue;
+                    }
+                    if let Err(why) = valid(&body) {
+                        plugin.bad_decision(Hook::OnResponse, format!("replaced the answer badly: {why}")).resolve()?;
+                        continue;
+                    }
+                    current = Bytes::from(body);
+                    replaced = true;
+                }
+                Ok(AnswerAction::Refuse(r)) => match rejection(r) {
+                    Ok(error) => return Err(error),
+                    Err(detail) => plugin.bad_decision(Hook::OnResponse, detail).resolve()?,
+                },
+                Err(fault) => fault.resolve()?,
+            }
+        }
+        Ok(replaced.then_some(current))
+    }
+
     /// Runs `on-complete`. Faults are counted and logged; the request is over either way.
     pub async fn on_complete(&self, view: &Arc<RequestView>, completion: &Completion) {
         for plugin in self.plugins.iter().filter(|p| p.hooks.contains(HookSet::ON_COMPLETE)) {
@@ -304,6 +356,18 @@ impl Chain {
             }
         }
     }
+}
+
+/// A plugin's refusal as the error the client gets, or why its status cannot be one.
+fn rejection(r: Rejection) -> Result<Error, String> {
+    let Ok(status) = StatusCode::from_u16(r.status) else {
+        return Err(format!("rejected with invalid status {}", r.status));
+    };
+    if !(status.is_client_error() || status.is_server_error()) {
+        return Err(format!("rejected with non-error status {status}"));
+    }
+    let retry_after = r.retry_after_ms.map(|ms| u64::from(ms).div_ceil(1000));
+    Ok(Error::new(Kind::Policy, r.message).status(status).code(r.code).retry_after(retry_after))
 }
 
 /// Every chain of one configuration: the default one and the models' own.

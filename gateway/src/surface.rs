@@ -431,6 +431,44 @@ impl Edge {
     }
 }
 
+/// Why a plugin's replacement of a whole answer (`on-response`) is not an answer in the canonical
+/// form of `request`'s API: a `chat.completion` with choices, or for embeddings a `data` list.
+pub fn invalid_replacement(request: &ClientRequest, body: &[u8]) -> Option<String> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(e) => return Some(format!("it is not JSON ({e})")),
+    };
+    if !value.is_object() {
+        return Some("it is not a JSON object".to_owned());
+    }
+    if matches!(request, ClientRequest::Canonical(crate::api::ModelRequest::Embeddings(_))) {
+        return (!value.get("data").is_some_and(Value::is_array))
+            .then(|| "an embeddings answer needs a `data` array".to_owned());
+    }
+    match serde_json::from_value::<Completion>(value) {
+        Ok(completion) if completion.choices.is_empty() => Some("a chat.completion needs `choices`".to_owned()),
+        Ok(_) => None,
+        Err(e) => Some(format!("it is not a chat.completion ({e})")),
+    }
+}
+
+/// A replacement with the `usage` of the answer it replaces (`original`, canonical): the tokens
+/// the upstream spent, which no plugin rewrites.
+pub fn with_usage_of(replacement: &[u8], original: &[u8]) -> Bytes {
+    let (Ok(mut value), Ok(original)) =
+        (serde_json::from_slice::<Value>(replacement), serde_json::from_slice::<Value>(original))
+    else {
+        return Bytes::copy_from_slice(replacement);
+    };
+    if let Some(object) = value.as_object_mut() {
+        match original.get("usage") {
+            Some(usage) => object.insert("usage".to_owned(), usage.clone()),
+            None => object.remove("usage"),
+        };
+    }
+    Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+}
+
 /// A natively relayed Response object says `previous_response_id: null` (the gateway sent the
 /// conversation in full instead); the client's id is put back. Whether anything changed.
 fn restore_previous(response: &mut Value, previous: Option<&str>) -> bool {

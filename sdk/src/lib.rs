@@ -1,8 +1,10 @@
 //! Write [Weir](https://github.com/) policy plugins in Rust.
 //!
-//! A plugin is a WebAssembly component that the gateway calls at three points of a request's life:
-//! before routing ([`Plugin::on_request`]), when an upstream's response headers arrive
-//! ([`Plugin::on_response_headers`]), and when the request is over ([`Plugin::on_complete`]). It
+//! A plugin is a WebAssembly component that the gateway calls at four points of a request's life:
+//! before routing ([`Plugin::on_request`], which may also rewrite the request: [`rewrite`] and
+//! [`edit`]), when an upstream's response headers arrive ([`Plugin::on_response_headers`]), when
+//! a whole answer is ready to go out ([`Plugin::on_response`]: keep, replace or refuse it), and
+//! when the request is over ([`Plugin::on_complete`]). It
 //! keeps no state of its own between requests: state lives in the host's [`kv`] store, [`quota`]
 //! limiter and [`ledger`], so the gateway can pool, recycle and replace instances freely.
 //!
@@ -43,9 +45,9 @@
 //!
 //! Build it with `cargo build --target wasm32-wasip2 --release` (the crate is a `cdylib`) and point
 //! the gateway's config at `target/wasm32-wasip2/release/<name>.wasm`. `weir plugin new NAME`
-//! scaffolds such a crate. The contract is `wit/weir.wit` in this crate (`weir:plugin@0.2.1`;
-//! `weir-sdk` 0.2.x builds components for `weir:plugin@0.2`); every type below comes from it.
-//! Components built against the earlier 0.1.0 and 0.2.0 keep loading: the host serves them all.
+//! scaffolds such a crate. The contract is `wit/weir.wit` in this crate (`weir:plugin@0.3.0`;
+//! `weir-sdk` 0.3.x builds components for `weir:plugin@0.3`); every type below comes from it.
+//! Components built against the earlier 0.1.0 and 0.2.x keep loading: the host serves them all.
 //!
 //! What a plugin may use: Rust's standard library, `HashMap` included (WASI's clocks and random
 //! numbers are there; `catalog::now_ms` and `catalog::random_u64` are the host's own). It has no
@@ -67,8 +69,10 @@ pub mod bindings {
 }
 
 pub use bindings::weir::plugin::hooks::{
-    Attempt, Completion, Decision, HookSet, LocalResponse, PluginInfo, Rejection, ResponseAction,
+    AnswerAction, Attempt, Completion, Decision, HookSet, LocalResponse, PluginInfo, Rejection, ResponseAction,
 };
+
+pub mod edit;
 pub use bindings::weir::plugin::request::Request;
 pub use bindings::weir::plugin::types::{ApiKind, RequestInfo, Usage};
 pub use bindings::weir::plugin::{catalog, kv, ledger, log, metrics, quota};
@@ -82,6 +86,20 @@ pub fn config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
         let path = e.path().to_string();
         if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
     })
+}
+
+/// Reads the request's JSON body (the plugin must declare [`PluginInfo::needing_body`]; without
+/// it the body reads as empty, an error here).
+pub fn body_json(req: &Request) -> Result<serde_json::Value, String> {
+    serde_json::from_slice(&req.body()).map_err(|e| format!("the request body does not read as JSON: {e}"))
+}
+
+/// In `on_request`: makes `body` the request (`request.set-body`). The host validates it as the
+/// request's API when the hook returns; an invalid one (or one naming another model, or turning
+/// streaming on or off) is this plugin's fault, resolved by its `on_error`.
+pub fn rewrite(req: &Request, body: &serde_json::Value) {
+    // A `Value` always serializes.
+    req.set_body(&serde_json::to_vec(body).unwrap_or_default());
 }
 
 /// What is left of the current call before it ends as a deadline fault: the less of what is left
@@ -110,6 +128,14 @@ pub trait Plugin: Sized + 'static {
     /// When an upstream's response headers arrive: keep the response or retry another target.
     fn on_response_headers(&self, _req: &Request, _status: u16) -> ResponseAction {
         ResponseAction::Continue
+    }
+
+    /// A whole (not streamed) answer before it goes out, in the canonical chat form (a
+    /// `chat.completion`'s JSON, or the embeddings list) whatever the client's API: keep it,
+    /// replace it (the host renders the replacement in the client's API; its `usage` stays the
+    /// upstream's), or refuse it with an error. Declare [`HookSet::ON_RESPONSE`].
+    fn on_response(&self, _req: &Request, _answer: Vec<u8>) -> AnswerAction {
+        AnswerAction::Continue
     }
 
     /// After the response was sent, or the client went away: usage, timings, status.
@@ -175,6 +201,10 @@ macro_rules! export_plugin {
 
                 fn on_response_headers(req: &$crate::Request, status: u16) -> $crate::ResponseAction {
                     __with(|p| <$plugin as $crate::Plugin>::on_response_headers(p, req, status))
+                }
+
+                fn on_response(req: &$crate::Request, answer: ::std::vec::Vec<u8>) -> $crate::AnswerAction {
+                    __with(|p| <$plugin as $crate::Plugin>::on_response(p, req, answer))
                 }
 
                 fn on_complete(req: &$crate::Request, outcome: $crate::Completion) {

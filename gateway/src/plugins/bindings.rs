@@ -1,6 +1,6 @@
 //! The host side of the plugin contract, generated from `sdk/wit/weir.wit` and nothing else — and,
-//! in [`v0_1`], from the released `weir:plugin@0.1.0` it replaced, for components built against it
-//! (served through `compat.rs`).
+//! in [`v0_2`] and [`v0_1`], from the released `weir:plugin@0.2.1` and `@0.1.0` it replaced, for
+//! components built against them (served through `compat.rs`).
 
 wasmtime::component::bindgen!({
     path: "../sdk/wit",
@@ -17,6 +17,21 @@ wasmtime::component::bindgen!({
     // on the gateway's tokio runtime, and so that a plugin past its first epoch tick yields.
     exports: { default: async },
 });
+
+/// `weir:plugin@0.2.1`, as released (a 0.2.0 component's imports resolve to it too: the linker
+/// matches semver-compatible versions).
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit/released/0.2.1",
+        world: "plugin",
+        with: {
+            "weir:plugin/request.request": crate::plugins::host::RequestHandle,
+        },
+        // As above: its imports delegate to the current, async ones.
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
 
 /// `weir:plugin@0.1.0`, as released.
 pub mod v0_1 {

@@ -234,7 +234,7 @@ impl request::Host for HostState {}
 impl request::HostRequest for HostState {
     async fn info(&mut self, req: Resource<RequestHandle>) -> Result<types::RequestInfo> {
         self.pace().await;
-        Ok(self.view(&req)?.info.clone())
+        Ok(self.view(&req)?.info())
     }
 
     async fn header(&mut self, req: Resource<RequestHandle>, name: String) -> Result<Option<String>> {
@@ -252,7 +252,7 @@ impl request::HostRequest for HostState {
         if !self.meta.needs_body {
             return Ok(Vec::new());
         }
-        Ok(self.view(&req)?.body.to_vec())
+        Ok(self.view(&req)?.body().to_vec())
     }
 
     async fn response_body(&mut self, req: Resource<RequestHandle>) -> Result<Vec<u8>> {
@@ -275,7 +275,7 @@ impl request::HostRequest for HostState {
 
     async fn digest(&mut self, req: Resource<RequestHandle>) -> Result<String> {
         self.pace().await;
-        Ok(self.view(&req)?.digest().to_owned())
+        Ok(self.view(&req)?.digest().to_string())
     }
 
     async fn add_response_header(&mut self, req: Resource<RequestHandle>, name: String, value: String) -> Result<()> {
@@ -298,6 +298,14 @@ impl request::HostRequest for HostState {
         if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
             self.view(&req)?.set_local(self.meta.id, key, value);
         }
+        Ok(())
+    }
+
+    async fn set_body(&mut self, req: Resource<RequestHandle>, body: Vec<u8>) -> Result<()> {
+        self.pace().await;
+        // Validated by the chain when the hook returns (`Chain::on_request`), where the request's
+        // API and the gateway's body limit are known; only `on-request` takes it.
+        self.view(&req)?.set_rewrite(body.into());
         Ok(())
     }
 

@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::HeaderName;
 use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
-use super::bindings::weir::plugin::hooks::{Completion, Decision, HookSet, PluginInfo, ResponseAction};
-use super::bindings::{Plugin, PluginPre, v0_1};
+use super::bindings::weir::plugin::hooks::{AnswerAction, Completion, Decision, HookSet, PluginInfo, ResponseAction};
+use super::bindings::{Plugin, PluginPre, v0_1, v0_2};
 use super::clock::{CallClock, Clocked, wall_limit};
 use super::compat::{self, Contract};
 use super::gate::{Gate, YIELD_AFTER};
@@ -86,14 +87,16 @@ struct Warm {
 /// A component pre-instantiated against the contract it was built for.
 enum Pre {
     V0_1(v0_1::PluginPre<HostState>),
-    V0_2(PluginPre<HostState>),
+    V0_2(v0_2::PluginPre<HostState>),
+    V0_3(PluginPre<HostState>),
 }
 
 /// One instance's exports, of the contract it was built for; older ones' values are converted
 /// (`compat.rs`), so the rest of the host sees the current types only.
 enum Bindings {
     V0_1(v0_1::Plugin),
-    V0_2(Plugin),
+    V0_2(v0_2::Plugin),
+    V0_3(Plugin),
 }
 
 impl Pre {
@@ -101,6 +104,7 @@ impl Pre {
         match self {
             Pre::V0_1(pre) => pre.engine(),
             Pre::V0_2(pre) => pre.engine(),
+            Pre::V0_3(pre) => pre.engine(),
         }
     }
 
@@ -108,6 +112,7 @@ impl Pre {
         Ok(match self {
             Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate_async(store).await?),
             Pre::V0_2(pre) => Bindings::V0_2(pre.instantiate_async(store).await?),
+            Pre::V0_3(pre) => Bindings::V0_3(pre.instantiate_async(store).await?),
         })
     }
 }
@@ -115,8 +120,9 @@ impl Pre {
 impl Bindings {
     async fn init(&self, store: &mut Store<HostState>, config: &str) -> wasmtime::Result<Result<PluginInfo, String>> {
         Ok(match self {
-            Bindings::V0_1(b) => b.call_init(store, config).await?.map(compat::plugin_info),
-            Bindings::V0_2(b) => b.call_init(store, config).await?,
+            Bindings::V0_1(b) => b.call_init(store, config).await?.map(compat::v0_1::plugin_info),
+            Bindings::V0_2(b) => b.call_init(store, config).await?.map(compat::v0_2::plugin_info),
+            Bindings::V0_3(b) => b.call_init(store, config).await?,
         })
     }
 
@@ -126,8 +132,9 @@ impl Bindings {
         req: Resource<RequestHandle>,
     ) -> wasmtime::Result<Decision> {
         Ok(match self {
-            Bindings::V0_1(b) => compat::decision(b.call_on_request(store, req).await?),
-            Bindings::V0_2(b) => b.call_on_request(store, req).await?,
+            Bindings::V0_1(b) => compat::v0_1::decision(b.call_on_request(store, req).await?),
+            Bindings::V0_2(b) => compat::v0_2::decision(b.call_on_request(store, req).await?),
+            Bindings::V0_3(b) => b.call_on_request(store, req).await?,
         })
     }
 
@@ -138,8 +145,9 @@ impl Bindings {
         status: u16,
     ) -> wasmtime::Result<ResponseAction> {
         Ok(match self {
-            Bindings::V0_1(b) => compat::response_action(b.call_on_response_headers(store, req, status).await?),
-            Bindings::V0_2(b) => b.call_on_response_headers(store, req, status).await?,
+            Bindings::V0_1(b) => compat::v0_1::response_action(b.call_on_response_headers(store, req, status).await?),
+            Bindings::V0_2(b) => compat::v0_2::response_action(b.call_on_response_headers(store, req, status).await?),
+            Bindings::V0_3(b) => b.call_on_response_headers(store, req, status).await?,
         })
     }
 
@@ -150,8 +158,23 @@ impl Bindings {
         completion: &Completion,
     ) -> wasmtime::Result<()> {
         match self {
-            Bindings::V0_1(b) => b.call_on_complete(store, req, &compat::completion(completion)).await,
-            Bindings::V0_2(b) => b.call_on_complete(store, req, completion).await,
+            Bindings::V0_1(b) => b.call_on_complete(store, req, &compat::v0_1::completion(completion)).await,
+            Bindings::V0_2(b) => b.call_on_complete(store, req, &compat::v0_2::completion(completion)).await,
+            Bindings::V0_3(b) => b.call_on_complete(store, req, completion).await,
+        }
+    }
+
+    /// `on-response`; an older guest never declares it (its hook set has no such flag), so the
+    /// host never calls it there.
+    async fn on_response(
+        &self,
+        store: &mut Store<HostState>,
+        req: Resource<RequestHandle>,
+        answer: &[u8],
+    ) -> wasmtime::Result<AnswerAction> {
+        match self {
+            Bindings::V0_3(b) => b.call_on_response(store, req, answer).await,
+            Bindings::V0_1(_) | Bindings::V0_2(_) => Ok(AnswerAction::Continue),
         }
     }
 }
@@ -205,7 +228,8 @@ impl LoadedPlugin {
         let pre = wasm.linker.instantiate_pre(&component).map_err(|e| failed(LoadProblem::Imports(e)))?;
         let pre = match contract {
             Contract::V0_1 => Pre::V0_1(v0_1::PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?),
-            Contract::V0_2 => Pre::V0_2(PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?),
+            Contract::V0_2 => Pre::V0_2(v0_2::PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?),
+            Contract::V0_3 => Pre::V0_3(PluginPre::new(pre).map_err(|e| failed(LoadProblem::World(e)))?),
         };
         let memory = usize::try_from(config.memory).unwrap_or(MAX_MEMORY).min(MAX_MEMORY);
 
@@ -335,6 +359,11 @@ impl LoadedPlugin {
         self.gate.run(async move { this.call_on_complete(&view, &completion, made).await }).await
     }
 
+    pub async fn on_response(self: &Arc<Self>, view: &Arc<RequestView>, answer: Bytes) -> Result<AnswerAction, Fault> {
+        let (this, view, made) = (self.clone(), view.clone(), Instant::now());
+        self.gate.run(async move { this.call_on_response(&view, &answer, made).await }).await
+    }
+
     // `started`: when the hook was called, before it waited for the gate (see `checkout`).
     async fn call_on_request(&self, view: &Arc<RequestView>, started: Instant) -> Result<Decision, Fault> {
         let mut warm = self.checkout(Hook::OnRequest, started).await?;
@@ -367,6 +396,25 @@ impl LoadedPlugin {
         })
         .await;
         self.checkin(warm, Hook::OnResponseHeaders, started, result)
+    }
+
+    async fn call_on_response(
+        &self,
+        view: &Arc<RequestView>,
+        answer: &[u8],
+        started: Instant,
+    ) -> Result<AnswerAction, Fault> {
+        let mut warm = self.checkout(Hook::OnResponse, started).await?;
+        let Warm { store, bindings, clock, .. } = &mut warm;
+        let result = Clocked::new(clock, async {
+            let handle = store.data_mut().table.push(RequestHandle { view: view.clone() })?;
+            let borrowed = Resource::new_borrow(handle.rep());
+            let action = bindings.on_response(&mut *store, borrowed, answer).await;
+            store.data_mut().table.delete(handle)?;
+            action
+        })
+        .await;
+        self.checkin(warm, Hook::OnResponse, started, result)
     }
 
     async fn call_on_complete(

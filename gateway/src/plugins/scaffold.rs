@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// The `weir-sdk` a new plugin depends on: the version of the SDK this gateway was built with,
 /// whose contract it serves.
-pub const SDK_VERSION: &str = "0.2.1";
+pub const SDK_VERSION: &str = "0.3.0";
 
 /// Writes a new plugin crate into `dir` (which must not exist), depending on `weir-sdk` by
 /// version; with `sdk`, a `[patch.crates-io]` section builds it against the SDK at that path

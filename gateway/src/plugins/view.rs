@@ -2,7 +2,7 @@
 //! one request, plus what plugins leave on it (response headers, per-plugin scratch space).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -14,18 +14,28 @@ use super::bindings::weir::plugin::types::{ApiKind, RequestInfo};
 /// One request, for plugins.
 #[derive(Debug)]
 pub struct RequestView {
-    pub info: RequestInfo,
+    /// What the request says, which a plugin's rewrite in `on-request` replaces.
+    content: Mutex<Content>,
     /// The client's request headers; each plugin sees only those it declared.
     pub headers: HeaderMap,
-    /// The raw body; handed only to plugins that declared `needs-body`.
-    pub body: Bytes,
-    digest: OnceLock<String>,
     locals: Mutex<HashMap<(u64, String), Vec<u8>>>,
     response_headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
     /// The response, for plugins that declared `needs-response`; set once, before `on-complete`.
     response: OnceLock<Bytes>,
     /// Targets a plugin asked to mirror this request to.
     mirrors: Mutex<Vec<String>>,
+    /// A body a plugin's `request.set-body` left, for the chain to validate when its hook returns.
+    rewrite: Mutex<Option<Bytes>>,
+}
+
+/// The request's facts and body, as the client sent them or as the last valid rewrite left them.
+#[derive(Debug)]
+struct Content {
+    info: RequestInfo,
+    /// The raw body; handed only to plugins that declared `needs-body`.
+    body: Bytes,
+    /// Computed on first use, of this body.
+    digest: Option<Arc<str>>,
 }
 
 /// The most mirror targets one request may have.
@@ -37,20 +47,54 @@ const NOT_IN_DIGEST: &[&str] = &["stream", "stream_options", "user"];
 impl RequestView {
     pub fn new(info: RequestInfo, headers: HeaderMap, body: Bytes) -> Self {
         Self {
-            info,
+            content: Mutex::new(Content { info, body, digest: None }),
             headers,
-            body,
-            digest: OnceLock::new(),
             locals: Mutex::new(HashMap::new()),
             response_headers: Mutex::new(Vec::new()),
             response: OnceLock::new(),
             mirrors: Mutex::new(Vec::new()),
+            rewrite: Mutex::new(None),
         }
+    }
+
+    fn content(&self) -> std::sync::MutexGuard<'_, Content> {
+        self.content.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the host parsed of the request (of its last valid rewrite, if a plugin made one).
+    pub fn info(&self) -> RequestInfo {
+        self.content().info.clone()
+    }
+
+    /// The host's estimate of the prompt's tokens.
+    pub fn prompt_tokens_estimate(&self) -> u32 {
+        self.content().info.prompt_tokens_estimate
+    }
+
+    /// The request's JSON body (its last valid rewrite, if a plugin made one).
+    pub fn body(&self) -> Bytes {
+        self.content().body.clone()
     }
 
     /// A view of the same request for its mirrored copy: the same facts, nothing plugins left.
     pub fn for_mirror(&self) -> Self {
-        Self::new(self.info.clone(), self.headers.clone(), self.body.clone())
+        let content = self.content();
+        Self::new(content.info.clone(), self.headers.clone(), content.body.clone())
+    }
+
+    /// Keeps the body a plugin's `request.set-body` gave, replacing an earlier one of the same hook.
+    pub fn set_rewrite(&self, body: Bytes) {
+        *self.rewrite.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
+    }
+
+    /// The body the hook that just returned asked for, if any.
+    pub fn take_rewrite(&self) -> Option<Bytes> {
+        self.rewrite.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The request is now `body`, with these facts (a plugin's rewrite, validated).
+    pub fn rewritten(&self, info: RequestInfo, body: Bytes) {
+        *self.content() = Content { info, body, digest: None };
     }
 
     pub fn set_response(&self, body: Bytes) {
@@ -75,38 +119,14 @@ impl RequestView {
     /// SHA-256 (hex) of the canonical request: the API, then the body with object keys sorted and
     /// the fields in [`NOT_IN_DIGEST`] removed. Two requests that differ only in key order,
     /// whitespace or streaming get the same digest.
-    pub fn digest(&self) -> &str {
-        self.digest.get_or_init(|| {
-            let mut hasher = Sha256::new();
-            if self.info.api == ApiKind::Predict {
-                // The model is in the path, not the body; a raw payload need not be JSON at all,
-                // and is hashed as the bytes it is.
-                hasher.update(b"predict\0");
-                hasher.update(self.info.model.as_bytes());
-                hasher.update(b"\0");
-                match serde_json::from_slice::<Value>(&self.body) {
-                    Ok(value) => canonical(&value, &mut hasher),
-                    Err(_) => hasher.update(&self.body),
-                }
-                return hex::encode(hasher.finalize());
-            }
-            let mut value: Value = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
-            if let Value::Object(map) = &mut value {
-                for field in NOT_IN_DIGEST {
-                    map.remove(*field);
-                }
-            }
-            hasher.update(match self.info.api {
-                ApiKind::ChatCompletions => b"chat\0".as_slice(),
-                ApiKind::Embeddings => b"embeddings\0".as_slice(),
-                ApiKind::Completions => b"completions\0".as_slice(),
-                ApiKind::Messages => b"messages\0".as_slice(),
-                ApiKind::Responses => b"responses\0".as_slice(),
-                ApiKind::Predict => b"predict\0".as_slice(),
-            });
-            canonical(&value, &mut hasher);
-            hex::encode(hasher.finalize())
-        })
+    pub fn digest(&self) -> Arc<str> {
+        let mut content = self.content();
+        if let Some(digest) = &content.digest {
+            return digest.clone();
+        }
+        let digest: Arc<str> = digest_of(&content.info, &content.body).into();
+        content.digest = Some(digest.clone());
+        digest
     }
 
     pub fn add_response_header(&self, name: HeaderName, value: HeaderValue) {
@@ -125,6 +145,38 @@ impl RequestView {
     pub fn set_local(&self, plugin: u64, key: String, value: Vec<u8>) {
         self.locals.lock().unwrap_or_else(|e| e.into_inner()).insert((plugin, key), value);
     }
+}
+
+fn digest_of(info: &RequestInfo, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    if info.api == ApiKind::Predict {
+        // The model is in the path, not the body; a raw payload need not be JSON at all,
+        // and is hashed as the bytes it is.
+        hasher.update(b"predict\0");
+        hasher.update(info.model.as_bytes());
+        hasher.update(b"\0");
+        match serde_json::from_slice::<Value>(body) {
+            Ok(value) => canonical(&value, &mut hasher),
+            Err(_) => hasher.update(body),
+        }
+        return hex::encode(hasher.finalize());
+    }
+    let mut value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        for field in NOT_IN_DIGEST {
+            map.remove(*field);
+        }
+    }
+    hasher.update(match info.api {
+        ApiKind::ChatCompletions => b"chat\0".as_slice(),
+        ApiKind::Embeddings => b"embeddings\0".as_slice(),
+        ApiKind::Completions => b"completions\0".as_slice(),
+        ApiKind::Messages => b"messages\0".as_slice(),
+        ApiKind::Responses => b"responses\0".as_slice(),
+        ApiKind::Predict => b"predict\0".as_slice(),
+    });
+    canonical(&value, &mut hasher);
+    hex::encode(hasher.finalize())
 }
 
 /// Feeds a JSON value to the hasher with object keys in sorted order, whatever order serde_json's

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{Plugin, v0_1};
+use super::bindings::{Plugin, v0_1, v0_2};
 use super::gate::Gate;
 use super::host::HostState;
 
@@ -79,8 +79,9 @@ impl WasmEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        // Components built against the released 0.1.0 contract link to its interfaces, which
-        // delegate to the current ones (`compat.rs`).
+        // Components built against the released 0.2.x and 0.1.0 contracts link to their
+        // interfaces, which delegate to the current ones (`compat/`).
+        v0_2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         v0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
         // The ticker holds only a weak reference, so it stops when the engine is dropped. It ticks

@@ -8,6 +8,7 @@ mod cache;
 mod canary;
 mod chat;
 mod completions;
+mod content;
 mod contract;
 mod deploy;
 mod durability;

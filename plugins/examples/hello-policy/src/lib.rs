@@ -1,4 +1,5 @@
-//! `hello-policy`: an example Weir policy plugin that uses every hook and every host import.
+//! `hello-policy`: an example Weir policy plugin that uses every hook and host import that admits,
+//! limits and accounts a request (rewriting content is `team-prompt`'s example).
 //!
 //! For each request it
 //! - refuses end users named in `blocked_users` (403),

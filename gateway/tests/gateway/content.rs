@@ -1,0 +1,266 @@
+//! Plugins that change content (`weir:plugin@0.3`): a rewrite in `on-request` is what the upstream,
+//! later plugins and accounting see, in every chat API, and an invalid one is the plugin's fault;
+//! `on-response` replaces or refuses a whole answer, which reaches each client in its own API with
+//! the upstream's usage. The example `team-prompt` puts a team's system prompt in front of its
+//! requests.
+
+use serde_json::{Value, json};
+use weir_bench::mock::MockUpstream;
+
+use crate::support::{TestGateway, bare_config, metric, metric_eventually};
+
+const SUPPORT: &str = "sk-weir-support-0123456789";
+const SALES: &str = "sk-weir-sales-0123456789";
+const PROMPT: &str = "You answer for ACME support.";
+
+/// Two upstreams on one mock (Anthropic's API and OpenAI's), keys of two teams, and one model per
+/// `(name, plugins)`: `claude-<name>` relayed natively to Anthropic, `gpt-<name>` to OpenAI.
+/// `plugins` holds the `[[plugins]]` tables.
+async fn gateway(mock: &MockUpstream, models: &[(&str, &str)], plugins: &str) -> TestGateway {
+    let base = format!("http://{}", mock.addr());
+    let mut text = format!(
+        r#"
+[[keys]]
+name = "support"
+team = "support"
+key = "{SUPPORT}"
+
+[[keys]]
+name = "sales"
+team = "sales"
+key = "{SALES}"
+
+[[upstreams]]
+name = "anthropic"
+kind = "anthropic"
+endpoint = "{base}"
+api_key = "mock-key"
+
+[[upstreams]]
+name = "openai"
+endpoint = "{base}/v1"
+api_key = "mock-key"
+"#
+    );
+    for (name, chain) in models {
+        text.push_str(&format!(
+            r#"
+[[models]]
+name = "claude-{name}"
+targets = [{{ upstream = "anthropic", model = "claude-sonnet-4-5" }}]
+plugins = [{chain}]
+[[models]]
+name = "gpt-{name}"
+targets = [{{ upstream = "openai", model = "mock-model" }}]
+plugins = [{chain}]
+"#
+        ));
+    }
+    text.push_str(plugins);
+    TestGateway::start(&bare_config(&text)).await
+}
+
+fn plugin(name: &str, source: &str, settings: &str) -> String {
+    format!("\n[[plugins]]\nname = \"{name}\"\nsource = \"{source}\"\ndeadline = \"2s\"\n{settings}\n")
+}
+
+async fn send(gw: &TestGateway, path: &str, key: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = reqwest::Client::new()
+        .post(gw.url(path))
+        .bearer_auth(key)
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.json().await.unwrap_or(Value::Null))
+}
+
+fn chat(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+fn messages(model: &str, text: &str) -> Value {
+    json!({"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": text}]})
+}
+
+/// The body of the last request the mock received.
+fn last_sent(mock: &MockUpstream) -> (String, Value) {
+    let last = mock.requests().pop().expect("the upstream got a request");
+    (last.path.clone(), last.json())
+}
+
+fn faults(text: &str, plugin: &str) -> f64 {
+    metric(text, "weir_plugin_faults_total", &[("plugin", plugin), ("kind", "bad_decision")])
+}
+
+#[tokio::test]
+async fn a_team_prompt_reaches_the_upstream_in_every_chat_api() {
+    let mock = MockUpstream::builder().api_key("mock-key").record_requests(true).start().await;
+    let config = format!("on_error = \"closed\"\nconfig = {{ prompts = {{ support = \"{PROMPT}\" }} }}");
+    let plugins = plugin("team-prompt", "builtin:team-prompt", &config);
+    let gw = gateway(&mock, &[("p", "\"team-prompt\"")], &plugins).await;
+
+    // Chat Completions: a system message first.
+    let (status, headers, answer) = send(&gw, "/v1/chat/completions", SUPPORT, chat("gpt-p", "hi")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(headers["x-team-prompt"], "support");
+    assert_eq!(answer["choices"][0]["message"]["content"], "echo: hi");
+    let (_, sent) = last_sent(&mock);
+    assert_eq!(sent["messages"][0], json!({"role": "system", "content": PROMPT}), "{sent}");
+    assert_eq!(sent["messages"][1]["content"], "hi");
+
+    // Messages, relayed natively: Anthropic's `system`, the client's own after it.
+    let mut request = messages("claude-p", "hi");
+    request["system"] = json!("Be brief.");
+    let (status, _, answer) = send(&gw, "/v1/messages", SUPPORT, request).await;
+    assert_eq!(status, 200, "{answer}");
+    let (path, sent) = last_sent(&mock);
+    assert_eq!(path, "/v1/messages");
+    assert_eq!(sent["system"], format!("{PROMPT}\n\nBe brief."), "{sent}");
+
+    // Messages translated to Chat Completions, and Responses: the prompt is in the canonical
+    // request's system message.
+    for (path, body) in [
+        ("/v1/messages", messages("gpt-p", "hi")),
+        ("/v1/responses", json!({"model": "gpt-p", "input": "hi", "instructions": "Mine."})),
+    ] {
+        let (status, _, answer) = send(&gw, path, SUPPORT, body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let (upstream_path, sent) = last_sent(&mock);
+        assert_eq!(upstream_path, "/v1/chat/completions");
+        let system = sent["messages"][0]["content"].as_str().unwrap_or_default();
+        assert!(sent["messages"][0]["role"] == "system" && system.starts_with(PROMPT), "{path}: {sent}");
+    }
+
+    // A team without a prompt is sent as it came.
+    let (status, headers, _) = send(&gw, "/v1/chat/completions", SALES, chat("gpt-p", "hi")).await;
+    assert_eq!(status, 200);
+    assert!(!headers.contains_key("x-team-prompt"));
+    let (_, sent) = last_sent(&mock);
+    assert_eq!(sent["messages"], json!([{"role": "user", "content": "hi"}]));
+}
+
+#[tokio::test]
+async fn a_rewrite_is_what_later_plugins_and_the_upstream_see() {
+    let mock = MockUpstream::builder().api_key("mock-key").record_requests(true).start().await;
+    let source = weir_test_plugins::CONTENT_EDIT;
+    let plugins = plugin("redact", source, "on_error = \"closed\"\nconfig = { rewrite = \"redact\" }")
+        + &plugin("probe", source, "on_error = \"closed\"");
+    let gw = gateway(&mock, &[("r", "\"redact\", \"probe\"")], &plugins).await;
+    let text = "write to bob.smith@example.com about the offer";
+
+    for (path, body) in [("/v1/chat/completions", chat("gpt-r", text)), ("/v1/messages", messages("claude-r", text))] {
+        let (status, headers, answer) = send(&gw, path, SUPPORT, body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let (_, sent) = last_sent(&mock);
+        assert_eq!(sent["messages"][0]["content"], "write to [EMAIL] about the offer", "{path}: {sent}");
+        assert!(!sent.to_string().contains("example.com"), "the address never reaches the upstream: {sent}");
+        // The first plugin saw the client's request, the second the rewrite: another digest.
+        let digests: Vec<_> = headers.get_all("x-seen-digest").iter().collect();
+        assert_eq!(digests.len(), 2, "{headers:?}");
+        assert_ne!(digests[0], digests[1], "the digest is of the rewritten request");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_rewrite_is_the_plugins_fault_and_open_or_closed_decides() {
+    let mock = MockUpstream::builder().api_key("mock-key").record_requests(true).start().await;
+    let source = weir_test_plugins::CONTENT_EDIT;
+    let plugins = [
+        plugin("not-json", source, "on_error = \"open\"\nconfig = { rewrite = \"not-json\" }"),
+        plugin("other-model", source, "on_error = \"open\"\nconfig = { rewrite = \"other-model\" }"),
+        plugin("stream", source, "on_error = \"open\"\nconfig = { rewrite = \"stream\" }"),
+        plugin("closed", source, "on_error = \"closed\"\nconfig = { rewrite = \"not-json\" }"),
+    ]
+    .concat();
+    let models = [("a", "\"not-json\""), ("b", "\"other-model\""), ("c", "\"stream\""), ("d", "\"closed\"")];
+    let gw = gateway(&mock, &models, &plugins).await;
+
+    for (model, name) in [("gpt-a", "not-json"), ("gpt-b", "other-model"), ("gpt-c", "stream")] {
+        let (status, _, answer) = send(&gw, "/v1/chat/completions", SUPPORT, chat(model, "as sent")).await;
+        assert_eq!(status, 200, "open: the request goes on as it was: {answer}");
+        assert_eq!(answer["choices"][0]["message"]["content"], "echo: as sent", "not streamed, not elsewhere");
+        let (_, sent) = last_sent(&mock);
+        assert_eq!(sent["messages"], json!([{"role": "user", "content": "as sent"}]), "{name}");
+        assert!(sent.get("stream").is_none_or(|s| s == false), "{name}: {sent}");
+        assert_eq!(faults(&gw.metrics().await, name), 1.0, "{name}'s rewrite is its fault");
+    }
+
+    let before = mock.request_count();
+    let (status, _, answer) = send(&gw, "/v1/messages", SUPPORT, messages("claude-d", "as sent")).await;
+    assert_eq!(status, 500, "closed: the request fails: {answer}");
+    assert_eq!(answer["type"], "error", "in the Messages API's own error shape: {answer}");
+    assert_eq!(mock.request_count(), before, "nothing was sent upstream");
+    assert_eq!(faults(&gw.metrics().await, "closed"), 1.0);
+}
+
+#[tokio::test]
+async fn on_response_replaces_or_refuses_a_whole_answer_in_each_clients_api() {
+    let mock = MockUpstream::builder().api_key("mock-key").start().await;
+    let source = weir_test_plugins::CONTENT_EDIT;
+    let plugins = [
+        plugin("replace", source, "on_error = \"closed\"\nconfig = { answer = \"replace\" }"),
+        plugin("refuse", source, "on_error = \"closed\"\nconfig = { answer = \"refuse\" }"),
+        plugin("bad", source, "on_error = \"open\"\nconfig = { answer = \"no-choices\" }"),
+    ]
+    .concat();
+    let models = [("clean", ""), ("replace", "\"replace\""), ("refuse", "\"refuse\""), ("bad", "\"bad\"")];
+    let gw = gateway(&mock, &models, &plugins).await;
+
+    // The usage a client gets is the upstream's, whatever the replacement said.
+    let (_, _, clean) = send(&gw, "/v1/chat/completions", SUPPORT, chat("gpt-clean", "hi")).await;
+    assert!(clean["usage"]["prompt_tokens"].as_u64() > Some(0), "{clean}");
+    let (status, _, answer) = send(&gw, "/v1/chat/completions", SUPPORT, chat("gpt-replace", "hi")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "[replaced] echo: hi");
+    assert_eq!(answer["usage"], clean["usage"], "the upstream's usage, not the plugin's zeros");
+
+    // A native Anthropic answer, replaced in the canonical form, reaches the client as a Message.
+    let (_, _, clean) = send(&gw, "/v1/messages", SUPPORT, messages("claude-clean", "hi")).await;
+    let (status, _, answer) = send(&gw, "/v1/messages", SUPPORT, messages("claude-replace", "hi")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["type"], "message", "{answer}");
+    assert_eq!(answer["content"][0]["text"], "[replaced] echo: hi");
+    assert_eq!(answer["usage"]["input_tokens"], clean["usage"]["input_tokens"], "{answer}");
+    assert_eq!(answer["usage"]["output_tokens"], clean["usage"]["output_tokens"], "{answer}");
+
+    // A Responses client gets a Response object.
+    let (status, _, answer) = send(&gw, "/v1/responses", SUPPORT, json!({"model": "gpt-replace", "input": "hi"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["object"], "response", "{answer}");
+    assert_eq!(answer["output"][0]["content"][0]["text"], "[replaced] echo: hi", "{answer}");
+
+    // A refusal is the client's error, and the upstream's tokens are still counted.
+    let (status, _, answer) = send(&gw, "/v1/chat/completions", SUPPORT, chat("gpt-refuse", "hi")).await;
+    assert_eq!(status, 451, "{answer}");
+    assert_eq!(answer["error"]["code"], "answer_refused", "{answer}");
+    let tokens = metric(&gw.metrics().await, "weir_tokens_total", &[("model", "gpt-refuse"), ("token_type", "input")]);
+    assert!(tokens > 0.0, "the refused answer's prompt tokens are accounted");
+    let (status, _, answer) = send(&gw, "/v1/messages", SUPPORT, messages("claude-refuse", "hi")).await;
+    assert_eq!(status, 451, "{answer}");
+    assert_eq!(answer["type"], "error", "in the Messages API's error shape: {answer}");
+
+    // A replacement that is not an answer is the plugin's fault; open, the answer goes out as it came.
+    let (status, _, answer) = send(&gw, "/v1/chat/completions", SUPPORT, chat("gpt-bad", "hi")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "echo: hi");
+    assert_eq!(faults(&gw.metrics().await, "bad"), 1.0);
+
+    // A stream is not a whole answer: `on-response` is not called, the events go out as they came.
+    let mut streamed = chat("gpt-replace", "hi");
+    streamed["stream"] = json!(true);
+    let response = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(SUPPORT)
+        .json(&streamed)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    assert!(text.contains("echo") && !text.contains("[replaced]"), "{text}");
+    metric_eventually(&gw, "weir_plugin_call_seconds_count", &[("plugin", "replace"), ("hook", "on_response")], 3.0)
+        .await;
+}
