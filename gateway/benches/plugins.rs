@@ -2,7 +2,10 @@
 //! implements every hook and does nothing): one warm hook call, the hooks of one request through
 //! chains of 1 and 5 plugins, and the same with a fresh instance per call; then each built-in
 //! policy plugin alone and all of them in one chain, with realistic configs. Criterion reports the
-//! means; a second pass prints p50/p99 per request, which is what the budget is stated in.
+//! means; a second pass prints p50/p99 per request, which is what the budget is stated in; a third
+//! the cost of the content hooks: `on-stream-event` per streamed chunk (the example
+//! `stream-redact`, on chunks it passes and on a card number split across four it holds and
+//! rewrites) beside a stream no plugin polices, and `on-response` per whole answer.
 //!
 //! `cargo bench -p weir --bench plugins`
 #![expect(clippy::print_stdout, reason = "a benchmark prints its table")]
@@ -201,6 +204,61 @@ fn percentiles() {
     }
 }
 
+/// A canonical chunk whose delta is `content`.
+fn chunk(content: &str) -> weir::api::sse::Event {
+    weir::api::sse::data_event(&serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}],
+    }))
+}
+
+/// Median and p99 of `f` per item, over `n` rounds of `items` items each (after a warm-up).
+fn per_item<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, n: usize, items: usize, mut f: F) -> (f64, f64) {
+    let mut times = Vec::with_capacity(n);
+    rt.block_on(async {
+        for i in 0..(n + n / 10) {
+            let start = Instant::now();
+            f().await;
+            if i >= n / 10 {
+                times.push(start.elapsed() / items as u32);
+            }
+        }
+    });
+    times.sort();
+    let at = |q: f64| us(times[((times.len() as f64 * q) as usize).min(times.len() - 1)]);
+    (at(0.50), at(0.99))
+}
+
+/// The content hooks, per streamed chunk and per whole answer.
+fn content_hooks() {
+    use weir::plugins::police::Policing;
+    let rt = runtime();
+    println!("\n| content hook | per | p50 | p99 |\n|---|---|---:|---:|");
+    // A chain without the hook: `Policing::of` is `None`, and the relay sends each chunk to the
+    // edge as it did before the hook existed; nothing to time.
+    let none = rt.block_on(Setup::new(1, false));
+    assert!(Policing::of(none.chain(), &none.view).is_none());
+    println!("| no `on-stream-event` in the chain | chunk | no call | no call |");
+    let text = "[[plugins]]\nname = \"redact\"\nsource = \"builtin:stream-redact\"\non_error = \"open\"\ndeadline = \"100ms\"\n";
+    let redact = rt.block_on(Setup::from_config(
+        &config_with(&[]).replace("[[upstreams]]", &format!("chain = [\"redact\"]\n{text}\n[[upstreams]]")),
+    ));
+    let mut police = Policing::of(redact.chain(), &redact.view).expect("stream-redact polices streams");
+    let (p50, p99) = per_item(&rt, 20_000, 1, async || {
+        police.chunk(chunk(" hello,")).await.expect("policed");
+    });
+    println!("| `stream-redact`, a chunk it passes | chunk | {p50:.2} µs | {p99:.2} µs |");
+    let card = [" 4111", " 1111", " 1111", " 1111."];
+    let (p50, p99) = per_item(&rt, 5_000, card.len(), async || {
+        let mut out = 0;
+        for piece in card {
+            out += police.chunk(chunk(piece)).await.expect("policed").len();
+        }
+        assert_eq!(out, 1, "held three, then one rewritten chunk");
+    });
+    println!("| `stream-redact`, a card number over 4 chunks (hold ×3, rewrite) | chunk | {p50:.2} µs | {p99:.2} µs |");
+}
+
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -210,5 +268,6 @@ criterion_group!(group, benches);
 fn main() {
     group();
     percentiles();
+    content_hooks();
     Criterion::default().configure_from_args().final_summary();
 }

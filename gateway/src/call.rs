@@ -26,6 +26,7 @@ use crate::body::{self, Body};
 use crate::capture::{Payload, Record};
 use crate::error::{Error, Kind};
 use crate::metrics::UpstreamErrorLabels;
+use crate::plugins::police::Policing;
 use crate::plugins::view::RequestView;
 use crate::plugins::{Admission, ApiKind, Chain, HookSet, LocalResponse, RequestInfo};
 use crate::route::{self, AttemptEvent, Exchange, ModelRoute, RouteTarget};
@@ -251,6 +252,14 @@ impl ModelCall {
         self.acct.started() + self.route.targets[0].upstream.timeouts.total
     }
 
+    /// Whether the answer is a stream that plugins police event by event (`on-stream-event`).
+    fn polices_stream(&self) -> bool {
+        !self.mirrored
+            && self.view.is_some()
+            && self.request.stream().is_some()
+            && self.chain.wants(HookSet::ON_STREAM_EVENT)
+    }
+
     /// Where a Responses answer is stored: the client's own request only, in its team's scope.
     fn sink(&self) -> Option<Sink> {
         if self.mirrored {
@@ -269,6 +278,11 @@ impl Exchange for ModelCall {
             Some(resumption) => {
                 let continued = resumption.request_for(&self.request, target)?;
                 target.upstream.request_from(&self.request, &continued, model)
+            }
+            // Stream plugins read canonical chunks: an upstream that speaks the client's API is
+            // asked in the canonical form, so that every event can be policed.
+            None if self.polices_stream() => {
+                target.upstream.request_from(&self.request, self.request.canonical()?, model)
             }
             None => target.upstream.request(&self.request, model),
         }
@@ -331,7 +345,8 @@ impl Sent {
             prompt_estimate: u64::from(call.request.facts().prompt_tokens_estimate),
         };
         let opened = call.opened(upstream, &target, None);
-        let relay = SseRelay::new(opened, Box::new(call), options);
+        let police = call.view.as_ref().filter(|_| call.polices_stream()).and_then(|v| Policing::of(&call.chain, v));
+        let relay = SseRelay::new(opened, Box::new(call), options).policed_by(police);
         // Events that arrive together go out in one write (`body::Coalesce`).
         let mut response = Response::new(BodyExt::boxed_unsync(crate::body::Coalesce::new(relay)));
         let h = response.headers_mut();

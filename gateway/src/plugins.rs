@@ -11,6 +11,7 @@ mod gate;
 mod host;
 mod instance;
 mod output;
+pub mod police;
 mod quarantine;
 pub mod scaffold;
 pub mod view;
@@ -97,6 +98,7 @@ pub enum Hook {
     OnRequest,
     OnResponseHeaders,
     OnResponse,
+    OnStreamEvent,
     OnComplete,
 }
 
@@ -106,6 +108,7 @@ impl Hook {
             Hook::OnRequest => "on_request",
             Hook::OnResponseHeaders => "on_response_headers",
             Hook::OnResponse => "on_response",
+            Hook::OnStreamEvent => "on_stream_event",
             Hook::OnComplete => "on_complete",
         }
     }

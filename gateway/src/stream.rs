@@ -34,6 +34,13 @@
 //!   clean end.
 //! - Bounded: one event may hold at most [`MAX_EVENT_BYTES`]; past it the stream ends with an
 //!   error event and the upstream is dropped.
+//! - Policed: when the chain has `on-stream-event` plugins (`plugins/police.rs`), every event for
+//!   the client waits in a queue and each chunk goes through them in order before the edge sees
+//!   it; the upstream is not read while a plugin call is in flight, so what waits is bounded by
+//!   what one read brings. The stream's failure and its end wait behind the queue, so what the
+//!   plugins pass is sent (and captured for `on-complete`) before accounting finishes; a plugin's
+//!   `end` drops the upstream and ends the stream with its error. Such a stream is asked of every
+//!   upstream in the canonical form (`call.rs`), so the plugins read every event.
 //! - Cancellation: when the client goes away hyper drops this body, which drops the upstream
 //!   response and so closes that connection; the accounting guard records the abort. Giving an
 //!   attempt up drops its response the same way.
@@ -58,6 +65,7 @@ use crate::api::Usage;
 pub use crate::api::sse::MAX_EVENT_BYTES;
 use crate::api::sse::{Event, Splitter};
 use crate::error::{Error, Kind, STREAM_FAILED};
+use crate::plugins::police::Policing;
 use crate::providers::Translator;
 use crate::state::responses::Stored;
 use crate::surface::{self, Edge};
@@ -162,6 +170,29 @@ pub struct SseRelay {
     done: bool,
     /// A finished Responses answer's write to the store: the bytes that follow wait for it.
     stored: Option<Stored>,
+    /// Plugins' `on-stream-event`, when the chain has any: every event for the client waits in
+    /// `queue` and goes through them in order (`policing` while a call is in flight, which holds
+    /// `police`); the upstream is not read meanwhile.
+    police: Option<Policing>,
+    policing: Option<Policed>,
+    queue: VecDeque<Queued>,
+    /// The stream is over, once the queue has gone out: how it ended.
+    ending: Option<Outcome>,
+}
+
+/// A call of the stream plugins in flight, handing their state back with what to send.
+type Policed = Pin<Box<dyn Future<Output = (Policing, Result<Vec<Event>, Error>)> + Send>>;
+
+/// What waits for the stream plugins, in order.
+#[derive(Debug)]
+enum Queued {
+    /// An event for the client: a chunk goes through the plugins; `[DONE]` first has them send
+    /// what they hold.
+    Event(Event),
+    /// An upstream's own error event, sent as it is.
+    Raw(Event),
+    /// The stream ends with this error.
+    Fail(Error),
 }
 
 impl std::fmt::Debug for SseRelay {
@@ -258,6 +289,77 @@ impl SseRelay {
             options,
             done: false,
             stored: None,
+            police: None,
+            policing: None,
+            queue: VecDeque::new(),
+            ending: None,
+        }
+    }
+
+    /// Sends every event through the stream plugins of `police` first.
+    pub fn policed_by(mut self, police: Option<Policing>) -> Self {
+        self.police = police;
+        self
+    }
+
+    fn is_policed(&self) -> bool {
+        self.police.is_some() || self.policing.is_some()
+    }
+
+    /// The next queued item for the stream plugins, now that none is in flight.
+    fn dispatch(&mut self, queued: Queued) {
+        let Some(mut police) = self.police.take() else { return };
+        match queued {
+            Queued::Event(event) if &event.data[..] == b"[DONE]" => {
+                self.policing = Some(Box::pin(async move {
+                    let sent = police.finish().await.map(|mut events| {
+                        events.push(event);
+                        events
+                    });
+                    (police, sent)
+                }));
+            }
+            Queued::Event(event) if event.data.first() == Some(&b'{') => {
+                self.policing = Some(Box::pin(async move {
+                    let sent = police.chunk(event).await;
+                    (police, sent)
+                }));
+            }
+            // A comment, a keep-alive: nothing the plugins read.
+            Queued::Event(event) => {
+                self.police = Some(police);
+                self.emit(event);
+            }
+            Queued::Raw(event) => {
+                self.police = Some(police);
+                self.edge.emit(event, &mut self.out);
+            }
+            Queued::Fail(error) => {
+                self.police = Some(police);
+                self.edge.fail(&error, &mut self.out);
+            }
+        }
+    }
+
+    /// The stream plugins answered: their events go out, or the error a plugin ended it with.
+    fn policed(&mut self, police: Policing, sent: Result<Vec<Event>, Error>) {
+        self.police = Some(police);
+        match sent {
+            Ok(events) => {
+                for event in events {
+                    self.emit(event);
+                }
+            }
+            Err(error) => {
+                tracing::info!(error = %error, "a plugin ended the stream");
+                self.queue.clear();
+                if let Some(current) = self.current.take() {
+                    drop(current);
+                }
+                self.edge.fail(&error, &mut self.out);
+                self.ending = None;
+                self.finish(Outcome::Error);
+            }
         }
     }
 
@@ -297,8 +399,17 @@ impl SseRelay {
         }
     }
 
-    /// Sends `event` to the client in its API (and to plugins that read the response).
+    /// Sends `event` to the client in its API (and to plugins that read the response), through
+    /// the stream plugins if there are any.
     fn send(&mut self, event: Event) {
+        if self.is_policed() {
+            self.queue.push_back(Queued::Event(event));
+        } else {
+            self.emit(event);
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
         self.capture(&event);
         self.edge.emit(event, &mut self.out);
     }
@@ -472,6 +583,16 @@ impl SseRelay {
     }
 
     fn end(&mut self, outcome: Outcome) {
+        self.current = None;
+        if self.is_policed() && !(self.queue.is_empty() && self.policing.is_none()) {
+            // What the stream plugins have yet to pass goes out (and is captured) first.
+            self.ending = Some(outcome);
+            return;
+        }
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
         if let Some(mut source) = self.source.take() {
             source.accounting().end(outcome);
         }
@@ -492,10 +613,14 @@ impl SseRelay {
     }
 
     /// Ends the stream with an error event for `error` in the client's API, accounted as an error.
-    fn fail(&mut self, error: &Error) {
+    fn fail(&mut self, error: Error) {
         tracing::warn!(upstream = %self.upstream_name(), error = %error, "stream failed after its first byte");
         self.release_held();
-        self.edge.fail(error, &mut self.out);
+        if self.is_policed() {
+            self.queue.push_back(Queued::Fail(error));
+        } else {
+            self.edge.fail(&error, &mut self.out);
+        }
         self.end(Outcome::Error);
     }
 
@@ -505,7 +630,11 @@ impl SseRelay {
         tracing::warn!(upstream = %self.upstream_name(), error = %error, "stream failed after its first byte");
         self.release_held();
         for event in events {
-            self.edge.emit(event, &mut self.out);
+            if self.is_policed() {
+                self.queue.push_back(Queued::Raw(event));
+            } else {
+                self.edge.emit(event, &mut self.out);
+            }
         }
         self.end(Outcome::Error);
     }
@@ -580,7 +709,7 @@ impl SseRelay {
         match why {
             // The upstream already told the client what went wrong, in its own words.
             Broke::Upstream { events, .. } => self.fail_upstream(events, &error),
-            _ => self.fail(&error),
+            _ => self.fail(error),
         }
     }
 
@@ -617,7 +746,7 @@ impl SseRelay {
                     Some(e) => e,
                     None => broke,
                 };
-                self.fail(&error);
+                self.fail(error);
             }
         }
     }
@@ -734,6 +863,22 @@ impl HttpBody for SseRelay {
             if let Some(bytes) = this.out.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
+            if let Some(policing) = &mut this.policing {
+                let (police, sent) = ready!(policing.as_mut().poll(cx));
+                this.policing = None;
+                this.policed(police, sent);
+                continue;
+            }
+            if this.police.is_some()
+                && let Some(queued) = this.queue.pop_front()
+            {
+                this.dispatch(queued);
+                continue;
+            }
+            if let Some(outcome) = this.ending.take() {
+                this.finish(outcome);
+                continue;
+            }
             if this.done {
                 return Poll::Ready(None);
             }
@@ -746,7 +891,7 @@ impl HttpBody for SseRelay {
             if this.deadline.as_mut().poll(cx).is_ready() {
                 let e = Error::new(Kind::UpstreamTimeout, "The request ran past the gateway's total timeout.")
                     .code("upstream_timeout");
-                this.fail(&e);
+                this.fail(e);
                 continue;
             }
             let Some(current) = &mut this.current else {

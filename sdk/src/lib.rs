@@ -1,10 +1,11 @@
 //! Write [Weir](https://github.com/) policy plugins in Rust.
 //!
-//! A plugin is a WebAssembly component that the gateway calls at four points of a request's life:
+//! A plugin is a WebAssembly component that the gateway calls at five points of a request's life:
 //! before routing ([`Plugin::on_request`], which may also rewrite the request: [`rewrite`] and
 //! [`edit`]), when an upstream's response headers arrive ([`Plugin::on_response_headers`]), when
-//! a whole answer is ready to go out ([`Plugin::on_response`]: keep, replace or refuse it), and
-//! when the request is over ([`Plugin::on_complete`]). It
+//! a whole answer is ready to go out ([`Plugin::on_response`]: keep, replace or refuse it), at each
+//! chunk of a streamed one ([`Plugin::on_stream_event`]), and when the request is over
+//! ([`Plugin::on_complete`]). It
 //! keeps no state of its own between requests: state lives in the host's [`kv`] store, [`quota`]
 //! limiter and [`ledger`], so the gateway can pool, recycle and replace instances freely.
 //!
@@ -69,7 +70,8 @@ pub mod bindings {
 }
 
 pub use bindings::weir::plugin::hooks::{
-    AnswerAction, Attempt, Completion, Decision, HookSet, LocalResponse, PluginInfo, Rejection, ResponseAction,
+    AnswerAction, Attempt, Completion, Decision, EventAction, HookSet, LocalResponse, PluginInfo, Rejection,
+    ResponseAction, StreamEvent,
 };
 
 pub mod edit;
@@ -138,6 +140,14 @@ pub trait Plugin: Sized + 'static {
         AnswerAction::Continue
     }
 
+    /// Each event of a streamed answer with content, in order, before it goes out: pass it, rewrite
+    /// the text held back and its own (a redaction), drop it, hold it back for a match that may
+    /// span the next event (declare [`PluginInfo::holding_stream_bytes`]), or end the stream with
+    /// an error. Declare [`HookSet::ON_STREAM_EVENT`].
+    fn on_stream_event(&self, _req: &Request, _event: StreamEvent) -> EventAction {
+        EventAction::Pass
+    }
+
     /// After the response was sent, or the client went away: usage, timings, status.
     fn on_complete(&self, _req: &Request, _outcome: Completion) {}
 }
@@ -145,7 +155,7 @@ pub trait Plugin: Sized + 'static {
 impl PluginInfo {
     /// Info for a plugin that implements `hooks`, reads no headers and does not need the body.
     pub fn hooks(hooks: HookSet) -> Self {
-        PluginInfo { hooks, read_headers: Vec::new(), needs_body: false, needs_response: false }
+        PluginInfo { hooks, read_headers: Vec::new(), needs_body: false, needs_response: false, stream_hold_bytes: 0 }
     }
 
     /// Declares request headers the plugin reads with [`Request::header`].
@@ -157,6 +167,13 @@ impl PluginInfo {
     /// Declares that the plugin reads the raw body with [`Request::body`].
     pub fn needing_body(mut self) -> Self {
         self.needs_body = true;
+        self
+    }
+
+    /// Declares how many bytes of events [`Plugin::on_stream_event`] may hold back at once (at most
+    /// 64 KiB).
+    pub fn holding_stream_bytes(mut self, bytes: u32) -> Self {
+        self.stream_hold_bytes = bytes;
         self
     }
 
@@ -205,6 +222,10 @@ macro_rules! export_plugin {
 
                 fn on_response(req: &$crate::Request, answer: ::std::vec::Vec<u8>) -> $crate::AnswerAction {
                     __with(|p| <$plugin as $crate::Plugin>::on_response(p, req, answer))
+                }
+
+                fn on_stream_event(req: &$crate::Request, event: $crate::StreamEvent) -> $crate::EventAction {
+                    __with(|p| <$plugin as $crate::Plugin>::on_stream_event(p, req, event))
                 }
 
                 fn on_complete(req: &$crate::Request, outcome: $crate::Completion) {

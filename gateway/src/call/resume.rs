@@ -63,8 +63,11 @@ impl ModelCall {
             (a, b) => a.or(b),
         };
         let model = target.upstream_model(self.request.model());
-        // A continuation was asked in the canonical form (see the module header).
-        let native = self.resumption.is_none() && target.upstream.native(self.request.surface(), model);
+        // A continuation was asked in the canonical form (see the module header), and so was a
+        // stream the plugins police.
+        let native = self.resumption.is_none()
+            && !self.polices_stream()
+            && target.upstream.native(self.request.surface(), model);
         Opened {
             body: upstream.into_body(),
             translator: target.upstream.translator(model, native),

@@ -45,6 +45,8 @@ pub struct PluginMeta {
     pub read_headers: Vec<HeaderName>,
     pub needs_body: bool,
     pub needs_response: bool,
+    /// What `on-stream-event` may hold back, as declared (at most `police::MAX_HOLD_BYTES`).
+    pub stream_hold_bytes: u32,
     pub services: Arc<Services>,
     log_budget: Mutex<(f64, Instant)>,
     /// How this version's metric series are booked (see `metrics/plugin_series.rs`).
@@ -59,6 +61,7 @@ impl PluginMeta {
             read_headers: Vec::new(),
             needs_body: false,
             needs_response: false,
+            stream_hold_bytes: 0,
             services,
             log_budget: Mutex::new((2.0 * LOG_PER_SEC, Instant::now())),
             metrics_as: PluginVersion { name: name.into(), version: id },

@@ -21,7 +21,9 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 use weir_config::{InstanceMode, OnError, PluginConfig, PluginSource};
 
-use super::bindings::weir::plugin::hooks::{AnswerAction, Completion, Decision, HookSet, PluginInfo, ResponseAction};
+use super::bindings::weir::plugin::hooks::{
+    AnswerAction, Completion, Decision, EventAction, HookSet, PluginInfo, ResponseAction, StreamEvent,
+};
 use super::bindings::{Plugin, PluginPre, v0_1, v0_2};
 use super::clock::{CallClock, Clocked, wall_limit};
 use super::compat::{self, Contract};
@@ -177,6 +179,19 @@ impl Bindings {
             Bindings::V0_1(_) | Bindings::V0_2(_) => Ok(AnswerAction::Continue),
         }
     }
+
+    /// `on-stream-event`; as `on-response`, never declared by an older guest.
+    async fn on_stream_event(
+        &self,
+        store: &mut Store<HostState>,
+        req: Resource<RequestHandle>,
+        event: &StreamEvent,
+    ) -> wasmtime::Result<EventAction> {
+        match self {
+            Bindings::V0_3(b) => b.call_on_stream_event(store, req, event).await,
+            Bindings::V0_1(_) | Bindings::V0_2(_) => Ok(EventAction::Pass),
+        }
+    }
 }
 
 /// A plugin ready to be called.
@@ -245,6 +260,7 @@ impl LoadedPlugin {
             .collect();
         meta.needs_body = info.needs_body;
         meta.needs_response = info.needs_response;
+        meta.stream_hold_bytes = info.stream_hold_bytes.min(super::police::MAX_HOLD_BYTES);
         tracing::debug!(plugin = %name, contract = contract.label(), "plugin loaded");
         Ok(Arc::new(Self {
             meta: Arc::new(meta),
@@ -364,6 +380,15 @@ impl LoadedPlugin {
         self.gate.run(async move { this.call_on_response(&view, &answer, made).await }).await
     }
 
+    pub async fn on_stream_event(
+        self: &Arc<Self>,
+        view: &Arc<RequestView>,
+        event: StreamEvent,
+    ) -> Result<EventAction, Fault> {
+        let (this, view, made) = (self.clone(), view.clone(), Instant::now());
+        self.gate.run(async move { this.call_on_stream_event(&view, &event, made).await }).await
+    }
+
     // `started`: when the hook was called, before it waited for the gate (see `checkout`).
     async fn call_on_request(&self, view: &Arc<RequestView>, started: Instant) -> Result<Decision, Fault> {
         let mut warm = self.checkout(Hook::OnRequest, started).await?;
@@ -415,6 +440,25 @@ impl LoadedPlugin {
         })
         .await;
         self.checkin(warm, Hook::OnResponse, started, result)
+    }
+
+    async fn call_on_stream_event(
+        &self,
+        view: &Arc<RequestView>,
+        event: &StreamEvent,
+        started: Instant,
+    ) -> Result<EventAction, Fault> {
+        let mut warm = self.checkout(Hook::OnStreamEvent, started).await?;
+        let Warm { store, bindings, clock, .. } = &mut warm;
+        let result = Clocked::new(clock, async {
+            let handle = store.data_mut().table.push(RequestHandle { view: view.clone() })?;
+            let borrowed = Resource::new_borrow(handle.rep());
+            let action = bindings.on_stream_event(&mut *store, borrowed, event).await;
+            store.data_mut().table.delete(handle)?;
+            action
+        })
+        .await;
+        self.checkin(warm, Hook::OnStreamEvent, started, result)
     }
 
     async fn call_on_complete(

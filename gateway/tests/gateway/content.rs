@@ -2,7 +2,9 @@
 //! later plugins and accounting see, in every chat API, and an invalid one is the plugin's fault;
 //! `on-response` replaces or refuses a whole answer, which reaches each client in its own API with
 //! the upstream's usage. The example `team-prompt` puts a team's system prompt in front of its
-//! requests.
+//! requests; `on-stream-event` polices a stream as it flows (the example `stream-redact`).
+
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weir_bench::mock::MockUpstream;
@@ -263,4 +265,119 @@ async fn on_response_replaces_or_refuses_a_whole_answer_in_each_clients_api() {
     assert!(text.contains("echo") && !text.contains("[replaced]"), "{text}");
     metric_eventually(&gw, "weir_plugin_call_seconds_count", &[("plugin", "replace"), ("hook", "on_response")], 3.0)
         .await;
+}
+
+/// A streamed request, read event by event: the data of each event and when it came.
+async fn stream(gw: &TestGateway, path: &str, mut body: Value) -> (u16, Vec<(Duration, String)>) {
+    body["stream"] = json!(true);
+    let started = Instant::now();
+    let mut response = reqwest::Client::new()
+        .post(gw.url(path))
+        .bearer_auth(SUPPORT)
+        .header("x-api-key", SUPPORT)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    let mut events = Vec::new();
+    let mut buf = String::new();
+    while let Some(bytes) = response.chunk().await.expect("read") {
+        buf.push_str(std::str::from_utf8(&bytes).expect("utf-8"));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            if !data.is_empty() {
+                events.push((started.elapsed(), data.join("\n")));
+            }
+        }
+    }
+    (status, events)
+}
+
+/// The text of a stream's chat chunks or Messages `text_delta`s, and when its first and last
+/// pieces came.
+fn text_of(events: &[(Duration, String)]) -> (String, Option<Duration>, Option<Duration>) {
+    let mut text = String::new();
+    let (mut first, mut last) = (None, None);
+    for (at, data) in events {
+        let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+        let piece = event
+            .pointer("/choices/0/delta/content")
+            .or_else(|| event.pointer("/delta/text"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !piece.is_empty() {
+            first.get_or_insert(*at);
+            last = Some(*at);
+            text.push_str(piece);
+        }
+    }
+    (text, first, last)
+}
+
+#[tokio::test]
+async fn a_card_number_split_across_streamed_chunks_is_redacted_as_the_stream_flows() {
+    let interval = Duration::from_millis(40);
+    let mock = MockUpstream::builder().api_key("mock-key").chunk_interval(interval).start().await;
+    let plugins = plugin("redact", "builtin:stream-redact", "on_error = \"closed\"");
+    let gw = gateway(&mock, &[("clean", ""), ("s", "\"redact\"")], &plugins).await;
+    let prompt = "pay with 4111 1111 1111 1111 or mail bob@example.com today";
+
+    let (status, clean) = stream(&gw, "/v1/chat/completions", chat("gpt-clean", prompt)).await;
+    assert_eq!(status, 200);
+    let (clean_text, clean_first, _) = text_of(&clean);
+    assert_eq!(clean_text, format!("echo: {prompt}"), "the mock sends the card in four chunks");
+
+    let (status, guarded) = stream(&gw, "/v1/chat/completions", chat("gpt-s", prompt)).await;
+    assert_eq!(status, 200);
+    let (text, first, last) = text_of(&guarded);
+    assert_eq!(text, "echo: pay with [CARD] or mail [EMAIL] today");
+    assert!(guarded.iter().all(|(_, d)| !d.contains("4111") && !d.contains("example.com")), "{guarded:?}");
+    assert_eq!(guarded.last().map(|(_, d)| d.as_str()), Some("[DONE]"), "a whole stream");
+    // Still a stream: the first words went out long before the last, and a held chunk costs at
+    // most a chunk or two of delay.
+    let (first, last, clean_first) = (first.expect("text"), last.expect("text"), clean_first.expect("text"));
+    assert!(last - first >= interval * 4, "not buffered: first {first:?}, last {last:?}");
+    eprintln!("first content: unguarded {clean_first:?}, guarded {first:?}");
+    assert!(first < clean_first + interval * 2, "first content: unguarded {clean_first:?}, guarded {first:?}");
+
+    // A Messages client of an Anthropic upstream reads the same: the upstream is asked in the
+    // canonical form, so that the plugin reads every event, and the client gets Anthropic's events.
+    let (status, events) = stream(&gw, "/v1/messages", messages("claude-s", prompt)).await;
+    assert_eq!(status, 200);
+    let (text, _, _) = text_of(&events);
+    assert_eq!(text, "echo: pay with [CARD] or mail [EMAIL] today", "{events:?}");
+    assert!(events.iter().any(|(_, d)| d.contains("\"message_stop\"")), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_stream_plugin_ends_a_stream_or_faults_as_it_is_configured() {
+    let mock = MockUpstream::builder().api_key("mock-key").start().await;
+    let source = weir_test_plugins::CONTENT_EDIT;
+    let plugins = [
+        plugin("end", source, "on_error = \"closed\"\nconfig = { stream = \"end\" }"),
+        plugin("hoard", source, "on_error = \"open\"\nconfig = { stream = \"hoard\" }"),
+    ]
+    .concat();
+    let gw = gateway(&mock, &[("end", "\"end\""), ("hoard", "\"hoard\"")], &plugins).await;
+
+    // `end`: what came before goes out, then the client's API's error event, and no clean end.
+    let (status, events) = stream(&gw, "/v1/chat/completions", chat("gpt-end", "go on then STOP here")).await;
+    assert_eq!(status, 200);
+    let (text, _, _) = text_of(&events);
+    assert_eq!(text, "echo: go on then", "{events:?}");
+    let last: Value = serde_json::from_str(&events.last().expect("events").1).expect("json");
+    assert_eq!(last["error"]["code"], "stream_refused", "{events:?}");
+    assert!(events.iter().all(|(_, d)| d != "[DONE]"));
+    let (_, events) = stream(&gw, "/v1/messages", messages("claude-end", "go on then STOP here")).await;
+    assert!(events.last().is_some_and(|(_, d)| d.contains("\"type\":\"error\"")), "{events:?}");
+
+    // `hoard` holds past what it declared: its fault, and open, the stream goes on whole.
+    let (status, events) = stream(&gw, "/v1/chat/completions", chat("gpt-hoard", "one two three four five")).await;
+    assert_eq!(status, 200);
+    let (text, _, _) = text_of(&events);
+    assert_eq!(text, "echo: one two three four five", "nothing is lost: {events:?}");
+    assert_eq!(events.last().map(|(_, d)| d.as_str()), Some("[DONE]"));
+    assert!(faults(&gw.metrics().await, "hoard") >= 1.0);
 }

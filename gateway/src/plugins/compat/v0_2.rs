@@ -84,6 +84,7 @@ pub fn plugin_info(i: old::hooks::PluginInfo) -> new::hooks::PluginInfo {
         read_headers: i.read_headers,
         needs_body: i.needs_body,
         needs_response: i.needs_response,
+        stream_hold_bytes: 0,
     }
 }
 

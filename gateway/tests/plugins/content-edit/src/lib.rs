@@ -7,12 +7,17 @@
 //!   host must put the upstream's back), `"refuse"` (451 `answer_refused`), `"no-choices"` (an
 //!   invalid replacement), or absent.
 //!
+//! - `stream`: `"end"` (ends the stream with 451 `stream_refused` at the chunk whose text says
+//!   `STOP`), `"hoard"` (holds every chunk, past its declared 300 bytes: its fault), or absent.
+//!
 //! It tags the response with the request's `prompt-tokens-estimate` and `digest` as `on-request`
 //! saw them after any rewrite of an earlier plugin (`x-seen-estimate`, `x-seen-digest`).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use weir_sdk::{AnswerAction, Decision, HookSet, Plugin, PluginInfo, Rejection, Request, edit};
+use weir_sdk::{
+    AnswerAction, Decision, EventAction, HookSet, Plugin, PluginInfo, Rejection, Request, StreamEvent, edit,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +26,8 @@ struct ContentEdit {
     rewrite: Option<String>,
     #[serde(default)]
     answer: Option<String>,
+    #[serde(default)]
+    stream: Option<String>,
 }
 
 impl Plugin for ContentEdit {
@@ -30,7 +37,10 @@ impl Plugin for ContentEdit {
         if plugin.answer.is_some() {
             hooks |= HookSet::ON_RESPONSE;
         }
-        Ok((plugin, PluginInfo::hooks(hooks).needing_body()))
+        if plugin.stream.is_some() {
+            hooks |= HookSet::ON_STREAM_EVENT;
+        }
+        Ok((plugin, PluginInfo::hooks(hooks).needing_body().holding_stream_bytes(300)))
     }
 
     fn on_request(&self, req: &Request) -> Decision {
@@ -84,6 +94,19 @@ impl Plugin for ContentEdit {
             }),
             Some("no-choices") => AnswerAction::Replace(br#"{"object":"chat.completion"}"#.to_vec()),
             _ => AnswerAction::Continue,
+        }
+    }
+
+    fn on_stream_event(&self, _req: &Request, event: StreamEvent) -> EventAction {
+        match self.stream.as_deref() {
+            Some("end") if event.pending.contains("STOP") => EventAction::End(Rejection {
+                status: 451,
+                code: "stream_refused".into(),
+                message: "The answer broke a rule.".into(),
+                retry_after_ms: None,
+            }),
+            Some("hoard") => EventAction::Hold,
+            _ => EventAction::Pass,
         }
     }
 }
