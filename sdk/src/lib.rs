@@ -71,7 +71,7 @@ pub mod bindings {
 
 pub use bindings::weir::plugin::hooks::{
     AnswerAction, Attempt, Completion, Decision, EventAction, HookSet, LocalResponse, PluginInfo, Rejection,
-    ResponseAction, StreamEvent,
+    ResponseAction, Rewrite, StreamEvent,
 };
 
 pub mod edit;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::bindings::weir::plugin::hooks::{EventAction, HookSet, StreamEvent};
+use super::bindings::weir::plugin::hooks::{EventAction, HookSet, Rewrite, StreamEvent};
 use super::instance::LoadedPlugin;
 use super::view::RequestView;
 use super::{Chain, Hook, rejection};
@@ -114,10 +114,29 @@ impl Stage {
         };
         match action {
             EventAction::Pass => Ok(self.pass(event)),
-            EventAction::Rewrite(text) => {
+            EventAction::Rewrite(Rewrite { send, hold }) => {
+                // A chunk without a delta to carry the held text on (or that ends the answer)
+                // sends it all.
+                let finishing = finishes(&event.data) || !has_delta(&event.data);
+                let template = event.clone();
                 let mut events = self.release();
                 events.push(event);
-                Ok(rewritten(events, &text))
+                let limit = plugin.meta.stream_hold_bytes as usize;
+                if hold.is_empty() || finishing || hold.len() > limit {
+                    if hold.len() > limit && !finishing {
+                        let detail = format!("held back {} bytes, over its stream-hold-bytes of {limit}", hold.len());
+                        plugin.bad_decision(Hook::OnStreamEvent, detail).resolve()?;
+                    }
+                    return Ok(rewritten(events, &format!("{send}{hold}")));
+                }
+                let out = rewritten(events, &send);
+                // The held text goes on in a chunk like this one, should it be sent as it is.
+                if let Some(held) = rewritten(vec![template], &hold).pop() {
+                    self.held_bytes = held.raw.len();
+                    self.held.push(held);
+                    self.held_text = hold;
+                }
+                Ok(out)
             }
             EventAction::Drop => Ok(Vec::new()),
             EventAction::Hold => {
@@ -159,6 +178,19 @@ fn chunk_text(data: &[u8]) -> String {
         .ok()
         .and_then(|v| v.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_default()
+}
+
+/// Whether a chunk ends its choice (a `finish_reason`).
+fn finishes(data: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(data)
+        .ok()
+        .is_some_and(|v| v.pointer("/choices/0/finish_reason").is_some_and(|f| !f.is_null()))
+}
+
+fn has_delta(data: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(data)
+        .ok()
+        .is_some_and(|v| v.pointer("/choices/0/delta").is_some_and(Value::is_object))
 }
 
 /// Appends `text`, keeping the last [`TEXT_WINDOW`] bytes (on a character boundary).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use weir_bench::mock::MockUpstream;
 
-use crate::support::{TestGateway, bare_config, metric, metric_eventually};
+use crate::support::{TestGateway, bare_config, metric, metric_eventually, run_python_checks};
 
 const SUPPORT: &str = "sk-weir-support-0123456789";
 const SALES: &str = "sk-weir-sales-0123456789";
@@ -335,8 +335,11 @@ async fn a_card_number_split_across_streamed_chunks_is_redacted_as_the_stream_fl
     assert_eq!(text, "echo: pay with [CARD] or mail [EMAIL] today");
     assert!(guarded.iter().all(|(_, d)| !d.contains("4111") && !d.contains("example.com")), "{guarded:?}");
     assert_eq!(guarded.last().map(|(_, d)| d.as_str()), Some("[DONE]"), "a whole stream");
-    // Still a stream: the first words went out long before the last, and a held chunk costs at
-    // most a chunk or two of delay.
+    // Still a stream: the words went out one by one as they came, the first long before the
+    // last, and a held chunk costs at most a chunk or two of delay.
+    let pieces =
+        guarded.iter().filter(|(_, d)| d.contains("\"content\":\"") && !d.contains("\"content\":\"\"")).count();
+    assert!(pieces >= 7, "not buffered: {pieces} pieces of text: {guarded:?}");
     let (first, last, clean_first) = (first.expect("text"), last.expect("text"), clean_first.expect("text"));
     assert!(last - first >= interval * 4, "not buffered: first {first:?}, last {last:?}");
     eprintln!("first content: unguarded {clean_first:?}, guarded {first:?}");
@@ -380,4 +383,12 @@ async fn a_stream_plugin_ends_a_stream_or_faults_as_it_is_configured() {
     assert_eq!(text, "echo: one two three four five", "nothing is lost: {events:?}");
     assert_eq!(events.last().map(|(_, d)| d.as_str()), Some("[DONE]"));
     assert!(faults(&gw.metrics().await, "hoard") >= 1.0);
+}
+
+#[tokio::test]
+async fn the_openai_sdk_reads_a_redacted_stream() {
+    let mock = MockUpstream::builder().api_key("mock-key").chunk_interval(Duration::from_millis(40)).start().await;
+    let plugins = plugin("redact", "builtin:stream-redact", "on_error = \"closed\"");
+    let gw = gateway(&mock, &[("s", "\"redact\"")], &plugins).await;
+    run_python_checks(&gw, "redact_sdk.py", SUPPORT, &[("WEIR_MODEL", "gpt-s")]).await;
 }

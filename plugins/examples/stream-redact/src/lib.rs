@@ -1,16 +1,12 @@
 //! Example plugin `stream-redact`: e-mail addresses and payment card numbers (13 to 19 digits,
 //! Luhn-checked, spaces or dashes between groups) redacted from streamed answers as they flow.
-//! A match can span chunks (`4111` · ` 1111` · …), so while the text so far ends in what may
-//! continue one — digits, or a word not yet followed by a space — the chunk is held back (at most
-//! one word, or one card number, of delay), then the held text is rewritten at once.
-//!
-//! ```toml
-//! [[plugins]]
-//! name = "stream-redact"
-//! source = "builtin:stream-redact"
-//! ```
+//! A match can span chunks (`4111` · ` 1111` · …), so the end of the text that may still grow into
+//! one — a card number in progress, or a word not yet followed by a space — is held back and the
+//! rest sent (at most one word, or one card number, of delay); the held text is redacted once the
+//! rest of it arrives.
+//! Load it with `source = "builtin:stream-redact"`.
 
-use weir_sdk::{EventAction, HookSet, Plugin, PluginInfo, Request, StreamEvent};
+use weir_sdk::{EventAction, HookSet, Plugin, PluginInfo, Request, Rewrite, StreamEvent};
 
 /// What may be held back at once; past half of it the text is let go rather than held.
 const HOLD: u32 = 4096;
@@ -26,18 +22,25 @@ impl Plugin for StreamRedact {
         // The chunk that finishes the answer lets go of everything.
         let chunk: serde_json::Value = serde_json::from_slice(&event.data).unwrap_or_default();
         let finished = !chunk["choices"][0]["finish_reason"].is_null();
-        if !finished && may_continue(&event.pending) && event.pending.len() < HOLD as usize / 2 {
-            return EventAction::Hold;
+        let text = &event.pending;
+        let cut = if finished || text.len() >= HOLD as usize / 2 { text.len() } else { unfinished(text) };
+        let (send, hold) = (redact(&text[..cut]), &text[cut..]);
+        match (send == text[..cut], cut) {
+            (_, 0) if !hold.is_empty() => EventAction::Hold,
+            (true, _) if hold.is_empty() => EventAction::Pass,
+            _ => EventAction::Rewrite(Rewrite { send, hold: hold.to_owned() }),
         }
-        let redacted = redact(&event.pending);
-        if redacted == event.pending { EventAction::Pass } else { EventAction::Rewrite(redacted) }
     }
 }
 
-/// Whether `text` ends in what the next chunk may extend into a match: a digit, or a word of
-/// e-mail characters not yet followed by a space.
-fn may_continue(text: &str) -> bool {
-    text.chars().next_back().is_some_and(|c| c.is_ascii_digit() || is_mail_char(c) || c == '-')
+/// Where the end of `text` that the next chunk may still grow into a match begins: a card number
+/// in progress (digits, with spaces or dashes between groups), or a word of e-mail characters.
+fn unfinished(text: &str) -> usize {
+    let word =
+        text.rfind(|c: char| !is_mail_char(c)).map_or(0, |i| i + text[i..].chars().next().map_or(1, char::len_utf8));
+    let run = text.rfind(|c: char| !(c.is_ascii_digit() || c == ' ' || c == '-')).map_or(0, |i| i + 1);
+    let card = run + text[run..].find(|c: char| c.is_ascii_digit()).unwrap_or(text.len() - run);
+    word.min(card)
 }
 
 fn is_mail_char(c: char) -> bool {

@@ -1,4 +1,4 @@
-use super::{luhn, may_continue, redact};
+use super::{luhn, redact, unfinished};
 
 #[test]
 fn cards_pass_the_luhn_check_to_be_redacted() {
@@ -16,9 +16,14 @@ fn addresses_are_redacted_and_plain_words_are_not() {
 }
 
 #[test]
-fn a_chunk_is_held_while_its_text_may_go_on_into_a_match() {
-    assert!(may_continue(" 4111"), "a card number may go on");
-    assert!(may_continue(" bob"), "a word may become an address");
-    assert!(!may_continue("done. "), "a space ends every match");
-    assert!(!may_continue(""));
+fn what_may_still_grow_into_a_match_is_held_back() {
+    fn held(text: &str) -> &str {
+        &text[unfinished(text)..]
+    }
+    assert_eq!(held("echo: pay with 4111 1111"), "4111 1111", "a card number in progress");
+    assert_eq!(held("mail bob"), "bob", "a word may become an address");
+    assert_eq!(held("mail bob@example.com today"), "today");
+    assert_eq!(held("done. "), "", "a space ends every match");
+    assert_eq!(held("echo:"), "");
+    assert_eq!(held(""), "");
 }
