@@ -58,6 +58,10 @@ pub struct Options {
     /// which implements all three hooks and does nothing.
     #[arg(long, default_value = weir_test_plugins::NOOP)]
     pub plugin: PathBuf,
+    /// The config of each link of that chain, a TOML inline table
+    /// (`--plugin builtin:guard --plugin-config '{ rules = [{ detect = ["card"], action = "redact" }] }'`).
+    #[arg(long)]
+    pub plugin_config: Option<String>,
     /// Give the third target the built-in policies instead (ratelimit, router, cost, … as the
     /// default configuration chains them); `--plugins` and `--plugin` are then ignored.
     #[arg(long)]
@@ -237,11 +241,16 @@ pub fn run(options: &Options) -> Result<Report> {
     let chain = match bin {
         None => None,
         Some(_) if options.builtins => Some(Chain::Builtins { redis: options.redis.clone() }),
-        Some(_) if options.plugins > 0 => Some(Chain::Copies { plugin: options.plugin.clone(), len: options.plugins }),
+        Some(_) if options.plugins > 0 => Some(Chain::Copies {
+            plugin: options.plugin.clone(),
+            len: options.plugins,
+            config: options.plugin_config.clone(),
+        }),
         Some(_) => None,
     };
     if let Some(Chain::Copies { plugin, .. }) = &chain {
-        ensure!(plugin.is_file(), "plugin component {} not found (--plugin)", plugin.display());
+        let builtin = plugin.to_str().is_some_and(|p| p.starts_with("builtin:"));
+        ensure!(builtin || plugin.is_file(), "plugin component {} not found (--plugin)", plugin.display());
     }
     // Separate runtimes keep the mock's work off the load generator's threads, so a busy mock
     // does not delay the timestamps the generator takes.
@@ -281,7 +290,7 @@ pub fn run(options: &Options) -> Result<Report> {
     let with_plugins = match bin.zip(chain.as_ref()) {
         Some((bin, chain)) => {
             match chain {
-                Chain::Copies { plugin, len } => eprintln!(
+                Chain::Copies { plugin, len, .. } => eprintln!(
                     "starting {} with a chain of {len} × {} (compiling it first)",
                     bin.display(),
                     plugin.display()

@@ -72,6 +72,8 @@ pub struct MockBuilder {
     api_key: Option<String>,
     latency: Duration,
     chunk_interval: Duration,
+    /// OpenAI chat streams cut each word into pieces of at most this many bytes.
+    piece_bytes: Option<usize>,
     fail_first: Option<(usize, StatusCode)>,
     always_fail: Option<StatusCode>,
     fail_one_in: Option<(usize, StatusCode)>,
@@ -223,6 +225,18 @@ impl MockBuilder {
     /// Delay between two events of a streamed response.
     pub fn chunk_interval(mut self, d: Duration) -> Self {
         self.chunk_interval = d;
+        self
+    }
+
+    /// OpenAI chat streams cut each word into pieces of at most `bytes` bytes (`" bob@ex"`,
+    /// `"ample"`, …), as a tokenizer cuts an e-mail address or a number, so that text a policy
+    /// looks for spans events.
+    ///
+    /// # Panics
+    /// If `bytes` is 0.
+    pub fn piece_bytes(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "a piece holds at least one byte");
+        self.piece_bytes = Some(bytes);
         self
     }
 
@@ -624,6 +638,23 @@ fn with_retry_after(shared: &Shared, status: StatusCode, mut response: Response<
 
 fn word_count(text: &str) -> usize {
     text.split_whitespace().count()
+}
+
+/// `word` cut into pieces of at most `bytes` bytes (more where a character is wider), on character
+/// boundaries.
+pub(crate) fn cut_bytes(word: &str, bytes: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = word;
+    while !rest.is_empty() {
+        let mut end = bytes.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces
 }
 
 /// Splits `text` before every run of whitespace, so the pieces look like tokens (`" world"`) and

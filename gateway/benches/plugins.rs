@@ -259,6 +259,46 @@ fn content_hooks() {
     println!(
         "| `stream-redact`, a card number over 4 chunks (held, then redacted) | chunk | {p50:.2} µs | {p99:.2} µs |"
     );
+
+    // The built-in guard with every detector redacting, prompts and answers.
+    let rules = r#"config = { rules = [{ detect = ["email", "phone", "card", "iban", "ssn", "ip", "secret"], action = "redact" }] }"#;
+    let plugin = ("guard".to_owned(), "builtin:guard".to_owned(), rules.to_owned());
+    let guard = rt.block_on(Setup::from_config(&config_with(&[plugin])));
+    let mut police = Policing::of(guard.chain(), &guard.view).expect("guard polices streams");
+    let (p50, p99) = per_item(&rt, 20_000, 1, async || {
+        police.chunk(chunk(" hello,")).await.expect("policed");
+    });
+    println!("| `guard` (7 detectors), a chunk it passes | chunk | {p50:.2} µs | {p99:.2} µs |");
+    let (p50, p99) = per_item(&rt, 5_000, card.len(), async || {
+        let mut sent = String::new();
+        for piece in card {
+            for event in police.chunk(chunk(piece)).await.expect("policed") {
+                sent.push_str(std::str::from_utf8(&event.data).expect("utf-8"));
+            }
+        }
+        assert!(sent.contains("[CARD]") && !sent.contains("4111"), "{sent}");
+    });
+    println!("| `guard` (7 detectors), a card number over 4 chunks | chunk | {p50:.2} µs | {p99:.2} µs |");
+    // A prompt: the chain's `on-request`, the body read, scanned and (with a card) rewritten.
+    for (what, prompt) in [
+        ("a clean prompt", "What is the capital of France? Answer in one word, please."),
+        ("a prompt with a card number (redacted)", "Charge 4111 1111 1111 1111 for the order, please."),
+    ] {
+        let body = Bytes::from(
+            serde_json::to_vec(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": prompt}]}))
+                .expect("json"),
+        );
+        let info = guard.view.info();
+        let (p50, p99) = per_item(&rt, 10_000, 1, async || {
+            let view = Arc::new(RequestView::new(info.clone(), HeaderMap::new(), body.clone()));
+            let mut rewrite = |new: Bytes| {
+                assert!(!new.windows(4).any(|w| w == b"4111"), "redacted");
+                Ok(info.clone())
+            };
+            guard.chain().on_request(&view, &guard.app.routes, &mut rewrite).await.expect("on-request");
+        });
+        println!("| `guard` on-request, {what} | request | {p50:.2} µs | {p99:.2} µs |");
+    }
 }
 
 fn us(d: Duration) -> f64 {

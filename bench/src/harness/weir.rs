@@ -30,8 +30,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 /// The default chain of the third target.
 #[derive(Debug, Clone)]
 pub enum Chain {
-    /// `len` copies of one plugin component, named `p1`..`pN`.
-    Copies { plugin: PathBuf, len: usize },
+    /// `len` copies of one plugin component (a file, or `builtin:<name>`), named `p1`..`pN`,
+    /// each with `config` (a TOML inline table) when given.
+    Copies { plugin: PathBuf, len: usize, config: Option<String> },
     /// The built-in policies in the order and with the settings of [`BUILTIN_CHAIN`], with their
     /// state in process or, given a URL, in that Redis.
     Builtins { redis: Option<String> },
@@ -274,7 +275,7 @@ pub fn config_toml(
         ));
     }
     match chain {
-        Some(Chain::Copies { plugin, len }) => {
+        Some(Chain::Copies { plugin, len, config }) => {
             let source = plugin.to_str().with_context(|| format!("plugin path {} is not UTF-8", plugin.display()))?;
             // A JSON string is a valid TOML basic string: the same quotes and escapes.
             let source = serde_json::to_string(source)?;
@@ -285,6 +286,9 @@ pub fn config_toml(
                 tables.push_str(&format!(
                     "\n[[plugins]]\nname = {name}\nsource = {source}\non_error = \"open\"\ndeadline = \"50ms\"\n"
                 ));
+                if let Some(config) = config {
+                    tables.push_str(&format!("config = {config}\n"));
+                }
             }
         }
         Some(Chain::Builtins { redis }) => {
@@ -482,7 +486,7 @@ mod tests {
     fn chain_config_loads_n_copies_of_the_plugin_in_order() {
         // Quotes and backslashes in the path must survive the TOML string.
         let plugin = PathBuf::from("/some dir/with \"quotes\" and \\ back/noop.wasm");
-        let config = load(Some(&Chain::Copies { plugin: plugin.clone(), len: 5 }));
+        let config = load(Some(&Chain::Copies { plugin: plugin.clone(), len: 5, config: None }));
         let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["p1", "p2", "p3", "p4", "p5"]);
         assert_eq!(config.chain, [0, 1, 2, 3, 4]);

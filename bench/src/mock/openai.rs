@@ -17,8 +17,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use super::{
-    MockBody, MockBuilder, Recorded, Shared, TOOL_ARGUMENTS, argument_fragments, azure, embedding_vector, event,
-    injected_failure, json_response, sse, unix_now, with_retry_after, word_count, words,
+    MockBody, MockBuilder, Recorded, Shared, TOOL_ARGUMENTS, argument_fragments, azure, cut_bytes, embedding_vector,
+    event, injected_failure, json_response, sse, unix_now, with_retry_after, word_count, words,
 };
 
 macro_rules! fixtures {
@@ -218,7 +218,7 @@ pub(super) fn chat_as(shared: &Arc<Shared>, body: &Value, azure: bool) -> Result
     let id = format!("chatcmpl-mock-{}", shared.next_id());
     let created = unix_now();
     if stream {
-        let mut events = answer.chunks(&id, model, created, include_usage);
+        let mut events = answer.chunks(&id, model, created, include_usage, shared.config.piece_bytes);
         if azure {
             events = azure::stream_events(events, &id, created);
         }
@@ -325,7 +325,14 @@ impl Answer {
     }
 
     /// The answer as `chat.completion.chunk` events, shaped like OpenAI's own streams.
-    fn chunks(&self, id: &str, model: &str, created: u64, include_usage: bool) -> Vec<Bytes> {
+    fn chunks(
+        &self,
+        id: &str,
+        model: &str,
+        created: u64,
+        include_usage: bool,
+        piece_bytes: Option<usize>,
+    ) -> Vec<Bytes> {
         let chunk = |delta: Value, finish_reason: Option<&str>| {
             event(&json!({
                 "id": id,
@@ -344,7 +351,8 @@ impl Answer {
         match &self.reply {
             Reply::Text(text) => {
                 events.push(chunk(json!({"role": "assistant", "content": ""}), None));
-                events.extend(words(text).map(|w| chunk(json!({"content": w}), None)));
+                let pieces = words(text).flat_map(|w| piece_bytes.map_or_else(|| vec![w], |n| cut_bytes(w, n)));
+                events.extend(pieces.map(|w| chunk(json!({"content": w}), None)));
             }
             Reply::ToolCall { name } => {
                 events.push(chunk(

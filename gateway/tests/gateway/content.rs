@@ -11,14 +11,14 @@ use weir_bench::mock::MockUpstream;
 
 use crate::support::{TestGateway, bare_config, metric, metric_eventually, run_python_checks};
 
-const SUPPORT: &str = "sk-weir-support-0123456789";
-const SALES: &str = "sk-weir-sales-0123456789";
+pub(crate) const SUPPORT: &str = "sk-weir-support-0123456789";
+pub(crate) const SALES: &str = "sk-weir-sales-0123456789";
 const PROMPT: &str = "You answer for ACME support.";
 
 /// Two upstreams on one mock (Anthropic's API and OpenAI's), keys of two teams, and one model per
 /// `(name, plugins)`: `claude-<name>` relayed natively to Anthropic, `gpt-<name>` to OpenAI.
 /// `plugins` holds the `[[plugins]]` tables.
-async fn gateway(mock: &MockUpstream, models: &[(&str, &str)], plugins: &str) -> TestGateway {
+pub(crate) async fn gateway(mock: &MockUpstream, models: &[(&str, &str)], plugins: &str) -> TestGateway {
     let base = format!("http://{}", mock.addr());
     let mut text = format!(
         r#"
@@ -62,11 +62,16 @@ plugins = [{chain}]
     TestGateway::start(&bare_config(&text)).await
 }
 
-fn plugin(name: &str, source: &str, settings: &str) -> String {
+pub(crate) fn plugin(name: &str, source: &str, settings: &str) -> String {
     format!("\n[[plugins]]\nname = \"{name}\"\nsource = \"{source}\"\ndeadline = \"2s\"\n{settings}\n")
 }
 
-async fn send(gw: &TestGateway, path: &str, key: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+pub(crate) async fn send(
+    gw: &TestGateway,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let response = reqwest::Client::new()
         .post(gw.url(path))
         .bearer_auth(key)
@@ -79,16 +84,16 @@ async fn send(gw: &TestGateway, path: &str, key: &str, body: Value) -> (u16, req
     (status, headers, response.json().await.unwrap_or(Value::Null))
 }
 
-fn chat(model: &str, text: &str) -> Value {
+pub(crate) fn chat(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
 }
 
-fn messages(model: &str, text: &str) -> Value {
+pub(crate) fn messages(model: &str, text: &str) -> Value {
     json!({"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": text}]})
 }
 
 /// The body of the last request the mock received.
-fn last_sent(mock: &MockUpstream) -> (String, Value) {
+pub(crate) fn last_sent(mock: &MockUpstream) -> (String, Value) {
     let last = mock.requests().pop().expect("the upstream got a request");
     (last.path.clone(), last.json())
 }
@@ -268,7 +273,7 @@ async fn on_response_replaces_or_refuses_a_whole_answer_in_each_clients_api() {
 }
 
 /// A streamed request, read event by event: the data of each event and when it came.
-async fn stream(gw: &TestGateway, path: &str, mut body: Value) -> (u16, Vec<(Duration, String)>) {
+pub(crate) async fn stream(gw: &TestGateway, path: &str, mut body: Value) -> (u16, Vec<(Duration, String)>) {
     body["stream"] = json!(true);
     let started = Instant::now();
     let mut response = reqwest::Client::new()
@@ -297,7 +302,7 @@ async fn stream(gw: &TestGateway, path: &str, mut body: Value) -> (u16, Vec<(Dur
 
 /// The text of a stream's chat chunks or Messages `text_delta`s, and when its first and last
 /// pieces came.
-fn text_of(events: &[(Duration, String)]) -> (String, Option<Duration>, Option<Duration>) {
+pub(crate) fn text_of(events: &[(Duration, String)]) -> (String, Option<Duration>, Option<Duration>) {
     let mut text = String::new();
     let (mut first, mut last) = (None, None);
     for (at, data) in events {

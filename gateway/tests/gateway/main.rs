@@ -16,6 +16,7 @@ mod embed;
 mod errors;
 mod failover;
 mod gemini;
+mod guard;
 mod hardening;
 mod isolation;
 mod messages;

@@ -409,7 +409,7 @@ async fn overrides_need_permission_and_large_requests_find_a_large_enough_window
 }
 
 #[tokio::test]
-async fn the_default_configuration_runs_all_five_built_ins_in_one_chain() {
+async fn the_default_configuration_runs_all_six_built_ins_in_one_chain() {
     let mock = MockUpstream::builder().start().await;
     let ledger = ledger_path("default-config");
     let upstream = mock.base_url();
@@ -419,10 +419,12 @@ async fn the_default_configuration_runs_all_five_built_ins_in_one_chain() {
     ]);
     let config = default_config(&env);
     let names: Vec<&str> = config.chain.iter().map(|&i| config.plugins[i].name.as_str()).collect();
-    assert_eq!(names, ["ratelimit", "cost", "cache", "router", "canary"]);
+    assert_eq!(names, ["guard", "ratelimit", "cost", "cache", "router", "canary"]);
     let gw = TestGateway::start_with(config).await;
     let url = format!("{}/chat/completions", gw.base_url());
-    let body = r#"{"model":"mock-model","temperature":0,"messages":[{"role":"user","content":"hello defaults"}]}"#;
+    // The guard has no rules until configured: a prompt with an address goes as it is.
+    let body =
+        r#"{"model":"mock-model","temperature":0,"messages":[{"role":"user","content":"hello jo@example.com"}]}"#;
     let (status, first, answer) = post(&url, body, None).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(header(&first, "x-ratelimit-limit-requests"), "6000");
@@ -434,7 +436,12 @@ async fn the_default_configuration_runs_all_five_built_ins_in_one_chain() {
     assert_eq!(header(&second, "x-weir-cache"), "hit");
     assert_eq!(again["choices"], answer["choices"]);
     assert_eq!(mock.request_count(), 1, "the hit reached no upstream");
+    let sent = mock.requests().pop().expect("a request").json();
+    assert_eq!(sent["messages"][0]["content"], "hello jo@example.com", "nothing redacted: {sent}");
     let metrics = gw.metrics().await;
+    // Without rules the guard declares no hooks: it is never called.
+    let guard = crate::support::metric(&metrics, "weir_plugin_call_seconds_count", &[("plugin", "guard")]);
+    assert_eq!(guard, 0.0, "the guard without rules costs nothing");
     for plugin in ["ratelimit", "cost", "cache", "router", "canary"] {
         let calls = crate::support::metric(&metrics, "weir_plugin_call_seconds_count", &[("plugin", plugin)]);
         assert!(calls >= 1.0, "{plugin} ran: {calls}");

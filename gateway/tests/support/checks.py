@@ -1,5 +1,5 @@
 """The runner the Python check scripts share (gateway/tests/openai_sdk.py, openai_sdk_providers.py,
-cache_sdk.py, redact_sdk.py, anthropic_sdk.py, responses_sdk.py, completions_sdk.py and
+cache_sdk.py, redact_sdk.py, guard_sdk.py, anthropic_sdk.py, responses_sdk.py, completions_sdk.py and
 bench/tests/mock_sdk_check.py): register checks, run each once (or once per target), print
 `ok NAME` or `FAIL NAME` with the traceback, then `N passed, M failed`, and exit non-zero when any
 failed.

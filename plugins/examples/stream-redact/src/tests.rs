@@ -1,3 +1,5 @@
+//! Unit tests of the redaction and of what an unfinished stream tail holds back.
+
 use super::{luhn, redact, unfinished};
 
 #[test]
