@@ -169,7 +169,7 @@ impl Guard {
     fn from_config(config: Config) -> Result<Self, String> {
         let mut checks = Vec::new();
         for (i, rule) in config.rules.into_iter().enumerate() {
-            checks.extend(rule_checks(rule).map_err(|e| format!("rules[{i}]: {e}"))?);
+            checks.extend(rule_checks(&rule).map_err(|e| format!("rules[{i}]: {e}"))?);
         }
         let output = config.output.map(|o| Output {
             json: o.json,
@@ -213,7 +213,7 @@ impl Guard {
     }
 }
 
-fn rule_checks(rule: RuleConfig) -> Result<Vec<Check>, String> {
+fn rule_checks(rule: &RuleConfig) -> Result<Vec<Check>, String> {
     let sources = usize::from(!rule.detect.is_empty())
         + usize::from(!rule.words.is_empty())
         + usize::from(rule.pattern.is_some());

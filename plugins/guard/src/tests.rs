@@ -52,6 +52,7 @@ fn each_detector_finds_its_kind_and_leaves_look_alikes() {
         ["sk-proj-abcdefghijklmnopqrstuv", "AKIAIOSFODNN7EXAMPLE", key]
     );
     assert!(found("secret", "a task-abcdefghijklmnopqrstuvwxyz is no key").is_empty());
+    assert!(found("secret", "sk-short, AKIAIOSFODNN7EXAMPL, ghp_abc").is_empty(), "too short to be keys");
 }
 
 #[test]
