@@ -239,46 +239,33 @@ fn content_hooks() {
     let none = rt.block_on(Setup::new(1, false));
     assert!(Policing::of(none.chain(), &none.view).is_none());
     println!("| no `on-stream-event` in the chain | chunk | no call | no call |");
-    let plugin = ("redact".to_owned(), "builtin:stream-redact".to_owned(), String::new());
-    let redact = rt.block_on(Setup::from_config(&config_with(&[plugin])));
-    let mut police = Policing::of(redact.chain(), &redact.view).expect("stream-redact polices streams");
-    let (p50, p99) = per_item(&rt, 20_000, 1, async || {
-        police.chunk(chunk(" hello,")).await.expect("policed");
-    });
-    println!("| `stream-redact`, a chunk it passes | chunk | {p50:.2} µs | {p99:.2} µs |");
-    let card = [" 4111", " 1111", " 1111", " 1111,"];
-    let (p50, p99) = per_item(&rt, 5_000, card.len(), async || {
-        let mut sent = String::new();
-        for piece in card {
-            for event in police.chunk(chunk(piece)).await.expect("policed") {
-                sent.push_str(std::str::from_utf8(&event.data).expect("utf-8"));
-            }
-        }
-        assert!(sent.contains("[CARD]") && !sent.contains("4111"), "{sent}");
-    });
-    println!(
-        "| `stream-redact`, a card number over 4 chunks (held, then redacted) | chunk | {p50:.2} µs | {p99:.2} µs |"
-    );
-
-    // The built-in guard with every detector redacting, prompts and answers.
+    // The example stream-redact, and the built-in guard with every detector redacting, prompts
+    // and answers: a chunk each passes, and a card number each holds, then redacts.
     let rules = r#"config = { rules = [{ detect = ["email", "phone", "card", "iban", "ssn", "ip", "secret"], action = "redact" }] }"#;
-    let plugin = ("guard".to_owned(), "builtin:guard".to_owned(), rules.to_owned());
-    let guard = rt.block_on(Setup::from_config(&config_with(&[plugin])));
-    let mut police = Policing::of(guard.chain(), &guard.view).expect("guard polices streams");
-    let (p50, p99) = per_item(&rt, 20_000, 1, async || {
-        police.chunk(chunk(" hello,")).await.expect("policed");
-    });
-    println!("| `guard` (7 detectors), a chunk it passes | chunk | {p50:.2} µs | {p99:.2} µs |");
-    let (p50, p99) = per_item(&rt, 5_000, card.len(), async || {
-        let mut sent = String::new();
-        for piece in card {
-            for event in police.chunk(chunk(piece)).await.expect("policed") {
-                sent.push_str(std::str::from_utf8(&event.data).expect("utf-8"));
+    let card = [" 4111", " 1111", " 1111", " 1111,"];
+    let mut guard = None;
+    for (name, label, settings) in [("stream-redact", "`stream-redact`", ""), ("guard", "`guard` (7 detectors)", rules)]
+    {
+        let plugin = (name.to_owned(), format!("builtin:{name}"), settings.to_owned());
+        let setup = rt.block_on(Setup::from_config(&config_with(&[plugin])));
+        let mut police = Policing::of(setup.chain(), &setup.view).expect("the plugin polices streams");
+        let (p50, p99) = per_item(&rt, 20_000, 1, async || {
+            police.chunk(chunk(" hello,")).await.expect("policed");
+        });
+        println!("| {label}, a chunk it passes | chunk | {p50:.2} µs | {p99:.2} µs |");
+        let (p50, p99) = per_item(&rt, 5_000, card.len(), async || {
+            let mut sent = String::new();
+            for piece in card {
+                for event in police.chunk(chunk(piece)).await.expect("policed") {
+                    sent.push_str(std::str::from_utf8(&event.data).expect("utf-8"));
+                }
             }
-        }
-        assert!(sent.contains("[CARD]") && !sent.contains("4111"), "{sent}");
-    });
-    println!("| `guard` (7 detectors), a card number over 4 chunks | chunk | {p50:.2} µs | {p99:.2} µs |");
+            assert!(sent.contains("[CARD]") && !sent.contains("4111"), "{sent}");
+        });
+        println!("| {label}, a card number over 4 chunks (held, then redacted) | chunk | {p50:.2} µs | {p99:.2} µs |");
+        guard = Some(setup);
+    }
+    let guard = guard.expect("the guard's setup, last");
     // A prompt: the chain's `on-request`, the body read, scanned and (with a card) rewritten.
     for (what, prompt) in [
         ("a clean prompt", "What is the capital of France? Answer in one word, please."),

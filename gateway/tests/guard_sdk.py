@@ -10,10 +10,9 @@ sets WEIR_BASE_URL, WEIR_API_KEY and WEIR_MODEL.
 """
 
 import os
-import time
 
 import openai
-from checks import check, run
+from checks import chat_stream, check, raises, run
 
 client = openai.OpenAI(base_url=os.environ["WEIR_BASE_URL"], api_key=os.environ["WEIR_API_KEY"], max_retries=0, timeout=30)
 MODEL = os.environ["WEIR_MODEL"]
@@ -22,19 +21,7 @@ PROMPT = "write to jo@example.com or call +1 555 123 4567 today"
 
 @check
 def a_streamed_answer_is_redacted_as_it_flows():
-    started = time.monotonic()
-    pieces, finish, usage = [], [], None
-    stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True, stream_options={"include_usage": True}
-    )
-    for chunk in stream:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            if choice.delta.content:
-                pieces.append((time.monotonic() - started, choice.delta.content))
-            if choice.finish_reason:
-                finish.append(choice.finish_reason)
+    pieces, finish, usage = chat_stream(client, model=MODEL, messages=[{"role": "user", "content": PROMPT}])
     text = "".join(p for _, p in pieces)
     assert text == "echo: write to [EMAIL] or call [PHONE] today", text
     assert finish == ["stop"], finish
@@ -45,14 +32,11 @@ def a_streamed_answer_is_redacted_as_it_flows():
 
 @check
 def a_blocked_prompt_is_a_bad_request_naming_the_rule():
-    try:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "my ssn is 123-45-6789"}])
-    except openai.BadRequestError as e:
-        assert e.status_code == 400, e
-        assert e.code == "guard_ssn", e.body
-        assert "6789" not in str(e.body), e.body
-    else:
-        raise AssertionError("the SSN was not blocked")
+    ssn = [{"role": "user", "content": "my ssn is 123-45-6789"}]
+    e = raises(openai.BadRequestError, lambda: client.chat.completions.create(model=MODEL, messages=ssn))
+    assert e.status_code == 400, e
+    assert e.code == "guard_ssn", e.body
+    assert "6789" not in str(e.body), e.body
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ WEIR_API_KEY and WEIR_MODEL.
 """
 
 import os
-import time
 
 import openai
-from checks import check, run
+from checks import chat_stream, check, run
 
 client = openai.OpenAI(base_url=os.environ["WEIR_BASE_URL"], api_key=os.environ["WEIR_API_KEY"], max_retries=0, timeout=30)
 MODEL = os.environ["WEIR_MODEL"]
@@ -21,19 +20,7 @@ PROMPT = "pay with 4111 1111 1111 1111 or mail bob@example.com today please"
 
 @check
 def a_streamed_answer_is_redacted_as_it_flows():
-    started = time.monotonic()
-    pieces, finish, usage = [], [], None
-    stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True, stream_options={"include_usage": True}
-    )
-    for chunk in stream:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            if choice.delta.content:
-                pieces.append((time.monotonic() - started, choice.delta.content))
-            if choice.finish_reason:
-                finish.append(choice.finish_reason)
+    pieces, finish, usage = chat_stream(client, model=MODEL, messages=[{"role": "user", "content": PROMPT}])
     text = "".join(p for _, p in pieces)
     assert text == "echo: pay with [CARD] or mail [EMAIL] today please", text
     assert "4111" not in text and "example.com" not in text

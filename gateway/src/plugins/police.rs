@@ -101,7 +101,7 @@ impl Stage {
             skipped.resolve()?;
             return Ok(self.pass(event));
         }
-        let content = chunk_text(&event.data);
+        let (content, carries) = read_chunk(&event.data);
         let pending = format!("{}{content}", self.held_text);
         push_window(&mut self.text, &content);
         let seen = StreamEvent { data: event.data.to_vec(), pending: pending.clone(), text: self.text.clone() };
@@ -117,7 +117,7 @@ impl Stage {
             EventAction::Rewrite(Rewrite { send, hold }) => {
                 // A chunk without a delta to carry the held text on (or that ends the answer)
                 // sends it all.
-                let finishing = finishes(&event.data) || !has_delta(&event.data);
+                let finishing = !carries;
                 let template = event.clone();
                 let mut events = self.release();
                 events.push(event);
@@ -172,25 +172,15 @@ impl Stage {
     }
 }
 
-/// Choice 0's `delta.content` of a canonical chunk ("" when it has none).
-fn chunk_text(data: &[u8]) -> String {
-    serde_json::from_slice::<Value>(data)
-        .ok()
-        .and_then(|v| v.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_default()
-}
-
-/// Whether a chunk ends its choice (a `finish_reason`).
-fn finishes(data: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(data)
-        .ok()
-        .is_some_and(|v| v.pointer("/choices/0/finish_reason").is_some_and(|f| !f.is_null()))
-}
-
-fn has_delta(data: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(data)
-        .ok()
-        .is_some_and(|v| v.pointer("/choices/0/delta").is_some_and(Value::is_object))
+/// Choice 0's `delta.content` of a canonical chunk ("" when it has none), and whether the chunk
+/// can carry held text on: it has a delta and does not end the answer (no `finish_reason`).
+fn read_chunk(data: &[u8]) -> (String, bool) {
+    let Ok(chunk) = serde_json::from_slice::<Value>(data) else { return (String::new(), false) };
+    let choice = chunk.pointer("/choices/0");
+    let text = choice.and_then(|c| c.pointer("/delta/content")).and_then(Value::as_str).unwrap_or_default();
+    let delta = choice.and_then(|c| c.get("delta")).is_some_and(Value::is_object);
+    let ends = choice.and_then(|c| c.get("finish_reason")).is_some_and(|f| !f.is_null());
+    (text.to_owned(), delta && !ends)
 }
 
 /// Appends `text`, keeping the last [`TEXT_WINDOW`] bytes (on a character boundary).
@@ -255,7 +245,7 @@ mod tests {
     }
 
     fn texts(events: &[Event]) -> Vec<String> {
-        events.iter().map(|e| chunk_text(&e.data)).collect()
+        events.iter().map(|e| read_chunk(&e.data).0).collect()
     }
 
     #[test]

@@ -8,6 +8,7 @@ The Rust tests that launch the scripts put this folder on PYTHONPATH and read th
 """
 
 import sys
+import time
 import traceback
 
 _checks = []
@@ -35,6 +36,24 @@ def raises(exc_type, fn):
     except exc_type as e:
         return e
     raise AssertionError(f"expected {exc_type.__name__}")
+
+
+def chat_stream(client, **request):
+    """Streams a chat completion through `client` (the openai SDK's) with usage asked for, and
+    returns its text pieces as (seconds since the call, text), its finish reasons, and its usage
+    (None when none came)."""
+    started = time.monotonic()
+    pieces, finish, usage = [], [], None
+    stream = client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **request)
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                pieces.append((time.monotonic() - started, choice.delta.content))
+            if choice.finish_reason:
+                finish.append(choice.finish_reason)
+    return pieces, finish, usage
 
 
 def run(title=None, targets=None):
